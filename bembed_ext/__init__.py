@@ -1,0 +1,13 @@
+"""bembed_ext: bembed's compiled kernels as torch ops (torch.ops.bembed.*), with fake and autograd
+registrations, argument checks, and a pure-PyTorch reference for each op (`bembed_ext.reference`)."""
+
+from ._library import build_info, has_cuda_kernels, has_kernel, load_library
+
+load_library()
+
+from . import reference  # noqa: E402
+from .ops.geglu import geglu  # noqa: E402
+
+OPS = ("geglu",)
+
+__all__ = ["OPS", "build_info", "geglu", "has_cuda_kernels", "has_kernel", "reference"]

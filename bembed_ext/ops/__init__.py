@@ -1,0 +1,1 @@
+"""One module per op: schema glue (fake + autograd registration), the public function, the reference."""

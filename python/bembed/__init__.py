@@ -1,0 +1,10 @@
+"""bembed: long-context bilingual text embeddings (JinaBERT style) on fused PyTorch kernels.
+
+Importing bembed loads the compiled ops (`bembed_ext`). Heavier pieces (data, eval) import lazily.
+"""
+
+__version__ = "0.1.0"
+
+import bembed_ext as ops  # noqa: F401  (loads torch.ops.bembed)
+
+__all__ = ["__version__", "ops"]

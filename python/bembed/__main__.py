@@ -1,0 +1,5 @@
+"""`python -m bembed ...` (what `torchrun -m bembed ...` runs)."""
+
+from bembed.cli import main
+
+raise SystemExit(main())

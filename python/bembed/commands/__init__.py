@@ -1,0 +1,1 @@
+"""Subcommands of the `bembed` CLI, one module each (see bembed.cli)."""
