@@ -6,8 +6,12 @@ from ._library import build_info, has_cuda_kernels, has_kernel, load_library
 load_library()
 
 from . import reference  # noqa: E402
+from .ops.alibi_attention import alibi_attention, alibi_attention_varlen, alibi_slopes  # noqa: E402
 from .ops.geglu import geglu  # noqa: E402
 
-OPS = ("geglu",)
+OPS = ("geglu", "alibi_attention", "alibi_attention_varlen")
 
-__all__ = ["OPS", "build_info", "geglu", "has_cuda_kernels", "has_kernel", "reference"]
+__all__ = [
+    "OPS", "alibi_attention", "alibi_attention_varlen", "alibi_slopes", "build_info", "geglu", "has_cuda_kernels",
+    "has_kernel", "reference",
+]

@@ -1,5 +1,7 @@
 """The pure-PyTorch specification of every bembed op (the kernels are tested against these)."""
 
+from .ops.alibi_attention import alibi_attention_reference as alibi_attention
+from .ops.alibi_attention import alibi_attention_varlen_reference as alibi_attention_varlen
 from .ops.geglu import geglu_reference as geglu
 
-__all__ = ["geglu"]
+__all__ = ["alibi_attention", "alibi_attention_varlen", "geglu"]

@@ -6,4 +6,13 @@ TORCH_LIBRARY(bembed, m) {
   // GEGLU (bembed_ext/ops/geglu.py)
   m.def("geglu(Tensor x) -> Tensor");
   m.def("geglu_backward(Tensor grad_out, Tensor x) -> Tensor");
+  // ALiBi flash attention (bembed_ext/ops/alibi_attention.py)
+  m.def("alibi_attention_fwd(Tensor q, Tensor k, Tensor v, Tensor? key_padding_mask, Tensor? alibi_slopes, "
+        "float softmax_scale) -> (Tensor, Tensor)");
+  m.def("alibi_attention_bwd(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, "
+        "Tensor? key_padding_mask, Tensor? alibi_slopes, float softmax_scale) -> (Tensor, Tensor, Tensor)");
+  m.def("alibi_attention_varlen_fwd(Tensor q, Tensor k, Tensor v, Tensor cu_seqlens, int max_seqlen, "
+        "Tensor? alibi_slopes, float softmax_scale) -> (Tensor, Tensor)");
+  m.def("alibi_attention_varlen_bwd(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, "
+        "Tensor cu_seqlens, int max_seqlen, Tensor? alibi_slopes, float softmax_scale) -> (Tensor, Tensor, Tensor)");
 }

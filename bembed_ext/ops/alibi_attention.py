@@ -1,0 +1,215 @@
+"""ALiBi attention: non-causal softmax(q·kᵀ·scale − slope_h·|i−j|, padded keys excluded)·v, with the bias
+computed on the fly by the kernels (never an L×L tensor). Padded layout q, k, v (B, L, H, D) with an
+optional key padding mask (B, L) (True = real token); varlen layout q, k, v (T, H, D) packed by
+`cu_seqlens` (B+1,) int32, positions counted from each sequence's start. A query with no valid key
+(all keys masked, or an empty sequence) outputs zeros. Autograd saves q, k, v, out and the row
+log-sum-exp; the backward kernel recomputes the attention tiles."""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+import torch
+
+from .._library import has_kernel
+from ._dispatch import use_reference
+
+_OPS = torch.ops.bembed
+
+
+def alibi_slopes(num_heads: int) -> torch.Tensor:
+    """JinaBERT's (and ALiBi's) per-head slopes, float32 (num_heads,): for a power of two n,
+    slope_k = 2^(−8(k+1)/n); otherwise the slopes of the nearest lower power of two p followed by every
+    second slope of the 2p series until there are n (12 heads: 2^-1 … 2^-8, 2^-0.5, 2^-1.5, 2^-2.5, 2^-3.5)."""
+    if isinstance(num_heads, bool) or not isinstance(num_heads, numbers.Integral):
+        raise TypeError(f"alibi_slopes: argument 'num_heads' must be an int, got {type(num_heads).__name__}")
+    if num_heads < 1:
+        raise ValueError(f"alibi_slopes: argument 'num_heads' must be positive, got {num_heads}")
+
+    def power_of_two_series(n: int) -> list[float]:
+        return [2.0 ** (-8.0 * (k + 1) / n) for k in range(n)]
+
+    p = 2 ** int(math.floor(math.log2(num_heads)))
+    slopes = power_of_two_series(p)
+    slopes += power_of_two_series(2 * p)[0::2][: num_heads - p]
+    return torch.tensor(slopes, dtype=torch.float32)
+
+
+def _default_scale(softmax_scale, head_dim: int, op: str) -> float:
+    if softmax_scale is None:
+        return 1.0 / math.sqrt(head_dim) if head_dim > 0 else 1.0
+    if isinstance(softmax_scale, bool) or not isinstance(softmax_scale, numbers.Real):
+        raise TypeError(f"{op}: argument 'softmax_scale' must be a float or None, got {type(softmax_scale).__name__}")
+    if not math.isfinite(softmax_scale):
+        raise ValueError(f"{op}: argument 'softmax_scale' must be finite, got {softmax_scale}")
+    return float(softmax_scale)
+
+
+def _check_tensors(op: str, **tensors) -> None:
+    """The Python-level type check (the C++ side checks shapes, dtypes and devices)."""
+    for name, value in tensors.items():
+        if value is not None and not isinstance(value, torch.Tensor):
+            raise TypeError(f"{op}: argument '{name}' must be a torch.Tensor, got {type(value).__name__}")
+
+
+# ----------------------------------------------------------------------------------------------------
+# The specification (plain PyTorch, materialised bias; any float dtype, float64 included)
+# ----------------------------------------------------------------------------------------------------
+
+def alibi_attention_reference(q, k, v, alibi_slopes, *, key_padding_mask=None, softmax_scale=None,
+                              return_lse: bool = False):
+    """Padded ALiBi attention, materialising the (B, H, L, L) scores in q's dtype. Returns out (B, L, H, D),
+    and with return_lse=True also the row log-sum-exp (B, H, L) (−inf for rows with no valid key)."""
+    B, L, H, D = q.shape
+    scale = _default_scale(softmax_scale, D, "alibi_attention")
+    scores = torch.einsum("bihd,bjhd->bhij", q, k) * scale
+    if alibi_slopes is not None:
+        pos = torch.arange(L, device=q.device)
+        distance = (pos[:, None] - pos[None, :]).abs().to(q.dtype)
+        slopes = alibi_slopes.to(q.dtype).reshape(-1, H, 1, 1)  # (H,) -> (1, H, 1, 1); (B, H) -> (B, H, 1, 1)
+        scores = scores - slopes * distance
+    if key_padding_mask is not None:
+        scores = scores.masked_fill(~key_padding_mask[:, None, None, :], float("-inf"))
+    # A safe softmax: rows with no valid key get zero probabilities (and zero gradients), not NaN.
+    row_max = scores.amax(dim=-1, keepdim=True).detach()
+    row_max = torch.where(torch.isfinite(row_max), row_max, torch.zeros_like(row_max))
+    weights = torch.exp(scores - row_max)
+    denom = weights.sum(dim=-1, keepdim=True)
+    probs = weights / torch.where(denom > 0, denom, torch.ones_like(denom))
+    out = torch.einsum("bhij,bjhd->bihd", probs, v)
+    if not return_lse:
+        return out
+    lse = (row_max + torch.log(denom)).squeeze(-1)
+    return out, lse.float()
+
+
+def alibi_attention_varlen_reference(q, k, v, cu_seqlens, max_seqlen, alibi_slopes, *, softmax_scale=None,
+                                     return_lse: bool = False):
+    """Varlen ALiBi attention: the padded reference applied to each packed sequence on its own.
+    Returns out (T, H, D), and with return_lse=True also lse (H, T) float32."""
+    T, H, D = q.shape
+    bounds = cu_seqlens.tolist()
+    outs, lses = [], []
+    for b in range(len(bounds) - 1):
+        start, end = bounds[b], bounds[b + 1]
+        if end == start:
+            continue
+        slopes = alibi_slopes
+        if slopes is not None and slopes.dim() == 2:
+            slopes = slopes[b]
+        o, lse = alibi_attention_reference(q[None, start:end], k[None, start:end], v[None, start:end], slopes,
+                                           softmax_scale=softmax_scale, return_lse=True)
+        outs.append(o[0])
+        lses.append(lse[0])
+    # cu_seqlens runs from 0 to T without decreasing, so the non-empty sequences tile all T tokens.
+    out = torch.cat(outs, dim=0) if outs else torch.zeros_like(q)
+    if not return_lse:
+        return out
+    lse = torch.cat(lses, dim=1) if lses else torch.full((H, T), float("-inf"), device=q.device)
+    return out, lse
+
+
+# ----------------------------------------------------------------------------------------------------
+# Fake (meta) implementations and autograd: what torch.compile and opcheck need
+# ----------------------------------------------------------------------------------------------------
+
+@torch.library.register_fake("bembed::alibi_attention_fwd")
+def _fwd_fake(q, k, v, key_padding_mask, alibi_slopes, softmax_scale):
+    B, L, H, _ = q.shape
+    return q.new_empty(q.shape), q.new_empty((B, H, L), dtype=torch.float32)
+
+
+@torch.library.register_fake("bembed::alibi_attention_bwd")
+def _bwd_fake(grad_out, q, k, v, out, lse, key_padding_mask, alibi_slopes, softmax_scale):
+    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
+
+
+@torch.library.register_fake("bembed::alibi_attention_varlen_fwd")
+def _varlen_fwd_fake(q, k, v, cu_seqlens, max_seqlen, alibi_slopes, softmax_scale):
+    T, H, _ = q.shape
+    return q.new_empty(q.shape), q.new_empty((H, T), dtype=torch.float32)
+
+
+@torch.library.register_fake("bembed::alibi_attention_varlen_bwd")
+def _varlen_bwd_fake(grad_out, q, k, v, out, lse, cu_seqlens, max_seqlen, alibi_slopes, softmax_scale):
+    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
+
+
+def _setup_fwd(ctx, inputs, output):
+    q, k, v, key_padding_mask, alibi_slopes, softmax_scale = inputs
+    out, lse = output
+    ctx.save_for_backward(q, k, v, out, lse)
+    ctx.key_padding_mask, ctx.alibi_slopes, ctx.softmax_scale = key_padding_mask, alibi_slopes, softmax_scale
+    ctx.mark_non_differentiable(lse)
+
+
+def _backward_fwd(ctx, grad_out, grad_lse):
+    q, k, v, out, lse = ctx.saved_tensors
+    dq, dk, dv = _OPS.alibi_attention_bwd(grad_out, q, k, v, out, lse, ctx.key_padding_mask, ctx.alibi_slopes,
+                                          ctx.softmax_scale)
+    return dq, dk, dv, None, None, None
+
+
+def _setup_varlen_fwd(ctx, inputs, output):
+    q, k, v, cu_seqlens, max_seqlen, alibi_slopes, softmax_scale = inputs
+    out, lse = output
+    ctx.save_for_backward(q, k, v, out, lse)
+    ctx.cu_seqlens, ctx.max_seqlen = cu_seqlens, max_seqlen
+    ctx.alibi_slopes, ctx.softmax_scale = alibi_slopes, softmax_scale
+    ctx.mark_non_differentiable(lse)
+
+
+def _backward_varlen_fwd(ctx, grad_out, grad_lse):
+    q, k, v, out, lse = ctx.saved_tensors
+    dq, dk, dv = _OPS.alibi_attention_varlen_bwd(grad_out, q, k, v, out, lse, ctx.cu_seqlens, ctx.max_seqlen,
+                                                 ctx.alibi_slopes, ctx.softmax_scale)
+    return dq, dk, dv, None, None, None, None
+
+
+torch.library.register_autograd("bembed::alibi_attention_fwd", _backward_fwd, setup_context=_setup_fwd)
+torch.library.register_autograd("bembed::alibi_attention_varlen_fwd", _backward_varlen_fwd,
+                                setup_context=_setup_varlen_fwd)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Public functions
+# ----------------------------------------------------------------------------------------------------
+
+def alibi_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, alibi_slopes: torch.Tensor | None, *,
+                    key_padding_mask: torch.Tensor | None = None, softmax_scale: float | None = None,
+                    impl: str | None = None) -> torch.Tensor:
+    """Non-causal ALiBi attention on padded batches, bias −slope_h·|i−j| computed on the fly.
+
+    q, k, v: (B, L, H, D), one float dtype (CPU: float32/float64/bfloat16; CUDA: float16/bfloat16, D in
+    {32, 64, 128}). alibi_slopes: float32 (H,) or (B, H), or None for plain attention. key_padding_mask:
+    bool (B, L), True = real token; a query whose keys are all masked outputs zeros. softmax_scale
+    defaults to 1/√D. Returns (B, L, H, D). `impl="reference"` (or BEMBED_REFERENCE_OPS=1) runs the
+    pure-PyTorch specification instead of the kernel.
+    """
+    _check_tensors("alibi_attention", q=q, k=k, v=v, alibi_slopes=alibi_slopes, key_padding_mask=key_padding_mask)
+    scale = _default_scale(softmax_scale, q.shape[-1], "alibi_attention")
+    if use_reference(impl) or not has_kernel("alibi_attention_fwd", q.device.type):  # TEMP until the kernel lands
+        return alibi_attention_reference(q, k, v, alibi_slopes, key_padding_mask=key_padding_mask,
+                                         softmax_scale=scale)
+    out, _ = _OPS.alibi_attention_fwd(q, k, v, key_padding_mask, alibi_slopes, scale)
+    return out
+
+
+def alibi_attention_varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor,
+                           max_seqlen: int, alibi_slopes: torch.Tensor | None, *,
+                           softmax_scale: float | None = None, impl: str | None = None) -> torch.Tensor:
+    """Non-causal ALiBi attention on packed (unpadded) sequences.
+
+    q, k, v: (T, H, D); cu_seqlens: int32 (B+1,) with cu_seqlens[0] = 0, non-decreasing, ending at T
+    (empty sequences allowed); max_seqlen: the longest sequence (an upper bound is fine). Positions i, j
+    count from each sequence's start. alibi_slopes: float32 (H,) or (B, H), or None. Returns (T, H, D).
+    """
+    _check_tensors("alibi_attention_varlen", q=q, k=k, v=v, cu_seqlens=cu_seqlens, alibi_slopes=alibi_slopes)
+    if isinstance(max_seqlen, bool) or not isinstance(max_seqlen, numbers.Integral):
+        raise TypeError(f"alibi_attention_varlen: argument 'max_seqlen' must be an int, got {type(max_seqlen).__name__}")
+    scale = _default_scale(softmax_scale, q.shape[-1], "alibi_attention_varlen")
+    if use_reference(impl) or not has_kernel("alibi_attention_varlen_fwd", q.device.type):  # TEMP
+        return alibi_attention_varlen_reference(q, k, v, cu_seqlens, max_seqlen, alibi_slopes, softmax_scale=scale)
+    out, _ = _OPS.alibi_attention_varlen_fwd(q, k, v, cu_seqlens, int(max_seqlen), alibi_slopes, scale)
+    return out
