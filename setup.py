@@ -87,7 +87,7 @@ def _extension():
     kwargs = dict(extra_link_args=["-fopenmp"], define_macros=[("BEMBED_WITH_CUDA", "1" if WITH_CUDA else "0")])
     if not WITH_CUDA:
         return CppExtension("bembed_ext._C", sources, extra_compile_args={"cxx": cxx}, **kwargs)
-    nvcc = ["-O3", "-lineinfo", "--expt-relaxed-constexpr", "-std=c++17"]
+    nvcc = ["-O3", "-lineinfo", "--expt-relaxed-constexpr"]
     sources += _sources(["cuda/*.cu", "cuda/*.cpp"])
     return CUDAExtension("bembed_ext._C", sources, extra_compile_args={"cxx": cxx, "nvcc": nvcc}, **kwargs)
 
