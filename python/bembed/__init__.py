@@ -7,4 +7,7 @@ __version__ = "0.1.0"
 
 import bembed_ext as ops  # noqa: F401  (loads torch.ops.bembed)
 
-__all__ = ["__version__", "ops"]
+# Importing the model registers JinaBERT with AutoConfig / AutoModel / AutoModelForMaskedLM.
+from .model import JinaBertConfig, JinaBertForMaskedLM, JinaBertModel  # noqa: E402
+
+__all__ = ["JinaBertConfig", "JinaBertForMaskedLM", "JinaBertModel", "__version__", "ops"]

@@ -1,0 +1,397 @@
+"""JinaBERT, readable top to bottom: embeddings -> N post-LN layers (ALiBi attention, GEGLU MLP) -> pooler.
+
+Module and parameter names are the published ones (`embeddings.word_embeddings`,
+`encoder.layer.N.attention.self.query`, `encoder.layer.N.mlp.gated_layers`, ...), so released
+jina-embeddings-v2 checkpoints load by name. Two encoder paths share every weight:
+
+- "bembed": the real tokens are packed into one (T, hidden) stream (see packing.py); attention is
+  `bembed_ext.alibi_attention_varlen`, the MLP uses `bembed_ext.geglu`. Padding costs nothing.
+- "reference": padded (B, L, hidden), scores materialised with an explicit (B, H, L, L) bias — the
+  executable specification that mirrors the published remote code, and the only path with attention
+  dropout.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import bembed_ext
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+from transformers import PreTrainedModel
+from transformers.modeling_outputs import BaseModelOutputWithPooling, MaskedLMOutput
+
+from . import loading
+from .config import JinaBertConfig
+from .packing import Packing, pack_attention_mask
+from .pooling import mean_pool, normalize
+
+logger = logging.getLogger(__name__)
+
+# (device type, dtype) pairs the fused attention kernels do not take: those run the op's reference.
+# CUDA kernels are fp16/bf16 only (use autocast or .half()); the CPU kernel has no fp16.
+_NO_ATTENTION_KERNEL = {("cuda", torch.float32), ("cpu", torch.float16)}
+_warned_reference_fallback = False
+
+
+def _attention_op_impl(q: torch.Tensor) -> str | None:
+    global _warned_reference_fallback
+    if (q.device.type, q.dtype) not in _NO_ATTENTION_KERNEL:
+        return None
+    if not _warned_reference_fallback:
+        logger.warning("bembed: no fused attention kernel for %s %s; running the (slow, O(L^2) memory) reference "
+                       "attention. On GPU use torch.autocast or a half-precision model.", q.device.type, q.dtype)
+        _warned_reference_fallback = True
+    return "reference"
+
+
+class JinaBertEmbeddings(nn.Module):
+    """word + token_type embeddings, LayerNorm, dropout. No position embeddings: ALiBi carries order."""
+
+    def __init__(self, config: JinaBertConfig):
+        super().__init__()
+        self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id)
+        self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor) -> torch.Tensor:
+        x = self.word_embeddings(input_ids) + self.token_type_embeddings(token_type_ids)
+        return self.dropout(self.LayerNorm(x))
+
+
+class JinaBertSelfAttention(nn.Module):
+    """q/k/v projections (optionally LayerNorm on q and k over the full width, the Spanish variant) and
+    symmetric ALiBi attention: softmax(q·kᵀ/√d − slope_h·|i−j|)·v."""
+
+    def __init__(self, config: JinaBertConfig):
+        super().__init__()
+        self.num_heads = config.num_attention_heads
+        self.head_dim = config.head_dim
+        self.query = nn.Linear(config.hidden_size, config.hidden_size)
+        self.key = nn.Linear(config.hidden_size, config.hidden_size)
+        self.value = nn.Linear(config.hidden_size, config.hidden_size)
+        if config.qk_layer_norm:
+            self.layer_norm_q = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+            self.layer_norm_k = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.qk_layer_norm = config.qk_layer_norm
+        self.dropout = nn.Dropout(config.attention_probs_dropout_prob)
+
+    def _qkv(self, x: torch.Tensor):
+        q, k, v = self.query(x), self.key(x), self.value(x)
+        if self.qk_layer_norm:
+            # Under autocast LayerNorm returns float32; the attention op wants one dtype for q, k, v.
+            q, k = self.layer_norm_q(q).to(v.dtype), self.layer_norm_k(k).to(v.dtype)
+        split = (*x.shape[:-1], self.num_heads, self.head_dim)
+        return q.view(split), k.view(split), v.view(split)
+
+    def forward(self, x: torch.Tensor, packing: Packing | None, bias: torch.Tensor | None,
+                slopes: torch.Tensor) -> torch.Tensor:
+        q, k, v = self._qkv(x)
+        if packing is not None:  # x: (T, hidden)
+            out = bembed_ext.alibi_attention_varlen(q, k, v, packing.cu_seqlens, packing.max_seqlen, slopes,
+                                                    impl=_attention_op_impl(q))
+            return out.reshape(x.shape)
+        # Reference, x: (B, L, hidden); bias (B, H, L, L) already holds −slope·|i−j| and the key mask.
+        scores = torch.einsum("bihd,bjhd->bhij", q, k) / math.sqrt(self.head_dim) + bias.to(q.dtype)
+        probs = self.dropout(torch.softmax(scores, dim=-1))
+        return torch.einsum("bhij,bjhd->bihd", probs, v).reshape(x.shape)
+
+
+class JinaBertSelfOutput(nn.Module):
+    def __init__(self, config: JinaBertConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, h: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        return self.LayerNorm(self.dropout(self.dense(h)) + residual)
+
+
+class JinaBertAttention(nn.Module):
+    def __init__(self, config: JinaBertConfig):
+        super().__init__()
+        self.self = JinaBertSelfAttention(config)
+        self.output = JinaBertSelfOutput(config)
+
+    def forward(self, x, packing, bias, slopes):
+        return self.output(self.self(x, packing, bias, slopes), x)
+
+
+class JinaBertGLUMLP(nn.Module):
+    """gated_layers (no bias) -> GEGLU (exact GELU on the first half) -> dropout -> wo -> LayerNorm(h + x)."""
+
+    def __init__(self, config: JinaBertConfig):
+        super().__init__()
+        self.gated_layers = nn.Linear(config.hidden_size, 2 * config.intermediate_size, bias=False)
+        self.wo = nn.Linear(config.intermediate_size, config.hidden_size)
+        self.layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, x: torch.Tensor, fused: bool) -> torch.Tensor:
+        h = self.gated_layers(x)
+        h = bembed_ext.geglu(h) if fused else bembed_ext.reference.geglu(h)
+        return self.layernorm(self.wo(self.dropout(h)) + x)
+
+
+class JinaBertLayer(nn.Module):
+    def __init__(self, config: JinaBertConfig):
+        super().__init__()
+        self.attention = JinaBertAttention(config)
+        self.mlp = JinaBertGLUMLP(config)
+
+    def forward(self, x, packing, bias, slopes):
+        return self.mlp(self.attention(x, packing, bias, slopes), fused=packing is not None)
+
+
+class JinaBertEncoder(nn.Module):
+    def __init__(self, config: JinaBertConfig):
+        super().__init__()
+        self.layer = nn.ModuleList(JinaBertLayer(config) for _ in range(config.num_hidden_layers))
+        self.gradient_checkpointing = False
+
+    def forward(self, x, packing, bias, slopes, output_hidden_states: bool = False):
+        all_hidden = [x] if output_hidden_states else None
+        for layer in self.layer:
+            if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+                x = checkpoint(layer, x, packing, bias, slopes, use_reentrant=False)
+            else:
+                x = layer(x, packing, bias, slopes)
+            if output_hidden_states:
+                all_hidden.append(x)
+        return x, all_hidden
+
+
+class JinaBertPooler(nn.Module):
+    """BERT's pooler (dense + tanh on the first token); published weights, unused by mean pooling."""
+
+    def __init__(self, config: JinaBertConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.activation = nn.Tanh()
+
+    def forward(self, last_hidden_state: torch.Tensor) -> torch.Tensor:
+        return self.activation(self.dense(last_hidden_state[:, 0]))
+
+
+def reference_attention_bias(attention_mask: torch.Tensor, slopes: torch.Tensor) -> torch.Tensor:
+    """(B, L) mask and (H,) slopes -> (B, H, L, L) float32 additive bias: −slope·|i−j|, and the dtype
+    minimum on padded keys (the published code's extended attention mask)."""
+    L = attention_mask.shape[1]
+    pos = torch.arange(L, device=attention_mask.device)
+    distance = (pos[None, :] - pos[:, None]).abs().to(torch.float32)
+    alibi = -slopes.to(attention_mask.device, torch.float32)[:, None, None] * distance  # (H, L, L)
+    key_mask = (1.0 - attention_mask.to(torch.float32))[:, None, None, :] * torch.finfo(torch.float32).min
+    return alibi[None] + key_mask
+
+
+class JinaBertPreTrainedModel(PreTrainedModel):
+    """Shared plumbing: config class, weight init, local safetensors loading/saving, checkpointing."""
+
+    config_class = JinaBertConfig
+    base_model_prefix = "bert"
+    supports_gradient_checkpointing = True
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        std = self.config.initializer_range
+        if isinstance(module, nn.Linear):
+            module.weight.normal_(0.0, std)
+            if module.bias is not None:
+                module.bias.zero_()
+        elif isinstance(module, nn.Embedding):
+            module.weight.normal_(0.0, std)
+            if module.padding_idx is not None:
+                module.weight[module.padding_idx].zero_()
+        elif isinstance(module, nn.LayerNorm):
+            module.weight.fill_(1.0)
+            module.bias.zero_()
+        elif isinstance(module, JinaBertLMPredictionHead):
+            module.bias.zero_()
+
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs=None) -> None:
+        """Recompute each layer in backward (non-reentrant torch.utils.checkpoint): activation memory of one
+        layer instead of all, for long sequences in training."""
+        self._encoder().gradient_checkpointing = True
+
+    def gradient_checkpointing_disable(self) -> None:
+        self._encoder().gradient_checkpointing = False
+
+    def _encoder(self) -> JinaBertEncoder:
+        return getattr(self, self.base_model_prefix, self).encoder
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
+        """Load from a local folder holding config.json and model.safetensors (fp16, bf16 or fp32; published
+        names, with or without the `bert.` prefix). See `bembed.model.loading.load_pretrained`."""
+        if model_args:
+            raise TypeError(f"{cls.__name__}.from_pretrained takes no positional model arguments")
+        return loading.load_pretrained(cls, pretrained_model_name_or_path, **kwargs)
+
+    def save_pretrained(self, save_directory, **kwargs) -> None:
+        """Write config.json and model.safetensors (published names; never pickle)."""
+        loading.save_pretrained(self, save_directory, **kwargs)
+
+
+class JinaBertModel(JinaBertPreTrainedModel):
+    """The JinaBERT encoder. forward(input_ids, attention_mask, token_type_ids) -> `last_hidden_state`
+    (B, L, hidden); `embed(...)` gives mean-pooled float32 sentence embeddings."""
+
+    def __init__(self, config: JinaBertConfig, add_pooling_layer: bool = True):
+        super().__init__(config)
+        self.embeddings = JinaBertEmbeddings(config)
+        self.encoder = JinaBertEncoder(config)
+        self.pooler = JinaBertPooler(config) if add_pooling_layer else None
+        self._slopes_cache: dict[torch.device, torch.Tensor] = {}
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.embeddings.word_embeddings
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.embeddings.word_embeddings = value
+
+    def alibi_slopes(self, device: torch.device | str = "cpu") -> torch.Tensor:
+        """The per-head ALiBi slopes, float32 (H,). Kept out of the state dict and out of .half()."""
+        device = torch.device(device)
+        if device not in self._slopes_cache:
+            self._slopes_cache[device] = bembed_ext.alibi_slopes(self.config.num_attention_heads).to(device)
+        return self._slopes_cache[device]
+
+    def _check_attention_dropout(self) -> None:
+        if self.training and self.config.attention_probs_dropout_prob > 0:
+            raise ValueError(
+                f"attention_probs_dropout_prob={self.config.attention_probs_dropout_prob}: the bembed attention "
+                "kernels have no dropout. Set attention_probs_dropout_prob=0 (as the released JinaBERT models do) "
+                "or attention_impl='reference'.")
+
+    def forward_packed(self, input_ids: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int,
+                       token_type_ids: torch.Tensor | None = None,
+                       output_hidden_states: bool = False):
+        """The unpadded encoder: input_ids (T,) packed by cu_seqlens (B+1,) int32 -> (T, hidden), and the
+        per-layer states when output_hidden_states. Always the fused "bembed" path."""
+        self._check_attention_dropout()
+        if token_type_ids is None:
+            token_type_ids = torch.zeros_like(input_ids)
+        packing = Packing(indices=None, cu_seqlens=cu_seqlens, max_seqlen=int(max_seqlen), batch=0, seqlen=0)
+        x = self.embeddings(input_ids, token_type_ids)
+        return self.encoder(x, packing, None, self.alibi_slopes(x.device), output_hidden_states)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                token_type_ids: torch.Tensor | None = None, output_hidden_states: bool | None = None,
+                return_dict: bool | None = None):
+        """input_ids (B, L); attention_mask (B, L) 1 = real token (contiguous per row); token_type_ids (B, L).
+        Returns BaseModelOutputWithPooling (last_hidden_state, pooler_output, hidden_states). Token states at
+        padding positions carry no meaning (zeros on the "bembed" path)."""
+        if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2:
+            raise ValueError("input_ids must be a (batch, seqlen) tensor")
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        if token_type_ids is None:
+            token_type_ids = torch.zeros_like(input_ids)
+        output_hidden_states = bool(output_hidden_states)
+        if self.config.attention_impl == "bembed":
+            packing = pack_attention_mask(attention_mask)
+            x, all_hidden = self.forward_packed(packing.pack(input_ids), packing.cu_seqlens, packing.max_seqlen,
+                                                packing.pack(token_type_ids), output_hidden_states)
+            last = packing.unpack(x)
+            all_hidden = [packing.unpack(h) for h in all_hidden] if output_hidden_states else None
+        else:
+            x = self.embeddings(input_ids, token_type_ids)
+            slopes = self.alibi_slopes(x.device)
+            bias = reference_attention_bias(attention_mask, slopes)
+            last, all_hidden = self.encoder(x, None, bias, slopes, output_hidden_states)
+        pooled = self.pooler(last) if self.pooler is not None else None
+        hidden_states = tuple(all_hidden) if output_hidden_states else None
+        if return_dict is False:
+            return tuple(t for t in (last, pooled, hidden_states) if t is not None)
+        return BaseModelOutputWithPooling(last_hidden_state=last, pooler_output=pooled, hidden_states=hidden_states)
+
+    def embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+              token_type_ids: torch.Tensor | None = None, normalize_embeddings: bool = True) -> torch.Tensor:
+        """Sentence embeddings (B, hidden) float32: mean over the real tokens of the last layer, then
+        L2-normalised unless normalize_embeddings=False."""
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        last = self(input_ids, attention_mask, token_type_ids).last_hidden_state
+        pooled = mean_pool(last, attention_mask)
+        return normalize(pooled) if normalize_embeddings else pooled
+
+
+class JinaBertPredictionHeadTransform(nn.Module):
+    def __init__(self, config: JinaBertConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.LayerNorm(F.gelu(self.dense(x)))
+
+
+class JinaBertLMPredictionHead(nn.Module):
+    """transform (dense, GELU, LayerNorm) -> decoder (weight tied to the word embeddings) + bias."""
+
+    def __init__(self, config: JinaBertConfig):
+        super().__init__()
+        self.transform = JinaBertPredictionHeadTransform(config)
+        self.decoder = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.bias = nn.Parameter(torch.zeros(config.vocab_size))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.transform(x)) + self.bias
+
+
+class JinaBertOnlyMLMHead(nn.Module):
+    def __init__(self, config: JinaBertConfig):
+        super().__init__()
+        self.predictions = JinaBertLMPredictionHead(config)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.predictions(x)
+
+
+class JinaBertForMaskedLM(JinaBertPreTrainedModel):
+    """JinaBERT with BERT's MLM head (`cls.predictions.*`), decoder tied to `bert.embeddings.word_embeddings`."""
+
+    def __init__(self, config: JinaBertConfig):
+        super().__init__(config)
+        self.bert = JinaBertModel(config, add_pooling_layer=False)
+        self.cls = JinaBertOnlyMLMHead(config)
+        self.post_init()
+        self.tie_decoder()
+
+    def tie_decoder(self) -> None:
+        """Share one Parameter between the decoder and the word embeddings (also after loading)."""
+        self.cls.predictions.decoder.weight = self.bert.embeddings.word_embeddings.weight
+
+    def get_output_embeddings(self) -> nn.Linear:
+        return self.cls.predictions.decoder
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.bert.embeddings.word_embeddings
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                token_type_ids: torch.Tensor | None = None, labels: torch.Tensor | None = None,
+                output_hidden_states: bool | None = None, return_dict: bool | None = None):
+        """logits (B, L, vocab); with labels (B, L) (−100 = not predicted) also the mean cross-entropy."""
+        out = self.bert(input_ids, attention_mask, token_type_ids, output_hidden_states=output_hidden_states)
+        logits = self.cls(out.last_hidden_state)
+        loss = None
+        if labels is not None:
+            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1), ignore_index=-100)
+        if return_dict is False:
+            return tuple(t for t in (loss, logits, out.hidden_states) if t is not None)
+        return MaskedLMOutput(loss=loss, logits=logits, hidden_states=out.hidden_states)
+
+    def mlm_loss(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor,
+                 token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """The MLM loss computing vocabulary logits only at the labelled positions (labels != −100): the
+        memory-lean form for pretraining (full logits at 512 × 61056 per sequence dominate memory)."""
+        hidden = self.bert(input_ids, attention_mask, token_type_ids).last_hidden_state
+        selected = labels != -100
+        logits = self.cls(hidden[selected])
+        return F.cross_entropy(logits.float(), labels[selected])
