@@ -7,11 +7,12 @@ load_library()
 
 from . import reference  # noqa: E402
 from .ops.alibi_attention import alibi_attention, alibi_attention_varlen, alibi_slopes  # noqa: E402
+from .ops.contrastive_loss import contrastive_loss  # noqa: E402
 from .ops.geglu import geglu  # noqa: E402
 
-OPS = ("geglu", "alibi_attention", "alibi_attention_varlen")
+OPS = ("geglu", "alibi_attention", "alibi_attention_varlen", "contrastive_loss")
 
 __all__ = [
-    "OPS", "alibi_attention", "alibi_attention_varlen", "alibi_slopes", "build_info", "geglu", "has_cuda_kernels",
-    "has_kernel", "reference",
+    "OPS", "alibi_attention", "alibi_attention_varlen", "alibi_slopes", "build_info", "contrastive_loss", "geglu",
+    "has_cuda_kernels", "has_kernel", "reference",
 ]

@@ -2,6 +2,7 @@
 
 from .ops.alibi_attention import alibi_attention_reference as alibi_attention
 from .ops.alibi_attention import alibi_attention_varlen_reference as alibi_attention_varlen
+from .ops.contrastive_loss import contrastive_loss_reference as contrastive_loss
 from .ops.geglu import geglu_reference as geglu
 
-__all__ = ["alibi_attention", "alibi_attention_varlen", "geglu"]
+__all__ = ["alibi_attention", "alibi_attention_varlen", "contrastive_loss", "geglu"]

@@ -1,0 +1,47 @@
+"""All-gather along the first dimension with the gradient that data parallelism needs.
+
+Forward concatenates every rank's rows in rank order. Backward reduce-scatters with SUM: each rank
+receives, for its own rows, the sum over all ranks of d(rank loss)/d(rows). Under DDP (which averages
+parameter gradients over the W ranks) that is exactly the single-process gradient of the mean loss —
+averaging instead of summing here, or keeping only the local slice, gives gradients off by a factor of W.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+
+# torch ≥ 2.13 renamed the tensor collectives; the older names keep working on older torch (the GPU image).
+_all_gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+_reduce_scatter = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
+
+
+def require_process_group(op: str) -> tuple[int, int]:
+    """(world_size, rank) of the default process group; ValueError when there is none."""
+    if not (dist.is_available() and dist.is_initialized()):
+        raise ValueError(f"{op}: gather_across_ranks=True needs an initialised torch.distributed process group "
+                         "(call torch.distributed.init_process_group first, e.g. under torchrun)")
+    return dist.get_world_size(), dist.get_rank()
+
+
+class _AllGatherRows(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        world_size = dist.get_world_size()
+        x = x.contiguous()
+        out = x.new_empty((world_size * x.shape[0], *x.shape[1:]))
+        _all_gather(out, x)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        world_size = dist.get_world_size()
+        grad = grad_out.new_empty((grad_out.shape[0] // world_size, *grad_out.shape[1:]))
+        _reduce_scatter(grad, grad_out.contiguous(), op=dist.ReduceOp.SUM)
+        return grad
+
+
+def all_gather_rows(x: torch.Tensor) -> torch.Tensor:
+    """x (n, ...) on every rank → (W·n, ...), rank r's rows at [r·n, (r+1)·n). Every rank must pass the same
+    shape. Differentiable (see the module docstring for the gradient convention)."""
+    return _AllGatherRows.apply(x)

@@ -1,0 +1,199 @@
+// Fused InfoNCE (bembed_ext/ops/contrastive_loss.py): argument checks and the device-independent driver
+// shared by the CPU and CUDA entry points.
+//
+// Inputs are the *global* batch in single-process layout: queries (M, D) and documents (K, D) with
+// K = M·(1+m), documents 0..M-1 the positives of the queries in order, the rest hard negatives. The
+// loss is this rank's share: with B = M / world_size and o = rank·B, the anchors are queries o..o+B-1
+// (against all K documents) and, when bidirectional, positive documents o..o+B-1 (against all M queries):
+//   loss = 1/B Σ_{i∈[o,o+B)} (lse_k s_ik − s_ii) + [bidirectional] 1/B Σ_{k∈[o,o+B)} (lse_i s_ik − s_kk),
+// s_ik = q_i·d_k / τ. world_size = 1, rank = 0 is the ordinary single-process loss.
+//
+// The scores are never materialised: the driver walks column strips of S (a block of documents against the
+// query rows that need it), one GEMM per strip, and folds each strip into an online log-sum-exp per query
+// (rows) and an exact one per positive document (a strip holds whole columns). Backward recomputes each
+// strip, turns it into dL/dS in place and applies two GEMMs. The device only supplies the strip GEMMs and
+// three elementwise passes (see `Kernels` below).
+#pragma once
+
+#include <ATen/TensorOperators.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/full.h>
+#include <ATen/ops/zeros.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <tuple>
+#include <vector>
+
+#include "checks.h"
+
+namespace bembed {
+
+inline void check_contrastive_inputs(const at::Tensor& queries, const at::Tensor& documents, double temperature,
+                                     int64_t world_size, int64_t rank, const char* op) {
+  check_dim(queries, op, "queries", 2);
+  check_dim(documents, op, "documents", 2);
+  check_same_device(documents, queries, op, "documents", "queries");
+  check_same_dtype(documents, queries, op, "documents", "queries");
+  TORCH_CHECK_VALUE(documents.size(1) == queries.size(1), op, ": 'documents' (", documents.sizes(),
+                    ") and 'queries' (", queries.sizes(), ") must have the same embedding dimension");
+  TORCH_CHECK_VALUE(queries.size(0) >= 1, op, ": 'queries' must hold at least one row");
+  TORCH_CHECK_VALUE(documents.size(0) % queries.size(0) == 0 && documents.size(0) >= queries.size(0), op,
+                    ": 'documents' must have B·(1+m) rows (B positives then hard negatives) for B = ",
+                    queries.size(0), " queries, got ", documents.size(0));
+  TORCH_CHECK_VALUE(std::isfinite(temperature) && temperature > 0, op, ": 'temperature' must be > 0, got ",
+                    temperature);
+  TORCH_CHECK_VALUE(world_size >= 1 && queries.size(0) % world_size == 0, op, ": 'world_size' (", world_size,
+                    ") must divide the number of queries (", queries.size(0), ")");
+  TORCH_CHECK_VALUE(rank >= 0 && rank < world_size, op, ": 'rank' must be in [0, ", world_size, "), got ",
+                    rank);
+}
+
+inline void check_contrastive_saved(const at::Tensor& grad_loss, const at::Tensor& queries, const at::Tensor& q_lse,
+                                    const at::Tensor& d_lse, bool bidirectional, int64_t world_size, const char* op) {
+  const int64_t B = queries.size(0) / world_size;
+  TORCH_CHECK_VALUE(grad_loss.dim() == 0, op, ": 'grad_loss' must be a scalar, got shape ", grad_loss.sizes());
+  check_same_device(grad_loss, queries, op, "grad_loss", "queries");
+  check_same_device(q_lse, queries, op, "q_lse", "queries");
+  check_same_device(d_lse, queries, op, "d_lse", "queries");
+  TORCH_CHECK_VALUE(q_lse.dim() == 1 && q_lse.size(0) == B, op, ": 'q_lse' must have shape (", B, "), got ",
+                    q_lse.sizes());
+  const int64_t expected = bidirectional ? B : 0;
+  TORCH_CHECK_VALUE(d_lse.dim() == 1 && d_lse.size(0) == expected, op, ": 'd_lse' must have shape (", expected,
+                    "), got ", d_lse.sizes());
+}
+
+// One column strip: documents [k0, k0+nc) scored against queries [r0, r0+nr). Strips of positive documents
+// that are this rank's reverse-direction anchors take every query row (exact column log-sum-exp); all other
+// strips take only this rank's query rows.
+struct ContrastiveStrip {
+  int64_t k0, nc, r0, nr;
+  bool column_anchors;
+};
+
+struct ContrastivePlan {
+  int64_t B, offset, dim;
+  std::vector<ContrastiveStrip> strips;
+  int64_t max_strip_elems = 0;
+};
+
+// `budget` caps a strip at about budget score elements (at least 64 columns, so very large batches still
+// get GEMM-friendly strips): the extra memory is one strip, never B×N.
+inline ContrastivePlan make_contrastive_plan(int64_t M, int64_t K, int64_t dim, bool bidirectional,
+                                             int64_t world_size, int64_t rank, int64_t budget) {
+  ContrastivePlan plan;
+  plan.B = M / world_size;
+  plan.offset = rank * plan.B;
+  plan.dim = dim;
+  const int64_t o = plan.offset, B = plan.B;
+  auto add = [&](int64_t begin, int64_t end, int64_t r0, int64_t nr, bool anchors) {
+    const int64_t width = std::max<int64_t>(64, budget / nr);
+    for (int64_t k0 = begin; k0 < end; k0 += width) {
+      const int64_t nc = std::min(width, end - k0);
+      plan.strips.push_back({k0, nc, r0, nr, anchors});
+      plan.max_strip_elems = std::max(plan.max_strip_elems, nc * nr);
+    }
+  };
+  if (bidirectional) {
+    add(o, o + B, 0, M, true);
+    add(0, o, o, B, false);
+    add(o + B, K, o, B, false);
+  } else {
+    add(0, K, o, B, false);
+  }
+  return plan;
+}
+
+// Kernels supplies, for a strip S (nr × nc raw dot products, contiguous, acc_t = float or double):
+//   scores(S, q_rows, d_cols)          S = q_rows · d_colsᵀ (in acc_t)
+//   row_stats(S, nr, nc, inv_tau, lr0, nl, M, L)
+//        online update of running max M and sum L (length nl, this rank's queries) with rows lr0..lr0+nl-1
+//   column_lse(S, nr, nc, inv_tau, lse)  exact log-sum-exp over all nr rows of each column
+//   scores_to_grad(S, nr, nc, inv_tau, lr0, nl, row_lse, col_lse|nullptr, coef, diag_row, diag_col, ndiag, w)
+//        S ← coef·(exp(S/τ − row_lse) on local rows + exp(S/τ − col_lse) when col_lse), then subtract coef·w
+//        on the ndiag diagonal entries (diag_row + t, diag_col + t) (the positives)
+//   grad_operand(S)                    the tensor used as dL/dS in the gradient GEMMs
+//   accumulate(C, A, B)                C += A·B (C in acc_t)
+//   acc_dtype(scalar type)
+template <class Kernels>
+std::tuple<at::Tensor, at::Tensor, at::Tensor> contrastive_forward(const at::Tensor& queries,
+                                                                   const at::Tensor& documents, double temperature,
+                                                                   bool bidirectional, int64_t world_size,
+                                                                   int64_t rank, int64_t budget) {
+  const auto q = queries.contiguous();
+  const auto d = documents.contiguous();
+  const auto plan = make_contrastive_plan(q.size(0), d.size(0), q.size(1), bidirectional, world_size, rank, budget);
+  const int64_t B = plan.B, o = plan.offset;
+  const auto acc = Kernels::acc_dtype(q.scalar_type());
+  const auto acc_opts = q.options().dtype(acc);
+  const double inv_tau = 1.0 / temperature;
+
+  auto running_max = at::full({B}, -std::numeric_limits<double>::infinity(), acc_opts);
+  auto running_sum = at::zeros({B}, acc_opts);
+  auto d_lse = at::empty({bidirectional ? B : 0}, acc_opts);
+  auto buffer = at::empty({plan.max_strip_elems}, acc_opts);
+  for (const auto& strip : plan.strips) {
+    auto S = buffer.narrow(0, 0, strip.nr * strip.nc).view({strip.nr, strip.nc});
+    Kernels::scores(S, q.narrow(0, strip.r0, strip.nr), d.narrow(0, strip.k0, strip.nc));
+    Kernels::row_stats(S, strip.nr, strip.nc, inv_tau, o - strip.r0, B, running_max, running_sum);
+    if (strip.column_anchors) Kernels::column_lse(S, strip.nr, strip.nc, inv_tau, d_lse.narrow(0, strip.k0 - o, strip.nc));
+  }
+  auto q_lse = running_max + running_sum.log();
+  // Positive scores s_ii, i ∈ [o, o+B): O(B·D), accumulated in acc_t.
+  auto positive = (q.narrow(0, o, B).to(acc) * d.narrow(0, o, B).to(acc)).sum(1) * inv_tau;
+  auto total = (q_lse - positive).sum();
+  if (bidirectional) total = total + (d_lse - positive).sum();
+  auto loss = (total / static_cast<double>(B)).to(q.scalar_type());
+  return {loss, q_lse, d_lse};
+}
+
+template <class Kernels>
+std::tuple<at::Tensor, at::Tensor> contrastive_backward(const at::Tensor& grad_loss, const at::Tensor& queries,
+                                                        const at::Tensor& documents, const at::Tensor& q_lse,
+                                                        const at::Tensor& d_lse, double temperature,
+                                                        bool bidirectional, int64_t world_size, int64_t rank,
+                                                        int64_t budget) {
+  const auto q = queries.contiguous();
+  const auto d = documents.contiguous();
+  const auto plan = make_contrastive_plan(q.size(0), d.size(0), q.size(1), bidirectional, world_size, rank, budget);
+  const int64_t B = plan.B, o = plan.offset;
+  const auto acc = Kernels::acc_dtype(q.scalar_type());
+  const auto acc_opts = q.options().dtype(acc);
+  const double inv_tau = 1.0 / temperature;
+  const auto row_lse = q_lse.to(acc).contiguous();
+  const auto col_lse = d_lse.to(acc).contiguous();
+  // dL/d(q·d) = (1/τ)·dL/ds; the upstream gradient is applied at the end (no device sync for a scalar).
+  const double coef = inv_tau / static_cast<double>(B);
+
+  auto grad_q = at::zeros(q.sizes(), acc_opts);
+  auto grad_d = at::zeros(d.sizes(), acc_opts);
+  auto buffer = at::empty({plan.max_strip_elems}, acc_opts);
+  for (const auto& strip : plan.strips) {
+    auto S = buffer.narrow(0, 0, strip.nr * strip.nc).view({strip.nr, strip.nc});
+    const auto q_rows = q.narrow(0, strip.r0, strip.nr);
+    const auto d_cols = d.narrow(0, strip.k0, strip.nc);
+    Kernels::scores(S, q_rows, d_cols);
+    // Positives (i, i) for this rank's queries i that fall in this strip's columns.
+    const int64_t diag_begin = std::max({o, strip.k0, strip.r0});
+    const int64_t diag_end = std::min({o + B, strip.k0 + strip.nc, strip.r0 + strip.nr});
+    const int64_t ndiag = std::max<int64_t>(0, diag_end - diag_begin);
+    // Both directions put their −1 on the diagonal of an anchor strip.
+    const double weight = strip.column_anchors ? 2.0 : 1.0;
+    at::Tensor col_slice;
+    if (strip.column_anchors) col_slice = col_lse.narrow(0, strip.k0 - o, strip.nc);
+    Kernels::scores_to_grad(S, strip.nr, strip.nc, inv_tau, o - strip.r0, B, row_lse,
+                            strip.column_anchors ? &col_slice : nullptr, coef, diag_begin - strip.r0,
+                            diag_begin - strip.k0, ndiag, weight);
+    const auto dS = Kernels::grad_operand(S);
+    auto grad_q_rows = grad_q.narrow(0, strip.r0, strip.nr);
+    auto grad_d_cols = grad_d.narrow(0, strip.k0, strip.nc);
+    Kernels::accumulate(grad_q_rows, dS, d_cols);
+    Kernels::accumulate(grad_d_cols, dS.t(), q_rows);
+  }
+  const auto g = grad_loss.to(acc);
+  return {(grad_q * g).to(q.scalar_type()), (grad_d * g).to(d.scalar_type())};
+}
+
+}  // namespace bembed
