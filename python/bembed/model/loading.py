@@ -28,7 +28,9 @@ _TIED = "cls.predictions.decoder.weight"
 # local-folder loader has nothing to do with.
 _IGNORED_KWARGS = {"cache_dir", "revision", "trust_remote_code", "local_files_only", "token", "use_auth_token",
                    "force_download", "proxies", "subfolder", "low_cpu_mem_usage", "attn_implementation",
-                   "_from_auto", "_from_pipeline", "use_safetensors", "weights_only", "resume_download"}
+                   "_from_auto", "_from_pipeline", "use_safetensors", "weights_only", "resume_download",
+                   "adapter_kwargs", "_commit_hash", "code_revision", "mirror", "offload_folder",
+                   "offload_state_dict", "max_memory", "key_mapping", "tp_plan", "distributed_config"}
 
 
 def read_state_dict(folder: str | os.PathLike) -> dict[str, torch.Tensor]:
