@@ -1,0 +1,333 @@
+"""JinaBERT: published layout and names, slopes, loading/saving, kernel path vs reference path."""
+
+import json
+import logging
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+import bembed
+from bembed import JinaBertConfig, JinaBertForMaskedLM, JinaBertModel
+from bembed.model import mean_pool, mean_pool_packed, pack_attention_mask
+
+
+def tiny_config(**overrides) -> JinaBertConfig:
+    fields = dict(vocab_size=97, hidden_size=48, num_hidden_layers=2, num_attention_heads=4, intermediate_size=80,
+                  hidden_dropout_prob=0.0)
+    return JinaBertConfig(**{**fields, **overrides})
+
+
+def ragged_batch(lengths, vocab=97, pad=0):
+    """Right-padded (B, max(lengths)) ids (no pad id inside real tokens) and mask."""
+    L = max(lengths)
+    ids = torch.randint(5, vocab, (len(lengths), L))
+    mask = torch.zeros(len(lengths), L, dtype=torch.long)
+    for row, n in enumerate(lengths):
+        mask[row, :n] = 1
+    return ids.masked_fill(mask == 0, pad), mask
+
+
+# ------------------------------------------------------------------------------------------------
+# ALiBi slopes
+# ------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("heads", [8, 12, 16])
+def test_alibi_slopes(heads):
+    model = JinaBertModel(tiny_config(hidden_size=heads * 4, num_attention_heads=heads))
+    slopes = model.alibi_slopes()
+    assert slopes.dtype == torch.float32 and slopes.shape == (heads,)
+    if heads == 12:
+        exponents = [-1, -2, -3, -4, -5, -6, -7, -8, -0.5, -1.5, -2.5, -3.5]
+    else:  # a power of two n: 2^(-8(k+1)/n)
+        exponents = [-8 * (k + 1) / heads for k in range(heads)]
+    expected = torch.tensor([2.0**e for e in exponents], dtype=torch.float32)
+    assert torch.equal(slopes, expected)
+
+
+# ------------------------------------------------------------------------------------------------
+# The published base layout
+# ------------------------------------------------------------------------------------------------
+
+def published_layout(vocab=61056, hidden=768, layers=12, intermediate=3072, qk_layer_norm=False):
+    """The parameter names and shapes of jina-embeddings-v2-base-de/-es (JinaBertModel), per DESIGN.md."""
+    shapes = {
+        "embeddings.word_embeddings.weight": (vocab, hidden),
+        "embeddings.token_type_embeddings.weight": (2, hidden),
+        "embeddings.LayerNorm.weight": (hidden,),
+        "embeddings.LayerNorm.bias": (hidden,),
+        "pooler.dense.weight": (hidden, hidden),
+        "pooler.dense.bias": (hidden,),
+    }
+    for n in range(layers):
+        p = f"encoder.layer.{n}."
+        for name in ("query", "key", "value"):
+            shapes[p + f"attention.self.{name}.weight"] = (hidden, hidden)
+            shapes[p + f"attention.self.{name}.bias"] = (hidden,)
+        if qk_layer_norm:
+            for name in ("layer_norm_q", "layer_norm_k"):
+                shapes[p + f"attention.self.{name}.weight"] = (hidden,)
+                shapes[p + f"attention.self.{name}.bias"] = (hidden,)
+        shapes[p + "attention.output.dense.weight"] = (hidden, hidden)
+        shapes[p + "attention.output.dense.bias"] = (hidden,)
+        shapes[p + "attention.output.LayerNorm.weight"] = (hidden,)
+        shapes[p + "attention.output.LayerNorm.bias"] = (hidden,)
+        shapes[p + "mlp.gated_layers.weight"] = (2 * intermediate, hidden)
+        shapes[p + "mlp.wo.weight"] = (hidden, intermediate)
+        shapes[p + "mlp.wo.bias"] = (hidden,)
+        shapes[p + "mlp.layernorm.weight"] = (hidden,)
+        shapes[p + "mlp.layernorm.bias"] = (hidden,)
+    return shapes
+
+
+@pytest.mark.parametrize("qk_layer_norm", [False, True], ids=["de", "es"])
+def test_base_config_parameter_names_shapes_and_count(qk_layer_norm):
+    with torch.device("meta"):  # the layout only: no memory, no init
+        model = JinaBertModel(JinaBertConfig(vocab_size=61056, qk_layer_norm=qk_layer_norm))
+    got = {name: tuple(t.shape) for name, t in model.state_dict().items()}
+    assert got == published_layout(qk_layer_norm=qk_layer_norm)
+    count = sum(p.numel() for p in model.parameters())
+    assert 160.5e6 < count < 161.5e6  # DESIGN.md: ≈161M (46.9M embeddings + 12 × 9.44M + LNs + pooler)
+
+
+def test_mlm_head_names_and_tied_decoder():
+    model = JinaBertForMaskedLM(tiny_config())
+    names = set(model.state_dict())
+    for name in ("cls.predictions.transform.dense.weight", "cls.predictions.transform.dense.bias",
+                 "cls.predictions.transform.LayerNorm.weight", "cls.predictions.transform.LayerNorm.bias",
+                 "cls.predictions.bias", "bert.embeddings.word_embeddings.weight",
+                 "bert.encoder.layer.1.mlp.gated_layers.weight"):
+        assert name in names
+    assert not any(n.startswith("bert.pooler.") for n in names)
+    assert model.cls.predictions.decoder.weight is model.bert.embeddings.word_embeddings.weight
+
+
+@pytest.fixture
+def published_config_dir(tmp_path):
+    def write(config: JinaBertConfig, folder):
+        fields = {k: v for k, v in config.to_dict().items() if k not in ("model_type", "attention_impl",
+                                                                          "qk_layer_norm", "transformers_version")}
+        fields.update(model_type="bert", architectures=["JinaBertForMaskedLM"], attn_implementation="torch",
+                      auto_map={"AutoConfig": "jinaai/jina-bert-implementation--configuration_bert.JinaBertConfig"})
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "config.json").write_text(json.dumps(fields))
+        return folder
+    return write
+
+
+def test_published_config_loads(tmp_path, published_config_dir):
+    folder = published_config_dir(tiny_config(max_position_embeddings=8192), tmp_path / "pub")
+    config = JinaBertConfig.from_pretrained(folder)
+    assert config.model_type == "bembed_jinabert"
+    assert (config.vocab_size, config.hidden_size, config.num_attention_heads) == (97, 48, 4)
+    assert config.position_embedding_type == "alibi" and config.feed_forward_type == "geglu"
+    assert not hasattr(config, "auto_map") or not config.auto_map
+    plain_bert = json.loads((folder / "config.json").read_text())
+    plain_bert["position_embedding_type"] = "absolute"
+    (folder / "config.json").write_text(json.dumps(plain_bert))
+    with pytest.raises(ValueError, match="plain BERT"):
+        JinaBertConfig.from_pretrained(folder)
+
+
+# ------------------------------------------------------------------------------------------------
+# Loading and saving
+# ------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("prefix", ["", "bert."])
+@pytest.mark.parametrize("qk_layer_norm", [False, True], ids=["de", "es"])
+def test_published_fp16_checkpoint_roundtrip(tmp_path, published_config_dir, prefix, qk_layer_norm):
+    model = JinaBertModel(tiny_config(qk_layer_norm=qk_layer_norm)).eval()
+    folder = published_config_dir(model.config, tmp_path / "ckpt")
+    tensors = {prefix + k: v.half() for k, v in model.state_dict().items()}
+    tensors["cls.predictions.bias"] = torch.zeros(97, dtype=torch.float16)  # an MLM checkpoint's head
+    save_file(tensors, folder / "model.safetensors")
+
+    loaded, info = JinaBertModel.from_pretrained(folder, output_loading_info=True)
+    assert info == {"missing_keys": [], "unexpected_keys": []}
+    assert loaded.config.qk_layer_norm == qk_layer_norm  # detected from the weights when the config lacks it
+    assert not loaded.training and loaded.dtype == torch.float32
+
+    model.half().float()  # the same rounding the fp16 file applied
+    ids, mask = ragged_batch([9, 4, 13])
+    with torch.no_grad():
+        assert torch.equal(loaded(ids, mask).last_hidden_state, model(ids, mask).last_hidden_state)
+
+
+def test_save_pretrained_and_auto_classes_roundtrip(tmp_path):
+    from transformers import AutoConfig, AutoModel, AutoModelForMaskedLM
+
+    mlm = JinaBertForMaskedLM(tiny_config()).eval()
+    mlm.save_pretrained(tmp_path / "mlm")
+    assert (tmp_path / "mlm" / "model.safetensors").is_file()
+    assert not any(p.suffix in (".bin", ".pt", ".pkl") for p in (tmp_path / "mlm").iterdir())
+    assert isinstance(AutoConfig.from_pretrained(tmp_path / "mlm"), JinaBertConfig)
+
+    again = AutoModelForMaskedLM.from_pretrained(tmp_path / "mlm")
+    assert isinstance(again, JinaBertForMaskedLM)
+    assert again.cls.predictions.decoder.weight is again.bert.embeddings.word_embeddings.weight
+    ids, mask = ragged_batch([7, 3])
+    with torch.no_grad():
+        assert torch.equal(again(ids, mask).logits, mlm(ids, mask).logits)
+
+    base = AutoModel.from_pretrained(tmp_path / "mlm")  # the encoder of an MLM checkpoint (bert. prefix)
+    assert isinstance(base, JinaBertModel)
+    with torch.no_grad():
+        assert torch.equal(base(ids, mask).last_hidden_state, mlm.bert(ids, mask).last_hidden_state)
+
+
+def test_missing_and_unexpected_keys_are_named(tmp_path, caplog):
+    model = JinaBertModel(tiny_config())
+    model.save_pretrained(tmp_path)
+    from safetensors.torch import load_file
+
+    tensors = load_file(tmp_path / "model.safetensors")
+    del tensors["encoder.layer.1.mlp.wo.bias"]
+    tensors["encoder.layer.1.mlp.extra.weight"] = torch.zeros(3)
+    save_file(tensors, tmp_path / "model.safetensors")
+    with caplog.at_level(logging.WARNING):
+        JinaBertModel.from_pretrained(tmp_path)
+    assert "encoder.layer.1.mlp.wo.bias" in caplog.text and "encoder.layer.1.mlp.extra.weight" in caplog.text
+    with pytest.raises(ValueError, match=r"encoder\.layer\.1\.mlp\.wo\.bias"):
+        JinaBertModel.from_pretrained(tmp_path, strict=True)
+
+
+def test_loading_refuses_pickles_and_non_folders(tmp_path):
+    JinaBertModel(tiny_config()).config.save_pretrained(tmp_path)
+    (tmp_path / "pytorch_model.bin").write_bytes(b"not loaded")
+    with pytest.raises(ValueError, match="safetensors"):
+        JinaBertModel.from_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="local folder"):
+        JinaBertModel.from_pretrained(tmp_path / "absent")
+    with pytest.raises(ValueError, match="safetensors only"):
+        JinaBertModel(tiny_config()).save_pretrained(tmp_path / "out", safe_serialization=False)
+
+
+# ------------------------------------------------------------------------------------------------
+# Kernel path vs reference path
+# ------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("qk_layer_norm", [False, True], ids=["de", "es"])
+def test_kernel_path_matches_reference_on_ragged_batch(qk_layer_norm):
+    model = JinaBertModel(tiny_config(qk_layer_norm=qk_layer_norm, num_hidden_layers=3)).eval()
+    ids, mask = ragged_batch([37, 1, 20, 64, 5])
+    token_types = torch.randint(0, 2, ids.shape)
+    with torch.no_grad():
+        model.config.attention_impl = "bembed"
+        fast = model(ids, mask, token_types, output_hidden_states=True)
+        fast_embedding = model.embed(ids, mask, token_types)
+        model.config.attention_impl = "reference"
+        ref = model(ids, mask, token_types, output_hidden_states=True)
+        ref_embedding = model.embed(ids, mask, token_types)
+    real = mask.bool()
+    for got, want in zip(fast.hidden_states, ref.hidden_states):
+        got, want = got[real], want[real]
+        assert (got - want).norm() / want.norm() < 1e-4
+    assert (fast.last_hidden_state[~real] == 0).all()
+    cosine_distance = 1 - torch.nn.functional.cosine_similarity(fast_embedding, ref_embedding, dim=-1)
+    assert cosine_distance.max() < 1e-5
+
+
+@pytest.mark.parametrize("impl", ["bembed", "reference"])
+def test_padding_does_not_change_embeddings(impl):
+    model = JinaBertModel(tiny_config(attention_impl=impl)).eval()
+    ids, mask = ragged_batch([11, 6, 17])
+    padded_ids = torch.cat([ids, torch.zeros(3, 9, dtype=ids.dtype)], dim=1)
+    padded_mask = torch.cat([mask, torch.zeros(3, 9, dtype=mask.dtype)], dim=1)
+    with torch.no_grad():
+        plain = model.embed(ids, mask)
+        padded = model.embed(padded_ids, padded_mask)
+        alone = model.embed(ids[1:2, :6])  # the same sentence in a batch of its own, no padding at all
+    torch.testing.assert_close(padded, plain, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(alone, plain[1:2], rtol=1e-5, atol=1e-6)
+
+
+def test_long_input_runs_through_kernel_path_on_cpu():
+    model = JinaBertModel(tiny_config(hidden_size=32, num_attention_heads=2, intermediate_size=32,
+                                      num_hidden_layers=1)).eval()
+    ids = torch.randint(5, 97, (1, 3000))
+    with torch.no_grad():
+        out = model(ids).last_hidden_state
+        embedding = model.embed(ids)
+    assert out.shape == (1, 3000, 32) and torch.isfinite(out).all()
+    assert torch.allclose(embedding.norm(dim=-1), torch.ones(1))
+
+
+def test_left_padding_equals_right_padding():
+    model = JinaBertModel(tiny_config()).eval()
+    ids, right = ragged_batch([12, 5])
+    left_ids = torch.stack([torch.roll(ids[1], 7), ids[0]])
+    left_mask = torch.stack([torch.roll(right[1], 7), right[0]])
+    with torch.no_grad():
+        torch.testing.assert_close(model.embed(left_ids, left_mask), model.embed(ids, right).flip(0))
+
+
+def test_mask_with_holes_is_refused_on_kernel_path():
+    model = JinaBertModel(tiny_config()).eval()
+    ids, mask = ragged_batch([8, 8])
+    mask[0, 3] = 0
+    with pytest.raises(ValueError, match="contiguous"):
+        model(ids, mask)
+
+
+def test_attention_dropout_is_refused_on_kernel_path_in_training():
+    model = JinaBertModel(tiny_config(attention_probs_dropout_prob=0.1)).train()
+    ids, mask = ragged_batch([6, 3])
+    with pytest.raises(ValueError, match="attention_probs_dropout_prob"):
+        model(ids, mask)
+    model.eval()(ids, mask)  # no dropout at inference: the kernel path is exact
+    model.config.attention_impl = "reference"
+    model.train()(ids, mask)
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    model = JinaBertModel(tiny_config()).train()
+    ids, mask = ragged_batch([10, 4, 7])
+
+    def grads():
+        model.zero_grad()
+        model.embed(ids, mask).square().sum().backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    plain = grads()
+    model.gradient_checkpointing_enable()
+    assert model.encoder.gradient_checkpointing
+    checkpointed = grads()
+    assert plain.keys() == checkpointed.keys() and len(plain) > 10
+    for name in plain:
+        torch.testing.assert_close(checkpointed[name], plain[name], msg=name)
+
+
+def test_mlm_loss_matches_forward_loss():
+    model = JinaBertForMaskedLM(tiny_config()).eval()
+    ids, mask = ragged_batch([9, 5])
+    labels = torch.full_like(ids, -100)
+    labels[0, 2], labels[0, 7], labels[1, 1] = 11, 12, 13
+    with torch.no_grad():
+        out = model(ids, mask, labels=labels)
+        lean = model.mlm_loss(ids, mask, labels)
+    assert out.logits.shape == (2, 9, 97)
+    torch.testing.assert_close(lean, out.loss)
+
+
+def test_packed_pooling_equals_padded_pooling():
+    hidden = torch.randn(3, 8, 5)
+    _, mask = ragged_batch([8, 2, 5])
+    packing = pack_attention_mask(mask)
+    torch.testing.assert_close(mean_pool_packed(packing.pack(hidden), packing.cu_seqlens), mean_pool(hidden, mask))
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_autocast_on_gpu_matches_float32(dtype):
+    model = JinaBertModel(tiny_config(hidden_size=128, num_attention_heads=2)).cuda().eval()
+    ids, mask = ragged_batch([70, 33, 128])
+    ids, mask = ids.cuda(), mask.cuda()
+    with torch.no_grad():
+        model.config.attention_impl = "reference"
+        want = model.embed(ids, mask)
+        model.config.attention_impl = "bembed"
+        with torch.autocast("cuda", dtype=dtype):
+            got = model.embed(ids, mask)
+    assert got.dtype == torch.float32
+    cosine = torch.nn.functional.cosine_similarity(got, want, dim=-1)
+    assert cosine.min() > 0.999
