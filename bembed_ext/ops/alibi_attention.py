@@ -12,7 +12,6 @@ import numbers
 
 import torch
 
-from .._library import has_kernel
 from ._dispatch import use_reference
 
 _OPS = torch.ops.bembed
@@ -60,7 +59,8 @@ def _check_tensors(op: str, **tensors) -> None:
 def alibi_attention_reference(q, k, v, alibi_slopes, *, key_padding_mask=None, softmax_scale=None,
                               return_lse: bool = False):
     """Padded ALiBi attention, materialising the (B, H, L, L) scores in q's dtype. Returns out (B, L, H, D),
-    and with return_lse=True also the row log-sum-exp (B, H, L) (−inf for rows with no valid key)."""
+    and with return_lse=True also the row log-sum-exp (B, H, L) (−inf for rows with no valid key;
+    float32, float64 for float64 inputs)."""
     B, L, H, D = q.shape
     scale = _default_scale(softmax_scale, D, "alibi_attention")
     scores = torch.einsum("bihd,bjhd->bhij", q, k) * scale
@@ -81,13 +81,13 @@ def alibi_attention_reference(q, k, v, alibi_slopes, *, key_padding_mask=None, s
     if not return_lse:
         return out
     lse = (row_max + torch.log(denom)).squeeze(-1)
-    return out, lse.float()
+    return out, lse.to(_lse_dtype(q))
 
 
 def alibi_attention_varlen_reference(q, k, v, cu_seqlens, max_seqlen, alibi_slopes, *, softmax_scale=None,
                                      return_lse: bool = False):
     """Varlen ALiBi attention: the padded reference applied to each packed sequence on its own.
-    Returns out (T, H, D), and with return_lse=True also lse (H, T) float32."""
+    Returns out (T, H, D), and with return_lse=True also lse (H, T)."""
     T, H, D = q.shape
     bounds = cu_seqlens.tolist()
     outs, lses = [], []
@@ -106,7 +106,7 @@ def alibi_attention_varlen_reference(q, k, v, cu_seqlens, max_seqlen, alibi_slop
     out = torch.cat(outs, dim=0) if outs else torch.zeros_like(q)
     if not return_lse:
         return out
-    lse = torch.cat(lses, dim=1) if lses else torch.full((H, T), float("-inf"), device=q.device)
+    lse = torch.cat(lses, dim=1) if lses else torch.full((H, T), float("-inf"), dtype=_lse_dtype(q), device=q.device)
     return out, lse
 
 
@@ -114,10 +114,15 @@ def alibi_attention_varlen_reference(q, k, v, cu_seqlens, max_seqlen, alibi_slop
 # Fake (meta) implementations and autograd: what torch.compile and opcheck need
 # ----------------------------------------------------------------------------------------------------
 
+def _lse_dtype(q):
+    """float32, except float64 for float64 inputs (so gradcheck sees an exact backward)."""
+    return torch.float64 if q.dtype == torch.float64 else torch.float32
+
+
 @torch.library.register_fake("bembed::alibi_attention_fwd")
 def _fwd_fake(q, k, v, key_padding_mask, alibi_slopes, softmax_scale):
     B, L, H, _ = q.shape
-    return q.new_empty(q.shape), q.new_empty((B, H, L), dtype=torch.float32)
+    return q.new_empty(q.shape), q.new_empty((B, H, L), dtype=_lse_dtype(q))
 
 
 @torch.library.register_fake("bembed::alibi_attention_bwd")
@@ -128,7 +133,7 @@ def _bwd_fake(grad_out, q, k, v, out, lse, key_padding_mask, alibi_slopes, softm
 @torch.library.register_fake("bembed::alibi_attention_varlen_fwd")
 def _varlen_fwd_fake(q, k, v, cu_seqlens, max_seqlen, alibi_slopes, softmax_scale):
     T, H, _ = q.shape
-    return q.new_empty(q.shape), q.new_empty((H, T), dtype=torch.float32)
+    return q.new_empty(q.shape), q.new_empty((H, T), dtype=_lse_dtype(q))
 
 
 @torch.library.register_fake("bembed::alibi_attention_varlen_bwd")
@@ -189,7 +194,7 @@ def alibi_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, alibi_slo
     """
     _check_tensors("alibi_attention", q=q, k=k, v=v, alibi_slopes=alibi_slopes, key_padding_mask=key_padding_mask)
     scale = _default_scale(softmax_scale, q.shape[-1], "alibi_attention")
-    if use_reference(impl) or not has_kernel("alibi_attention_fwd", q.device.type):  # TEMP until the kernel lands
+    if use_reference(impl):
         return alibi_attention_reference(q, k, v, alibi_slopes, key_padding_mask=key_padding_mask,
                                          softmax_scale=scale)
     out, _ = _OPS.alibi_attention_fwd(q, k, v, key_padding_mask, alibi_slopes, scale)
@@ -209,7 +214,7 @@ def alibi_attention_varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu
     if isinstance(max_seqlen, bool) or not isinstance(max_seqlen, numbers.Integral):
         raise TypeError(f"alibi_attention_varlen: argument 'max_seqlen' must be an int, got {type(max_seqlen).__name__}")
     scale = _default_scale(softmax_scale, q.shape[-1], "alibi_attention_varlen")
-    if use_reference(impl) or not has_kernel("alibi_attention_varlen_fwd", q.device.type):  # TEMP
+    if use_reference(impl):
         return alibi_attention_varlen_reference(q, k, v, cu_seqlens, max_seqlen, alibi_slopes, softmax_scale=scale)
     out, _ = _OPS.alibi_attention_varlen_fwd(q, k, v, cu_seqlens, int(max_seqlen), alibi_slopes, scale)
     return out
