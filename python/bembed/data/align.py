@@ -1,0 +1,68 @@
+"""Turning documents into translation pairs, and the pair cleaning every parallel source goes through."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from bembed.data.records import Document, Pair, clean, word_count
+
+MIN_WORDS = 3
+
+
+def align_documents(src_docs: Iterable[Document], tgt_docs: Iterable[Document], *, positional: bool = False
+                    ) -> list[Pair]:
+    """Pair paragraphs with equal keys in documents with equal ids. With ``positional`` keys are positions,
+    which only align when both documents have the same number of paragraphs; others are skipped."""
+    tgt_by_id = {d.doc_id: d for d in tgt_docs}
+    pairs = []
+    for src in src_docs:
+        tgt = tgt_by_id.get(src.doc_id)
+        if tgt is None or src.keys is None or tgt.keys is None:
+            continue
+        if positional and len(src.paragraphs) != len(tgt.paragraphs):
+            continue
+        tgt_text = dict(zip(tgt.keys, tgt.paragraphs))
+        for key, text in zip(src.keys, src.paragraphs):
+            if key in tgt_text:
+                pairs.append(Pair(doc_id=src.doc_id, src=text, tgt=tgt_text[key], src_lang=src.lang,
+                                  tgt_lang=tgt.lang, source=src.source))
+    return pairs
+
+
+def _norm(text: str) -> str:
+    return clean(text).casefold()
+
+
+def clean_pairs(pairs: Iterable[Pair], min_words: int = MIN_WORDS) -> tuple[list[Pair], dict[str, int]]:
+    """Drop pairs with a side under ``min_words`` words, untranslated pairs (sides equal up to case and
+    whitespace) and exact duplicates (first occurrence kept). Returns the kept pairs and drop counts."""
+    kept, seen = [], set()
+    dropped = {"short": 0, "untranslated": 0, "duplicate": 0}
+    for p in pairs:
+        src, tgt = clean(p.src), clean(p.tgt)
+        if word_count(src) < min_words or word_count(tgt) < min_words:
+            dropped["short"] += 1
+            continue
+        key = (_norm(src), _norm(tgt))
+        if key[0] == key[1]:
+            dropped["untranslated"] += 1
+            continue
+        if key in seen:
+            dropped["duplicate"] += 1
+            continue
+        seen.add(key)
+        kept.append(Pair(p.doc_id, src, tgt, p.src_lang, p.tgt_lang, p.source))
+    return kept, dropped
+
+
+def remove_leaks(by_split: dict[str, list], texts_of) -> int:
+    """Drop validation/test rows sharing a text with a train row (the same sentence recurs in several
+    documents, e.g. LibreOffice boilerplate). ``texts_of(row)`` gives a row's texts. Returns rows dropped."""
+    train_texts = {_norm(t) for row in by_split.get("train", []) for t in texts_of(row)}
+    dropped = 0
+    for split in ("validation", "test"):
+        rows = by_split.get(split, [])
+        keep = [r for r in rows if not any(_norm(t) in train_texts for t in texts_of(r))]
+        dropped += len(rows) - len(keep)
+        by_split[split] = keep
+    return dropped

