@@ -1,0 +1,124 @@
+"""The bilingual byte-level BPE tokenizer: round trips, vocabulary size, specials, word starts, balance."""
+
+import random
+import unicodedata
+
+import pytest
+import torch
+
+from bembed.tokenizer import (SPECIAL_TOKENS, balanced_stream, model_config_kwargs, train_bilingual_tokenizer,
+                              word_ids, word_start_table)
+
+GERMAN = ("Über Bäume Vögel Größe Straße Mädchen Käse Brücke Äpfel Öffnung übermorgen schön fröhlich müde "
+          "Fußball Grüße heißt weiß Tür Mühle und der die das ist nicht mit auf für wir sie Haus Wasser "
+          "Sonne Abend Freiheit grenzenlos singen lesen schreiben").split()
+SPANISH = ("niño mañana canción corazón árbol pequeño España señor años está también después estación "
+           "jardín montaña corazón pingüino aquí allá comió bebió el la los las una y de que en por para "
+           "día más bonito feliz ciudad río camino cielo").split()
+
+ROUND_TRIP = [
+    "Über den Wolken muss die Freiheit wohl grenzenlos sein.",
+    "ÄÖÜ äöü ß — Größe, Straße, Maße: „Anführungszeichen“ und Grüße!",
+    "¿Dónde está el pingüino? ¡Qué día más bonito en la montaña, señor Núñez!",
+    "ÁÉÍÓÚ áéíóú Ññ Üü «comillas»",
+    "Unseen bytes still round-trip: Œuvre, Ελληνικά, 漢字, 🙂, tabs\tand\nnew lines.",
+]
+
+
+def sentences(words, n, seed):
+    rng = random.Random(seed)
+    return [" ".join(rng.choice(words) for _ in range(rng.randint(4, 12))) + rng.choice(".!?,") for _ in range(n)]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tokenizer")
+    tokenizer = train_bilingual_tokenizer(sentences(GERMAN, 600, 1), sentences(SPANISH, 300, 2), 400,
+                                          output_dir=folder)
+    return tokenizer, folder
+
+
+def test_vocab_size_is_honoured_and_specials_are_robertas(trained):
+    tokenizer, _ = trained
+    assert len(tokenizer) == 400
+    assert [tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS] == [0, 1, 2, 3, 4]
+    assert (tokenizer.bos_token_id, tokenizer.pad_token_id, tokenizer.eos_token_id, tokenizer.mask_token_id) == \
+        (0, 1, 2, 4)
+    assert model_config_kwargs(tokenizer) == {"vocab_size": 400, "pad_token_id": 1, "bos_token_id": 0,
+                                              "eos_token_id": 2}
+
+
+def test_saved_folder_loads_with_autotokenizer_and_round_trips(trained):
+    from transformers import AutoTokenizer
+
+    tokenizer, folder = trained
+    loaded = AutoTokenizer.from_pretrained(folder)
+    for text in ROUND_TRIP:
+        ids = loaded(text).input_ids
+        assert ids[0] == loaded.bos_token_id and ids[-1] == loaded.eos_token_id
+        assert loaded.unk_token_id not in ids  # byte-level: nothing is unknown
+        assert ids == tokenizer(text).input_ids
+        assert loaded.decode(ids, skip_special_tokens=True) == text
+
+
+def fertility(tokenizer, words):
+    return sum(len(tokenizer.tokenize(" " + w)) for w in words) / len(words)
+
+
+def test_smaller_language_is_not_starved_of_merges(trained):
+    # Spanish has half the sentences of German here; without balancing its words split into ~1.8× as many
+    # tokens as German ones (measured: 3.7 vs 2.05), with balancing into fewer (2.45 vs 3.2).
+    tokenizer, _ = trained
+    assert fertility(tokenizer, SPANISH) <= 1.2 * fertility(tokenizer, GERMAN)
+
+
+def test_decomposed_accents_are_normalised(trained):
+    tokenizer, _ = trained
+    decomposed = unicodedata.normalize("NFD", "Mädchen und niño")
+    assert decomposed != "Mädchen und niño"
+    assert tokenizer(decomposed).input_ids == tokenizer("Mädchen und niño").input_ids
+
+
+def test_word_ids_group_the_tokens_of_each_word(trained):
+    tokenizer, _ = trained
+    text = "Fußballstadion übermorgen Pingüinocanción Straße"
+    encoding = tokenizer(text)
+    ids = torch.tensor(encoding.input_ids)
+    got = word_ids(ids, word_start_table(tokenizer), tokenizer.all_special_ids)
+    assert got[0] == -1 and got[-1] == -1
+    words = got[1:-1]
+    assert len(set(words.tolist())) == len(text.split())
+    # The pre-tokenizer's own word index (from the fast tokenizer) gives the same grouping.
+    reference = torch.tensor(encoding.word_ids()[1:-1])
+    assert torch.equal(words - words[0], reference - reference[0])
+    batch = word_ids(ids.repeat(3, 1), word_start_table(tokenizer), tokenizer.all_special_ids)
+    assert torch.equal(batch, got.repeat(3, 1))
+
+
+def test_balanced_stream_gives_both_languages_the_same_characters():
+    large, small = ["a" * 50] * 100, ["b" * 7] * 9
+    stream = list(balanced_stream(large, small))
+    chars_a = sum(len(t) for t in stream if t.startswith("a"))
+    chars_b = sum(len(t) for t in stream if t.startswith("b"))
+    assert chars_a == 5000 and abs(chars_b - chars_a) <= 7
+
+
+def test_files_and_folders_are_read(tmp_path):
+    (tmp_path / "de").mkdir()
+    (tmp_path / "de" / "a.txt").write_text("\n".join(sentences(GERMAN, 200, 3)), encoding="utf-8")
+    es_file = tmp_path / "es.txt"
+    es_file.write_text("\n".join(sentences(SPANISH, 200, 4)), encoding="utf-8")
+    tokenizer = train_bilingual_tokenizer(tmp_path / "de", str(es_file), 300)
+    assert len(tokenizer) == 300
+    assert tokenizer.decode(tokenizer("Größe y canción").input_ids, skip_special_tokens=True) == "Größe y canción"
+
+
+def test_bad_arguments_are_named():
+    with pytest.raises(ValueError, match="vocab_size"):
+        train_bilingual_tokenizer(["Haus"], ["casa"], 100)
+    with pytest.raises(TypeError, match="vocab_size"):
+        train_bilingual_tokenizer(["Haus"], ["casa"], 400.0)
+    with pytest.raises(ValueError, match="texts_or_files_lang_a"):
+        train_bilingual_tokenizer("/no/such/file.txt", ["casa"], 400)
+    with pytest.raises(TypeError, match="texts_or_files_lang_b"):
+        train_bilingual_tokenizer(["Haus"], [1, 2], 400)
