@@ -12,6 +12,7 @@ import sys
 SUBCOMMANDS = {
     "info": "versions, device, and which kernels are registered",
     "data": "fetch the offline sources, build datasets, check your own files",
+    "eval": "evaluate a model and the installed baselines on local mteb tasks",
 }
 
 

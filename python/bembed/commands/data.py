@@ -51,8 +51,12 @@ def _fetch(args) -> int:
 
 
 def _build(args) -> int:
+    import datasets
+
     from bembed.data.build import build
     from bembed.data.sources import cache_dir
+
+    datasets.disable_progress_bars()  # one bar per saved shard drowns the counts
 
     try:
         fractions = tuple(float(x) for x in args.split.split(","))

