@@ -27,7 +27,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling, MaskedLMOu
 from . import loading
 from .config import JinaBertConfig
 from .packing import Packing, pack_attention_mask
-from .pooling import mean_pool, normalize
+from .pooling import mean_pool, mean_pool_packed, normalize
 
 logger = logging.getLogger(__name__)
 
@@ -317,8 +317,13 @@ class JinaBertModel(JinaBertPreTrainedModel):
         L2-normalised unless normalize_embeddings=False."""
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        last = self(input_ids, attention_mask, token_type_ids).last_hidden_state
-        pooled = mean_pool(last, attention_mask)
+        if self.config.attention_impl == "bembed":  # pool the packed stream: no (B, L, hidden) tensor at all
+            packing = pack_attention_mask(attention_mask)
+            types = packing.pack(token_type_ids) if token_type_ids is not None else None
+            packed, _ = self.forward_packed(packing.pack(input_ids), packing.cu_seqlens, packing.max_seqlen, types)
+            pooled = mean_pool_packed(packed, packing.cu_seqlens)
+        else:
+            pooled = mean_pool(self(input_ids, attention_mask, token_type_ids).last_hidden_state, attention_mask)
         return normalize(pooled) if normalize_embeddings else pooled
 
 
