@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from .config import JinaBertConfig
+from .config import ATTENTION_IMPLS, JinaBertConfig
 
 logger = logging.getLogger(__name__)
 
@@ -27,7 +27,7 @@ _TIED = "cls.predictions.decoder.weight"
 # from_pretrained keywords of HF/sentence-transformers that concern the hub or device placement, which a
 # local-folder loader has nothing to do with.
 _IGNORED_KWARGS = {"cache_dir", "revision", "trust_remote_code", "local_files_only", "token", "use_auth_token",
-                   "force_download", "proxies", "subfolder", "low_cpu_mem_usage", "attn_implementation",
+                   "force_download", "proxies", "subfolder", "low_cpu_mem_usage",
                    "_from_auto", "_from_pipeline", "use_safetensors", "weights_only", "resume_download",
                    "adapter_kwargs", "_commit_hash", "code_revision", "mirror", "offload_folder",
                    "offload_state_dict", "max_memory", "key_mapping", "tp_plan", "distributed_config"}
@@ -87,6 +87,10 @@ def load_pretrained(cls, folder, *, config: JinaBertConfig | None = None, dtype=
         raise ValueError(f"{folder}: not a local folder (bembed loads checkpoints from disk and never downloads)")
     for name in _IGNORED_KWARGS & kwargs.keys():
         kwargs.pop(name)
+    # HF's switch name: honoured when it names one of bembed's paths, otherwise (e.g. "sdpa") not ours.
+    if kwargs.get("attn_implementation") in ATTENTION_IMPLS:
+        kwargs["attention_impl"] = kwargs.pop("attn_implementation")
+    kwargs.pop("attn_implementation", None)
     if config is None:
         config = JinaBertConfig.from_pretrained(folder)
     else:
@@ -124,7 +128,9 @@ def load_pretrained(cls, folder, *, config: JinaBertConfig | None = None, dtype=
     elif isinstance(dtype, str):
         dtype = getattr(torch, dtype)
     model.to(dtype=dtype or torch.float32)
-    if isinstance(device_map, (str, torch.device)) and device is None:
+    if device_map == "auto" and device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    elif isinstance(device_map, (str, torch.device)) and device is None:
         device = device_map
     if device is not None:
         model.to(device)
