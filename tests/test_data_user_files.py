@@ -1,0 +1,82 @@
+"""User files: each format and kind, and malformed rows reported with file and line (or skipped, counted)."""
+
+import json
+
+import pytest
+
+from bembed.data.user_files import UserDataError, infer_kind, load_user_file
+
+
+def _jsonl(path, lines):
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def test_jsonl_kinds_are_inferred(tmp_path):
+    rows, report = load_user_file(_jsonl(tmp_path / "a.jsonl", [json.dumps({"query": "q", "document": "d", "x": 1})]))
+    assert rows == [{"query": "q", "document": "d"}] and report.kind == "pairs"
+    assert infer_kind(["query", "positive", "negatives", "document"]) == "triples"
+    with pytest.raises(UserDataError, match="match no kind"):
+        infer_kind(["foo"])
+
+
+def test_jsonl_bad_json_names_file_and_line(tmp_path):
+    path = _jsonl(tmp_path / "b.jsonl", [json.dumps({"text": "ok"}), "", "{not json"])
+    with pytest.raises(UserDataError, match=r"b\.jsonl:line 3: invalid JSON"):
+        load_user_file(path)
+
+
+def test_skip_mode_counts_problems(tmp_path):
+    path = _jsonl(tmp_path / "c.jsonl", [json.dumps({"sentence1": "a", "sentence2": "b", "score": 4.5}),
+                                         json.dumps({"sentence1": "a", "sentence2": "b", "score": "high"}),
+                                         json.dumps({"sentence1": "", "sentence2": "b", "score": 1}),
+                                         json.dumps({"sentence1": "a", "sentence2": "b"})])
+    rows, report = load_user_file(path, kind="sts", on_error="skip")
+    assert rows == [{"sentence1": "a", "sentence2": "b", "score": 4.5}]
+    assert report.skipped == 3 and len(report.problems) == 3
+    assert "line 2" in report.problems[0] and "score" in report.problems[0]
+    assert "line 3" in report.problems[1] and "sentence1" in report.problems[1]
+    assert "line 4" in report.problems[2] and "missing" in report.problems[2]
+
+
+def test_csv_triples_with_json_negatives_and_line_numbers(tmp_path):
+    path = tmp_path / "t.csv"
+    path.write_text('query,positive,negatives\nq1,"p1\nspans two lines","[""n1"", ""n2""]"\nq2,p2,not-json\n',
+                    encoding="utf-8")
+    with pytest.raises(UserDataError, match=r"t\.csv:line 4: column 'negatives' is not a JSON array"):
+        load_user_file(path)
+    rows, report = load_user_file(path, on_error="skip")
+    assert rows == [{"query": "q1", "positive": "p1\nspans two lines", "negatives": ["n1", "n2"]}]
+    assert report.skipped == 1
+
+
+def test_csv_extra_cells_reported(tmp_path):
+    path = tmp_path / "x.csv"
+    path.write_text("text\nfine\ntoo,many\n", encoding="utf-8")
+    with pytest.raises(UserDataError, match=r"x\.csv:line 3: 1 cell"):
+        load_user_file(path)
+
+
+def test_parquet_rows(tmp_path):
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "p.parquet"
+    pq.write_table(pa.table({"query": ["q", None], "positive": ["p", "p"], "negatives": [["n"], ["m"]]}), path)
+    with pytest.raises(UserDataError, match=r"p\.parquet:row 2: missing column"):
+        load_user_file(path)
+    rows, _ = load_user_file(path, on_error="skip")
+    assert rows == [{"query": "q", "positive": "p", "negatives": ["n"]}]
+
+
+def test_bad_arguments(tmp_path):
+    with pytest.raises(ValueError, match="path must end"):
+        load_user_file(_jsonl(tmp_path / "a.txt", ["x"]))
+    with pytest.raises(ValueError, match="on_error"):
+        load_user_file(tmp_path / "a.txt", on_error="ignore")
+    with pytest.raises(ValueError, match="kind"):
+        load_user_file(tmp_path / "a.txt", kind="qa")
+    with pytest.raises(FileNotFoundError):
+        load_user_file(tmp_path / "missing.jsonl")
+    with pytest.raises(UserDataError, match="no valid rows"):
+        load_user_file(_jsonl(tmp_path / "e.jsonl", [json.dumps({"text": " "})]), on_error="skip")
