@@ -1,0 +1,48 @@
+// C entry points for running csrc/cuda/alibi_attention.cu under the host emulation (ctypes from
+// tests/test_alibi_attention_cuda_emulated.py). build.py rewrites the CUDA-only syntax of a copy of the
+// sources (kernel launches, extern __shared__, the mma asm) into calls to emu::, then includes it here.
+#include "emu_mma.h"
+
+#include "alibi_attention.cu"
+
+namespace {
+
+bembed::cuda::AlibiAttentionParams params(int batch, int heads, int head_dim, int max_seqlen, int64_t total_tokens,
+                                          const int32_t* cu_seqlens, int seqlen, const bool* mask,
+                                          const float* slopes, int64_t slopes_batch_stride, float scale) {
+  bembed::cuda::AlibiAttentionParams p;
+  p.batch = batch;
+  p.heads = heads;
+  p.head_dim = head_dim;
+  p.max_seqlen = max_seqlen;
+  p.total_tokens = total_tokens;
+  p.cu_seqlens = cu_seqlens;
+  p.seqlen = seqlen;
+  p.key_padding_mask = mask;
+  p.alibi_slopes = slopes;
+  p.slopes_batch_stride = slopes_batch_stride;
+  p.softmax_scale = scale;
+  return p;
+}
+
+}  // namespace
+
+extern "C" int emu_alibi_forward(int dtype, int batch, int heads, int head_dim, int max_seqlen, int64_t total_tokens,
+                                 const int32_t* cu_seqlens, int seqlen, const bool* mask, const float* slopes,
+                                 int64_t slopes_batch_stride, float scale, const void* q, const void* k,
+                                 const void* v, void* out, float* lse) {
+  const auto p = params(batch, heads, head_dim, max_seqlen, total_tokens, cu_seqlens, seqlen, mask, slopes,
+                        slopes_batch_stride, scale);
+  return bembed::cuda::alibi_attention_forward(p, bembed::cuda::DType(dtype), q, k, v, out, lse, nullptr);
+}
+
+extern "C" int emu_alibi_backward(int dtype, int batch, int heads, int head_dim, int max_seqlen, int64_t total_tokens,
+                                  const int32_t* cu_seqlens, int seqlen, const bool* mask, const float* slopes,
+                                  int64_t slopes_batch_stride, float scale, const void* grad_out, const void* q,
+                                  const void* k, const void* v, const void* out, const float* lse, float* delta,
+                                  void* dq, void* dk, void* dv) {
+  const auto p = params(batch, heads, head_dim, max_seqlen, total_tokens, cu_seqlens, seqlen, mask, slopes,
+                        slopes_batch_stride, scale);
+  return bembed::cuda::alibi_attention_backward(p, bembed::cuda::DType(dtype), grad_out, q, k, v, out, lse, delta, dq,
+                                                dk, dv, nullptr);
+}

@@ -1,0 +1,63 @@
+"""Builds csrc/cuda/alibi_attention.cu for the host emulation (see include/cuda_runtime.h): copies the CUDA
+sources, rewrites the three pieces of CUDA-only syntax they use into emu:: calls, compiles them with the
+harness into a shared library, and caches the result by the hash of every input."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import subprocess
+import tempfile
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+CUDA_DIR = os.path.join(HERE, "..", "..", "csrc", "cuda")
+CUDA_SOURCES = ["alibi_attention.cu", "alibi_attention.cuh", "mma_fragments.cuh", "dtype.cuh"]
+EMU_SOURCES = ["alibi_attention_harness.cpp", "emu_mma.h", "include/cuda_runtime.h", "include/cuda_fp16.h",
+               "include/cuda_bf16.h", "build.py"]
+
+_LAUNCH = re.compile(r"([A-Za-z_][\w:]*(?:<[^<>;()]*>)?)<<<(.*?)>>>\(", re.S)
+_SHARED = re.compile(r"extern __shared__ __align__\(16\) unsigned char (\w+)\[\];")
+_MMA_ASM = re.compile(r'asm\("mma\.sync\.aligned\.m16n8k16\.row\.col\.f32\.(f16|bf16)\.\1\.f32.*?\);', re.S)
+
+
+def rewrite(name: str, text: str) -> str:
+    if name.endswith(".cu"):
+        text, launches = _LAUNCH.subn(r"::emu::launch(\1, \2, ", text)
+        text, shared = _SHARED.subn(r"unsigned char* \1 = ::emu::shared_memory();", text)
+        assert launches >= 4 and shared >= 3, f"{name}: unexpected source shape ({launches} launches, {shared} smem)"
+    if name == "mma_fragments.cuh":
+        types = {"f16": "__half", "bf16": "__nv_bfloat16"}
+        text, n = _MMA_ASM.subn(lambda m: f"::emu::mma_sync<{types[m.group(1)]}>(d, a, b);", text)
+        assert n == 2, f"{name}: expected 2 mma asm blocks, found {n}"
+    return text
+
+
+def build() -> str:
+    """Path of the emulated library (built on first use; ~30 s)."""
+    digest = hashlib.sha256()
+    for directory, names in ((CUDA_DIR, CUDA_SOURCES), (HERE, EMU_SOURCES)):
+        for name in names:
+            with open(os.path.join(directory, name), "rb") as f:
+                digest.update(name.encode() + f.read())
+    out_dir = os.path.join(tempfile.gettempdir(), f"bembed_cuda_emulator_{os.getuid()}", digest.hexdigest()[:16])
+    library = os.path.join(out_dir, "alibi_attention_emulated.so")
+    if os.path.exists(library):
+        return library
+    src_dir = os.path.join(out_dir, "src")
+    os.makedirs(src_dir, exist_ok=True)
+    for name in CUDA_SOURCES:
+        with open(os.path.join(CUDA_DIR, name)) as f:
+            text = rewrite(name, f.read())
+        with open(os.path.join(src_dir, name), "w") as f:
+            f.write(text)
+    partial = library + f".{os.getpid()}.tmp"
+    subprocess.run(["g++", "-std=c++20", "-O1", "-g0", "-shared", "-fPIC", "-pthread", "-w",
+                    "-I", src_dir, "-I", os.path.join(HERE, "include"), "-I", HERE,
+                    os.path.join(HERE, "alibi_attention_harness.cpp"), "-o", partial], check=True)
+    os.replace(partial, library)
+    return library
+
+
+if __name__ == "__main__":
+    print(build())

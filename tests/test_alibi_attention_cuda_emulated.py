@@ -1,0 +1,182 @@
+"""The CUDA ALiBi attention kernels (csrc/cuda/alibi_attention.cu), run on the CPU under a host emulation of
+the CUDA runtime, warp shuffles and mma.sync (tests/cuda_emulator), against the float64 reference.
+
+This checks the kernels' tiling, fragment indexing, online softmax, masking, boundaries and backward
+algebra as written, on machines without a GPU. It cannot check what the emulation does not model: real
+warp scheduling and memory ordering, bank conflicts, register limits, exp2f's approximation, speed. Every
+buffer the kernels touch sits between NaN guards: an out-of-bounds write breaks a guard, an out-of-bounds
+read poisons the result, and shared memory starts as NaN."""
+
+import ctypes
+import os
+import shutil
+import sys
+
+import pytest
+import torch
+
+import bembed_ext
+from accuracy import assert_within_torch_error
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "cuda_emulator"))
+import build as emulator_build  # noqa: E402
+
+pytestmark = pytest.mark.skipif(shutil.which("g++") is None, reason="needs g++ to build the emulation")
+
+reference = bembed_ext.reference
+KERNEL_DTYPE = {torch.float16: 1, torch.bfloat16: 2}  # bembed::cuda::DType
+GUARD = 64  # elements on each side; keeps 16-byte alignment
+
+
+@pytest.fixture(scope="module")
+def lib():
+    return ctypes.CDLL(emulator_build.build())
+
+
+class Guarded:
+    """A tensor of the given shape inside a NaN-filled buffer (NaN also fills the tensor until written)."""
+
+    def __init__(self, shape, dtype, value=None):
+        n = 1
+        for s in shape:
+            n *= s
+        self.flat = torch.full((n + 2 * GUARD,), float("nan"), dtype=dtype)
+        self.tensor = self.flat[GUARD:GUARD + n].view(shape)
+        if value is not None:
+            self.tensor.copy_(value)
+        self.guard_bits = self._guards().clone()
+
+    def _guards(self):
+        bits = self.flat.view(torch.int16 if self.flat.element_size() == 2 else torch.int32)
+        return torch.cat([bits[:GUARD], bits[-GUARD:]])
+
+    def ptr(self):
+        return ctypes.c_void_p(self.tensor.data_ptr())
+
+    def check(self, name):
+        assert torch.equal(self._guards(), self.guard_bits), f"{name}: a kernel wrote out of bounds"
+
+
+def _ptr(t):
+    return None if t is None else ctypes.c_void_p(t.data_ptr())
+
+
+class Problem:
+    """One kernel problem: padded (q (B, L, H, D) + optional mask) or varlen (q (T, H, D) + cu_seqlens)."""
+
+    def __init__(self, q, k, v, slopes, scale, mask=None, cu_seqlens=None, max_seqlen=None):
+        self.dtype = q.dtype
+        self.slopes = None if slopes is None else slopes.contiguous()
+        self.scale = scale
+        self.mask = None if mask is None else mask.contiguous()
+        self.varlen = cu_seqlens is not None
+        if self.varlen:
+            T, H, D = q.shape
+            self.cu_seqlens = cu_seqlens.to(torch.int32).contiguous()
+            B, L = len(cu_seqlens) - 1, 0
+            self.lse_shape = (H, T)
+            self.max_seqlen = max_seqlen
+        else:
+            B, L, H, D = q.shape
+            T = B * L
+            self.cu_seqlens = None
+            self.lse_shape = (B, H, L)
+            self.max_seqlen = L
+        self.B, self.L, self.H, self.D, self.T = B, L, H, D, T
+        self.inputs = {name: Guarded(t.shape, t.dtype, t) for name, t in (("q", q), ("k", k), ("v", v))}
+
+    def _common(self):
+        slopes_stride = self.H if self.slopes is not None and self.slopes.dim() == 2 else 0
+        return (KERNEL_DTYPE[self.dtype], self.B, self.H, self.D, self.max_seqlen, ctypes.c_int64(self.T),
+                _ptr(self.cu_seqlens), self.L, _ptr(self.mask), _ptr(self.slopes), ctypes.c_int64(slopes_stride),
+                ctypes.c_float(self.scale))
+
+    def forward(self, lib):
+        shape = self.inputs["q"].tensor.shape
+        out, lse = Guarded(shape, self.dtype), Guarded(self.lse_shape, torch.float32)
+        qkv = [self.inputs[n].ptr() for n in "qkv"]
+        assert lib.emu_alibi_forward(*self._common(), *qkv, out.ptr(), lse.ptr()) == 0
+        out.check("out")
+        lse.check("lse")
+        return out.tensor.clone(), lse.tensor.clone()
+
+    def backward(self, lib, grad, out, lse):
+        shape = self.inputs["q"].tensor.shape
+        g, o, l = Guarded(shape, self.dtype, grad), Guarded(shape, self.dtype, out), Guarded(self.lse_shape, torch.float32, lse)
+        delta = Guarded(self.lse_shape, torch.float32)
+        grads = [Guarded(shape, self.dtype) for _ in range(3)]
+        qkv = [self.inputs[n].ptr() for n in "qkv"]
+        rc = lib.emu_alibi_backward(*self._common(), g.ptr(), *qkv, o.ptr(), l.ptr(), delta.ptr(),
+                                    *[x.ptr() for x in grads])
+        assert rc == 0
+        for name, x in zip(("delta", "dq", "dk", "dv"), [delta] + grads):
+            x.check(name)
+        return [x.tensor.clone() for x in grads]
+
+
+def _reference_run(fn, tensors, grad):
+    leaves = [t.detach().requires_grad_() for t in tensors]
+    out = fn(*leaves)
+    out.backward(grad)
+    return [out.detach()] + [t.grad for t in leaves]
+
+
+def _check(lib, problem, ref_fn):
+    """Kernel forward + backward vs ref_fn in float64, within 2× of ref_fn's own low-precision error."""
+    q, k, v = (problem.inputs[n].tensor.clone() for n in "qkv")
+    out, lse = problem.forward(lib)
+    grad = torch.randn_like(q)
+    ours = [out] + problem.backward(lib, grad, out, lse)
+    exact = _reference_run(ref_fn, [q.double(), k.double(), v.double()], grad.double())
+    low = _reference_run(ref_fn, [q, k, v], grad)
+    for name, o, e, t in zip(("out", "grad q", "grad k", "grad v"), ours, exact, low):
+        assert_within_torch_error(o, e, t, what=name)
+    return out, lse
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("D", [32, 64, 128])
+def test_padded_ragged_mask_and_fully_masked_row(lib, dtype, D):
+    B, L, H = 3, 77, 2  # L spans two key tiles, the second partial
+    q, k, v = (torch.randn(B, L, H, D, dtype=dtype) for _ in range(3))
+    mask = torch.arange(L)[None, :] < torch.tensor([L, 0, 40])[:, None]  # row 1: only padding
+    slopes = bembed_ext.alibi_slopes(H)
+    problem = Problem(q, k, v, slopes, D ** -0.5, mask=mask)
+    out, lse = _check(lib, problem, lambda q, k, v: reference.alibi_attention(q, k, v, slopes, key_padding_mask=mask))
+    assert torch.all(out[1] == 0) and torch.all(lse[1] == float("-inf"))
+    _, lse_ref = reference.alibi_attention(q.double(), k.double(), v.double(), slopes, key_padding_mask=mask,
+                                           return_lse=True)
+    torch.testing.assert_close(lse[[0, 2]], lse_ref[[0, 2]].float(), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("L", [1, 16, 64, 192])  # 192 ≡ 64 (mod 128): three full key tiles
+def test_padded_lengths(lib, L):
+    B, H, D = 1, 1, 32
+    q, k, v = (torch.randn(B, L, H, D, dtype=torch.bfloat16) * 2 for _ in range(3))
+    slopes = torch.tensor([0.05])
+    problem = Problem(q, k, v, slopes, 0.3)
+    _check(lib, problem, lambda q, k, v: reference.alibi_attention(q, k, v, slopes, softmax_scale=0.3))
+
+
+@pytest.mark.parametrize("slopes_kind", ["per_batch", "none"])
+def test_padded_slopes_per_batch_and_none(lib, slopes_kind):
+    B, L, H, D = 2, 33, 3, 64
+    q, k, v = (torch.randn(B, L, H, D, dtype=torch.float16) for _ in range(3))
+    slopes = torch.rand(B, H) * 0.5 if slopes_kind == "per_batch" else None
+    problem = Problem(q, k, v, slopes, D ** -0.5)
+    _check(lib, problem, lambda q, k, v: reference.alibi_attention(q, k, v, slopes))
+
+
+@pytest.mark.parametrize("max_seqlen", [130, 20])  # exact, and an underestimate (the kernels stride over tiles)
+def test_varlen_with_empty_sequence(lib, max_seqlen):
+    lengths = [5, 0, 130, 1]
+    H, D = 2, 64
+    T = sum(lengths)
+    cu_seqlens = torch.tensor([0] + torch.tensor(lengths).cumsum(0).tolist(), dtype=torch.int32)
+    q, k, v = (torch.randn(T, H, D, dtype=torch.bfloat16) for _ in range(3))
+    slopes = torch.rand(len(lengths), H) * 0.3
+    problem = Problem(q, k, v, slopes, D ** -0.5, cu_seqlens=cu_seqlens, max_seqlen=max_seqlen)
+    _, lse = _check(lib, problem, lambda q, k, v: reference.alibi_attention_varlen(q, k, v, cu_seqlens, 130, slopes))
+    _, lse_ref = reference.alibi_attention_varlen(q.double(), k.double(), v.double(), cu_seqlens, 130, slopes,
+                                                  return_lse=True)
+    torch.testing.assert_close(lse, lse_ref.float(), rtol=1e-4, atol=1e-4)
