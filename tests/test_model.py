@@ -309,6 +309,38 @@ def test_mlm_loss_matches_forward_loss():
     torch.testing.assert_close(lean, out.loss)
 
 
+def test_tuple_output_for_callers_that_ask_return_dict_false():
+    model = JinaBertModel(tiny_config()).eval()
+    ids, mask = ragged_batch([5, 3])
+    with torch.no_grad():
+        as_tuple = model(ids, mask, return_dict=False)  # what sentence-transformers < 4 calls
+        as_output = model(ids, mask)
+    assert torch.equal(as_tuple[0], as_output.last_hidden_state)
+    assert torch.equal(as_tuple[1], as_output.pooler_output)
+
+
+@pytest.mark.parametrize("qk_layer_norm", [False, True], ids=["de", "es"])
+def test_bf16_autocast_trains_and_embeds(qk_layer_norm):
+    # CPU autocast exercises the same dtype plumbing as GPU autocast: bf16 matmuls, float32 LayerNorm
+    # outputs meeting bf16 projections, float32 pooling and loss.
+    model = JinaBertForMaskedLM(tiny_config(qk_layer_norm=qk_layer_norm)).train()
+    ids, mask = ragged_batch([23, 8])
+    labels = torch.full_like(ids, -100)
+    labels[:, 4] = 7
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = model.mlm_loss(ids, mask, labels)
+    loss.backward()
+    assert loss.dtype == torch.float32 and torch.isfinite(loss)
+    assert torch.isfinite(model.bert.encoder.layer[0].attention.self.query.weight.grad).all()
+    encoder = model.bert.eval()
+    with torch.no_grad():
+        want = encoder.embed(ids, mask)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            got = encoder.embed(ids, mask)
+    assert got.dtype == torch.float32
+    assert torch.nn.functional.cosine_similarity(got, want, dim=-1).min() > 0.99
+
+
 def test_packed_pooling_equals_padded_pooling():
     hidden = torch.randn(3, 8, 5)
     _, mask = ragged_batch([8, 2, 5])
