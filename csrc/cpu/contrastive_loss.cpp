@@ -80,10 +80,11 @@ void scores_to_grad_kernel(T* S, int64_t nr, int64_t nc, T inv_tau, int64_t lr0,
       const V row_shift(local ? -row_lse[i - lr0] : T(0));
       for (int64_t k = 0; k < nc; k += V::size()) {
         const int64_t width = std::min<int64_t>(V::size(), nc - k);
-        const V x = V::loadu(row + k, width) * scale;
+        // s/τ − lse with one rounding, as in the forward statistics.
+        const V s = V::loadu(row + k, width);
         V p(0);
-        if (local) p = fast_exp(x + row_shift);
-        if (col_lse) p += fast_exp(x - V::loadu(col_lse + k, width));
+        if (local) p = fast_exp(at::vec::fmadd(s, scale, row_shift));
+        if (col_lse) p += fast_exp(at::vec::fmadd(s, scale, V(0) - V::loadu(col_lse + k, width)));
         (p * c).store(row + k, width);
       }
     }

@@ -1,0 +1,265 @@
+"""bembed_ext.contrastive_loss (single process) against the materialised specification: loss and both
+gradients, float64 gradcheck on the kernel, the rank-share index math of the op, opcheck, torch.compile,
+bad input, memory. The multi-process tests live in test_contrastive_distributed.py."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import bembed_ext
+from bembed_ext.ops.contrastive_loss import _rank_loss_reference
+from accuracy import assert_within_torch_error
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FWD = torch.ops.bembed.contrastive_loss_fwd
+
+
+def _inputs(B, m, D, dtype=torch.float64, device="cpu", normalize=True):
+    q = torch.randn(B, D, dtype=dtype, device=device)
+    d = torch.randn(B * (1 + m), D, dtype=dtype, device=device)
+    if normalize:
+        q, d = F.normalize(q, dim=-1), F.normalize(d, dim=-1)
+    return q.requires_grad_(), d.requires_grad_()
+
+
+def _loss_and_grads(q, d, **kwargs):
+    q, d = q.detach().clone().requires_grad_(), d.detach().clone().requires_grad_()
+    loss = bembed_ext.contrastive_loss(q, d, **kwargs)
+    return (loss, *torch.autograd.grad(loss, (q, d)))
+
+
+# (B, m, D): B=1, N=B (m=0), large m, D not a multiple of 8.
+SHAPES = [(1, 0, 8), (1, 5, 3), (7, 0, 13), (6, 3, 5), (4, 40, 9), (33, 1, 64)]
+
+
+@pytest.mark.parametrize("bidirectional", [True, False])
+@pytest.mark.parametrize("temperature", [0.02, 0.05, 1.0])
+@pytest.mark.parametrize("B,m,D", SHAPES)
+def test_float64_matches_reference(B, m, D, temperature, bidirectional):
+    q, d = _inputs(B, m, D)
+    kw = dict(temperature=temperature, bidirectional=bidirectional)
+    ours = _loss_and_grads(q, d, impl="kernel", **kw)
+    ref = _loss_and_grads(q, d, impl="reference", **kw)
+    for name, a, b in zip(("loss", "grad_queries", "grad_documents"), ours, ref):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12, msg=name)
+
+
+@pytest.mark.parametrize("bidirectional", [True, False])
+@pytest.mark.parametrize("B,m,D,temperature", [(5, 0, 768, 0.05), (64, 2, 37, 0.01), (300, 60, 5, 0.05)])
+def test_float32_within_torch_error(B, m, D, temperature, bidirectional):
+    """(300, 60, 5): 18300 documents, several strips with a ragged last one."""
+    q, d = _inputs(B, m, D)
+    kw = dict(temperature=temperature, bidirectional=bidirectional)
+    ref = _loss_and_grads(q, d, impl="reference", **kw)
+    ours = _loss_and_grads(q.float(), d.float(), impl="kernel", **kw)
+    torch32 = _loss_and_grads(q.float(), d.float(), impl="reference", **kw)
+    for name, a, r, t in zip(("loss", "grad_queries", "grad_documents"), ours, ref, torch32):
+        assert a.dtype == torch.float32
+        assert_within_torch_error(a, r, t, what=name)
+
+
+def test_unnormalised_large_scores_stay_finite():
+    """Scores near ±1000 (no normalisation, τ = 0.01) must not overflow the log-sum-exp. Out of the
+    normalised regime the float32 lse carries ulp(|s|) ≈ 6e-5, so the gradients are compared relative to
+    their scale rather than by the 2×-PyTorch rule."""
+    q, d = _inputs(9, 2, 16, dtype=torch.float32, normalize=False)
+    ours = _loss_and_grads(q, d, temperature=0.01, impl="kernel")
+    ref = _loss_and_grads(q.double(), d.double(), temperature=0.01, impl="reference")
+    for a, r in zip(ours, ref):
+        assert torch.isfinite(a).all()
+        assert (a.double() - r).abs().max() <= 1e-4 * r.abs().max()
+
+
+@pytest.mark.parametrize("bidirectional", [True, False])
+@pytest.mark.parametrize("B,m,D,temperature", [(1, 0, 3, 0.1), (3, 0, 5, 0.05), (4, 2, 6, 0.5), (2, 7, 9, 1.0)])
+def test_gradcheck_kernel_float64(B, m, D, temperature, bidirectional):
+    q, d = _inputs(B, m, D)
+    fn = lambda a, b: bembed_ext.contrastive_loss(a, b, temperature=temperature, bidirectional=bidirectional,
+                                                  impl="kernel")
+    assert torch.autograd.gradcheck(fn, (q, d))
+
+
+@pytest.mark.parametrize("bidirectional", [True, False])
+@pytest.mark.parametrize("world_size,m", [(2, 0), (3, 2)])
+def test_rank_share_matches_reference(world_size, m, bidirectional):
+    """The op's (world_size, rank) arguments: each rank's share of the global batch, loss and gradients,
+    and the shares average to the single-process loss."""
+    B, D = 4, 7
+    q, d = _inputs(world_size * B, m, D)
+    shares = []
+    for rank in range(world_size):
+        args = (0.07, bidirectional, world_size, rank)
+        ours = FWD(q, d, *args)[0]
+        ref = _rank_loss_reference(q, d, *args)
+        torch.testing.assert_close(ours, ref, rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(torch.autograd.grad(ours, (q, d)), torch.autograd.grad(ref, (q, d)),
+                                   rtol=1e-10, atol=1e-12)
+        shares.append(ours)
+    whole = FWD(q, d, 0.07, bidirectional, 1, 0)[0]
+    torch.testing.assert_close(torch.stack(shares).mean(), whole, rtol=1e-12, atol=1e-12)
+
+
+def test_gradcheck_rank_share():
+    q, d = _inputs(6, 1, 3)
+    assert torch.autograd.gradcheck(lambda a, b: FWD(a, b, 0.1, True, 3, 1)[0], (q, d))
+
+
+def test_reference_is_the_plain_formula():
+    """Pins the specification itself (summed directions, positives first) to a hand-written formula."""
+    q, d = _inputs(3, 1, 4)
+    logits = q @ d.T / 0.05
+    forward = -(logits.log_softmax(dim=1).diagonal()).mean()
+    backward = -(logits[:, :3].log_softmax(dim=0).diagonal()).mean()
+    torch.testing.assert_close(bembed_ext.reference.contrastive_loss(q, d), forward + backward)
+    torch.testing.assert_close(bembed_ext.reference.contrastive_loss(q, d, bidirectional=False), forward)
+
+
+def test_reference_switch(monkeypatch):
+    q, d = _inputs(3, 1, 4)
+    # Poison the kernel: the reference paths must not reach it.
+    monkeypatch.setattr("bembed_ext.ops.contrastive_loss._OPS", None)
+    expected = bembed_ext.reference.contrastive_loss(q, d)
+    torch.testing.assert_close(bembed_ext.contrastive_loss(q, d, impl="reference"), expected)
+    monkeypatch.setenv("BEMBED_REFERENCE_OPS", "1")
+    torch.testing.assert_close(bembed_ext.contrastive_loss(q, d), expected)
+
+
+@pytest.mark.parametrize("bidirectional", [True, False])
+def test_opcheck(bidirectional):
+    q, d = _inputs(5, 2, 6, dtype=torch.float32)
+    torch.library.opcheck(FWD, (q, d, 0.05, bidirectional, 1, 0))
+    loss, q_lse, d_lse = FWD(q, d, 0.05, bidirectional, 1, 0)
+    grad = torch.tensor(0.7)
+    torch.library.opcheck(torch.ops.bembed.contrastive_loss_bwd,
+                          (grad, q.detach(), d.detach(), q_lse, d_lse, 0.05, bidirectional, 1, 0))
+    q6, d6 = _inputs(6, 1, 5, dtype=torch.float32)
+    torch.library.opcheck(FWD, (q6, d6, 0.1, bidirectional, 3, 1))
+
+
+def test_torch_compile_fullgraph_forward_backward():
+    def step(q, d):
+        return bembed_ext.contrastive_loss(F.normalize(q, dim=-1), F.normalize(d, dim=-1), temperature=0.05)
+
+    compiled = torch.compile(step, fullgraph=True, backend="aot_eager")
+    q, d = _inputs(6, 1, 10, dtype=torch.float32, normalize=False)
+    eager = _grads_of(step, q, d)
+    ours = _grads_of(compiled, q, d)
+    torch.testing.assert_close(ours, eager)
+
+
+def _grads_of(fn, q, d):
+    q, d = q.detach().clone().requires_grad_(), d.detach().clone().requires_grad_()
+    loss = fn(q, d)
+    loss.backward()
+    return loss, q.grad, d.grad
+
+
+# ----------------------------------------------------------------------------------------------------
+# Bad input: clear ValueError / TypeError naming the argument
+# ----------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("impl", ["kernel", "reference"])
+@pytest.mark.parametrize("queries,documents,kwargs,error,match", [
+    ((4, 8), (4, 7), {}, ValueError, "embedding dimension"),
+    ((4, 8), (6, 8), {}, ValueError, "B·\\(1\\+m\\) rows"),
+    ((4, 8), (2, 8), {}, ValueError, "B·\\(1\\+m\\) rows"),
+    ((4,), (4, 8), {}, ValueError, "'queries' must be 2-D"),
+    ((4, 8), (4, 8, 1), {}, ValueError, "'documents' must be 2-D"),
+    ((0, 8), (0, 8), {}, ValueError, "at least one row"),
+    ((4, 8), (4, 8), {"temperature": 0.0}, ValueError, "'temperature' must be a finite number > 0"),
+    ((4, 8), (4, 8), {"temperature": -0.05}, ValueError, "'temperature'"),
+    ((4, 8), (4, 8), {"temperature": float("nan")}, ValueError, "'temperature'"),
+    ((4, 8), (4, 8), {"temperature": "0.05"}, TypeError, "'temperature' must be a float"),
+    ((4, 8), (4, 8), {"bidirectional": 1}, TypeError, "'bidirectional' must be a bool"),
+])
+def test_bad_shapes_and_arguments(queries, documents, kwargs, error, match, impl):
+    with pytest.raises(error, match=match):
+        bembed_ext.contrastive_loss(torch.randn(queries), torch.randn(documents), impl=impl, **kwargs)
+
+
+def test_bad_dtypes():
+    with pytest.raises(TypeError, match="'queries' must be a floating-point tensor"):
+        bembed_ext.contrastive_loss(torch.ones(4, 8, dtype=torch.int64), torch.randn(4, 8))
+    with pytest.raises(TypeError, match="'documents' has dtype torch.float64 but 'queries' has torch.float32"):
+        bembed_ext.contrastive_loss(torch.randn(4, 8), torch.randn(4, 8, dtype=torch.float64))
+    with pytest.raises(TypeError, match="'documents' must be a torch.Tensor"):
+        bembed_ext.contrastive_loss(torch.randn(4, 8), [[0.0] * 8] * 4)
+    with pytest.raises(TypeError, match="must have dtype in"):  # the CPU kernel: float32/float64 only
+        bembed_ext.contrastive_loss(torch.randn(4, 8, dtype=torch.bfloat16), torch.randn(4, 8, dtype=torch.bfloat16))
+
+
+def test_gather_without_process_group():
+    assert not torch.distributed.is_initialized()
+    with pytest.raises(ValueError, match="gather_across_ranks=True needs an initialised torch.distributed"):
+        bembed_ext.contrastive_loss(torch.randn(4, 8), torch.randn(4, 8), gather_across_ranks=True)
+
+
+def test_op_level_checks():
+    q, d = torch.randn(6, 4), torch.randn(12, 4)
+    with pytest.raises(ValueError, match="'world_size' \\(4\\) must divide"):
+        FWD(q, d, 0.05, True, 4, 0)
+    with pytest.raises(ValueError, match="'rank' must be in \\[0, 3\\)"):
+        FWD(q, d, 0.05, True, 3, 3)
+    with pytest.raises(ValueError, match="'temperature' must be > 0"):
+        FWD(q, d, -1.0, True, 1, 0)
+    loss, q_lse, d_lse = FWD(q, d, 0.05, True, 1, 0)
+    with pytest.raises(ValueError, match="'d_lse' must have shape"):
+        torch.ops.bembed.contrastive_loss_bwd(torch.tensor(1.0), q, d, q_lse, d_lse, 0.05, False, 1, 0)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Memory: extra memory of forward+backward is O(B·D), never a B×N buffer (fresh subprocess each)
+# ----------------------------------------------------------------------------------------------------
+
+def _peak_extra(batch, dim, impl="kernel"):
+    out = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "contrastive_memory.py"), "--impl", impl,
+                          "--batch", str(batch), "--dim", str(dim)], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_memory_no_logits_buffer():
+    """B = N = 8192, D = 32: a float32 logits matrix alone is 256 MB; ours needs one 16 MB strip + grads."""
+    result = _peak_extra(8192, 32)
+    assert result["extra_mb"] < 0.25 * result["logits_mb"], result
+
+
+@pytest.mark.slow
+def test_memory_b16384_d768():
+    """The issue's shape: B = N = 16384, D = 768 (logits 1 GB). Extra = gradients (96 MB) + one strip."""
+    result = _peak_extra(16384, 768)
+    assert result["extra_mb"] < 200, result
+
+
+# ----------------------------------------------------------------------------------------------------
+# CUDA: float32 / float16 / bfloat16 against the float64 reference, within 2× PyTorch's own error
+# ----------------------------------------------------------------------------------------------------
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("bidirectional", [True, False])
+@pytest.mark.parametrize("B,m,D", [(1, 0, 64), (37, 3, 100), (512, 1, 768), (3000, 0, 64)])
+def test_cuda_within_torch_error(B, m, D, dtype, bidirectional):
+    q, d = _inputs(B, m, D, device="cuda")
+    kw = dict(temperature=0.05, bidirectional=bidirectional)
+    ref = _loss_and_grads(q, d, impl="reference", **kw)
+    ours = _loss_and_grads(q.to(dtype), d.to(dtype), impl="kernel", **kw)
+    torch_same = _loss_and_grads(q.to(dtype), d.to(dtype), impl="reference", **kw)
+    for name, a, r, t in zip(("loss", "grad_queries", "grad_documents"), ours, ref, torch_same):
+        assert a.dtype == dtype
+        assert_within_torch_error(a, r, t, what=name)
+
+
+@pytest.mark.cuda
+def test_cuda_rank_share_and_opcheck():
+    q, d = _inputs(12, 1, 40, device="cuda")
+    for rank in range(3):
+        args = (0.05, True, 3, rank)
+        torch.testing.assert_close(FWD(q.float(), d.float(), *args)[0].double(), _rank_loss_reference(q, d, *args),
+                                   rtol=1e-4, atol=1e-4)
+    torch.library.opcheck(FWD, (q.detach().float().requires_grad_(), d.detach().float().requires_grad_(),
+                                0.05, True, 1, 0))
