@@ -26,7 +26,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling, MaskedLMOu
 
 from . import loading
 from .config import JinaBertConfig
-from .packing import Packing, pack_attention_mask
+from .packing import pack_attention_mask
 from .pooling import mean_pool, mean_pool_packed, normalize
 
 logger = logging.getLogger(__name__)
@@ -88,11 +88,12 @@ class JinaBertSelfAttention(nn.Module):
         split = (*x.shape[:-1], self.num_heads, self.head_dim)
         return q.view(split), k.view(split), v.view(split)
 
-    def forward(self, x: torch.Tensor, packing: Packing | None, bias: torch.Tensor | None,
+    def forward(self, x: torch.Tensor, varlen: tuple[torch.Tensor, int] | None, bias: torch.Tensor | None,
                 slopes: torch.Tensor) -> torch.Tensor:
         q, k, v = self._qkv(x)
-        if packing is not None:  # x: (T, hidden)
-            out = bembed_ext.alibi_attention_varlen(q, k, v, packing.cu_seqlens, packing.max_seqlen, slopes,
+        if varlen is not None:  # x: (T, hidden) packed; varlen = (cu_seqlens, max_seqlen)
+            cu_seqlens, max_seqlen = varlen
+            out = bembed_ext.alibi_attention_varlen(q, k, v, cu_seqlens, max_seqlen, slopes,
                                                     impl=_attention_op_impl(q))
             return out.reshape(x.shape)
         # Reference, x: (B, L, hidden); bias (B, H, L, L) already holds −slope·|i−j| and the key mask.
@@ -118,8 +119,8 @@ class JinaBertAttention(nn.Module):
         self.self = JinaBertSelfAttention(config)
         self.output = JinaBertSelfOutput(config)
 
-    def forward(self, x, packing, bias, slopes):
-        return self.output(self.self(x, packing, bias, slopes), x)
+    def forward(self, x, varlen, bias, slopes):
+        return self.output(self.self(x, varlen, bias, slopes), x)
 
 
 class JinaBertGLUMLP(nn.Module):
@@ -144,8 +145,8 @@ class JinaBertLayer(nn.Module):
         self.attention = JinaBertAttention(config)
         self.mlp = JinaBertGLUMLP(config)
 
-    def forward(self, x, packing, bias, slopes):
-        return self.mlp(self.attention(x, packing, bias, slopes), fused=packing is not None)
+    def forward(self, x, varlen, bias, slopes):
+        return self.mlp(self.attention(x, varlen, bias, slopes), fused=varlen is not None)
 
 
 class JinaBertEncoder(nn.Module):
@@ -154,13 +155,14 @@ class JinaBertEncoder(nn.Module):
         self.layer = nn.ModuleList(JinaBertLayer(config) for _ in range(config.num_hidden_layers))
         self.gradient_checkpointing = False
 
-    def forward(self, x, packing, bias, slopes, output_hidden_states: bool = False):
+    def forward(self, x, varlen, bias, slopes, output_hidden_states: bool = False):
+        """varlen (cu_seqlens, max_seqlen) for packed x (T, hidden), or bias (B, H, L, L) for padded x."""
         all_hidden = [x] if output_hidden_states else None
         for layer in self.layer:
             if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
-                x = checkpoint(layer, x, packing, bias, slopes, use_reentrant=False)
+                x = checkpoint(layer, x, varlen, bias, slopes, use_reentrant=False)
             else:
-                x = layer(x, packing, bias, slopes)
+                x = layer(x, varlen, bias, slopes)
             if output_hidden_states:
                 all_hidden.append(x)
         return x, all_hidden
@@ -277,9 +279,8 @@ class JinaBertModel(JinaBertPreTrainedModel):
         self._check_attention_dropout()
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
-        packing = Packing(indices=None, cu_seqlens=cu_seqlens, max_seqlen=int(max_seqlen), batch=0, seqlen=0)
         x = self.embeddings(input_ids, token_type_ids)
-        return self.encoder(x, packing, None, self.alibi_slopes(x.device), output_hidden_states)
+        return self.encoder(x, (cu_seqlens, int(max_seqlen)), None, self.alibi_slopes(x.device), output_hidden_states)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 token_type_ids: torch.Tensor | None = None, output_hidden_states: bool | None = None,
