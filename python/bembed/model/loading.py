@@ -64,8 +64,9 @@ def match_state_dict(state: dict[str, torch.Tensor], model: torch.nn.Module) -> 
         else:
             name = f"bert.{bare}" if wants_prefix else bare
         renamed[name] = value
+    # position_ids: a buffer some BERT exports carry; ALiBi has no positions to look up.
     unexpected = sorted(k for k in renamed if k not in expected
-                        and not k.startswith(("cls.", "pooler.", "bert.pooler.")))
+                        and not k.startswith(("cls.", "pooler.", "bert.pooler.")) and not k.endswith("position_ids"))
     missing = sorted(k for k in expected - renamed.keys()
                      if k != _TIED and not k.startswith(("pooler.", "bert.pooler.")))
     return {k: v for k, v in renamed.items() if k in expected}, missing, unexpected
