@@ -207,8 +207,9 @@ def alibi_attention_varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu
     """Non-causal ALiBi attention on packed (unpadded) sequences.
 
     q, k, v: (T, H, D); cu_seqlens: int32 (B+1,) with cu_seqlens[0] = 0, non-decreasing, ending at T
-    (empty sequences allowed); max_seqlen: the longest sequence (an upper bound is fine). Positions i, j
-    count from each sequence's start. alibi_slopes: float32 (H,) or (B, H), or None. Returns (T, H, D).
+    (empty sequences allowed); max_seqlen: the longest sequence (a hint: longer ones are still computed
+    in full). Positions i, j count from each sequence's start. alibi_slopes: float32 (H,) or (B, H), or
+    None. Returns (T, H, D).
     """
     _check_tensors("alibi_attention_varlen", q=q, k=k, v=v, cu_seqlens=cu_seqlens, alibi_slopes=alibi_slopes)
     if isinstance(max_seqlen, bool) or not isinstance(max_seqlen, numbers.Integral):

@@ -1,0 +1,382 @@
+"""ALiBi attention on CPU (padded and varlen) against the float64 reference, autograd, opcheck, compile,
+memory at L=8192, and bad input. The CUDA kernels are tested in test_alibi_attention_cuda.py."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import bembed_ext
+from accuracy import assert_within_torch_error
+
+attention = bembed_ext.alibi_attention
+attention_varlen = bembed_ext.alibi_attention_varlen
+reference = bembed_ext.reference.alibi_attention
+reference_varlen = bembed_ext.reference.alibi_attention_varlen
+ops = torch.ops.bembed
+
+# fp32 sums in another order than PyTorch's materialised softmax (tiles, online rescaling, a 20-ulp
+# vector exp); low precision keeps the project's 2× rule.
+FACTOR = {torch.float32: 3.0, torch.float64: 2.0, torch.bfloat16: 2.0, torch.float16: 2.0}
+
+
+def _qkv(shape, dtype, spread=1.0):
+    return [torch.randn(shape, dtype=dtype) * spread for _ in range(3)]
+
+
+def _ragged_mask(B, L, *, empty_row=False):
+    lengths = torch.randint(1, L + 1, (B,))
+    lengths[0] = L
+    if empty_row:
+        lengths[-1] = 0
+    return torch.arange(L)[None, :] < lengths[:, None]
+
+
+def _forward_backward(fn, tensors, grad):
+    leaves = [t.detach().requires_grad_() for t in tensors]
+    out = fn(*leaves)
+    out.backward(grad)
+    return [out.detach()] + [t.grad for t in leaves]
+
+
+def _compare(ours_fn, reference_fn, tensors, dtype):
+    """bembed vs the float64 reference, at most FACTOR × PyTorch's own error at the same precision."""
+    grad = torch.randn_like(tensors[0])
+    ours = _forward_backward(ours_fn, tensors, grad)
+    exact = _forward_backward(reference_fn, [t.double() for t in tensors], grad.double())
+    same_precision = _forward_backward(reference_fn, tensors, grad)
+    for name, o, e, s in zip(("out", "grad q", "grad k", "grad v"), ours, exact, same_precision):
+        assert o.dtype == dtype
+        assert_within_torch_error(o, e, s, factor=FACTOR[dtype], what=name)
+
+
+# A sample of the grid L ∈ {1, 2, 97, 128, 192, 1025} × H ∈ {1, 3, 12} × D ∈ {32, 64, 128}.
+GRID = [(2, 1, 3, 32), (3, 2, 1, 64), (2, 97, 3, 64), (1, 128, 12, 32), (2, 192, 1, 128), (1, 1025, 3, 64),
+        (1, 1025, 1, 128), (2, 97, 12, 128)]
+
+
+@pytest.mark.parametrize("B, L, H, D", GRID)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_padded_matches_reference(B, L, H, D, dtype):
+    slopes = bembed_ext.alibi_slopes(H)
+    mask = _ragged_mask(B, L)
+    _compare(lambda q, k, v: attention(q, k, v, slopes, key_padding_mask=mask),
+             lambda q, k, v: reference(q, k, v, slopes, key_padding_mask=mask), _qkv((B, L, H, D), dtype), dtype)
+
+
+@pytest.mark.parametrize("B, L, H, D", [(2, 97, 3, 64), (1, 192, 12, 32)])
+def test_without_alibi_is_plain_attention(B, L, H, D):
+    q, k, v = _qkv((B, L, H, D), torch.float64)
+    expected = torch.nn.functional.scaled_dot_product_attention(*(t.transpose(1, 2) for t in (q, k, v)))
+    torch.testing.assert_close(attention(q, k, v, None), expected.transpose(1, 2))
+    _compare(lambda q, k, v: attention(q, k, v, None), lambda q, k, v: reference(q, k, v, None),
+             _qkv((B, L, H, D), torch.float32), torch.float32)
+
+
+def test_per_batch_slopes_and_custom_scale():
+    B, L, H, D = 3, 130, 3, 32
+    slopes = torch.rand(B, H) * 0.5 + 0.01
+    mask = _ragged_mask(B, L)
+    _compare(lambda q, k, v: attention(q, k, v, slopes, key_padding_mask=mask, softmax_scale=0.3),
+             lambda q, k, v: reference(q, k, v, slopes, key_padding_mask=mask, softmax_scale=0.3),
+             _qkv((B, L, H, D), torch.float32), torch.float32)
+    q, k, v = _qkv((B, L, H, D), torch.float64)
+    rows = [attention(q[b:b + 1], k[b:b + 1], v[b:b + 1], slopes[b], softmax_scale=0.3) for b in range(B)]
+    torch.testing.assert_close(attention(q, k, v, slopes, softmax_scale=0.3), torch.cat(rows))
+
+
+def test_large_logits_and_steep_slopes_skip_nothing_that_matters():
+    """Scores spread over hundreds of units and slopes up to 4: far tiles are skipped (their weight is
+    < 2^-32 of the row), the rest must still match the float64 reference."""
+    B, L, H, D = 1, 1025, 4, 64
+    slopes = torch.tensor([4.0, 0.5, 2.0 ** -5, 2.0 ** -8])
+    _compare(lambda q, k, v: attention(q, k, v, slopes), lambda q, k, v: reference(q, k, v, slopes),
+             _qkv((B, L, H, D), torch.float32, spread=4.0), torch.float32)
+
+
+def test_fully_masked_rows_give_zeros_and_finite_grads():
+    B, L, H, D = 3, 70, 2, 32
+    q, k, v = (t.requires_grad_() for t in _qkv((B, L, H, D), torch.float32))
+    mask = _ragged_mask(B, L, empty_row=True)
+    slopes = bembed_ext.alibi_slopes(H)
+    out, lse = ops.alibi_attention_fwd(q, k, v, mask, slopes, D ** -0.5)
+    assert torch.equal(out[-1], torch.zeros_like(out[-1]))
+    assert torch.all(lse[-1] == float("-inf")) and torch.isfinite(lse[:-1]).all()
+    out.backward(torch.randn_like(out))
+    for t in (q, k, v):
+        assert torch.isfinite(t.grad).all()
+        assert torch.equal(t.grad[-1], torch.zeros_like(t.grad[-1]))
+    _, lse_ref = reference(q.double(), k.double(), v.double(), slopes, key_padding_mask=mask, return_lse=True)
+    torch.testing.assert_close(lse[:-1].double(), lse_ref[:-1].double(), rtol=1e-5, atol=1e-5)
+
+
+def _pack(tensors, lengths):
+    """(B, L, H, D) padded → (T, H, D) packed, with cu_seqlens."""
+    packed = [torch.cat([t[b, :n] for b, n in enumerate(lengths)]) for t in tensors]
+    cu_seqlens = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32)
+    return packed, cu_seqlens
+
+
+@pytest.mark.parametrize("per_batch_slopes", [False, True])
+def test_varlen_equals_padded_on_the_same_data(per_batch_slopes):
+    lengths = [97, 0, 1, 33, 128]
+    B, L, H, D = len(lengths), max(lengths), 3, 64
+    padded = _qkv((B, L, H, D), torch.float64)
+    slopes = torch.rand(B, H) * 0.3 + 0.01 if per_batch_slopes else bembed_ext.alibi_slopes(H)
+    mask = torch.arange(L)[None, :] < torch.tensor(lengths)[:, None]
+    # Padding queries attend too (only keys are masked): give them no gradient, as varlen has no such rows.
+    grad = torch.randn(B, L, H, D, dtype=torch.float64) * mask[:, :, None, None]
+    out_p, *grads_p = _forward_backward(lambda q, k, v: attention(q, k, v, slopes, key_padding_mask=mask), padded,
+                                        grad)
+    packed, cu_seqlens = _pack(padded, lengths)
+    (grad_packed,), _ = _pack([grad], lengths)
+    out_v, *grads_v = _forward_backward(lambda q, k, v: attention_varlen(q, k, v, cu_seqlens, L, slopes), packed,
+                                        grad_packed)
+    (out_p_packed, *grads_p_packed), _ = _pack([out_p, *grads_p], lengths)
+    torch.testing.assert_close(out_v, out_p_packed)
+    for gv, gp in zip(grads_v, grads_p_packed):
+        torch.testing.assert_close(gv, gp)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_varlen_matches_reference(dtype):
+    lengths = [1, 0, 200, 97, 0, 2]
+    H, D = 3, 32
+    cu_seqlens = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32)
+    slopes = bembed_ext.alibi_slopes(H)
+    tensors = _qkv((sum(lengths), H, D), dtype)
+    _compare(lambda q, k, v: attention_varlen(q, k, v, cu_seqlens, 200, slopes),
+             lambda q, k, v: reference_varlen(q, k, v, cu_seqlens, 200, slopes), tensors, dtype)
+    out, lse = ops.alibi_attention_varlen_fwd(*tensors, cu_seqlens, 200, slopes, D ** -0.5)
+    _, lse_ref = reference_varlen(*(t.double() for t in tensors), cu_seqlens, 200, slopes, return_lse=True)
+    torch.testing.assert_close(lse.double(), lse_ref.double(), rtol=1e-5, atol=1e-5)
+
+
+def test_varlen_max_seqlen_is_only_a_hint():
+    lengths = [50, 7]
+    cu_seqlens = torch.tensor([0, 50, 57], dtype=torch.int32)
+    q, k, v = _qkv((57, 2, 16), torch.float64)
+    slopes = bembed_ext.alibi_slopes(2)
+    torch.testing.assert_close(attention_varlen(q, k, v, cu_seqlens, 1, slopes),
+                               attention_varlen(q, k, v, cu_seqlens, max(lengths), slopes), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_low_precision_within_twice_torch_error(dtype):
+    B, L, H, D = 2, 150, 3, 64
+    slopes = bembed_ext.alibi_slopes(H)
+    mask = _ragged_mask(B, L)
+    _compare(lambda q, k, v: attention(q, k, v, slopes, key_padding_mask=mask),
+             lambda q, k, v: reference(q, k, v, slopes, key_padding_mask=mask), _qkv((B, L, H, D), dtype), dtype)
+
+
+def test_gradcheck_padded_float64():
+    B, L, H, D = 2, 7, 2, 3
+    q, k, v = (t.requires_grad_() for t in _qkv((B, L, H, D), torch.float64))
+    mask = _ragged_mask(B, L, empty_row=True)
+    slopes = torch.tensor([0.5, 0.1])
+    assert torch.autograd.gradcheck(lambda q, k, v: attention(q, k, v, slopes, key_padding_mask=mask), (q, k, v))
+
+
+def test_gradcheck_varlen_float64():
+    cu_seqlens = torch.tensor([0, 5, 5, 9, 10], dtype=torch.int32)
+    q, k, v = (t.requires_grad_() for t in _qkv((10, 2, 3), torch.float64))
+    slopes = torch.rand(4, 2)
+    assert torch.autograd.gradcheck(lambda q, k, v: attention_varlen(q, k, v, cu_seqlens, 7, slopes), (q, k, v))
+
+
+def test_non_contiguous_projections_are_handled():
+    """q, k, v as slices of one fused projection (B, L, 3, H, D): strided rows, no copy needed."""
+    B, L, H, D = 2, 40, 3, 32
+    qkv = torch.randn(B, L, 3, H, D, dtype=torch.float64)
+    q, k, v = qkv.unbind(2)
+    assert not q.is_contiguous()
+    slopes = bembed_ext.alibi_slopes(H)
+    torch.testing.assert_close(attention(q, k, v, slopes), reference(q, k, v, slopes))
+    packed = qkv.reshape(B * L, 3, H, D)
+    cu_seqlens = torch.tensor([0, 30, B * L], dtype=torch.int32)
+    qp, kp, vp = packed.unbind(1)
+    torch.testing.assert_close(attention_varlen(qp, kp, vp, cu_seqlens, 50, slopes),
+                               reference_varlen(qp, kp, vp, cu_seqlens, 50, slopes))
+
+
+def test_empty_batch_and_empty_sequence():
+    q, k, v = (t.requires_grad_() for t in _qkv((0, 5, 2, 8), torch.float32))
+    out = attention(q, k, v, bembed_ext.alibi_slopes(2))
+    out.sum().backward()
+    assert out.shape == q.shape and q.grad.shape == q.shape
+    cu_seqlens = torch.zeros(3, dtype=torch.int32)
+    q, k, v = _qkv((0, 2, 8), torch.float32)
+    assert attention_varlen(q, k, v, cu_seqlens, 0, None).shape == (0, 2, 8)
+
+
+def test_opcheck_all_ops():
+    B, L, H, D = 2, 11, 2, 8
+    q, k, v = (t.requires_grad_() for t in _qkv((B, L, H, D), torch.float64))
+    mask = _ragged_mask(B, L)
+    slopes = bembed_ext.alibi_slopes(H)
+    torch.library.opcheck(ops.alibi_attention_fwd.default, (q, k, v, mask, slopes, 0.3))
+    out, lse = ops.alibi_attention_fwd(q, k, v, mask, slopes, 0.3)
+    grad = torch.randn_like(out)
+    torch.library.opcheck(ops.alibi_attention_bwd.default,
+                          (grad, q.detach(), k.detach(), v.detach(), out.detach(), lse, mask, slopes, 0.3))
+    cu_seqlens = torch.tensor([0, 4, 4, 13], dtype=torch.int32)
+    qv, kv, vv = (t.requires_grad_() for t in _qkv((13, H, D), torch.float64))
+    torch.library.opcheck(ops.alibi_attention_varlen_fwd.default, (qv, kv, vv, cu_seqlens, 9, slopes, 0.3))
+    out, lse = ops.alibi_attention_varlen_fwd(qv, kv, vv, cu_seqlens, 9, slopes, 0.3)
+    torch.library.opcheck(ops.alibi_attention_varlen_bwd.default,
+                          (torch.randn_like(out), qv.detach(), kv.detach(), vv.detach(), out.detach(), lse,
+                           cu_seqlens, 9, slopes, 0.3))
+
+
+@pytest.mark.parametrize("backend", ["aot_eager", pytest.param("inductor", marks=pytest.mark.slow)])
+def test_torch_compile_fullgraph(backend):
+    torch._dynamo.reset()
+    slopes = bembed_ext.alibi_slopes(2)
+    cu_seqlens = torch.tensor([0, 5, 12], dtype=torch.int32)
+
+    def block(x, weight, mask):
+        q, k, v = (x @ weight).unflatten(-1, (3, 2, 8)).unbind(-3)
+        padded = attention(q, k, v, slopes, key_padding_mask=mask)
+        packed = attention_varlen(q[0], k[0], v[0], cu_seqlens, 7, slopes)
+        return padded.sum() + (packed * packed).sum()
+
+    x = torch.randn(1, 12, 16, requires_grad=True)
+    weight = torch.randn(16, 3 * 2 * 8, requires_grad=True)
+    mask = torch.arange(12)[None] < 9
+    compiled = torch.compile(block, fullgraph=True, backend=backend)
+    expected = torch.autograd.grad(block(x, weight, mask), (x, weight))
+    got = torch.autograd.grad(compiled(x, weight, mask), (x, weight))
+    for e, g in zip(expected, got):
+        torch.testing.assert_close(g, e)
+
+
+def test_reference_switch(monkeypatch):
+    q, k, v = (t.requires_grad_() for t in _qkv((1, 6, 2, 8), torch.float32))
+    kernel_node = "GeneratedBackwardFor_bembed_alibi_attention_fwd_defaultBackward"
+    assert type(attention(q, k, v, None).grad_fn).__name__ == kernel_node
+    assert type(attention(q, k, v, None, impl="reference").grad_fn).__name__ != kernel_node
+    monkeypatch.setenv("BEMBED_REFERENCE_OPS", "1")
+    assert type(attention(q, k, v, None).grad_fn).__name__ != kernel_node
+
+
+def test_alibi_slopes_match_jinabert():
+    def powers_of_two(exponents):
+        return torch.tensor([2.0 ** -e for e in exponents], dtype=torch.float32)
+
+    assert torch.equal(bembed_ext.alibi_slopes(12), powers_of_two([1, 2, 3, 4, 5, 6, 7, 8, 0.5, 1.5, 2.5, 3.5]))
+    assert torch.equal(bembed_ext.alibi_slopes(8), powers_of_two(range(1, 9)))
+    assert torch.equal(bembed_ext.alibi_slopes(16), powers_of_two([e / 2 for e in range(1, 17)]))
+    assert torch.equal(bembed_ext.alibi_slopes(1), powers_of_two([8]))
+
+
+_MEMORY_SCRIPT = r"""
+import json, torch, bembed_ext
+def status_mb(field):
+    return next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith(field + ":")) / 1024
+def reset_peak():
+    open("/proc/self/clear_refs", "w").write("5")
+torch.set_num_threads(2)
+B, L, H, D = 1, 8192, 12, 64
+q, k, v, grad = (torch.randn(B, L, H, D) for _ in range(4))
+slopes = bembed_ext.alibi_slopes(H)
+mb = lambda *ts: sum(t.numel() * t.element_size() for t in ts) / 2**20
+before = status_mb("VmRSS"); reset_peak()
+out, lse = torch.ops.bembed.alibi_attention_fwd(q, k, v, None, slopes, D ** -0.5)
+fwd = status_mb("VmHWM") - before - mb(out, lse)
+before = status_mb("VmRSS"); reset_peak()
+grads = torch.ops.bembed.alibi_attention_bwd(grad, q, k, v, out, lse, None, slopes, D ** -0.5)
+bwd = status_mb("VmHWM") - before - mb(*grads)
+print(json.dumps({"fwd_extra_mb": fwd, "bwd_extra_mb": bwd, "finite": bool(torch.isfinite(out).all())}))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"), reason="needs Linux /proc peak-RSS reset")
+def test_l8192_forward_backward_extra_memory_at_most_64mb():
+    """B=1, H=12, D=64, L=8192: the peak resident memory beyond inputs and outputs stays ≤ 64 MB (an L×L
+    float tensor for one head alone would be 256 MB), measured in a fresh process."""
+    result = subprocess.run([sys.executable, "-c", _MEMORY_SCRIPT], capture_output=True, text=True, check=True,
+                            timeout=600)
+    measured = json.loads(result.stdout.strip().splitlines()[-1])
+    assert measured["finite"]
+    assert measured["fwd_extra_mb"] <= 64, measured
+    assert measured["bwd_extra_mb"] <= 64, measured
+
+
+def _bad(**changes):
+    args = {"q": torch.randn(2, 5, 3, 8), "k": torch.randn(2, 5, 3, 8), "v": torch.randn(2, 5, 3, 8),
+            "alibi_slopes": bembed_ext.alibi_slopes(3), "key_padding_mask": None}
+    args.update(changes)
+    return lambda: attention(args.pop("q"), args.pop("k"), args.pop("v"), args.pop("alibi_slopes"), **args)
+
+
+def _bad_varlen(cu=(0, 2, 5), **changes):
+    args = {"q": torch.randn(5, 3, 8), "k": torch.randn(5, 3, 8), "v": torch.randn(5, 3, 8),
+            "cu_seqlens": torch.tensor(cu, dtype=torch.int32), "max_seqlen": 3,
+            "alibi_slopes": bembed_ext.alibi_slopes(3)}
+    args.update(changes)
+    return lambda: attention_varlen(args.pop("q"), args.pop("k"), args.pop("v"), args.pop("cu_seqlens"),
+                                    args.pop("max_seqlen"), args.pop("alibi_slopes"), **args)
+
+
+@pytest.mark.parametrize(
+    "make, error, fragment",
+    [
+        (_bad(q=torch.randn(2, 5, 24)), ValueError, "'q' must be 4-D"),
+        (_bad(k=torch.randn(2, 6, 3, 8)), ValueError, "'k' must have the shape of 'q'"),
+        (_bad(v=torch.randn(2, 5, 3, 4)), ValueError, "'v' must have the shape of 'q'"),
+        (_bad(k=torch.randn(2, 5, 3, 8).double()), TypeError, "'k' has dtype"),
+        (_bad(q=torch.ones(2, 5, 3, 8, dtype=torch.int32), k=torch.ones(2, 5, 3, 8, dtype=torch.int32),
+              v=torch.ones(2, 5, 3, 8, dtype=torch.int32)), TypeError, "'q' must have dtype"),
+        (_bad(q=torch.randn(2, 5, 3, 300), k=torch.randn(2, 5, 3, 300), v=torch.randn(2, 5, 3, 300)), ValueError,
+         "head dim 300"),
+        (_bad(alibi_slopes=torch.ones(4)), ValueError, "'alibi_slopes' must have shape"),
+        (_bad(alibi_slopes=torch.ones(3, 3)), ValueError, "'alibi_slopes' must have shape"),
+        (_bad(alibi_slopes=torch.ones(3, dtype=torch.float64)), TypeError, "'alibi_slopes' must have dtype"),
+        (_bad(key_padding_mask=torch.ones(2, 5)), TypeError, "'key_padding_mask' must have dtype"),
+        (_bad(key_padding_mask=torch.ones(2, 4, dtype=torch.bool)), ValueError, "'key_padding_mask' must have shape"),
+        (_bad(q=[1.0]), TypeError, "'q' must be a torch.Tensor"),
+        (_bad(softmax_scale="0.1"), TypeError, "'softmax_scale' must be a float"),
+        (_bad(softmax_scale=math.inf), ValueError, "'softmax_scale' must be finite"),
+        (_bad(impl="fast"), ValueError, "impl must be one of"),
+        (_bad_varlen(q=torch.randn(1, 5, 3, 8)), ValueError, "'q' must be 3-D"),
+        (_bad_varlen(cu=(0, 4, 2, 5)), ValueError, "'cu_seqlens' must be non-decreasing"),
+        (_bad_varlen(cu=(0, 2, 4)), ValueError, "'cu_seqlens' must end at the number of tokens"),
+        (_bad_varlen(cu=(1, 5)), ValueError, "'cu_seqlens' must start at 0"),
+        (_bad_varlen(cu_seqlens=torch.tensor([0, 5])), TypeError, "'cu_seqlens' must have dtype"),
+        (_bad_varlen(cu_seqlens=torch.tensor([[0, 5]], dtype=torch.int32)), ValueError, "'cu_seqlens' must be 1-D"),
+        (_bad_varlen(max_seqlen=-1), ValueError, "'max_seqlen' must be ≥ 0"),
+        (_bad_varlen(max_seqlen=2.5), TypeError, "'max_seqlen' must be an int"),
+        (_bad_varlen(alibi_slopes=torch.ones(3, 3)), ValueError, "'alibi_slopes' must have shape"),
+        (lambda: bembed_ext.alibi_slopes(0), ValueError, "'num_heads' must be positive"),
+        (lambda: bembed_ext.alibi_slopes(2.0), TypeError, "'num_heads' must be an int"),
+    ],
+)
+def test_bad_input_errors_name_the_argument(make, error, fragment):
+    with pytest.raises(error, match=fragment):
+        make()
+
+
+def test_bad_backward_inputs_name_the_argument():
+    q, k, v = _qkv((2, 5, 3, 8), torch.float32)
+    out, lse = ops.alibi_attention_fwd(q, k, v, None, None, 0.3)
+    with pytest.raises(ValueError, match="'grad_out' must have the shape"):
+        ops.alibi_attention_bwd(out[:, :4], q, k, v, out, lse, None, None, 0.3)
+    with pytest.raises(ValueError, match="'lse' must have shape"):
+        ops.alibi_attention_bwd(out, q, k, v, out, lse[:, :2], None, None, 0.3)
+    with pytest.raises(TypeError, match="'lse' must have dtype"):
+        ops.alibi_attention_bwd(out, q, k, v, out, lse.double(), None, None, 0.3)
+    with pytest.raises(TypeError, match="'out' has dtype"):
+        ops.alibi_attention_bwd(out, q, k, v, out.double(), lse, None, None, 0.3)
+
+
+@pytest.mark.cuda
+def test_mixed_devices_name_the_argument():
+    q = torch.randn(2, 5, 3, 8, device="cuda", dtype=torch.float16)
+    with pytest.raises(ValueError, match="'k' is on"):
+        ops.alibi_attention_fwd(q, q.cpu(), q, None, None, 0.3)
