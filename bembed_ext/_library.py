@@ -46,11 +46,17 @@ def load_library() -> None:
         raise ImportError(_mismatch_message(f"the compiled library failed to load ({error})")) from error
 
 
-def has_kernel(op_name: str, device_type: str) -> bool:
-    """Whether `bembed::<op_name>` has a kernel registered for device_type ("CPU" or "CUDA")."""
-    return torch._C._dispatch_has_kernel_for_dispatch_key(f"bembed::{op_name}", device_type.upper())
+def has_kernel(op: str, device_type: str) -> bool:
+    """Whether public op `op` (a key of bembed_ext.OPS, e.g. "geglu") has kernels registered for
+    device_type ("CPU" or "CUDA") for every torch.ops.bembed operator it uses."""
+    from . import OPS
+
+    if op not in OPS:
+        raise ValueError(f"unknown op {op!r}; known ops: {sorted(OPS)}")
+    return all(torch._C._dispatch_has_kernel_for_dispatch_key(f"bembed::{name}", device_type.upper())
+               for name in OPS[op])
 
 
 def has_cuda_kernels() -> bool:
     """Whether this build of bembed_ext contains CUDA kernels (independent of whether a GPU is present)."""
-    return has_kernel("geglu", "CUDA")
+    return torch._C._dispatch_has_kernel_for_dispatch_key("bembed::geglu", "CUDA")
