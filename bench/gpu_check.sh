@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# One call on a lent GPU machine does everything: build, CUDA tests (which must not skip), compute-sanitizer
+# on small attention/contrastive cases, GPU benchmarks, and a markdown results section — all under $OUT.
+#
+#   bash bench/gpu_check.sh [all|build|test|sanitize|bench]     (default: all; stages reuse the build)
+#
+# The GPU image has torch + nvcc + pytest + pytest-benchmark but no network, datasets or mteb, so the build
+# is offline and in place, and the package is used from the source tree via PYTHONPATH.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+STAGE=${1:-all}
+OUT=${OUT:-$PWD/out/gpu}
+mkdir -p "$OUT"
+PYTHON=${PYTHON:-python3}
+export PYTHONPATH="$PWD/python:$PWD${PYTHONPATH:+:$PYTHONPATH}"
+export CUDA_HOME=${CUDA_HOME:-/usr/local/cuda}
+export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0a}
+export MAX_JOBS=${MAX_JOBS:-16}
+status=0
+
+log() { echo "[gpu_check $(date -u +%H:%M:%S)] $*" | tee -a "$OUT/summary.txt"; }
+
+build() {
+  { nvidia-smi; $PYTHON -c "import torch, sys; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'python', sys.version)"; } \
+    > "$OUT/env.txt" 2>&1
+  log "build (arch $TORCH_CUDA_ARCH_LIST)"
+  if ! (time BEMBED_CUDA=1 $PYTHON setup.py build_ext --inplace) > "$OUT/build.log" 2>&1; then
+    log "BUILD FAILED"; grep -E "error" "$OUT/build.log" | head -40 | tee -a "$OUT/summary.txt"; return 1
+  fi
+  "$CUDA_HOME/bin/cuobjdump" --list-elf bembed_ext/_C*.so > "$OUT/cuobjdump.txt" 2>&1
+  grep -q sm_90a "$OUT/cuobjdump.txt" && log "cuobjdump: sm_90a present" || log "cuobjdump: sm_90a MISSING"
+  $PYTHON -m bembed info > "$OUT/info.txt" 2>&1; cat "$OUT/info.txt" >> "$OUT/summary.txt"
+}
+
+run_tests() {
+  local files; files=$(grep -l "mark.cuda" tests/test_*.py)
+  log "CUDA tests in: $(echo $files)"
+  # shellcheck disable=SC2086
+  $PYTHON -m pytest $files -m cuda -q -rs -p no:cacheprovider --junitxml="$OUT/tests.xml" > "$OUT/tests.log" 2>&1
+  local rc=$?
+  tail -n 30 "$OUT/tests.log" >> "$OUT/summary.txt"
+  if grep -q "SKIPPED" "$OUT/tests.log"; then log "WARNING: CUDA tests skipped on a GPU machine"; rc=1; fi
+  log "CUDA tests exit $rc"; return $rc
+}
+
+sanitize() {
+  for tool in memcheck racecheck; do
+    log "compute-sanitizer $tool (small cases)"
+    "$CUDA_HOME/bin/compute-sanitizer" --tool "$tool" --error-exitcode 9 \
+      $PYTHON bench/sanitizer_cases.py > "$OUT/sanitizer_$tool.log" 2>&1
+    local rc=$?
+    tail -n 5 "$OUT/sanitizer_$tool.log" >> "$OUT/summary.txt"
+    log "compute-sanitizer $tool exit $rc"; [ $rc -eq 0 ] || status=1
+  done
+}
+
+bench() {
+  log "GPU benchmarks"
+  $PYTHON -m pytest bench -m cuda -q -p no:cacheprovider --benchmark-json="$OUT/bench.json" \
+    --benchmark-columns=median,iqr,rounds > "$OUT/bench.log" 2>&1
+  local rc=$?
+  tail -n 15 "$OUT/bench.log" >> "$OUT/summary.txt"
+  $PYTHON bench/report.py "$OUT/bench.json" --title "GPU benchmarks (bench/gpu_check.sh)" > "$OUT/RESULTS_gpu.md" \
+    2>>"$OUT/summary.txt"
+  log "benchmarks exit $rc; table in RESULTS_gpu.md"; return $rc
+}
+
+case "$STAGE" in
+  build) build || status=1 ;;
+  test) run_tests || status=1 ;;
+  sanitize) sanitize ;;
+  bench) bench || status=1 ;;
+  all) build || exit 1; run_tests || status=1; sanitize; bench || status=1 ;;
+  *) echo "usage: $0 [all|build|test|sanitize|bench]"; exit 2 ;;
+esac
+log "done (status $status)"
+exit $status

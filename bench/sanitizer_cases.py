@@ -1,0 +1,36 @@
+"""Small CUDA calls of every op, forward and backward, for compute-sanitizer (memcheck, racecheck):
+odd lengths, a padded batch with a fully masked row, and a varlen batch with an empty sequence."""
+
+import torch
+
+import bembed_ext
+
+
+def main() -> None:
+    device, dtype = "cuda", torch.bfloat16
+    x = torch.randn(97, 2 * 24, device=device, dtype=dtype, requires_grad=True)
+    bembed_ext.geglu(x).sum().backward()
+
+    for head_dim in (32, 64, 128):
+        q, k, v = (torch.randn(2, 97, 3, head_dim, device=device, dtype=dtype, requires_grad=True) for _ in range(3))
+        mask = torch.ones(2, 97, dtype=torch.bool, device=device)
+        mask[1, :] = False  # a sequence of only padding
+        mask[0, 50:] = False
+        slopes = bembed_ext.alibi_slopes(3).to(device)
+        bembed_ext.alibi_attention(q, k, v, slopes, key_padding_mask=mask).float().sum().backward()
+
+        lengths = [5, 0, 97, 1]
+        cu = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32, device=device)
+        total = sum(lengths)
+        q, k, v = (torch.randn(total, 3, head_dim, device=device, dtype=dtype, requires_grad=True) for _ in range(3))
+        bembed_ext.alibi_attention_varlen(q, k, v, cu, max(lengths), slopes).float().sum().backward()
+
+    queries = torch.nn.functional.normalize(torch.randn(7, 50, device=device), dim=-1).requires_grad_()
+    documents = torch.nn.functional.normalize(torch.randn(21, 50, device=device), dim=-1).requires_grad_()
+    bembed_ext.contrastive_loss(queries, documents).backward()
+    torch.cuda.synchronize()
+    print("sanitizer cases ran")
+
+
+if __name__ == "__main__":
+    main()
