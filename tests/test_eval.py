@@ -1,0 +1,136 @@
+"""The mteb wrapper on tiny local tasks, the encoder interface, the report, and `bembed eval` end to end on
+a fake build (char-n-gram hashing encoder: deterministic, no model download)."""
+
+import json
+
+import numpy as np
+import pytest
+
+pytest.importorskip("mteb")
+
+from bembed.eval import baselines  # noqa: E402
+from bembed.eval.encoder import HashingEncoder, check_encoder  # noqa: E402
+from bembed.eval.report import format_table, write_bar_chart, write_json  # noqa: E402
+from bembed.eval.run import evaluate_encoder  # noqa: E402
+from bembed.eval.tasks import (TaskSizes, bitext_task, pair_classification_task, retrieval_task,  # noqa: E402
+                               sts_task)
+
+EN = ["the red house stands on the hill", "a small boat sails across the lake",
+      "children play football after school", "the old library closes at six", "fresh bread is sold every morning"]
+DE = ["das rote haus steht auf dem hügel", "ein kleines boot segelt über den see",
+      "kinder spielen fußball nach der schule", "die alte bibliothek schließt um sechs",
+      "frisches brot wird jeden morgen verkauft"]
+
+
+class Recorder:
+    """Encodes like HashingEncoder and records the prompt_name of every call."""
+
+    name = "recorder"
+
+    def __init__(self):
+        self.inner, self.prompts = HashingEncoder(dim=256), []
+
+    def encode(self, texts, *, prompt_name=None, batch_size=32):
+        self.prompts.append(prompt_name)
+        return self.inner.encode(texts)
+
+
+def test_hashing_encoder_is_deterministic_and_normalised():
+    enc = HashingEncoder(dim=128)
+    a, b = enc.encode(["hello world", ""]), enc.encode(["hello world", ""])
+    assert a.shape == (2, 128) and np.array_equal(a, b)
+    assert np.isclose(np.linalg.norm(a[0]), 1.0)
+    with pytest.raises(ValueError, match="dim"):
+        HashingEncoder(dim=0)
+
+
+def test_check_encoder_rejects_objects_without_encode():
+    with pytest.raises(TypeError, match="encode"):
+        check_encoder(object())
+
+
+def test_bitext_identical_sides_score_one_and_shuffled_less():
+    rows = [{"src": t, "tgt": t} for t in EN]
+    same = evaluate_encoder(HashingEncoder(), [bitext_task(rows, "en-de", TaskSizes())])
+    assert same["scores"]["BembedBitextMining.en-de"] == pytest.approx(1.0)
+    rows = [{"src": e, "tgt": d} for e, d in zip(EN, DE)]
+    real = evaluate_encoder(HashingEncoder(), [bitext_task(rows, "en-de", TaskSizes())])
+    assert 0.0 <= real["scores"]["BembedBitextMining.en-de"] <= 1.0
+
+
+def test_sts_and_pair_classification_from_constructed_rows():
+    rows = [{"sentence1": t, "sentence2": t, "score": 5.0} for t in EN[:3]]
+    rows += [{"sentence1": EN[i], "sentence2": EN[(i + 2) % 5], "score": 0.0} for i in range(3)]
+    rows += [{"sentence1": EN[3], "sentence2": EN[3] + " and more", "score": 3.0}]
+    tasks = [sts_task(rows, "en-de", TaskSizes()), pair_classification_task(rows, "en-de", TaskSizes())]
+    tasks[1].load_data()
+    assert len(tasks[1].dataset["test"]) == 6  # the graded 3.0 row is neither class
+    result = evaluate_encoder(HashingEncoder(), tasks)
+    assert result["scores"]["BembedSTSConstructed.en-de"] > 0.5
+    assert result["scores"]["BembedPairClassification.en-de"] == pytest.approx(1.0)
+
+
+def test_retrieval_passes_query_and_document_prompts():
+    rows = [{"query": e, "positive": e + " " + d, "negatives": [DE[(i + 1) % 5]], "query_lang": "en",
+             "doc_lang": "en"} for i, (e, d) in enumerate(zip(EN, DE))]
+    recorder = Recorder()
+    result = evaluate_encoder(recorder, [retrieval_task(rows, "en", "en", TaskSizes(max_chars=500))])
+    assert set(recorder.prompts) == {"query", "document"}
+    assert result["scores"]["BembedRetrieval.en-en"] == pytest.approx(1.0)
+    recorder.prompts.clear()
+    evaluate_encoder(recorder, [sts_task([{"sentence1": "a b", "sentence2": "a c", "score": 1.0}] * 2, "en-de",
+                                         TaskSizes())])
+    assert set(recorder.prompts) == {None}
+
+
+def test_wrapper_rejects_wrong_shapes():
+    class Bad:
+        def encode(self, texts, *, prompt_name=None, batch_size=32):
+            return np.zeros(len(texts))
+
+    with pytest.raises(ValueError, match="shape"):
+        evaluate_encoder(Bad(), [bitext_task([{"src": "a b c", "tgt": "d e f"}], "en-de", TaskSizes())])
+
+
+def test_sizes_cap_rows_and_validate():
+    rows = [{"src": f"s {i} x", "tgt": f"t {i} y"} for i in range(50)]
+    task = bitext_task(rows, "en-de", TaskSizes(max_items=7))
+    task.load_data()
+    assert len(task.dataset["test"]) == 7
+    with pytest.raises(ValueError, match="max_items"):
+        TaskSizes(max_items=0)
+
+
+def test_report_table_json_png(tmp_path):
+    results = [{"model": "a", "scores": {"T1": 0.5, "T2": 0.25}, "main_score_name": {"T1": "f1", "T2": "ap"}},
+               {"model": "b", "scores": {"T1": 1.0}, "main_score_name": {"T1": "f1"}}]
+    table = format_table(results)
+    assert "| T1 | f1 | 50.0 | 100.0 |" in table and "| T2 | ap | 25.0 | – |" in table
+    assert "| mean | | 37.5 | 100.0 |" in table
+    write_json(results, tmp_path / "r.json", {"settings": {"max_items": 3}})
+    assert json.loads((tmp_path / "r.json").read_text())["results"] == results
+    write_bar_chart(results, tmp_path / "r.png")
+    assert (tmp_path / "r.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_baselines_listing_is_limited_to_known_names():
+    assert set(baselines.available()) <= set(baselines.BASELINES)
+    with pytest.raises(ValueError, match="name"):
+        baselines.load("no-such-model")
+
+
+def test_bembed_eval_cli_on_fake_build(tmp_path, capsys):
+    from data_fixtures import fake_cache
+
+    from bembed.cli import main
+    from bembed.data.build import build
+
+    cache = fake_cache(tmp_path / "cache")
+    build(cache, tmp_path / "data", "en-de", fractions=(0.4, 0.2, 0.4))
+    code = main(["eval", "--lexical", "--data", str(tmp_path / "data"), "--pairs", "en-de",
+                 "--max-items", "50", "--out", str(tmp_path / "res")])
+    out = capsys.readouterr().out
+    assert code == 0 and "| BembedBitextMining.en-de | f1 |" in out
+    saved = json.loads((tmp_path / "res" / "results.json").read_text())
+    assert saved["results"][0]["model"] == "char-ngram-hashing" and saved["settings"]["max_items"] == 50
+    assert (tmp_path / "res" / "results.png").is_file()
