@@ -1,8 +1,8 @@
 """Peak extra host memory of one contrastive-loss forward+backward, measured in this (fresh) process.
 
-    python bench/contrastive_memory.py --impl kernel --batch 16384 --dim 768 [--negatives 0] [--threads 2]
+    python bench/contrastive_memory.py --impl kernel|reference|naive --batch 16384 --dim 768 [--negatives 0]
 
-Prints one JSON line: extra_mb is the peak resident memory during forward+backward minus the resident
+"naive" is the usual implementation (one logits matrix, cross entropy both ways). Prints one JSON line: extra_mb is the peak resident memory during forward+backward minus the resident
 memory just before it (inputs already allocated; the gradients are part of the extra), and logits_mb is
 what a single B×N float32 logits matrix alone would take. The peak is reset through /proc/self/clear_refs,
 so imports and input creation do not count (Linux only).
@@ -22,9 +22,23 @@ def _status_mb(field: str) -> float:
     raise RuntimeError(f"{field} not in /proc/self/status")
 
 
+def naive_loss(queries, documents, temperature: float = 0.05, bidirectional: bool = True):
+    """The usual InfoNCE: materialised B×N logits, cross entropy per row and (over the positives) per column."""
+    import torch
+    import torch.nn.functional as F
+
+    B = queries.shape[0]
+    logits = queries @ documents.T / temperature
+    targets = torch.arange(B, device=queries.device)
+    loss = F.cross_entropy(logits, targets)
+    if bidirectional:
+        loss = loss + F.cross_entropy(logits[:, :B].T, targets)
+    return loss
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--impl", choices=("kernel", "reference"), default="kernel")
+    parser.add_argument("--impl", choices=("kernel", "reference", "naive"), default="kernel")
     parser.add_argument("--batch", type=int, default=16384)
     parser.add_argument("--dim", type=int, default=768)
     parser.add_argument("--negatives", type=int, default=0, help="hard negatives per query (m)")
@@ -43,7 +57,10 @@ def main() -> None:
     before = _status_mb("VmRSS")
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")  # resets the peak (VmHWM) to the current resident size
-    loss = bembed_ext.contrastive_loss(queries, documents, impl=args.impl)
+    if args.impl == "naive":
+        loss = naive_loss(queries, documents)
+    else:
+        loss = bembed_ext.contrastive_loss(queries, documents, impl=args.impl)
     loss.backward()
     peak = _status_mb("VmHWM")
     print(json.dumps({"impl": args.impl, "batch": B, "dim": D, "documents": N, "extra_mb": round(peak - before, 1),
