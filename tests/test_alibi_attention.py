@@ -274,38 +274,20 @@ def test_alibi_slopes_match_jinabert():
     assert torch.equal(bembed_ext.alibi_slopes(1), powers_of_two([8]))
 
 
-_MEMORY_SCRIPT = r"""
-import json, torch, bembed_ext
-def status_mb(field):
-    return next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith(field + ":")) / 1024
-def reset_peak():
-    open("/proc/self/clear_refs", "w").write("5")
-torch.set_num_threads(2)
-B, L, H, D = 1, 8192, 12, 64
-q, k, v, grad = (torch.randn(B, L, H, D) for _ in range(4))
-slopes = bembed_ext.alibi_slopes(H)
-mb = lambda *ts: sum(t.numel() * t.element_size() for t in ts) / 2**20
-before = status_mb("VmRSS"); reset_peak()
-out, lse = torch.ops.bembed.alibi_attention_fwd(q, k, v, None, slopes, D ** -0.5)
-fwd = status_mb("VmHWM") - before - mb(out, lse)
-before = status_mb("VmRSS"); reset_peak()
-grads = torch.ops.bembed.alibi_attention_bwd(grad, q, k, v, out, lse, None, slopes, D ** -0.5)
-bwd = status_mb("VmHWM") - before - mb(*grads)
-print(json.dumps({"fwd_extra_mb": fwd, "bwd_extra_mb": bwd, "finite": bool(torch.isfinite(out).all())}))
-"""
+MEMORY_SCRIPT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench",
+                             "alibi_attention_memory.py")
 
 
 @pytest.mark.slow
 @pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"), reason="needs Linux /proc peak-RSS reset")
-def test_l8192_forward_backward_extra_memory_at_most_64mb():
-    """B=1, H=12, D=64, L=8192: the peak resident memory beyond inputs and outputs stays ≤ 64 MB (an L×L
-    float tensor for one head alone would be 256 MB), measured in a fresh process."""
-    result = subprocess.run([sys.executable, "-c", _MEMORY_SCRIPT], capture_output=True, text=True, check=True,
-                            timeout=600)
+@pytest.mark.parametrize("direction", ["fwd", "fwd+bwd"])
+def test_l8192_extra_memory_at_most_64mb(direction):
+    """B=1, H=12, D=64, L=8192: peak resident memory beyond inputs and outputs ≤ 64 MB (one head's L×L
+    float scores alone would be 256 MB), measured in a fresh process."""
+    command = [sys.executable, MEMORY_SCRIPT, "--impl", "bembed", "--seqlen", "8192", "--direction", direction]
+    result = subprocess.run(command, capture_output=True, text=True, check=True, timeout=600)
     measured = json.loads(result.stdout.strip().splitlines()[-1])
-    assert measured["finite"]
-    assert measured["fwd_extra_mb"] <= 64, measured
-    assert measured["bwd_extra_mb"] <= 64, measured
+    assert measured["extra_mb"] <= 64, measured
 
 
 def _bad(**changes):
