@@ -1,0 +1,378 @@
+"""Embedder: texts -> sentence embeddings with a JinaBERT model, fast by construction.
+
+`encode` tokenizes everything once, sorts the sequences by length (longest first, so an out-of-memory
+shows on the first batch), cuts them into batches by a token budget (batch_size × a typical length: many
+short texts or a few long ones per batch, never a fixed count), runs each batch as one packed, unpadded
+stream (the model's "bembed" path: no padding is ever computed) under `torch.inference_mode` and, on GPU,
+bf16 (or fp16) autocast, mean-pools in float32 and puts the rows back in input order. A model whose
+`attention_impl` is "reference" gets padded batches instead (that path needs them).
+
+Inputs, as documented behaviour:
+- "" gives the embedding of the special tokens alone (`<s></s>`); whitespace-only text gives that of its
+  whitespace tokens with the specials; single tokens and any script the byte-level tokenizer covers are
+  ordinary inputs.
+- A text longer than max_length tokens (specials included) is cut to max_length, with ONE warning per call
+  naming how many texts were cut; `truncate=False` instead splits it into windows of max_length tokens
+  (each with the specials) and returns the mean over all tokens of all windows.
+- A non-string item raises TypeError naming its index; a single string returns one (dim,) row.
+
+Prompts: `prompts` maps names to prefixes (E5's {"query": "query: ", "document": "passage: "}); they are
+saved in the model folder as sentence-transformers' `config_sentence_transformers.json`, so the same
+folder gives the same prompts to both libraries.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import statistics
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import late_chunking
+from .model import JinaBertModel
+from .model.pooling import mean_pool_packed, normalize
+
+logger = logging.getLogger(__name__)
+
+PROMPTS_FILE = "config_sentence_transformers.json"
+QUERY_PROMPT_NAMES = ("query",)
+DOCUMENT_PROMPT_NAMES = ("document", "passage", "corpus")  # the names sentence-transformers tries, in its order
+TYPICAL_LENGTH_CAP = 512  # the token budget assumes at most this "typical" length, so 8k documents go few at a time
+
+
+def _positive_int(value, name: str, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+def _check_texts(texts) -> list[str]:
+    if isinstance(texts, (bytes, dict)) or not hasattr(texts, "__iter__"):
+        raise TypeError(f"texts must be a str or a sequence of str, got {type(texts).__name__}")
+    texts = list(texts)
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise TypeError(f"texts[{i}] must be a str, got {type(text).__name__}")
+    return texts
+
+
+class Embedder:
+    """A JinaBERT model, its tokenizer and its prompts, with the sentence-transformers `encode` keywords.
+
+    model: a `JinaBertModel` (for a `JinaBertForMaskedLM` pass its `.bert`); tokenizer: the model's
+    Hugging Face tokenizer (a fast one for `encode_chunks`); prompts: name -> prefix; default_prompt_name:
+    the prompt `encode` applies when given none; autocast_dtype: the autocast dtype on GPU ("auto": bf16
+    where supported, else fp16; None: run in the model's own dtype).
+    """
+
+    def __init__(self, model: JinaBertModel, tokenizer, *, prompts: dict[str, str] | None = None,
+                 default_prompt_name: str | None = None, autocast_dtype: torch.dtype | str | None = "auto"):
+        if not isinstance(model, JinaBertModel):
+            hint = " (for a JinaBertForMaskedLM pass its .bert)" if hasattr(model, "bert") else ""
+            raise TypeError(f"model must be a JinaBertModel{hint}, got {type(model).__name__}")
+        if not callable(tokenizer):
+            raise TypeError(f"tokenizer must be a Hugging Face tokenizer, got {type(tokenizer).__name__}")
+        prompts = dict(prompts or {})
+        for name, value in prompts.items():
+            if not isinstance(name, str) or not isinstance(value, str):
+                raise TypeError(f"prompts must map str names to str prefixes, got {name!r}: {value!r}")
+        if default_prompt_name is not None and default_prompt_name not in prompts:
+            raise ValueError(f"default_prompt_name {default_prompt_name!r} is not one of the prompts {sorted(prompts)}")
+        if autocast_dtype not in ("auto", None, torch.bfloat16, torch.float16):
+            raise ValueError(f"autocast_dtype must be 'auto', None, torch.bfloat16 or torch.float16, got {autocast_dtype!r}")
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.prompts = prompts
+        self.default_prompt_name = default_prompt_name
+        self.autocast_dtype = autocast_dtype
+        self.name = getattr(model.config, "name_or_path", None) or "bembed"
+
+    # ---- loading and saving -------------------------------------------------------------------------
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike, *, device: str | torch.device | None = None, dtype=None,
+                        attention_impl: str | None = None, **kwargs) -> "Embedder":
+        """Load model, tokenizer and prompts from a local folder (bembed's `save_pretrained`, a published
+        JinaBERT folder, or a sentence-transformers export). Never downloads. device: where to run (default:
+        CUDA when available); dtype: the model weights' dtype (default float32); attention_impl:
+        "bembed" (default) or "reference". Other keywords go to `Embedder(...)`."""
+        from transformers import AutoTokenizer
+
+        folder = Path(path)
+        if not folder.is_dir():
+            raise ValueError(f"path {str(path)!r} is not a local folder (bembed never downloads models)")
+        if device is None:
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        overrides = {"attention_impl": attention_impl} if attention_impl is not None else {}
+        model = JinaBertModel.from_pretrained(folder, dtype=dtype, device=device, **overrides)
+        tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+        if (folder / PROMPTS_FILE).is_file():
+            saved = json.loads((folder / PROMPTS_FILE).read_text(encoding="utf-8"))
+            kwargs.setdefault("prompts", saved.get("prompts") or {})
+            kwargs.setdefault("default_prompt_name", saved.get("default_prompt_name"))
+        embedder = cls(model, tokenizer, **kwargs)
+        embedder.name = folder.name
+        return embedder
+
+    def save_pretrained(self, path: str | os.PathLike) -> Path:
+        """Write the model (config.json, model.safetensors), the tokenizer and the prompts to `path`."""
+        from .tokenizer import save_tokenizer
+
+        folder = Path(path)
+        self.model.save_pretrained(folder)
+        save_tokenizer(self.tokenizer, folder)
+        settings = json.loads((folder / PROMPTS_FILE).read_text(encoding="utf-8")) \
+            if (folder / PROMPTS_FILE).is_file() else {"similarity_fn_name": "cosine"}
+        settings.update(prompts=self.prompts, default_prompt_name=self.default_prompt_name)
+        (folder / PROMPTS_FILE).write_text(json.dumps(settings, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        return folder
+
+    # ---- properties ---------------------------------------------------------------------------------
+
+    @property
+    def dim(self) -> int:
+        return self.model.config.hidden_size
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def get_sentence_embedding_dimension(self) -> int:
+        """sentence-transformers' name for `dim`."""
+        return self.dim
+
+    # ---- encoding -----------------------------------------------------------------------------------
+
+    def encode(self, texts, batch_size: int = 32, max_length: int = 8192, normalize_embeddings: bool = True,
+               prompt: str | None = None, prompt_name: str | None = None, show_progress_bar: bool | None = None,
+               convert_to_numpy: bool = True, convert_to_tensor: bool = False, device=None, *,
+               truncate: bool = True):
+        """Embed `texts` (a str or a sequence of str) -> (n, dim) float32 rows in input order ((dim,) for a
+        single str): a numpy array, a tensor on the model's device (convert_to_tensor, which wins), or a list
+        of 1-D tensors (both False). prompt: a prefix for every text; prompt_name: a configured prompt
+        ("query"/"document" are ignored when the model has none, so eval code may always pass them). See the
+        module docstring for long texts (`truncate`), empty texts and bad items."""
+        single = isinstance(texts, str)
+        texts = _check_texts([texts] if single else texts)
+        _positive_int(batch_size, "batch_size")
+        _positive_int(max_length, "max_length", self._special_count() + 1)
+        prefix = self._resolve_prompt(prompt, prompt_name)
+        if device is not None:
+            self.model.to(device)
+        if texts:
+            ids, lead, trail = self._tokenize([prefix + t for t in texts])
+            pieces, owners, cut = self._fit(ids, lead, trail, max_length, truncate)
+            if cut:
+                logger.warning("%d of %d texts are longer than max_length=%d tokens and were %s", cut, len(texts),
+                               max_length, "truncated" if truncate else "encoded in windows and averaged")
+            pooled = self._embed(pieces, batch_size, show_progress_bar)
+            if len(pieces) != len(texts):  # windows of long texts: the mean over all their tokens
+                weights = torch.tensor([len(p) for p in pieces], dtype=torch.float32, device=pooled.device)
+                owner = torch.tensor(owners, device=pooled.device)
+                sums = pooled.new_zeros(len(texts), pooled.shape[1]).index_add_(0, owner, pooled * weights[:, None])
+                pooled = sums / pooled.new_zeros(len(texts)).index_add_(0, owner, weights)[:, None]
+        else:
+            pooled = torch.zeros(0, self.dim, device=self.device)
+        if normalize_embeddings:
+            pooled = normalize(pooled)
+        return self._convert(pooled[0] if single else pooled, convert_to_numpy, convert_to_tensor)
+
+    def encode_query(self, texts, **kwargs):
+        """`encode` with the model's query prompt (the first of "query" it has; none if it has none)."""
+        return self.encode(texts, prompt_name=self._named_prompt(QUERY_PROMPT_NAMES), **kwargs)
+
+    def encode_document(self, texts, **kwargs):
+        """`encode` with the model's document prompt ("document", "passage" or "corpus"; none if absent)."""
+        return self.encode(texts, prompt_name=self._named_prompt(DOCUMENT_PROMPT_NAMES), **kwargs)
+
+    def encode_chunks(self, document: str, chunk_spans=None, chunk_size: int | None = None, *,
+                      max_length: int = 8192, normalize_embeddings: bool = True, prompt: str | None = None,
+                      prompt_name: str | None = None, convert_to_numpy: bool = True,
+                      convert_to_tensor: bool = False, return_spans: bool = False):
+        """Late chunking: encode `document` once (up to max_length tokens) and mean-pool each chunk's tokens
+        -> (n_chunks, dim). Give chunk_spans, character (start, end) pairs, or chunk_size, a number of tokens
+        per chunk. return_spans: also return the character spans (useful with chunk_size). A document cut at
+        max_length warns once; a chunk wholly beyond the cut raises ValueError. See bembed/late_chunking.py
+        for how characters map to tokens."""
+        if not isinstance(document, str):
+            raise TypeError(f"document must be a str, got {type(document).__name__}")
+        if not document.strip():
+            raise ValueError("document is empty or whitespace-only: there is nothing to chunk")
+        if (chunk_spans is None) == (chunk_size is None):
+            raise ValueError("give exactly one of chunk_spans (character spans) and chunk_size (tokens per chunk)")
+        if chunk_size is not None:
+            _positive_int(chunk_size, "chunk_size")
+        else:
+            chunk_spans = late_chunking.check_spans(chunk_spans, len(document))
+        _positive_int(max_length, "max_length", self._special_count() + 1)
+        if not getattr(self.tokenizer, "is_fast", False):
+            raise TypeError("encode_chunks needs a fast (Rust) tokenizer for character offsets")
+        prefix = self._resolve_prompt(prompt, prompt_name)
+        encoded = self.tokenizer(prefix + document, add_special_tokens=True, truncation=False, verbose=False,
+                                 return_special_tokens_mask=True, return_offsets_mapping=True)
+        ids, offsets, special = encoded["input_ids"], encoded["offset_mapping"], encoded["special_tokens_mask"]
+        lead = self._leading(special)
+        trail = self._leading(special[::-1])
+        # The prompt's tokens are a prefix like the specials: they join the first chunk, never a span.
+        while lead < len(ids) - trail and offsets[lead][1] <= len(prefix) and prefix:
+            lead += 1
+        keep = min(len(ids) - trail, max_length - trail)
+        if keep < len(ids) - trail:
+            logger.warning("the document has %d tokens, more than max_length=%d: chunks are pooled from the first "
+                           "%d", len(ids), max_length, max_length)
+            ids, offsets = ids[:keep] + ids[len(ids) - trail:], offsets[:keep] + offsets[len(offsets) - trail:]
+        text_end = keep
+        if chunk_size is not None:
+            chunk_spans = late_chunking.size_spans(offsets, lead, text_end, len(prefix), chunk_size)
+        ranges = late_chunking.token_ranges(offsets, lead, text_end, len(prefix), chunk_spans)
+        device = self.device
+        with torch.inference_mode(), self._autocast(device):
+            if self.model.config.attention_impl == "bembed":
+                packed = torch.tensor(ids, device=device)
+                cu_seqlens = torch.tensor([0, len(ids)], dtype=torch.int32, device=device)
+                states, _ = self.model.forward_packed(packed, cu_seqlens, len(ids))
+            else:
+                states = self.model(torch.tensor([ids], device=device)).last_hidden_state[0]
+            pooled = late_chunking.pool_ranges(states, ranges)
+        if normalize_embeddings:
+            pooled = normalize(pooled)
+        vectors = self._convert(pooled, convert_to_numpy, convert_to_tensor)
+        return (vectors, chunk_spans) if return_spans else vectors
+
+    # ---- internals ----------------------------------------------------------------------------------
+
+    def _special_count(self) -> int:
+        return self.tokenizer.num_special_tokens_to_add() if hasattr(self.tokenizer, "num_special_tokens_to_add") else 0
+
+    def _named_prompt(self, names: tuple[str, ...]) -> str | None:
+        return next((name for name in names if name in self.prompts), None)
+
+    def _resolve_prompt(self, prompt: str | None, prompt_name: str | None) -> str:
+        if prompt is not None and prompt_name is not None:
+            raise ValueError("give prompt or prompt_name, not both")
+        if prompt is not None:
+            if not isinstance(prompt, str):
+                raise TypeError(f"prompt must be a str, got {type(prompt).__name__}")
+            return prompt
+        if prompt_name is None:
+            return self.prompts[self.default_prompt_name] if self.default_prompt_name else ""
+        if prompt_name in self.prompts:
+            return self.prompts[prompt_name]
+        if prompt_name == "document":
+            alias = self._named_prompt(DOCUMENT_PROMPT_NAMES)
+            return self.prompts[alias] if alias else ""
+        if prompt_name in QUERY_PROMPT_NAMES + DOCUMENT_PROMPT_NAMES:
+            return ""  # the evaluation interface's standard names: a model without prompts ignores them
+        raise ValueError(f"prompt_name {prompt_name!r} is not one of this model's prompts {sorted(self.prompts)}")
+
+    @staticmethod
+    def _leading(mask) -> int:
+        count = 0
+        while count < len(mask) and mask[count]:
+            count += 1
+        return count
+
+    def _tokenize(self, texts: list[str]) -> tuple[list[list[int]], list[int], list[int]]:
+        """Full (untruncated) token ids with specials, and the counts of leading and trailing specials."""
+        encoded = self.tokenizer(texts, add_special_tokens=True, truncation=False, verbose=False,
+                                 return_special_tokens_mask=True, return_attention_mask=False)
+        ids, masks = encoded["input_ids"], encoded["special_tokens_mask"]
+        lead = [self._leading(m) for m in masks]
+        trail = [min(self._leading(m[::-1]), len(m) - n) for m, n in zip(masks, lead)]
+        return ids, lead, trail
+
+    @staticmethod
+    def _fit(ids, lead, trail, max_length: int, truncate: bool):
+        """Sequences of at most max_length tokens: truncated, or windows of the text between the specials.
+        Returns (pieces, owner index per piece, number of texts that were too long)."""
+        pieces, owners, cut = [], [], 0
+        for i, (seq, a, b) in enumerate(zip(ids, lead, trail)):
+            if len(seq) <= max_length:
+                pieces.append(seq)
+                owners.append(i)
+                continue
+            cut += 1
+            head, body, tail = seq[:a], seq[a:len(seq) - b], seq[len(seq) - b:]
+            window = max_length - a - b
+            starts = [0] if truncate else range(0, len(body), window)
+            for start in starts:
+                pieces.append(head + body[start:start + window] + tail)
+                owners.append(i)
+        return pieces, owners, cut
+
+    def _batches(self, lengths: list[int], batch_size: int) -> list[list[int]]:
+        """Indices sorted longest first, grouped so each batch holds at most batch_size × typical-length
+        tokens (a sequence longer than that goes alone)."""
+        typical = min(int(statistics.median(lengths)), TYPICAL_LENGTH_CAP)
+        budget = batch_size * max(typical, 1)
+        order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+        batches, current, tokens = [], [], 0
+        for i in order:
+            if current and tokens + lengths[i] > budget:
+                batches.append(current)
+                current, tokens = [], 0
+            current.append(i)
+            tokens += lengths[i]
+        batches.append(current)
+        return batches
+
+    def _autocast(self, device: torch.device):
+        dtype = self.autocast_dtype
+        if device.type != "cuda" or dtype is None or next(self.model.parameters()).dtype != torch.float32:
+            return contextlib.nullcontext()
+        if dtype == "auto":
+            dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.autocast("cuda", dtype=dtype)
+
+    def _embed(self, pieces: list[list[int]], batch_size: int, show_progress_bar: bool | None) -> torch.Tensor:
+        """(len(pieces), dim) float32 mean-pooled, unnormalised, in the order of `pieces`."""
+        from tqdm.auto import tqdm
+
+        if show_progress_bar is None:
+            show_progress_bar = logger.getEffectiveLevel() <= logging.INFO
+        device = self.device
+        lengths = [len(p) for p in pieces]
+        out = torch.empty(len(pieces), self.dim, dtype=torch.float32, device=device)
+        batches = self._batches(lengths, batch_size)
+        bar = tqdm(total=sum(lengths), unit="tok", unit_scale=True, desc="encode", disable=not show_progress_bar)
+        with torch.inference_mode(), self._autocast(device):
+            for batch in batches:
+                out[torch.tensor(batch, device=device)] = self._embed_batch([pieces[i] for i in batch], device)
+                bar.update(sum(lengths[i] for i in batch))
+        bar.close()
+        return out
+
+    def _embed_batch(self, batch: list[list[int]], device: torch.device) -> torch.Tensor:
+        lengths = torch.tensor([len(seq) for seq in batch])
+        if self.model.config.attention_impl == "bembed":
+            packed = torch.tensor([t for seq in batch for t in seq], device=device)
+            cu_seqlens = torch.nn.functional.pad(torch.cumsum(lengths, 0, dtype=torch.int32), (1, 0)).to(device)
+            states, _ = self.model.forward_packed(packed, cu_seqlens, int(lengths.max()))
+            return mean_pool_packed(states, cu_seqlens)
+        # The reference path takes padded batches (pad id, attention mask), as the published remote code does.
+        width = int(lengths.max())
+        pad = self.model.config.pad_token_id or 0
+        ids = torch.tensor([seq + [pad] * (width - len(seq)) for seq in batch], device=device)
+        mask = (torch.arange(width)[None, :] < lengths[:, None]).to(device=device, dtype=torch.long)
+        return self.model.embed(ids, mask, normalize_embeddings=False)
+
+    @staticmethod
+    def _convert(pooled: torch.Tensor, convert_to_numpy: bool, convert_to_tensor: bool):
+        if convert_to_tensor:
+            return pooled
+        if convert_to_numpy:
+            return pooled.cpu().numpy().astype(np.float32, copy=False)
+        return list(pooled.unbind(0)) if pooled.dim() == 2 else pooled
+
+
+def load_encoder(path: str | os.PathLike, **kwargs) -> Embedder:
+    """The evaluation hook (`bembed eval --model PATH`): an Embedder for a model folder; its
+    `encode(texts, prompt_name=..., batch_size=...)` is the interface of bembed/eval/encoder.py."""
+    return Embedder.from_pretrained(path, **kwargs)

@@ -1,0 +1,83 @@
+"""Late chunking: from one encoded document to one vector per chunk.
+
+The document is encoded once, whole, so every token state has seen the entire document; a chunk's
+vector is then the float32 mean of the states of the tokens its character span covers. Chunk vectors
+therefore carry document context (a pronoun in chunk 3 knows what chunk 1 named), unlike encoding
+each chunk alone.
+
+How characters map to tokens: a token belongs to a chunk [start, end) when its character interval
+(from the tokenizer's offsets) overlaps the span; a token whose trimmed offsets are empty (a lone
+space) counts as covering the one character at its offset. A token that straddles a chunk boundary
+belongs to both chunks. The special tokens (and the prompt's tokens, when a prompt is used) have no
+place in the text: the leading ones join every chunk that holds the first text token, the trailing
+ones every chunk that holds the last kept text token — so a chunk spanning the whole document pools
+exactly the tokens `encode` pools, and gives the same vector.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def check_spans(spans, length: int) -> list[tuple[int, int]]:
+    """Validate character spans [(start, end), ...] against a document of `length` characters."""
+    if isinstance(spans, (str, bytes)) or not hasattr(spans, "__iter__"):
+        raise TypeError(f"chunk_spans must be a sequence of (start, end) character pairs, got {type(spans).__name__}")
+    checked = []
+    for i, span in enumerate(spans):
+        if (not isinstance(span, (tuple, list)) or len(span) != 2
+                or not all(isinstance(x, int) and not isinstance(x, bool) for x in span)):
+            raise TypeError(f"chunk_spans[{i}] must be a pair of ints (start, end), got {span!r}")
+        start, end = span
+        if not 0 <= start < end <= length:
+            raise ValueError(f"chunk_spans[{i}] = {span!r}: need 0 <= start < end <= len(document) = {length}")
+        checked.append((start, end))
+    if not checked:
+        raise ValueError("chunk_spans is empty: give at least one (start, end) span")
+    return checked
+
+
+def token_ranges(offsets: list[tuple[int, int]], text_begin: int, text_end: int, shift: int,
+                 spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Token index ranges [lo, hi) for character spans of the document.
+
+    offsets: per token of the encoded sequence, (start, end) in the encoded text; tokens text_begin ..
+    text_end - 1 are the document's (kept) text tokens, those before and after are the leading and
+    trailing specials/prompt. shift: characters of prompt before the document in the encoded text.
+    Raises ValueError naming a chunk that covers no kept token.
+    """
+    ranges = []
+    for i, (start, end) in enumerate(spans):
+        start, end = start + shift, end + shift
+        covered = [t for t in range(text_begin, text_end)
+                   if offsets[t][0] < end and max(offsets[t][1], offsets[t][0] + 1) > start]
+        if not covered:
+            raise ValueError(f"chunk_spans[{i}] = {spans[i]!r} covers no token of the encoded document "
+                             "(only whitespace, or beyond max_length tokens)")
+        lo, hi = covered[0], covered[-1] + 1
+        if lo == text_begin:
+            lo = 0
+        if hi == text_end:
+            hi = len(offsets)
+        ranges.append((lo, hi))
+    return ranges
+
+
+def size_spans(offsets: list[tuple[int, int]], text_begin: int, text_end: int, shift: int,
+               chunk_size: int) -> list[tuple[int, int]]:
+    """Character spans of consecutive chunks of `chunk_size` text tokens (the last one shorter)."""
+    spans = []
+    for lo in range(text_begin, text_end, chunk_size):
+        hi = min(lo + chunk_size, text_end)
+        spans.append((max(offsets[lo][0] - shift, 0), max(offsets[hi - 1][1] - shift, offsets[lo][0] - shift + 1)))
+    return spans
+
+
+def pool_ranges(states: torch.Tensor, ranges: list[tuple[int, int]]) -> torch.Tensor:
+    """(T, H) token states -> (len(ranges), H) float32 means over each [lo, hi) range (prefix sums)."""
+    prefix = torch.zeros(states.shape[0] + 1, states.shape[1], dtype=torch.float64, device=states.device)
+    torch.cumsum(states.to(torch.float64), dim=0, out=prefix[1:])
+    lo = torch.tensor([r[0] for r in ranges], device=states.device)
+    hi = torch.tensor([r[1] for r in ranges], device=states.device)
+    means = (prefix[hi] - prefix[lo]) / (hi - lo).unsqueeze(-1).to(torch.float64)
+    return means.to(torch.float32)

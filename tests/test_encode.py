@@ -1,0 +1,280 @@
+"""bembed.Embedder: order, batching and padding invariance, long texts, bad inputs, prompts, outputs, late
+chunking — on a tiny random JinaBERT with a tiny tokenizer trained here."""
+
+import json
+import logging
+
+import numpy as np
+import pytest
+import torch
+
+import bembed
+from bembed.encode import Embedder, load_encoder
+from bembed.eval.encoder import check_encoder
+from bembed.tokenizer import model_config_kwargs, train_bilingual_tokenizer
+
+GERMAN = ["Die Bäume grünen und die Vögel singen fröhlich im Wald.", "Über den Wolken ist die Freiheit grenzenlos.",
+          "Der kleine Hund läuft schnell über die Straße.", "Morgen regnet es in Berlin."]
+SPANISH = ["El niño comió una manzana en la montaña.", "¡Qué día más bonito hace hoy en España!",
+           "La canción del corazón pequeño suena bien.", "Mañana llueve en Madrid."]
+TEXTS = GERMAN + SPANISH + ["kurz", "Привет, мир", "你好世界", "a", "Größe " * 40]
+PROMPTS = {"query": "query: ", "passage": "passage: "}
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return train_bilingual_tokenizer(GERMAN * 10, SPANISH * 10, 320, min_frequency=1)
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory, tokenizer):
+    torch.manual_seed(0)
+    config = bembed.JinaBertConfig(hidden_size=48, num_hidden_layers=2, num_attention_heads=4, intermediate_size=80,
+                                   hidden_dropout_prob=0.0, **model_config_kwargs(tokenizer))
+    path = tmp_path_factory.mktemp("model")
+    Embedder(bembed.JinaBertModel(config), tokenizer, prompts=PROMPTS).save_pretrained(path)
+    return path
+
+
+@pytest.fixture
+def embedder(folder):
+    return Embedder.from_pretrained(folder, device="cpu")
+
+
+def _reference_embeddings(embedder, texts):
+    """The texts in input order, one padded batch through the model's reference path (materialised bias)."""
+    encoded = embedder.tokenizer(texts, padding=True, return_tensors="pt")
+    embedder.model.config.attention_impl = "reference"
+    try:
+        with torch.no_grad():
+            return embedder.model.embed(encoded.input_ids, encoded.attention_mask).numpy()
+    finally:
+        embedder.model.config.attention_impl = "bembed"
+
+
+def test_rows_match_the_padded_reference_in_input_order(embedder):
+    got = embedder.encode(TEXTS, batch_size=4)
+    assert got.shape == (len(TEXTS), 48) and got.dtype == np.float32
+    np.testing.assert_allclose(got, _reference_embeddings(embedder, TEXTS), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, rtol=1e-5)
+
+
+def test_order_is_restored_for_any_permutation(embedder):
+    base = embedder.encode(TEXTS)
+    perm = np.random.default_rng(0).permutation(len(TEXTS))
+    np.testing.assert_allclose(embedder.encode([TEXTS[i] for i in perm]), base[perm], rtol=1e-5, atol=1e-6)
+
+
+def test_batch_size_does_not_change_the_vectors(embedder):
+    texts = TEXTS
+    one, many = embedder.encode(texts, batch_size=1), embedder.encode(texts, batch_size=64)
+    np.testing.assert_allclose(one, many, rtol=0, atol=1e-5)
+    assert len(embedder._batches([len(t) for t in texts], 1)) > len(embedder._batches([len(t) for t in texts], 64))
+
+
+def test_padding_does_not_change_a_row(embedder):
+    """A short text batched with long ones (the padded reference path pads it) equals the text alone."""
+    short = "kurz"
+    alone = embedder.encode([short])
+    with_long = embedder.encode([short, "Größe " * 200, TEXTS[0]])
+    np.testing.assert_allclose(with_long[0], alone[0], rtol=1e-5, atol=1e-6)
+    embedder.model.config.attention_impl = "reference"
+    try:
+        padded = embedder.encode([short, "Größe " * 200, TEXTS[0]])
+    finally:
+        embedder.model.config.attention_impl = "bembed"
+    np.testing.assert_allclose(padded, with_long, rtol=1e-4, atol=1e-5)
+
+
+def test_batches_follow_a_token_budget(embedder):
+    lengths = [4000, 3000, 10, 10, 10, 10, 10, 10, 10, 10]
+    batches = embedder._batches(lengths, batch_size=4)  # budget 4 × median 10 = 40 tokens
+    assert batches[0] == [0] and batches[1] == [1]
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+    assert all(len(b) == 4 for b in batches[2:4])
+
+
+def test_empty_whitespace_single_token_and_scripts(embedder):
+    texts = ["", "   ", "a", "Привет", "你好"]
+    got = embedder.encode(texts, normalize_embeddings=False)
+    assert np.isfinite(got).all() and (np.linalg.norm(got, axis=1) > 0).all()
+    specials = embedder.tokenizer("")["input_ids"]
+    assert specials == [embedder.tokenizer.bos_token_id, embedder.tokenizer.eos_token_id]
+    with torch.no_grad():
+        want = embedder.model.embed(torch.tensor([specials]), normalize_embeddings=False)[0].numpy()
+    np.testing.assert_allclose(got[0], want, rtol=1e-5, atol=1e-6)  # "" = the embedding of <s></s>
+    assert not np.allclose(got[1], got[0])  # whitespace is tokens, not nothing
+
+
+def test_long_texts_warn_once_naming_the_count(embedder, caplog):
+    long = ["Größe Straße " * 100, "El corazón " * 150, TEXTS[0]]
+    n_tokens = [len(embedder.tokenizer(t)["input_ids"]) for t in long]
+    assert n_tokens[0] > 64 and n_tokens[1] > 64 and n_tokens[2] < 64
+    with caplog.at_level(logging.WARNING, logger="bembed.encode"):
+        got = embedder.encode(long, max_length=64)
+    warnings = [r for r in caplog.records if r.name == "bembed.encode"]
+    assert len(warnings) == 1 and "2 of 3 texts" in warnings[0].getMessage() and "64" in warnings[0].getMessage()
+    ids = embedder.tokenizer(long[0])["input_ids"]
+    cut = ids[:63] + ids[-1:]  # the first 62 text tokens between <s> and </s>
+    with torch.no_grad():
+        want = embedder.model.embed(torch.tensor([cut]))[0].numpy()
+    np.testing.assert_allclose(got[0], want, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got[2], embedder.encode([TEXTS[0]])[0], rtol=1e-5, atol=1e-6)
+
+
+def test_truncate_false_averages_windows_over_all_tokens(embedder):
+    text = "Größe Straße " * 20
+    ids = embedder.tokenizer(text)["input_ids"]
+    head, body, tail = ids[:1], ids[1:-1], ids[-1:]
+    windows = [head + body[i:i + 30] + tail for i in range(0, len(body), 30)]
+    assert len(windows) > 3 and len(windows[-1]) < 32
+    padded = torch.tensor([w + [embedder.tokenizer.pad_token_id] * (32 - len(w)) for w in windows])
+    mask = torch.tensor([[1] * len(w) + [0] * (32 - len(w)) for w in windows])
+    with torch.no_grad():
+        states = embedder.model(padded, mask).last_hidden_state[mask.bool()]
+    want = torch.nn.functional.normalize(states.mean(0), dim=0).numpy()
+    got = embedder.encode([text, "kurz"], max_length=32, truncate=False)
+    np.testing.assert_allclose(got[0], want, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got[1], embedder.encode("kurz"), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("bad, index", [(["ok", None], 1), (["ok", "fine", 3], 2), ([b"bytes"], 0)])
+def test_non_string_items_raise_naming_the_index(embedder, bad, index):
+    with pytest.raises(TypeError, match=rf"texts\[{index}\]"):
+        embedder.encode(bad)
+
+
+def test_bad_arguments_are_named(embedder):
+    with pytest.raises(TypeError, match="texts"):
+        embedder.encode(42)
+    with pytest.raises(ValueError, match="batch_size"):
+        embedder.encode(["a"], batch_size=0)
+    with pytest.raises(TypeError, match="batch_size"):
+        embedder.encode(["a"], batch_size=2.0)
+    with pytest.raises(ValueError, match="max_length"):
+        embedder.encode(["a"], max_length=2)  # the two specials leave no room for text
+    with pytest.raises(ValueError, match="prompt_name 'nope'"):
+        embedder.encode(["a"], prompt_name="nope")
+    with pytest.raises(ValueError, match="not both"):
+        embedder.encode(["a"], prompt="x: ", prompt_name="query")
+    with pytest.raises(TypeError, match=r"\.bert"):
+        Embedder(bembed.JinaBertForMaskedLM(embedder.model.config), embedder.tokenizer)
+    with pytest.raises(ValueError, match="not a local folder"):
+        Embedder.from_pretrained("/no/such/folder")
+
+
+def test_output_types(embedder):
+    as_numpy = embedder.encode(TEXTS[:3])
+    as_tensor = embedder.encode(TEXTS[:3], convert_to_tensor=True)
+    as_list = embedder.encode(TEXTS[:3], convert_to_numpy=False)
+    single = embedder.encode(TEXTS[0])
+    assert isinstance(as_tensor, torch.Tensor) and as_tensor.dtype == torch.float32 and as_tensor.shape == (3, 48)
+    assert isinstance(as_list, list) and len(as_list) == 3 and as_list[0].shape == (48,)
+    np.testing.assert_allclose(as_tensor.numpy(), as_numpy, rtol=0, atol=0)
+    np.testing.assert_allclose(torch.stack(as_list).numpy(), as_numpy, rtol=0, atol=0)
+    assert single.shape == (48,)
+    np.testing.assert_allclose(single, as_numpy[0], rtol=1e-5, atol=1e-6)
+    assert embedder.encode([]).shape == (0, 48)
+    raw = embedder.encode(TEXTS[:3], normalize_embeddings=False)
+    np.testing.assert_allclose(raw / np.linalg.norm(raw, axis=1, keepdims=True), as_numpy, rtol=1e-5, atol=1e-6)
+
+
+def test_prompts_are_saved_and_applied(embedder, folder):
+    assert json.loads((folder / "config_sentence_transformers.json").read_text())["prompts"] == PROMPTS
+    assert embedder.prompts == PROMPTS
+    text = TEXTS[0]
+    query, document = embedder.encode_query([text]), embedder.encode_document([text])
+    np.testing.assert_allclose(query, embedder.encode(["query: " + text]), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(document, embedder.encode(["passage: " + text]), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(embedder.encode([text], prompt_name="document"), document, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(embedder.encode([text], prompt="query: "), query, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(query, embedder.encode([text]), atol=1e-3)
+
+
+def test_without_prompts_the_standard_names_are_ignored(embedder):
+    plain = Embedder(embedder.model, embedder.tokenizer)
+    np.testing.assert_allclose(plain.encode_query(TEXTS[:2]), plain.encode(TEXTS[:2]), rtol=0, atol=0)
+    np.testing.assert_allclose(plain.encode(TEXTS[:2], prompt_name="document"), plain.encode(TEXTS[:2]), rtol=0, atol=0)
+    default = Embedder(embedder.model, embedder.tokenizer, prompts=PROMPTS, default_prompt_name="query")
+    np.testing.assert_allclose(default.encode(TEXTS[:2]), plain.encode_query(TEXTS[:2], prompt="query: "),
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_satisfies_the_eval_encoder_interface(folder):
+    encoder = load_encoder(folder, device="cpu")
+    check_encoder(encoder)
+    rows = encoder.encode(TEXTS[:3], prompt_name="query", batch_size=2)
+    assert isinstance(rows, np.ndarray) and rows.shape == (3, 48)
+
+
+def test_reference_path_gives_the_same_vectors(folder, embedder):
+    reference = Embedder.from_pretrained(folder, device="cpu", attention_impl="reference")
+    np.testing.assert_allclose(reference.encode(TEXTS, batch_size=4), embedder.encode(TEXTS), rtol=1e-4, atol=1e-5)
+
+
+DOCUMENT = " ".join(GERMAN + SPANISH)
+
+
+def test_a_chunk_spanning_the_document_is_the_document_embedding(embedder):
+    whole = embedder.encode_chunks(DOCUMENT, chunk_spans=[(0, len(DOCUMENT))])
+    assert whole.shape == (1, 48)
+    np.testing.assert_allclose(whole[0], embedder.encode(DOCUMENT), rtol=1e-5, atol=1e-6)
+
+
+def test_late_chunks_pool_their_spans_of_the_whole_document(embedder):
+    spans, start = [], 0
+    for sentence in GERMAN + SPANISH:
+        spans.append((start, start + len(sentence)))
+        start += len(sentence) + 1
+    chunks = embedder.encode_chunks(DOCUMENT, chunk_spans=spans, normalize_embeddings=False)
+    assert chunks.shape == (len(spans), 48)
+    encoded = embedder.tokenizer(DOCUMENT, return_offsets_mapping=True)
+    with torch.no_grad():
+        states = embedder.model(torch.tensor([encoded.input_ids])).last_hidden_state[0]
+    offsets = encoded.offset_mapping
+    n = len(offsets)
+    for i, (s, e) in enumerate(spans):
+        tokens = [t for t in range(1, n - 1) if offsets[t][0] < e and max(offsets[t][1], offsets[t][0] + 1) > s]
+        tokens = ([0] if tokens[0] == 1 else []) + tokens + ([n - 1] if tokens[-1] == n - 2 else [])
+        np.testing.assert_allclose(chunks[i], states[tokens].mean(0).numpy(), rtol=1e-5, atol=1e-5)
+    alone = embedder.encode(GERMAN + SPANISH, normalize_embeddings=False)
+    assert not np.allclose(chunks, alone, atol=1e-3)  # context from the rest of the document changes each chunk
+
+
+def test_chunk_size_and_returned_spans(embedder):
+    vectors, spans = embedder.encode_chunks(DOCUMENT, chunk_size=16, return_spans=True)
+    n_text = len(embedder.tokenizer(DOCUMENT)["input_ids"]) - 2
+    assert len(spans) == vectors.shape[0] == -(-n_text // 16)
+    assert spans[0][0] == 0 and spans[-1][1] == len(DOCUMENT)
+    np.testing.assert_allclose(embedder.encode_chunks(DOCUMENT, chunk_spans=spans), vectors, rtol=1e-5, atol=1e-6)
+
+
+def test_late_chunking_with_a_prompt_and_a_cut(embedder, caplog):
+    with_prompt = embedder.encode_chunks(DOCUMENT, chunk_spans=[(0, len(DOCUMENT))], prompt_name="passage")
+    np.testing.assert_allclose(with_prompt[0], embedder.encode_document(DOCUMENT), rtol=1e-5, atol=1e-6)
+    with caplog.at_level(logging.WARNING, logger="bembed.encode"):
+        first = embedder.encode_chunks(DOCUMENT, chunk_spans=[(0, 20)], max_length=32)
+        with pytest.raises(ValueError, match=r"chunk_spans\[1\]"):
+            embedder.encode_chunks(DOCUMENT, chunk_spans=[(0, 20), (len(DOCUMENT) - 10, len(DOCUMENT))], max_length=32)
+    assert first.shape == (1, 48) and "max_length=32" in caplog.records[0].getMessage()
+
+
+def test_late_chunking_bad_input(embedder):
+    with pytest.raises(TypeError, match="document"):
+        embedder.encode_chunks(["not", "a", "str"], chunk_size=4)
+    with pytest.raises(ValueError, match="exactly one"):
+        embedder.encode_chunks(DOCUMENT)
+    with pytest.raises(ValueError, match="exactly one"):
+        embedder.encode_chunks(DOCUMENT, chunk_spans=[(0, 3)], chunk_size=4)
+    with pytest.raises(ValueError, match="empty"):
+        embedder.encode_chunks("   ", chunk_size=4)
+    with pytest.raises(ValueError, match=r"chunk_spans\[1\]"):
+        embedder.encode_chunks(DOCUMENT, chunk_spans=[(0, 3), (5, len(DOCUMENT) + 1)])
+    with pytest.raises(ValueError, match=r"chunk_spans\[0\]"):
+        embedder.encode_chunks(DOCUMENT, chunk_spans=[(4, 4)])
+    with pytest.raises(TypeError, match=r"chunk_spans\[0\]"):
+        embedder.encode_chunks(DOCUMENT, chunk_spans=[(0.0, 3)])
+    with pytest.raises(ValueError, match="chunk_size"):
+        embedder.encode_chunks(DOCUMENT, chunk_size=0)
+    with pytest.raises(ValueError, match="covers no token"):
+        embedder.encode_chunks("Hallo  Welt", chunk_spans=[(5, 6)])  # the first of two spaces
