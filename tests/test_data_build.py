@@ -129,3 +129,16 @@ def test_build_needs_fetched_sources_and_a_known_pair(tmp_path):
         build(tmp_path, tmp_path / "out", "en-de")
     with pytest.raises(ValueError, match="pair"):
         build(tmp_path, tmp_path / "out", "en-fr")
+
+
+def test_encoder_mined_negatives_are_nearest_other_positives():
+    from bembed.data.triples import mine_negatives_with_encoder
+    from bembed.eval.encoder import HashingEncoder
+
+    rows = [{"query": "apple pie recipe", "positive": "how to bake an apple pie", "negatives": []},
+            {"query": "car engine repair", "positive": "fixing a car engine at home", "negatives": []},
+            {"query": "apple tart", "positive": "baking an apple tart with pastry", "negatives": []}]
+    mined = mine_negatives_with_encoder(rows, HashingEncoder(), n_negatives=1)
+    assert mined[0]["negatives"] == ["baking an apple tart with pastry"]
+    assert all(r["positive"] not in r["negatives"] for r in mined)
+    assert len(mine_negatives_with_encoder(rows, HashingEncoder(), n_negatives=5)[1]["negatives"]) == 2

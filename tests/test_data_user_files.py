@@ -80,3 +80,16 @@ def test_bad_arguments(tmp_path):
         load_user_file(tmp_path / "missing.jsonl")
     with pytest.raises(UserDataError, match="no valid rows"):
         load_user_file(_jsonl(tmp_path / "e.jsonl", [json.dumps({"text": " "})]), on_error="skip")
+
+
+def test_bembed_data_check_cli(tmp_path, capsys):
+    from datasets import load_from_disk
+
+    from bembed.cli import main
+
+    path = _jsonl(tmp_path / "u.jsonl", [json.dumps({"text": "good row"}), "{broken", json.dumps({"text": "more"})])
+    assert main(["data", "check", str(path)]) == 1
+    assert "u.jsonl:line 2: invalid JSON" in capsys.readouterr().out
+    assert main(["data", "check", str(path), "--skip-bad", "--save", str(tmp_path / "ds")]) == 0
+    assert "2 valid rows, 1 skipped" in capsys.readouterr().out
+    assert load_from_disk(str(tmp_path / "ds"))["text"] == ["good row", "more"]

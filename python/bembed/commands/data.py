@@ -19,10 +19,15 @@ def add_arguments(parser) -> None:
     build.add_argument("--cache", help="cache directory (default: $BEMBED_CACHE or ~/.cache/bembed)")
     build.add_argument("--out", help="output directory (default: <cache>/datasets)")
     build.add_argument("--split", default="0.9,0.05,0.05", help="train,validation,test fractions by document")
-    build.add_argument("--negatives", type=int, default=3, help="BM25 hard negatives per retrieval triple")
+    build.add_argument("--negatives", type=int, default=3, help="hard negatives per retrieval triple")
+    build.add_argument("--mine-with", metavar="MODEL",
+                       help="mine retrieval negatives with this model (a baseline name or a model folder) "
+                            "instead of BM25")
 
     check = sub.add_parser("check", help="validate a user file (jsonl/csv/parquet) and optionally save it")
-    check.add_argument("path")
+    check.add_argument("path", help="a .jsonl/.csv/.parquet file, or with --hf a HF dataset name (needs internet)")
+    check.add_argument("--hf", action="store_true", help="PATH is a HF hub dataset name (needs --kind)")
+    check.add_argument("--hf-split", default="train")
     check.add_argument("--kind", choices=["text", "pairs", "triples", "sts"], help="default: from the columns")
     check.add_argument("--skip-bad", action="store_true", help="skip malformed rows (counted) instead of failing")
     check.add_argument("--save", metavar="DIR", help="write the valid rows as a `datasets` Dataset to DIR")
@@ -64,7 +69,14 @@ def _build(args) -> int:
         raise SystemExit(f"--split must be three comma-separated numbers, got {args.split!r}") from None
     cache = cache_dir(args.cache)
     out = Path(args.out) if args.out else cache / "datasets"
-    counts = build(cache, out, args.pair, fractions, args.negatives)
+    miner = None
+    if args.mine_with:
+        from bembed.commands.eval import load_model_encoder
+        from bembed.eval import baselines
+
+        miner = (baselines.load(args.mine_with) if args.mine_with in baselines.BASELINES
+                 else load_model_encoder(args.mine_with))
+    counts = build(cache, out, args.pair, fractions, args.negatives, negatives_encoder=miner)
     print(f"wrote {out / args.pair}")
     print(format_counts(counts))
     return 0
@@ -81,10 +93,16 @@ def format_counts(counts: dict) -> str:
 
 
 def _check(args) -> int:
-    from bembed.data.user_files import UserDataError, load_user_file
+    from bembed.data.user_files import UserDataError, load_hf_dataset, load_user_file
 
+    on_error = "skip" if args.skip_bad else "raise"
+    if args.hf and not args.kind:
+        raise SystemExit("--hf needs --kind (the columns of a hub dataset are not inferred)")
     try:
-        rows, report = load_user_file(args.path, args.kind, "skip" if args.skip_bad else "raise")
+        if args.hf:
+            rows, report = load_hf_dataset(args.path, args.kind, args.hf_split, on_error)
+        else:
+            rows, report = load_user_file(args.path, args.kind, on_error)
     except UserDataError as exc:
         print(f"error: {exc}")
         return 1

@@ -24,7 +24,8 @@ from bembed.data.constructed_sts import build_sts
 from bembed.data.records import Document, Pair
 from bembed.data.sources import MARKER, fetched_sources
 from bembed.data.split import DEFAULT_FRACTIONS, SPLITS, split_of
-from bembed.data.triples import adjacent_pairs, retrieval_triples, title_body_pairs, translation_paraphrase_pairs
+from bembed.data.triples import (adjacent_pairs, mine_negatives_with_encoder, retrieval_triples, title_body_pairs,
+                                 translation_paraphrase_pairs)
 
 log = logging.getLogger(__name__)
 
@@ -83,9 +84,10 @@ def _save(out: Path, name: str, by_split: dict[str, list], counts: dict) -> None
     log.info("%s: %s", name, counts[name])
 
 
-def build(cache: Path, out: Path, pair: str = "en-de", fractions=DEFAULT_FRACTIONS, n_negatives: int = 3
-          ) -> dict:
-    """Build every set for ``pair`` from the sources in ``cache``; returns the counts written to counts.json."""
+def build(cache: Path, out: Path, pair: str = "en-de", fractions=DEFAULT_FRACTIONS, n_negatives: int = 3,
+          negatives_encoder=None) -> dict:
+    """Build every set for ``pair`` from the sources in ``cache``; returns the counts written to counts.json.
+    Retrieval negatives are mined with BM25, or with ``negatives_encoder`` (bembed.eval.encoder interface)."""
     if pair not in PAIRS:
         raise ValueError(f"pair must be one of {PAIRS}, got {pair!r}")
     split_of("probe", fractions)  # validates fractions before any work
@@ -122,8 +124,14 @@ def build(cache: Path, out: Path, pair: str = "en-de", fractions=DEFAULT_FRACTIO
     _save(out, "pairs", _by_split(stage2, fractions), counts)
 
     lo_split = {lang: _by_split(docs, fractions) for lang, docs in lo.items()}
-    retrieval = {s: [row for q, c in (("en", "en"), (other, other), ("en", other))
-                     for row in retrieval_triples(lo_split[q][s], lo_split[c][s], n_negatives)] for s in SPLITS}
+    retrieval = {}
+    for s in SPLITS:
+        retrieval[s] = []
+        for q, c in (("en", "en"), (other, other), ("en", other)):
+            rows = retrieval_triples(lo_split[q][s], lo_split[c][s], n_negatives)
+            if negatives_encoder is not None:
+                rows = mine_negatives_with_encoder(rows, negatives_encoder, n_negatives)
+            retrieval[s].extend(rows)
     _save(out, "retrieval", retrieval, counts)
 
     sts_sources = [(bible["en"], bible2["en"]), (bible["en"], bible[other])]
@@ -136,7 +144,8 @@ def build(cache: Path, out: Path, pair: str = "en-de", fractions=DEFAULT_FRACTIO
             sts[s].extend(build_sts(a_split[s], b_split[s]))
     _save(out, "sts_constructed", dict(sts), counts)
 
-    manifest = {"pair": pair, "fractions": list(fractions), "n_negatives": n_negatives,
+    miner = "bm25" if negatives_encoder is None else getattr(negatives_encoder, "name", "encoder")
+    manifest = {"pair": pair, "fractions": list(fractions), "n_negatives": n_negatives, "negatives_mined_by": miner,
                 "sources": [json.loads((p / MARKER).read_text()) for _, p in fetched],
                 "note": "sts_constructed is constructed from translation alignment, not human-graded"}
     (out / "counts.json").write_text(json.dumps(counts, indent=1))

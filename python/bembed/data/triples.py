@@ -77,3 +77,27 @@ def retrieval_triples(query_docs: list[Document], corpus_docs: list[Document], n
                      "negatives": [bodies[j] for j in negatives], "query_lang": queries[doc_id].lang,
                      "doc_lang": corpus[doc_id].lang, "source": corpus[doc_id].source, "doc_id": doc_id})
     return rows
+
+
+def mine_negatives_with_encoder(rows: list[dict], encoder, n_negatives: int, batch_size: int = 32) -> list[dict]:
+    """The same triples with negatives re-mined by a model: the ``n_negatives`` positives of other rows
+    closest (cosine) to each query. ``encoder`` follows bembed.eval.encoder's interface. Rows must come
+    from one split and share a document language."""
+    import numpy as np
+
+    if not rows:
+        return []
+    texts = list(dict.fromkeys(r["positive"] for r in rows))
+    index = {t: i for i, t in enumerate(texts)}
+    docs = np.asarray(encoder.encode(texts, prompt_name="document", batch_size=batch_size), dtype=np.float32)
+    queries = np.asarray(encoder.encode([r["query"] for r in rows], prompt_name="query", batch_size=batch_size),
+                         dtype=np.float32)
+    docs /= np.maximum(np.linalg.norm(docs, axis=1, keepdims=True), 1e-12)
+    queries /= np.maximum(np.linalg.norm(queries, axis=1, keepdims=True), 1e-12)
+    sims = queries @ docs.T
+    out = []
+    for row, sim in zip(rows, sims):
+        sim[index[row["positive"]]] = -np.inf
+        best = [int(j) for j in np.argsort(-sim, kind="stable")[:n_negatives] if np.isfinite(sim[j])]
+        out.append({**row, "negatives": [texts[j] for j in best]})
+    return out
