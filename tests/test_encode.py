@@ -278,3 +278,29 @@ def test_late_chunking_bad_input(embedder):
         embedder.encode_chunks(DOCUMENT, chunk_size=0)
     with pytest.raises(ValueError, match="covers no token"):
         embedder.encode_chunks("Hallo  Welt", chunk_spans=[(5, 6)])  # the first of two spaces
+
+
+def test_cli_writes_npy_and_parquet_in_input_order(folder, embedder, tmp_path):
+    from bembed.cli import main
+
+    txt = tmp_path / "texts.txt"
+    txt.write_text("\n".join(TEXTS[:4]) + "\n", encoding="utf-8")
+    assert main(["encode", "--model", str(folder), "--input", str(txt), "--output", str(tmp_path / "v.npy"),
+                 "--device", "cpu", "--no-progress"]) == 0
+    np.testing.assert_allclose(np.load(tmp_path / "v.npy"), embedder.encode(TEXTS[:4]), rtol=1e-5, atol=1e-6)
+
+    jsonl = tmp_path / "texts.jsonl"
+    jsonl.write_text("\n".join(json.dumps({"id": i, "body": t}) for i, t in enumerate(TEXTS[:3])) + "\n",
+                     encoding="utf-8")
+    assert main(["encode", "--model", str(folder), "--input", str(jsonl), "--field", "body", "--prompt-name",
+                 "query", "--output", str(tmp_path / "v.parquet"), "--device", "cpu", "--no-progress"]) == 0
+    pq = pytest.importorskip("pyarrow.parquet")
+    table = pq.read_table(tmp_path / "v.parquet").to_pydict()
+    assert table["id"] == [0, 1, 2]
+    np.testing.assert_allclose(np.array(table["embedding"]), embedder.encode_query(TEXTS[:3]), rtol=1e-5, atol=1e-6)
+
+    jsonl.write_text('{"body": "x"}\n', encoding="utf-8")
+    with pytest.raises(SystemExit, match="field 'text'"):
+        main(["encode", "--model", str(folder), "--input", str(jsonl), "--output", str(tmp_path / "v.npy")])
+    with pytest.raises(SystemExit, match=r"\.npy"):
+        main(["encode", "--model", str(folder), "--input", str(txt), "--output", str(tmp_path / "v.csv")])

@@ -13,6 +13,7 @@ SUBCOMMANDS = {
     "info": "versions, device, and which kernels are registered",
     "data": "fetch the offline sources, build datasets, check your own files",
     "eval": "evaluate a model and the installed baselines on local mteb tasks",
+    "encode": "embed the texts of a .txt/.jsonl file into .npy/.parquet vectors",
 }
 
 

@@ -1,0 +1,104 @@
+"""`bembed encode`: embed the texts of a .txt (one text a line) or .jsonl file into .npy or .parquet.
+
+A .jsonl line is a JSON string or an object whose --field (default "text") holds the text; other fields
+are carried into a parquet output as columns (ids, labels). Rows keep the input order.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+INPUT_SUFFIXES = (".txt", ".jsonl")
+OUTPUT_SUFFIXES = (".npy", ".parquet")
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--model", required=True, metavar="PATH", help="a bembed model folder")
+    parser.add_argument("--input", required=True, metavar="FILE", help="texts: .txt (one a line) or .jsonl")
+    parser.add_argument("--output", required=True, metavar="FILE", help="vectors: .npy or .parquet")
+    parser.add_argument("--field", default="text", help="the text field of .jsonl objects (default: text)")
+    parser.add_argument("--batch-size", type=int, default=32, help="token budget = batch size × typical length")
+    parser.add_argument("--max-length", type=int, default=8192, help="tokens per text, specials included")
+    parser.add_argument("--chunk-long", action="store_true",
+                        help="average windows of texts over --max-length instead of truncating them")
+    parser.add_argument("--prompt-name", help="a prompt of the model, e.g. query or document")
+    parser.add_argument("--no-normalize", action="store_true", help="keep the raw mean-pooled vectors")
+    parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def read_texts(path: Path, field: str) -> tuple[list[str], list[dict]]:
+    """The texts of a .txt or .jsonl file, and for .jsonl the other fields of each object."""
+    if path.suffix not in INPUT_SUFFIXES:
+        raise ValueError(f"--input: {path} must end in one of {INPUT_SUFFIXES}")
+    texts, extras = [], []
+    with open(path, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, 1):
+            line = line.rstrip("\n")
+            if path.suffix == ".txt":
+                texts.append(line)
+                continue
+            if not line.strip():
+                continue
+            try:
+                item = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise ValueError(f"--input: {path}:{number} is not JSON ({error.msg})") from None
+            if isinstance(item, dict):
+                if not isinstance(item.get(field), str):
+                    raise ValueError(f"--input: {path}:{number} has no string field {field!r} (see --field)")
+                texts.append(item[field])
+                extras.append({k: v for k, v in item.items() if k != field})
+            elif isinstance(item, str):
+                texts.append(item)
+                extras.append({})
+            else:
+                raise ValueError(f"--input: {path}:{number} must be a JSON string or object, got {type(item).__name__}")
+    return texts, extras
+
+
+def write_vectors(path: Path, vectors, extras: list[dict]) -> None:
+    import numpy as np
+
+    if path.suffix == ".npy":
+        np.save(path, vectors)
+        return
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    columns = {}
+    keys = sorted({k for extra in extras for k in extra})
+    for key in keys:
+        columns[key] = [extra.get(key) for extra in extras]
+    flat = pa.array(vectors.reshape(-1), type=pa.float32())
+    columns["embedding"] = pa.FixedSizeListArray.from_arrays(flat, vectors.shape[1])
+    pq.write_table(pa.table(columns), path)
+
+
+def run(args) -> int:
+    from bembed.encode import Embedder
+
+    output = Path(args.output)
+    if output.suffix not in OUTPUT_SUFFIXES:
+        raise SystemExit(f"--output: {output} must end in one of {OUTPUT_SUFFIXES}")
+    if output.suffix == ".parquet":
+        try:
+            import pyarrow  # noqa: F401
+        except ImportError:
+            raise SystemExit("--output .parquet needs pyarrow (pip install pyarrow), or write .npy") from None
+    try:
+        texts, extras = read_texts(Path(args.input), args.field)
+    except (OSError, ValueError) as error:
+        raise SystemExit(str(error)) from None
+    embedder = Embedder.from_pretrained(args.model, device=args.device)
+    vectors = embedder.encode(texts, batch_size=args.batch_size, max_length=args.max_length,
+                              normalize_embeddings=not args.no_normalize, prompt_name=args.prompt_name,
+                              show_progress_bar=not args.no_progress, truncate=not args.chunk_long)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    write_vectors(output, vectors, extras if len(extras) == len(texts) else [{} for _ in texts])
+    print(f"wrote {vectors.shape[0]} vectors of dimension {vectors.shape[1]} to {output}")
+    return 0
