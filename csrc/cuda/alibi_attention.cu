@@ -117,15 +117,17 @@ template <typename T, int D, int kTiles>
 __device__ __forceinline__ void gemm_abt(float (&acc)[kTiles][4], const uint16_t* tile_a, int r0,
                                          const uint16_t* tile_b, int lane) {
   constexpr int kLd = D + kPad;
+  static_assert(kTiles % 2 == 0, "B fragments are loaded two n-tiles at a time");
 #pragma unroll
   for (int kk = 0; kk < D / 16; ++kk) {
     uint32_t a[4];
     mma::load_a(a, tile_a, kLd, r0, kk * 16, lane);
 #pragma unroll
-    for (int nt = 0; nt < kTiles; ++nt) {
-      uint32_t b[2];
-      mma::load_b_transposed(b, tile_b, kLd, nt * 8, kk * 16, lane);
-      mma::Ops<T>::mma(acc[nt], a, b);
+    for (int nt = 0; nt < kTiles; nt += 2) {
+      uint32_t b[2][2];
+      mma::load_b_transposed_x2(b, tile_b, kLd, nt * 8, kk * 16, lane);
+      mma::Ops<T>::mma(acc[nt], a, b[0]);
+      mma::Ops<T>::mma(acc[nt + 1], a, b[1]);
     }
   }
 }
@@ -140,10 +142,11 @@ __device__ __forceinline__ void gemm_pb(float (&acc)[D / 8][4], const float (&p)
     uint32_t a[4];
     mma::accumulator_to_a<T>(a, p, kk);
 #pragma unroll
-    for (int dt = 0; dt < D / 8; ++dt) {
-      uint32_t b[2];
-      mma::load_b(b, tile_b, kLd, kk * 16, dt * 8, lane);
-      mma::Ops<T>::mma(acc[dt], a, b);
+    for (int dt = 0; dt < D / 8; dt += 2) {
+      uint32_t b[2][2];
+      mma::load_b_x2(b, tile_b, kLd, kk * 16, dt * 8, lane);
+      mma::Ops<T>::mma(acc[dt], a, b[0]);
+      mma::Ops<T>::mma(acc[dt + 1], a, b[1]);
     }
   }
 }

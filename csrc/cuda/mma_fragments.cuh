@@ -1,12 +1,13 @@
 // Warp-level tensor-core tiles for sm_80+: mma.sync.m16n8k16 (fp16/bf16 in, fp32 accumulate) and the
-// register fragments it reads, loaded from shared memory with plain 32-bit / 16-bit loads so that every
-// index below can be checked against the PTX ISA fragment tables ("Matrix Fragments for mma.m16n8k16"):
+// register fragments it reads, loaded from shared memory with ldmatrix. The PTX ISA fragment tables
+// ("Matrix Fragments for mma.m16n8k16"), against which every index below can be checked:
 //   lane = 4·g + t (g = groupID 0..7, t = thread-in-group 0..3)
 //   A (16×16, row-major): reg0 = A[g][2t..2t+1],   reg1 = A[g+8][2t..2t+1],
 //                         reg2 = A[g][2t+8..2t+9], reg3 = A[g+8][2t+8..2t+9]
 //   B (16×8, k×n):        reg0 = B[2t..2t+1][g],   reg1 = B[2t+8..2t+9][g]
 //   C (16×8, fp32):       c0, c1 = C[g][2t], C[g][2t+1];  c2, c3 = C[g+8][2t], C[g+8][2t+1]
-// The lower-indexed element of a pair sits in the low 16 bits. Shared tiles hold raw 16-bit values.
+// The lower-indexed element of a pair sits in the low 16 bits. Shared tiles hold raw 16-bit values; every
+// 8-element row segment that ldmatrix reads must be 16-byte aligned (tiles pad rows to a multiple of 8).
 #pragma once
 
 #include <cstdint>
@@ -47,34 +48,52 @@ struct Ops<__nv_bfloat16> {
   }
 };
 
-// Two adjacent 16-bit values (the address is even, so 4-byte aligned when the tile is).
-__device__ __forceinline__ uint32_t load_pair(const uint16_t* p) { return *reinterpret_cast<const uint32_t*>(p); }
+// ldmatrix.x4: lane l gives the address of row l%8 of 8×8 matrix l/8 (8 contiguous 16-bit values, 16-byte
+// aligned). Register i receives, of matrix i, the pair (row lane/4; columns 2(lane%4), 2(lane%4)+1); with
+// .trans the pair (rows 2(lane%4), 2(lane%4)+1; column lane/4).
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const uint16_t* row_address) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(static_cast<uint32_t>(__cvta_generic_to_shared(row_address))));
+}
+
+__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const uint16_t* row_address) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(static_cast<uint32_t>(__cvta_generic_to_shared(row_address))));
+}
 
 // A = tile[r0 .. r0+16)[c0 .. c0+16) of a row-major shared tile with leading dimension ld.
+// Matrices 0..3 = (rows +0, cols +0), (rows +8, cols +0), (rows +0, cols +8), (rows +8, cols +8): reg0..reg3.
 __device__ __forceinline__ void load_a(uint32_t (&a)[4], const uint16_t* tile, int ld, int r0, int c0, int lane) {
-  const int g = lane >> 2, t = lane & 3;
-  const uint16_t* p = tile + (r0 + g) * ld + c0 + 2 * t;
-  a[0] = load_pair(p);
-  a[1] = load_pair(p + 8 * ld);
-  a[2] = load_pair(p + 8);
-  a[3] = load_pair(p + 8 * ld + 8);
+  const int m = lane / 8;
+  ldmatrix_x4(a, tile + (r0 + lane % 8 + 8 * (m % 2)) * ld + c0 + 8 * (m / 2));
 }
 
-// B[k][n] = tile[n0 + n][k0 + k]: the tile stores Bᵀ row-major (K for Q·Kᵀ: rows are the n index).
-__device__ __forceinline__ void load_b_transposed(uint32_t (&b)[2], const uint16_t* tile, int ld, int n0, int k0,
-                                                  int lane) {
-  const int g = lane >> 2, t = lane & 3;
-  const uint16_t* p = tile + (n0 + g) * ld + k0 + 2 * t;
-  b[0] = load_pair(p);
-  b[1] = load_pair(p + 8);
+// The B fragments of n-tiles [n0, n0+8) and [n0+8, n0+16) with B[k][n] = tile[n][k0 + k]: the tile stores Bᵀ
+// row-major (K for Q·Kᵀ). Matrices 0..3 = (rows n0, cols k0), (n0, k0+8), (n0+8, k0), (n0+8, k0+8).
+__device__ __forceinline__ void load_b_transposed_x2(uint32_t (&b)[2][2], const uint16_t* tile, int ld, int n0,
+                                                     int k0, int lane) {
+  const int m = lane / 8;
+  uint32_t r[4];
+  ldmatrix_x4(r, tile + (n0 + lane % 8 + 8 * (m / 2)) * ld + k0 + 8 * (m % 2));
+  b[0][0] = r[0];
+  b[0][1] = r[1];
+  b[1][0] = r[2];
+  b[1][1] = r[3];
 }
 
-// B[k][n] = tile[k0 + k][n0 + n]: the tile stores B row-major (V for P·V: rows are the k index).
-__device__ __forceinline__ void load_b(uint32_t (&b)[2], const uint16_t* tile, int ld, int k0, int n0, int lane) {
-  const int g = lane >> 2, t = lane & 3;
-  const uint16_t* p = tile + (k0 + 2 * t) * ld + n0 + g;
-  b[0] = uint32_t(p[0]) | (uint32_t(p[ld]) << 16);
-  b[1] = uint32_t(p[8 * ld]) | (uint32_t(p[9 * ld]) << 16);
+// The B fragments of n-tiles [n0, n0+8) and [n0+8, n0+16) with B[k][n] = tile[k0 + k][n]: the tile stores B
+// row-major (V for P·V), read transposed. Matrices 0..3 = (rows k0, cols n0), (k0+8, n0), (k0, n0+8), (k0+8, n0+8).
+__device__ __forceinline__ void load_b_x2(uint32_t (&b)[2][2], const uint16_t* tile, int ld, int k0, int n0,
+                                          int lane) {
+  const int m = lane / 8;
+  uint32_t r[4];
+  ldmatrix_x4_trans(r, tile + (k0 + lane % 8 + 8 * (m % 2)) * ld + n0 + 8 * (m / 2));
+  b[0][0] = r[0];
+  b[0][1] = r[1];
+  b[1][0] = r[2];
+  b[1][1] = r[3];
 }
 
 // The A fragment for k-columns [16·kk, 16·kk+16) of a 16-row fp32 accumulator held as C fragments acc[n-tile]

@@ -19,6 +19,7 @@ EMU_SOURCES = ["alibi_attention_harness.cpp", "emu_mma.h", "include/cuda_runtime
 _LAUNCH = re.compile(r"([A-Za-z_][\w:]*(?:<[^<>;()]*>)?)<<<(.*?)>>>\(", re.S)
 _SHARED = re.compile(r"extern __shared__ __align__\(16\) unsigned char (\w+)\[\];")
 _MMA_ASM = re.compile(r'asm\("mma\.sync\.aligned\.m16n8k16\.row\.col\.f32\.(f16|bf16)\.\1\.f32.*?\);', re.S)
+_LDMATRIX_ASM = re.compile(r'asm volatile\("ldmatrix\.sync\.aligned\.m8n8\.x4(\.trans)?\.shared\.b16.*?\);', re.S)
 
 
 def rewrite(name: str, text: str) -> str:
@@ -30,6 +31,9 @@ def rewrite(name: str, text: str) -> str:
         types = {"f16": "__half", "bf16": "__nv_bfloat16"}
         text, n = _MMA_ASM.subn(lambda m: f"::emu::mma_sync<{types[m.group(1)]}>(d, a, b);", text)
         assert n == 2, f"{name}: expected 2 mma asm blocks, found {n}"
+        text, n = _LDMATRIX_ASM.subn(
+            lambda m: f"::emu::ldmatrix_x4(r, row_address, {'true' if m.group(1) else 'false'});", text)
+        assert n == 2, f"{name}: expected 2 ldmatrix asm blocks, found {n}"
     return text
 
 

@@ -1,15 +1,17 @@
 // Host emulation of the small part of the CUDA runtime and device language that bembed's kernels use, so
-// that csrc/cuda sources can run (slowly, exactly as written) on a CPU. Each CTA runs as blockDim.x
-// std::threads; __syncthreads is a block barrier; warp shuffles and mma.sync exchange through per-warp
-// buffers between warp barriers. Blocks run one after another. Test-only code (tests/cuda_emulator/).
+// that csrc/cuda sources can run (slowly, exactly as written) on a CPU. Each CTA runs as blockDim.x fibers
+// (ucontext) on one OS thread, switched only at barriers; __syncthreads is a block barrier; warp shuffles,
+// mma.sync and ldmatrix exchange through per-warp buffers between warp barriers. Blocks run one after
+// another. Test-only code (tests/cuda_emulator/).
 #pragma once
 
-#include <barrier>
+#include <ucontext.h>
+
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <functional>
 #include <memory>
-#include <thread>
 #include <vector>
 
 #define __global__
@@ -28,49 +30,96 @@ struct uint4 {
 inline uint4 make_uint4(uint32_t x, uint32_t y, uint32_t z, uint32_t w) { return {x, y, z, w}; }
 
 using cudaStream_t = void*;
-enum cudaError_t { cudaSuccess = 0, cudaErrorInvalidValue = 1, cudaErrorInvalidConfiguration = 9 };
+enum cudaError_t {
+  cudaSuccess = 0,
+  cudaErrorInvalidValue = 1,
+  cudaErrorInvalidConfiguration = 9,
+  cudaErrorIllegalAddress = 700,
+};
 enum cudaFuncAttribute { cudaFuncAttributeMaxDynamicSharedMemorySize = 8 };
 inline const char* cudaGetErrorString(cudaError_t e) { return e == cudaSuccess ? "no error" : "emulated error"; }
 
 namespace emu {
 
 constexpr int kMaxSharedBytes = 227 * 1024;  // sm_90's opt-in limit; sm_80 allows 163 KB
+constexpr size_t kStackBytes = 256 * 1024;
+
+// Threads of a CTA are fibers on one OS thread, run round-robin: each runs until it waits at a barrier.
+struct Barrier {
+  int needed = 0, arrived = 0;
+  unsigned generation = 0;
+};
 
 struct Warp {
-  std::barrier<> barrier{32};
+  Barrier barrier;
   float f[32];
   uint32_t a[32][4], b[32][2];
-  float c[32][4];
+  const uint16_t* rows[32];
+};
+
+struct Fiber {
+  ucontext_t context;
+  std::unique_ptr<char[]> stack{new char[kStackBytes]};
+  bool done = false;
 };
 
 struct Block {
-  explicit Block(int threads) : barrier(threads), warps(threads / 32) {
-    for (auto& w : warps) w = std::make_unique<Warp>();
+  explicit Block(int threads) : warps(threads / 32), fibers(threads) {
+    barrier.needed = threads;
+    for (auto& w : warps) w.barrier.needed = 32;
   }
-  std::barrier<> barrier;
-  std::vector<std::unique_ptr<Warp>> warps;
+  Barrier barrier;
+  std::vector<Warp> warps;
+  std::vector<Fiber> fibers;
   std::vector<unsigned char> smem;
 };
 
-inline thread_local Block* current_block = nullptr;
-// What the launcher checks after the fact: a kernel may not have asked for more than the attribute allows.
+inline Block* current_block = nullptr;
+inline ucontext_t scheduler;
+inline std::function<void()> kernel_body;
+inline long progress = 0;  // arrivals and exits: a full round without any means a deadlock
+// Set by an emulated instruction that the hardware would fault on (e.g. a misaligned ldmatrix row), or by
+// a barrier that some threads never reach.
+inline bool fault = false;
 inline int max_dynamic_smem = 48 * 1024;
 inline cudaError_t last_error = cudaSuccess;
 
 }  // namespace emu
 
-inline thread_local dim3 threadIdx, blockIdx;
-inline dim3 gridDim, blockDim;
+inline dim3 threadIdx, blockIdx, gridDim, blockDim;
 
-inline void __syncthreads() { emu::current_block->barrier.arrive_and_wait(); }
+namespace emu {
+
+inline void arrive_and_wait(Barrier& b) {
+  ++progress;
+  if (++b.arrived == b.needed) {
+    b.arrived = 0;
+    ++b.generation;
+    return;
+  }
+  const unsigned generation = b.generation;
+  while (b.generation == generation) swapcontext(&current_block->fibers[threadIdx.x].context, &scheduler);
+}
+
+inline void fiber_main() {
+  kernel_body();
+  current_block->fibers[threadIdx.x].done = true;
+  ++progress;
+}
+
+inline unsigned char* shared_memory() { return current_block->smem.data(); }
+
+}  // namespace emu
+
+inline void __syncthreads() { emu::arrive_and_wait(emu::current_block->barrier); }
 
 inline float __shfl_xor_sync(unsigned, float v, int lane_mask) {
-  emu::Warp& w = *emu::current_block->warps[threadIdx.x / 32];
+  emu::Warp& w = emu::current_block->warps[threadIdx.x / 32];
   const int lane = threadIdx.x % 32;
   w.f[lane] = v;
-  w.barrier.arrive_and_wait();
+  emu::arrive_and_wait(w.barrier);
   const float r = w.f[lane ^ lane_mask];
-  w.barrier.arrive_and_wait();
+  emu::arrive_and_wait(w.barrier);
   return r;
 }
 
@@ -89,8 +138,6 @@ inline cudaError_t cudaGetLastError() {
 
 namespace emu {
 
-inline unsigned char* shared_memory() { return current_block->smem.data(); }
-
 // Runs kernel<<<grid, block, smem_bytes>>>(args...) block by block. Shared memory starts as 0xFF bytes
 // (NaN in every float format), so a read of a never-written element poisons the result.
 template <typename... Params, typename... Args>
@@ -101,21 +148,39 @@ void launch(void (*kernel)(Params...), dim3 grid, int block_threads, int smem_by
   }
   gridDim = grid;
   blockDim = dim3(block_threads);
+  kernel_body = [&] { kernel(args...); };
   for (unsigned z = 0; z < grid.z; ++z) {
     for (unsigned y = 0; y < grid.y; ++y) {
       for (unsigned x = 0; x < grid.x; ++x) {
         Block block(block_threads);
         block.smem.assign(smem_bytes, 0xFF);
-        std::vector<std::thread> threads;
-        for (int t = 0; t < block_threads; ++t) {
-          threads.emplace_back([&, t] {
-            current_block = &block;
-            threadIdx = dim3(t);
-            blockIdx = dim3(x, y, z);
-            kernel(args...);
-          });
+        current_block = &block;
+        blockIdx = dim3(x, y, z);
+        for (auto& f : block.fibers) {
+          getcontext(&f.context);
+          f.context.uc_stack.ss_sp = f.stack.get();
+          f.context.uc_stack.ss_size = kStackBytes;
+          f.context.uc_link = &scheduler;
+          makecontext(&f.context, fiber_main, 0);
         }
-        for (auto& th : threads) th.join();
+        for (bool live = true; live;) {
+          live = false;
+          const long before = progress;
+          for (int t = 0; t < block_threads; ++t) {
+            if (block.fibers[t].done) continue;
+            live = true;
+            threadIdx = dim3(t);
+            swapcontext(&scheduler, &block.fibers[t].context);
+          }
+          if (live && progress == before) fault = true;  // every live thread waits at a barrier: deadlock
+          if (fault) break;
+        }
+        current_block = nullptr;
+        if (fault) {
+          fault = false;
+          last_error = cudaErrorIllegalAddress;
+          return;
+        }
       }
     }
   }
