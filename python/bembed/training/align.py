@@ -1,0 +1,84 @@
+"""Cross-lingual alignment: teach an existing encoder a new language with a frozen teacher.
+
+On parallel pairs (en, xx): L = mean[(1 − cos(s(en), t(en))) + β·(1 − cos(s(en), s(xx)))], where s is the
+student (trained) and t the teacher (frozen; by default a copy of the student as loaded). The first term
+keeps the student's English space where the teacher had it, the second pulls each translation onto its
+English sentence. The student is a bembed JinaBERT or any HF `AutoModel` folder (e.g. all-MiniLM-L6-v2);
+the teacher may be another model folder with its own tokenizer.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import torch
+
+from .batching import Batch, epoch_indices, shard
+from .config import AlignRun, ModelConfig
+from .data import read_rows
+from .encoder import embed, export_encoder, load_encoder, tokenize
+
+
+class AlignStage:
+    def __init__(self, cfg: AlignRun, rank: int = 0):
+        if not cfg.model.init_from:
+            raise ValueError("model.init_from: alignment starts from an existing model folder")
+        if cfg.align.beta < 0:
+            raise ValueError(f"align.beta must be ≥ 0, got {cfg.align.beta}")
+        if not cfg.data.train:
+            raise ValueError("data.train: give at least one parallel source (src/tgt or query/document columns)")
+        self.cfg = cfg
+        self.model, self.tokenizer = load_encoder(cfg.model)
+        if cfg.align.teacher:
+            self.teacher, self.teacher_tokenizer = load_encoder(ModelConfig(init_from=cfg.align.teacher))
+        else:
+            self.teacher, self.teacher_tokenizer = copy.deepcopy(self.model), self.tokenizer
+        self.teacher.eval().requires_grad_(False)
+        self.rows, self.sources = [], []
+        for source in cfg.data.train:
+            _, rows = read_rows(source, "pairs")
+            self.rows.extend(rows)
+            self.sources.extend([source.path] * len(rows))
+
+    def batch(self, index: int, rank: int, world: int, size: int) -> Batch:
+        picked = shard(epoch_indices(len(self.rows), size * world, index, self.cfg.train.seed), rank, world)
+        en = [self.rows[i]["query"] for i in picked]
+        xx = [self.rows[i]["document"] for i in picked]
+        length = self.cfg.model.max_length
+        s_en, s_xx = tokenize(self.tokenizer, en, length), tokenize(self.tokenizer, xx, length)
+        t_en = tokenize(self.teacher_tokenizer, en, length)
+        return Batch({"en_ids": s_en["input_ids"], "en_mask": s_en["attention_mask"], "xx_ids": s_xx["input_ids"],
+                      "xx_mask": s_xx["attention_mask"], "t_ids": t_en["input_ids"], "t_mask": t_en["attention_mask"]},
+                     tokens=int(s_en["attention_mask"].sum() + s_xx["attention_mask"].sum()),
+                     source=f"{sorted({self.sources[i] for i in picked})} rows {picked}")
+
+    def loss(self, t: dict) -> tuple[torch.Tensor, dict]:
+        self.teacher.to(t["t_ids"].device)
+        with torch.no_grad():
+            target = embed(self.teacher, t["t_ids"], t["t_mask"])
+        en = embed(self.model, t["en_ids"], t["en_mask"])
+        xx = embed(self.model, t["xx_ids"], t["xx_mask"])
+        keep = (1 - (en * target).sum(-1)).mean()
+        cross = (1 - (en * xx).sum(-1)).mean()
+        return keep + self.cfg.align.beta * cross, {"teacher_distance": keep.detach(), "cross_distance": cross.detach()}
+
+    def export(self, folder: Path) -> None:
+        export_encoder(self.model, self.tokenizer, folder, source=self.cfg.model.init_from)
+
+
+@torch.no_grad()
+def cross_lingual_distance(model, tokenizer, pairs: list[tuple[str, str]], max_length: int = 128,
+                           batch_size: int = 64) -> float:
+    """Mean 1 − cos(model(en), model(xx)) over (en, xx) pairs: how far apart the model puts translations."""
+    model.eval()
+    total = 0.0
+    for i in range(0, len(pairs), batch_size):
+        chunk = pairs[i:i + batch_size]
+        a = tokenize(tokenizer, [p[0] for p in chunk], max_length)
+        b = tokenize(tokenizer, [p[1] for p in chunk], max_length)
+        device = next(model.parameters()).device
+        ea = embed(model, a["input_ids"].to(device), a["attention_mask"].to(device))
+        eb = embed(model, b["input_ids"].to(device), b["attention_mask"].to(device))
+        total += float((1 - (ea * eb).sum(-1)).sum())
+    return total / len(pairs)

@@ -1,0 +1,155 @@
+"""Atomic training checkpoints without pickle.
+
+A checkpoint is a folder `step-00000123/`:
+  model.safetensors        the trained module's state dict (tied tensors stored once per name)
+  optimizer.safetensors    every optimizer state tensor, flattened as `state.<param index>.<name>`
+  rng-rank<r>.safetensors  torch CPU (and CUDA) generator states and numpy's key array, per rank
+  rng-rank<r>.json         python's and numpy's remaining generator state, per rank
+  state.json               step, data position, schedule, optimizer param groups and scalar state,
+                           world size, the stage config
+It is written into a temporary sibling folder and renamed into place (os.replace), so a folder with the
+final name is always complete; older ones beyond keep-last-k are removed afterwards.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+
+log = logging.getLogger(__name__)
+
+_NAME = re.compile(r"^step-(\d{8})$")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that is missing, incomplete or unreadable; the message names the path."""
+
+
+def _tensor_dict(state: dict) -> dict[str, torch.Tensor]:
+    # safetensors refuses tensors that share memory (the tied MLM decoder): store a copy per name.
+    return {k: v.detach().to("cpu").clone().contiguous() for k, v in state.items()}
+
+
+def optimizer_state(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+    """An optimizer state_dict split into tensors (for safetensors) and JSON-able rest."""
+    sd = optimizer.state_dict()
+    tensors, scalars = {}, {}
+    for index, entries in sd["state"].items():
+        for name, value in entries.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"state.{index}.{name}"] = value.detach().to("cpu").contiguous()
+            else:
+                scalars[f"{index}.{name}"] = value
+    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, tensors: dict, meta: dict) -> None:
+    state: dict[int, dict] = {}
+    for key, value in tensors.items():
+        _, index, name = key.split(".", 2)
+        state.setdefault(int(index), {})[name] = value
+    for key, value in meta["scalars"].items():
+        index, name = key.split(".", 1)
+        state.setdefault(int(index), {})[name] = value
+    groups = [dict(g, betas=tuple(g["betas"])) if "betas" in g else g for g in meta["param_groups"]]
+    optimizer.load_state_dict({"state": state, "param_groups": groups})
+
+
+def rng_state() -> tuple[dict[str, torch.Tensor], dict]:
+    tensors = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"cuda.{i}"] = s
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    tensors["numpy"] = torch.from_numpy(np.asarray(keys, dtype=np.int64))
+    version, internal, gauss = random.getstate()
+    return tensors, {"numpy": [kind, int(pos), int(has_gauss), float(cached)],
+                     "python": [version, list(internal), gauss]}
+
+
+def set_rng_state(tensors: dict, meta: dict) -> None:
+    torch.set_rng_state(tensors["torch"])
+    cuda = [tensors[k] for k in sorted((k for k in tensors if k.startswith("cuda.")), key=lambda k: int(k[5:]))]
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda)
+    kind, pos, has_gauss, cached = meta["numpy"]
+    np.random.set_state((kind, tensors["numpy"].numpy().astype(np.uint32), pos, has_gauss, cached))
+    version, internal, gauss = meta["python"]
+    random.setstate((version, tuple(internal), gauss))
+
+
+def write_json(path: Path, value) -> None:
+    path.write_text(json.dumps(value, indent=1), encoding="utf-8")
+
+
+def checkpoint_dir(root: Path, step: int) -> Path:
+    return Path(root) / f"step-{step:08d}"
+
+
+def temp_dir(root: Path, step: int) -> Path:
+    return Path(root) / f".tmp-step-{step:08d}"
+
+
+def list_checkpoints(root: Path) -> list[Path]:
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    return sorted((p for p in root.iterdir() if p.is_dir() and _NAME.match(p.name)), key=lambda p: p.name)
+
+
+def finalize(root: Path, step: int, keep_last: int) -> Path:
+    """Rename the temporary folder into place and prune old checkpoints (rank 0 only)."""
+    final, tmp = checkpoint_dir(root, step), temp_dir(root, step)
+    if final.exists():  # same step saved again (e.g. Ctrl-C right after a periodic save)
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    if keep_last > 0:
+        for old in list_checkpoints(root)[:-keep_last]:
+            shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def resolve(resume: str, root: Path) -> Path:
+    """`resume` as a checkpoint folder: "latest" picks the newest under `root`."""
+    if resume == "latest":
+        found = list_checkpoints(root)
+        if not found:
+            raise CheckpointError(f"--resume latest: no checkpoint under {root}")
+        return found[-1]
+    path = Path(resume)
+    if not path.is_dir():
+        raise CheckpointError(f"--resume {resume}: no such checkpoint folder")
+    return path
+
+
+def read(path: Path, rank: int) -> dict:
+    """Everything a checkpoint holds, checked for completeness; CheckpointError names what is wrong."""
+    from safetensors.torch import load_file
+
+    def load(name):
+        file = path / name
+        if not file.is_file():
+            raise CheckpointError(f"checkpoint {path}: {name} is missing (incomplete or not a bembed checkpoint)")
+        try:
+            return load_file(str(file)) if name.endswith(".safetensors") else json.loads(file.read_text("utf-8"))
+        except Exception as exc:  # a truncated or garbled file: say which, whatever the parser raised
+            raise CheckpointError(f"checkpoint {path}: {name} is corrupt ({type(exc).__name__}: {exc})") from None
+
+    state = load("state.json")
+    out = {"state": state, "model": load("model.safetensors"), "optimizer": load("optimizer.safetensors")}
+    rng_file = f"rng-rank{rank}.safetensors"
+    if (path / rng_file).is_file():
+        out["rng"] = load(rng_file)
+        out["rng_meta"] = load(f"rng-rank{rank}.json")
+    else:
+        log.warning("checkpoint %s has no RNG state for rank %d (saved with world size %s): RNG not restored",
+                    path, rank, state.get("world_size"))
+    return out

@@ -1,0 +1,200 @@
+"""Stage configs: one dataclass per stage, nested sections, loaded from YAML with dotted overrides.
+
+`load_config(PretrainConfig, "tiny.yaml", ["train.lr=3e-4", "mlm.mask_prob=0.15"])` reads the YAML,
+applies each `section.field=value` override (the value parsed as YAML, so numbers, booleans, lists
+work), and builds the dataclass tree; an unknown key anywhere raises ValueError naming it, so a typo in
+a config never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import typing
+from pathlib import Path
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """The trainer core's settings, shared by every stage. `batch_size` is the global batch of one
+    optimizer step (all ranks, all accumulation micro-batches together); it must divide evenly."""
+
+    output_dir: str = "runs/out"
+    max_steps: int = 100
+    batch_size: int = 32
+    grad_accum: int = 1
+    lr: float = 1e-4
+    weight_decay: float = 0.01
+    betas: tuple[float, float] = (0.9, 0.98)
+    eps: float = 1e-6
+    warmup_steps: int = 10
+    max_grad_norm: float | None = 1.0
+    seed: int = 42
+    bf16: bool = True  # autocast to bfloat16 on GPU; ignored on CPU
+    device: str | None = None  # default: cuda:<local rank> when available, else cpu
+    log_every: int = 10
+    save_every: int = 0  # 0: only at the end (and on Ctrl-C)
+    keep_last: int = 2
+    gradient_checkpointing: bool = False
+    progress: bool = True
+
+
+@dataclasses.dataclass
+class ModelConfig:
+    """Where the encoder comes from: `init_from` (a saved model folder) or a fresh JinaBERT built from
+    `config` (JinaBertConfig fields) with the tokenizer at `tokenizer`."""
+
+    init_from: str | None = None
+    tokenizer: str | None = None
+    config: dict = dataclasses.field(default_factory=dict)
+    max_length: int = 512
+
+
+@dataclasses.dataclass
+class Source:
+    """One data source: a jsonl/csv/parquet file, or a dataset folder written by `bembed data build`
+    (read with `split`). `lang` tags text for language-alternating MLM batches; `weight` overrides the
+    size-proportional sampling of multi-task training; `max_rows` keeps the first rows only."""
+
+    path: str = ""
+    split: str = "train"
+    lang: str | None = None
+    weight: float | None = None
+    max_rows: int | None = None
+
+
+@dataclasses.dataclass
+class DataConfig:
+    train: list[Source] = dataclasses.field(default_factory=list)
+
+
+@dataclasses.dataclass
+class MLMConfig:
+    mask_prob: float = 0.30
+    language_batches: str = "alternate"  # alternate | mix
+    tokenizer_vocab_size: int = 32000  # when model.tokenizer does not exist yet, one is trained from the data
+
+
+@dataclasses.dataclass
+class PairsConfig:
+    temperature: float = 0.05
+    bidirectional: bool = True
+    query_prefix: str = ""
+    passage_prefix: str = ""
+
+
+@dataclasses.dataclass
+class MultitaskConfig:
+    temperature: float = 0.05
+    num_negatives: int = 3
+    sts_loss: str = "pearson"  # pearson | mse | cosent | none
+    score_max: float = 5.0  # gold scores are divided by this for the MSE loss
+    cosent_scale: float = 20.0
+    query_prefix: str = ""
+    passage_prefix: str = ""
+
+
+@dataclasses.dataclass
+class AlignConfig:
+    teacher: str | None = None  # default: a frozen copy of the student as loaded
+    beta: float = 0.4
+    source_lang: str = "en"
+
+
+@dataclasses.dataclass
+class PretrainRun:
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    mlm: MLMConfig = dataclasses.field(default_factory=MLMConfig)
+
+
+@dataclasses.dataclass
+class PairsRun:
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    pairs: PairsConfig = dataclasses.field(default_factory=PairsConfig)
+
+
+@dataclasses.dataclass
+class MultitaskRun:
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    multitask: MultitaskConfig = dataclasses.field(default_factory=MultitaskConfig)
+
+
+@dataclasses.dataclass
+class AlignRun:
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    align: AlignConfig = dataclasses.field(default_factory=AlignConfig)
+
+
+def _build(cls, value, where: str):
+    """value (dicts/lists from YAML) as an instance of the annotated type `cls`."""
+    origin = typing.get_origin(cls)
+    if dataclasses.is_dataclass(cls):
+        if not isinstance(value, dict):
+            raise ValueError(f"config {where or 'root'}: expected a mapping, got {value!r}")
+        hints = typing.get_type_hints(cls)
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(value) - names)
+        if unknown:
+            raise ValueError(f"config {where or 'root'}: unknown key(s) {unknown}; known: {sorted(names)}")
+        return cls(**{k: _build(hints[k], v, f"{where}.{k}" if where else k) for k, v in value.items()})
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"config {where}: expected a list, got {value!r}")
+        (item,) = typing.get_args(cls)[:1]
+        items = [_build(item, v, f"{where}[{i}]") for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if origin is typing.Union or type(cls).__name__ == "UnionType":
+        args = [a for a in typing.get_args(cls) if a is not type(None)]
+        return None if value is None else _build(args[0], value, where)
+    if cls is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if cls in (int, str, bool) and not isinstance(value, cls) or (cls is int and isinstance(value, bool)):
+        raise ValueError(f"config {where}: expected {cls.__name__}, got {value!r}")
+    if cls is dict and not isinstance(value, dict):
+        raise ValueError(f"config {where}: expected a mapping, got {value!r}")
+    return value
+
+
+def _apply_override(tree: dict, override: str) -> None:
+    import yaml
+
+    key, sep, raw = override.partition("=")
+    if not sep or not key:
+        raise ValueError(f"override {override!r}: expected section.field=value")
+    *parents, leaf = key.split(".")
+    node = tree
+    for part in parents:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ValueError(f"override {override!r}: {part!r} is not a section")
+    node[leaf] = yaml.safe_load(raw)
+
+
+def load_config(cls, path: str | os.PathLike | None = None, overrides: list[str] | tuple[str, ...] = ()):
+    """The stage config `cls` from a YAML file (or defaults when path is None) plus dotted overrides."""
+    import yaml
+
+    tree: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"config: no such file: {path}")
+        tree = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        if not isinstance(tree, dict):
+            raise ValueError(f"config {path}: the top level must be a mapping")
+    for override in overrides:
+        _apply_override(tree, override)
+    return _build(cls, tree, "")
+
+
+def to_dict(config) -> dict:
+    """A config as plain JSON-able data (tuples become lists)."""
+    return dataclasses.asdict(config)

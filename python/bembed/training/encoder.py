@@ -1,0 +1,113 @@
+"""The encoder the contrastive stages train: loading (a bembed JinaBERT folder, a fresh JinaBERT from a
+config, or any HF `AutoModel` folder), tokenising, mean-pooled L2-normalised embeddings, and export."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import torch
+
+from bembed.model import JinaBertConfig, JinaBertModel, mean_pool, normalize
+
+from .config import ModelConfig
+
+log = logging.getLogger(__name__)
+
+# Files of a sentence-transformers folder other than the weights, copied into an aligned student's export.
+_ST_FILES = ("modules.json", "sentence_bert_config.json", "config_sentence_transformers.json", "1_Pooling",
+             "2_Normalize")
+
+
+def _is_jinabert(folder: Path) -> bool:
+    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    return config.get("model_type") == JinaBertConfig.model_type or config.get("position_embedding_type") == "alibi"
+
+
+def load_tokenizer(path: str | Path):
+    from transformers import AutoTokenizer
+
+    if not Path(path).is_dir():
+        raise FileNotFoundError(f"model.tokenizer: no tokenizer folder at {path}")
+    return AutoTokenizer.from_pretrained(str(path))
+
+
+def load_encoder(spec: ModelConfig) -> tuple[torch.nn.Module, object]:
+    """(model, tokenizer). `init_from` a folder: JinaBERT (bembed or published layout) loads as
+    JinaBertModel, anything else with transformers' AutoModel; the tokenizer comes from `tokenizer` or
+    the same folder. Without init_from: a fresh JinaBertModel from `config` and the tokenizer's ids."""
+    from transformers import AutoModel
+
+    from bembed.tokenizer import model_config_kwargs
+
+    if spec.init_from:
+        folder = Path(spec.init_from)
+        if not (folder / "config.json").is_file():
+            raise FileNotFoundError(f"model.init_from: no model folder (config.json) at {folder}")
+        tokenizer = load_tokenizer(spec.tokenizer or folder)
+        if _is_jinabert(folder):
+            return _freeze_pooler(JinaBertModel.from_pretrained(str(folder))), tokenizer
+        return _freeze_pooler(AutoModel.from_pretrained(str(folder))), tokenizer
+    if not spec.tokenizer:
+        raise ValueError("model: give init_from (a model folder) or tokenizer + config for a fresh model")
+    tokenizer = load_tokenizer(spec.tokenizer)
+    config = JinaBertConfig(**{**spec.config, **model_config_kwargs(tokenizer)})
+    return _freeze_pooler(JinaBertModel(config)), tokenizer
+
+
+def _freeze_pooler(model: torch.nn.Module) -> torch.nn.Module:
+    # The embeddings are mean-pooled: the [CLS] pooler gets no gradient, so keep it out of the optimizer
+    # (and of weight decay) while still saving it with the model.
+    pooler = getattr(model, "pooler", None)
+    if pooler is not None:
+        pooler.requires_grad_(False)
+    return model
+
+
+def tokenize(tokenizer, texts: list[str], max_length: int) -> dict[str, torch.Tensor]:
+    enc = tokenizer(list(texts), truncation=True, max_length=max_length, padding=True, return_tensors="pt")
+    return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+
+
+def embed(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """(B, hidden) float32 L2-normalised mean-pooled embeddings, with gradient."""
+    if isinstance(model, JinaBertModel):
+        return model.embed(input_ids, attention_mask)
+    out = model(input_ids=input_ids, attention_mask=attention_mask)
+    hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+    return normalize(mean_pool(hidden, attention_mask))
+
+
+def export_encoder(model: torch.nn.Module, tokenizer, folder: Path, source: str | None = None) -> Path:
+    """A folder that both `from_pretrained` and `SentenceTransformer(folder)` load: a JinaBertModel goes
+    through the model's sentence-transformers export; another HF model is saved with save_pretrained and
+    gets the module files of the sentence-transformers folder it came from (or mean pooling + Normalize)."""
+    from bembed.model.export import export_sentence_transformers
+    from bembed.tokenizer import save_tokenizer
+
+    folder = Path(folder)
+    if isinstance(model, JinaBertModel):
+        return export_sentence_transformers(model, tokenizer, folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(str(folder))
+    save_tokenizer(tokenizer, folder)
+    src = Path(source) if source else None
+    if src is not None and (src / "modules.json").is_file():
+        for name in _ST_FILES:
+            if (src / name).is_dir():
+                shutil.copytree(src / name, folder / name, dirs_exist_ok=True)
+            elif (src / name).is_file():
+                shutil.copy2(src / name, folder / name)
+        return folder
+    hidden = model.config.hidden_size
+    (folder / "1_Pooling").mkdir(exist_ok=True)
+    (folder / "2_Normalize").mkdir(exist_ok=True)
+    (folder / "1_Pooling" / "config.json").write_text(json.dumps(
+        {"word_embedding_dimension": hidden, "pooling_mode_mean_tokens": True}, indent=1))
+    (folder / "modules.json").write_text(json.dumps([
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+        {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"}], indent=1))
+    return folder

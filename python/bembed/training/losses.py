@@ -1,0 +1,73 @@
+"""STS losses for multi-task training: cosine similarities of sentence pairs against gold scores.
+
+Each takes `cos` (B,) — cosine similarities of the pairs' normalised embeddings — and `gold` (B,) scores.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def _check(cos: torch.Tensor, gold: torch.Tensor, name: str) -> None:
+    if cos.dim() != 1 or gold.shape != cos.shape:
+        raise ValueError(f"{name}: cos and gold must be (B,) of one shape, got {tuple(cos.shape)} and "
+                         f"{tuple(gold.shape)}")
+
+
+class PearsonLoss:
+    """L = −pearson(cos, gold) = −Σ(c−c̄)(g−ḡ) / (‖c−c̄‖·‖g−ḡ‖): the paper's STS loss, invariant to the scale
+    and offset of the gold scores. Undefined for constant gold scores or fewer than 3 rows (ValueError)."""
+
+    def __call__(self, cos: torch.Tensor, gold: torch.Tensor) -> torch.Tensor:
+        _check(cos, gold, "PearsonLoss")
+        if cos.shape[0] < 3:
+            raise ValueError(f"PearsonLoss: needs at least 3 rows, got {cos.shape[0]}")
+        gold = gold.to(torch.float32)
+        g = gold - gold.mean()
+        if float(g.abs().max()) == 0.0:
+            raise ValueError("PearsonLoss: the gold scores of the batch are constant; the correlation is undefined")
+        c = cos.to(torch.float32)
+        c = c - c.mean()
+        return -(c * g).sum() / (c.norm() * g.norm()).clamp(min=1e-12)
+
+
+class MSELoss:
+    """L = mean((cos − gold/score_max)²): gold scores mapped to [0, 1] by `score_max`."""
+
+    def __init__(self, score_max: float = 5.0):
+        if score_max <= 0:
+            raise ValueError(f"MSELoss: score_max must be > 0, got {score_max}")
+        self.score_max = score_max
+
+    def __call__(self, cos: torch.Tensor, gold: torch.Tensor) -> torch.Tensor:
+        _check(cos, gold, "MSELoss")
+        return ((cos.to(torch.float32) - gold.to(torch.float32) / self.score_max) ** 2).mean()
+
+
+class CoSENTLoss:
+    """L = log(1 + Σ_{(i,j): gold_i > gold_j} exp(λ·(cos_j − cos_i))) (CoSENT, λ = `scale`): penalises every
+    pair of rows whose cosines are ordered against their gold scores."""
+
+    def __init__(self, scale: float = 20.0):
+        self.scale = scale
+
+    def __call__(self, cos: torch.Tensor, gold: torch.Tensor) -> torch.Tensor:
+        _check(cos, gold, "CoSENTLoss")
+        cos = cos.to(torch.float32) * self.scale
+        diff = cos[None, :] - cos[:, None]  # diff[i, j] = λ(cos_j − cos_i)
+        wrong = gold[:, None] > gold[None, :]
+        diff = diff.masked_fill(~wrong, float("-inf"))
+        return torch.logsumexp(torch.cat([cos.new_zeros(1), diff.reshape(-1)]), dim=0)
+
+
+def sts_loss(name: str, *, score_max: float = 5.0, cosent_scale: float = 20.0):
+    """The configured STS loss (`pearson`, `mse`, `cosent`), or None for `none` (STS batches skipped)."""
+    if name == "pearson":
+        return PearsonLoss()
+    if name == "mse":
+        return MSELoss(score_max)
+    if name == "cosent":
+        return CoSENTLoss(cosent_scale)
+    if name == "none":
+        return None
+    raise ValueError(f"sts_loss must be pearson, mse, cosent or none, got {name!r}")

@@ -1,0 +1,126 @@
+"""Stage 1: masked-language-model pretraining with whole-word masking (no NSP).
+
+Text rows are tokenised once, cut into sequences of at most `model.max_length` tokens (<s> … </s>), and
+grouped by the sources' `lang`; `mlm.language_batches: alternate` draws micro-batch i from language
+i mod n (one language per batch), `mix` draws from all texts together. The masks of a row depend only
+on (seed, its position in the global batch), so they are the same for any world size and on resume.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from bembed.model import JinaBertConfig, JinaBertForMaskedLM
+from bembed.tokenizer import model_config_kwargs, save_tokenizer, word_ids, word_start_table
+
+from .batching import Batch, epoch_indices, generator, shard
+from .config import PretrainRun
+from .data import read_rows
+from .encoder import load_tokenizer
+from .masking import whole_word_mask
+
+log = logging.getLogger(__name__)
+
+
+def _tokenizer(cfg: PretrainRun, texts_by_lang: dict[str, list[str]], rank: int):
+    """The configured tokenizer; when model.tokenizer names no existing folder, rank 0 trains one on the
+    text of the first two languages and saves it there (default <output_dir>/tokenizer)."""
+    from bembed.tokenizer import train_bilingual_tokenizer
+
+    path = Path(cfg.model.tokenizer or Path(cfg.train.output_dir) / "tokenizer")
+    if not path.is_dir():
+        if len(texts_by_lang) < 2:
+            raise ValueError(f"model.tokenizer {path} does not exist, and training one needs text in two "
+                             f"languages (data.train sources with lang tags), got {sorted(texts_by_lang)}")
+        if rank == 0:
+            a, b = list(texts_by_lang.values())[:2]
+            log.info("training a %d-token tokenizer into %s", cfg.mlm.tokenizer_vocab_size, path)
+            train_bilingual_tokenizer(a, b, cfg.mlm.tokenizer_vocab_size, output_dir=path)
+        if dist.is_initialized():
+            dist.barrier()
+    return load_tokenizer(path)
+
+
+class MLMStage:
+    def __init__(self, cfg: PretrainRun, rank: int = 0):
+        if cfg.mlm.language_batches not in ("alternate", "mix"):
+            raise ValueError(f"mlm.language_batches must be 'alternate' or 'mix', got {cfg.mlm.language_batches!r}")
+        if not cfg.data.train:
+            raise ValueError("data.train: give at least one text source")
+        self.cfg = cfg
+        texts_by_lang: dict[str, list[str]] = {}
+        for source in cfg.data.train:
+            _, rows = read_rows(source, "text")
+            texts_by_lang.setdefault(source.lang or "all", []).extend(r["text"] for r in rows)
+        self.tokenizer = _tokenizer(cfg, texts_by_lang, rank)
+        if cfg.model.init_from:
+            self.model = JinaBertForMaskedLM.from_pretrained(cfg.model.init_from)
+        else:
+            config = JinaBertConfig(**{**cfg.model.config, **model_config_kwargs(self.tokenizer)})
+            self.model = JinaBertForMaskedLM(config)
+        tok = self.tokenizer
+        self.special_ids = sorted(set(tok.all_special_ids))
+        self.table = word_start_table(tok)
+        self.random_ids = torch.tensor([i for i in range(len(tok)) if i not in set(self.special_ids)])
+        self.sequences = {lang: self._chunk(texts) for lang, texts in texts_by_lang.items()}
+        if cfg.mlm.language_batches == "mix":
+            self.sequences = {"mix": [s for seqs in self.sequences.values() for s in seqs]}
+        self.groups = sorted(self.sequences)
+        log.info("MLM sequences: %s", {g: len(s) for g, s in self.sequences.items()})
+
+    def _chunk(self, texts: list[str]) -> list[list[int]]:
+        tok, body = self.tokenizer, self.cfg.model.max_length - 2
+        if body < 1:
+            raise ValueError(f"model.max_length must be ≥ 3, got {self.cfg.model.max_length}")
+        ids = tok(texts, add_special_tokens=False)["input_ids"]
+        return [[tok.bos_token_id, *seq[i:i + body], tok.eos_token_id]
+                for seq in ids for i in range(0, len(seq), body)]
+
+    def batch(self, index: int, rank: int, world: int, size: int) -> Batch:
+        group = self.groups[index % len(self.groups)]
+        rows = epoch_indices(len(self.sequences[group]), size * world, index // len(self.groups), self.cfg.train.seed)
+        positions = shard(list(range(len(rows))), rank, world)
+        seqs = [self.sequences[group][rows[p]] for p in positions]
+        length = max(map(len, seqs))
+        pad = self.tokenizer.pad_token_id
+        input_ids = torch.full((len(seqs), length), pad, dtype=torch.long)
+        attention = torch.zeros((len(seqs), length), dtype=torch.long)
+        for i, seq in enumerate(seqs):
+            input_ids[i, :len(seq)] = torch.tensor(seq)
+            attention[i, :len(seq)] = 1
+        words = word_ids(input_ids, self.table, self.special_ids)
+        masked, labels = [], []
+        for i, p in enumerate(positions):
+            m, lab = whole_word_mask(input_ids[i], words[i], mask_prob=self.cfg.mlm.mask_prob,
+                                     mask_id=self.tokenizer.mask_token_id, random_ids=self.random_ids,
+                                     generator=generator(self.cfg.train.seed, index, p))
+            masked.append(m)
+            labels.append(lab)
+        return Batch({"input_ids": torch.stack(masked), "attention_mask": attention, "labels": torch.stack(labels)},
+                     tokens=int(attention.sum()), source=f"mlm[{group}] sequences {[rows[p] for p in positions]}")
+
+    def loss(self, t: dict) -> tuple[torch.Tensor, dict]:
+        """Cross-entropy over the masked tokens of the global batch: each rank sums its tokens and divides
+        by the global count, times world size (so the mean of rank losses is the global mean)."""
+        selected = t["labels"] != -100
+        count = selected.sum().to(torch.float32)
+        world = 1
+        if dist.is_initialized() and dist.get_world_size() > 1:
+            world = dist.get_world_size()
+            dist.all_reduce(count)
+        hidden = self.model.bert(t["input_ids"], t["attention_mask"]).last_hidden_state
+        logits = self.model.cls(hidden[selected]).float()
+        targets = t["labels"][selected]
+        scale = world / count.clamp(min=1)
+        loss = F.cross_entropy(logits, targets, reduction="sum") * scale
+        accuracy = (logits.argmax(-1) == targets).sum().float() * scale
+        return loss, {"mlm_accuracy": accuracy.detach()}
+
+    def export(self, folder: Path) -> None:
+        self.model.save_pretrained(folder)
+        save_tokenizer(self.tokenizer, folder)

@@ -1,0 +1,102 @@
+"""Stage 3: multi-task fine-tuning. Every micro-batch comes from one task, drawn with probability
+proportional to the task's size (or its configured `weight`):
+  retrieval (triples: query, positive, negatives — or plain pairs): InfoNCE over the in-batch positives
+            plus `num_negatives` hard negatives per query, all in every query's denominator;
+  sts (sentence1, sentence2, score): `sts_loss` — negative Pearson (default), MSE or CoSENT — on the
+            cosines of the pairs over the global batch; `none` leaves STS data out (the paper's ablation).
+One shared encoder, no task heads. The task and rows of micro-batch i depend only on (seed, i).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+
+import bembed_ext
+from bembed_ext.distributed import all_gather_rows
+
+from .batching import Batch, generator, shard
+from .config import MultitaskRun
+from .data import read_rows
+from .encoder import embed, export_encoder, load_encoder, tokenize
+from .losses import sts_loss
+from .pairs import gathering
+
+log = logging.getLogger(__name__)
+
+
+class MultitaskStage:
+    def __init__(self, cfg: MultitaskRun, rank: int = 0):
+        mt = cfg.multitask
+        if mt.num_negatives < 0:
+            raise ValueError(f"multitask.num_negatives must be ≥ 0, got {mt.num_negatives}")
+        self.cfg = cfg
+        self.sts_loss = sts_loss(mt.sts_loss, score_max=mt.score_max, cosent_scale=mt.cosent_scale)
+        self.model, self.tokenizer = load_encoder(cfg.model)
+        self.tasks: list[tuple[str, str, list[dict]]] = []
+        weights = []
+        for source in cfg.data.train:
+            kind, rows = read_rows(source)
+            if kind == "text":
+                raise ValueError(f"data source {source.path}: text rows have no task in multi-task training")
+            if kind == "sts" and self.sts_loss is None:
+                log.info("sts_loss: none — leaving out %s", source.path)
+                continue
+            if kind == "triples" and mt.num_negatives:
+                before = len(rows)
+                rows = [r for r in rows if r["negatives"]]
+                if len(rows) < before:
+                    log.info("%s: %d rows without negatives left out", source.path, before - len(rows))
+            self.tasks.append(("sts" if kind == "sts" else "retrieval", source.path, rows))
+            weights.append(source.weight if source.weight is not None else float(len(rows)))
+        if not self.tasks:
+            raise ValueError("data.train: no retrieval or STS source left to train on")
+        if min(weights) <= 0:
+            raise ValueError(f"data.train: task weights must be > 0, got {weights}")
+        self.weights = torch.tensor(weights, dtype=torch.float64)
+
+    def batch(self, index: int, rank: int, world: int, size: int) -> Batch:
+        g = generator(self.cfg.train.seed, index)
+        task = int(torch.multinomial(self.weights, 1, generator=g))
+        kind, path, rows = self.tasks[task]
+        if len(rows) < size * world:
+            raise ValueError(f"data source {path}: {len(rows)} rows, fewer than one global batch of {size * world}")
+        picked = shard(torch.randperm(len(rows), generator=g)[:size * world].tolist(), rank, world)
+        chosen = [rows[i] for i in picked]
+        mt, length = self.cfg.multitask, self.cfg.model.max_length
+        source = f"{kind} {path} rows {picked}"
+        if kind == "sts":
+            a = tokenize(self.tokenizer, [r["sentence1"] for r in chosen], length)
+            b = tokenize(self.tokenizer, [r["sentence2"] for r in chosen], length)
+            return Batch({"kind": kind, "a_ids": a["input_ids"], "a_mask": a["attention_mask"],
+                          "b_ids": b["input_ids"], "b_mask": b["attention_mask"],
+                          "score": torch.tensor([r["score"] for r in chosen])},
+                         tokens=int(a["attention_mask"].sum() + b["attention_mask"].sum()), source=source)
+        docs = [r.get("positive", r.get("document")) for r in chosen]
+        if mt.num_negatives and "negatives" in chosen[0]:
+            # hard negative j of every query, j = 0..m-1; a row with fewer negatives repeats its own
+            docs += [r["negatives"][j % len(r["negatives"])] for j in range(mt.num_negatives) for r in chosen]
+        q = tokenize(self.tokenizer, [mt.query_prefix + r["query"] for r in chosen], length)
+        d = tokenize(self.tokenizer, [mt.passage_prefix + t for t in docs], length)
+        return Batch({"kind": kind, "q_ids": q["input_ids"], "q_mask": q["attention_mask"], "d_ids": d["input_ids"],
+                      "d_mask": d["attention_mask"]},
+                     tokens=int(q["attention_mask"].sum() + d["attention_mask"].sum()), source=source)
+
+    def loss(self, t: dict) -> tuple[torch.Tensor, dict]:
+        if t["kind"] == "sts":
+            cos = (embed(self.model, t["a_ids"], t["a_mask"]) * embed(self.model, t["b_ids"], t["b_mask"])).sum(-1)
+            gold = t["score"].to(cos.device, torch.float32)
+            if gathering():  # the correlation is over the global batch; see trainer.py for the convention
+                cos, gold = all_gather_rows(cos), all_gather_rows(gold)
+            loss = self.sts_loss(cos, gold)
+            return loss, {"sts_loss": loss.detach()}
+        q = embed(self.model, t["q_ids"], t["q_mask"])
+        d = embed(self.model, t["d_ids"], t["d_mask"])
+        loss = bembed_ext.contrastive_loss(q, d, temperature=self.cfg.multitask.temperature, bidirectional=False,
+                                           gather_across_ranks=gathering())
+        return loss, {"retrieval_loss": loss.detach()}
+
+    def export(self, folder: Path) -> None:
+        export_encoder(self.model, self.tokenizer, folder, source=self.cfg.model.init_from)

@@ -1,0 +1,54 @@
+"""Stage 2: contrastive pair training — mean pooling, bidirectional InfoNCE (τ 0.05) through
+`bembed_ext.contrastive_loss`, in-batch negatives gathered across all ranks, optional E5 prefixes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+import bembed_ext
+
+from .batching import Batch, epoch_indices, shard
+from .config import PairsRun
+from .data import read_rows
+from .encoder import embed, export_encoder, load_encoder, tokenize
+
+
+def gathering() -> bool:
+    return dist.is_initialized() and dist.get_world_size() > 1
+
+
+class PairStage:
+    def __init__(self, cfg: PairsRun, rank: int = 0):
+        if not cfg.data.train:
+            raise ValueError("data.train: give at least one pairs source")
+        self.cfg = cfg
+        self.model, self.tokenizer = load_encoder(cfg.model)
+        self.rows, self.sources = [], []
+        for source in cfg.data.train:
+            _, rows = read_rows(source, "pairs")
+            self.rows.extend(rows)
+            self.sources.extend([source.path] * len(rows))
+
+    def batch(self, index: int, rank: int, world: int, size: int) -> Batch:
+        p = self.cfg.pairs
+        picked = shard(epoch_indices(len(self.rows), size * world, index, self.cfg.train.seed), rank, world)
+        rows = [self.rows[i] for i in picked]
+        q = tokenize(self.tokenizer, [p.query_prefix + r["query"] for r in rows], self.cfg.model.max_length)
+        d = tokenize(self.tokenizer, [p.passage_prefix + r["document"] for r in rows], self.cfg.model.max_length)
+        tokens = int(q["attention_mask"].sum() + d["attention_mask"].sum())
+        return Batch({"q_ids": q["input_ids"], "q_mask": q["attention_mask"], "d_ids": d["input_ids"],
+                      "d_mask": d["attention_mask"]}, tokens=tokens,
+                     source=f"{sorted({self.sources[i] for i in picked})} rows {picked}")
+
+    def loss(self, t: dict) -> tuple[torch.Tensor, dict]:
+        q = embed(self.model, t["q_ids"], t["q_mask"])
+        d = embed(self.model, t["d_ids"], t["d_mask"])
+        loss = bembed_ext.contrastive_loss(q, d, temperature=self.cfg.pairs.temperature,
+                                           bidirectional=self.cfg.pairs.bidirectional, gather_across_ranks=gathering())
+        return loss, {}
+
+    def export(self, folder: Path) -> None:
+        export_encoder(self.model, self.tokenizer, folder, source=self.cfg.model.init_from)

@@ -1,0 +1,57 @@
+"""The shared body of the training subcommands: arguments, config resolution, stage + trainer."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+def add_arguments(parser, stage_name: str) -> None:
+    parser.add_argument("--config", required=True, metavar="YAML",
+                        help=f"a YAML config, or the name of a shipped one ({stage_name}_tiny, {stage_name}_base)")
+    parser.add_argument("--resume", metavar="CHECKPOINT",
+                        help="continue from a checkpoint folder, or 'latest' under <output_dir>/checkpoints")
+    parser.add_argument("overrides", nargs="*", metavar="section.field=value",
+                        help="dotted overrides of the config, e.g. train.lr=3e-4 train.max_steps=100")
+
+
+def config_path(name: str) -> Path:
+    """A config argument as a file: a path, or a shipped config's name (with or without .yaml)."""
+    path = Path(name)
+    if path.is_file():
+        return path
+    shipped = CONFIG_DIR / (name if name.endswith(".yaml") else f"{name}.yaml")
+    if shipped.is_file():
+        return shipped
+    available = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+    raise FileNotFoundError(f"--config {name}: no such file, and no shipped config of that name ({available})")
+
+
+def run_stage(args, config_cls, stage_cls) -> int:
+    from .checkpoint import CheckpointError
+    from .config import load_config, to_dict
+    from .trainer import NonFiniteLossError, Trainer, init_distributed
+
+    try:
+        cfg = load_config(config_cls, config_path(args.config), args.overrides)
+    except (FileNotFoundError, ValueError) as exc:
+        log.error("%s", exc)
+        return 2
+    rank, _, _ = init_distributed()
+    stage = stage_cls(cfg, rank=rank)
+    trainer = Trainer(stage, cfg.train, to_dict(cfg))
+    try:
+        trainer.fit(resume=args.resume)
+    except KeyboardInterrupt:
+        log.warning("stopped by Ctrl-C; continue with --resume latest")
+        return 130
+    except (CheckpointError, NonFiniteLossError) as exc:
+        log.error("%s", exc)
+        return 1
+    if rank == 0:
+        print(f"final model: {Path(cfg.train.output_dir) / 'final'}")
+    return 0

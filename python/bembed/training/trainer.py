@@ -1,0 +1,312 @@
+"""The trainer core every stage shares: device, bf16 autocast on GPU, gradient accumulation, clipping,
+AdamW with linear warm-up and linear decay, tqdm progress, jsonl metrics, a loss-curve PNG, atomic
+checkpoints with exact resume, Ctrl-C → checkpoint, NaN/inf → stop, and data parallelism under torchrun.
+
+A stage supplies `model` (the trained nn.Module), `batch(index, rank, world, size) -> Batch` (rank-local
+micro-batch `index` of `size` rows) and `loss(tensors) -> (loss, metrics)`, plus `export(folder)`.
+Loss convention across ranks (the one `bembed_ext.contrastive_loss` uses): the mean of the rank losses is
+the loss of the global batch, and averaging the ranks' parameter gradients gives its gradient (gathers
+inside a loss sum gradients back to the owning rank). The trainer all-reduces gradients itself (one flat
+buffer per step, after the accumulation micro-batches), so accumulation needs no no_sync bookkeeping.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from . import checkpoint as ckpt
+from .config import TrainConfig
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or inf; the message names the step and the batch's source."""
+
+
+def init_distributed() -> tuple[int, int, int]:
+    """(rank, world_size, local_rank). Under torchrun (WORLD_SIZE > 1) initialise the default process group:
+    NCCL when CUDA is available, gloo otherwise."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        if backend == "nccl":
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group(backend)
+    if dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", dist.get_rank()))
+    return 0, 1, 0
+
+
+def lr_factor(step: int, warmup: int, total: int) -> float:
+    """Linear warm-up over `warmup` steps to 1, then linear decay to 0 at `total` (step counts from 0)."""
+    if step < warmup:
+        return (step + 1) / warmup
+    return max(0.0, (total - step) / max(1, total - warmup))
+
+
+class Trainer:
+    def __init__(self, stage, config: TrainConfig, full_config: dict | None = None):
+        self.stage, self.cfg = stage, config
+        self.full_config = full_config or {}
+        self.rank, self.world, local_rank = init_distributed()
+        if config.device:
+            self.device = torch.device(config.device)
+        else:
+            self.device = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+        micro = config.batch_size // config.grad_accum
+        if config.batch_size % config.grad_accum or micro % self.world:
+            raise ValueError(f"train.batch_size={config.batch_size} must split into train.grad_accum="
+                             f"{config.grad_accum} micro-batches, each divisible by world size {self.world}")
+        if config.max_steps < 1 or config.warmup_steps < 0:
+            raise ValueError("train.max_steps must be ≥ 1 and train.warmup_steps ≥ 0")
+        self.local_size = micro // self.world
+        self.model = stage.model.to(self.device)
+        if config.gradient_checkpointing and hasattr(self.model, "gradient_checkpointing_enable"):
+            self.model.gradient_checkpointing_enable()
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        decay = [p for p in self.params if p.dim() >= 2]
+        no_decay = [p for p in self.params if p.dim() < 2]  # biases and LayerNorm weights
+        self.optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=config.lr, betas=tuple(config.betas), eps=config.eps)
+        self.step = 0
+        self.out = Path(config.output_dir)
+        self.ckpt_root = self.out / "checkpoints"
+        self.autocast = self.device.type == "cuda" and config.bf16
+        self._sync_params()
+
+    # ------------------------------------------------------------------ distributed helpers
+    def _sync_params(self) -> None:
+        """Start every rank from rank 0's weights (fresh models are initialised from each rank's RNG)."""
+        if self.world > 1:
+            for tensor in self.model.state_dict().values():
+                dist.broadcast(tensor.data, src=0)
+
+    def _all_reduce_grads(self) -> None:
+        if self.world == 1:
+            return
+        # The same parameters have gradients on every rank (one model, one loss graph).
+        params = [p for p in self.params if p.grad is not None]
+        flat = torch.cat([p.grad.reshape(-1).float() for p in params])
+        dist.all_reduce(flat)  # SUM: gloo has no AVG
+        flat /= self.world
+        offset = 0
+        for p in params:
+            n = p.numel()
+            p.grad.copy_(flat[offset:offset + n].view_as(p))
+            offset += n
+
+    def _sum_across_ranks(self, values: list[float]) -> list[float]:
+        if self.world == 1:
+            return values
+        t = torch.tensor(values, dtype=torch.float64, device=self.device)
+        dist.all_reduce(t)
+        return t.tolist()
+
+    def _barrier(self) -> None:
+        if self.world > 1:
+            dist.barrier()
+
+    # ------------------------------------------------------------------ one optimizer step
+    def _to_device(self, tensors: dict) -> dict:
+        return {k: v.to(self.device, non_blocking=True) if isinstance(v, torch.Tensor) else v
+                for k, v in tensors.items()}
+
+    def train_step(self) -> dict:
+        """Accumulate grad_accum micro-batches, sync, clip, step. Returns the step's metrics."""
+        cfg = self.cfg
+        self.model.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss_sum, tokens, bad, sums = 0.0, 0, [], {}
+        for a in range(cfg.grad_accum):
+            index = self.step * cfg.grad_accum + a
+            batch = self.stage.batch(index, self.rank, self.world, self.local_size)
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.autocast):
+                loss, metrics = self.stage.loss(self._to_device(batch.tensors))
+            value = float(loss.detach())
+            if not math.isfinite(value):
+                bad.append(f"{batch.source} (micro-batch {index}, rank {self.rank})")
+            # backward even for a bad loss: a gather inside the loss is a collective every rank must join
+            (loss / cfg.grad_accum).backward()
+            loss_sum += value / cfg.grad_accum
+            tokens += batch.tokens
+            for k, v in metrics.items():
+                sums[k] = sums.get(k, 0.0) + float(v) / cfg.grad_accum
+        keys = sorted(sums)
+        reduced = self._sum_across_ranks([loss_sum, float(tokens), float(len(bad)), *[sums[k] for k in keys]])
+        if reduced[2] > 0:
+            where = "; ".join(bad) if bad else "on another rank"
+            raise NonFiniteLossError(f"loss is {loss_sum if bad else 'non-finite'} at step {self.step}: batch {where}")
+        self._all_reduce_grads()
+        grad_norm = None
+        if cfg.max_grad_norm:
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm))
+        lr = cfg.lr * lr_factor(self.step, cfg.warmup_steps, cfg.max_steps)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.optimizer.step()
+        self.step += 1
+        out = {"step": self.step, "loss": reduced[0] / self.world, "lr": lr, "tokens": int(reduced[1])}
+        out.update({k: v / self.world for k, v in zip(keys, reduced[3:])})
+        if grad_norm is not None:
+            out["grad_norm"] = grad_norm
+        return out
+
+    # ------------------------------------------------------------------ checkpoints
+    def save_checkpoint(self) -> Path | None:
+        from safetensors.torch import save_file
+
+        tmp = ckpt.temp_dir(self.ckpt_root, self.step)
+        if self.rank == 0:
+            if tmp.exists():
+                import shutil
+
+                shutil.rmtree(tmp)
+            tmp.mkdir(parents=True)
+        self._barrier()
+        tensors, meta = ckpt.rng_state()
+        save_file(tensors, str(tmp / f"rng-rank{self.rank}.safetensors"))
+        ckpt.write_json(tmp / f"rng-rank{self.rank}.json", meta)
+        final = None
+        if self.rank == 0:
+            save_file(ckpt._tensor_dict(self.model.state_dict()), str(tmp / "model.safetensors"))
+            opt_tensors, opt_meta = ckpt.optimizer_state(self.optimizer)
+            save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
+            ckpt.write_json(tmp / "state.json", {
+                "step": self.step, "micro_batches_done": self.step * self.cfg.grad_accum,
+                "schedule": {"kind": "linear_warmup_linear_decay", "lr": self.cfg.lr,
+                             "warmup_steps": self.cfg.warmup_steps, "max_steps": self.cfg.max_steps},
+                "optimizer": opt_meta, "world_size": self.world, "stage": type(self.stage).__name__,
+                "config": self.full_config})
+        self._barrier()
+        if self.rank == 0:
+            final = ckpt.finalize(self.ckpt_root, self.step, self.cfg.keep_last)
+            log.info("checkpoint written: %s", final)
+        self._barrier()
+        return final
+
+    def load_checkpoint(self, resume: str) -> None:
+        path = ckpt.resolve(resume, self.ckpt_root)
+        data = ckpt.read(path, self.rank)
+        missing, unexpected = self.model.load_state_dict(data["model"], strict=False)
+        if missing or unexpected:
+            raise ckpt.CheckpointError(f"checkpoint {path}: weights do not fit this model (missing {missing[:5]}, "
+                                       f"unexpected {unexpected[:5]})")
+        if hasattr(self.model, "tie_decoder"):
+            self.model.tie_decoder()
+        state = data["state"]
+        if state.get("stage") != type(self.stage).__name__:
+            raise ckpt.CheckpointError(f"checkpoint {path} was written by stage {state.get('stage')}, "
+                                       f"not {type(self.stage).__name__}")
+        try:
+            ckpt.load_optimizer_state(self.optimizer, data["optimizer"], state["optimizer"])
+        except (KeyError, ValueError) as exc:
+            raise ckpt.CheckpointError(f"checkpoint {path}: optimizer state does not fit ({exc})") from None
+        if state["micro_batches_done"] != state["step"] * self.cfg.grad_accum:
+            log.warning("resuming with grad_accum=%d (checkpoint used a different value): the data position "
+                        "follows the step count", self.cfg.grad_accum)
+        self.step = int(state["step"])
+        if "rng" in data:
+            ckpt.set_rng_state(data["rng"], data["rng_meta"])
+        log.info("resumed from %s at step %d", path, self.step)
+
+    # ------------------------------------------------------------------ the loop
+    def fit(self, resume: str | None = None) -> list[dict]:
+        """Train to cfg.max_steps; returns the metrics of the steps run. Ctrl-C writes a checkpoint and
+        re-raises KeyboardInterrupt."""
+        if resume:
+            self.load_checkpoint(resume)
+        if self.rank == 0:
+            self.out.mkdir(parents=True, exist_ok=True)
+            (self.out / "config.json").write_text(json.dumps(self.full_config, indent=1), encoding="utf-8")
+        history: list[dict] = []
+        bar = self._progress()
+        t0 = time.perf_counter()
+        try:
+            while self.step < self.cfg.max_steps:
+                metrics = self.train_step()
+                now = time.perf_counter()
+                metrics["tokens_per_s"] = metrics["tokens"] / max(now - t0, 1e-9)
+                t0 = now
+                history.append(metrics)
+                self._log(metrics, bar)
+                if self.cfg.save_every and self.step % self.cfg.save_every == 0 and self.step < self.cfg.max_steps:
+                    self.save_checkpoint()
+        except KeyboardInterrupt:
+            log.warning("interrupted at step %d: writing a checkpoint", self.step)
+            self.save_checkpoint()
+            raise
+        finally:
+            if bar is not None:
+                bar.close()
+        self.save_checkpoint()
+        if self.rank == 0:
+            self.stage.export(self.out / "final")
+            log.info("final model written to %s", self.out / "final")
+            plot_losses(self.out / "metrics.jsonl", self.out / "loss.png")
+        self._barrier()
+        return history
+
+    def _progress(self):
+        if self.rank != 0 or not self.cfg.progress:
+            return None
+        from tqdm.auto import tqdm
+
+        return tqdm(total=self.cfg.max_steps, initial=self.step, desc=type(self.stage).__name__, unit="step")
+
+    def _log(self, metrics: dict, bar) -> None:
+        if self.rank != 0:
+            return
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{metrics['loss']:.4f}", tok_s=f"{metrics['tokens_per_s']:.0f}")
+        if self.step % max(1, self.cfg.log_every) == 0 or self.step == self.cfg.max_steps:
+            self.out.mkdir(parents=True, exist_ok=True)
+            with open(self.out / "metrics.jsonl", "a", encoding="utf-8") as f:
+                f.write(json.dumps(metrics) + "\n")
+            if bar is None:
+                log.info("step %d loss %.4f lr %.2e tok/s %.0f", self.step, metrics["loss"], metrics["lr"],
+                         metrics["tokens_per_s"])
+
+
+def plot_losses(metrics_path: Path, png_path: Path) -> Path | None:
+    """Plot every loss-like column of metrics.jsonl against the step (the last record of a step wins, so
+    a resumed run draws one curve). Skips with a log line when matplotlib is missing."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        log.info("matplotlib is not installed: no loss plot (metrics are in %s)", metrics_path)
+        return None
+    if not Path(metrics_path).is_file():
+        return None
+    records: dict[int, dict] = {}
+    for line in Path(metrics_path).read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            record = json.loads(line)
+            records[record["step"]] = record
+    steps = sorted(records)
+    keys = sorted({k for r in records.values() for k in r if "loss" in k})
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for key in keys:
+        points = [(s, records[s][key]) for s in steps if key in records[s]]
+        ax.plot([p[0] for p in points], [p[1] for p in points], label=key)
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(png_path, dpi=100)
+    plt.close(fig)
+    return Path(png_path)
