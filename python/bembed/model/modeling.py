@@ -276,6 +276,8 @@ class JinaBertModel(JinaBertPreTrainedModel):
                        output_hidden_states: bool = False):
         """The unpadded encoder: input_ids (T,) packed by cu_seqlens (B+1,) int32 -> (T, hidden), and the
         per-layer states when output_hidden_states. Always the fused "bembed" path."""
+        if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 1:
+            raise ValueError("forward_packed: input_ids must be a packed (T,) tensor")
         self._check_attention_dropout()
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
