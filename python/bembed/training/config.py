@@ -154,8 +154,12 @@ def _build(cls, value, where: str):
     if origin is typing.Union or type(cls).__name__ == "UnionType":
         args = [a for a in typing.get_args(cls) if a is not type(None)]
         return None if value is None else _build(args[0], value, where)
-    if cls is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
+    if cls is float and not isinstance(value, bool):
+        # YAML 1.1 reads "3e-4" (no dot) as a string: accept any number spelled as one
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"config {where}: expected float, got {value!r}") from None
     if cls in (int, str, bool) and not isinstance(value, cls) or (cls is int and isinstance(value, bool)):
         raise ValueError(f"config {where}: expected {cls.__name__}, got {value!r}")
     if cls is dict and not isinstance(value, dict):

@@ -8,10 +8,15 @@ from __future__ import annotations
 import torch
 
 
-def _check(cos: torch.Tensor, gold: torch.Tensor, name: str) -> None:
+def _check(cos: torch.Tensor, gold: torch.Tensor, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and gold in a common dtype of at least float32 (float64 stays float64, for gradcheck)."""
+    if not isinstance(cos, torch.Tensor) or not isinstance(gold, torch.Tensor):
+        raise TypeError(f"{name}: cos and gold must be tensors")
     if cos.dim() != 1 or gold.shape != cos.shape:
         raise ValueError(f"{name}: cos and gold must be (B,) of one shape, got {tuple(cos.shape)} and "
                          f"{tuple(gold.shape)}")
+    dtype = torch.promote_types(cos.dtype, torch.float32)
+    return cos.to(dtype), gold.to(cos.device, dtype)
 
 
 class PearsonLoss:
@@ -19,15 +24,13 @@ class PearsonLoss:
     and offset of the gold scores. Undefined for constant gold scores or fewer than 3 rows (ValueError)."""
 
     def __call__(self, cos: torch.Tensor, gold: torch.Tensor) -> torch.Tensor:
-        _check(cos, gold, "PearsonLoss")
+        cos, gold = _check(cos, gold, "PearsonLoss")
         if cos.shape[0] < 3:
             raise ValueError(f"PearsonLoss: needs at least 3 rows, got {cos.shape[0]}")
-        gold = gold.to(torch.float32)
         g = gold - gold.mean()
         if float(g.abs().max()) == 0.0:
             raise ValueError("PearsonLoss: the gold scores of the batch are constant; the correlation is undefined")
-        c = cos.to(torch.float32)
-        c = c - c.mean()
+        c = cos - cos.mean()
         return -(c * g).sum() / (c.norm() * g.norm()).clamp(min=1e-12)
 
 
@@ -40,8 +43,8 @@ class MSELoss:
         self.score_max = score_max
 
     def __call__(self, cos: torch.Tensor, gold: torch.Tensor) -> torch.Tensor:
-        _check(cos, gold, "MSELoss")
-        return ((cos.to(torch.float32) - gold.to(torch.float32) / self.score_max) ** 2).mean()
+        cos, gold = _check(cos, gold, "MSELoss")
+        return ((cos - gold / self.score_max) ** 2).mean()
 
 
 class CoSENTLoss:
@@ -52,8 +55,8 @@ class CoSENTLoss:
         self.scale = scale
 
     def __call__(self, cos: torch.Tensor, gold: torch.Tensor) -> torch.Tensor:
-        _check(cos, gold, "CoSENTLoss")
-        cos = cos.to(torch.float32) * self.scale
+        cos, gold = _check(cos, gold, "CoSENTLoss")
+        cos = cos * self.scale
         diff = cos[None, :] - cos[:, None]  # diff[i, j] = λ(cos_j − cos_i)
         wrong = gold[:, None] > gold[None, :]
         diff = diff.masked_fill(~wrong, float("-inf"))

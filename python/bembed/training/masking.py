@@ -22,14 +22,15 @@ def whole_word_mask(input_ids: torch.Tensor, word_ids: torch.Tensor, *, mask_pro
     if not 0.0 < mask_prob < 1.0:
         raise ValueError(f"whole_word_mask: mask_prob must be in (0, 1), got {mask_prob}")
     labels = torch.full_like(input_ids, -100)
-    n_words = int(word_ids.max()) + 1 if word_ids.numel() and int(word_ids.max()) >= 0 else 0
-    if n_words == 0:
+    # word ids need not be dense (the id of a special token's own "word" is unused): pick among present ones
+    present = torch.unique(word_ids[word_ids >= 0])
+    if present.numel() == 0:
         return input_ids.clone(), labels
-    k = max(1, round(n_words * mask_prob))
-    picked = torch.randperm(n_words, generator=generator)[:k]
+    k = max(1, round(present.numel() * mask_prob))
+    picked = present[torch.randperm(present.numel(), generator=generator)[:k]]
     # per word: 0 → <mask> (80%), 1 → random token (10%), 2 → unchanged (10%)
     action = torch.bucketize(torch.rand(k, generator=generator), torch.tensor([0.8, 0.9]))
-    word_action = torch.full((n_words,), -1, dtype=torch.long)
+    word_action = torch.full((int(present.max()) + 1,), -1, dtype=torch.long)
     word_action[picked] = action
     token_action = torch.where(word_ids >= 0, word_action[word_ids.clamp(min=0)], torch.full_like(word_ids, -1))
     chosen = token_action >= 0

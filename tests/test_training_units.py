@@ -1,0 +1,185 @@
+"""Training building blocks: configs, whole-word masking, STS losses, the schedule, batching."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from bembed.tokenizer import word_ids, word_start_table
+from bembed.training import batching
+from bembed.training.config import PairsRun, PretrainRun, TrainConfig, load_config
+from bembed.training.losses import CoSENTLoss, MSELoss, PearsonLoss, sts_loss
+from bembed.training.masking import whole_word_mask
+from bembed.training.run import CONFIG_DIR, config_path
+from bembed.training.trainer import lr_factor
+
+import training_utils as U
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tmp_path_factory):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(U.tokenizer_dir(tmp_path_factory.mktemp("tok")))
+
+
+# ---------------------------------------------------------------------------- configs
+def test_config_yaml_and_dotted_overrides(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  lr: 1.0e-3\n  max_steps: 7\ndata:\n  train:\n    - path: a.jsonl\n      lang: en\n")
+    cfg = load_config(PretrainRun, path, ["train.lr=3e-4", "mlm.mask_prob=0.15", "train.betas=[0.9, 0.999]",
+                                          "model.config={hidden_size: 32}"])
+    assert cfg.train.lr == pytest.approx(3e-4) and cfg.train.max_steps == 7
+    assert cfg.mlm.mask_prob == 0.15 and cfg.train.betas == (0.9, 0.999)
+    assert cfg.data.train[0].path == "a.jsonl" and cfg.data.train[0].lang == "en"
+    assert cfg.model.config == {"hidden_size": 32}
+    assert cfg.train.weight_decay == TrainConfig().weight_decay  # untouched default
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.lrr=1", "unknown key"), ("mlm.mask_prob=x", "expected float"), ("train.max_steps=1.5", "expected int"),
+    ("train", "section.field=value"), ("pairs.temperature=1", "unknown key"),
+])
+def test_config_rejects_bad_overrides(override, message):
+    with pytest.raises(ValueError, match=message):
+        load_config(PretrainRun, None, [override])
+
+
+def test_shipped_configs_load():
+    names = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+    stages = {"pretrain": PretrainRun, "pairs": PairsRun}
+    from bembed.training.config import AlignRun, MultitaskRun
+
+    stages.update(multitask=MultitaskRun, align=AlignRun)
+    for stage, cls in stages.items():
+        for size in ("tiny", "base"):
+            assert f"{stage}_{size}" in names
+            cfg = load_config(cls, config_path(f"{stage}_{size}"))
+            assert cfg.data.train, f"{stage}_{size} names no data"
+    with pytest.raises(FileNotFoundError, match="no shipped config"):
+        config_path("no_such_config")
+
+
+# ---------------------------------------------------------------------------- masking
+def _mask_batch(tokenizer, texts, seed=0, prob=0.3):
+    table = word_start_table(tokenizer)
+    specials = sorted(set(tokenizer.all_special_ids))
+    random_ids = torch.tensor([i for i in range(len(tokenizer)) if i not in specials])
+    out = []
+    for n, text in enumerate(texts):
+        ids = torch.tensor(tokenizer(text)["input_ids"])
+        words = word_ids(ids, table, specials)
+        masked, labels = whole_word_mask(ids, words, mask_prob=prob, mask_id=tokenizer.mask_token_id,
+                                         random_ids=random_ids, generator=batching.generator(seed, n))
+        out.append((ids, words, masked, labels))
+    return out, specials
+
+
+def test_whole_word_masking_never_splits_words_nor_masks_specials(tokenizer):
+    rng = random.Random(0)
+    # long invented words split into several BPE pieces: a split word would show up here
+    texts = [" ".join(U.sentence(U.EN + U.DE + ["Donaudampfschifffahrt", "unbelievably"], rng, 20)) for _ in range(50)]
+    results, specials = _mask_batch(tokenizer, texts)
+    multi_piece_words = 0
+    for ids, words, masked, labels in results:
+        chosen = labels != -100
+        for w in words.unique().tolist():
+            if w < 0:
+                continue
+            in_word = words == w
+            multi_piece_words += int(in_word.sum() > 1)
+            assert chosen[in_word].all() or not chosen[in_word].any(), "a word was partly masked"
+        special = torch.isin(ids, torch.tensor(specials))
+        assert not chosen[special].any() and torch.equal(masked[special], ids[special])
+        assert torch.equal(labels[chosen], ids[chosen])
+        assert torch.equal(masked[~chosen], ids[~chosen])
+        n_words = len(words[words >= 0].unique())
+        assert chosen.any()
+        assert abs(len(words[chosen].unique()) / n_words - 0.3) <= 0.5 / n_words + 1e-9  # round(0.3·n) words
+    assert multi_piece_words > 50  # the test really covers multi-token words
+
+
+def test_whole_word_masking_80_10_10(tokenizer):
+    rng = random.Random(1)
+    texts = [" ".join(U.sentence(U.EN, rng, 30)) for _ in range(200)]
+    results, _ = _mask_batch(tokenizer, texts, seed=3)
+    actions = {"mask": 0, "keep": 0, "other": 0}
+    for ids, words, masked, labels in results:
+        for w in words[labels != -100].unique().tolist():
+            tokens = masked[words == w]
+            if (tokens == tokenizer.mask_token_id).all():
+                actions["mask"] += 1
+            elif torch.equal(tokens, ids[words == w]):
+                actions["keep"] += 1
+            else:
+                actions["other"] += 1
+    total = sum(actions.values())
+    assert total > 1500
+    assert abs(actions["mask"] / total - 0.8) < 0.04
+    assert abs(actions["keep"] / total - 0.1) < 0.03  # random draws that hit the same token are rare
+    assert abs(actions["other"] / total - 0.1) < 0.03
+
+
+def test_whole_word_masking_bad_input():
+    g = torch.Generator()
+    with pytest.raises(ValueError, match="mask_prob"):
+        whole_word_mask(torch.zeros(4, dtype=torch.long), torch.zeros(4, dtype=torch.long), mask_prob=1.5,
+                        mask_id=4, random_ids=torch.arange(5, 10), generator=g)
+    with pytest.raises(ValueError, match="same shape|one shape"):
+        whole_word_mask(torch.zeros(4, dtype=torch.long), torch.zeros(3, dtype=torch.long), mask_prob=0.3,
+                        mask_id=4, random_ids=torch.arange(5, 10), generator=g)
+
+
+# ---------------------------------------------------------------------------- STS losses
+def test_pearson_loss_is_negative_pearson():
+    cos = torch.rand(17, dtype=torch.float64) * 2 - 1
+    gold = torch.rand(17, dtype=torch.float64) * 5
+    expected = -np.corrcoef(cos.numpy(), gold.numpy())[0, 1]
+    assert float(PearsonLoss()(cos, gold)) == pytest.approx(expected, abs=1e-12)
+    # invariant to the gold scale and offset; perfect order gives −1
+    assert float(PearsonLoss()(cos, 3 * gold + 7)) == pytest.approx(expected, abs=1e-12)
+    assert float(PearsonLoss()(cos, 2 * cos + 1)) == pytest.approx(-1.0, abs=1e-12)
+    cos.requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda c: PearsonLoss()(c, gold), (cos,))
+
+
+def test_pearson_loss_rejects_constant_gold_and_small_batches():
+    with pytest.raises(ValueError, match="constant"):
+        PearsonLoss()(torch.rand(8), torch.full((8,), 2.5))
+    with pytest.raises(ValueError, match="at least 3"):
+        PearsonLoss()(torch.rand(2), torch.tensor([0.0, 1.0]))
+    with pytest.raises(ValueError, match="one shape"):
+        PearsonLoss()(torch.rand(5), torch.rand(4))
+
+
+def test_mse_and_cosent_losses():
+    cos = torch.rand(9, dtype=torch.float64)
+    gold = torch.tensor([0, 1, 2, 3, 4, 5, 1, 2, 3], dtype=torch.float64)
+    assert float(MSELoss(5.0)(cos, gold)) == pytest.approx(float(((cos - gold / 5) ** 2).mean()))
+    terms = [float(torch.exp(20 * (cos[j] - cos[i]))) for i in range(9) for j in range(9) if gold[i] > gold[j]]
+    assert float(CoSENTLoss(20.0)(cos, gold)) == pytest.approx(float(np.log1p(sum(terms))), rel=1e-10)
+    ordered = torch.linspace(-1, 1, 9, dtype=torch.float64)
+    assert float(CoSENTLoss(20.0)(ordered, ordered)) < float(CoSENTLoss(20.0)(-ordered, ordered))
+    assert sts_loss("none") is None
+    with pytest.raises(ValueError, match="sts_loss"):
+        sts_loss("pearsn")
+
+
+# ---------------------------------------------------------------------------- schedule and batching
+def test_lr_schedule_warmup_then_linear_decay():
+    factors = [lr_factor(s, 4, 10) for s in range(10)]
+    assert factors[:4] == [0.25, 0.5, 0.75, 1.0]
+    assert factors[4:] == pytest.approx([1.0, 5 / 6, 4 / 6, 3 / 6, 2 / 6, 1 / 6])
+
+
+def test_epoch_batches_cover_the_data_and_shards_partition():
+    seen = [i for k in range(5) for i in batching.epoch_indices(23, 4, k, seed=1)]
+    assert len(set(seen)) == 20  # one epoch: 5 disjoint batches (3 rows dropped)
+    assert batching.epoch_indices(23, 4, 5, seed=1) != batching.epoch_indices(23, 4, 0, seed=1)  # next epoch reshuffles
+    rows = batching.epoch_indices(23, 8, 2, seed=0)
+    assert batching.shard(rows, 0, 2) + batching.shard(rows, 1, 2) == rows
+    with pytest.raises(ValueError, match="fewer than one"):
+        batching.epoch_indices(3, 4, 0, seed=0)
