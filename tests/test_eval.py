@@ -78,8 +78,10 @@ def test_retrieval_passes_query_and_document_prompts():
     assert set(recorder.prompts) == {"query", "document"}
     assert result["scores"]["BembedRetrieval.en-en"] == pytest.approx(1.0)
     recorder.prompts.clear()
-    evaluate_encoder(recorder, [sts_task([{"sentence1": "a b", "sentence2": "a c", "score": 1.0}] * 2, "en-de",
-                                         TaskSizes())])
+    sts_rows = [{"sentence1": "a b c", "sentence2": "a b d", "score": 4.0},
+                {"sentence1": "x y z", "sentence2": "p q r", "score": 0.0},
+                {"sentence1": "k l m", "sentence2": "k l n o", "score": 2.0}]
+    evaluate_encoder(recorder, [sts_task(sts_rows, "en-de", TaskSizes())])
     assert set(recorder.prompts) == {None}
 
 
