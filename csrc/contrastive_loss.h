@@ -107,7 +107,7 @@ inline ContrastivePlan make_contrastive_plan(int64_t M, int64_t K, int64_t dim, 
   return plan;
 }
 
-// Kernels supplies, for a strip S (nr × nc raw dot products, contiguous, acc_t = float or double):
+// A Kernels object supplies, for a strip S (nr × nc raw dot products, contiguous, acc_t = float or double):
 //   scores(S, q_rows, d_cols)          S = q_rows · d_colsᵀ (in acc_t)
 //   row_stats(S, nr, nc, inv_tau, lr0, nl, M, L)
 //        online update of running max M and sum L (length nl, this rank's queries) with rows lr0..lr0+nl-1
@@ -115,19 +115,21 @@ inline ContrastivePlan make_contrastive_plan(int64_t M, int64_t K, int64_t dim, 
 //   scores_to_grad(S, nr, nc, inv_tau, lr0, nl, row_lse, col_lse|nullptr, coef, diag_row, diag_col, ndiag, w)
 //        S ← coef·(exp(S/τ − row_lse) on local rows + exp(S/τ − col_lse) when col_lse), then subtract coef·w
 //        on the ndiag diagonal entries (diag_row + t, diag_col + t) (the positives)
-//   grad_operand(S)                    the tensor used as dL/dS in the gradient GEMMs
+//   grad_operand(S)                    the tensor used as dL/dS in the gradient GEMMs (S, or a copy in the
+//                                      input dtype that scores_to_grad wrote)
 //   accumulate(C, A, B)                C += A·B (C in acc_t)
-//   acc_dtype(scalar type)
+//   acc_dtype(scalar type), budget     accumulation dtype; scores per strip
 template <class Kernels>
 std::tuple<at::Tensor, at::Tensor, at::Tensor> contrastive_forward(const at::Tensor& queries,
                                                                    const at::Tensor& documents, double temperature,
                                                                    bool bidirectional, int64_t world_size,
-                                                                   int64_t rank, int64_t budget) {
+                                                                   int64_t rank, Kernels& kernels) {
   const auto q = queries.contiguous();
   const auto d = documents.contiguous();
-  const auto plan = make_contrastive_plan(q.size(0), d.size(0), q.size(1), bidirectional, world_size, rank, budget);
+  const auto plan =
+      make_contrastive_plan(q.size(0), d.size(0), q.size(1), bidirectional, world_size, rank, kernels.budget);
   const int64_t B = plan.B, o = plan.offset;
-  const auto acc = Kernels::acc_dtype(q.scalar_type());
+  const auto acc = kernels.acc_dtype(q.scalar_type());
   const auto acc_opts = q.options().dtype(acc);
   const double inv_tau = 1.0 / temperature;
 
@@ -137,9 +139,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> contrastive_forward(const at::Ten
   auto buffer = at::empty({plan.max_strip_elems}, acc_opts);
   for (const auto& strip : plan.strips) {
     auto S = buffer.narrow(0, 0, strip.nr * strip.nc).view({strip.nr, strip.nc});
-    Kernels::scores(S, q.narrow(0, strip.r0, strip.nr), d.narrow(0, strip.k0, strip.nc));
-    Kernels::row_stats(S, strip.nr, strip.nc, inv_tau, o - strip.r0, B, running_max, running_sum);
-    if (strip.column_anchors) Kernels::column_lse(S, strip.nr, strip.nc, inv_tau, d_lse.narrow(0, strip.k0 - o, strip.nc));
+    kernels.scores(S, q.narrow(0, strip.r0, strip.nr), d.narrow(0, strip.k0, strip.nc));
+    kernels.row_stats(S, strip.nr, strip.nc, inv_tau, o - strip.r0, B, running_max, running_sum);
+    if (strip.column_anchors) {
+      kernels.column_lse(S, strip.nr, strip.nc, inv_tau, d_lse.narrow(0, strip.k0 - o, strip.nc));
+    }
   }
   auto q_lse = running_max + running_sum.log();
   // Positive scores s_ii, i ∈ [o, o+B), as B batched dot products (no B×D temporary).
@@ -156,12 +160,13 @@ std::tuple<at::Tensor, at::Tensor> contrastive_backward(const at::Tensor& grad_l
                                                         const at::Tensor& documents, const at::Tensor& q_lse,
                                                         const at::Tensor& d_lse, double temperature,
                                                         bool bidirectional, int64_t world_size, int64_t rank,
-                                                        int64_t budget) {
+                                                        Kernels& kernels) {
   const auto q = queries.contiguous();
   const auto d = documents.contiguous();
-  const auto plan = make_contrastive_plan(q.size(0), d.size(0), q.size(1), bidirectional, world_size, rank, budget);
+  const auto plan =
+      make_contrastive_plan(q.size(0), d.size(0), q.size(1), bidirectional, world_size, rank, kernels.budget);
   const int64_t B = plan.B, o = plan.offset;
-  const auto acc = Kernels::acc_dtype(q.scalar_type());
+  const auto acc = kernels.acc_dtype(q.scalar_type());
   const auto acc_opts = q.options().dtype(acc);
   const double inv_tau = 1.0 / temperature;
   const auto row_lse = q_lse.to(acc).contiguous();
@@ -176,7 +181,7 @@ std::tuple<at::Tensor, at::Tensor> contrastive_backward(const at::Tensor& grad_l
     auto S = buffer.narrow(0, 0, strip.nr * strip.nc).view({strip.nr, strip.nc});
     const auto q_rows = q.narrow(0, strip.r0, strip.nr);
     const auto d_cols = d.narrow(0, strip.k0, strip.nc);
-    Kernels::scores(S, q_rows, d_cols);
+    kernels.scores(S, q_rows, d_cols);
     // Positives (i, i) for this rank's queries i that fall in this strip's columns.
     const int64_t diag_begin = std::max({o, strip.k0, strip.r0});
     const int64_t diag_end = std::min({o + B, strip.k0 + strip.nc, strip.r0 + strip.nr});
@@ -185,14 +190,14 @@ std::tuple<at::Tensor, at::Tensor> contrastive_backward(const at::Tensor& grad_l
     const double weight = strip.column_anchors ? 2.0 : 1.0;
     at::Tensor col_slice;
     if (strip.column_anchors) col_slice = col_lse.narrow(0, strip.k0 - o, strip.nc);
-    Kernels::scores_to_grad(S, strip.nr, strip.nc, inv_tau, o - strip.r0, B, row_lse,
+    kernels.scores_to_grad(S, strip.nr, strip.nc, inv_tau, o - strip.r0, B, row_lse,
                             strip.column_anchors ? &col_slice : nullptr, coef, diag_begin - strip.r0,
                             diag_begin - strip.k0, ndiag, weight);
-    const auto dS = Kernels::grad_operand(S);
+    const auto dS = kernels.grad_operand(S);
     auto grad_q_rows = grad_q.narrow(0, strip.r0, strip.nr);
     auto grad_d_cols = grad_d.narrow(0, strip.k0, strip.nc);
-    Kernels::accumulate(grad_q_rows, dS, d_cols);
-    Kernels::accumulate(grad_d_cols, dS.t(), q_rows);
+    kernels.accumulate(grad_q_rows, dS, d_cols);
+    kernels.accumulate(grad_d_cols, dS.t(), q_rows);
   }
   const auto g = grad_loss.to(acc);
   grad_q.mul_(g);

@@ -92,7 +92,11 @@ void scores_to_grad_kernel(T* S, int64_t nr, int64_t nc, T inv_tau, int64_t lr0,
   for (int64_t t = 0; t < ndiag; ++t) S[(diag_row + t) * nc + diag_col + t] -= coef * weight;
 }
 
+// ~4M scores (16 MB in float32) per strip: at B = 4096 that is 1024 documents, wide enough for MKL to run
+// near its full-GEMM speed, and the elementwise passes stream it from L3.
 struct CpuKernels {
+  int64_t budget = int64_t(1) << 22;
+
   static at::ScalarType acc_dtype(at::ScalarType dtype) { return dtype; }
 
   static void scores(at::Tensor& S, const at::Tensor& q_rows, const at::Tensor& d_cols) {
@@ -131,9 +135,6 @@ struct CpuKernels {
   static void accumulate(at::Tensor& C, const at::Tensor& A, const at::Tensor& B) { C.addmm_(A, B); }
 };
 
-// ~4M scores (16 MB in float32) per strip: at B = 4096 that is 1024 documents, wide enough for MKL to run
-// near its full-GEMM speed, and the elementwise passes stream it from L3.
-constexpr int64_t kCpuStripBudget = int64_t(1) << 22;
 constexpr auto kCpuDtypes = {at::kFloat, at::kDouble};
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> contrastive_loss_fwd_cpu(const at::Tensor& queries,
@@ -143,8 +144,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> contrastive_loss_fwd_cpu(const at
   constexpr const char* op = "bembed.contrastive_loss_fwd";
   check_contrastive_inputs(queries, documents, temperature, world_size, rank, op);
   check_dtype(queries, op, "queries", kCpuDtypes);
-  return contrastive_forward<CpuKernels>(queries, documents, temperature, bidirectional, world_size, rank,
-                                         kCpuStripBudget);
+  CpuKernels kernels;
+  return contrastive_forward(queries, documents, temperature, bidirectional, world_size, rank, kernels);
 }
 
 std::tuple<at::Tensor, at::Tensor> contrastive_loss_bwd_cpu(const at::Tensor& grad_loss, const at::Tensor& queries,
@@ -155,8 +156,9 @@ std::tuple<at::Tensor, at::Tensor> contrastive_loss_bwd_cpu(const at::Tensor& gr
   check_contrastive_inputs(queries, documents, temperature, world_size, rank, op);
   check_dtype(queries, op, "queries", kCpuDtypes);
   check_contrastive_saved(grad_loss, queries, q_lse, d_lse, bidirectional, world_size, op);
-  return contrastive_backward<CpuKernels>(grad_loss, queries, documents, q_lse, d_lse, temperature, bidirectional,
-                                          world_size, rank, kCpuStripBudget);
+  CpuKernels kernels;
+  return contrastive_backward(grad_loss, queries, documents, q_lse, d_lse, temperature, bidirectional, world_size,
+                              rank, kernels);
 }
 
 }  // namespace

@@ -1,0 +1,128 @@
+// Fused InfoNCE on CUDA: the strip driver of ../contrastive_loss.h with cuBLAS strip GEMMs (fp16/bf16
+// inputs on tensor cores with float32 scores, mm.dtype) and the elementwise passes of contrastive_loss.cu.
+// Statistics and gradient accumulators are float32; dL/dS is written in the input dtype for the two
+// gradient GEMMs.
+#include <ATen/ops/empty.h>
+#include <ATen/ops/mm.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include "../contrastive_loss.h"
+#include "contrastive_loss.cuh"
+#include "launch.h"
+
+namespace bembed {
+namespace {
+
+constexpr auto kCudaDtypes = {at::kFloat, at::kHalf, at::kBFloat16};
+
+struct CudaKernels {
+  // 2^28 float32 scores (1 GiB) per strip: at B = 131072 that is 2048 documents, a GEMM wide enough to
+  // keep the tensor cores busy.
+  int64_t budget = int64_t(1) << 28;
+  at::ScalarType dtype;
+  cuda::DType kernel_out_dtype;
+  at::Tensor grad_buffer;  // dL/dS in the input dtype (fp16/bf16 inputs only)
+  at::Tensor partial;      // column (max, sum) partials
+
+  explicit CudaKernels(const at::Tensor& queries)
+      : dtype(queries.scalar_type()), kernel_out_dtype(kernel_dtype(queries)) {}
+
+  static at::ScalarType acc_dtype(at::ScalarType) { return at::kFloat; }
+
+  static cudaStream_t stream() { return c10::cuda::getCurrentCUDAStream(); }
+
+  void scores(at::Tensor& S, const at::Tensor& q_rows, const at::Tensor& d_cols) const {
+    if (dtype == at::kFloat) {
+      at::mm_out(S, q_rows, d_cols.t());
+    } else {
+      at::mm_out(S, q_rows, d_cols.t(), at::kFloat);
+    }
+  }
+
+  void row_stats(const at::Tensor& S, int64_t, int64_t nc, double inv_tau, int64_t lr0, int64_t nl,
+                 at::Tensor& running_max, at::Tensor& running_sum) const {
+    check_launch(cuda::contrastive_row_stats(S.const_data_ptr<float>(), nc, static_cast<float>(inv_tau), lr0, nl,
+                                             running_max.mutable_data_ptr<float>(),
+                                             running_sum.mutable_data_ptr<float>(), stream()),
+                 "bembed.contrastive_loss_fwd");
+  }
+
+  void column_lse(const at::Tensor& S, int64_t nr, int64_t nc, double inv_tau, at::Tensor lse) {
+    const int64_t needed = 2 * cuda::contrastive_column_chunks(nr) * nc;
+    if (!partial.defined() || partial.numel() < needed) partial = at::empty({needed}, S.options());
+    check_launch(cuda::contrastive_column_lse(S.const_data_ptr<float>(), nr, nc, static_cast<float>(inv_tau),
+                                              partial.mutable_data_ptr<float>(), lse.mutable_data_ptr<float>(),
+                                              stream()),
+                 "bembed.contrastive_loss_fwd");
+  }
+
+  void scores_to_grad(at::Tensor& S, int64_t nr, int64_t nc, double inv_tau, int64_t lr0, int64_t nl,
+                      const at::Tensor& row_lse, const at::Tensor* col_lse, double coef, int64_t diag_row,
+                      int64_t diag_col, int64_t ndiag, double weight) {
+    void* out = S.mutable_data_ptr();
+    if (dtype != at::kFloat) {
+      if (!grad_buffer.defined() || grad_buffer.numel() < nr * nc) {
+        grad_buffer = at::empty({nr * nc}, S.options().dtype(dtype));
+      }
+      grad_view = grad_buffer.narrow(0, 0, nr * nc).view({nr, nc});
+      out = grad_view.mutable_data_ptr();
+    }
+    check_launch(cuda::contrastive_scores_to_grad(S.const_data_ptr<float>(), out, kernel_out_dtype, nr, nc,
+                                                  static_cast<float>(inv_tau), lr0, nl, row_lse.const_data_ptr<float>(),
+                                                  col_lse ? col_lse->const_data_ptr<float>() : nullptr,
+                                                  static_cast<float>(coef), diag_row, diag_col, ndiag,
+                                                  static_cast<float>(weight), stream()),
+                 "bembed.contrastive_loss_bwd");
+  }
+
+  at::Tensor grad_operand(const at::Tensor& S) const { return dtype == at::kFloat ? S : grad_view; }
+
+  // C (float32) += A·B with A, B in the input dtype: fp32-output GEMM, then an add.
+  void accumulate(at::Tensor& C, const at::Tensor& A, const at::Tensor& B) const {
+    if (dtype == at::kFloat) {
+      C.addmm_(A, B);
+    } else {
+      C.add_(at::mm(A, B, at::kFloat));
+    }
+  }
+
+ private:
+  at::Tensor grad_view;
+};
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> contrastive_loss_fwd_cuda(const at::Tensor& queries,
+                                                                         const at::Tensor& documents,
+                                                                         double temperature, bool bidirectional,
+                                                                         int64_t world_size, int64_t rank) {
+  constexpr const char* op = "bembed.contrastive_loss_fwd";
+  check_contrastive_inputs(queries, documents, temperature, world_size, rank, op);
+  check_dtype(queries, op, "queries", kCudaDtypes);
+  const c10::cuda::CUDAGuard guard(queries.device());
+  CudaKernels kernels(queries);
+  return contrastive_forward(queries, documents, temperature, bidirectional, world_size, rank, kernels);
+}
+
+std::tuple<at::Tensor, at::Tensor> contrastive_loss_bwd_cuda(const at::Tensor& grad_loss, const at::Tensor& queries,
+                                                             const at::Tensor& documents, const at::Tensor& q_lse,
+                                                             const at::Tensor& d_lse, double temperature,
+                                                             bool bidirectional, int64_t world_size, int64_t rank) {
+  constexpr const char* op = "bembed.contrastive_loss_bwd";
+  check_contrastive_inputs(queries, documents, temperature, world_size, rank, op);
+  check_dtype(queries, op, "queries", kCudaDtypes);
+  check_contrastive_saved(grad_loss, queries, q_lse, d_lse, bidirectional, world_size, op);
+  const c10::cuda::CUDAGuard guard(queries.device());
+  CudaKernels kernels(queries);
+  return contrastive_backward(grad_loss, queries, documents, q_lse, d_lse, temperature, bidirectional, world_size,
+                              rank, kernels);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(bembed, CUDA, m) {
+  m.impl("contrastive_loss_fwd", &contrastive_loss_fwd_cuda);
+  m.impl("contrastive_loss_bwd", &contrastive_loss_bwd_cuda);
+}
+
+}  // namespace bembed
