@@ -136,3 +136,15 @@ def test_bembed_eval_cli_on_fake_build(tmp_path, capsys):
     saved = json.loads((tmp_path / "res" / "results.json").read_text())
     assert saved["results"][0]["model"] == "char-ngram-hashing" and saved["settings"]["max_items"] == 50
     assert (tmp_path / "res" / "results.png").is_file()
+
+
+def test_model_folder_loading_errors(tmp_path):
+    from bembed.commands.eval import load_model_encoder
+
+    with pytest.raises(FileNotFoundError, match="--model"):
+        load_model_encoder(str(tmp_path / "missing"))
+    try:
+        import bembed.encode  # noqa: F401
+    except ImportError:
+        with pytest.raises(RuntimeError, match="sentence-transformers folder"):
+            load_model_encoder(str(tmp_path))

@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import importlib
 import json
-import logging
 from pathlib import Path
-
-log = logging.getLogger(__name__)
 
 
 def add_arguments(parser) -> None:

@@ -13,8 +13,11 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import logging
 import random
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 ISO = {"en": "eng-Latn", "de": "deu-Latn", "es": "spa-Latn"}
 
@@ -133,11 +136,8 @@ def retrieval_task(rows: list[dict], query_lang: str, doc_lang: str, sizes: Task
 def local_tasks(data_root: str | Path, pairs=("en-de", "en-es"), sizes: TaskSizes = TaskSizes(),
                 kinds=("bitext", "sts", "pair_classification", "retrieval")) -> list:
     """The tasks of every built pair under ``data_root`` (pairs not built are skipped, with a log line)."""
-    import logging
-
     from datasets import load_from_disk
 
-    log = logging.getLogger(__name__)
     tasks, seen_retrieval = [], set()
     for pair in pairs:
         root = Path(data_root) / pair
