@@ -57,13 +57,14 @@ def triple_file(root: Path, n: int = 128, seed: int = 2) -> Path:
 
 
 def sts_file(root: Path, n: int = 128, seed: int = 3) -> Path:
-    """score = the number of shared leading words (0..4) of two 4-word sentences."""
+    """score = how many of 4 words sentence2 translates from sentence1 (English → German, 0..4): no token
+    overlap, so an untrained model scores no better than chance and the correlation must be learned."""
     rng = random.Random(seed)
     rows = []
     for _ in range(n):
         a = sentence(EN, rng, 4)
         k = rng.randint(0, 4)
-        b = a[:k] + sentence(EN, rng, 4 - k)
+        b = translate(a[:k]) + sentence(DE, rng, 4 - k)
         rows.append({"sentence1": " ".join(a), "sentence2": " ".join(b), "score": float(k)})
     return write_jsonl(root / "sts.jsonl", rows)
 
@@ -86,6 +87,18 @@ def tokenizer_dir(root: Path) -> Path:
     out = root / "tokenizer"
     train_bilingual_tokenizer(en, de, 400, output_dir=out)
     return out
+
+
+def one_thread():
+    """Run a test single-threaded and restore the thread count: the tiny tensors gain nothing from
+    threads, and on a shared 2-core machine OpenMP workers spin-waiting on busy cores slow the ALiBi
+    CPU kernel by ~1000× (measured 2.6 s vs 0.3 ms for one 300-token call)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 TINY_MODEL = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64,

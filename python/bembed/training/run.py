@@ -32,6 +32,8 @@ def config_path(name: str) -> Path:
 
 
 def run_stage(args, config_cls, stage_cls) -> int:
+    import torch
+
     from .checkpoint import CheckpointError
     from .config import load_config, to_dict
     from .trainer import NonFiniteLossError, Trainer, init_distributed
@@ -42,6 +44,7 @@ def run_stage(args, config_cls, stage_cls) -> int:
         log.error("%s", exc)
         return 2
     rank, _, _ = init_distributed()
+    torch.manual_seed(cfg.train.seed)  # a fresh model's initial weights (ranks then take rank 0's)
     stage = stage_cls(cfg, rank=rank)
     trainer = Trainer(stage, cfg.train, to_dict(cfg))
     try:

@@ -1,0 +1,222 @@
+"""Each stage trains a tiny model on generated data: the loss goes down, the export loads, and the
+trainer core resumes exactly, checkpoints atomically, stops on NaN and checkpoints on Ctrl-C."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from bembed.training import checkpoint as ckpt
+from bembed.training.config import AlignRun, ModelConfig, MultitaskRun, PairsRun, PretrainRun, load_config, to_dict
+from bembed.training.trainer import NonFiniteLossError, Trainer
+
+import training_utils as U
+
+
+single_thread = pytest.fixture(autouse=True)(U.one_thread)
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    en, de = U.text_files(root)
+    return {"root": root, "tok": U.tokenizer_dir(root), "en": en, "de": de, "pairs": U.pair_file(root),
+            "triples": U.triple_file(root), "sts": U.sts_file(root), "parallel": U.parallel_file(root)}
+
+
+def _model_overrides(files, **config):
+    return [f"model.tokenizer={files['tok']}", "model.max_length=24",
+            f"model.config={json.dumps({**U.TINY_MODEL, **config})}"]
+
+
+def mlm_run(files, out, steps, *extra, **config):
+    from bembed.training.mlm import MLMStage
+
+    cfg = load_config(PretrainRun, None, [f"data.train=[{{path: {files['en']}, lang: en}}, {{path: {files['de']}, lang: de}}]",
+                                          *_model_overrides(files, **config), *U.train_overrides(out, steps), *extra])
+    torch.manual_seed(cfg.train.seed)  # the fresh model's initial weights
+    return MLMStage(cfg), cfg
+
+
+def _fit(stage, cfg, resume=None):
+    return Trainer(stage, cfg.train, to_dict(cfg)).fit(resume=resume)
+
+
+def _mean(values):
+    return sum(values) / len(values)
+
+
+# ---------------------------------------------------------------------------- the stages learn
+def test_mlm_loss_decreases_and_export_loads(files, tmp_path):
+    from bembed.model import JinaBertForMaskedLM, JinaBertModel
+
+    stage, cfg = mlm_run(files, tmp_path, 30)
+    history = _fit(stage, cfg)
+    losses = [m["loss"] for m in history]
+    assert _mean(losses[-5:]) < _mean(losses[:5]) - 0.5, losses
+    assert all("mlm_accuracy" in m for m in history)
+    final = tmp_path / "final"
+    reloaded = JinaBertForMaskedLM.from_pretrained(final)
+    for name, value in stage.model.state_dict().items():
+        assert torch.equal(reloaded.state_dict()[name], value.cpu()), name
+    JinaBertModel.from_pretrained(final)  # the encoder alone (bert. prefix, MLM head ignored) loads too
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == list(range(1, 31)) and (tmp_path / "loss.png").stat().st_size > 0
+
+
+def test_pairs_loss_decreases_and_sentence_transformers_loads(files, tmp_path):
+    from bembed.training.encoder import embed, tokenize
+    from bembed.training.pairs import PairStage
+
+    cfg = load_config(PairsRun, None, [f"data.train=[{{path: {files['pairs']}}}]", *_model_overrides(files),
+                                       *U.train_overrides(tmp_path, 20), "pairs.query_prefix='query: '"])
+    torch.manual_seed(0)
+    stage = PairStage(cfg)
+    losses = [m["loss"] for m in _fit(stage, cfg)]
+    assert _mean(losses[-4:]) < 0.5 * _mean(losses[:4]), losses
+    from sentence_transformers import SentenceTransformer
+
+    st = SentenceTransformer(str(tmp_path / "final"), device="cpu")
+    texts = ["the house garden", "das haus"]
+    mine = embed(stage.model.eval(), **{k: v for k, v in tokenize(stage.tokenizer, texts, 24).items()})
+    theirs = st.encode(texts, convert_to_tensor=True)
+    assert torch.allclose(mine, theirs, atol=1e-5)
+
+
+def test_multitask_both_tasks_learn(files, tmp_path):
+    from bembed.training.multitask import MultitaskStage
+
+    cfg = load_config(MultitaskRun, None, [f"data.train=[{{path: {files['triples']}}}, {{path: {files['sts']}}}]",
+                                           *_model_overrides(files), *U.train_overrides(tmp_path, 40),
+                                           "multitask.num_negatives=2"])
+    torch.manual_seed(0)
+    history = _fit(MultitaskStage(cfg), cfg)
+    retrieval = [m["retrieval_loss"] for m in history if "retrieval_loss" in m]
+    sts = [m["sts_loss"] for m in history if "sts_loss" in m]
+    assert len(retrieval) >= 6 and len(sts) >= 6  # both tasks drawn (equal sizes → equal odds)
+    assert _mean(retrieval[-3:]) < _mean(retrieval[:3]) - 0.3, retrieval
+    assert _mean(sts[-3:]) < _mean(sts[:3]) - 0.2, sts  # −Pearson goes towards −1
+
+
+def test_multitask_sts_none_leaves_sts_out(files, tmp_path):
+    from bembed.training.multitask import MultitaskStage
+
+    cfg = load_config(MultitaskRun, None, [f"data.train=[{{path: {files['triples']}}}, {{path: {files['sts']}}}]",
+                                           *_model_overrides(files), *U.train_overrides(tmp_path, 1),
+                                           "multitask.sts_loss=none"])
+    stage = MultitaskStage(cfg)
+    assert [kind for kind, _, _ in stage.tasks] == ["retrieval"]
+
+
+def _tiny_hf_student(files, folder: Path) -> Path:
+    """A 2-layer HF BertModel (not JinaBERT): alignment must work on any AutoModel folder."""
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from bembed.tokenizer import save_tokenizer
+
+    tok = AutoTokenizer.from_pretrained(files["tok"])
+    torch.manual_seed(0)
+    model = BertModel(BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                 intermediate_size=64, max_position_embeddings=64, pad_token_id=tok.pad_token_id,
+                                 hidden_dropout_prob=0.0))
+    model.save_pretrained(folder)
+    save_tokenizer(tok, folder)
+    return folder
+
+
+def test_align_reduces_cross_lingual_distance(files, tmp_path):
+    from bembed.training.align import AlignStage, cross_lingual_distance
+    from bembed.training.encoder import load_encoder
+
+    student = _tiny_hf_student(files, tmp_path / "student")
+    rng = random.Random(123)  # held-out pairs, not in the training file
+    held = [(" ".join(w), " ".join(U.translate(w))) for w in (U.sentence(U.EN, rng, 6) for _ in range(64))]
+    model, tok = load_encoder(ModelConfig(init_from=str(student)))
+    before = cross_lingual_distance(model, tok, held)
+    cfg = load_config(AlignRun, None, [f"data.train=[{{path: {files['parallel']}}}]", f"model.init_from={student}",
+                                       "model.max_length=24", *U.train_overrides(tmp_path / "run", 25)])
+    stage = AlignStage(cfg)
+    history = _fit(stage, cfg)
+    after = cross_lingual_distance(stage.model, tok, held)
+    mismatched = cross_lingual_distance(stage.model, tok, [(a, held[(i + 1) % 64][1]) for i, (a, _) in enumerate(held)])
+    assert after < 0.5 * before, (before, after)
+    assert after < 0.7 * mismatched  # translations closer than non-translations, not a collapse
+    assert history[0]["teacher_distance"] == pytest.approx(0.0, abs=1e-6)  # teacher = student at the start
+    exported, _ = load_encoder(ModelConfig(init_from=str(tmp_path / "run" / "final")))
+    assert type(exported).__name__ == "BertModel"
+
+
+# ---------------------------------------------------------------------------- the trainer core
+def _weights(folder: Path) -> dict:
+    return load_file(str(folder / "model.safetensors"))
+
+
+def test_resume_is_exact(files, tmp_path):
+    """N steps straight == k steps, Ctrl-C (checkpoint), resume to N — with dropout and grad accumulation,
+    so the RNG state, the optimizer state and the data position must all come back."""
+    extra = ["train.grad_accum=2", "train.max_steps=6"]
+    stage, cfg = mlm_run(files, tmp_path / "straight", 6, *extra, hidden_dropout_prob=0.1)
+    straight = _fit(stage, cfg)
+
+    stage, cfg = mlm_run(files, tmp_path / "resumed", 6, *extra, hidden_dropout_prob=0.1)
+    batch = stage.batch
+    stage.batch = lambda index, *a: (_ for _ in ()).throw(KeyboardInterrupt) if index == 2 * 3 else batch(index, *a)
+    with pytest.raises(KeyboardInterrupt):
+        _fit(stage, cfg)
+    assert [p.name for p in ckpt.list_checkpoints(tmp_path / "resumed" / "checkpoints")] == ["step-00000003"]
+    stage, cfg = mlm_run(files, tmp_path / "resumed", 6, *extra, hidden_dropout_prob=0.1)
+    torch.manual_seed(999)  # whatever the RNG now, the checkpoint's state must win
+    resumed = Trainer(stage, cfg.train, to_dict(cfg)).fit(resume="latest")
+    assert [m["loss"] for m in resumed] == [m["loss"] for m in straight[3:]]
+    a = _weights(tmp_path / "straight" / "checkpoints" / "step-00000006")
+    b = _weights(tmp_path / "resumed" / "checkpoints" / "step-00000006")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_checkpoints_keep_last_k_and_clear_errors(files, tmp_path):
+    stage, cfg = mlm_run(files, tmp_path, 5, "train.save_every=1", "train.keep_last=2")
+    _fit(stage, cfg)
+    root = tmp_path / "checkpoints"
+    assert [p.name for p in root.iterdir()] and sorted(p.name for p in root.iterdir()) == ["step-00000004", "step-00000005"]
+    state = json.loads((root / "step-00000005" / "state.json").read_text())
+    assert state["step"] == 5 and state["config"]["train"]["max_steps"] == 5
+    opt = load_file(str(root / "step-00000005" / "optimizer.safetensors"))
+    assert any(k.endswith(".exp_avg_sq") for k in opt)
+
+    def resume_error(path):
+        stage, cfg = mlm_run(files, tmp_path, 6)
+        with pytest.raises(ckpt.CheckpointError) as info:
+            Trainer(stage, cfg.train, to_dict(cfg)).fit(resume=str(path))
+        return str(info.value)
+
+    assert "no such checkpoint" in resume_error(tmp_path / "nowhere")
+    (root / "step-00000004" / "optimizer.safetensors").unlink()
+    assert "optimizer.safetensors is missing" in resume_error(root / "step-00000004")
+    data = (root / "step-00000005" / "model.safetensors").read_bytes()
+    (root / "step-00000005" / "model.safetensors").write_bytes(data[: len(data) // 2])
+    assert "model.safetensors is corrupt" in resume_error(root / "step-00000005")
+    empty = tmp_path / "empty"
+    stage, cfg = mlm_run(files, empty, 2)
+    with pytest.raises(ckpt.CheckpointError, match="no checkpoint under"):
+        Trainer(stage, cfg.train, to_dict(cfg)).fit(resume="latest")
+
+
+def test_nan_loss_stops_naming_step_and_batch(files, tmp_path):
+    stage, cfg = mlm_run(files, tmp_path, 5)
+    loss = stage.loss
+    calls = []
+
+    def poisoned(tensors):
+        calls.append(1)
+        value, metrics = loss(tensors)
+        return (value * float("nan") if len(calls) == 3 else value), metrics
+
+    stage.loss = poisoned
+    with pytest.raises(NonFiniteLossError, match=r"loss is nan at step 2: batch mlm\[(en|de)\] sequences \[") as info:
+        _fit(stage, cfg)
+    assert "micro-batch 2" in str(info.value)
