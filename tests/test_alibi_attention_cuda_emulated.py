@@ -181,3 +181,18 @@ def test_varlen_with_empty_sequence(lib, max_seqlen):
     _, lse_ref = reference.alibi_attention_varlen(q.double(), k.double(), v.double(), cu_seqlens, 70, slopes,
                                                   return_lse=True)
     torch.testing.assert_close(lse, lse_ref.float(), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("eager", [False, True], ids=["copies_land_at_wait", "copies_land_at_issue"])
+def test_pipeline_under_both_copy_timings(lib, eager):
+    """Several key and query tiles through the cp.async double buffer: copies landing as late as allowed catch
+    a read before its wait; copies landing at once catch a stage refilled while still being read."""
+    B, L, H, D = 1, 150, 1, 32
+    q, k, v = (torch.randn(B, L, H, D, dtype=torch.float16) for _ in range(3))
+    slopes = torch.tensor([0.1])
+    problem = Problem(q, k, v, slopes, D ** -0.5)
+    lib.emu_set_eager_copies(int(eager))
+    try:
+        _check(lib, problem, lambda q, k, v: reference.alibi_attention(q, k, v, slopes))
+    finally:
+        lib.emu_set_eager_copies(0)

@@ -17,6 +17,7 @@
 #include <cstdint>
 
 #include "alibi_attention.cuh"
+#include "async_copy.cuh"
 #include "mma_fragments.cuh"
 
 namespace bembed::cuda {
@@ -35,7 +36,7 @@ constexpr int kDefaultSharedLimit = 48 * 1024;
 // Queries per step of the dK/dV kernel: fewer for D = 128 to keep dK, dV, Sᵀ and dPᵀ in registers.
 template <int D>
 constexpr int dkdv_block_m() {
-  return D <= 64 ? 64 : 32;
+  return D <= 64 ? 64 : 16;
 }
 
 struct Sequence {
@@ -79,18 +80,44 @@ __device__ __forceinline__ float backward_lse2(const float* lse, const Sequence&
   return l == -INFINITY ? INFINITY : l * kLog2e;
 }
 
-// Copies rows [row0, row0 + kRows) of one head (x points at the head's first token; token stride ts) into a
-// shared tile with leading dimension D + kPad, in 16-byte chunks; rows at or past len are zero.
+// Starts copying rows [row0, row0 + kRows) of one head (x points at the head's first token; token stride ts)
+// into a shared tile with leading dimension D + kPad, in 16-byte cp.async chunks; rows at or past len are
+// zero-filled. The copies join the calling thread's open async_copy group.
 template <int kRows, int D>
-__device__ __forceinline__ void load_tile(uint16_t* tile, const uint16_t* x, int64_t ts, int row0, int len) {
+__device__ __forceinline__ void load_tile_async(uint16_t* tile, const uint16_t* x, int64_t ts, int row0, int len) {
   constexpr int kChunksPerRow = D / 8;
   for (int c = threadIdx.x; c < kRows * kChunksPerRow; c += kThreads) {
     const int r = c / kChunksPerRow;
     const int col = (c % kChunksPerRow) * 8;
-    uint4 v = make_uint4(0u, 0u, 0u, 0u);
-    if (row0 + r < len) v = *reinterpret_cast<const uint4*>(x + (row0 + r) * ts + col);
-    *reinterpret_cast<uint4*>(tile + r * (D + kPad) + col) = v;
+    const bool inside = row0 + r < len;
+    async_copy::copy16(tile + r * (D + kPad) + col, inside ? x + (row0 + r) * ts + col : x, inside);
   }
+}
+
+// The streamed operands (K and V over key tiles, or Q and dO over query tiles) go through a two-stage
+// pipeline: stage s holds [x tile][y tile] of kRows rows each. load_pair_async starts one stage and commits
+// its group; pipeline_step, at tile n, starts tile n+1 into the other stage, waits for tile n's copies and
+// returns its stage. The caller then needs a __syncthreads() before reading (other threads' copies) and
+// another after its last read of the stage (the stage is refilled at step n+1).
+template <int kRows, int D>
+__device__ __forceinline__ void load_pair_async(uint16_t* stage, const uint16_t* x, const uint16_t* y, int64_t ts,
+                                                int row0, int len) {
+  load_tile_async<kRows, D>(stage, x, ts, row0, len);
+  load_tile_async<kRows, D>(stage + kRows * (D + kPad), y, ts, row0, len);
+  async_copy::commit();
+}
+
+template <int kRows, int D>
+__device__ __forceinline__ const uint16_t* pipeline_step(uint16_t* stages, int n, int n_tiles, const uint16_t* x,
+                                                         const uint16_t* y, int64_t ts, int len) {
+  constexpr int kStage = 2 * kRows * (D + kPad);
+  if (n + 1 < n_tiles) {
+    load_pair_async<kRows, D>(stages + ((n + 1) % 2) * kStage, x, y, ts, (n + 1) * kRows, len);
+    async_copy::wait<1>();
+  } else {
+    async_copy::wait<0>();
+  }
+  return stages + (n % 2) * kStage;
 }
 
 // Stores a warp's 16-row fp32 accumulator (C fragments over D/8 column tiles), times `scale`, as rows
@@ -166,7 +193,7 @@ __device__ __forceinline__ void zero(float (&x)[kRows][kCols]) {
 
 template <int D>
 constexpr int forward_smem_bytes() {
-  return (kBlockM + 2 * kBlockN) * (D + kPad) * 2 + kBlockN * 4;
+  return (kBlockM + 4 * kBlockN) * (D + kPad) * 2 + kBlockN * 4;
 }
 
 // One query tile [row0, row0 + kBlockM) of sequence b, head h.
@@ -177,9 +204,8 @@ __device__ __forceinline__ void forward_tile(const AlibiAttentionParams& p, cons
   constexpr int kLd = D + kPad;
   constexpr int kTilesN = kBlockN / 8;
   uint16_t* s_q = reinterpret_cast<uint16_t*>(smem);
-  uint16_t* s_k = s_q + kBlockM * kLd;
-  uint16_t* s_v = s_k + kBlockN * kLd;
-  float* s_key_bias = reinterpret_cast<float*>(s_v + kBlockN * kLd);
+  uint16_t* s_kv = s_q + kBlockM * kLd;  // two pipeline stages of [K tile][V tile]
+  float* s_key_bias = reinterpret_cast<float*>(s_kv + 4 * kBlockN * kLd);
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int g = lane >> 2, t = lane & 3;
@@ -190,19 +216,21 @@ __device__ __forceinline__ void forward_tile(const AlibiAttentionParams& p, cons
   const int i_lo = row0 + warp * 16 + g;  // this thread's two query rows
   const int i_hi = i_lo + 8;
 
-  load_tile<kBlockM, D>(s_q, q + head_base, ts, row0, seq.len);
+  load_tile_async<kBlockM, D>(s_q, q + head_base, ts, row0, seq.len);  // committed with the first K/V tile
+  load_pair_async<kBlockN, D>(s_kv, k + head_base, v + head_base, ts, 0, seq.len);
+  const int n_tiles = (seq.len + kBlockN - 1) / kBlockN;
 
   float o[D / 8][4];
   zero(o);
   float m_lo = -INFINITY, m_hi = -INFINITY;  // running max of x (base-2 logits)
   float l_lo = 0.0f, l_hi = 0.0f;            // this lane's part of the running sum (group-reduced at the end)
 
-  for (int col0 = 0; col0 < seq.len; col0 += kBlockN) {
-    __syncthreads();  // the previous K/V tiles are no longer read
-    load_tile<kBlockN, D>(s_k, k + head_base, ts, col0, seq.len);
-    load_tile<kBlockN, D>(s_v, v + head_base, ts, col0, seq.len);
+  for (int n = 0; n < n_tiles; ++n) {
+    const int col0 = n * kBlockN;
+    const uint16_t* s_k = pipeline_step<kBlockN, D>(s_kv, n, n_tiles, k + head_base, v + head_base, ts, seq.len);
+    const uint16_t* s_v = s_k + kBlockN * kLd;
     if (threadIdx.x < kBlockN) s_key_bias[threadIdx.x] = key_bias(p, b, col0 + threadIdx.x, seq.len);
-    __syncthreads();
+    __syncthreads();  // tile n (and Q) are in shared memory
 
     float s[kTilesN][4];
     zero(s);
@@ -249,6 +277,7 @@ __device__ __forceinline__ void forward_tile(const AlibiAttentionParams& p, cons
       }
     }
     gemm_pb<T, D, kTilesN>(o, s, s_v, lane);
+    __syncthreads();  // stage n % 2 and the key bias are free again
   }
 
   l_lo = mma::group_sum(l_lo);
@@ -302,7 +331,7 @@ __global__ void __launch_bounds__(kThreads) alibi_backward_delta_kernel(AlibiAtt
 
 template <int D>
 constexpr int dq_smem_bytes() {
-  return (2 * kBlockM + 2 * kBlockN) * (D + kPad) * 2 + kBlockN * 4;
+  return (2 * kBlockM + 4 * kBlockN) * (D + kPad) * 2 + kBlockN * 4;
 }
 
 // dQ for kBlockM queries: loop over key tiles; dS = P∘(dP − delta) with dP = dO·Vᵀ; dQ = scale·Σ dS·K.
@@ -315,9 +344,8 @@ __device__ __forceinline__ void dq_tile(const AlibiAttentionParams& p, const Seq
   constexpr int kTilesN = kBlockN / 8;
   uint16_t* s_q = reinterpret_cast<uint16_t*>(smem);
   uint16_t* s_do = s_q + kBlockM * kLd;
-  uint16_t* s_k = s_do + kBlockM * kLd;
-  uint16_t* s_v = s_k + kBlockN * kLd;
-  float* s_key_bias = reinterpret_cast<float*>(s_v + kBlockN * kLd);
+  uint16_t* s_kv = s_do + kBlockM * kLd;  // two pipeline stages of [K tile][V tile]
+  float* s_key_bias = reinterpret_cast<float*>(s_kv + 4 * kBlockN * kLd);
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int g = lane >> 2, t = lane & 3;
@@ -333,17 +361,19 @@ __device__ __forceinline__ void dq_tile(const AlibiAttentionParams& p, const Seq
   const float delta_lo = i_lo < seq.len ? delta[row_lo] : 0.0f;
   const float delta_hi = i_hi < seq.len ? delta[row_lo + 8] : 0.0f;
 
-  load_tile<kBlockM, D>(s_q, q + head_base, ts, row0, seq.len);
-  load_tile<kBlockM, D>(s_do, dout + head_base, ts, row0, seq.len);
+  load_tile_async<kBlockM, D>(s_q, q + head_base, ts, row0, seq.len);  // committed with the first K/V tile
+  load_tile_async<kBlockM, D>(s_do, dout + head_base, ts, row0, seq.len);
+  load_pair_async<kBlockN, D>(s_kv, k + head_base, v + head_base, ts, 0, seq.len);
+  const int n_tiles = (seq.len + kBlockN - 1) / kBlockN;
 
   float acc[D / 8][4];
   zero(acc);
-  for (int col0 = 0; col0 < seq.len; col0 += kBlockN) {
-    __syncthreads();
-    load_tile<kBlockN, D>(s_k, k + head_base, ts, col0, seq.len);
-    load_tile<kBlockN, D>(s_v, v + head_base, ts, col0, seq.len);
+  for (int n = 0; n < n_tiles; ++n) {
+    const int col0 = n * kBlockN;
+    const uint16_t* s_k = pipeline_step<kBlockN, D>(s_kv, n, n_tiles, k + head_base, v + head_base, ts, seq.len);
+    const uint16_t* s_v = s_k + kBlockN * kLd;
     if (threadIdx.x < kBlockN) s_key_bias[threadIdx.x] = key_bias(p, b, col0 + threadIdx.x, seq.len);
-    __syncthreads();
+    __syncthreads();  // tile n (and Q, dO) are in shared memory
 
     float s[kTilesN][4], dp[kTilesN][4];
     zero(s);
@@ -364,6 +394,7 @@ __device__ __forceinline__ void dq_tile(const AlibiAttentionParams& p, const Seq
       }
     }
     gemm_pb<T, D, kTilesN>(acc, s, s_k, lane);
+    __syncthreads();  // stage n % 2 and the key bias are free again
   }
   store_rows<T, D>(dq + head_base, ts, acc, row0 + warp * 16, seq.len, p.softmax_scale, p.softmax_scale, lane);
 }
@@ -383,7 +414,7 @@ __global__ void __launch_bounds__(kThreads) alibi_backward_dq_kernel(AlibiAttent
 
 template <int D>
 constexpr int dkdv_smem_bytes() {
-  return (2 * kBlockN + 2 * dkdv_block_m<D>()) * (D + kPad) * 2 + 2 * dkdv_block_m<D>() * 4;
+  return (2 * kBlockN + 4 * dkdv_block_m<D>()) * (D + kPad) * 2 + 2 * dkdv_block_m<D>() * 4;
 }
 
 // dK, dV for kBlockN keys (16 per warp, key-major): loop over query tiles of kBlockMB;
@@ -398,9 +429,8 @@ __device__ __forceinline__ void dkdv_tile(const AlibiAttentionParams& p, const S
   constexpr int kTilesM = kBlockMB / 8;
   uint16_t* s_k = reinterpret_cast<uint16_t*>(smem);
   uint16_t* s_v = s_k + kBlockN * kLd;
-  uint16_t* s_q = s_v + kBlockN * kLd;
-  uint16_t* s_do = s_q + kBlockMB * kLd;
-  float* s_lse2 = reinterpret_cast<float*>(s_do + kBlockMB * kLd);
+  uint16_t* s_qdo = s_v + kBlockN * kLd;  // two pipeline stages of [Q tile][dO tile]
+  float* s_lse2 = reinterpret_cast<float*>(s_qdo + 4 * kBlockMB * kLd);
   float* s_delta = s_lse2 + kBlockMB;
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -414,22 +444,24 @@ __device__ __forceinline__ void dkdv_tile(const AlibiAttentionParams& p, const S
   const float kb_lo = key_bias(p, b, j_lo, seq.len);
   const float kb_hi = key_bias(p, b, j_hi, seq.len);
 
-  load_tile<kBlockN, D>(s_k, k + head_base, ts, col0, seq.len);
-  load_tile<kBlockN, D>(s_v, v + head_base, ts, col0, seq.len);
+  load_tile_async<kBlockN, D>(s_k, k + head_base, ts, col0, seq.len);  // committed with the first Q/dO tile
+  load_tile_async<kBlockN, D>(s_v, v + head_base, ts, col0, seq.len);
+  load_pair_async<kBlockMB, D>(s_qdo, q + head_base, dout + head_base, ts, 0, seq.len);
+  const int n_tiles = (seq.len + kBlockMB - 1) / kBlockMB;
 
   float acc_dk[D / 8][4], acc_dv[D / 8][4];
   zero(acc_dk);
   zero(acc_dv);
-  for (int row0 = 0; row0 < seq.len; row0 += kBlockMB) {
-    __syncthreads();  // the previous Q/dO tiles are no longer read (and K/V are loaded, first time round)
-    load_tile<kBlockMB, D>(s_q, q + head_base, ts, row0, seq.len);
-    load_tile<kBlockMB, D>(s_do, dout + head_base, ts, row0, seq.len);
+  for (int n = 0; n < n_tiles; ++n) {
+    const int row0 = n * kBlockMB;
+    const uint16_t* s_q = pipeline_step<kBlockMB, D>(s_qdo, n, n_tiles, q + head_base, dout + head_base, ts, seq.len);
+    const uint16_t* s_do = s_q + kBlockMB * kLd;
     if (threadIdx.x < kBlockMB) {
       const int i = row0 + threadIdx.x;
       s_lse2[threadIdx.x] = backward_lse2(lse, seq, h, i);
       s_delta[threadIdx.x] = i < seq.len ? delta[seq.lse_offset + h * seq.lse_head_stride + i] : 0.0f;
     }
-    __syncthreads();
+    __syncthreads();  // tile n (and K, V) are in shared memory
 
     float st[kTilesM][4], dpt[kTilesM][4];  // Sᵀ and dPᵀ: rows = this warp's keys, columns = queries
     zero(st);
@@ -452,6 +484,7 @@ __device__ __forceinline__ void dkdv_tile(const AlibiAttentionParams& p, const S
     }
     gemm_pb<T, D, kTilesM>(acc_dv, st, s_do, lane);
     gemm_pb<T, D, kTilesM>(acc_dk, dpt, s_q, lane);
+    __syncthreads();  // stage n % 2, lse2 and delta are free again
   }
   store_rows<T, D>(dk + head_base, ts, acc_dk, col0 + warp * 16, seq.len, p.softmax_scale, p.softmax_scale, lane);
   store_rows<T, D>(dv + head_base, ts, acc_dv, col0 + warp * 16, seq.len, 1.0f, 1.0f, lane);

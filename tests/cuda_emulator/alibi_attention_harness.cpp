@@ -27,6 +27,9 @@ bembed::cuda::AlibiAttentionParams params(int batch, int heads, int head_dim, in
 
 }  // namespace
 
+// 1: cp.async copies land at issue; 0: at the wait that must complete them (see include/cuda_runtime.h).
+extern "C" void emu_set_eager_copies(int eager) { emu::eager_copies = eager != 0; }
+
 extern "C" int emu_alibi_forward(int dtype, int batch, int heads, int head_dim, int max_seqlen, int64_t total_tokens,
                                  const int32_t* cu_seqlens, int seqlen, const bool* mask, const float* slopes,
                                  int64_t slopes_batch_stride, float scale, const void* q, const void* k,

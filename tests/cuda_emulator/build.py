@@ -12,13 +12,18 @@ import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CUDA_DIR = os.path.join(HERE, "..", "..", "csrc", "cuda")
-CUDA_SOURCES = ["alibi_attention.cu", "alibi_attention.cuh", "mma_fragments.cuh", "dtype.cuh"]
+CUDA_SOURCES = ["alibi_attention.cu", "alibi_attention.cuh", "mma_fragments.cuh", "async_copy.cuh", "dtype.cuh"]
 EMU_SOURCES = ["alibi_attention_harness.cpp", "emu_mma.h", "include/cuda_runtime.h", "include/cuda_fp16.h",
                "include/cuda_bf16.h", "build.py"]
 
 _LAUNCH = re.compile(r"([A-Za-z_][\w:]*(?:<[^<>;()]*>)?)<<<(.*?)>>>\(", re.S)
 _SHARED = re.compile(r"extern __shared__ __align__\(16\) unsigned char (\w+)\[\];")
 _MMA_ASM = re.compile(r'asm\("mma\.sync\.aligned\.m16n8k16\.row\.col\.f32\.(f16|bf16)\.\1\.f32.*?\);', re.S)
+_CP_ASYNC_ASM = {
+    re.compile(r'asm volatile\("cp\.async\.cg\.shared\.global.*?\);', re.S): "::emu::cp_async_16(dst, src, valid);",
+    re.compile(r'asm volatile\("cp\.async\.commit_group.*?\);', re.S): "::emu::cp_async_commit();",
+    re.compile(r'asm volatile\("cp\.async\.wait_group.*?\);', re.S): "::emu::cp_async_wait(kInFlight);",
+}
 _LDMATRIX_ASM = re.compile(r'asm volatile\("ldmatrix\.sync\.aligned\.m8n8\.x4(\.trans)?\.shared\.b16.*?\);', re.S)
 
 
@@ -34,6 +39,10 @@ def rewrite(name: str, text: str) -> str:
         text, n = _LDMATRIX_ASM.subn(
             lambda m: f"::emu::ldmatrix_x4(r, row_address, {'true' if m.group(1) else 'false'});", text)
         assert n == 2, f"{name}: expected 2 ldmatrix asm blocks, found {n}"
+    if name == "async_copy.cuh":
+        for pattern, call in _CP_ASYNC_ASM.items():
+            text, n = pattern.subn(call, text)
+            assert n == 1, f"{name}: expected one match of {pattern.pattern}, found {n}"
     return text
 
 

@@ -1,8 +1,9 @@
 // Host emulation of the small part of the CUDA runtime and device language that bembed's kernels use, so
 // that csrc/cuda sources can run (slowly, exactly as written) on a CPU. Each CTA runs as blockDim.x fibers
 // (ucontext) on one OS thread, switched only at barriers; __syncthreads is a block barrier; warp shuffles,
-// mma.sync and ldmatrix exchange through per-warp buffers between warp barriers. Blocks run one after
-// another. Test-only code (tests/cuda_emulator/).
+// mma.sync and ldmatrix exchange through per-warp buffers between warp barriers; cp.async copies run at
+// the wait that must complete them (or at issue, eager_copies). Blocks run one after another. Test-only code
+// (tests/cuda_emulator/).
 #pragma once
 
 #include <ucontext.h>
@@ -10,6 +11,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <deque>
 #include <functional>
 #include <memory>
 #include <vector>
@@ -44,7 +46,9 @@ namespace emu {
 constexpr int kMaxSharedBytes = 227 * 1024;  // sm_90's opt-in limit; sm_80 allows 163 KB
 constexpr size_t kStackBytes = 256 * 1024;
 
-// Threads of a CTA are fibers on one OS thread, run round-robin: each runs until it waits at a barrier.
+// Threads of a CTA are fibers on one OS thread. The scheduler runs one warp at a time as far as it can go
+// (until all its lanes wait at __syncthreads), so warps drift apart as much as the barriers allow: a
+// missing __syncthreads between one warp's shared-memory write and another's read shows up as wrong data.
 struct Barrier {
   int needed = 0, arrived = 0;
   unsigned generation = 0;
@@ -57,10 +61,21 @@ struct Warp {
   const uint16_t* rows[32];
 };
 
+// One 16-byte cp.async; valid = false zero-fills dst.
+struct Copy {
+  void* dst;
+  const void* src;
+  bool valid;
+};
+
 struct Fiber {
   ucontext_t context;
   std::unique_ptr<char[]> stack{new char[kStackBytes]};
   bool done = false;
+  const Barrier* waiting_at = nullptr;    // the barrier it waits at, if any
+  unsigned waiting_generation = 0;
+  std::vector<Copy> open;                 // cp.async issued since the last commit
+  std::deque<std::vector<Copy>> groups;   // committed, not yet waited for (oldest first)
 };
 
 struct Block {
@@ -82,6 +97,9 @@ inline long progress = 0;  // arrivals and exits: a full round without any means
 // a barrier that some threads never reach.
 inline bool fault = false;
 inline int max_dynamic_smem = 48 * 1024;
+// cp.async timing: lazily (at the wait that must complete it: catches reads before the wait) or eagerly (at
+// issue: catches a stage refilled while other threads still read it).
+inline bool eager_copies = false;
 inline cudaError_t last_error = cudaSuccess;
 
 }  // namespace emu
@@ -97,14 +115,60 @@ inline void arrive_and_wait(Barrier& b) {
     ++b.generation;
     return;
   }
-  const unsigned generation = b.generation;
-  while (b.generation == generation) swapcontext(&current_block->fibers[threadIdx.x].context, &scheduler);
+  Fiber& f = current_block->fibers[threadIdx.x];
+  f.waiting_at = &b;
+  f.waiting_generation = b.generation;
+  while (b.generation == f.waiting_generation) swapcontext(&f.context, &scheduler);
+  f.waiting_at = nullptr;
 }
 
 inline void fiber_main() {
   kernel_body();
-  current_block->fibers[threadIdx.x].done = true;
+  Fiber& f = current_block->fibers[threadIdx.x];
+  for (const auto& group : f.groups) {
+    if (!group.empty()) fault = true;  // exited with copies in flight
+  }
+  if (!f.open.empty()) fault = true;
+  f.done = true;
   ++progress;
+}
+
+inline void run_copy(const Copy& c) {
+  if (c.valid) {
+    std::memcpy(c.dst, c.src, 16);
+  } else {
+    std::memset(c.dst, 0, 16);
+  }
+}
+
+inline void cp_async_16(void* dst, const void* src, bool valid) {
+  auto* at = static_cast<unsigned char*>(dst);
+  unsigned char* base = current_block->smem.data();
+  if (reinterpret_cast<uintptr_t>(dst) % 16 != 0 || reinterpret_cast<uintptr_t>(src) % 16 != 0 || at < base ||
+      at + 16 > base + current_block->smem.size()) {
+    fault = true;
+    return;
+  }
+  const Copy c{dst, src, valid};
+  if (eager_copies) {
+    run_copy(c);
+  } else {
+    current_block->fibers[threadIdx.x].open.push_back(c);
+  }
+}
+
+inline void cp_async_commit() {
+  Fiber& f = current_block->fibers[threadIdx.x];
+  f.groups.push_back(std::move(f.open));
+  f.open.clear();
+}
+
+inline void cp_async_wait(int in_flight) {
+  Fiber& f = current_block->fibers[threadIdx.x];
+  while (int(f.groups.size()) > in_flight) {
+    for (const Copy& c : f.groups.front()) run_copy(c);
+    f.groups.pop_front();
+  }
 }
 
 inline unsigned char* shared_memory() { return current_block->smem.data(); }
@@ -163,14 +227,23 @@ void launch(void (*kernel)(Params...), dim3 grid, int block_threads, int smem_by
           f.context.uc_link = &scheduler;
           makecontext(&f.context, fiber_main, 0);
         }
-        for (bool live = true; live;) {
-          live = false;
+        const int warps = block_threads / 32;
+        for (int pass = 0, live = 1; live; ++pass) {
+          live = 0;
           const long before = progress;
-          for (int t = 0; t < block_threads; ++t) {
-            if (block.fibers[t].done) continue;
-            live = true;
-            threadIdx = dim3(t);
-            swapcontext(&scheduler, &block.fibers[t].context);
+          for (int i = 0; i < warps && !fault; ++i) {
+            const int w = (pass + i) % warps;  // rotate which warp runs ahead
+            for (long warp_before = -1; warp_before != progress && !fault;) {
+              warp_before = progress;
+              for (int t = 32 * w; t < 32 * w + 32; ++t) {
+                Fiber& f = block.fibers[t];
+                if (f.done) continue;
+                live = 1;
+                if (f.waiting_at == &block.barrier && block.barrier.generation == f.waiting_generation) continue;
+                threadIdx = dim3(t);
+                swapcontext(&scheduler, &f.context);
+              }
+            }
           }
           if (live && progress == before) fault = true;  // every live thread waits at a barrier: deadlock
           if (fault) break;
