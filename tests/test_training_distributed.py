@@ -1,0 +1,102 @@
+"""Data parallelism: a 2-process gloo run equals a 1-process run on the same global batch (losses and
+weights after a few steps) for every stage whose loss couples rows across ranks: MLM (token count over
+the global batch), pairs (negatives gathered across ranks), multi-task (retrieval with hard negatives,
+and Pearson over the global batch)."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+from safetensors.torch import load_file
+
+import training_utils as U
+
+single_thread = pytest.fixture(autouse=True)(U.one_thread)
+STEPS = 3
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _configs(files: dict, out: Path):
+    from bembed.training.config import MultitaskRun, PairsRun, PretrainRun, load_config
+
+    model = [f"model.tokenizer={files['tok']}", "model.max_length=24", f"model.config={json.dumps(U.TINY_MODEL)}"]
+    train = lambda name, *x: [*U.train_overrides(out / name, STEPS, batch=8), "train.grad_accum=2", *x]  # noqa: E731
+    return {
+        "mlm": load_config(PretrainRun, None, [f"data.train=[{{path: {files['en']}, lang: en}}, {{path: {files['de']}, lang: de}}]",
+                                               *model, *train("mlm")]),
+        "pairs": load_config(PairsRun, None, [f"data.train=[{{path: {files['pairs']}}}]", *model, *train("pairs")]),
+        "multitask": load_config(MultitaskRun, None, [f"data.train=[{{path: {files['triples']}}}, {{path: {files['sts']}}}]",
+                                                      *model, *train("multitask", "train.seed=3"),
+                                                      "multitask.num_negatives=2"]),
+    }
+
+
+def _run_all(files: dict, out: Path) -> dict:
+    from bembed.training.config import to_dict
+    from bembed.training.mlm import MLMStage
+    from bembed.training.multitask import MultitaskStage
+    from bembed.training.pairs import PairStage
+    from bembed.training.trainer import Trainer
+
+    stages = {"mlm": MLMStage, "pairs": PairStage, "multitask": MultitaskStage}
+    histories = {}
+    for name, cfg in _configs(files, out).items():
+        torch.manual_seed(0)
+        stage = stages[name](cfg)
+        histories[name] = Trainer(stage, cfg.train, to_dict(cfg)).fit()
+    return histories
+
+
+def _worker(rank: int, world: int, port: int, files: dict, out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    import torch.distributed as dist
+
+    try:
+        histories = _run_all(files, Path(out))
+        if rank == 0:
+            (Path(out) / "histories.json").write_text(json.dumps(histories))
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    en, de = U.text_files(root)
+    return {"tok": str(U.tokenizer_dir(root)), "en": str(en), "de": str(de), "pairs": str(U.pair_file(root)),
+            "triples": str(U.triple_file(root)), "sts": str(U.sts_file(root))}
+
+
+@pytest.mark.slow  # ~1 min on 2 busy cores: two spawned interpreters import torch + transformers
+def test_two_gloo_processes_equal_one_process(files, tmp_path):
+    one = _run_all(files, tmp_path / "one")
+    mp.spawn(_worker, args=(2, _free_port(), files, str(tmp_path / "two")), nprocs=2, join=True)
+    two = json.loads((tmp_path / "two" / "histories.json").read_text())
+    kinds = {k for m in one["multitask"] for k in m if k.endswith("_loss")}
+    assert kinds == {"retrieval_loss", "sts_loss"}, kinds  # both tasks (and both gathers) exercised
+    for name in ("mlm", "pairs", "multitask"):
+        assert [m["step"] for m in two[name]] == list(range(1, STEPS + 1))
+        for a, b in zip(one[name], two[name]):
+            for key in a:
+                if key.endswith("loss") or key in ("mlm_accuracy", "grad_norm"):
+                    assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-6), (name, a["step"], key)
+            assert b["tokens"] == a["tokens"]
+        w1 = load_file(str(tmp_path / "one" / name / "checkpoints" / f"step-{STEPS:08d}" / "model.safetensors"))
+        w2 = load_file(str(tmp_path / "two" / name / "checkpoints" / f"step-{STEPS:08d}" / "model.safetensors"))
+        assert w1.keys() == w2.keys()
+        for key in w1:
+            torch.testing.assert_close(w2[key], w1[key], rtol=1e-4, atol=2e-6, msg=f"{name}: {key}")
