@@ -94,7 +94,7 @@ def test_constructed_sts_levels_follow_their_rules():
 
 
 def test_build_end_to_end_on_fake_cache(tmp_path):
-    from datasets import load_from_disk
+    load_from_disk = pytest.importorskip("datasets").load_from_disk
 
     cache = fake_cache(tmp_path / "cache")
     counts = build(cache, tmp_path / "out", "en-de", fractions=(0.5, 0.25, 0.25), n_negatives=2)

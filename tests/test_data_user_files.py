@@ -83,7 +83,7 @@ def test_bad_arguments(tmp_path):
 
 
 def test_bembed_data_check_cli(tmp_path, capsys):
-    from datasets import load_from_disk
+    load_from_disk = pytest.importorskip("datasets").load_from_disk
 
     from bembed.cli import main
 
