@@ -116,7 +116,7 @@ def _flex(case):
     def score_mod(score, b, h, q_idx, kv_idx):
         return score - slopes[h] * (pos[q_idx] - pos[kv_idx]).abs()
 
-    block_mask = create_block_mask(mask_mod, 1, 1, T, T, device="cuda")
+    block_mask = create_block_mask(mask_mod, 1, 1, T, T, device="cuda", _compile=True)  # never a T×T mask
     return lambda q, k, v: flex(q.transpose(0, 1)[None], k.transpose(0, 1)[None], v.transpose(0, 1)[None],
                                 score_mod=score_mod, block_mask=block_mask, scale=SCALE)[0].transpose(0, 1)
 

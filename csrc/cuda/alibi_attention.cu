@@ -7,6 +7,8 @@
 // each CTA kBlockN keys (16 per warp) and loops over query tiles, computing everything key-major (Sᵀ = K·Qᵀ,
 // dPᵀ = V·dOᵀ) so that dV += Pᵀ·dO and dK += dSᵀ·Q stay in registers; the dQ kernel mirrors the forward
 // (queries per CTA, loop over keys) and accumulates dQ += dS·K. P is recomputed as exp2(x − lse·log2e).
+// Tensor cores via mma.sync m16n8k16 with ldmatrix fragments (mma_fragments.cuh); the streamed tiles (K/V, or
+// Q/dO for dK/dV) are double-buffered with cp.async (async_copy.cuh).
 //
 // Boundaries: tile rows past the sequence end are zero-filled in shared memory (so no garbage reaches a
 // product) and never stored; keys past the end or masked get x = −inf; a row whose keys are all masked
@@ -28,7 +30,7 @@ constexpr int kThreads = 32 * kWarps;
 constexpr int kBlockM = 16 * kWarps;  // queries per CTA (forward, dQ)
 constexpr int kBlockN = 64;           // keys per tile (forward, dQ) and per CTA (dK/dV)
 constexpr int kPad = 8;               // 16-bit elements of padding per shared row: rows stay 16-byte aligned
-                                      // and the fragment loads of the 8 groups hit distinct banks
+                                      // and the 8 rows of each ldmatrix hit distinct banks
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kLn2 = 0.6931471805599453f;
 constexpr int kDefaultSharedLimit = 48 * 1024;
