@@ -93,6 +93,10 @@ def _flex(case):
     from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
     if "fn" not in _compiled_flex:
+        # One specialisation per shape and score_mod: more than dynamo's default limit of 8 in this file.
+        for limit in ("recompile_limit", "cache_size_limit"):
+            if hasattr(torch._dynamo.config, limit):
+                setattr(torch._dynamo.config, limit, 64)
         _compiled_flex["fn"] = torch.compile(flex_attention, dynamic=False)
     flex = _compiled_flex["fn"]
     slopes = case.slopes
