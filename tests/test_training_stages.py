@@ -217,6 +217,6 @@ def test_nan_loss_stops_naming_step_and_batch(files, tmp_path):
         return (value * float("nan") if len(calls) == 3 else value), metrics
 
     stage.loss = poisoned
-    with pytest.raises(NonFiniteLossError, match=r"loss is nan at step 2: batch mlm\[(en|de)\] sequences \[") as info:
+    with pytest.raises(NonFiniteLossError, match=r"loss is nan at step 3: batch mlm\[(en|de)\] sequences \[") as info:
         _fit(stage, cfg)
     assert "micro-batch 2" in str(info.value)

@@ -145,7 +145,9 @@ class Trainer:
         reduced = self._sum_across_ranks([loss_sum, float(tokens), float(len(bad)), *[sums[k] for k in keys]])
         if reduced[2] > 0:
             where = "; ".join(bad) if bad else "on another rank"
-            raise NonFiniteLossError(f"loss is {loss_sum if bad else 'non-finite'} at step {self.step}: batch {where}")
+            # steps are counted from 1, as in the logs and metrics.jsonl
+            raise NonFiniteLossError(f"loss is {loss_sum if bad else 'non-finite'} at step {self.step + 1}: "
+                                     f"batch {where}")
         self._all_reduce_grads()
         grad_norm = None
         if cfg.max_grad_norm:
