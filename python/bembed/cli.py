@@ -18,6 +18,8 @@ SUBCOMMANDS = {
     "pairs": "stage 2: contrastive pair training (bidirectional InfoNCE)",
     "multitask": "stage 3: multi-task fine-tuning (retrieval + STS)",
     "align": "teach an existing model a new language with a frozen teacher",
+    "tokenizer": "train the bilingual BPE tokenizer for a language pair",
+    "quickstart": "the main job: data, tokenizer, stages 1-3, evaluation, saved model, in ~20 minutes on CPU",
 }
 
 

@@ -1,0 +1,487 @@
+"""The quickstart: the whole system, end to end, on a CPU in about 20 minutes.
+
+    data (fetch + build)  →  stage-1 corpus sample  →  tokenizer  →  evaluate the untrained model and the installed references
+    →  stage 1 MLM  →  stage 2 parallel pairs  →  stage 3 multi-task  →  model folder  →  evaluate
+    →  loss-curve PNG  →  two example sentences per language, cross-lingual similarities
+
+Every step is a call into the module that owns it (bembed.data, bembed.tokenizer, bembed.training,
+bembed.encode, bembed.eval); this file only decides the order, the budget and the file layout.
+
+Budget: `minutes` is the wall-clock target of the whole job. Whatever data preparation, the tokenizer and
+the reference evaluation leave over (minus the time the untrained model's evaluation took, reserved for
+the trained model's) goes to training, split by BUDGET_SHARES; each stage times a few optimizer steps
+of its own model and data and gets as many steps as fit. Step counts, once chosen, are written to the
+stage folder, so a resumed stage runs exactly the same schedule.
+
+Resume: each finished step writes `<out>/.quickstart/<step>.json`; a second run skips those and picks an
+unfinished training stage up from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import logging
+import time
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
+
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+TRAINING_STAGES = ("pretrain", "pairs", "multitask")
+# Bitext mining is what the quickstart is judged on, and stage 2's parallel pairs teach it; stage 1 only
+# has to give the embeddings a start, and stage 3 adds retrieval/STS without undoing stage 2.
+BUDGET_SHARES = {"pretrain": 0.2, "pairs": 0.65, "multitask": 0.15}
+MIN_TRAINING_FRACTION = 0.4  # of the budget, even when data preparation overran: below it, quality collapses
+CALIBRATION_STEPS = 4  # optimizer steps timed per stage (after one warm-up step), then undone
+EXAMPLES = {
+    "en": ("Click OK to save your changes.", "Where can I find the train station?"),
+    "de": ("Klicken Sie auf OK, um Ihre Änderungen zu speichern.", "Wo finde ich den Bahnhof?"),
+    "es": ("Pulse Aceptar para guardar los cambios.", "¿Dónde está la estación de tren?"),
+}
+MUST_F1 = 0.7
+
+
+@dataclasses.dataclass
+class Settings:
+    """What `bembed quickstart` runs. `steps` fixes the step count of each training stage instead of the
+    time budget; `overrides` maps a stage to dotted config overrides (e.g. {"pairs": ["train.lr=3e-4"]});
+    `baselines` None means every installed reference model."""
+
+    pair: str = "en-de"
+    minutes: float = 20.0
+    out: Path = Path("quickstart")
+    cache: Path | None = None
+    data_root: Path | None = None
+    vocab_size: int = 16000
+    tokenizer_chars: int | None = 6_000_000  # per language; None: the whole corpus
+    mlm_chars: int = 3_000_000  # per language, for stage 1
+    steps: dict[str, int] | None = None
+    overrides: dict[str, list[str]] = dataclasses.field(default_factory=dict)
+    baselines: list[str] | None = None
+    eval_tasks: tuple[str, ...] = ("bitext", "sts", "pair_classification", "retrieval")
+    eval_max_items: int = 1000
+    eval_max_chars: int = 2000
+    seed: int = 42
+    progress: bool = True
+
+    def __post_init__(self):
+        if self.pair not in ("en-de", "en-es"):
+            raise ValueError(f"pair must be 'en-de' or 'en-es', got {self.pair!r}")
+        if not self.minutes > 0:
+            raise ValueError(f"minutes must be positive, got {self.minutes}")
+        self.out = Path(self.out)
+        if self.steps is not None:
+            unknown = sorted(set(self.steps) - set(TRAINING_STAGES))
+            if unknown or any(not isinstance(n, int) or n < 1 for n in self.steps.values()):
+                raise ValueError(f"steps must map {TRAINING_STAGES} to positive ints, got {self.steps}")
+        unknown = sorted(set(self.overrides) - set(TRAINING_STAGES))
+        if unknown:
+            raise ValueError(f"overrides: unknown stage(s) {unknown}; stages are {TRAINING_STAGES}")
+
+
+class Markers:
+    """Stage markers: `<out>/.quickstart/<name>.json` holds what a finished step produced."""
+
+    def __init__(self, out: Path):
+        self.root = Path(out) / ".quickstart"
+
+    def get(self, name: str) -> dict | None:
+        path = self.root / f"{name}.json"
+        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+    def put(self, name: str, info: dict) -> dict:
+        self.root.mkdir(parents=True, exist_ok=True)
+        tmp = self.root / f"{name}.json.tmp"
+        tmp.write_text(json.dumps(info, indent=1), encoding="utf-8")
+        tmp.replace(self.root / f"{name}.json")
+        return info
+
+
+def _step(markers: Markers, name: str, fn, *args) -> dict:
+    """Run fn unless its marker exists; returns the marker's content."""
+    done = markers.get(name)
+    if done is not None:
+        print(f"[quickstart] {name}: done in an earlier run, skipped", flush=True)
+        return done
+    print(f"[quickstart] {name} ...", flush=True)
+    start = time.perf_counter()
+    info = fn(*args)
+    info["seconds"] = round(time.perf_counter() - start, 1)
+    print(f"[quickstart] {name}: {info['seconds']:.0f} s", flush=True)
+    return markers.put(name, info)
+
+
+# ---------------------------------------------------------------------------------------------- data
+def prepare_data(settings: Settings) -> dict:
+    """Fetch the pinned sources and build the pair's datasets, unless they are built already."""
+    from bembed.data.sources import cache_dir
+
+    cache = cache_dir(settings.cache)
+    root = Path(settings.data_root) if settings.data_root else cache / "datasets"
+    if (root / settings.pair / "counts.json").is_file():
+        print(f"  using the datasets built under {root / settings.pair}")
+    else:
+        import datasets
+
+        from bembed.data.build import build
+        from bembed.data.sources import fetch_all
+
+        datasets.disable_progress_bars()
+        fetched = fetch_all(cache, progress=settings.progress)
+        failed = {k: v for k, v in fetched.items() if v.startswith("failed")}
+        for name, why in failed.items():
+            print(f"  not fetched: {name}: {why}")
+        build(cache, root, settings.pair)
+    counts = json.loads((root / settings.pair / "counts.json").read_text(encoding="utf-8"))
+    return {"data_root": str(root), "counts": {k: v for k, v in counts.items() if k != "dropped"}}
+
+
+def sample_mlm_corpus(settings: Settings, data_root: str) -> dict:
+    """A random sample of each language's training documents for stage 1, as <out>/corpus/mono_<lang>.jsonl:
+    the few thousand steps the budget allows see a fraction of the corpus, and tokenising all of it
+    would cost a minute of that budget."""
+    from bembed.commands.tokenizer import sample_documents
+
+    folder = settings.out / "corpus"
+    folder.mkdir(parents=True, exist_ok=True)
+    files = {}
+    for lang in settings.pair.split("-"):
+        texts = sample_documents(data_root, settings.pair, lang, settings.mlm_chars, seed=settings.seed)
+        path = folder / f"mono_{lang}.jsonl"
+        path.write_text("".join(json.dumps({"text": t}, ensure_ascii=False) + "\n" for t in texts), encoding="utf-8")
+        files[lang] = str(path)
+    return {"files": files}
+
+
+def train_tokenizer(settings: Settings, data_root: str) -> dict:
+    from bembed.commands.tokenizer import train_for_pair
+
+    folder = settings.out / "tokenizer"
+    tokenizer = train_for_pair(folder, settings.pair, settings.vocab_size, data_root,
+                               max_chars=settings.tokenizer_chars)
+    return {"tokenizer": str(folder), "vocab_size": len(tokenizer)}
+
+
+# ---------------------------------------------------------------------------------------------- stages
+def stage_config(settings: Settings, stage: str, data_root: str, model_from: str):
+    """The stage's run config: configs/quickstart_<stage>.yaml + the user's overrides, with the data paths'
+    placeholders filled in ({data}: the built pair's folder, {out}: the quickstart folder, {other}: de or
+    es), the model taken from `model_from` (the tokenizer folder for stage 1, the previous stage's export
+    after that) and the output under <out>/<stage>."""
+    from bembed.training.config import MultitaskRun, PairsRun, PretrainRun, load_config
+
+    cls = {"pretrain": PretrainRun, "pairs": PairsRun, "multitask": MultitaskRun}[stage]
+    cfg = load_config(cls, CONFIG_DIR / f"quickstart_{stage}.yaml", settings.overrides.get(stage, ()))
+    other = settings.pair.split("-")[1]
+    for source in cfg.data.train:
+        source.path = source.path.format(data=Path(data_root) / settings.pair, out=settings.out, other=other)
+        if source.lang:
+            source.lang = source.lang.format(other=other)
+    if stage == "pretrain":
+        cfg.model.tokenizer = model_from
+    else:
+        cfg.model.init_from = model_from
+    cfg.train.output_dir = str(settings.out / stage)
+    cfg.train.seed = settings.seed
+    cfg.train.progress = settings.progress
+    return cfg
+
+
+def make_stage(stage: str, cfg):
+    from bembed.training.mlm import MLMStage
+    from bembed.training.multitask import MultitaskStage
+    from bembed.training.pairs import PairStage
+
+    torch.manual_seed(cfg.train.seed)  # a fresh model's initialisation is part of the run
+    return {"pretrain": MLMStage, "pairs": PairStage, "multitask": MultitaskStage}[stage](cfg)
+
+
+def seconds_per_step(stage_obj, cfg) -> float:
+    """Time CALIBRATION_STEPS real optimizer steps (after one warm-up step) of this stage's model and data,
+    then restore the weights and RNG: the timed steps leave no trace in the run."""
+    from bembed.training.trainer import Trainer
+
+    weights = copy.deepcopy(stage_obj.model.state_dict())
+    rng = torch.get_rng_state()
+    probe_cfg = dataclasses.replace(cfg.train, max_steps=CALIBRATION_STEPS + 1, warmup_steps=CALIBRATION_STEPS + 1)
+    trainer = Trainer(stage_obj, probe_cfg)
+    trainer.train_step()
+    start = time.perf_counter()
+    for _ in range(CALIBRATION_STEPS):
+        trainer.train_step()
+    elapsed = (time.perf_counter() - start) / CALIBRATION_STEPS
+    stage_obj.model.load_state_dict(weights)
+    torch.set_rng_state(rng)
+    del trainer
+    return elapsed
+
+
+def plan_steps(stage_obj, cfg, budget_s: float, started: float) -> dict:
+    """Steps that fit into what is left of budget_s (the stage's setup and calibration already count)."""
+    per_step = seconds_per_step(stage_obj, cfg)
+    left = budget_s - (time.perf_counter() - started)
+    steps = max(10, int(0.95 * left / per_step))  # 5% for checkpoints, export and the slower tail
+    return {"max_steps": steps, "seconds_per_step": round(per_step, 3), "budget_s": round(budget_s, 1)}
+
+
+def run_stage(settings: Settings, stage: str, data_root: str, model_from: str, budget_s: float) -> dict:
+    """Build the stage, fix its step count (stored in <out>/<stage>/quickstart_plan.json), train it —
+    from its latest checkpoint when an earlier run was interrupted — and export <out>/<stage>/final."""
+    from bembed.training.config import to_dict
+    from bembed.training.trainer import Trainer
+
+    started = time.perf_counter()
+    cfg = stage_config(settings, stage, data_root, model_from)
+    stage_obj = make_stage(stage, cfg)
+    plan_file = Path(cfg.train.output_dir) / "quickstart_plan.json"
+    if plan_file.is_file():
+        plan = json.loads(plan_file.read_text(encoding="utf-8"))
+    elif settings.steps and stage in settings.steps:
+        plan = {"max_steps": settings.steps[stage]}
+    else:
+        plan = plan_steps(stage_obj, cfg, budget_s, started)
+    plan_file.parent.mkdir(parents=True, exist_ok=True)
+    plan_file.write_text(json.dumps(plan, indent=1), encoding="utf-8")
+    cfg.train.max_steps = plan["max_steps"]
+    # The configured warm-up is meant for a full run; a short one warms up over at most a tenth of it.
+    cfg.train.warmup_steps = min(cfg.train.warmup_steps, max(1, cfg.train.max_steps // 10))
+    print(f"  {stage}: {cfg.train.max_steps} steps"
+          + (f" (≈{plan['seconds_per_step']:.2f} s each, budget {plan['budget_s']:.0f} s)" if "budget_s" in plan else ""),
+          flush=True)
+    resume = "latest" if any((Path(cfg.train.output_dir) / "checkpoints").glob("step-*")) else None
+    trainer = Trainer(stage_obj, cfg.train, to_dict(cfg))
+    history = trainer.fit(resume=resume)
+    final = Path(cfg.train.output_dir) / "final"
+    last = history[-1] if history else {}
+    return {"final": str(final), "steps": cfg.train.max_steps, "resumed": resume is not None,
+            "last_loss": last.get("loss"), "metrics": str(Path(cfg.train.output_dir) / "metrics.jsonl")}
+
+
+# ---------------------------------------------------------------------------------------------- model
+def save_model(settings: Settings, final: str) -> dict:
+    """<out>/model: the HF folder (config.json, model.safetensors, tokenizer) that is also a
+    sentence-transformers folder (modules.json, pooling, normalize)."""
+    from bembed.model import JinaBertModel
+    from bembed.model.export import export_sentence_transformers
+    from bembed.training.encoder import load_tokenizer
+
+    folder = settings.out / "model"
+    model = JinaBertModel.from_pretrained(final)
+    export_sentence_transformers(model, load_tokenizer(final), folder)
+    return {"model": str(folder)}
+
+
+def plot_losses(settings: Settings, png: Path) -> dict:
+    """One PNG, a panel per training stage: each loss column of its metrics.jsonl against the step."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(TRAINING_STAGES), figsize=(5 * len(TRAINING_STAGES), 3.6))
+    for ax, stage in zip(axes, TRAINING_STAGES):
+        records: dict[int, dict] = {}
+        path = settings.out / stage / "metrics.jsonl"
+        if path.is_file():
+            for line in path.read_text(encoding="utf-8").splitlines():
+                if line.strip():
+                    record = json.loads(line)
+                    records[record["step"]] = record  # a resumed run rewrites steps: the last one wins
+        steps = sorted(records)
+        for key in sorted({k for r in records.values() for k in r if "loss" in k}):
+            points = [(s, records[s][key]) for s in steps if key in records[s]]
+            ax.plot([p[0] for p in points], [p[1] for p in points], label=key)
+        ax.set_title({"pretrain": "stage 1: MLM", "pairs": "stage 2: pairs (InfoNCE)",
+                      "multitask": "stage 3: multi-task"}[stage])
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+        if records:
+            ax.legend(fontsize=8)
+    axes[0].set_ylabel("loss")
+    fig.tight_layout()
+    fig.savefig(png, dpi=100)
+    plt.close(fig)
+    return {"png": str(png)}
+
+
+# ---------------------------------------------------------------------------------------------- evaluation
+def eval_tasks(settings: Settings, data_root: str):
+    from bembed.eval.tasks import TaskSizes, local_tasks
+
+    sizes = TaskSizes(max_items=settings.eval_max_items, max_chars=settings.eval_max_chars, seed=0)
+    return local_tasks(data_root, [settings.pair], sizes, settings.eval_tasks)
+
+
+def untrained_embedder(settings: Settings, tokenizer_dir: str):
+    """Stage 1's architecture with fresh weights: what training starts from."""
+    from bembed.encode import Embedder
+    from bembed.model import JinaBertConfig, JinaBertModel
+    from bembed.tokenizer import model_config_kwargs
+    from bembed.training.encoder import load_tokenizer
+
+    cfg = stage_config(settings, "pretrain", "", tokenizer_dir)
+    tokenizer = load_tokenizer(tokenizer_dir)
+    torch.manual_seed(settings.seed)
+    model = JinaBertModel(JinaBertConfig(**{**cfg.model.config, **model_config_kwargs(tokenizer)}))
+    embedder = Embedder(model, tokenizer)
+    embedder.name = "untrained (same architecture)"
+    return embedder
+
+
+def evaluate_references(settings: Settings, data_root: str, tokenizer_dir: str) -> dict:
+    """Scores of the untrained model and of each installed reference model (each kept in
+    <out>/eval/<name>.json as soon as it is done, so an interrupted run keeps what it finished)."""
+    from bembed.eval import baselines
+    from bembed.eval.run import evaluate_encoder
+
+    tasks = eval_tasks(settings, data_root)
+    if not tasks:
+        raise FileNotFoundError(f"no evaluation tasks for {settings.pair} under {data_root}")
+    names = baselines.available() if settings.baselines is None else list(settings.baselines)
+    missing = sorted(set(names) - set(baselines.available()))
+    if missing:
+        print(f"  reference models not installed (skipped): {', '.join(missing)}")
+    results, untrained_s = [], None
+    for name in ["untrained", *[n for n in names if n not in missing]]:
+        cached = settings.out / "eval" / f"{_slug(name)}.json"
+        if cached.is_file():
+            result = json.loads(cached.read_text(encoding="utf-8"))
+        else:
+            print(f"  evaluating {name} ...", flush=True)
+            encoder = untrained_embedder(settings, tokenizer_dir) if name == "untrained" else baselines.load(name)
+            result = evaluate_encoder(encoder, tasks, name=getattr(encoder, "name", name))
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            cached.write_text(json.dumps(result, indent=1), encoding="utf-8")
+        if name == "untrained":
+            untrained_s = result["seconds"]
+        results.append(result)
+    return {"results": results, "untrained_eval_s": untrained_s}
+
+
+def evaluate_model(settings: Settings, data_root: str, model_dir: str, references: list[dict]) -> dict:
+    from bembed.encode import Embedder
+    from bembed.eval.report import format_table, write_bar_chart, write_json
+    from bembed.eval.run import evaluate_encoder
+
+    encoder = Embedder.from_pretrained(model_dir, device="cpu" if not torch.cuda.is_available() else None)
+    encoder.name = f"bembed quickstart ({settings.pair})"
+    mine = evaluate_encoder(encoder, eval_tasks(settings, data_root), name=encoder.name)
+    results = [mine, *references]
+    folder = settings.out / "eval"
+    folder.mkdir(parents=True, exist_ok=True)
+    write_json(results, folder / "results.json", {"settings": {
+        "pair": settings.pair, "max_items": settings.eval_max_items, "max_chars": settings.eval_max_chars,
+        "note": "BembedSTSConstructed and BembedPairClassification are constructed, not human-graded"}})
+    write_bar_chart(results, folder / "results.png")
+    return {"table": format_table(results), "results": results, "verdict": bitext_verdict(results, settings.pair)}
+
+
+def bitext_verdict(results: list[dict], pair: str) -> dict:
+    """The quickstart's bar: held-out bitext F1 ≥ MUST_F1 and above the untrained model and all-MiniLM-L6-v2
+    (when installed)."""
+    task = f"BembedBitextMining.{pair}"
+    mine = results[0]["scores"].get(task)
+    others = {r["model"]: r["scores"].get(task) for r in results[1:]
+              if r["model"].startswith("untrained") or r["model"] == "all-MiniLM-L6-v2"}
+    passed = mine is not None and mine >= MUST_F1 and all(v is None or mine > v for v in others.values())
+    return {"task": task, "f1": mine, "compared_with": others, "passed": passed}
+
+
+def cross_lingual_demo(settings: Settings, model_dir: str) -> dict:
+    """Two example sentences per language; the cosine of every English one with every translation."""
+    from bembed.encode import Embedder
+
+    en, other = settings.pair.split("-")
+    embedder = Embedder.from_pretrained(model_dir)
+    a = embedder.encode(list(EXAMPLES[en]))
+    b = embedder.encode(list(EXAMPLES[other]))
+    sims = (a @ b.T).tolist()
+    return {"sentences": {en: list(EXAMPLES[en]), other: list(EXAMPLES[other])}, "cosine": sims}
+
+
+def _slug(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+
+
+# ---------------------------------------------------------------------------------------------- the job
+def run(settings: Settings) -> dict:
+    """The whole quickstart; returns a summary (also written to <out>/summary.json)."""
+    t0 = time.perf_counter()
+    out, markers = settings.out, Markers(settings.out)
+    out.mkdir(parents=True, exist_ok=True)
+    earlier = markers.get("clock") or {}
+    spent_before = earlier.get("spent_s", 0.0)  # time spent by interrupted earlier runs counts too
+
+    def elapsed() -> float:
+        return spent_before + time.perf_counter() - t0
+
+    def checkpoint_clock() -> None:
+        markers.put("clock", {"spent_s": round(elapsed(), 1)})
+
+    data = _step(markers, "data", prepare_data, settings)
+    checkpoint_clock()
+    _step(markers, "corpus", sample_mlm_corpus, settings, data["data_root"])
+    tok = _step(markers, "tokenizer", train_tokenizer, settings, data["data_root"])
+    checkpoint_clock()
+    refs = _step(markers, "references", evaluate_references, settings, data["data_root"], tok["tokenizer"])
+    checkpoint_clock()
+
+    plan = markers.get("budget")
+    if plan is None:
+        reserve = (refs["untrained_eval_s"] or 0.0) + 30.0  # the final evaluation, export, demo
+        training_s = max(settings.minutes * 60 - elapsed() - reserve, MIN_TRAINING_FRACTION * settings.minutes * 60)
+        plan = markers.put("budget", {"training_s": round(training_s, 1),
+                                      **{s: round(training_s * BUDGET_SHARES[s], 1) for s in TRAINING_STAGES}})
+        print(f"[quickstart] training budget: {training_s / 60:.1f} min "
+              f"({', '.join(f'{s} {plan[s]:.0f} s' for s in TRAINING_STAGES)})", flush=True)
+
+    model_from = tok["tokenizer"]
+    for stage in TRAINING_STAGES:
+        result = _step(markers, stage, run_stage, settings, stage, data["data_root"], model_from, plan[stage])
+        model_from = result["final"]
+        checkpoint_clock()
+
+    model = _step(markers, "model", save_model, settings, model_from)
+    _step(markers, "loss_png", plot_losses, settings, out / "loss.png")
+    evaluation = _step(markers, "evaluate", evaluate_model, settings, data["data_root"], model["model"],
+                       refs["results"])
+    demo = _step(markers, "demo", cross_lingual_demo, settings, model["model"])
+    checkpoint_clock()
+
+    summary = {"pair": settings.pair, "minutes_budget": settings.minutes, "wall_s": round(elapsed(), 1),
+               "model": model["model"], "loss_png": str(out / "loss.png"),
+               "eval": str(out / "eval" / "results.json"), "verdict": evaluation["verdict"],
+               "steps": {s: (markers.get(s) or {}).get("steps") for s in TRAINING_STAGES},
+               "machine": _machine(), "date": time.strftime("%Y-%m-%d", time.gmtime())}
+    (out / "summary.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
+    report(summary, evaluation, demo)
+    return summary
+
+
+def _machine() -> str:
+    import platform
+
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU, {torch.get_num_threads()} threads"
+    return f"{platform.machine()} {platform.processor() or platform.system()}, {device}, torch {torch.__version__}"
+
+
+def report(summary: dict, evaluation: dict, demo: dict) -> None:
+    print("\n" + evaluation["table"])
+    v = summary["verdict"]
+    if v["f1"] is not None:
+        compared = ", ".join(f"{k} {100 * x:.1f}" for k, x in v["compared_with"].items() if x is not None)
+        print(f"\n{v['task']} F1 {100 * v['f1']:.1f} (bar: ≥ {100 * MUST_F1:.0f}, above {compared or 'nothing'}): "
+              f"{'PASS' if v['passed'] else 'FAIL'}")
+    (a_lang, a), (b_lang, b) = demo["sentences"].items()
+    print("\ncross-lingual cosine similarity (rows: " + a_lang + ", columns: " + b_lang + ")")
+    for text, row in zip(a, demo["cosine"]):
+        print(f"  {text[:45]:<45} " + "  ".join(f"{x:+.3f}" for x in row))
+    for i, text in enumerate(b):
+        print(f"  column {i + 1}: {text}")
+    print(f"\nmodel: {summary['model']} (HF folder and sentence-transformers export)")
+    print(f"loss curves: {summary['loss_png']}; evaluation: {summary['eval']}")
+    print(f"wall time: {summary['wall_s'] / 60:.1f} min (budget {summary['minutes_budget']:g} min)")

@@ -1,0 +1,198 @@
+"""`bembed quickstart` end to end on tiny generated data: a 1-layer model, a few steps per stage. It must
+write the model folder (HF + sentence-transformers), the evaluation table, the loss PNG and the summary,
+and a run interrupted in stage 2 must resume there, leaving the finished steps alone."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+import torch
+
+pytest.importorskip("datasets")
+pytest.importorskip("mteb")
+pytest.importorskip("matplotlib")
+
+from bembed import quickstart as qs  # noqa: E402
+from bembed.commands.quickstart import parse_overrides  # noqa: E402
+
+import training_utils as U  # noqa: E402
+
+TINY = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64,
+        "hidden_dropout_prob": 0.0, "max_position_embeddings": 512}
+
+
+def _built_pair(root, n_docs: int = 60, seed: int = 0):
+    """A stand-in for `bembed data build --pair en-de`: every set with its columns and three splits."""
+    from datasets import Dataset, DatasetDict
+
+    rng = random.Random(seed)
+    folder = root / "en-de"
+    sets: dict[str, dict[str, list]] = {}
+
+    def add(name, split, row):
+        sets.setdefault(name, {"train": [], "validation": [], "test": []})[split].append(row)
+
+    for d in range(n_docs):
+        split = "test" if d % 5 == 0 else "validation" if d % 5 == 1 else "train"
+        doc = f"doc{d}"
+        sentences = [U.sentence(U.EN, rng, 6) for _ in range(4)]
+        german = [U.translate(s) for s in sentences]
+        en_text, de_text = (" ".join(s) + "." for s in sentences), (" ".join(s) + "." for s in german)
+        add("mono_en", split, {"doc_id": doc, "source": "gen", "title": doc, "text": "\n\n".join(en_text)})
+        add("mono_de", split, {"doc_id": doc, "source": "gen", "title": doc, "text": "\n\n".join(de_text)})
+        for s, g in zip(sentences, german):
+            add("parallel", split, {"src": " ".join(s), "tgt": " ".join(g), "src_lang": "en", "tgt_lang": "de",
+                                    "source": "gen", "doc_id": doc})
+            add("pairs", split, {"anchor": " ".join(s[:3]), "positive": " ".join(s), "kind": "title_body",
+                                 "lang": "en", "source": "gen", "doc_id": doc})
+        for q, dl, body in (("en", "en", sentences), ("de", "de", german), ("en", "de", german)):
+            query = " ".join(sentences[0][:2]) if q == "en" else " ".join(german[0][:2])
+            add("retrieval", split, {"query": query, "positive": " ".join(body[0]),
+                                     "negatives": [" ".join(body[1]), " ".join(body[2])], "query_lang": q,
+                                     "doc_lang": dl, "source": "gen", "doc_id": doc})
+        for level, (a, b) in ((5, (sentences[0], german[0])), (0, (sentences[1], german[3])),
+                              (1, (sentences[2], german[0])), (3, (sentences[3], german[3][:4]))):
+            add("sts_constructed", split, {"sentence1": " ".join(a), "sentence2": " ".join(b), "score": float(level),
+                                           "level": level, "lang1": "en", "lang2": "de", "doc_id": doc,
+                                           "origin": "generated"})
+    counts = {}
+    for name, splits in sets.items():
+        DatasetDict({s: Dataset.from_list(rows) for s, rows in splits.items()}).save_to_disk(str(folder / name))
+        counts[name] = {s: len(rows) for s, rows in splits.items()}
+    (folder / "counts.json").write_text(json.dumps(counts))
+    return root
+
+
+def _settings(data, out, **changes):
+    model = [f"model.config={json.dumps(TINY)}", "model.max_length=24", "train.batch_size=8",
+             "train.save_every=2", "train.log_every=1"]
+    settings = dict(pair="en-de", minutes=1.0, out=out, data_root=data, vocab_size=400, tokenizer_chars=None,
+                    mlm_chars=20_000, steps={"pretrain": 4, "pairs": 6, "multitask": 4},
+                    overrides={"pretrain": model, "pairs": model[1:], "multitask": model[1:]},
+                    baselines=[], eval_max_items=20, progress=False)
+    settings.update(changes)
+    return qs.Settings(**settings)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return _built_pair(tmp_path_factory.mktemp("datasets"))
+
+
+def test_quickstart_writes_model_table_png_and_resumes_after_an_interruption(data, tmp_path, monkeypatch, capsys):
+    from bembed.training.trainer import Trainer
+
+    out = tmp_path / "qs"
+    settings = _settings(data, out)
+    real_step = Trainer.train_step
+
+    def interrupted_step(self):
+        if type(self.stage).__name__ == "PairStage" and self.step == 3:
+            raise KeyboardInterrupt  # what Ctrl-C does in the middle of stage 2
+        return real_step(self)
+
+    monkeypatch.setattr(Trainer, "train_step", interrupted_step)
+    with pytest.raises(KeyboardInterrupt):
+        qs.run(settings)
+    markers = qs.Markers(out)
+    assert markers.get("pretrain") is not None and markers.get("pairs") is None
+    assert (out / "pairs" / "checkpoints" / "step-00000003").is_dir()  # the trainer's Ctrl-C checkpoint
+    finished = {name: (out / ".quickstart" / f"{name}.json").stat().st_mtime_ns
+                for name in ("data", "corpus", "tokenizer", "references", "pretrain")}
+    pretrain_weights = (out / "pretrain" / "final" / "model.safetensors").read_bytes()
+
+    monkeypatch.setattr(Trainer, "train_step", real_step)
+    capsys.readouterr()
+    summary = qs.run(settings)
+    printed = capsys.readouterr().out
+
+    # the finished steps were skipped, stage 2 went on from its checkpoint to its planned end
+    for name, mtime in finished.items():
+        assert (out / ".quickstart" / f"{name}.json").stat().st_mtime_ns == mtime, name
+        assert f"[quickstart] {name}: done in an earlier run, skipped" in printed
+    assert (out / "pretrain" / "final" / "model.safetensors").read_bytes() == pretrain_weights
+    pairs = markers.get("pairs")
+    assert pairs["resumed"] and pairs["steps"] == 6
+    steps_logged = [json.loads(line)["step"] for line in (out / "pairs" / "metrics.jsonl").read_text().splitlines()]
+    assert steps_logged == [1, 2, 3, 4, 5, 6]  # 1-3 before the interruption, 4-6 after
+    assert summary["steps"] == {"pretrain": 4, "pairs": 6, "multitask": 4}
+
+    # the model folder loads as a bembed model and (when installed) with sentence-transformers, same vectors
+    from bembed.encode import Embedder
+
+    model_dir = out / "model"
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "modules.json", "1_Pooling/config.json"):
+        assert (model_dir / name).is_file(), name
+    texts = ["the house by the river", "das haus am fluss"]
+    ours = Embedder.from_pretrained(model_dir, device="cpu").encode(texts)
+    try:
+        from sentence_transformers import SentenceTransformer
+    except ImportError:
+        pass
+    else:
+        theirs = SentenceTransformer(str(model_dir), device="cpu").encode(texts)
+        assert torch.allclose(torch.from_numpy(theirs), torch.from_numpy(ours), atol=1e-4)
+
+    # evaluation: the trained model first, then the untrained one, on every local task of the pair
+    results = json.loads((out / "eval" / "results.json").read_text())["results"]
+    assert [r["model"] for r in results] == ["bembed quickstart (en-de)", "untrained (same architecture)"]
+    assert set(results[0]["scores"]) == set(results[1]["scores"]) >= {
+        "BembedBitextMining.en-de", "BembedSTSConstructed.en-de", "BembedRetrieval.en-de"}
+    assert "| BembedBitextMining.en-de | f1 |" in printed
+    assert summary["verdict"]["task"] == "BembedBitextMining.en-de"
+    assert (out / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (out / "eval" / "results.png").is_file()
+    assert "cross-lingual cosine similarity" in printed
+    assert json.loads((out / "summary.json").read_text())["model"] == str(model_dir)
+
+    # a third run has nothing left to do
+    capsys.readouterr()
+    qs.run(settings)
+    assert "[quickstart] multitask: done in an earlier run, skipped" in capsys.readouterr().out
+
+
+def test_step_timing_leaves_no_trace(data, tmp_path):
+    out = tmp_path / "qs"
+    settings = _settings(data, out)
+    tokenizer = qs.train_tokenizer(settings, str(data))["tokenizer"]
+    cfg = qs.stage_config(settings, "pairs", str(data), tokenizer)
+    cfg.model.init_from, cfg.model.tokenizer, cfg.model.config = None, tokenizer, TINY
+    stage = qs.make_stage("pairs", cfg)
+    before = {k: v.clone() for k, v in stage.model.state_dict().items()}
+    rng = torch.get_rng_state()
+    seconds = qs.seconds_per_step(stage, cfg)
+    assert seconds > 0
+    assert all(torch.equal(before[k], v) for k, v in stage.model.state_dict().items())
+    assert torch.equal(torch.get_rng_state(), rng)
+    plan = qs.plan_steps(stage, cfg, budget_s=0.0, started=0.0)
+    assert plan["max_steps"] == 10  # the floor, when nothing of the budget is left
+
+
+def test_bitext_verdict_needs_the_bar_and_both_comparisons():
+    def result(model, f1):
+        return {"model": model, "scores": {"BembedBitextMining.en-de": f1}}
+
+    untrained, minilm = result("untrained (same architecture)", 0.3), result("all-MiniLM-L6-v2", 0.5)
+    assert qs.bitext_verdict([result("ours", 0.75), untrained, minilm], "en-de")["passed"]
+    assert not qs.bitext_verdict([result("ours", 0.65), untrained, minilm], "en-de")["passed"]
+    assert not qs.bitext_verdict([result("ours", 0.75), untrained, result("all-MiniLM-L6-v2", 0.8)],
+                                 "en-de")["passed"]
+    assert qs.bitext_verdict([result("ours", 0.75), untrained], "en-de")["compared_with"] == {
+        "untrained (same architecture)": 0.3}
+
+
+def test_settings_and_overrides_reject_bad_input():
+    with pytest.raises(ValueError, match="pair"):
+        qs.Settings(pair="en-fr")
+    with pytest.raises(ValueError, match="minutes"):
+        qs.Settings(minutes=0)
+    with pytest.raises(ValueError, match="steps"):
+        qs.Settings(steps={"pairs": 0})
+    with pytest.raises(ValueError, match="overrides"):
+        qs.Settings(overrides={"finetune": ["train.lr=1"]})
+    assert parse_overrides(["pairs.train.lr=3e-4", "pairs.model.max_length=32"]) == {
+        "pairs": ["train.lr=3e-4", "model.max_length=32"]}
+    with pytest.raises(ValueError, match="STAGE"):
+        parse_overrides(["train.lr=3e-4"])
