@@ -1,0 +1,48 @@
+"""The training subcommands end to end through `bembed.cli.main`: config file + dotted overrides, the
+final export, resume, and exit codes for bad configs and bad checkpoints."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from bembed.cli import main
+
+import training_utils as U
+
+single_thread = pytest.fixture(autouse=True)(U.one_thread)
+
+
+def test_pretrain_then_pairs_through_the_cli(tmp_path):
+    en, de = U.text_files(tmp_path)
+    config = tmp_path / "pretrain.yaml"
+    config.write_text(
+        "model:\n  max_length: 24\n"
+        f"  config: {json.dumps(U.TINY_MODEL)}\n"
+        f"data:\n  train:\n    - {{path: {en}, lang: en}}\n    - {{path: {de}, lang: de}}\n"
+        "mlm:\n  tokenizer_vocab_size: 400\n")
+    out = tmp_path / "pretrain"
+    # no tokenizer yet: the stage trains one from the two languages into <output_dir>/tokenizer
+    assert main(["pretrain", "--config", str(config), *U.train_overrides(out, 2)]) == 0
+    assert (out / "tokenizer" / "tokenizer.json").is_file() and (out / "final" / "model.safetensors").is_file()
+    assert main(["pretrain", "--config", str(config), *U.train_overrides(out, 3), "--resume", "latest"]) == 0
+    assert json.loads((out / "checkpoints" / "step-00000003" / "state.json").read_text())["step"] == 3
+
+    pairs = tmp_path / "pairs.yaml"
+    pairs.write_text(f"model:\n  init_from: {out / 'final'}\n  max_length: 24\n"
+                     f"data:\n  train:\n    - {{path: {U.pair_file(tmp_path)}}}\n")
+    assert main(["pairs", "--config", str(pairs), *U.train_overrides(tmp_path / "pairs", 2)]) == 0
+    assert (tmp_path / "pairs" / "final" / "modules.json").is_file()
+
+
+def test_cli_exit_codes(tmp_path, caplog):
+    assert main(["pairs", "--config", str(tmp_path / "missing.yaml")]) == 2
+    assert main(["pairs", "--config", "pairs_tiny", "train.no_such_field=1"]) == 2
+    assert "unknown key" in caplog.text
+    tok = U.tokenizer_dir(tmp_path)
+    args = ["pairs", "--config", "pairs_tiny", f"data.train=[{{path: {U.pair_file(tmp_path)}}}]", "model.init_from=null",
+            f"model.tokenizer={tok}", f"model.config={json.dumps(U.TINY_MODEL)}", "model.max_length=24",
+            *U.train_overrides(tmp_path / "run", 1)]
+    assert main([*args, "--resume", str(tmp_path / "no_checkpoint")]) == 1
+    assert "no such checkpoint folder" in caplog.text
