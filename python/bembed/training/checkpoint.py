@@ -33,7 +33,7 @@ class CheckpointError(RuntimeError):
     """A checkpoint that is missing, incomplete or unreadable; the message names the path."""
 
 
-def _tensor_dict(state: dict) -> dict[str, torch.Tensor]:
+def tensor_dict(state: dict) -> dict[str, torch.Tensor]:
     # safetensors refuses tensors that share memory (the tied MLM decoder): store a copy per name.
     return {k: v.detach().to("cpu").clone().contiguous() for k, v in state.items()}
 

@@ -180,7 +180,7 @@ class Trainer:
         ckpt.write_json(tmp / f"rng-rank{self.rank}.json", meta)
         final = None
         if self.rank == 0:
-            save_file(ckpt._tensor_dict(self.model.state_dict()), str(tmp / "model.safetensors"))
+            save_file(ckpt.tensor_dict(self.model.state_dict()), str(tmp / "model.safetensors"))
             opt_tensors, opt_meta = ckpt.optimizer_state(self.optimizer)
             save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
             ckpt.write_json(tmp / "state.json", {
