@@ -35,15 +35,17 @@ def _run(fn, tensors, grad):
     return [out.detach()] + [t.grad for t in leaves]
 
 
-def _compare(ours_fn, ref_fn, tensors):
-    """ours_fn in low precision vs ref_fn in float64, with ref_fn in low precision as PyTorch's own error."""
+def _compare(ours_fn, ref_fn, tensors, qk_grad_floor=1e-6):
+    """ours_fn in low precision vs ref_fn in float64, with ref_fn in low precision as PyTorch's own error.
+    qk_grad_floor: the absolute slack for grad q and grad k (see test_padded_matches_reference)."""
     grad = torch.randn_like(tensors[0])
     ours = _run(ours_fn, tensors, grad)
     exact = _run(ref_fn, [t.double() for t in tensors], grad.double())
     torch_low = _run(ref_fn, tensors, grad)
-    for name, o, e, t in zip(("out", "grad q", "grad k", "grad v"), ours, exact, torch_low):
+    floors = (1e-6, qk_grad_floor, qk_grad_floor, 1e-6)
+    for name, o, e, t, floor in zip(("out", "grad q", "grad k", "grad v"), ours, exact, torch_low, floors):
         assert o.dtype == tensors[0].dtype, f"{name}: dtype {o.dtype}"
-        assert_within_torch_error(o, e, t, what=name)
+        assert_within_torch_error(o, e, t, floor=floor, what=name)
 
 
 def _ragged_mask(B, L, fully_masked_row):
@@ -70,7 +72,10 @@ def test_padded_matches_reference(dtype, D, L, H):
     def ref(q, k, v):
         return reference.alibi_attention(q, k, v, slopes, key_padding_mask=mask)
 
-    _compare(ours, ref, _qkv((B, L, H, D), dtype))
+    # With one key the exact grad q and grad k are 0 (softmax of one logit is constant) and PyTorch's
+    # low-precision autograd also gets 0, while a flash backward forms dS = P·(dP − delta) from two fp32 dot
+    # products summed in different orders: a residue of about D·2⁻²³·|dO|·|v|·scale·|k| ≈ 1e-6 remains.
+    _compare(ours, ref, _qkv((B, L, H, D), dtype), qk_grad_floor=1e-4 if L == 1 else 1e-6)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
