@@ -187,6 +187,7 @@ def test_prompts_are_saved_and_applied(embedder, folder):
     np.testing.assert_allclose(query, embedder.encode(["query: " + text]), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(document, embedder.encode(["passage: " + text]), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(embedder.encode([text], prompt_name="document"), document, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(embedder.encode([text], prompt_name="corpus"), document, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(embedder.encode([text], prompt="query: "), query, rtol=1e-5, atol=1e-6)
     assert not np.allclose(query, embedder.encode([text]), atol=1e-3)
 

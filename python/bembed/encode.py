@@ -265,11 +265,13 @@ class Embedder:
             return self.prompts[self.default_prompt_name] if self.default_prompt_name else ""
         if prompt_name in self.prompts:
             return self.prompts[prompt_name]
-        if prompt_name == "document":
+        # The standard names: "document", "passage" and "corpus" stand for one another, and a model without
+        # such a prompt ignores them (the evaluation interface always passes "query"/"document").
+        if prompt_name in DOCUMENT_PROMPT_NAMES:
             alias = self._named_prompt(DOCUMENT_PROMPT_NAMES)
             return self.prompts[alias] if alias else ""
-        if prompt_name in QUERY_PROMPT_NAMES + DOCUMENT_PROMPT_NAMES:
-            return ""  # the evaluation interface's standard names: a model without prompts ignores them
+        if prompt_name in QUERY_PROMPT_NAMES:
+            return ""
         raise ValueError(f"prompt_name {prompt_name!r} is not one of this model's prompts {sorted(self.prompts)}")
 
     @staticmethod
