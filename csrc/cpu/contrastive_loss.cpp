@@ -8,6 +8,8 @@
 #include <ATen/ops/mm.h>
 #include <torch/library.h>
 
+#include <vector>
+
 #include "../contrastive_loss.h"
 
 namespace bembed {
@@ -21,6 +23,9 @@ inline Vectorized<float> fast_exp(const Vectorized<float>& x) { return x.exp_u20
 inline Vectorized<double> fast_exp(const Vectorized<double>& x) { return x.exp(); }
 
 constexpr int64_t kRowGrain = 16;
+// Sums of exps run in float vectors over blocks of this many terms, block totals in double: the rounding
+// error then grows with the block, not with N (PyTorch's cascade sums are about this accurate).
+constexpr int64_t kSumBlock = 256;
 
 template <typename T>
 void row_stats_kernel(const T* S, int64_t nc, T inv_tau, int64_t lr0, int64_t nl, T* running_max, T* running_sum) {
@@ -32,12 +37,17 @@ void row_stats_kernel(const T* S, int64_t nc, T inv_tau, int64_t lr0, int64_t nl
       const T tile_max = at::vec::reduce_all<T>([](V& a, V& b) { return at::vec::maximum(a, b); }, row, nc) * inv_tau;
       const T new_max = std::max(running_max[j], tile_max);
       const V scale(inv_tau), shift(-new_max);
-      V acc(0);
+      const int64_t vec_end = nc - nc % V::size();
+      double sum = 0;
       int64_t k = 0;
-      for (; k + V::size() <= nc; k += V::size()) acc += fast_exp(at::vec::fmadd(V::loadu(row + k), scale, shift));
-      T sum = at::vec::vec_reduce_all<T>([](V& a, V& b) { return a + b; }, acc);
+      while (k < vec_end) {
+        const int64_t block_end = std::min(vec_end, k + kSumBlock);
+        V acc(0);
+        for (; k < block_end; k += V::size()) acc += fast_exp(at::vec::fmadd(V::loadu(row + k), scale, shift));
+        sum += at::vec::vec_reduce_all<T>([](V& a, V& b) { return a + b; }, acc);
+      }
       for (; k < nc; ++k) sum += std::exp(row[k] * inv_tau - new_max);
-      running_sum[j] = running_sum[j] * std::exp(running_max[j] - new_max) + sum;
+      running_sum[j] = running_sum[j] * std::exp(running_max[j] - new_max) + static_cast<T>(sum);
       running_max[j] = new_max;
     }
   });
@@ -56,39 +66,81 @@ void column_lse_kernel(const T* S, int64_t nr, int64_t nc, T inv_tau, T* lse) {
       V mx(-std::numeric_limits<T>::infinity());
       for (int64_t i = 0; i < nr; ++i) mx = at::vec::maximum(mx, V::loadu(S + i * nc + k0, width));
       const V scale(inv_tau), shift = V(0) - mx * scale;
-      V acc(0);
-      for (int64_t i = 0; i < nr; ++i) acc += fast_exp(at::vec::fmadd(V::loadu(S + i * nc + k0, width), scale, shift));
+      double sum[V::size()] = {};
       T mx_out[V::size()], acc_out[V::size()];
+      for (int64_t i0 = 0; i0 < nr; i0 += kSumBlock) {
+        V acc(0);
+        for (int64_t i = i0; i < std::min(nr, i0 + kSumBlock); ++i) {
+          acc += fast_exp(at::vec::fmadd(V::loadu(S + i * nc + k0, width), scale, shift));
+        }
+        acc.store(acc_out);
+        for (int64_t t = 0; t < V::size(); ++t) sum[t] += acc_out[t];
+      }
       mx.store(mx_out);
-      acc.store(acc_out);
-      for (int64_t t = 0; t < width; ++t) lse[k0 + t] = mx_out[t] * inv_tau + std::log(acc_out[t]);
+      for (int64_t t = 0; t < width; ++t) lse[k0 + t] = mx_out[t] * inv_tau + static_cast<T>(std::log(sum[t]));
     }
   });
 }
 
 // In place: S ← coef·(p_row + p_col) − coef·w on the positives, where p_row = exp(s/τ − row_lse) on this
 // rank's query rows and p_col = exp(s/τ − col_lse) on column-anchor strips.
+//
+// On column-anchor strips both terms are needed for every score. When all the lse values involved lie within
+// kFactorSpread of each other (always, for normalised inputs and τ ≥ 0.04), one exp per score suffices:
+// p_row + p_col = exp(s/τ − lo)·(exp(lo − row_lse) + exp(lo − col_lse)) with lo the smallest lse; s/τ never
+// exceeds a row's or column's lse, so the first factor stays below e^kFactorSpread.
+constexpr double kFactorSpread = 60.0;
+
+template <typename T>
+bool factored_scores_to_grad(T* S, int64_t nr, int64_t nc, T inv_tau, int64_t lr0, int64_t nl, const T* row_lse,
+                             const T* col_lse, T coef) {
+  using V = Vectorized<T>;
+  T lo = std::numeric_limits<T>::infinity(), hi = -lo;
+  for (int64_t j = 0; j < nl; ++j) lo = std::min(lo, row_lse[j]), hi = std::max(hi, row_lse[j]);
+  for (int64_t k = 0; k < nc; ++k) lo = std::min(lo, col_lse[k]), hi = std::max(hi, col_lse[k]);
+  if (!(hi - lo <= kFactorSpread)) return false;
+  std::vector<T> col_factor(nc);
+  for (int64_t k = 0; k < nc; ++k) col_factor[k] = std::exp(lo - col_lse[k]);
+  at::parallel_for(0, nr, kRowGrain, [&](int64_t begin, int64_t end) {
+    const V scale(inv_tau), shift(-lo), c(coef);
+    for (int64_t i = begin; i < end; ++i) {
+      T* row = S + i * nc;
+      const bool local = i >= lr0 && i < lr0 + nl;
+      const V row_factor(local ? std::exp(lo - row_lse[i - lr0]) : T(0));
+      for (int64_t k = 0; k < nc; k += V::size()) {
+        const int64_t width = std::min<int64_t>(V::size(), nc - k);
+        const V e = fast_exp(at::vec::fmadd(V::loadu(row + k, width), scale, shift));
+        (e * (row_factor + V::loadu(col_factor.data() + k, width)) * c).store(row + k, width);
+      }
+    }
+  });
+  return true;
+}
+
 template <typename T>
 void scores_to_grad_kernel(T* S, int64_t nr, int64_t nc, T inv_tau, int64_t lr0, int64_t nl, const T* row_lse,
                            const T* col_lse, T coef, int64_t diag_row, int64_t diag_col, int64_t ndiag, T weight) {
   using V = Vectorized<T>;
-  at::parallel_for(0, nr, kRowGrain, [&](int64_t begin, int64_t end) {
-    const V scale(inv_tau), c(coef);
-    for (int64_t i = begin; i < end; ++i) {
-      T* row = S + i * nc;
-      const bool local = i >= lr0 && i < lr0 + nl;
-      const V row_shift(local ? -row_lse[i - lr0] : T(0));
-      for (int64_t k = 0; k < nc; k += V::size()) {
-        const int64_t width = std::min<int64_t>(V::size(), nc - k);
-        // s/τ − lse with one rounding, as in the forward statistics.
-        const V s = V::loadu(row + k, width);
-        V p(0);
-        if (local) p = fast_exp(at::vec::fmadd(s, scale, row_shift));
-        if (col_lse) p += fast_exp(at::vec::fmadd(s, scale, V(0) - V::loadu(col_lse + k, width)));
-        (p * c).store(row + k, width);
+  const bool factored = col_lse && factored_scores_to_grad(S, nr, nc, inv_tau, lr0, nl, row_lse, col_lse, coef);
+  if (!factored) {
+    at::parallel_for(0, nr, kRowGrain, [&](int64_t begin, int64_t end) {
+      const V scale(inv_tau), c(coef);
+      for (int64_t i = begin; i < end; ++i) {
+        T* row = S + i * nc;
+        const bool local = i >= lr0 && i < lr0 + nl;
+        const V row_shift(local ? -row_lse[i - lr0] : T(0));
+        for (int64_t k = 0; k < nc; k += V::size()) {
+          const int64_t width = std::min<int64_t>(V::size(), nc - k);
+          // s/τ − lse with one rounding, as in the forward statistics.
+          const V s = V::loadu(row + k, width);
+          V p(0);
+          if (local) p = fast_exp(at::vec::fmadd(s, scale, row_shift));
+          if (col_lse) p += fast_exp(at::vec::fmadd(s, scale, V(0) - V::loadu(col_lse + k, width)));
+          (p * c).store(row + k, width);
+        }
       }
-    }
-  });
+    });
+  }
   for (int64_t t = 0; t < ndiag; ++t) S[(diag_row + t) * nc + diag_col + t] -= coef * weight;
 }
 
