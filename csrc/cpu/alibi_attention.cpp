@@ -15,284 +15,38 @@
 // group covers all key tiles, else into a private partial summed at the end. Tasks are handed out
 // dynamically (atomic counter), so uneven tasks (varlen, skipped tiles) still balance over the threads.
 #include <ATen/Dispatch.h>
-#include <ATen/Parallel.h>
-#include <ATen/cpu/vec/vec.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
-#include <dlfcn.h>
-
 #include <algorithm>
-#include <atomic>
 #include <cmath>
 #include <limits>
 #include <vector>
 
 #include "../alibi_attention.h"
+#include "alibi_attention_tiles.h"
 
 namespace bembed {
 namespace {
 
-using at::vec::Vectorized;
+using namespace alibi_cpu;
 
 constexpr int64_t kMaxHeadDim = 256;
 
 // Query × key tile sizes. Measured on 2 AVX2 cores (B=1, H=12, D=64, L=512…2048): the forward gains from
 // larger tiles (fewer MKL packing passes per FLOP); the backward keeps five tile products and two score
 // tiles per step in L2 with smaller ones, and finer key tiles let more ALiBi-negligible work be skipped.
-struct Tiles {
-  int64_t q, k;
-};
 constexpr Tiles kForwardTiles{128, 256};
+// Sequences up to this length are done in one key tile per query tile: no online rescaling at all.
+constexpr Tiles kForwardShortTiles{64, 512};
 constexpr Tiles kBackwardTiles{64, 128};
-
-// ---------------------------------------------------------------------------------------------------
-// GEMM on row-major tiles: C = alpha·op(A)·op(B) + beta·C (beta = 0 never reads C).
-// ---------------------------------------------------------------------------------------------------
-
-template <typename T>
-using FortranGemm = void (*)(const char*, const char*, const int*, const int*, const int*, const T*, const T*,
-                             const int*, const T*, const int*, const T*, T*, const int*);
-
-template <typename T>
-FortranGemm<T> find_blas_gemm(const char* name) {
-  void* lib = dlopen("libtorch_cpu.so", RTLD_LAZY | RTLD_NOLOAD);
-  void* fn = dlsym(lib ? lib : RTLD_DEFAULT, name);
-  return reinterpret_cast<FortranGemm<T>>(fn);
-}
-
-template <typename T>
-FortranGemm<T> blas_gemm() {
-  static const FortranGemm<T> fn = find_blas_gemm<T>(std::is_same_v<T, double> ? "dgemm_" : "sgemm_");
-  return fn;
-}
-
-template <typename T>
-void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, T alpha, const T* a, int64_t lda,
-          const T* b, int64_t ldb, T beta, T* c, int64_t ldc) {
-  if (m == 0 || n == 0) return;
-  if (auto fn = blas_gemm<T>()) {
-    // Column-major BLAS sees each row-major matrix transposed: Cᵀ = op(B)ᵀ·op(A)ᵀ.
-    const char ta = trans_a ? 'T' : 'N', tb = trans_b ? 'T' : 'N';
-    const int im = static_cast<int>(m), in = static_cast<int>(n), ik = static_cast<int>(k);
-    const int ila = static_cast<int>(lda), ilb = static_cast<int>(ldb), ilc = static_cast<int>(ldc);
-    fn(&tb, &ta, &in, &im, &ik, &alpha, b, &ilb, a, &ila, &beta, c, &ilc);
-    return;
-  }
-  for (int64_t i = 0; i < m; ++i) {
-    T* crow = c + i * ldc;
-    for (int64_t j = 0; j < n; ++j) crow[j] = beta == T(0) ? T(0) : beta * crow[j];
-    for (int64_t p = 0; p < k; ++p) {
-      const T av = alpha * (trans_a ? a[p * lda + i] : a[i * lda + p]);
-      for (int64_t j = 0; j < n; ++j) crow[j] += av * (trans_b ? b[j * ldb + p] : b[p * ldb + j]);
-    }
-  }
-}
-
-// ---------------------------------------------------------------------------------------------------
-// Layout: one (sequence, head) is a run of rows with a fixed stride; the kernels see it through SeqHead.
-// ---------------------------------------------------------------------------------------------------
-
-// Tiles accumulate in float (double for double inputs, which also keep a double lse for gradcheck).
-template <typename scalar_t>
-using acc_type = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
-
-template <typename acc_t>
-acc_t skip_margin(int64_t len) {
-  if constexpr (std::is_same_v<acc_t, double>) {
-    return acc_t(746);  // exp(x) rounds to 0 in double below about −745.1
-  } else {
-    return std::log(static_cast<acc_t>(std::max<int64_t>(len, 1))) + acc_t(32) * acc_t(M_LN2);
-  }
-}
 
 struct Sequences {
   std::vector<int64_t> start;  // first token (varlen) or batch index × L (padded), in "token" units
   std::vector<int64_t> length;
   int64_t heads = 0;
 };
-
-template <typename scalar_t>
-struct Operand {  // element (token t, head h, d) lives at data[t * token_stride + h * head_stride + d]
-  scalar_t* data;
-  int64_t token_stride, head_stride;
-  scalar_t* row(int64_t token, int64_t head) const { return data + token * token_stride + head * head_stride; }
-};
-
-// A tensor (…, H, D) viewed as tokens × heads; padded (B, L, H, D) tensors are flattened to (B·L, H, D).
-template <typename scalar_t>
-Operand<scalar_t> operand(const at::Tensor& t) {
-  return {const_cast<scalar_t*>(t.const_data_ptr<scalar_t>()), t.stride(-3), t.stride(-2)};
-}
-
-// Tiles of scalar_t rows are read as acc_t: in place when the types agree, else converted into `buffer`.
-template <typename scalar_t, typename acc_t>
-const acc_t* stage(const scalar_t* src, int64_t ld, int64_t rows, int64_t d, acc_t* buffer, int64_t* ld_out) {
-  if constexpr (std::is_same_v<scalar_t, acc_t>) {
-    *ld_out = ld;
-    return src;
-  } else {
-    for (int64_t r = 0; r < rows; ++r) {
-      for (int64_t c = 0; c < d; ++c) buffer[r * d + c] = static_cast<acc_t>(src[r * ld + c]);
-    }
-    *ld_out = d;
-    return buffer;
-  }
-}
-
-template <typename acc_t, typename scalar_t>
-acc_t dot(const scalar_t* a, const scalar_t* b, int64_t d) {
-  acc_t sum = 0;
-  int64_t c = 0;
-  if constexpr (std::is_same_v<scalar_t, acc_t>) {
-    using V = Vectorized<acc_t>;
-    V acc(acc_t(0));
-    for (; c + V::size() <= d; c += V::size()) acc = at::vec::fmadd(V::loadu(a + c), V::loadu(b + c), acc);
-    alignas(64) acc_t lanes[V::size()];
-    acc.store(lanes);
-    for (int64_t w = 0; w < V::size(); ++w) sum += lanes[w];
-  }
-  for (; c < d; ++c) sum += static_cast<acc_t>(a[c]) * static_cast<acc_t>(b[c]);
-  return sum;
-}
-
-// Per key tile of every (sequence, head): the largest ‖k_j‖ (for the skip test) and whether it holds any
-// unmasked key. Computed once per call and shared by all tasks.
-template <typename acc_t>
-struct KeyTiles {
-  std::vector<int64_t> first;  // per sequence: index of its first tile
-  std::vector<acc_t> norm;     // [tile * heads + head]
-  std::vector<char> live;      // [tile]
-};
-
-template <typename acc_t, typename scalar_t>
-KeyTiles<acc_t> key_tiles(const std::vector<int64_t>& starts, const std::vector<int64_t>& lengths, int64_t heads,
-                          int64_t d, const Operand<scalar_t>& k, const bool* mask, int64_t block_k) {
-  KeyTiles<acc_t> tiles;
-  std::vector<int64_t> tile_seq;
-  for (size_t b = 0; b < starts.size(); ++b) {
-    tiles.first.push_back(static_cast<int64_t>(tile_seq.size()));
-    for (int64_t k0 = 0; k0 < lengths[b]; k0 += block_k) tile_seq.push_back(static_cast<int64_t>(b));
-  }
-  const int64_t count = static_cast<int64_t>(tile_seq.size());
-  tiles.norm.assign(count * heads, acc_t(0));
-  tiles.live.assign(count, mask ? 0 : 1);
-  at::parallel_for(0, count, 8, [&](int64_t begin, int64_t end) {
-    for (int64_t t = begin; t < end; ++t) {
-      const int64_t b = tile_seq[t], k0 = (t - tiles.first[b]) * block_k;
-      const int64_t j0 = starts[b] + k0, j1 = starts[b] + std::min(lengths[b], k0 + block_k);
-      for (int64_t j = j0; j < j1; ++j) {
-        for (int64_t h = 0; h < heads; ++h) {
-          const scalar_t* row = k.row(j, h);
-          tiles.norm[t * heads + h] = std::max(tiles.norm[t * heads + h], std::sqrt(dot<acc_t>(row, row, d)));
-        }
-        if (mask && mask[j]) tiles.live[t] = 1;
-      }
-    }
-  });
-  return tiles;
-}
-
-// The key padding mask of one tile as an additive row (0 or −inf); nullptr without a mask.
-template <typename acc_t>
-const acc_t* mask_row(const bool* mask, int64_t nk, acc_t* buffer) {
-  if (!mask) return nullptr;
-  for (int64_t j = 0; j < nk; ++j) buffer[j] = mask[j] ? acc_t(0) : -std::numeric_limits<acc_t>::infinity();
-  return buffer;
-}
-
-// True when every score of the tile (rows q0.., keys k0..k0+nk) lies `margin` below its row's reference
-// (running max or lse): the tile's weight is negligible (see the top of the file).
-template <typename acc_t>
-bool tile_vanishes(int64_t q0, int64_t nq, int64_t k0, int64_t nk, const acc_t* q_norm, acc_t k_norm, acc_t scale,
-                   acc_t slope, acc_t margin, const acc_t* row_ref) {
-  if (!(slope > 0)) return false;
-  for (int64_t r = 0; r < nq; ++r) {
-    const int64_t i = q0 + r;
-    const int64_t dist = i < k0 ? k0 - i : (i >= k0 + nk ? i - (k0 + nk - 1) : 0);
-    const acc_t bound = std::abs(scale) * q_norm[r] * k_norm - slope * static_cast<acc_t>(dist);
-    if (!(bound - row_ref[r] < -margin)) return false;
-  }
-  return true;
-}
-
-// s[j] ← s[j] − slope·|i − (k0 + j)| + mask_add[j] for one score row; returns its max.
-template <typename acc_t>
-acc_t bias_row(acc_t* s, int64_t nk, int64_t i, int64_t k0, acc_t slope, const acc_t* mask_add) {
-  using V = Vectorized<acc_t>;
-  constexpr int64_t W = V::size();
-  const V vi(static_cast<acc_t>(i - k0)), vslope(-slope), step(static_cast<acc_t>(W));
-  V pos = V::arange(acc_t(0), acc_t(1));
-  V vmax(-std::numeric_limits<acc_t>::infinity());
-  int64_t j = 0;
-  for (; j + W <= nk; j += W, pos = pos + step) {
-    V x = at::vec::fmadd((vi - pos).abs(), vslope, V::loadu(s + j));
-    if (mask_add) x = x + V::loadu(mask_add + j);
-    x.store(s + j);
-    vmax = at::vec::maximum(vmax, x);
-  }
-  alignas(64) acc_t lanes[W];
-  vmax.store(lanes);
-  acc_t row_max = *std::max_element(lanes, lanes + W);
-  for (; j < nk; ++j) {
-    acc_t x = s[j] - slope * static_cast<acc_t>(std::abs(i - k0 - j));
-    if (mask_add) x += mask_add[j];
-    s[j] = x;
-    row_max = std::max(row_max, x);
-  }
-  return row_max;
-}
-
-// s[j] ← exp(s[j] − shift); returns the row sum.
-template <typename acc_t>
-acc_t exp_row(acc_t* s, int64_t nk, acc_t shift) {
-  using V = Vectorized<acc_t>;
-  constexpr int64_t W = V::size();
-  const V vshift(shift);
-  V vsum(acc_t(0));
-  int64_t j = 0;
-  for (; j + W <= nk; j += W) {
-    const V e = (V::loadu(s + j) - vshift).exp_u20();
-    e.store(s + j);
-    vsum = vsum + e;
-  }
-  if (j < nk) {
-    const V e = (V::loadu(s + j, nk - j) - vshift).exp_u20();
-    e.store(s + j, nk - j);
-    alignas(64) acc_t tail[W] = {};
-    e.store(tail, nk - j);
-    vsum = vsum + V::loadu(tail);
-  }
-  alignas(64) acc_t lanes[W];
-  vsum.store(lanes);
-  acc_t sum = 0;
-  for (int64_t w = 0; w < W; ++w) sum += lanes[w];
-  return sum;
-}
-
-template <typename acc_t>
-void scale_row(acc_t* x, int64_t n, acc_t factor) {
-  using V = Vectorized<acc_t>;
-  int64_t j = 0;
-  for (; j + V::size() <= n; j += V::size()) (V::loadu(x + j) * V(factor)).store(x + j);
-  for (; j < n; ++j) x[j] *= factor;
-}
-
-// Runs `work(task, thread_scratch)` for task in [0, count), handed out dynamically. Calls with little work
-// (≲ 1 MFLOP) stay on the calling thread: waking the pool would cost more than it saves.
-template <typename Scratch, typename Work>
-void run_tasks(int64_t count, double flops, const Tiles& tiles, int64_t head_dim, const Work& work) {
-  if (count == 0) return;
-  std::atomic<int64_t> next{0};
-  const int64_t threads = flops < 1e6 ? 1 : std::min<int64_t>(at::get_num_threads(), count);
-  at::parallel_for(0, threads, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t t = begin; t < end; ++t) {
-      Scratch scratch(tiles, head_dim);
-      for (int64_t task = next++; task < count; task = next++) work(task, scratch);
-    }
-  });
-}
 
 struct Problem {
   Sequences seqs;
@@ -315,11 +69,10 @@ template <typename acc_t>
 struct ForwardScratch {
   ForwardScratch(const Tiles& t, int64_t d)
       : s(t.q * t.k), o(t.q * d), q(t.q * d), k(t.k * d), v(t.k * d), m(t.q), l(t.q), q_norm(t.q), mask(t.k) {}
-  std::vector<acc_t> s, o, q, k, v, m, l, q_norm, mask;
+  Buffer<acc_t> s, o, q, k, v, m, l, q_norm, mask;
 };
 
-// lse is addressed as lse[head * lse_head_stride + token] (padded: (B, H, L) → token counts within the
-// sequence plus b·H·L; handled by lse_offset).
+// lse of query i of sequence b, head h: lse[lse_base[b] + h * lse_head_stride + i] ((B, H, L) or (H, T)).
 template <typename scalar_t>
 void forward(const Problem& p, const Operand<scalar_t>& Q, const Operand<scalar_t>& K, const Operand<scalar_t>& V,
              const Operand<scalar_t>& O, acc_type<scalar_t>* lse, const std::vector<int64_t>& lse_base,
@@ -327,7 +80,9 @@ void forward(const Problem& p, const Operand<scalar_t>& Q, const Operand<scalar_
   using acc_t = acc_type<scalar_t>;
   const int64_t H = p.seqs.heads, D = p.head_dim;
   const acc_t scale = static_cast<acc_t>(p.scale);
-  const int64_t BQ = kForwardTiles.q, BK = kForwardTiles.k;
+  const int64_t longest = *std::max_element(p.seqs.length.begin(), p.seqs.length.end());
+  const Tiles tiles = longest <= kForwardShortTiles.k ? kForwardShortTiles : kForwardTiles;
+  const int64_t BQ = tiles.q, BK = tiles.k;
   double flops = 0;
   struct Task {
     int64_t seq, head, q0;
@@ -343,7 +98,8 @@ void forward(const Problem& p, const Operand<scalar_t>& Q, const Operand<scalar_
   std::stable_sort(tasks.begin(), tasks.end(),
                    [&](const Task& a, const Task& b) { return p.seqs.length[a.seq] > p.seqs.length[b.seq]; });
   const auto keys = key_tiles<acc_t>(p.seqs.start, p.seqs.length, H, D, K, p.mask, BK);
-  run_tasks<ForwardScratch<acc_t>>(static_cast<int64_t>(tasks.size()), flops, kForwardTiles, D, [&](int64_t index, ForwardScratch<acc_t>& w) {
+  const int64_t count = static_cast<int64_t>(tasks.size());
+  run_tasks<ForwardScratch<acc_t>>(count, flops, tiles, D, [&](int64_t index, ForwardScratch<acc_t>& w) {
     const Task& task = tasks[index];
     const int64_t start = p.seqs.start[task.seq], len = p.seqs.length[task.seq], h = task.head, q0 = task.q0;
     const int64_t nq = std::min(BQ, len - q0);
@@ -352,22 +108,25 @@ void forward(const Problem& p, const Operand<scalar_t>& Q, const Operand<scalar_
     const int64_t first_tile = keys.first[task.seq];
     int64_t ldq;
     const acc_t* q = stage(Q.row(start + q0, h), Q.token_stride, nq, D, w.q.data(), &ldq);
+    // The running max starts at the diagonal score (bias 0), a true score of the row when key i is
+    // unmasked: far keys can then be trimmed from the first tile on.
     for (int64_t r = 0; r < nq; ++r) {
+      const int64_t i = start + q0 + r;
       w.q_norm[r] = std::sqrt(dot<acc_t>(q + r * ldq, q + r * ldq, D));
-      w.m[r] = -std::numeric_limits<acc_t>::infinity();
+      w.m[r] = mask && !mask[q0 + r] ? -std::numeric_limits<acc_t>::infinity()
+                                     : scale * dot<acc_t>(Q.row(i, h), K.row(i, h), D);
       w.l[r] = 0;
     }
-    std::fill(w.o.begin(), w.o.begin() + nq * D, acc_t(0));
+    std::fill(w.o.data(), w.o.data() + nq * D, acc_t(0));
     // Key tiles from the diagonal outward: the near tiles fix the row max that lets far tiles be skipped.
     const int64_t blocks = (len + BK - 1) / BK, diag = std::min(q0 / BK, blocks - 1);
     for (int64_t step = 0; step < 2 * blocks; ++step) {
       const int64_t kb = step % 2 == 0 ? diag + step / 2 : diag - (step + 1) / 2;
       if (kb < 0 || kb >= blocks || !keys.live[first_tile + kb]) continue;
-      const int64_t k0 = kb * BK, nk = std::min(BK, len - k0);
-      if (tile_vanishes<acc_t>(q0, nq, k0, nk, w.q_norm.data(), keys.norm[(first_tile + kb) * H + h], scale, slope,
-                               margin, w.m.data())) {
-        continue;
-      }
+      const auto [k0, k1] = live_keys<acc_t>(q0, nq, kb * BK, std::min(BK, len - kb * BK), w.q_norm.data(),
+                                             keys.norm[(first_tile + kb) * H + h], scale, slope, margin, w.m.data());
+      const int64_t nk = k1 - k0;
+      if (nk == 0) continue;
       int64_t ldk, ldv;
       const acc_t* k = stage(K.row(start + k0, h), K.token_stride, nk, D, w.k.data(), &ldk);
       const acc_t* v = stage(V.row(start + k0, h), V.token_stride, nk, D, w.v.data(), &ldv);
@@ -410,7 +169,7 @@ struct BackwardScratch {
   BackwardScratch(const Tiles& t, int64_t d)
       : p(t.q * t.k), dp(t.q * t.k), dk(t.k * d), dv(t.k * d), q(t.q * d), dout(t.q * d), k(t.k * d), v(t.k * d),
         mask(t.k) {}
-  std::vector<acc_t> p, dp, dk, dv, q, dout, k, v, mask;
+  Buffer<acc_t> p, dp, dk, dv, q, dout, k, v, mask;
   std::vector<acc_t> q_norm, lse, delta;  // per query of the (sequence, head)
 };
 
@@ -454,7 +213,8 @@ void backward(const Problem& p, const Operand<scalar_t>& dO, const Operand<scala
   std::stable_sort(tasks.begin(), tasks.end(),
                    [&](const Task& a, const Task& b) { return p.seqs.length[a.seq] > p.seqs.length[b.seq]; });
   const auto keys = key_tiles<acc_t>(p.seqs.start, p.seqs.length, H, D, K, p.mask, BK);
-  run_tasks<BackwardScratch<acc_t>>(static_cast<int64_t>(tasks.size()), flops, kBackwardTiles, D, [&](int64_t index, BackwardScratch<acc_t>& w) {
+  const int64_t count = static_cast<int64_t>(tasks.size());
+  run_tasks<BackwardScratch<acc_t>>(count, flops, kBackwardTiles, D, [&](int64_t index, BackwardScratch<acc_t>& w) {
     const Task& task = tasks[index];
     const int64_t start = p.seqs.start[task.seq], len = p.seqs.length[task.seq], h = task.head;
     const acc_t slope = static_cast<acc_t>(p.slope(task.seq, h)), margin = skip_margin<acc_t>(len);
@@ -477,49 +237,54 @@ void backward(const Problem& p, const Operand<scalar_t>& dO, const Operand<scala
     const int64_t blocks = (len + BK - 1) / BK;
     for (int64_t kb = task.group; kb < blocks; kb += groups) {
       const int64_t k0 = kb * BK, nk = std::min(BK, len - k0);
-      std::fill(w.dk.begin(), w.dk.begin() + nk * D, acc_t(0));
-      std::fill(w.dv.begin(), w.dv.begin() + nk * D, acc_t(0));
+      std::fill(w.dk.data(), w.dk.data() + nk * D, acc_t(0));
+      std::fill(w.dv.data(), w.dv.data() + nk * D, acc_t(0));
       int64_t ldk, ldv;
       const acc_t* k = stage(K.row(start + k0, h), K.token_stride, nk, D, w.k.data(), &ldk);
       const acc_t* v = stage(V.row(start + k0, h), V.token_stride, nk, D, w.v.data(), &ldv);
       const acc_t* mask_add = mask_row(mask ? mask + k0 : nullptr, nk, w.mask.data());
       for (int64_t q0 = 0; q0 < len && keys.live[first_tile + kb]; q0 += BQ) {
         const int64_t nq = std::min(BQ, len - q0);
-        if (tile_vanishes<acc_t>(q0, nq, k0, nk, w.q_norm.data() + q0, keys.norm[(first_tile + kb) * H + h], scale,
-                                 slope, margin, w.lse.data() + q0)) {
-          continue;
-        }
+        // Only the keys [j0, j1) of this tile can matter to these queries (slots off.. of the tile buffers).
+        const auto [j0, j1] = live_keys<acc_t>(q0, nq, k0, nk, w.q_norm.data() + q0,
+                                               keys.norm[(first_tile + kb) * H + h], scale, slope, margin,
+                                               w.lse.data() + q0);
+        const int64_t nj = j1 - j0, off = j0 - k0;
+        if (nj == 0) continue;
+        const acc_t* kj = k + off * ldk;
+        const acc_t* vj = v + off * ldv;
+        const acc_t* mask_j = mask_add ? mask_add + off : nullptr;
         int64_t ldq, ldo;
         const acc_t* q = stage(Q.row(start + q0, h), Q.token_stride, nq, D, w.q.data(), &ldq);
         const acc_t* g = stage(dO.row(start + q0, h), dO.token_stride, nq, D, w.dout.data(), &ldo);
         acc_t* pt = w.p.data();
         acc_t* ds = w.dp.data();
-        gemm<acc_t>(false, true, nq, nk, D, scale, q, ldq, k, ldk, acc_t(0), pt, BK);
+        gemm<acc_t>(false, true, nq, nj, D, scale, q, ldq, kj, ldk, acc_t(0), pt, BK);
         for (int64_t r = 0; r < nq; ++r) {
           acc_t* prow = pt + r * BK;
           const acc_t row_lse = w.lse[q0 + r];
           if (row_lse == -std::numeric_limits<acc_t>::infinity()) {  // no valid key: P = 0
-            std::fill(prow, prow + nk, acc_t(0));
+            std::fill(prow, prow + nj, acc_t(0));
             continue;
           }
-          bias_row(prow, nk, q0 + r, k0, slope, mask_add);
-          exp_row(prow, nk, row_lse);
+          bias_row(prow, nj, q0 + r, j0, slope, mask_j);
+          exp_row(prow, nj, row_lse);
         }
-        gemm<acc_t>(true, false, nk, D, nq, acc_t(1), pt, BK, g, ldo, acc_t(1), w.dv.data(), D);
-        gemm<acc_t>(false, true, nq, nk, D, acc_t(1), g, ldo, v, ldv, acc_t(0), ds, BK);
+        gemm<acc_t>(true, false, nj, D, nq, acc_t(1), pt, BK, g, ldo, acc_t(1), w.dv.data() + off * D, D);
+        gemm<acc_t>(false, true, nq, nj, D, acc_t(1), g, ldo, vj, ldv, acc_t(0), ds, BK);
         using Vec = Vectorized<acc_t>;
         for (int64_t r = 0; r < nq; ++r) {  // dS = P ∘ (dP − delta)
           acc_t* drow = ds + r * BK;
           const acc_t* prow = pt + r * BK;
           const Vec vdelta(w.delta[q0 + r]);
           int64_t j = 0;
-          for (; j + Vec::size() <= nk; j += Vec::size()) {
+          for (; j + Vec::size() <= nj; j += Vec::size()) {
             (Vec::loadu(prow + j) * (Vec::loadu(drow + j) - vdelta)).store(drow + j);
           }
-          for (; j < nk; ++j) drow[j] = prow[j] * (drow[j] - w.delta[q0 + r]);
+          for (; j < nj; ++j) drow[j] = prow[j] * (drow[j] - w.delta[q0 + r]);
         }
-        gemm<acc_t>(true, false, nk, D, nq, scale, ds, BK, q, ldq, acc_t(1), w.dk.data(), D);
-        gemm<acc_t>(false, false, nq, D, nk, scale, ds, BK, k, ldk, acc_t(1), dq.row(start + q0, h),
+        gemm<acc_t>(true, false, nj, D, nq, scale, ds, BK, q, ldq, acc_t(1), w.dk.data() + off * D, D);
+        gemm<acc_t>(false, false, nq, D, nj, scale, ds, BK, kj, ldk, acc_t(1), dq.row(start + q0, h),
                     dq.token_stride);
       }
       for (int64_t r = 0; r < nk; ++r) {
