@@ -3,12 +3,13 @@
 // query × key tiles. The two tile products per step run through the BLAS torch links (MKL sgemm_ /
 // dgemm_, found at load time; a plain loop otherwise), the softmax through at::vec.
 //
-// ALiBi makes far keys vanish: scale·q·k − slope·|i−j| ≤ |scale|·‖q_i‖·max‖k_j‖ − slope·dist. When that bound
-// lies more than a margin below the row's running max (forward) or its final lse (backward), the tile is
-// skipped. In double the margin (746) makes every skipped exp() exactly 0, so float64 results are those of
-// the full computation. In float the margin is ln(len) + 32·ln 2: all skipped keys of a row together weigh
-// < 2^-32 of its softmax sum (which is ≥ 1), far below float32 rounding (2^-24) — invisible in the result,
-// and it removes most of the work of the steep heads at long L. Fully masked key tiles are skipped too.
+// ALiBi makes far keys vanish: scale·q·k − slope·|i−j| ≤ |scale|·‖q_i‖·max‖k_j‖ − slope·dist. Keys where that
+// bound lies more than a margin below the row's running max (forward; it starts at the diagonal score) or
+// its final lse (backward) are left out: each tile is trimmed to the keys that can matter, and skipped when
+// none can. In double the margin (746) makes every left-out exp() exactly 0, so float64 results are those
+// of the full computation. In float the margin is ln(len) + 32·ln 2: all left-out keys of a row together
+// weigh < 2^-32 of its softmax sum (which is ≥ 1), far below float32 rounding (2^-24) — invisible in the
+// result, and it removes most of the work of the steep heads at long L. Fully masked key tiles are skipped.
 //
 // Forward: one task per (sequence, head, query tile); backward: one task per (sequence, head, group of key
 // tiles), owning dK/dV of its tiles and accumulating dQ of its (sequence, head) — directly into dq when one
