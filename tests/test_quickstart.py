@@ -5,6 +5,7 @@ and a run interrupted in stage 2 must resume there, leaving the finished steps a
 from __future__ import annotations
 
 import json
+import logging
 import random
 
 import pytest
@@ -81,7 +82,7 @@ def data(tmp_path_factory):
     return _built_pair(tmp_path_factory.mktemp("datasets"))
 
 
-def test_quickstart_writes_model_table_png_and_resumes_after_an_interruption(data, tmp_path, monkeypatch, capsys):
+def test_quickstart_writes_model_table_png_and_resumes_after_an_interruption(data, tmp_path, monkeypatch, caplog):
     from bembed.training.trainer import Trainer
 
     out = tmp_path / "qs"
@@ -104,14 +105,16 @@ def test_quickstart_writes_model_table_png_and_resumes_after_an_interruption(dat
     pretrain_weights = (out / "pretrain" / "final" / "model.safetensors").read_bytes()
 
     monkeypatch.setattr(Trainer, "train_step", real_step)
-    capsys.readouterr()
-    summary = qs.run(settings)
-    printed = capsys.readouterr().out
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="bembed.quickstart"):
+        summary = qs.run(settings)
+    logged = caplog.text
+    printed = qs.format_report(summary)
 
     # the finished steps were skipped, stage 2 went on from its checkpoint to its planned end
     for name, mtime in finished.items():
         assert (out / ".quickstart" / f"{name}.json").stat().st_mtime_ns == mtime, name
-        assert f"[quickstart] {name}: done in an earlier run, skipped" in printed
+        assert f"quickstart {name}: done in an earlier run, skipped" in logged
     assert (out / "pretrain" / "final" / "model.safetensors").read_bytes() == pretrain_weights
     pairs = markers.get("pairs")
     assert pairs["resumed"] and pairs["steps"] == 6
@@ -147,10 +150,12 @@ def test_quickstart_writes_model_table_png_and_resumes_after_an_interruption(dat
     assert "cross-lingual cosine similarity" in printed
     assert json.loads((out / "summary.json").read_text())["model"] == str(model_dir)
 
-    # a third run has nothing left to do
-    capsys.readouterr()
-    qs.run(settings)
-    assert "[quickstart] multitask: done in an earlier run, skipped" in capsys.readouterr().out
+    # a third run has nothing left to do, and reports the same
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="bembed.quickstart"):
+        again = qs.run(settings)
+    assert "quickstart multitask: done in an earlier run, skipped" in caplog.text
+    assert again["table"] == summary["table"]
 
 
 def test_step_timing_leaves_no_trace(data, tmp_path):

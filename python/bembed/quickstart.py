@@ -105,13 +105,13 @@ def _step(markers: Markers, name: str, fn, *args) -> dict:
     """Run fn unless its marker exists; returns the marker's content."""
     done = markers.get(name)
     if done is not None:
-        print(f"[quickstart] {name}: done in an earlier run, skipped", flush=True)
+        log.info("quickstart %s: done in an earlier run, skipped", name)
         return done
-    print(f"[quickstart] {name} ...", flush=True)
+    log.info("quickstart %s ...", name)
     start = time.perf_counter()
     info = fn(*args)
     info["seconds"] = round(time.perf_counter() - start, 1)
-    print(f"[quickstart] {name}: {info['seconds']:.0f} s", flush=True)
+    log.info("quickstart %s: %.0f s", name, info["seconds"])
     return markers.put(name, info)
 
 
@@ -123,7 +123,7 @@ def prepare_data(settings: Settings) -> dict:
     cache = cache_dir(settings.cache)
     root = Path(settings.data_root) if settings.data_root else cache / "datasets"
     if (root / settings.pair / "counts.json").is_file():
-        print(f"  using the datasets built under {root / settings.pair}")
+        log.info("using the datasets built under %s", root / settings.pair)
     else:
         import datasets
 
@@ -134,7 +134,7 @@ def prepare_data(settings: Settings) -> dict:
         fetched = fetch_all(cache, progress=settings.progress)
         failed = {k: v for k, v in fetched.items() if v.startswith("failed")}
         for name, why in failed.items():
-            print(f"  not fetched: {name}: {why}")
+            log.warning("not fetched: %s: %s", name, why)
         build(cache, root, settings.pair)
     counts = json.loads((root / settings.pair / "counts.json").read_text(encoding="utf-8"))
     return {"data_root": str(root), "counts": {k: v for k, v in counts.items() if k != "dropped"}}
@@ -249,9 +249,8 @@ def run_stage(settings: Settings, stage: str, data_root: str, model_from: str, b
     cfg.train.max_steps = plan["max_steps"]
     # The configured warm-up is meant for a full run; a short one warms up over at most a tenth of it.
     cfg.train.warmup_steps = min(cfg.train.warmup_steps, max(1, cfg.train.max_steps // 10))
-    print(f"  {stage}: {cfg.train.max_steps} steps"
-          + (f" (≈{plan['seconds_per_step']:.2f} s each, budget {plan['budget_s']:.0f} s)" if "budget_s" in plan else ""),
-          flush=True)
+    log.info("%s: %d steps%s", stage, cfg.train.max_steps,
+             f" (≈{plan['seconds_per_step']:.2f} s each, budget {plan['budget_s']:.0f} s)" if "budget_s" in plan else "")
     resume = "latest" if any((Path(cfg.train.output_dir) / "checkpoints").glob("step-*")) else None
     trainer = Trainer(stage_obj, cfg.train, to_dict(cfg))
     history = trainer.fit(resume=resume)
@@ -344,14 +343,14 @@ def evaluate_references(settings: Settings, data_root: str, tokenizer_dir: str) 
     names = baselines.available() if settings.baselines is None else list(settings.baselines)
     missing = sorted(set(names) - set(baselines.available()))
     if missing:
-        print(f"  reference models not installed (skipped): {', '.join(missing)}")
+        log.warning("reference models not installed (skipped): %s", ", ".join(missing))
     results, untrained_s = [], None
     for name in ["untrained", *[n for n in names if n not in missing]]:
         cached = settings.out / "eval" / f"{_slug(name)}.json"
         if cached.is_file():
             result = json.loads(cached.read_text(encoding="utf-8"))
         else:
-            print(f"  evaluating {name} ...", flush=True)
+            log.info("evaluating %s ...", name)
             encoder = untrained_embedder(settings, tokenizer_dir) if name == "untrained" else baselines.load(name)
             result = evaluate_encoder(encoder, tasks, name=getattr(encoder, "name", name))
             cached.parent.mkdir(parents=True, exist_ok=True)
@@ -436,8 +435,8 @@ def run(settings: Settings) -> dict:
         training_s = max(settings.minutes * 60 - elapsed() - reserve, MIN_TRAINING_FRACTION * settings.minutes * 60)
         plan = markers.put("budget", {"training_s": round(training_s, 1),
                                       **{s: round(training_s * BUDGET_SHARES[s], 1) for s in TRAINING_STAGES}})
-        print(f"[quickstart] training budget: {training_s / 60:.1f} min "
-              f"({', '.join(f'{s} {plan[s]:.0f} s' for s in TRAINING_STAGES)})", flush=True)
+        log.info("training budget: %.1f min (%s)", training_s / 60,
+                 ", ".join(f"{s} {plan[s]:.0f} s" for s in TRAINING_STAGES))
 
     model_from = tok["tokenizer"]
     for stage in TRAINING_STAGES:
@@ -455,10 +454,10 @@ def run(settings: Settings) -> dict:
     summary = {"pair": settings.pair, "minutes_budget": settings.minutes, "wall_s": round(elapsed(), 1),
                "model": model["model"], "loss_png": str(out / "loss.png"),
                "eval": str(out / "eval" / "results.json"), "verdict": evaluation["verdict"],
+               "table": evaluation["table"], "demo": demo,
                "steps": {s: (markers.get(s) or {}).get("steps") for s in TRAINING_STAGES},
                "machine": _machine(), "date": time.strftime("%Y-%m-%d", time.gmtime())}
-    (out / "summary.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
-    report(summary, evaluation, demo)
+    (out / "summary.json").write_text(json.dumps(summary, indent=1, ensure_ascii=False), encoding="utf-8")
     return summary
 
 
@@ -469,19 +468,20 @@ def _machine() -> str:
     return f"{platform.machine()} {platform.processor() or platform.system()}, {device}, torch {torch.__version__}"
 
 
-def report(summary: dict, evaluation: dict, demo: dict) -> None:
-    print("\n" + evaluation["table"])
+def format_report(summary: dict) -> str:
+    """What the command prints at the end: the table, the verdict, the cross-lingual example, the files."""
+    lines = ["", summary["table"]]
     v = summary["verdict"]
     if v["f1"] is not None:
         compared = ", ".join(f"{k} {100 * x:.1f}" for k, x in v["compared_with"].items() if x is not None)
-        print(f"\n{v['task']} F1 {100 * v['f1']:.1f} (bar: ≥ {100 * MUST_F1:.0f}, above {compared or 'nothing'}): "
-              f"{'PASS' if v['passed'] else 'FAIL'}")
+        lines += ["", f"{v['task']} F1 {100 * v['f1']:.1f} (bar: ≥ {100 * MUST_F1:.0f}, above "
+                      f"{compared or 'nothing'}): {'PASS' if v['passed'] else 'FAIL'}"]
+    demo = summary["demo"]
     (a_lang, a), (b_lang, b) = demo["sentences"].items()
-    print("\ncross-lingual cosine similarity (rows: " + a_lang + ", columns: " + b_lang + ")")
-    for text, row in zip(a, demo["cosine"]):
-        print(f"  {text[:45]:<45} " + "  ".join(f"{x:+.3f}" for x in row))
-    for i, text in enumerate(b):
-        print(f"  column {i + 1}: {text}")
-    print(f"\nmodel: {summary['model']} (HF folder and sentence-transformers export)")
-    print(f"loss curves: {summary['loss_png']}; evaluation: {summary['eval']}")
-    print(f"wall time: {summary['wall_s'] / 60:.1f} min (budget {summary['minutes_budget']:g} min)")
+    lines += ["", f"cross-lingual cosine similarity (rows: {a_lang}, columns: {b_lang})"]
+    lines += [f"  {text[:45]:<45} " + "  ".join(f"{x:+.3f}" for x in row) for text, row in zip(a, demo["cosine"])]
+    lines += [f"  column {i + 1}: {text}" for i, text in enumerate(b)]
+    lines += ["", f"model: {summary['model']} (HF folder and sentence-transformers export)",
+              f"loss curves: {summary['loss_png']}; evaluation: {summary['eval']}",
+              f"wall time: {summary['wall_s'] / 60:.1f} min (budget {summary['minutes_budget']:g} min)"]
+    return "\n".join(lines)
