@@ -111,7 +111,8 @@ inline ContrastivePlan make_contrastive_plan(int64_t M, int64_t K, int64_t dim, 
 //   scores(S, q_rows, d_cols)          S = q_rows · d_colsᵀ (in acc_t)
 //   row_stats(S, nr, nc, inv_tau, lr0, nl, M, L)
 //        online update of running max M and sum L (length nl, this rank's queries) with rows lr0..lr0+nl-1
-//   column_lse(S, nr, nc, inv_tau, lse)  exact log-sum-exp over all nr rows of each column
+//   anchor_stats(S, nr, nc, inv_tau, lr0, nl, M, L, lse)
+//        row_stats, plus the exact log-sum-exp over all nr rows of each column (column-anchor strips)
 //   scores_to_grad(S, nr, nc, inv_tau, lr0, nl, row_lse, col_lse|nullptr, coef, diag_row, diag_col, ndiag, w)
 //        S ← coef·(exp(S/τ − row_lse) on local rows + exp(S/τ − col_lse) when col_lse), then subtract coef·w
 //        on the ndiag diagonal entries (diag_row + t, diag_col + t) (the positives)
@@ -140,9 +141,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> contrastive_forward(const at::Ten
   for (const auto& strip : plan.strips) {
     auto S = buffer.narrow(0, 0, strip.nr * strip.nc).view({strip.nr, strip.nc});
     kernels.scores(S, q.narrow(0, strip.r0, strip.nr), d.narrow(0, strip.k0, strip.nc));
-    kernels.row_stats(S, strip.nr, strip.nc, inv_tau, o - strip.r0, B, running_max, running_sum);
     if (strip.column_anchors) {
-      kernels.column_lse(S, strip.nr, strip.nc, inv_tau, d_lse.narrow(0, strip.k0 - o, strip.nc));
+      kernels.anchor_stats(S, strip.nr, strip.nc, inv_tau, o - strip.r0, B, running_max, running_sum,
+                           d_lse.narrow(0, strip.k0 - o, strip.nc));
+    } else {
+      kernels.row_stats(S, strip.nr, strip.nc, inv_tau, o - strip.r0, B, running_max, running_sum);
     }
   }
   auto q_lse = running_max + running_sum.log();

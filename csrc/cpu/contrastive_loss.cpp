@@ -26,6 +26,9 @@ constexpr int64_t kRowGrain = 16;
 // Sums of exps run in float vectors over blocks of this many terms, block totals in double: the rounding
 // error then grows with the block, not with N (PyTorch's cascade sums are about this accurate).
 constexpr int64_t kSumBlock = 256;
+// How far (in units of s/τ) a row's or column's statistic may lie below the shared exp shift of the one-exp
+// paths below; e^-60 is far from float underflow (e^-87), and normalised inputs at τ ≥ 0.04 always qualify.
+constexpr double kFactorSpread = 60.0;
 
 template <typename T>
 void row_stats_kernel(const T* S, int64_t nc, T inv_tau, int64_t lr0, int64_t nl, T* running_max, T* running_sum) {
@@ -82,6 +85,90 @@ void column_lse_kernel(const T* S, int64_t nr, int64_t nc, T inv_tau, T* lse) {
   });
 }
 
+// Column-anchor strips need both statistics of every score. With G the strip's largest score, one exp per
+// score serves both, e = exp(s/τ − G), as long as no row or column maximum lies more than kFactorSpread below
+// G (else their sums could underflow; then the caller falls back to the separate passes). Pass 1: row maxima
+// and per-thread column maxima; pass 2: e, summed along rows and (per thread, then merged) down columns.
+template <typename T>
+bool fused_anchor_stats_kernel(const T* S, int64_t nr, int64_t nc, T inv_tau, int64_t lr0, int64_t nl,
+                               T* running_max, T* running_sum, T* lse) {
+  using V = Vectorized<T>;
+  constexpr T kInf = std::numeric_limits<T>::infinity();
+  const int64_t threads = at::get_num_threads();
+  const int64_t vec_end = nc - nc % V::size();
+  std::vector<T> row_max(nr);
+  std::vector<T> col_max(threads * nc, -kInf);
+  at::parallel_for(0, nr, kRowGrain, [&](int64_t begin, int64_t end) {
+    T* cmax = col_max.data() + at::get_thread_num() * nc;
+    for (int64_t i = begin; i < end; ++i) {
+      const T* row = S + i * nc;
+      V rmax(-kInf);
+      int64_t k = 0;
+      for (; k < vec_end; k += V::size()) {
+        const V s = V::loadu(row + k);
+        rmax = at::vec::maximum(rmax, s);
+        at::vec::maximum(V::loadu(cmax + k), s).store(cmax + k);
+      }
+      T m = at::vec::vec_reduce_all<T>([](V& a, V& b) { return at::vec::maximum(a, b); }, rmax);
+      for (; k < nc; ++k) m = std::max(m, row[k]), cmax[k] = std::max(cmax[k], row[k]);
+      row_max[i] = m;
+    }
+  });
+  for (int64_t t = 1; t < threads; ++t) {
+    for (int64_t k = 0; k < nc; ++k) col_max[k] = std::max(col_max[k], col_max[t * nc + k]);
+  }
+  const T top = *std::max_element(col_max.begin(), col_max.begin() + nc);
+  const T low_col = *std::min_element(col_max.begin(), col_max.begin() + nc);
+  const T low_row = nl > 0 ? *std::min_element(row_max.begin() + lr0, row_max.begin() + lr0 + nl) : top;
+  if (!((top - std::min(low_col, low_row)) * inv_tau <= kFactorSpread)) return false;
+
+  const T G = top * inv_tau;
+  std::vector<double> col_sum(threads * nc, 0.0);
+  at::parallel_for(0, nr, kRowGrain, [&](int64_t begin, int64_t end) {
+    double* csum = col_sum.data() + at::get_thread_num() * nc;
+    std::vector<T> block(nc, T(0));  // float column sums over ≤ kSumBlock rows, then added to csum
+    const V scale(inv_tau), shift(-G);
+    auto flush = [&] {
+      for (int64_t k = 0; k < nc; ++k) csum[k] += block[k], block[k] = T(0);
+    };
+    for (int64_t i = begin; i < end; ++i) {
+      const T* row = S + i * nc;
+      double row_sum = 0;
+      int64_t k = 0;
+      while (k < vec_end) {
+        const int64_t block_end = std::min(vec_end, k + kSumBlock);
+        V acc(0);
+        for (; k < block_end; k += V::size()) {
+          const V e = fast_exp(at::vec::fmadd(V::loadu(row + k), scale, shift));
+          acc += e;
+          (V::loadu(block.data() + k) + e).store(block.data() + k);
+        }
+        row_sum += at::vec::vec_reduce_all<T>([](V& a, V& b) { return a + b; }, acc);
+      }
+      for (; k < nc; ++k) {
+        const T e = std::exp(row[k] * inv_tau - G);
+        row_sum += e;
+        block[k] += e;
+      }
+      if ((i - begin + 1) % kSumBlock == 0) flush();
+      if (i >= lr0 && i < lr0 + nl) {
+        const int64_t j = i - lr0;
+        const T new_max = std::max(running_max[j], row_max[i] * inv_tau);
+        running_sum[j] = running_sum[j] * std::exp(running_max[j] - new_max) +
+                         static_cast<T>(row_sum * std::exp(static_cast<double>(G - new_max)));
+        running_max[j] = new_max;
+      }
+    }
+    flush();
+  });
+  for (int64_t k = 0; k < nc; ++k) {
+    double total = 0;
+    for (int64_t t = 0; t < threads; ++t) total += col_sum[t * nc + k];
+    lse[k] = G + static_cast<T>(std::log(total));
+  }
+  return true;
+}
+
 // In place: S ← coef·(p_row + p_col) − coef·w on the positives, where p_row = exp(s/τ − row_lse) on this
 // rank's query rows and p_col = exp(s/τ − col_lse) on column-anchor strips.
 //
@@ -89,8 +176,6 @@ void column_lse_kernel(const T* S, int64_t nr, int64_t nc, T inv_tau, T* lse) {
 // kFactorSpread of each other (always, for normalised inputs and τ ≥ 0.04), one exp per score suffices:
 // p_row + p_col = exp(s/τ − lo)·(exp(lo − row_lse) + exp(lo − col_lse)) with lo the smallest lse; s/τ never
 // exceeds a row's or column's lse, so the first factor stays below e^kFactorSpread.
-constexpr double kFactorSpread = 60.0;
-
 template <typename T>
 bool factored_scores_to_grad(T* S, int64_t nr, int64_t nc, T inv_tau, int64_t lr0, int64_t nl, const T* row_lse,
                              const T* col_lse, T coef) {
@@ -163,10 +248,18 @@ struct CpuKernels {
     });
   }
 
-  static void column_lse(const at::Tensor& S, int64_t nr, int64_t nc, double inv_tau, at::Tensor lse) {
-    AT_DISPATCH_FLOATING_TYPES(S.scalar_type(), "bembed_contrastive_column_lse", [&] {
-      column_lse_kernel<scalar_t>(S.const_data_ptr<scalar_t>(), nr, nc, static_cast<scalar_t>(inv_tau),
-                                  lse.mutable_data_ptr<scalar_t>());
+  static void anchor_stats(const at::Tensor& S, int64_t nr, int64_t nc, double inv_tau, int64_t lr0, int64_t nl,
+                           at::Tensor& running_max, at::Tensor& running_sum, at::Tensor lse) {
+    AT_DISPATCH_FLOATING_TYPES(S.scalar_type(), "bembed_contrastive_anchor_stats", [&] {
+      const auto* s = S.const_data_ptr<scalar_t>();
+      const auto t = static_cast<scalar_t>(inv_tau);
+      auto* m = running_max.mutable_data_ptr<scalar_t>();
+      auto* l = running_sum.mutable_data_ptr<scalar_t>();
+      auto* out = lse.mutable_data_ptr<scalar_t>();
+      if (!fused_anchor_stats_kernel<scalar_t>(s, nr, nc, t, lr0, nl, m, l, out)) {
+        row_stats_kernel<scalar_t>(s, nc, t, lr0, nl, m, l);
+        column_lse_kernel<scalar_t>(s, nr, nc, t, out);
+      }
     });
   }
 

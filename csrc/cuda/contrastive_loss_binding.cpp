@@ -49,6 +49,12 @@ struct CudaKernels {
                  "bembed.contrastive_loss_fwd");
   }
 
+  void anchor_stats(const at::Tensor& S, int64_t nr, int64_t nc, double inv_tau, int64_t lr0, int64_t nl,
+                    at::Tensor& running_max, at::Tensor& running_sum, at::Tensor lse) {
+    row_stats(S, nr, nc, inv_tau, lr0, nl, running_max, running_sum);
+    column_lse(S, nr, nc, inv_tau, lse);
+  }
+
   void column_lse(const at::Tensor& S, int64_t nr, int64_t nc, double inv_tau, at::Tensor lse) {
     const int64_t needed = 2 * cuda::contrastive_column_chunks(nr) * nc;
     if (!partial.defined() || partial.numel() < needed) partial = at::empty({needed}, S.options());
