@@ -305,3 +305,20 @@ def test_cli_writes_npy_and_parquet_in_input_order(folder, embedder, tmp_path):
         main(["encode", "--model", str(folder), "--input", str(jsonl), "--output", str(tmp_path / "v.npy")])
     with pytest.raises(SystemExit, match=r"\.npy"):
         main(["encode", "--model", str(folder), "--input", str(txt), "--output", str(tmp_path / "v.csv")])
+
+
+@pytest.mark.cuda
+def test_cuda_autocast_matches_cpu_float32(tokenizer):
+    """On GPU encode runs the kernels under bf16 autocast (head_dim 32, which the CUDA kernels take) and still
+    pools in float32; the rows agree with the CPU float32 ones to bf16 accuracy."""
+    config = bembed.JinaBertConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=96,
+                                   hidden_dropout_prob=0.0, **model_config_kwargs(tokenizer))
+    model = bembed.JinaBertModel(config)
+    cpu = Embedder(model, tokenizer).encode(TEXTS, convert_to_tensor=True)
+    cpu_chunks = Embedder(model, tokenizer).encode_chunks(DOCUMENT, chunk_size=16, convert_to_tensor=True)
+    gpu = Embedder(model.to("cuda"), tokenizer)
+    got = gpu.encode(TEXTS, batch_size=4, convert_to_tensor=True)
+    assert got.device.type == "cuda" and got.dtype == torch.float32
+    assert torch.nn.functional.cosine_similarity(got.cpu(), cpu, dim=-1).min() > 0.99
+    chunks = gpu.encode_chunks(DOCUMENT, chunk_size=16, convert_to_tensor=True)
+    assert torch.nn.functional.cosine_similarity(chunks.cpu(), cpu_chunks, dim=-1).min() > 0.99
