@@ -13,7 +13,8 @@ from bembed.encode import Embedder, load_encoder
 from bembed.eval.encoder import check_encoder
 from bembed.tokenizer import model_config_kwargs, train_bilingual_tokenizer
 
-GERMAN = ["Die Bäume grünen und die Vögel singen fröhlich im Wald.", "Über den Wolken ist die Freiheit grenzenlos.",
+GERMAN = ["Die Bäume grünen und die Vögel singen fröhlich im Wald.",
+          "Über den Wolken ist die Freiheit grenzenlos.",
           "Der kleine Hund läuft schnell über die Straße.", "Morgen regnet es in Berlin."]
 SPANISH = ["El niño comió una manzana en la montaña.", "¡Qué día más bonito hace hoy en España!",
            "La canción del corazón pequeño suena bien.", "Mañana llueve en Madrid."]

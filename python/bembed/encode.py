@@ -86,7 +86,8 @@ class Embedder:
         if default_prompt_name is not None and default_prompt_name not in prompts:
             raise ValueError(f"default_prompt_name {default_prompt_name!r} is not one of the prompts {sorted(prompts)}")
         if autocast_dtype not in ("auto", None, torch.bfloat16, torch.float16):
-            raise ValueError(f"autocast_dtype must be 'auto', None, torch.bfloat16 or torch.float16, got {autocast_dtype!r}")
+            raise ValueError(f"autocast_dtype must be 'auto', None, torch.bfloat16 or torch.float16, "
+                             f"got {autocast_dtype!r}")
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.prompts = prompts
@@ -157,8 +158,9 @@ class Embedder:
         """Embed `texts` (a str or a sequence of str) -> (n, dim) float32 rows in input order ((dim,) for a
         single str): a numpy array, a tensor on the model's device (convert_to_tensor, which wins), or a list
         of 1-D tensors (both False). prompt: a prefix for every text; prompt_name: a configured prompt
-        ("query"/"document" are ignored when the model has none, so eval code may always pass them). See the
-        module docstring for long texts (`truncate`), empty texts and bad items."""
+        ("query"/"document" are ignored when the model has none, so eval code may always pass them); device:
+        move the model there first (it stays). See the module docstring for long texts (`truncate`), empty
+        texts and bad items."""
         single = isinstance(texts, str)
         texts = _check_texts([texts] if single else texts)
         _positive_int(batch_size, "batch_size")
@@ -241,6 +243,7 @@ class Embedder:
             else:
                 states = self.model(torch.tensor([ids], device=device)).last_hidden_state[0]
             pooled = late_chunking.pool_ranges(states, ranges)
+        pooled = pooled.clone()  # an ordinary tensor, not an inference-mode one, for the caller
         if normalize_embeddings:
             pooled = normalize(pooled)
         vectors = self._convert(pooled, convert_to_numpy, convert_to_tensor)

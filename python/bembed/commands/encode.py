@@ -7,10 +7,7 @@ are carried into a parquet output as columns (ids, labels). Rows keep the input 
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
-
-log = logging.getLogger(__name__)
 
 INPUT_SUFFIXES = (".txt", ".jsonl")
 OUTPUT_SUFFIXES = (".npy", ".parquet")
