@@ -214,6 +214,16 @@ def test_reference_path_gives_the_same_vectors(folder, embedder):
     np.testing.assert_allclose(reference.encode(TEXTS, batch_size=4), embedder.encode(TEXTS), rtol=1e-4, atol=1e-5)
 
 
+def test_loads_a_sentence_transformers_export(tmp_path, folder, embedder):
+    """The training stages hand over sentence-transformers folders; Embedder reads them as they are."""
+    from bembed.model.export import export_sentence_transformers
+
+    path = export_sentence_transformers(embedder.model, embedder.tokenizer, tmp_path / "st")
+    loaded = Embedder.from_pretrained(path, device="cpu")
+    assert loaded.prompts == {}
+    np.testing.assert_allclose(loaded.encode(TEXTS[:4]), embedder.encode(TEXTS[:4]), rtol=1e-5, atol=1e-6)
+
+
 DOCUMENT = " ".join(GERMAN + SPANISH)
 
 
