@@ -212,10 +212,13 @@ def alibi_attention_varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu
     None. Returns (T, H, D).
     """
     _check_tensors("alibi_attention_varlen", q=q, k=k, v=v, cu_seqlens=cu_seqlens, alibi_slopes=alibi_slopes)
-    if isinstance(max_seqlen, bool) or not isinstance(max_seqlen, numbers.Integral):
-        raise TypeError(f"alibi_attention_varlen: argument 'max_seqlen' must be an int, got {type(max_seqlen).__name__}")
+    if isinstance(max_seqlen, bool) or not isinstance(max_seqlen, (numbers.Integral, torch.SymInt)):
+        raise TypeError("alibi_attention_varlen: argument 'max_seqlen' must be an int, "
+                        f"got {type(max_seqlen).__name__}")
     scale = _default_scale(softmax_scale, q.shape[-1], "alibi_attention_varlen")
     if use_reference(impl):
         return alibi_attention_varlen_reference(q, k, v, cu_seqlens, max_seqlen, alibi_slopes, softmax_scale=scale)
-    out, _ = _OPS.alibi_attention_varlen_fwd(q, k, v, cu_seqlens, int(max_seqlen), alibi_slopes, scale)
+    if not isinstance(max_seqlen, torch.SymInt):  # a SymInt (torch.compile) goes to the op as it is
+        max_seqlen = int(max_seqlen)
+    out, _ = _OPS.alibi_attention_varlen_fwd(q, k, v, cu_seqlens, max_seqlen, alibi_slopes, scale)
     return out
