@@ -107,14 +107,14 @@ inline ContrastivePlan make_contrastive_plan(int64_t M, int64_t K, int64_t dim, 
   return plan;
 }
 
-// A Kernels object supplies, for a strip S (nr × nc raw dot products, contiguous, acc_t = float or double):
-//   scores(S, q_rows, d_cols)          S = q_rows · d_colsᵀ (in acc_t)
-//   row_stats(S, nr, nc, inv_tau, lr0, nl, M, L)
+// A Kernels object supplies, for a strip S (nr × nc scores s = q·d/τ, contiguous, acc_t = float or double):
+//   scores(S, q_rows, d_cols, inv_tau) S = q_rows · d_colsᵀ / τ (in acc_t, rounded once)
+//   row_stats(S, nr, nc, lr0, nl, M, L)
 //        online update of running max M and sum L (length nl, this rank's queries) with rows lr0..lr0+nl-1
-//   anchor_stats(S, nr, nc, inv_tau, lr0, nl, M, L, lse)
+//   anchor_stats(S, nr, nc, lr0, nl, M, L, lse)
 //        row_stats, plus the exact log-sum-exp over all nr rows of each column (column-anchor strips)
-//   scores_to_grad(S, nr, nc, inv_tau, lr0, nl, row_lse, col_lse|nullptr, coef, diag_row, diag_col, ndiag, w)
-//        S ← coef·(exp(S/τ − row_lse) on local rows + exp(S/τ − col_lse) when col_lse), then subtract coef·w
+//   scores_to_grad(S, nr, nc, lr0, nl, row_lse, col_lse|nullptr, coef, diag_row, diag_col, ndiag, w)
+//        S ← coef·(exp(S − row_lse) on local rows + exp(S − col_lse) when col_lse), then subtract coef·w
 //        on the ndiag diagonal entries (diag_row + t, diag_col + t) (the positives)
 //   grad_operand(S)                    the tensor used as dL/dS in the gradient GEMMs (S, or a copy in the
 //                                      input dtype that scores_to_grad wrote)
@@ -140,12 +140,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> contrastive_forward(const at::Ten
   auto buffer = at::empty({plan.max_strip_elems}, acc_opts);
   for (const auto& strip : plan.strips) {
     auto S = buffer.narrow(0, 0, strip.nr * strip.nc).view({strip.nr, strip.nc});
-    kernels.scores(S, q.narrow(0, strip.r0, strip.nr), d.narrow(0, strip.k0, strip.nc));
+    kernels.scores(S, q.narrow(0, strip.r0, strip.nr), d.narrow(0, strip.k0, strip.nc), inv_tau);
     if (strip.column_anchors) {
-      kernels.anchor_stats(S, strip.nr, strip.nc, inv_tau, o - strip.r0, B, running_max, running_sum,
+      kernels.anchor_stats(S, strip.nr, strip.nc, o - strip.r0, B, running_max, running_sum,
                            d_lse.narrow(0, strip.k0 - o, strip.nc));
     } else {
-      kernels.row_stats(S, strip.nr, strip.nc, inv_tau, o - strip.r0, B, running_max, running_sum);
+      kernels.row_stats(S, strip.nr, strip.nc, o - strip.r0, B, running_max, running_sum);
     }
   }
   auto q_lse = running_max + running_sum.log();
@@ -184,7 +184,7 @@ std::tuple<at::Tensor, at::Tensor> contrastive_backward(const at::Tensor& grad_l
     auto S = buffer.narrow(0, 0, strip.nr * strip.nc).view({strip.nr, strip.nc});
     const auto q_rows = q.narrow(0, strip.r0, strip.nr);
     const auto d_cols = d.narrow(0, strip.k0, strip.nc);
-    kernels.scores(S, q_rows, d_cols);
+    kernels.scores(S, q_rows, d_cols, inv_tau);
     // Positives (i, i) for this rank's queries i that fall in this strip's columns.
     const int64_t diag_begin = std::max({o, strip.k0, strip.r0});
     const int64_t diag_end = std::min({o + B, strip.k0 + strip.nc, strip.r0 + strip.nr});
@@ -193,7 +193,7 @@ std::tuple<at::Tensor, at::Tensor> contrastive_backward(const at::Tensor& grad_l
     const double weight = strip.column_anchors ? 2.0 : 1.0;
     at::Tensor col_slice;
     if (strip.column_anchors) col_slice = col_lse.narrow(0, strip.k0 - o, strip.nc);
-    kernels.scores_to_grad(S, strip.nr, strip.nc, inv_tau, o - strip.r0, B, row_lse,
+    kernels.scores_to_grad(S, strip.nr, strip.nc, o - strip.r0, B, row_lse,
                             strip.column_anchors ? &col_slice : nullptr, coef, diag_begin - strip.r0,
                             diag_begin - strip.k0, ndiag, weight);
     const auto dS = kernels.grad_operand(S);

@@ -1,5 +1,5 @@
-// Fused InfoNCE elementwise passes (see contrastive_loss.cuh). Each pass reads the float32 strip once:
-// statistics use the one-pass online (max, sum) update, which takes one exp per element except when the
+// Fused InfoNCE elementwise passes (see contrastive_loss.cuh) over strips of scores s = q·d/τ. Each pass
+// reads the float32 strip once: statistics use the one-pass online (max, sum) update, which takes one exp per element except when the
 // running max moves.
 #include <cfloat>
 #include <cmath>
@@ -40,14 +40,14 @@ __device__ __forceinline__ MaxSum warp_merge(MaxSum state) {
   return state;
 }
 
-__global__ void row_stats_kernel(const float* __restrict__ S, int64_t nc, float inv_tau, int64_t lr0, int64_t nl,
+__global__ void row_stats_kernel(const float* __restrict__ S, int64_t nc, int64_t lr0, int64_t nl,
                                  float* __restrict__ running_max, float* __restrict__ running_sum) {
   const int64_t j = static_cast<int64_t>(blockIdx.x) * (kThreads / kWarp) + threadIdx.x / kWarp;
   if (j >= nl) return;
   const int lane = threadIdx.x % kWarp;
   const float* row = S + (lr0 + j) * nc;
   MaxSum state{-INFINITY, 0.f};
-  for (int64_t k = lane; k < nc; k += kWarp) online_add(state, row[k] * inv_tau);
+  for (int64_t k = lane; k < nc; k += kWarp) online_add(state, row[k]);
   state = warp_merge(state);
   if (lane == 0) {
     const MaxSum total = merge({running_max[j], running_sum[j]}, state);
@@ -58,14 +58,14 @@ __global__ void row_stats_kernel(const float* __restrict__ S, int64_t nc, float 
 
 // Grid (column blocks, row chunks): each thread folds one column over kColumnChunkRows rows (coalesced
 // across the warp), leaving (max, sum) partials that column_merge_kernel combines.
-__global__ void column_partial_kernel(const float* __restrict__ S, int64_t nr, int64_t nc, float inv_tau,
+__global__ void column_partial_kernel(const float* __restrict__ S, int64_t nr, int64_t nc,
                                       float* __restrict__ partial) {
   const int64_t k = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
   if (k >= nc) return;
   const int64_t begin = static_cast<int64_t>(blockIdx.y) * kColumnChunkRows;
   const int64_t end = begin + kColumnChunkRows < nr ? begin + kColumnChunkRows : nr;
   MaxSum state{-INFINITY, 0.f};
-  for (int64_t i = begin; i < end; ++i) online_add(state, S[i * nc + k] * inv_tau);
+  for (int64_t i = begin; i < end; ++i) online_add(state, S[i * nc + k]);
   float* out = partial + 2 * (static_cast<int64_t>(blockIdx.y) * nc + k);
   out[0] = state.max;
   out[1] = state.sum;
@@ -86,7 +86,7 @@ __global__ void column_merge_kernel(const float* __restrict__ partial, int64_t c
 // One block per strip row, threads across its columns (coalesced). out may alias S (float32), so no
 // __restrict__ on those two.
 template <typename T>
-__global__ void scores_to_grad_kernel(const float* S, T* out, int64_t nc, float inv_tau, int64_t lr0, int64_t nl,
+__global__ void scores_to_grad_kernel(const float* S, T* out, int64_t nc, int64_t lr0, int64_t nl,
                                       const float* __restrict__ row_lse, const float* __restrict__ col_lse,
                                       float coef, int64_t diag_row, int64_t diag_col, int64_t ndiag, float weight) {
   const int64_t i = blockIdx.x;
@@ -98,8 +98,8 @@ __global__ void scores_to_grad_kernel(const float* S, T* out, int64_t nc, float 
   T* out_row = out + i * nc;
   for (int64_t k = threadIdx.x; k < nc; k += kThreads) {
     const float s = row[k];
-    float p = local ? __expf(fmaf(s, inv_tau, row_shift)) : 0.f;
-    if (col_lse != nullptr) p += __expf(fmaf(s, inv_tau, -col_lse[k]));
+    float p = local ? __expf(s + row_shift) : 0.f;
+    if (col_lse != nullptr) p += __expf(s - col_lse[k]);
     float g = coef * p;
     if (k == diag_k) g -= coef * weight;
     out_row[k] = from_float<T>(g);
@@ -108,29 +108,29 @@ __global__ void scores_to_grad_kernel(const float* S, T* out, int64_t nc, float 
 
 }  // namespace
 
-cudaError_t contrastive_row_stats(const float* S, int64_t nc, float inv_tau, int64_t lr0, int64_t nl,
+cudaError_t contrastive_row_stats(const float* S, int64_t nc, int64_t lr0, int64_t nl,
                                   float* running_max, float* running_sum, cudaStream_t stream) {
   if (nl == 0) return cudaSuccess;
   const int64_t rows_per_block = kThreads / kWarp;
   const auto blocks = static_cast<unsigned int>((nl + rows_per_block - 1) / rows_per_block);
-  row_stats_kernel<<<blocks, kThreads, 0, stream>>>(S, nc, inv_tau, lr0, nl, running_max, running_sum);
+  row_stats_kernel<<<blocks, kThreads, 0, stream>>>(S, nc, lr0, nl, running_max, running_sum);
   return cudaGetLastError();
 }
 
 int64_t contrastive_column_chunks(int64_t nr) { return (nr + kColumnChunkRows - 1) / kColumnChunkRows; }
 
-cudaError_t contrastive_column_lse(const float* S, int64_t nr, int64_t nc, float inv_tau, float* partial, float* lse,
+cudaError_t contrastive_column_lse(const float* S, int64_t nr, int64_t nc, float* partial, float* lse,
                                    cudaStream_t stream) {
   if (nc == 0) return cudaSuccess;
   const int64_t chunks = contrastive_column_chunks(nr);
   const dim3 grid(static_cast<unsigned int>((nc + kThreads - 1) / kThreads), static_cast<unsigned int>(chunks));
-  column_partial_kernel<<<grid, kThreads, 0, stream>>>(S, nr, nc, inv_tau, partial);
+  column_partial_kernel<<<grid, kThreads, 0, stream>>>(S, nr, nc, partial);
   column_merge_kernel<<<static_cast<unsigned int>((nc + kThreads - 1) / kThreads), kThreads, 0, stream>>>(
       partial, chunks, nc, lse);
   return cudaGetLastError();
 }
 
-cudaError_t contrastive_scores_to_grad(const float* S, void* out, DType dtype, int64_t nr, int64_t nc, float inv_tau,
+cudaError_t contrastive_scores_to_grad(const float* S, void* out, DType dtype, int64_t nr, int64_t nc,
                                        int64_t lr0, int64_t nl, const float* row_lse, const float* col_lse,
                                        float coef, int64_t diag_row, int64_t diag_col, int64_t ndiag, float weight,
                                        cudaStream_t stream) {
@@ -138,15 +138,15 @@ cudaError_t contrastive_scores_to_grad(const float* S, void* out, DType dtype, i
   const auto grid = static_cast<unsigned int>(nr);
   switch (dtype) {
     case DType::kFloat32:
-      scores_to_grad_kernel<<<grid, kThreads, 0, stream>>>(S, static_cast<float*>(out), nc, inv_tau, lr0, nl, row_lse,
+      scores_to_grad_kernel<<<grid, kThreads, 0, stream>>>(S, static_cast<float*>(out), nc, lr0, nl, row_lse,
                                                            col_lse, coef, diag_row, diag_col, ndiag, weight);
       break;
     case DType::kFloat16:
-      scores_to_grad_kernel<<<grid, kThreads, 0, stream>>>(S, static_cast<__half*>(out), nc, inv_tau, lr0, nl, row_lse,
+      scores_to_grad_kernel<<<grid, kThreads, 0, stream>>>(S, static_cast<__half*>(out), nc, lr0, nl, row_lse,
                                                            col_lse, coef, diag_row, diag_col, ndiag, weight);
       break;
     case DType::kBFloat16:
-      scores_to_grad_kernel<<<grid, kThreads, 0, stream>>>(S, static_cast<__nv_bfloat16*>(out), nc, inv_tau, lr0, nl,
+      scores_to_grad_kernel<<<grid, kThreads, 0, stream>>>(S, static_cast<__nv_bfloat16*>(out), nc, lr0, nl,
                                                            row_lse, col_lse, coef, diag_row, diag_col, ndiag, weight);
       break;
   }

@@ -3,6 +3,7 @@
 // Statistics and gradient accumulators are float32; dL/dS is written in the input dtype for the two
 // gradient GEMMs.
 #include <ATen/ops/empty.h>
+#include <ATen/ops/addmm.h>
 #include <ATen/ops/mm.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
@@ -33,38 +34,38 @@ struct CudaKernels {
 
   static cudaStream_t stream() { return c10::cuda::getCurrentCUDAStream(); }
 
-  void scores(at::Tensor& S, const at::Tensor& q_rows, const at::Tensor& d_cols) const {
+  // S = q·dᵀ/τ in float32 (beta = 0: S's previous contents are ignored).
+  void scores(at::Tensor& S, const at::Tensor& q_rows, const at::Tensor& d_cols, double inv_tau) const {
     if (dtype == at::kFloat) {
-      at::mm_out(S, q_rows, d_cols.t());
+      at::addmm_out(S, S, q_rows, d_cols.t(), 0, inv_tau);
     } else {
-      at::mm_out(S, q_rows, d_cols.t(), at::kFloat);
+      at::addmm_out(S, S, q_rows, d_cols.t(), at::kFloat, 0, inv_tau);
     }
   }
 
-  void row_stats(const at::Tensor& S, int64_t, int64_t nc, double inv_tau, int64_t lr0, int64_t nl,
+  void row_stats(const at::Tensor& S, int64_t, int64_t nc, int64_t lr0, int64_t nl,
                  at::Tensor& running_max, at::Tensor& running_sum) const {
-    check_launch(cuda::contrastive_row_stats(S.const_data_ptr<float>(), nc, static_cast<float>(inv_tau), lr0, nl,
+    check_launch(cuda::contrastive_row_stats(S.const_data_ptr<float>(), nc, lr0, nl,
                                              running_max.mutable_data_ptr<float>(),
                                              running_sum.mutable_data_ptr<float>(), stream()),
                  "bembed.contrastive_loss_fwd");
   }
 
-  void anchor_stats(const at::Tensor& S, int64_t nr, int64_t nc, double inv_tau, int64_t lr0, int64_t nl,
+  void anchor_stats(const at::Tensor& S, int64_t nr, int64_t nc, int64_t lr0, int64_t nl,
                     at::Tensor& running_max, at::Tensor& running_sum, at::Tensor lse) {
-    row_stats(S, nr, nc, inv_tau, lr0, nl, running_max, running_sum);
-    column_lse(S, nr, nc, inv_tau, lse);
+    row_stats(S, nr, nc, lr0, nl, running_max, running_sum);
+    column_lse(S, nr, nc, lse);
   }
 
-  void column_lse(const at::Tensor& S, int64_t nr, int64_t nc, double inv_tau, at::Tensor lse) {
+  void column_lse(const at::Tensor& S, int64_t nr, int64_t nc, at::Tensor lse) {
     const int64_t needed = 2 * cuda::contrastive_column_chunks(nr) * nc;
     if (!partial.defined() || partial.numel() < needed) partial = at::empty({needed}, S.options());
-    check_launch(cuda::contrastive_column_lse(S.const_data_ptr<float>(), nr, nc, static_cast<float>(inv_tau),
-                                              partial.mutable_data_ptr<float>(), lse.mutable_data_ptr<float>(),
-                                              stream()),
+    check_launch(cuda::contrastive_column_lse(S.const_data_ptr<float>(), nr, nc, partial.mutable_data_ptr<float>(),
+                                              lse.mutable_data_ptr<float>(), stream()),
                  "bembed.contrastive_loss_fwd");
   }
 
-  void scores_to_grad(at::Tensor& S, int64_t nr, int64_t nc, double inv_tau, int64_t lr0, int64_t nl,
+  void scores_to_grad(at::Tensor& S, int64_t nr, int64_t nc, int64_t lr0, int64_t nl,
                       const at::Tensor& row_lse, const at::Tensor* col_lse, double coef, int64_t diag_row,
                       int64_t diag_col, int64_t ndiag, double weight) {
     void* out = S.mutable_data_ptr();
@@ -76,7 +77,7 @@ struct CudaKernels {
       out = grad_view.mutable_data_ptr();
     }
     check_launch(cuda::contrastive_scores_to_grad(S.const_data_ptr<float>(), out, kernel_out_dtype, nr, nc,
-                                                  static_cast<float>(inv_tau), lr0, nl, row_lse.const_data_ptr<float>(),
+                                                  lr0, nl, row_lse.const_data_ptr<float>(),
                                                   col_lse ? col_lse->const_data_ptr<float>() : nullptr,
                                                   static_cast<float>(coef), diag_row, diag_col, ndiag,
                                                   static_cast<float>(weight), stream()),
