@@ -1,6 +1,6 @@
 // Fused InfoNCE elementwise passes (see contrastive_loss.cuh) over strips of scores s = q·d/τ. Each pass
-// reads the float32 strip once: statistics use the one-pass online (max, sum) update, which takes one exp per element except when the
-// running max moves.
+// reads the float32 strip once: statistics use the one-pass online (max, sum) update, which takes one exp
+// per element except when the running max moves.
 #include <cfloat>
 #include <cmath>
 
