@@ -23,8 +23,9 @@ it walks column strips of documents (one GEMM each), keeping an online log-sum-e
 an exact one per anchor document; it saves only the two lse vectors (O(B)). Backward recomputes each strip,
 turns it into dL/dS in place (softmax rebuilt from the saved lse) and applies dQ += dS·D_strip,
 dD_strip = dSᵀ·Q. Extra memory beyond inputs and gradients: one strip of at most
-max(2²², 64·M) float scores on CPU (M = queries scored by the strip: B, or W·B for anchor strips), the
-O(B) statistics, and the gathered copies when gathering — O(B·D), never B×N.
+max(2²², 64·M) float scores on CPU (max(2²⁸, 64·M) on CUDA, plus dS in the input dtype and an M×D float32
+product), M = the queries a strip scores (B, or W·B for anchor strips); the O(B) statistics; float32
+gradient accumulators for fp16/bf16; and the gathered copies when gathering — O(B·D), never B×N.
 """
 
 from __future__ import annotations
