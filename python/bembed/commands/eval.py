@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import json
 from pathlib import Path
 
@@ -25,32 +24,31 @@ def add_arguments(parser) -> None:
 
 
 def load_model_encoder(path: str):
-    """An encoder for a model folder: a sentence-transformers folder (``modules.json``) loads with
-    sentence-transformers; a bembed model loads through ``bembed.encode.load_encoder`` once that API exists."""
+    """An encoder for a model folder: a bembed/JinaBERT folder loads through ``bembed.encode.load_encoder``;
+    any other sentence-transformers folder (``modules.json``, e.g. a baseline's) through sentence-transformers."""
+    from bembed.encode import load_encoder
+
     folder = Path(path)
     if not folder.is_dir():
         raise FileNotFoundError(f"--model: no such directory: {path}")
-    if (folder / "modules.json").is_file():
-        from sentence_transformers import SentenceTransformer
-
-        model = SentenceTransformer(str(folder), device="cpu")
-
-        class _ST:
-            name = folder.name
-
-            def encode(self, texts, *, prompt_name=None, batch_size=32):
-                prompt = prompt_name if prompt_name in (model.prompts or {}) else None
-                return model.encode(list(texts), prompt_name=prompt, batch_size=batch_size,
-                                    convert_to_numpy=True, show_progress_bar=False)
-
-        return _ST()
     try:
-        encode_module = importlib.import_module("bembed.encode")
-        loader = encode_module.load_encoder
-    except (ImportError, AttributeError):
-        raise RuntimeError(f"--model {path}: not a sentence-transformers folder, and this bembed has no "
-                           "bembed.encode.load_encoder to load a bembed model folder") from None
-    return loader(str(folder))
+        return load_encoder(folder)
+    except ValueError:  # not a JinaBERT config
+        if not (folder / "modules.json").is_file():
+            raise
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(str(folder), device="cpu")
+
+    class _SentenceTransformerEncoder:
+        name = folder.name
+
+        def encode(self, texts, *, prompt_name=None, batch_size=32):
+            prompt = prompt_name if prompt_name in (model.prompts or {}) else None
+            return model.encode(list(texts), prompt_name=prompt, batch_size=batch_size,
+                                convert_to_numpy=True, show_progress_bar=False)
+
+    return _SentenceTransformerEncoder()
 
 
 def run(args) -> int:
