@@ -1,4 +1,4 @@
-// Fused InfoNCE on CPU: the strip driver of ../contrastive_loss.h with MKL GEMMs (at::mm) for the strips
+// Fused InfoNCE on CPU: the strip driver of ../contrastive_loss.h with MKL GEMMs (at::addmm) for the strips
 // and vectorised single passes for the log-sum-exp statistics and the gradient tile. float32 and float64
 // (float64 so gradcheck runs on the kernel itself). A strip holds the scores s = q·d/τ, scaled inside the
 // GEMM and rounded once, so that the forward statistics and the backward probabilities see identical values
@@ -28,8 +28,8 @@ constexpr int64_t kRowGrain = 16;
 // Sums of exps run in float vectors over blocks of this many terms, block totals in double: the rounding
 // error then grows with the block, not with N (PyTorch's cascade sums are about this accurate).
 constexpr int64_t kSumBlock = 256;
-// How far a row's or column's statistic may lie below the shared exp shift of the one-exp
-// paths below; e^-60 is far from float underflow (e^-87), and normalised inputs at τ ≥ 0.04 always qualify.
+// How far a row's or column's statistic may lie below the shared exp shift of the one-exp paths below;
+// e^-60 is far from float underflow (e^-87). Normalised inputs at τ ≥ 0.05 always qualify (spread ≤ 2/τ + log N).
 constexpr double kFactorSpread = 60.0;
 
 template <typename T>
@@ -174,7 +174,7 @@ bool fused_anchor_stats_kernel(const T* S, int64_t nr, int64_t nc, int64_t lr0, 
 // rank's query rows and p_col = exp(s − col_lse) on column-anchor strips.
 //
 // On column-anchor strips both terms are needed for every score. When all the lse values involved lie within
-// kFactorSpread of each other (always, for normalised inputs and τ ≥ 0.04), one exp per score suffices:
+// kFactorSpread of each other (always, for normalised inputs and τ ≥ 0.05), one exp per score suffices:
 // p_row + p_col = exp(s − lo)·(exp(lo − row_lse) + exp(lo − col_lse)) with lo the smallest lse; s never
 // exceeds a row's or column's lse, so the first factor stays below e^kFactorSpread.
 template <typename T>
