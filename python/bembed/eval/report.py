@@ -51,7 +51,7 @@ def write_bar_chart(results: list[dict], path: Path) -> None:
     ax.set_ylabel("main score × 100")
     ax.set_ylim(0, 100)
     ax.set_title("bembed local tasks (STS and pair classification are constructed)")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))  # outside: bars reach the top
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
