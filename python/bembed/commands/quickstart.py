@@ -21,6 +21,10 @@ def add_arguments(parser) -> None:
     parser.add_argument("--baselines", nargs="*", metavar="NAME",
                         help="reference models to compare with (default: every installed one; none with no NAME)")
     parser.add_argument("--max-items", type=int, default=1000, help="rows (or queries) per evaluation task")
+    parser.add_argument("--reference-tasks", nargs="+", default=["bitext", "sts", "pair_classification"],
+                        choices=["bitext", "sts", "pair_classification", "retrieval"],
+                        help="the tasks the reference models are evaluated on (default: all but retrieval, "
+                             "whose long documents cost minutes per reference model on a small CPU)")
     parser.add_argument("--steps", nargs=3, type=int, metavar=("PRETRAIN", "PAIRS", "MULTITASK"),
                         help="fixed step counts per stage instead of the time budget")
     parser.add_argument("--set", action="append", default=[], metavar="STAGE.section.field=value",
@@ -48,7 +52,8 @@ def run(args) -> int:
             pair=args.pair, minutes=args.minutes, out=Path(args.out), cache=args.cache,
             data_root=Path(args.data) if args.data else None, vocab_size=args.vocab_size,
             steps=dict(zip(STAGES, args.steps)) if args.steps else None, overrides=parse_overrides(args.set),
-            baselines=args.baselines, eval_max_items=args.max_items, progress=not args.no_progress)
+            baselines=args.baselines, eval_max_items=args.max_items, reference_tasks=tuple(args.reference_tasks),
+            progress=not args.no_progress)
     except ValueError as exc:
         print(exc)
         return 2
