@@ -15,13 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 
-
-def _status_mb(field: str) -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-    raise RuntimeError(f"{field} not in /proc/self/status")
+from peak_memory import peak_extra_mb
 
 
 def alibi_mask(slopes, seqlen: int):
@@ -76,14 +70,11 @@ def main() -> None:
     def mb(*tensors):
         return sum(t.numel() * t.element_size() for t in tensors) / 2**20
 
-    before = _status_mb("VmRSS")
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")  # resets the peak (VmHWM) to the current resident size
-    out = call(q, k, v, mask, grad)
-    peak = _status_mb("VmHWM")
+    with peak_extra_mb() as measured:
+        out = call(q, k, v, mask, grad)
     results = [out] + ([q.grad, k.grad, v.grad] if backward else [])
     print(json.dumps({"impl": args.impl, "seqlen": args.seqlen, "direction": args.direction,
-                      "extra_mb": round(peak - before - mb(*results), 1),
+                      "extra_mb": round(measured.mb - mb(*results), 1),
                       "mask_mb": round(mb(mask), 1) if mask is not None else 0.0}))
 
 

@@ -13,13 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 
-
-def _status_mb(field: str) -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-    raise RuntimeError(f"{field} not in /proc/self/status")
+from peak_memory import peak_extra_mb
 
 
 def naive_loss(queries, documents, temperature: float = 0.05, bidirectional: bool = True):
@@ -54,16 +48,13 @@ def main() -> None:
     B, D, N = args.batch, args.dim, args.batch * (1 + args.negatives)
     queries = F.normalize(torch.randn(B, D), dim=-1).requires_grad_()
     documents = F.normalize(torch.randn(N, D), dim=-1).requires_grad_()
-    before = _status_mb("VmRSS")
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")  # resets the peak (VmHWM) to the current resident size
-    if args.impl == "naive":
-        loss = naive_loss(queries, documents)
-    else:
-        loss = bembed_ext.contrastive_loss(queries, documents, impl=args.impl)
-    loss.backward()
-    peak = _status_mb("VmHWM")
-    print(json.dumps({"impl": args.impl, "batch": B, "dim": D, "documents": N, "extra_mb": round(peak - before, 1),
+    with peak_extra_mb() as measured:
+        if args.impl == "naive":
+            loss = naive_loss(queries, documents)
+        else:
+            loss = bembed_ext.contrastive_loss(queries, documents, impl=args.impl)
+        loss.backward()
+    print(json.dumps({"impl": args.impl, "batch": B, "dim": D, "documents": N, "extra_mb": round(measured.mb, 1),
                       "logits_mb": round(B * N * 4 / 2**20, 1), "loss": loss.item()}))
 
 

@@ -17,15 +17,9 @@ import json
 import random
 import string
 
+from peak_memory import peak_extra_mb
+
 WORDS = 400
-
-
-def _status_mb(field: str) -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-    raise RuntimeError(f"{field} not in /proc/self/status")
 
 
 def make_tokenizer():
@@ -95,11 +89,9 @@ def main() -> None:
 
     extra = {}
     for seqlen, text in zip(args.seqlens, texts):
-        before = _status_mb("VmRSS")
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")  # resets the peak (VmHWM) to the current resident size
-        embedder.encode([text], max_length=seqlen, show_progress_bar=False)
-        extra[seqlen] = round(_status_mb("VmHWM") - before, 1)
+        with peak_extra_mb() as measured:
+            embedder.encode([text], max_length=seqlen, show_progress_bar=False)
+        extra[seqlen] = round(measured.mb, 1)
     growth = [round(extra[b] / max(extra[a], 1e-9), 2) for a, b in zip(args.seqlens, args.seqlens[1:])]
     print(json.dumps({"impl": args.impl, "layers": args.layers, "extra_mb": extra, "growth": growth,
                       "lxl_fp32_mb": {s: round(s * s * 4 / 2**20, 1) for s in args.seqlens}}))
