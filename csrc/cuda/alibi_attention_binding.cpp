@@ -54,6 +54,27 @@ void set_slopes(cuda::AlibiAttentionParams& params, const std::optional<at::Tens
 
 // ---- padded (B, L, H, D) ----
 
+// The backward launch shared by the padded and varlen entry points (their inputs are checked already).
+std::tuple<at::Tensor, at::Tensor, at::Tensor> launch_backward(const cuda::AlibiAttentionParams& params,
+                                                               const at::Tensor& grad_out, const at::Tensor& q,
+                                                               const at::Tensor& k, const at::Tensor& v,
+                                                               const at::Tensor& out, const at::Tensor& lse,
+                                                               const char* op) {
+  const c10::cuda::CUDAGuard guard(q.device());
+  const auto gc = kernel_ready(grad_out), qc = kernel_ready(q), kc = kernel_ready(k), vc = kernel_ready(v);
+  const auto oc = kernel_ready(out), lc = lse.contiguous();
+  auto delta = at::empty(lc.sizes(), lc.options());
+  auto dq = at::empty(q.sizes(), q.options()), dk = at::empty(k.sizes(), k.options());
+  auto dv = at::empty(v.sizes(), v.options());
+  check_launch(cuda::alibi_attention_backward(params, kernel_dtype(q), gc.const_data_ptr(), qc.const_data_ptr(),
+                                              kc.const_data_ptr(), vc.const_data_ptr(), oc.const_data_ptr(),
+                                              lc.const_data_ptr<float>(), delta.mutable_data_ptr<float>(),
+                                              dq.mutable_data_ptr(), dk.mutable_data_ptr(), dv.mutable_data_ptr(),
+                                              c10::cuda::getCurrentCUDAStream()),
+               op);
+  return {dq, dk, dv};
+}
+
 struct Padded {
   cuda::AlibiAttentionParams params;
   at::Tensor mask, slopes;  // keep the contiguous copies alive while the kernels are queued
@@ -109,19 +130,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> alibi_attention_bwd_cuda(
   constexpr const char* op = "bembed.alibi_attention_bwd";
   const Padded padded = padded_params(q, k, v, key_padding_mask, alibi_slopes, softmax_scale, op);
   check_alibi_backward_inputs(grad_out, out, lse, q, {q.size(0), q.size(2), q.size(1)}, op);
-  const c10::cuda::CUDAGuard guard(q.device());
-  const auto gc = kernel_ready(grad_out), qc = kernel_ready(q), kc = kernel_ready(k), vc = kernel_ready(v);
-  const auto oc = kernel_ready(out), lc = lse.contiguous();
-  auto delta = at::empty(lc.sizes(), lc.options());
-  auto dq = at::empty(q.sizes(), q.options()), dk = at::empty(k.sizes(), k.options());
-  auto dv = at::empty(v.sizes(), v.options());
-  check_launch(cuda::alibi_attention_backward(padded.params, kernel_dtype(q), gc.const_data_ptr(), qc.const_data_ptr(),
-                                              kc.const_data_ptr(), vc.const_data_ptr(), oc.const_data_ptr(),
-                                              lc.const_data_ptr<float>(), delta.mutable_data_ptr<float>(),
-                                              dq.mutable_data_ptr(), dk.mutable_data_ptr(), dv.mutable_data_ptr(),
-                                              c10::cuda::getCurrentCUDAStream()),
-               op);
-  return {dq, dk, dv};
+  return launch_backward(padded.params, grad_out, q, k, v, out, lse, op);
 }
 
 // ---- varlen (T, H, D) ----
@@ -183,19 +192,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> alibi_attention_varlen_bwd_cuda(
   constexpr const char* op = "bembed.alibi_attention_varlen_bwd";
   const Varlen varlen = varlen_params(q, k, v, cu_seqlens, max_seqlen, alibi_slopes, softmax_scale, op);
   check_alibi_backward_inputs(grad_out, out, lse, q, {q.size(1), q.size(0)}, op);
-  const c10::cuda::CUDAGuard guard(q.device());
-  const auto gc = kernel_ready(grad_out), qc = kernel_ready(q), kc = kernel_ready(k), vc = kernel_ready(v);
-  const auto oc = kernel_ready(out), lc = lse.contiguous();
-  auto delta = at::empty(lc.sizes(), lc.options());
-  auto dq = at::empty(q.sizes(), q.options()), dk = at::empty(k.sizes(), k.options());
-  auto dv = at::empty(v.sizes(), v.options());
-  check_launch(cuda::alibi_attention_backward(varlen.params, kernel_dtype(q), gc.const_data_ptr(), qc.const_data_ptr(),
-                                              kc.const_data_ptr(), vc.const_data_ptr(), oc.const_data_ptr(),
-                                              lc.const_data_ptr<float>(), delta.mutable_data_ptr<float>(),
-                                              dq.mutable_data_ptr(), dk.mutable_data_ptr(), dv.mutable_data_ptr(),
-                                              c10::cuda::getCurrentCUDAStream()),
-               op);
-  return {dq, dk, dv};
+  return launch_backward(varlen.params, grad_out, q, k, v, out, lse, op);
 }
 
 }  // namespace

@@ -16,7 +16,7 @@ import torch
 
 from .batching import Batch, epoch_indices, shard
 from .config import AlignRun, ModelConfig
-from .data import read_rows
+from .data import read_pair_rows
 from .encoder import embed, export_encoder, load_encoder, tokenize
 
 
@@ -35,11 +35,7 @@ class AlignStage:
         else:
             self.teacher, self.teacher_tokenizer = copy.deepcopy(self.model), self.tokenizer
         self.teacher.eval().requires_grad_(False)
-        self.rows, self.sources = [], []
-        for source in cfg.data.train:
-            _, rows = read_rows(source, "pairs")
-            self.rows.extend(rows)
-            self.sources.extend([source.path] * len(rows))
+        self.rows, self.sources = read_pair_rows(cfg.data.train)
 
     def batch(self, index: int, rank: int, world: int, size: int) -> Batch:
         picked = shard(epoch_indices(len(self.rows), size * world, index, self.cfg.train.seed), rank, world)

@@ -89,3 +89,14 @@ def read_rows(source: Source, kind: str | None = None) -> tuple[str, list[dict]]
         raise ValueError(f"kind must be text, pairs, triples or sts, got {kind!r}")
     log.info("data source %s: %d %s rows", source.path, len(out), kind)
     return kind, out
+
+
+def read_pair_rows(sources: list[Source]) -> tuple[list[dict], list[str]]:
+    """All (query, document) rows of the given sources, and beside each row the path of its source (named
+    when a batch's loss turns NaN)."""
+    rows, row_sources = [], []
+    for source in sources:
+        _, source_rows = read_rows(source, "pairs")
+        rows.extend(source_rows)
+        row_sources.extend([source.path] * len(source_rows))
+    return rows, row_sources

@@ -12,7 +12,7 @@ import bembed_ext
 
 from .batching import Batch, epoch_indices, shard
 from .config import PairsRun
-from .data import read_rows
+from .data import read_pair_rows
 from .encoder import embed, export_encoder, load_encoder, tokenize
 
 
@@ -26,11 +26,7 @@ class PairStage:
             raise ValueError("data.train: give at least one pairs source")
         self.cfg = cfg
         self.model, self.tokenizer = load_encoder(cfg.model)
-        self.rows, self.sources = [], []
-        for source in cfg.data.train:
-            _, rows = read_rows(source, "pairs")
-            self.rows.extend(rows)
-            self.sources.extend([source.path] * len(rows))
+        self.rows, self.sources = read_pair_rows(cfg.data.train)
 
     def batch(self, index: int, rank: int, world: int, size: int) -> Batch:
         p = self.cfg.pairs
