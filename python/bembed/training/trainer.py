@@ -6,8 +6,9 @@ A stage supplies `model` (the trained nn.Module), `batch(index, rank, world, siz
 micro-batch `index` of `size` rows) and `loss(tensors) -> (loss, metrics)`, plus `export(folder)`.
 Loss convention across ranks (the one `bembed_ext.contrastive_loss` uses): the mean of the rank losses is
 the loss of the global batch, and averaging the ranks' parameter gradients gives its gradient (gathers
-inside a loss sum gradients back to the owning rank). The trainer all-reduces gradients itself (one flat
-buffer per step, after the accumulation micro-batches), so accumulation needs no no_sync bookkeeping.
+inside a loss sum gradients back to the owning rank). That is DDP's convention: under torchrun the stage's
+loss runs inside `DistributedDataParallel`, which averages gradients in buckets overlapped with backward,
+and skips that all-reduce (`no_sync`) on every accumulation micro-batch but the last.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import logging
 import math
 import os
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -53,6 +55,32 @@ def lr_factor(step: int, warmup: int, total: int) -> float:
     return max(0.0, (total - step) / max(1, total - warmup))
 
 
+class StageLoss(torch.nn.Module):
+    """A stage's loss as a module over the stage's model, so that DDP can wrap it: DDP hooks the model's
+    parameters and sees one forward (the whole loss, however many encoder calls it makes) per micro-batch."""
+
+    def __init__(self, stage):
+        super().__init__()
+        self.model = stage.model
+        self._loss = stage.loss
+
+    def forward(self, tensors: dict):
+        return self._loss(tensors)
+
+
+def data_parallel(module: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """`module` under DDP when this is one of several ranks (rank 0's weights are broadcast to all at
+    construction), else `module` itself. Every trainable parameter must get a gradient on every step:
+    freeze the ones a loss does not use (as the encoder stages do with BERT's pooler)."""
+    if not (dist.is_initialized() and dist.get_world_size() > 1):
+        return module
+    from torch.nn.parallel import DistributedDataParallel
+
+    # the model's buffers are constants (no running statistics): no need to broadcast them every forward
+    return DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None,
+                                   broadcast_buffers=False, gradient_as_bucket_view=True)
+
+
 class Trainer:
     def __init__(self, stage, config: TrainConfig, full_config: dict | None = None):
         self.stage, self.cfg = stage, config
@@ -82,29 +110,9 @@ class Trainer:
         self.out = Path(config.output_dir)
         self.ckpt_root = self.out / "checkpoints"
         self.autocast = self.device.type == "cuda" and config.bf16
-        self._sync_params()
+        self.stage_loss = data_parallel(StageLoss(stage), self.device)
 
     # ------------------------------------------------------------------ distributed helpers
-    def _sync_params(self) -> None:
-        """Start every rank from rank 0's weights (fresh models are initialised from each rank's RNG)."""
-        if self.world > 1:
-            for tensor in self.model.state_dict().values():
-                dist.broadcast(tensor.data, src=0)
-
-    def _all_reduce_grads(self) -> None:
-        if self.world == 1:
-            return
-        # The same parameters have gradients on every rank (one model, one loss graph).
-        params = [p for p in self.params if p.grad is not None]
-        flat = torch.cat([p.grad.reshape(-1).float() for p in params])
-        dist.all_reduce(flat)  # SUM: gloo has no AVG
-        flat /= self.world
-        offset = 0
-        for p in params:
-            n = p.numel()
-            p.grad.copy_(flat[offset:offset + n].view_as(p))
-            offset += n
-
     def _sum_across_ranks(self, values: list[float]) -> list[float]:
         if self.world == 1:
             return values
@@ -130,13 +138,16 @@ class Trainer:
         for a in range(cfg.grad_accum):
             index = self.step * cfg.grad_accum + a
             batch = self.stage.batch(index, self.rank, self.world, self.local_size)
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.autocast):
-                loss, metrics = self.stage.loss(self._to_device(batch.tensors))
-            value = float(loss.detach())
-            if not math.isfinite(value):
-                bad.append(f"{batch.source} (micro-batch {index}, rank {self.rank})")
-            # backward even for a bad loss: a gather inside the loss is a collective every rank must join
-            (loss / cfg.grad_accum).backward()
+            last = a == cfg.grad_accum - 1
+            with self.stage_loss.no_sync() if self.world > 1 and not last else nullcontext():
+                with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.autocast):
+                    loss, metrics = self.stage_loss(self._to_device(batch.tensors))
+                value = float(loss.detach())
+                if not math.isfinite(value):
+                    bad.append(f"{batch.source} (micro-batch {index}, rank {self.rank})")
+                # backward even for a bad loss: gathers inside the loss and DDP's all-reduce are collectives
+                # every rank must join
+                (loss / cfg.grad_accum).backward()
             loss_sum += value / cfg.grad_accum
             tokens += batch.tokens
             for k, v in metrics.items():
@@ -148,7 +159,6 @@ class Trainer:
             # steps are counted from 1, as in the logs and metrics.jsonl
             raise NonFiniteLossError(f"loss is {loss_sum if bad else 'non-finite'} at step {self.step + 1}: "
                                      f"batch {where}")
-        self._all_reduce_grads()
         grad_norm = None
         if cfg.max_grad_norm:
             grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm))
