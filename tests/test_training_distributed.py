@@ -35,7 +35,9 @@ def _configs(files: dict, out: Path):
     return {
         "mlm": load_config(PretrainRun, None, [f"data.train=[{{path: {files['en']}, lang: en}}, {{path: {files['de']}, lang: de}}]",
                                                *model, *train("mlm")]),
-        "pairs": load_config(PairsRun, None, [f"data.train=[{{path: {files['pairs']}}}]", *model, *train("pairs")]),
+        # recomputing layers in backward must not upset DDP's gradient hooks
+        "pairs": load_config(PairsRun, None, [f"data.train=[{{path: {files['pairs']}}}]", *model,
+                                              *train("pairs", "train.gradient_checkpointing=true")]),
         "multitask": load_config(MultitaskRun, None, [f"data.train=[{{path: {files['triples']}}}, {{path: {files['sts']}}}]",
                                                       *model, *train("multitask", "train.seed=3"),
                                                       "multitask.num_negatives=2"]),
