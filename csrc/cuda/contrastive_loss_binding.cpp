@@ -5,6 +5,7 @@
 #include <ATen/ops/empty.h>
 #include <ATen/ops/addmm.h>
 #include <ATen/ops/mm.h>
+#include <ATen/ops/zeros.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
@@ -34,12 +35,16 @@ struct CudaKernels {
 
   static cudaStream_t stream() { return c10::cuda::getCurrentCUDAStream(); }
 
-  // S = q·dᵀ/τ in float32 (beta = 0: S's previous contents are ignored).
-  void scores(at::Tensor& S, const at::Tensor& q_rows, const at::Tensor& d_cols, double inv_tau) const {
+  // S = q·dᵀ/τ in float32 (beta = 0: S's previous contents are ignored). For fp16/bf16 inputs, addmm's
+  // out_dtype overload checks `self`: torch 2.11's CUDA kernel wants it in the input dtype ("self and mat2
+  // must have the same dtype"), 2.14's accepts the input or the out dtype. With beta = 0 self is never
+  // read, so a broadcast zero in the input dtype satisfies both.
+  void scores(at::Tensor& S, const at::Tensor& q_rows, const at::Tensor& d_cols, double inv_tau) {
     if (dtype == at::kFloat) {
       at::addmm_out(S, S, q_rows, d_cols.t(), 0, inv_tau);
     } else {
-      at::addmm_out(S, S, q_rows, d_cols.t(), at::kFloat, 0, inv_tau);
+      if (!unread_bias.defined()) unread_bias = at::zeros({1, 1}, q_rows.options());
+      at::addmm_out(S, unread_bias.expand({S.size(0), S.size(1)}), q_rows, d_cols.t(), at::kFloat, 0, inv_tau);
     }
   }
 
@@ -97,6 +102,7 @@ struct CudaKernels {
 
  private:
   at::Tensor grad_view;
+  at::Tensor unread_bias;  // addmm's `self` for the fp16/bf16 score GEMM (see scores)
 };
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> contrastive_loss_fwd_cuda(const at::Tensor& queries,
