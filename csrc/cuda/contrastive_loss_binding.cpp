@@ -36,8 +36,8 @@ struct CudaKernels {
   static cudaStream_t stream() { return c10::cuda::getCurrentCUDAStream(); }
 
   // S = q·dᵀ/τ in float32 (beta = 0: S's previous contents are ignored). For fp16/bf16 inputs, addmm's
-  // out_dtype overload checks `self`: torch 2.11's CUDA kernel wants it in the input dtype ("self and mat2
-  // must have the same dtype"), 2.14's accepts the input or the out dtype. With beta = 0 self is never
+  // out_dtype overload checks `self`: its first CUDA versions want it in the input dtype ("self and mat2
+  // must have the same dtype"), torch 2.14 accepts the input or the out dtype. With beta = 0 self is never
   // read, so a broadcast zero in the input dtype satisfies both.
   void scores(at::Tensor& S, const at::Tensor& q_rows, const at::Tensor& d_cols, double inv_tau) {
     if (dtype == at::kFloat) {
