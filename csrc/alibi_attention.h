@@ -2,6 +2,10 @@
 // c10::ValueError / c10::TypeError naming the op and the argument (see checks.h).
 #pragma once
 
+#include <c10/core/TensorImpl.h>
+#include <c10/core/UndefinedTensorImpl.h>
+#include <c10/util/intrusive_ptr.h>
+
 #include <optional>
 
 #include "checks.h"
@@ -91,6 +95,56 @@ inline void check_cu_seqlens_values(const int32_t* cu, int64_t count, int64_t to
   }
   TORCH_CHECK_VALUE(cu[count - 1] == total, op, ": argument 'cu_seqlens' must end at the number of tokens T = ",
                     total, " (q.size(0)), got ", cu[count - 1]);
+}
+
+// check_cu_seqlens_values once per live tensor. On CUDA reading the values is a device-to-host copy, i.e. a
+// sync that stalls the launch queue; a model passes the same cu_seqlens tensor to every layer, forward and
+// backward, so each thread remembers the last tensor that passed and skips the copy and the check when it
+// sees that tensor again unchanged. Sound because:
+//  - the record holds a weak_intrusive_ptr to the TensorImpl, which keeps the TensorImpl's memory from being
+//    freed (only its data is released when the tensor dies), so no other tensor can get its address while
+//    the record lives: an equal address is the same tensor object;
+//  - in-place writes bump the version counter, which the tensor shares with all its views and with
+//    detach() aliases; set_/resize_/as_strided_ bump it too, and `.data = other` changes the data pointer;
+//  - the total T it was checked against is part of the key (a valid cu_seqlens for one q can be bad for
+//    another).
+// The hole: writes that bypass the version counter are not seen: through a `.data` alias (which has its
+// own counter), through memory shared with numpy/DLPack, or by kernels writing through raw pointers. Such a
+// write of bad offsets after a successful call reaches the kernels unchecked (flash-attn checks no values
+// at all). Inference tensors have no version counter, so they are checked on every call.
+class ValidatedCuSeqlens {
+ public:
+  static bool cacheable(const at::Tensor& t) { return t.unsafeGetTensorImpl()->version_counter().enabled(); }
+
+  bool matches(const at::Tensor& t, int64_t total) const {
+    return impl_.has_value() && impl_->_unsafe_get_target() == t.unsafeGetTensorImpl() && version_ == t._version() &&
+           data_ == t.const_data_ptr() && size_ == t.size(0) && stride_ == t.stride(0) && total_ == total;
+  }
+
+  void remember(const at::Tensor& t, int64_t total) {
+    impl_.emplace(t.getIntrusivePtr());
+    version_ = t._version();
+    data_ = t.const_data_ptr();
+    size_ = t.size(0);
+    stride_ = t.stride(0);
+    total_ = total;
+  }
+
+ private:
+  std::optional<c10::weak_intrusive_ptr<c10::TensorImpl, c10::UndefinedTensorImpl>> impl_;
+  int64_t version_ = 0, size_ = 0, stride_ = 0, total_ = 0;
+  const void* data_ = nullptr;
+};
+
+// The values of a checked cu_seqlens (check_cu_seqlens) on any device, copied to the host unless this thread
+// last validated this very tensor, unchanged, against the same total (see ValidatedCuSeqlens).
+inline void check_cu_seqlens_values(const at::Tensor& cu_seqlens, int64_t total, const char* op) {
+  thread_local ValidatedCuSeqlens last;
+  const bool cacheable = ValidatedCuSeqlens::cacheable(cu_seqlens);
+  if (cacheable && last.matches(cu_seqlens, total)) return;
+  const at::Tensor host = cu_seqlens.cpu().contiguous();
+  check_cu_seqlens_values(host.const_data_ptr<int32_t>(), host.size(0), total, op);
+  if (cacheable) last.remember(cu_seqlens, total);
 }
 
 // The row log-sum-exp is float32, except for float64 inputs (CPU), which keep it in float64 so that

@@ -357,6 +357,60 @@ def test_bad_backward_inputs_name_the_argument():
         ops.alibi_attention_bwd(out, q, k, v, out.double(), lse, None, None, 0.3)
 
 
+
+# The values of cu_seqlens are checked once per live tensor (a device-to-host sync on CUDA): a tensor seen
+# again unchanged skips the check, so every way of changing it must still be caught.
+def _varlen_call(cu_seqlens, tokens=5):
+    q, k, v = _qkv((tokens, 3, 8), torch.float32)
+    return ops.alibi_attention_varlen_fwd(q, k, v, cu_seqlens, 3, bembed_ext.alibi_slopes(3), 0.3)
+
+
+def test_cu_seqlens_checked_again_after_an_in_place_write():
+    cu_seqlens = torch.tensor([0, 2, 5], dtype=torch.int32)
+    _varlen_call(cu_seqlens)
+    _varlen_call(cu_seqlens)  # the same tensor again: still accepted
+    cu_seqlens[2] = 4  # bumps the version counter
+    with pytest.raises(ValueError, match="'cu_seqlens' must end at the number of tokens"):
+        _varlen_call(cu_seqlens)
+    cu_seqlens[2] = 5
+    _varlen_call(cu_seqlens)
+    cu_seqlens[1:2].fill_(6)  # through a view: views share the version counter
+    with pytest.raises(ValueError, match="'cu_seqlens' must be non-decreasing"):
+        _varlen_call(cu_seqlens)
+
+
+def test_cu_seqlens_checked_against_each_token_count():
+    cu_seqlens = torch.tensor([0, 2, 5], dtype=torch.int32)
+    _varlen_call(cu_seqlens)
+    with pytest.raises(ValueError, match="'cu_seqlens' must end at the number of tokens"):
+        _varlen_call(cu_seqlens, tokens=6)
+
+
+def test_cu_seqlens_new_tensors_are_checked():
+    for _ in range(5):  # a freed tensor's address may be reused by the next one
+        _varlen_call(torch.tensor([0, 2, 5], dtype=torch.int32))
+        with pytest.raises(ValueError, match="'cu_seqlens' must start at 0"):
+            _varlen_call(torch.tensor([1, 2, 5], dtype=torch.int32))
+
+
+def test_cu_seqlens_inference_tensors_are_checked_every_call():
+    with torch.inference_mode():  # inference tensors have no version counter
+        cu_seqlens = torch.tensor([0, 2, 5], dtype=torch.int32)
+        _varlen_call(cu_seqlens)
+        cu_seqlens[2] = 4
+        with pytest.raises(ValueError, match="'cu_seqlens' must end at the number of tokens"):
+            _varlen_call(cu_seqlens)
+
+
+def test_cu_seqlens_checked_in_backward_after_an_in_place_write():
+    cu_seqlens = torch.tensor([0, 2, 5], dtype=torch.int32)
+    q, k, v = _qkv((5, 3, 8), torch.float32)
+    out, lse = ops.alibi_attention_varlen_fwd(q, k, v, cu_seqlens, 3, None, 0.3)
+    ops.alibi_attention_varlen_bwd(out, q, k, v, out, lse, cu_seqlens, 3, None, 0.3)
+    cu_seqlens[0] = 1
+    with pytest.raises(ValueError, match="'cu_seqlens' must start at 0"):
+        ops.alibi_attention_varlen_bwd(out, q, k, v, out, lse, cu_seqlens, 3, None, 0.3)
+
 @pytest.mark.cuda
 def test_mixed_devices_name_the_argument():
     q = torch.randn(2, 5, 3, 8, device="cuda", dtype=torch.float16)

@@ -353,9 +353,9 @@ void padded_sequences(const at::Tensor& q, Problem* p, std::vector<int64_t>* lse
 
 void varlen_sequences(const at::Tensor& cu_seqlens, int64_t total, Problem* p,
                       std::vector<int64_t>* lse_base, const char* op) {
+  check_cu_seqlens_values(cu_seqlens, total, op);
   const auto cu = cu_seqlens.contiguous();
   const int32_t* offsets = cu.const_data_ptr<int32_t>();
-  check_cu_seqlens_values(offsets, cu.size(0), total, op);
   for (int64_t b = 0; b + 1 < cu.size(0); ++b) {
     p->seqs.start.push_back(offsets[b]);
     p->seqs.length.push_back(offsets[b + 1] - offsets[b]);

@@ -140,9 +140,9 @@ struct Varlen {
   at::Tensor cu_seqlens, slopes;
 };
 
-// The values of cu_seqlens are checked on the host (one small device-to-host copy): a bad offset would make
-// the kernels read and write out of bounds. max_seqlen only sizes the grid; the kernels stride over longer
-// sequences.
+// The values of cu_seqlens are checked on the host (one small device-to-host copy, skipped when this thread
+// already validated this tensor unchanged: see ValidatedCuSeqlens): a bad offset would make the kernels read
+// and write out of bounds. max_seqlen only sizes the grid; the kernels stride over longer sequences.
 Varlen varlen_params(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& cu_seqlens,
                      int64_t max_seqlen, const std::optional<at::Tensor>& slopes, double softmax_scale,
                      const char* op) {
@@ -151,10 +151,9 @@ Varlen varlen_params(const at::Tensor& q, const at::Tensor& k, const at::Tensor&
   const int64_t T = q.size(0), H = q.size(1), B = cu_seqlens.size(0) - 1;
   check_cuda_qkv(q, k, v, 3, B, H, op);
   check_alibi_slopes(slopes, q, B, H, op);
+  check_cu_seqlens_values(cu_seqlens, T, op);
   Varlen out;
   out.cu_seqlens = cu_seqlens.contiguous();
-  const at::Tensor host = out.cu_seqlens.cpu();
-  check_cu_seqlens_values(host.const_data_ptr<int32_t>(), host.size(0), T, op);
   auto& p = out.params;
   p.batch = int(B);
   p.heads = int(H);
