@@ -235,7 +235,7 @@ class Embedder:
             chunk_spans = late_chunking.size_spans(offsets, lead, text_end, len(prefix), chunk_size)
         ranges = late_chunking.token_ranges(offsets, lead, text_end, len(prefix), chunk_spans)
         device = self.device
-        with torch.inference_mode(), self._autocast(device):
+        with torch.inference_mode(), self._eval_mode(), self._autocast(device):
             if self.model.config.attention_impl == "bembed":
                 packed = torch.tensor(ids, device=device)
                 cu_seqlens = torch.tensor([0, len(ids)], dtype=torch.int32, device=device)
@@ -328,6 +328,17 @@ class Embedder:
         batches.append(current)
         return batches
 
+    @contextlib.contextmanager
+    def _eval_mode(self):
+        # A training loop that evaluates through an Embedder keeps its model in train(): dropout must be off
+        # while encoding (sentence-transformers' encode does the same), and the loop gets its mode back.
+        training = self.model.training
+        self.model.eval()
+        try:
+            yield
+        finally:
+            self.model.train(training)
+
     def _autocast(self, device: torch.device):
         dtype = self.autocast_dtype
         if device.type != "cuda" or dtype is None or next(self.model.parameters()).dtype != torch.float32:
@@ -347,7 +358,7 @@ class Embedder:
         out = torch.empty(len(pieces), self.dim, dtype=torch.float32, device=device)
         batches = self._batches(lengths, batch_size)
         bar = tqdm(total=sum(lengths), unit="tok", unit_scale=True, desc="encode", disable=not show_progress_bar)
-        with torch.inference_mode(), self._autocast(device):
+        with torch.inference_mode(), self._eval_mode(), self._autocast(device):
             for batch in batches:
                 out[torch.tensor(batch, device=device)] = self._embed_batch([pieces[i] for i in batch], device)
                 bar.update(sum(lengths[i] for i in batch))
