@@ -208,6 +208,16 @@ def test_prompts_are_saved_and_applied(embedder, folder):
     assert not np.allclose(query, embedder.encode([text]), atol=1e-3)
 
 
+def test_sentence_transformers_loads_the_saved_folder_with_its_prompts(embedder, folder):
+    """README: the prompts are stored "so both libraries read the same prompts" — sentence-transformers reads
+    them only from a folder with its modules.json, so save_pretrained writes a sentence-transformers folder."""
+    st = pytest.importorskip("sentence_transformers").SentenceTransformer(str(folder), device="cpu")
+    for name in PROMPTS:
+        np.testing.assert_allclose(st.encode(TEXTS[:4], prompt_name=name), embedder.encode(TEXTS[:4], prompt_name=name),
+                                   rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(st.encode(TEXTS[:4]), embedder.encode(TEXTS[:4]), rtol=1e-5, atol=1e-6)
+
+
 def test_without_prompts_the_standard_names_are_ignored(embedder):
     plain = Embedder(embedder.model, embedder.tokenizer)
     np.testing.assert_allclose(plain.encode_query(TEXTS[:2]), plain.encode(TEXTS[:2]), rtol=0, atol=0)

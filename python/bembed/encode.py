@@ -123,17 +123,13 @@ class Embedder:
         return embedder
 
     def save_pretrained(self, path: str | os.PathLike) -> Path:
-        """Write the model (config.json, model.safetensors), the tokenizer and the prompts to `path`."""
-        from .tokenizer import save_tokenizer
+        """Write the model (config.json, model.safetensors), the tokenizer and the prompts to `path` as a
+        sentence-transformers folder (mean pooling, Normalize): `SentenceTransformer(path)` then gives the
+        same vectors with the same prompts (it reads prompts only from a folder with its modules.json)."""
+        from .model.export import export_sentence_transformers
 
-        folder = Path(path)
-        self.model.save_pretrained(folder)
-        save_tokenizer(self.tokenizer, folder)
-        settings = json.loads((folder / PROMPTS_FILE).read_text(encoding="utf-8")) \
-            if (folder / PROMPTS_FILE).is_file() else {"similarity_fn_name": "cosine"}
-        settings.update(prompts=self.prompts, default_prompt_name=self.default_prompt_name)
-        (folder / PROMPTS_FILE).write_text(json.dumps(settings, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-        return folder
+        return export_sentence_transformers(self.model, self.tokenizer, path, prompts=self.prompts,
+                                            default_prompt_name=self.default_prompt_name)
 
     # ---- properties ---------------------------------------------------------------------------------
 

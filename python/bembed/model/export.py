@@ -16,21 +16,28 @@ from .modeling import JinaBertModel
 
 
 def _write_json(path: Path, value) -> None:
-    path.write_text(json.dumps(value, indent=2) + "\n", encoding="utf-8")
+    path.write_text(json.dumps(value, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
 def export_sentence_transformers(model: JinaBertModel, tokenizer, path: str | os.PathLike, *,
-                                 max_seq_length: int | None = None, normalize: bool = True) -> Path:
+                                 max_seq_length: int | None = None, normalize: bool = True,
+                                 prompts: dict[str, str] | None = None, default_prompt_name: str | None = None) -> Path:
     """Write model, tokenizer and the sentence-transformers module files to `path`; returns the path.
 
     max_seq_length: the truncation length sentence-transformers applies (default: the config's
     max_position_embeddings). normalize: append the Normalize module (cosine-ready embeddings).
+    prompts: name -> prefix (E5's {"query": "query: ", "document": "passage: "}) and default_prompt_name,
+    written to `config_sentence_transformers.json`, where sentence-transformers and `bembed.Embedder` read them.
     """
     from ..tokenizer import save_tokenizer
 
     if not isinstance(model, JinaBertModel):
         raise TypeError(f"export_sentence_transformers: argument 'model' must be a JinaBertModel, "
                         f"got {type(model).__name__} (for a JinaBertForMaskedLM pass its .bert)")
+    prompts = dict(prompts or {})
+    if default_prompt_name is not None and default_prompt_name not in prompts:
+        raise ValueError(f"export_sentence_transformers: default_prompt_name {default_prompt_name!r} is not one of "
+                         f"the prompts {sorted(prompts)}")
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(path)
@@ -57,5 +64,5 @@ def export_sentence_transformers(model: JinaBertModel, tokenizer, path: str | os
         modules.append({"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"})
     _write_json(path / "modules.json", modules)
     _write_json(path / "config_sentence_transformers.json", {
-        "prompts": {}, "default_prompt_name": None, "similarity_fn_name": "cosine"})
+        "prompts": prompts, "default_prompt_name": default_prompt_name, "similarity_fn_name": "cosine"})
     return path
