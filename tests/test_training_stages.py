@@ -86,6 +86,11 @@ def test_pairs_loss_decreases_and_sentence_transformers_loads(files, tmp_path):
     mine = embed(stage.model.eval(), **{k: v for k, v in tokenize(stage.tokenizer, texts, 24).items()})
     theirs = st.encode(texts, convert_to_tensor=True)
     assert torch.allclose(mine, theirs, atol=1e-5)
+    # the prefix the stage trained with travels with the model: encode_query and `bembed eval` apply it
+    from bembed.encode import Embedder
+
+    assert Embedder.from_pretrained(tmp_path / "final", device="cpu").prompts == {"query": "query: "}
+    assert st.prompts["query"] == "query: "
 
 
 def test_multitask_both_tasks_learn(files, tmp_path):

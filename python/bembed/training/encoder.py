@@ -80,16 +80,26 @@ def embed(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch
     return normalize(mean_pool(hidden, attention_mask))
 
 
-def export_encoder(model: torch.nn.Module, tokenizer, folder: Path, source: str | None = None) -> Path:
+def stage_prompts(section) -> dict[str, str]:
+    """The E5 prefixes a stage trained with (its config section's query_prefix / passage_prefix), as the prompts
+    its export carries: without them `encode_query`/`encode_document` and `bembed eval` would embed without
+    the prefixes the model learnt."""
+    pairs = (("query", section.query_prefix), ("document", section.passage_prefix))
+    return {name: prefix for name, prefix in pairs if prefix}
+
+
+def export_encoder(model: torch.nn.Module, tokenizer, folder: Path, source: str | None = None,
+                   prompts: dict[str, str] | None = None) -> Path:
     """A folder that both `from_pretrained` and `SentenceTransformer(folder)` load: a JinaBertModel goes
     through the model's sentence-transformers export; another HF model is saved with save_pretrained and
-    gets the module files of the sentence-transformers folder it came from (or mean pooling + Normalize)."""
+    gets the module files of the sentence-transformers folder it came from (or mean pooling + Normalize).
+    prompts (name -> prefix), when given, go to config_sentence_transformers.json in place of `source`'s."""
     from bembed.model.export import export_sentence_transformers
     from bembed.tokenizer import save_tokenizer
 
     folder = Path(folder)
     if isinstance(model, JinaBertModel):
-        return export_sentence_transformers(model, tokenizer, folder)
+        return export_sentence_transformers(model, tokenizer, folder, prompts=prompts)
     folder.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(folder))
     save_tokenizer(tokenizer, folder)
@@ -100,14 +110,20 @@ def export_encoder(model: torch.nn.Module, tokenizer, folder: Path, source: str 
                 shutil.copytree(src / name, folder / name, dirs_exist_ok=True)
             elif (src / name).is_file():
                 shutil.copy2(src / name, folder / name)
-        return folder
-    hidden = model.config.hidden_size
-    (folder / "1_Pooling").mkdir(exist_ok=True)
-    (folder / "2_Normalize").mkdir(exist_ok=True)
-    (folder / "1_Pooling" / "config.json").write_text(json.dumps(
-        {"word_embedding_dimension": hidden, "pooling_mode_mean_tokens": True}, indent=1))
-    (folder / "modules.json").write_text(json.dumps([
-        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
-        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
-        {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"}], indent=1))
+    else:
+        hidden = model.config.hidden_size
+        (folder / "1_Pooling").mkdir(exist_ok=True)
+        (folder / "2_Normalize").mkdir(exist_ok=True)
+        (folder / "1_Pooling" / "config.json").write_text(json.dumps(
+            {"word_embedding_dimension": hidden, "pooling_mode_mean_tokens": True}, indent=1))
+        (folder / "modules.json").write_text(json.dumps([
+            {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+            {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+            {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"}],
+            indent=1))
+    if prompts:
+        settings_file = folder / "config_sentence_transformers.json"
+        settings = json.loads(settings_file.read_text(encoding="utf-8")) if settings_file.is_file() else {}
+        settings.update(prompts=prompts, default_prompt_name=None)
+        settings_file.write_text(json.dumps(settings, indent=1, ensure_ascii=False), encoding="utf-8")
     return folder

@@ -20,7 +20,7 @@ from bembed_ext.distributed import all_gather_rows
 from .batching import Batch, generator, shard
 from .config import MultitaskRun
 from .data import read_rows
-from .encoder import embed, export_encoder, load_encoder, tokenize
+from .encoder import embed, export_encoder, load_encoder, stage_prompts, tokenize
 from .losses import sts_loss
 from .pairs import gathering
 
@@ -99,4 +99,5 @@ class MultitaskStage:
         return loss, {"retrieval_loss": loss.detach()}
 
     def export(self, folder: Path) -> None:
-        export_encoder(self.model, self.tokenizer, folder, source=self.cfg.model.init_from)
+        export_encoder(self.model, self.tokenizer, folder, source=self.cfg.model.init_from,
+                       prompts=stage_prompts(self.cfg.multitask))

@@ -13,7 +13,7 @@ import bembed_ext
 from .batching import Batch, epoch_indices, shard
 from .config import PairsRun
 from .data import read_pair_rows
-from .encoder import embed, export_encoder, load_encoder, tokenize
+from .encoder import embed, export_encoder, load_encoder, stage_prompts, tokenize
 
 
 def gathering() -> bool:
@@ -47,4 +47,5 @@ class PairStage:
         return loss, {}
 
     def export(self, folder: Path) -> None:
-        export_encoder(self.model, self.tokenizer, folder, source=self.cfg.model.init_from)
+        export_encoder(self.model, self.tokenizer, folder, source=self.cfg.model.init_from,
+                       prompts=stage_prompts(self.cfg.pairs))
