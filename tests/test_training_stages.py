@@ -69,6 +69,21 @@ def test_mlm_loss_decreases_and_export_loads(files, tmp_path):
     assert [r["step"] for r in records] == list(range(1, 31)) and (tmp_path / "loss.png").stat().st_size > 0
 
 
+def test_mlm_from_a_model_folder_keeps_its_tokenizer(files, tmp_path):
+    """Continued pretraining (model.init_from, no model.tokenizer) must tokenise with the folder's tokenizer, not
+    train a new one whose ids mean other tokens to the loaded embeddings."""
+    from bembed.training.mlm import MLMStage
+
+    first, cfg = mlm_run(files, tmp_path / "first", 1)
+    _fit(first, cfg)
+    cfg = load_config(PretrainRun, None, [f"data.train=[{{path: {files['en']}, lang: en}}, {{path: {files['de']}, lang: de}}]",
+                                          f"model.init_from={tmp_path / 'first' / 'final'}", "model.max_length=24",
+                                          *U.train_overrides(tmp_path / "second", 1)])
+    second = MLMStage(cfg)
+    assert second.tokenizer.get_vocab() == first.tokenizer.get_vocab()
+    assert not (tmp_path / "second" / "tokenizer").exists()
+
+
 def test_pairs_loss_decreases_and_sentence_transformers_loads(files, tmp_path):
     from bembed.training.encoder import embed, tokenize
     from bembed.training.pairs import PairStage

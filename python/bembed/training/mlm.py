@@ -28,11 +28,12 @@ log = logging.getLogger(__name__)
 
 
 def _tokenizer(cfg: PretrainRun, texts_by_lang: dict[str, list[str]], rank: int):
-    """The configured tokenizer; when model.tokenizer names no existing folder, rank 0 trains one on the
-    text of the first two languages and saves it there (default <output_dir>/tokenizer)."""
+    """The configured tokenizer: model.tokenizer, else the model.init_from folder's (the ids its embeddings
+    were trained on). When neither is given and <output_dir>/tokenizer (or a model.tokenizer that does not
+    exist yet) is missing, rank 0 trains one on the text of the first two languages and saves it there."""
     from bembed.tokenizer import train_bilingual_tokenizer
 
-    path = Path(cfg.model.tokenizer or Path(cfg.train.output_dir) / "tokenizer")
+    path = Path(cfg.model.tokenizer or cfg.model.init_from or Path(cfg.train.output_dir) / "tokenizer")
     if not path.is_dir():
         if len(texts_by_lang) < 2:
             raise ValueError(f"model.tokenizer {path} does not exist, and training one needs text in two "
