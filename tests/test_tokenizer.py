@@ -2,6 +2,7 @@
 
 import random
 import unicodedata
+from pathlib import Path
 
 import pytest
 import torch
@@ -120,5 +121,7 @@ def test_bad_arguments_are_named():
         train_bilingual_tokenizer(["Haus"], ["casa"], 400.0)
     with pytest.raises(ValueError, match="texts_or_files_lang_a"):
         train_bilingual_tokenizer("/no/such/file.txt", ["casa"], 400)
+    with pytest.raises(ValueError, match="texts_or_files_lang_b: '/no/such/file.txt' is not an existing file"):
+        train_bilingual_tokenizer(["Haus"], Path("/no/such/file.txt"), 400)  # what `bembed tokenizer --files` passes
     with pytest.raises(TypeError, match="texts_or_files_lang_b"):
         train_bilingual_tokenizer(["Haus"], [1, 2], 400)

@@ -39,8 +39,8 @@ def _texts(source, argument: str) -> list[str]:
     (one text a line), a sequence of pathlib.Path, or an iterable of strings."""
     if isinstance(source, (str, os.PathLike)) and Path(source).exists():
         return list(_read_lines(Path(source)))
-    if isinstance(source, str):
-        raise ValueError(f"{argument}: {source!r} is not an existing file or folder (pass texts as a list)")
+    if isinstance(source, (str, os.PathLike)):
+        raise ValueError(f"{argument}: {str(source)!r} is not an existing file or folder (pass texts as a list)")
     if not isinstance(source, Iterable):
         raise TypeError(f"{argument} must be a path or an iterable of texts, got {type(source).__name__}")
     items = list(source)

@@ -83,7 +83,7 @@ def run(args) -> int:
     start = time.perf_counter()
     try:
         tokenizer = train_for_pair(args.out, args.pair, args.vocab_size, args.data, args.files, args.max_chars)
-    except FileNotFoundError as exc:
+    except (FileNotFoundError, ValueError) as exc:  # a missing corpus, a bad --vocab-size or --max-chars
         print(exc)
         return 1
     print(f"wrote {args.out}: {len(tokenizer)} tokens in {time.perf_counter() - start:.0f} s")
