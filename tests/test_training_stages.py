@@ -178,14 +178,15 @@ def _weights(folder: Path) -> dict:
 
 def test_resume_is_exact(files, tmp_path):
     """N steps straight == k steps, Ctrl-C (checkpoint), resume to N — with dropout and grad accumulation,
-    so the RNG state, the optimizer state and the data position must all come back."""
+    so the RNG state, the optimizer state and the data position must all come back. The Ctrl-C comes in the
+    middle of step 4, after one micro-batch has drawn its dropout masks."""
     extra = ["train.grad_accum=2", "train.max_steps=6"]
     stage, cfg = mlm_run(files, tmp_path / "straight", 6, *extra, hidden_dropout_prob=0.1)
     straight = _fit(stage, cfg)
 
     stage, cfg = mlm_run(files, tmp_path / "resumed", 6, *extra, hidden_dropout_prob=0.1)
     batch = stage.batch
-    stage.batch = lambda index, *a: (_ for _ in ()).throw(KeyboardInterrupt) if index == 2 * 3 else batch(index, *a)
+    stage.batch = lambda index, *a: (_ for _ in ()).throw(KeyboardInterrupt) if index == 2 * 3 + 1 else batch(index, *a)
     with pytest.raises(KeyboardInterrupt):
         _fit(stage, cfg)
     assert [p.name for p in ckpt.list_checkpoints(tmp_path / "resumed" / "checkpoints")] == ["step-00000003"]

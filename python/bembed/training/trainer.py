@@ -243,9 +243,12 @@ class Trainer:
         history: list[dict] = []
         bar = self._progress()
         t0 = time.perf_counter()
+        step_rng = None
         try:
             while self.step < self.cfg.max_steps:
+                step_rng = ckpt.rng_state()
                 metrics = self.train_step()
+                step_rng = None
                 now = time.perf_counter()
                 metrics["tokens_per_s"] = metrics["tokens"] / max(now - t0, 1e-9)
                 t0 = now
@@ -255,6 +258,10 @@ class Trainer:
                     self.save_checkpoint()
         except KeyboardInterrupt:
             log.warning("interrupted at step %d: writing a checkpoint", self.step)
+            if step_rng is not None:
+                # Interrupted inside a step: its micro-batches are discarded, so the randomness they drew (dropout)
+                # is given back too, and the resumed run replays the step exactly.
+                ckpt.set_rng_state(*step_rng)
             self.save_checkpoint()
             raise
         finally:
