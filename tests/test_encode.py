@@ -286,6 +286,21 @@ def test_chunk_size_and_returned_spans(embedder):
     np.testing.assert_allclose(embedder.encode_chunks(DOCUMENT, chunk_spans=spans), vectors, rtol=1e-5, atol=1e-6)
 
 
+def test_numpy_integers_are_ints(embedder):
+    """Spans from np.cumsum of sentence lengths and sizes from a numpy grid are ordinary integer arguments."""
+    lengths = np.array([len(s) + 1 for s in GERMAN + SPANISH])
+    ends = np.minimum(np.cumsum(lengths), len(DOCUMENT))
+    spans = list(zip(ends - lengths, ends))
+    want = embedder.encode_chunks(DOCUMENT, chunk_spans=[(int(a), int(b)) for a, b in spans])
+    np.testing.assert_allclose(embedder.encode_chunks(DOCUMENT, chunk_spans=spans), want, rtol=0, atol=0)
+    np.testing.assert_allclose(embedder.encode_chunks(DOCUMENT, chunk_spans=np.stack([ends - lengths, ends], axis=1)),
+                               want, rtol=0, atol=0)
+    np.testing.assert_allclose(embedder.encode_chunks(DOCUMENT, chunk_size=np.int64(16)),
+                               embedder.encode_chunks(DOCUMENT, chunk_size=16), rtol=0, atol=0)
+    np.testing.assert_allclose(embedder.encode(TEXTS, batch_size=np.int64(4), max_length=np.int32(64)),
+                               embedder.encode(TEXTS, batch_size=4, max_length=64), rtol=0, atol=0)
+
+
 def test_late_chunking_with_a_prompt_and_a_cut(embedder, caplog):
     with_prompt = embedder.encode_chunks(DOCUMENT, chunk_spans=[(0, len(DOCUMENT))], prompt_name="passage")
     np.testing.assert_allclose(with_prompt[0], embedder.encode_document(DOCUMENT), rtol=1e-5, atol=1e-6)

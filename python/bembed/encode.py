@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import numbers
 import os
 import statistics
 from pathlib import Path
@@ -46,8 +47,10 @@ TYPICAL_LENGTH_CAP = 512  # the token budget assumes at most this "typical" leng
 
 
 def _positive_int(value, name: str, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
+    # numbers.Integral: numpy integers (from a grid or a cumsum) are ints to a user; a bool is not
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    value = int(value)
     if value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value}")
     return value
@@ -159,8 +162,8 @@ class Embedder:
         texts and bad items."""
         single = isinstance(texts, str)
         texts = _check_texts([texts] if single else texts)
-        _positive_int(batch_size, "batch_size")
-        _positive_int(max_length, "max_length", self._special_count() + 1)
+        batch_size = _positive_int(batch_size, "batch_size")
+        max_length = _positive_int(max_length, "max_length", self._special_count() + 1)
         prefix = self._resolve_prompt(prompt, prompt_name)
         if device is not None:
             self.model.to(device)
@@ -206,10 +209,10 @@ class Embedder:
         if (chunk_spans is None) == (chunk_size is None):
             raise ValueError("give exactly one of chunk_spans (character spans) and chunk_size (tokens per chunk)")
         if chunk_size is not None:
-            _positive_int(chunk_size, "chunk_size")
+            chunk_size = _positive_int(chunk_size, "chunk_size")
         else:
             chunk_spans = late_chunking.check_spans(chunk_spans, len(document))
-        _positive_int(max_length, "max_length", self._special_count() + 1)
+        max_length = _positive_int(max_length, "max_length", self._special_count() + 1)
         if not getattr(self.tokenizer, "is_fast", False):
             raise TypeError("encode_chunks needs a fast (Rust) tokenizer for character offsets")
         prefix = self._resolve_prompt(prompt, prompt_name)

@@ -16,6 +16,8 @@ exactly the tokens `encode` pools, and gives the same vector.
 
 from __future__ import annotations
 
+import numbers
+
 import torch
 
 
@@ -25,10 +27,10 @@ def check_spans(spans, length: int) -> list[tuple[int, int]]:
         raise TypeError(f"chunk_spans must be a sequence of (start, end) character pairs, got {type(spans).__name__}")
     checked = []
     for i, span in enumerate(spans):
-        if (not isinstance(span, (tuple, list)) or len(span) != 2
-                or not all(isinstance(x, int) and not isinstance(x, bool) for x in span)):
+        if (isinstance(span, (str, bytes)) or not hasattr(span, "__len__") or len(span) != 2
+                or not all(isinstance(x, numbers.Integral) and not isinstance(x, bool) for x in span)):
             raise TypeError(f"chunk_spans[{i}] must be a pair of ints (start, end), got {span!r}")
-        start, end = span
+        start, end = int(span[0]), int(span[1])  # numpy integers too (spans from np.cumsum)
         if not 0 <= start < end <= length:
             raise ValueError(f"chunk_spans[{i}] = {span!r}: need 0 <= start < end <= len(document) = {length}")
         checked.append((start, end))
