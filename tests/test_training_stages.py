@@ -133,6 +133,28 @@ def test_multitask_sts_none_leaves_sts_out(files, tmp_path):
     assert [kind for kind, _, _ in stage.tasks] == ["retrieval"]
 
 
+def test_multitask_pearson_with_small_micro_batches(files, tmp_path):
+    """Gradient accumulation leaves micro-batches of a few rows, whose gold scores (a few discrete levels) are
+    all equal now and then: the correlation is undefined there, so such a batch adds nothing (through the
+    graph, for DDP) instead of stopping the run; micro-batches of fewer than 3 rows are refused up front."""
+    from bembed.training.multitask import MultitaskStage
+
+    def stage(*extra):
+        return MultitaskStage(load_config(MultitaskRun, None, [f"data.train=[{{path: {files['sts']}}}]",
+                                                               *_model_overrides(files), *extra]))
+
+    with pytest.raises(ValueError, match=r"train.grad_accum.*3 rows"):
+        stage("train.batch_size=8", "train.grad_accum=4")
+    sts = stage("train.batch_size=16", "train.grad_accum=4")
+    tensors = sts.batch(0, 0, 1, 4).tensors
+    loss, metrics = sts.loss({**tensors, "score": torch.full((4,), 2.0)})
+    loss.backward()
+    assert float(loss.detach()) == 0.0 and metrics == {}
+    assert all(p.grad is not None for p in sts.model.parameters() if p.requires_grad)
+    loss, metrics = sts.loss({**tensors, "score": torch.tensor([0.0, 1.0, 2.0, 4.0])})
+    assert float(loss.detach()) != 0.0 and "sts_loss" in metrics
+
+
 def _tiny_hf_student(files, folder: Path) -> Path:
     """A 2-layer HF BertModel (not JinaBERT): alignment must work on any AutoModel folder."""
     from transformers import AutoTokenizer, BertConfig, BertModel

@@ -55,6 +55,10 @@ class MultitaskStage:
             raise ValueError("data.train: no retrieval or STS source left to train on")
         if min(weights) <= 0:
             raise ValueError(f"data.train: task weights must be > 0, got {weights}")
+        micro = cfg.train.batch_size // cfg.train.grad_accum
+        if mt.sts_loss == "pearson" and micro < 3 and any(kind == "sts" for kind, _, _ in self.tasks):
+            raise ValueError(f"train.batch_size={cfg.train.batch_size} over train.grad_accum={cfg.train.grad_accum} "
+                             f"leaves micro-batches of {micro} rows; sts_loss pearson needs at least 3 rows")
         self.weights = torch.tensor(weights, dtype=torch.float64)
 
     def batch(self, index: int, rank: int, world: int, size: int) -> Batch:
@@ -90,6 +94,11 @@ class MultitaskStage:
             gold = t["score"].to(cos.device, torch.float32)
             if gathering():  # the correlation is over the global batch; see trainer.py for the convention
                 cos, gold = all_gather_rows(cos), all_gather_rows(gold)
+            if self.cfg.multitask.sts_loss == "pearson" and bool((gold == gold[0]).all()):
+                # One gold score (likely in micro-batches of a few rows and a few levels): the correlation is
+                # undefined and the batch teaches nothing. It adds zero through the graph, so that DDP still
+                # sees every parameter used, and every rank (same gathered gold) takes this branch.
+                return (cos * 0).sum(), {}
             loss = self.sts_loss(cos, gold)
             return loss, {"sts_loss": loss.detach()}
         q = embed(self.model, t["q_ids"], t["q_mask"])
