@@ -218,6 +218,16 @@ def test_sentence_transformers_loads_the_saved_folder_with_its_prompts(embedder,
     np.testing.assert_allclose(st.encode(TEXTS[:4]), embedder.encode(TEXTS[:4]), rtol=1e-5, atol=1e-6)
 
 
+def test_encode_query_and_document_take_an_explicit_prompt(embedder):
+    """As in sentence-transformers, the query/document prompt is the default of encode_query/encode_document:
+    a prompt or prompt_name given to them wins."""
+    text = TEXTS[:2]
+    custom = embedder.encode(text, prompt="Represent this: ")
+    np.testing.assert_allclose(embedder.encode_query(text, prompt="Represent this: "), custom, rtol=0, atol=0)
+    np.testing.assert_allclose(embedder.encode_document(text, prompt_name="query"), embedder.encode_query(text),
+                               rtol=0, atol=0)
+
+
 def test_without_prompts_the_standard_names_are_ignored(embedder):
     plain = Embedder(embedder.model, embedder.tokenizer)
     np.testing.assert_allclose(plain.encode_query(TEXTS[:2]), plain.encode(TEXTS[:2]), rtol=0, atol=0)

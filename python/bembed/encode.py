@@ -185,13 +185,19 @@ class Embedder:
             pooled = normalize(pooled)
         return self._convert(pooled[0] if single else pooled, convert_to_numpy, convert_to_tensor)
 
-    def encode_query(self, texts, **kwargs):
-        """`encode` with the model's query prompt (the first of "query" it has; none if it has none)."""
-        return self.encode(texts, prompt_name=self._named_prompt(QUERY_PROMPT_NAMES), **kwargs)
+    def encode_query(self, texts, prompt_name: str | None = None, prompt: str | None = None, **kwargs):
+        """`encode` with the model's query prompt (the first of "query" it has; none if it has none), unless
+        a prompt or prompt_name is given (as in sentence-transformers)."""
+        if prompt_name is None and prompt is None:
+            prompt_name = self._named_prompt(QUERY_PROMPT_NAMES)
+        return self.encode(texts, prompt_name=prompt_name, prompt=prompt, **kwargs)
 
-    def encode_document(self, texts, **kwargs):
-        """`encode` with the model's document prompt ("document", "passage" or "corpus"; none if absent)."""
-        return self.encode(texts, prompt_name=self._named_prompt(DOCUMENT_PROMPT_NAMES), **kwargs)
+    def encode_document(self, texts, prompt_name: str | None = None, prompt: str | None = None, **kwargs):
+        """`encode` with the model's document prompt ("document", "passage" or "corpus"; none if absent),
+        unless a prompt or prompt_name is given (as in sentence-transformers)."""
+        if prompt_name is None and prompt is None:
+            prompt_name = self._named_prompt(DOCUMENT_PROMPT_NAMES)
+        return self.encode(texts, prompt_name=prompt_name, prompt=prompt, **kwargs)
 
     def encode_chunks(self, document: str, chunk_spans=None, chunk_size: int | None = None, *,
                       max_length: int = 8192, normalize_embeddings: bool = True, prompt: str | None = None,
