@@ -1,5 +1,5 @@
-"""The CUDA ALiBi attention kernels (csrc/cuda/alibi_attention.cu), run on the CPU under a host emulation of
-the CUDA runtime, warp shuffles and mma.sync (tests/cuda_emulator), against the float64 reference.
+"""The CUDA ALiBi attention kernels (csrc/cuda/alibi_attention_{fwd,bwd}.cu), run on the CPU under a host
+emulation of the CUDA runtime, warp shuffles and mma.sync (tests/cuda_emulator), against the float64 reference.
 
 This checks the kernels' tiling, fragment indexing, online softmax, masking, boundaries and backward
 algebra as written, on machines without a GPU. It cannot check what the emulation does not model: real

@@ -1,6 +1,6 @@
 // ALiBi attention CUDA entry points: argument checks, device guard, current stream, allocation, launch.
-// The kernels (alibi_attention.cu) read contiguous (tokens, heads, head_dim) tensors with 16-byte aligned
-// data, fp16/bf16 only, head dims 32/64/128.
+// The kernels (alibi_attention_fwd.cu, alibi_attention_bwd.cu) read contiguous (tokens, heads, head_dim)
+// tensors with 16-byte aligned data, fp16/bf16 only, head dims 32/64/128.
 #include <ATen/ops/empty.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>

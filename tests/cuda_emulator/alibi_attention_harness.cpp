@@ -1,9 +1,10 @@
-// C entry points for running csrc/cuda/alibi_attention.cu under the host emulation (ctypes from
+// C entry points for running csrc/cuda/alibi_attention_{fwd,bwd}.cu under the host emulation (ctypes from
 // tests/test_alibi_attention_cuda_emulated.py). build.py rewrites the CUDA-only syntax of a copy of the
-// sources (kernel launches, extern __shared__, the mma asm) into calls to emu::, then includes it here.
+// sources (kernel launches, extern __shared__, the mma asm) into calls to emu::, then includes them here.
 #include "emu_mma.h"
 
-#include "alibi_attention.cu"
+#include "alibi_attention_fwd.cu"
+#include "alibi_attention_bwd.cu"
 
 namespace {
 

@@ -1,5 +1,5 @@
-"""Builds csrc/cuda/alibi_attention.cu for the host emulation (see include/cuda_runtime.h): copies the CUDA
-sources, rewrites the three pieces of CUDA-only syntax they use into emu:: calls, compiles them with the
+"""Builds csrc/cuda/alibi_attention_{fwd,bwd}.cu for the host emulation (see include/cuda_runtime.h): copies the
+CUDA sources, rewrites the three pieces of CUDA-only syntax they use into emu:: calls, compiles them with the
 harness into a shared library, and caches the result by the hash of every input."""
 
 from __future__ import annotations
@@ -12,7 +12,10 @@ import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CUDA_DIR = os.path.join(HERE, "..", "..", "csrc", "cuda")
-CUDA_SOURCES = ["alibi_attention.cu", "alibi_attention.cuh", "mma_fragments.cuh", "async_copy.cuh", "dtype.cuh"]
+CUDA_SOURCES = ["alibi_attention_fwd.cu", "alibi_attention_bwd.cu", "alibi_attention_tiles.cuh",
+                "alibi_attention.cuh", "mma_fragments.cuh", "async_copy.cuh", "dtype.cuh"]
+# Kernel launches and extern __shared__ declarations each .cu holds: a rewrite that misses one fails loudly.
+CUDA_SHAPES = {"alibi_attention_fwd.cu": (1, 1), "alibi_attention_bwd.cu": (3, 2)}
 EMU_SOURCES = ["alibi_attention_harness.cpp", "emu_mma.h", "include/cuda_runtime.h", "include/cuda_fp16.h",
                "include/cuda_bf16.h", "build.py"]
 
@@ -31,7 +34,8 @@ def rewrite(name: str, text: str) -> str:
     if name.endswith(".cu"):
         text, launches = _LAUNCH.subn(r"::emu::launch(\1, \2, ", text)
         text, shared = _SHARED.subn(r"unsigned char* \1 = ::emu::shared_memory();", text)
-        assert launches >= 4 and shared >= 3, f"{name}: unexpected source shape ({launches} launches, {shared} smem)"
+        assert (launches, shared) == CUDA_SHAPES[name], \
+            f"{name}: unexpected source shape ({launches} launches, {shared} smem)"
     if name == "mma_fragments.cuh":
         types = {"f16": "__half", "bf16": "__nv_bfloat16"}
         text, n = _MMA_ASM.subn(lambda m: f"::emu::mma_sync<{types[m.group(1)]}>(d, a, b);", text)
