@@ -29,7 +29,10 @@ struct AlibiAttentionParams {
 // Largest batch and head counts the grid can hold (gridDim.z and gridDim.y).
 constexpr int kAlibiMaxGridYZ = 65535;
 
-bool alibi_attention_supports_head_dim(int head_dim);
+// Dynamic shared memory per block the kernels for a head dim need (forward, or the larger backward
+// kernel), so that the binding can refuse a GPU with a smaller per-block limit (sm_86/sm_89: 99 KiB) clearly.
+int alibi_attention_forward_shared_bytes(int head_dim);
+int alibi_attention_backward_shared_bytes(int head_dim);
 
 // out has q's shape and dtype; lse (float32) gets the natural-log row log-sum-exp, −inf for rows with no
 // valid key (those rows output zeros).

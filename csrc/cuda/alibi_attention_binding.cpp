@@ -2,6 +2,7 @@
 // The kernels (alibi_attention_fwd.cu, alibi_attention_bwd.cu) read contiguous (tokens, heads, head_dim)
 // tensors with 16-byte aligned data, fp16/bf16 only, head dims 32/64/128.
 #include <ATen/ops/empty.h>
+#include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
@@ -44,6 +45,19 @@ void check_cuda_qkv(const at::Tensor& q, const at::Tensor& k, const at::Tensor& 
                     " heads");
 }
 
+// A clear error instead of a failed launch on GPUs whose per-block shared memory is below what the kernels of
+// this head dim take (the D=128 backward needs ~102 KiB; sm_86/sm_89 allow 99 KiB).
+void check_shared_memory(int needed, const at::Tensor& q, const char* direction, const char* op) {
+  const int device = q.device().index();
+  int limit = 0, major = 0, minor = 0;
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device));
+  TORCH_CHECK_VALUE(needed <= limit, op, ": head_dim ", q.size(-1), " needs ", needed,
+                    " bytes of shared memory per block for the ", direction, ", but this GPU (sm_", major, minor,
+                    ") allows ", limit, "; use head_dim 32 or 64 on it");
+}
+
 // alibi_slopes (already checked): float32 (H,) or (B, H), or None (no bias).
 void set_slopes(cuda::AlibiAttentionParams& params, const std::optional<at::Tensor>& slopes, at::Tensor& keep_alive) {
   if (!slopes.has_value()) return;
@@ -61,6 +75,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> launch_backward(const cuda::Alibi
                                                                const at::Tensor& out, const at::Tensor& lse,
                                                                const char* op) {
   const c10::cuda::CUDAGuard guard(q.device());
+  check_shared_memory(cuda::alibi_attention_backward_shared_bytes(params.head_dim), q, "backward", op);
   const auto gc = kernel_ready(grad_out), qc = kernel_ready(q), kc = kernel_ready(k), vc = kernel_ready(v);
   const auto oc = kernel_ready(out), lc = lse.contiguous();
   auto delta = at::empty(lc.sizes(), lc.options());
@@ -113,6 +128,7 @@ std::tuple<at::Tensor, at::Tensor> alibi_attention_fwd_cuda(const at::Tensor& q,
   constexpr const char* op = "bembed.alibi_attention_fwd";
   const Padded padded = padded_params(q, k, v, key_padding_mask, alibi_slopes, softmax_scale, op);
   const c10::cuda::CUDAGuard guard(q.device());
+  check_shared_memory(cuda::alibi_attention_forward_shared_bytes(int(q.size(-1))), q, "forward", op);
   const auto qc = kernel_ready(q), kc = kernel_ready(k), vc = kernel_ready(v);
   auto out = at::empty(q.sizes(), q.options());
   auto lse = at::empty({q.size(0), q.size(2), q.size(1)}, q.options().dtype(at::kFloat));
@@ -174,6 +190,7 @@ std::tuple<at::Tensor, at::Tensor> alibi_attention_varlen_fwd_cuda(const at::Ten
   constexpr const char* op = "bembed.alibi_attention_varlen_fwd";
   const Varlen varlen = varlen_params(q, k, v, cu_seqlens, max_seqlen, alibi_slopes, softmax_scale, op);
   const c10::cuda::CUDAGuard guard(q.device());
+  check_shared_memory(cuda::alibi_attention_forward_shared_bytes(int(q.size(-1))), q, "forward", op);
   const auto qc = kernel_ready(q), kc = kernel_ready(k), vc = kernel_ready(v);
   auto out = at::empty(q.sizes(), q.options());
   auto lse = at::empty({q.size(1), q.size(0)}, q.options().dtype(at::kFloat));

@@ -270,6 +270,20 @@ cudaError_t backward_for_dtype(const AlibiAttentionParams& p, const void* dout, 
 
 }  // namespace
 
+template <int D>
+constexpr int backward_smem_bytes() {
+  return std::max(dq_smem_bytes<D>(), dkdv_smem_bytes<D>());
+}
+
+int alibi_attention_backward_shared_bytes(int head_dim) {
+  switch (head_dim) {
+    case 32: return backward_smem_bytes<32>();
+    case 64: return backward_smem_bytes<64>();
+    case 128: return backward_smem_bytes<128>();
+  }
+  return 0;
+}
+
 cudaError_t alibi_attention_backward(const AlibiAttentionParams& params, DType dtype, const void* grad_out,
                                      const void* q, const void* k, const void* v, const void* out,
                                      const float* lse, float* delta, void* grad_q, void* grad_k, void* grad_v,

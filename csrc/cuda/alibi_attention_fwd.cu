@@ -160,7 +160,14 @@ cudaError_t forward_for_dtype(const AlibiAttentionParams& p, const void* q, cons
 
 }  // namespace
 
-bool alibi_attention_supports_head_dim(int head_dim) { return head_dim == 32 || head_dim == 64 || head_dim == 128; }
+int alibi_attention_forward_shared_bytes(int head_dim) {
+  switch (head_dim) {
+    case 32: return forward_smem_bytes<32>();
+    case 64: return forward_smem_bytes<64>();
+    case 128: return forward_smem_bytes<128>();
+  }
+  return 0;
+}
 
 cudaError_t alibi_attention_forward(const AlibiAttentionParams& params, DType dtype, const void* q, const void* k,
                                     const void* v, void* out, float* lse, cudaStream_t stream) {

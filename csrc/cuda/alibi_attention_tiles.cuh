@@ -183,7 +183,8 @@ inline cudaError_t allow_shared(Kernel kernel, int bytes) {
 
 // At least one tile per (head, sequence): the kernels stride over the rest (max_seqlen is only a hint).
 inline dim3 grid_for(const AlibiAttentionParams& p, int rows_per_cta) {
-  return dim3(std::max(1, (p.max_seqlen + rows_per_cta - 1) / rows_per_cta), p.heads, p.batch);
+  const int64_t tiles = (static_cast<int64_t>(p.max_seqlen) + rows_per_cta - 1) / rows_per_cta;  // no int overflow
+  return dim3(static_cast<unsigned int>(std::max<int64_t>(1, tiles)), p.heads, p.batch);
 }
 
 inline bool empty_problem(const AlibiAttentionParams& p) { return p.batch == 0 || p.heads == 0 || p.total_tokens == 0; }
