@@ -2,13 +2,18 @@
 # One call on a lent GPU machine does everything: build, CUDA tests (which must not skip), compute-sanitizer
 # on small attention/contrastive cases, GPU benchmarks, and a markdown results section — all under $OUT.
 #
-#   bash bench/gpu_check.sh [all|build|test|sanitize|bench]     (default: all; stages reuse the build)
+#   bash bench/gpu_check.sh [all|build|test|sanitize|bench|plan] [bench files...]
+#       (default: all; stages reuse the build; bench files split the benchmarks over several 10-minute calls)
+#
+# `plan` needs no GPU (CI runs it): it collects what the test and bench stages would run and fails if either
+# selects nothing, so that a mistake in the selection costs a CI run rather than a lent machine's minutes.
 #
 # The GPU image has torch + nvcc + pytest + pytest-benchmark but no network, datasets or mteb, so the build
 # is offline and in place, and the package is used from the source tree via PYTHONPATH.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 STAGE=${1:-all}
+shift $(( $# > 0 ? 1 : 0 ))
 OUT=${OUT:-$PWD/out/gpu}
 mkdir -p "$OUT"
 PYTHON=${PYTHON:-python3}
@@ -17,6 +22,9 @@ export CUDA_HOME=${CUDA_HOME:-/usr/local/cuda}
 export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0a}
 export MAX_JOBS=${MAX_JOBS:-16}
 status=0
+BENCH_FILES=(bench/bench_*.py)  # named: pytest collects only test_*.py from a folder
+[ $# -gt 0 ] && BENCH_FILES=("$@")
+cuda_test_files() { grep -l "mark.cuda" tests/test_*.py; }
 
 log() { echo "[gpu_check $(date -u +%H:%M:%S)] $*" | tee -a "$OUT/summary.txt"; }
 
@@ -33,7 +41,7 @@ build() {
 }
 
 run_tests() {
-  local files; files=$(grep -l "mark.cuda" tests/test_*.py)
+  local files; files=$(cuda_test_files)
   log "CUDA tests in: $(echo $files)"
   # shellcheck disable=SC2086
   $PYTHON -m pytest $files -m cuda -q -rs -p no:cacheprovider --junitxml="$OUT/tests.xml" > "$OUT/tests.log" 2>&1
@@ -56,7 +64,7 @@ sanitize() {
 
 bench() {
   log "GPU benchmarks"
-  $PYTHON -m pytest bench -m cuda -q -p no:cacheprovider --benchmark-json="$OUT/bench.json" \
+  $PYTHON -m pytest "${BENCH_FILES[@]}" -m cuda -q -p no:cacheprovider --benchmark-json="$OUT/bench.json" \
     --benchmark-columns=median,iqr,rounds > "$OUT/bench.log" 2>&1
   local rc=$?
   tail -n 15 "$OUT/bench.log" >> "$OUT/summary.txt"
@@ -65,13 +73,23 @@ bench() {
   log "benchmarks exit $rc; table in RESULTS_gpu.md"; return $rc
 }
 
+plan() {
+  local tests benches
+  # shellcheck disable=SC2046
+  tests=$($PYTHON -m pytest $(cuda_test_files) -m cuda --collect-only -q -p no:cacheprovider | grep -c "::")
+  benches=$($PYTHON -m pytest "${BENCH_FILES[@]}" -m cuda --collect-only -q -p no:cacheprovider | grep -c "::")
+  log "plan: $tests CUDA tests, $benches CUDA benchmarks"
+  [ "$tests" -gt 0 ] && [ "$benches" -gt 0 ]
+}
+
 case "$STAGE" in
   build) build || status=1 ;;
   test) run_tests || status=1 ;;
   sanitize) sanitize ;;
   bench) bench || status=1 ;;
+  plan) plan || status=1 ;;
   all) build || exit 1; run_tests || status=1; sanitize; bench || status=1 ;;
-  *) echo "usage: $0 [all|build|test|sanitize|bench]"; exit 2 ;;
+  *) echo "usage: $0 [all|build|test|sanitize|bench|plan]"; exit 2 ;;
 esac
 log "done (status $status)"
 exit $status
