@@ -383,3 +383,55 @@ def test_cuda_autocast_matches_cpu_float32(tokenizer):
     assert torch.nn.functional.cosine_similarity(got.cpu(), cpu, dim=-1).min() > 0.99
     chunks = gpu.encode_chunks(DOCUMENT, chunk_size=16, convert_to_tensor=True)
     assert torch.nn.functional.cosine_similarity(chunks.cpu(), cpu_chunks, dim=-1).min() > 0.99
+
+
+def test_token_embeddings_are_the_last_layer_of_each_text(embedder):
+    texts = ["a short one", TEXTS[1], ""]
+    states = embedder.encode(texts, output_value="token_embeddings", batch_size=2)
+    assert [s.shape[0] for s in states] == [len(embedder.tokenizer(t)["input_ids"]) for t in texts]
+    for text, got in zip(texts, states):
+        ids = embedder.tokenizer(text, return_tensors="pt").input_ids
+        with torch.no_grad():
+            want = embedder.model(ids).last_hidden_state[0]
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+    # their mean is the sentence embedding before normalisation
+    pooled = embedder.encode(texts, normalize_embeddings=False)
+    np.testing.assert_allclose(torch.stack([s.mean(0) for s in states]).numpy(), pooled, rtol=1e-4, atol=1e-5)
+    assert embedder.encode("one text", output_value="token_embeddings").dim() == 2
+    with pytest.raises(ValueError, match="truncate=True"):
+        embedder.encode(texts, output_value="token_embeddings", truncate=False)
+    with pytest.raises(ValueError, match="output_value"):
+        embedder.encode(texts, output_value="cls")
+
+
+def test_precision_quantizes_the_normalised_rows(embedder):
+    full = embedder.encode(TEXTS)
+    ubinary = embedder.encode(TEXTS, precision="ubinary")
+    assert ubinary.dtype == np.uint8 and ubinary.shape == (len(TEXTS), 48 // 8)
+    np.testing.assert_array_equal(np.unpackbits(ubinary, axis=1), (full > 0).astype(np.uint8))
+    binary = embedder.encode(TEXTS, precision="binary")
+    np.testing.assert_array_equal(binary.astype(np.int16) + 128, ubinary)
+    int8 = embedder.encode(TEXTS, precision="int8")
+    assert int8.dtype == np.int8 and int8.shape == full.shape
+    low, high = full.min(0), full.max(0)
+    # each dimension's minimum gets the lowest level, its maximum the top one (or the one below, by rounding)
+    assert (int8[full.argmin(0), range(48)] == -128).all() and (int8[full.argmax(0), range(48)] >= 126).all()
+    decoded = low + (int8.astype(np.float32) + 128.5) * (high - low) / 255
+    assert np.abs(decoded - full).max() <= (high - low).max() / 255  # half a level plus rounding
+    tensor = embedder.encode(TEXTS, precision="uint8", convert_to_tensor=True)
+    assert tensor.dtype == torch.uint8
+    with pytest.raises(ValueError, match="precision"):
+        embedder.encode(TEXTS, precision="float16")
+
+
+def test_quantize_embeddings_with_calibration_ranges():
+    rng = np.random.default_rng(0)
+    calibration = rng.normal(size=(100, 16)).astype(np.float32)
+    ranges = np.stack([calibration.min(0), calibration.max(0)])
+    codes = bembed.quantize_embeddings(calibration[:3], "uint8", ranges=ranges)
+    want = np.floor((calibration[:3] - ranges[0]) / ((ranges[1] - ranges[0]) / 255)).clip(0, 255)
+    np.testing.assert_array_equal(codes, want.astype(np.uint8))
+    one = bembed.quantize_embeddings(calibration[0], "int8", ranges=ranges)  # a single (dim,) row stays 1-D
+    np.testing.assert_array_equal(one, (codes[0].astype(np.int16) - 128).astype(np.int8))
+    with pytest.raises(ValueError, match="ranges"):
+        bembed.quantize_embeddings(calibration, "int8", ranges=ranges[:, :8])

@@ -31,12 +31,12 @@ import os
 import statistics
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from . import late_chunking
 from .model import JinaBertModel
 from .model.pooling import mean_pool_packed, normalize
+from .quantize import PRECISIONS, quantize_embeddings
 
 logger = logging.getLogger(__name__)
 
@@ -152,14 +152,25 @@ class Embedder:
 
     def encode(self, texts, batch_size: int = 32, max_length: int = 8192, normalize_embeddings: bool = True,
                prompt: str | None = None, prompt_name: str | None = None, show_progress_bar: bool | None = None,
-               convert_to_numpy: bool = True, convert_to_tensor: bool = False, device=None, *,
-               truncate: bool = True):
+               convert_to_numpy: bool = True, convert_to_tensor: bool = False, device=None,
+               precision: str = "float32", output_value: str = "sentence_embedding", *, truncate: bool = True):
         """Embed `texts` (a str or a sequence of str) -> (n, dim) float32 rows in input order ((dim,) for a
         single str): a numpy array, a tensor on the model's device (convert_to_tensor, which wins), or a list
         of 1-D tensors (both False). prompt: a prefix for every text; prompt_name: a configured prompt
         ("query"/"document" are ignored when the model has none, so eval code may always pass them); device:
-        move the model there first (it stays). See the module docstring for long texts (`truncate`), empty
-        texts and bad items."""
+        move the model there first (it stays); precision: "int8", "uint8", "binary" or "ubinary" quantizes the
+        rows after normalisation (`bembed.quantize_embeddings`; int8/uint8 ranges come from this call's rows);
+        output_value="token_embeddings": a list of (tokens, dim) float32 tensors, the last layer's states of
+        each text's tokens with its specials (as sentence-transformers; needs truncate=True). See the module
+        docstring for long texts (`truncate`), empty texts and bad items."""
+        if output_value not in ("sentence_embedding", "token_embeddings"):
+            raise ValueError(f"output_value must be 'sentence_embedding' or 'token_embeddings', got {output_value!r}")
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        tokens = output_value == "token_embeddings"
+        if tokens and not truncate:
+            raise ValueError("output_value='token_embeddings' needs truncate=True: a text encoded in windows has no "
+                             "single sequence of token states")
         single = isinstance(texts, str)
         texts = _check_texts([texts] if single else texts)
         batch_size = _positive_int(batch_size, "batch_size")
@@ -173,16 +184,24 @@ class Embedder:
             if cut:
                 logger.warning("%d of %d texts are longer than max_length=%d tokens and were %s", cut, len(texts),
                                max_length, "truncated" if truncate else "encoded in windows and averaged")
+            if tokens:
+                states = self._embed(pieces, batch_size, show_progress_bar, tokens=True)
+                return states[0] if single else states
             pooled = self._embed(pieces, batch_size, show_progress_bar)
             if len(pieces) != len(texts):  # windows of long texts: the mean over all their tokens
                 weights = torch.tensor([len(p) for p in pieces], dtype=torch.float32, device=pooled.device)
                 owner = torch.tensor(owners, device=pooled.device)
                 sums = pooled.new_zeros(len(texts), pooled.shape[1]).index_add_(0, owner, pooled * weights[:, None])
                 pooled = sums / pooled.new_zeros(len(texts)).index_add_(0, owner, weights)[:, None]
+        elif tokens:
+            return []
         else:
             pooled = torch.zeros(0, self.dim, device=self.device)
         if normalize_embeddings:
             pooled = normalize(pooled)
+        if precision != "float32":
+            codes = quantize_embeddings(pooled, precision)
+            return self._convert(codes[0] if single else codes, convert_to_numpy, convert_to_tensor)
         return self._convert(pooled[0] if single else pooled, convert_to_numpy, convert_to_tensor)
 
     def encode_query(self, texts, prompt_name: str | None = None, prompt: str | None = None, **kwargs):
@@ -352,36 +371,49 @@ class Embedder:
             dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         return torch.autocast("cuda", dtype=dtype)
 
-    def _embed(self, pieces: list[list[int]], batch_size: int, show_progress_bar: bool | None) -> torch.Tensor:
-        """(len(pieces), dim) float32 mean-pooled, unnormalised, in the order of `pieces`."""
+    def _embed(self, pieces: list[list[int]], batch_size: int, show_progress_bar: bool | None,
+               tokens: bool = False):
+        """(len(pieces), dim) float32 mean-pooled, unnormalised, in the order of `pieces`; with `tokens`, a
+        list of each piece's (len, dim) float32 token states instead."""
         from tqdm.auto import tqdm
 
         if show_progress_bar is None:
             show_progress_bar = logger.getEffectiveLevel() <= logging.INFO
         device = self.device
         lengths = [len(p) for p in pieces]
-        out = torch.empty(len(pieces), self.dim, dtype=torch.float32, device=device)
+        out = [None] * len(pieces) if tokens else torch.empty(len(pieces), self.dim, dtype=torch.float32,
+                                                                   device=device)
         batches = self._batches(lengths, batch_size)
         bar = tqdm(total=sum(lengths), unit="tok", unit_scale=True, desc="encode", disable=not show_progress_bar)
         with torch.inference_mode(), self._eval_mode(), self._autocast(device):
             for batch in batches:
-                out[torch.tensor(batch, device=device)] = self._embed_batch([pieces[i] for i in batch], device)
+                result = self._embed_batch([pieces[i] for i in batch], device, tokens)
+                if tokens:
+                    for i, states in zip(batch, result):
+                        out[i] = states
+                else:
+                    out[torch.tensor(batch, device=device)] = result
                 bar.update(sum(lengths[i] for i in batch))
         bar.close()
         return out
 
-    def _embed_batch(self, batch: list[list[int]], device: torch.device) -> torch.Tensor:
+    def _embed_batch(self, batch: list[list[int]], device: torch.device, tokens: bool = False):
         lengths = torch.tensor([len(seq) for seq in batch])
         if self.model.config.attention_impl == "bembed":
             packed = torch.tensor([t for seq in batch for t in seq], device=device)
             cu_seqlens = torch.nn.functional.pad(torch.cumsum(lengths, 0, dtype=torch.int32), (1, 0)).to(device)
             states, _ = self.model.forward_packed(packed, cu_seqlens, int(lengths.max()))
+            if tokens:
+                return list(states.float().split(lengths.tolist()))
             return mean_pool_packed(states, cu_seqlens)
         # The reference path takes padded batches (pad id, attention mask), as the published remote code does.
         width = int(lengths.max())
         pad = self.model.config.pad_token_id or 0
         ids = torch.tensor([seq + [pad] * (width - len(seq)) for seq in batch], device=device)
         mask = (torch.arange(width)[None, :] < lengths[:, None]).to(device=device, dtype=torch.long)
+        if tokens:
+            last = self.model(ids, mask).last_hidden_state.float()
+            return [last[i, :n] for i, n in enumerate(lengths.tolist())]
         return self.model.embed(ids, mask, normalize_embeddings=False)
 
     @staticmethod
@@ -389,7 +421,7 @@ class Embedder:
         if convert_to_tensor:
             return pooled
         if convert_to_numpy:
-            return pooled.cpu().numpy().astype(np.float32, copy=False)
+            return pooled.cpu().numpy()
         return list(pooled.unbind(0)) if pooled.dim() == 2 else pooled
 
 
