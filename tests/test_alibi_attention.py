@@ -204,6 +204,18 @@ def test_non_contiguous_projections_are_handled():
                                reference_varlen(qp, kp, vp, cu_seqlens, 50, slopes))
 
 
+def test_single_token_sequences_in_heads_first_layout():
+    """(B, H, 1, D) tensors transposed to (B, 1, H, D): the batch stride is H·D but the size-1 token dim's stride
+    is D, and contiguous() leaves such a tensor as it is (it read rows of the wrong batch)."""
+    B, H, D = 3, 4, 8
+    q, k, v, grad = (torch.randn(B, H, 1, D, dtype=torch.float64).transpose(1, 2) for _ in range(4))
+    slopes = bembed_ext.alibi_slopes(H)
+    ours = _forward_backward(lambda *t: attention(*t, slopes), [q, k, v], grad)
+    expected = _forward_backward(lambda *t: reference(*t, slopes), [q, k, v], grad)
+    for o, e in zip(ours, expected):
+        torch.testing.assert_close(o, e)
+
+
 def test_empty_batch_and_empty_sequence():
     q, k, v = (t.requires_grad_() for t in _qkv((0, 5, 2, 8), torch.float32))
     out = attention(q, k, v, bembed_ext.alibi_slopes(2))

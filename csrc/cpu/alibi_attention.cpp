@@ -364,10 +364,13 @@ void varlen_sequences(const at::Tensor& cu_seqlens, int64_t total, Problem* p,
 }
 
 // Padded tensors (B, L, H, D) are addressed as tokens b·L + i: that needs the batch stride to equal L × the
-// token stride, true for contiguous tensors and for views that only split heads/projections.
+// token stride, true for contiguous tensors and for views that only split heads/projections. The round trip
+// through (B·L, H, D) copies only when the tokens are not evenly spaced, and also sets the token stride of
+// L = 1, which may be anything (a (B, H, 1, D) tensor transposed): contiguous() would keep it, being a no-op
+// on a tensor whose only odd stride belongs to a size-1 dimension.
 at::Tensor flat_tokens(const at::Tensor& t) {
   const auto r = rows_contiguous(t);
-  return r.stride(0) == r.size(1) * r.stride(1) ? r : r.contiguous();
+  return r.flatten(0, 1).view(r.sizes());
 }
 
 std::tuple<at::Tensor, at::Tensor> fwd_impl(const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in,
