@@ -216,6 +216,36 @@ def test_single_token_sequences_in_heads_first_layout():
         torch.testing.assert_close(o, e)
 
 
+def test_slopes_that_require_grad_are_refused():
+    """The kernels treat the slopes as constants: learnable slopes must not silently keep grad None."""
+    q, k, v = (t.requires_grad_() for t in _qkv((1, 6, 2, 8), torch.float64))
+    slopes = bembed_ext.alibi_slopes(2).requires_grad_()
+    with pytest.raises(ValueError, match="'alibi_slopes' requires grad"):
+        attention(q, k, v, slopes)
+    with pytest.raises(ValueError, match="'alibi_slopes' requires grad"):
+        attention_varlen(q[0], k[0], v[0], torch.tensor([0, 6], dtype=torch.int32), 6, slopes)
+    attention(q, k, v, slopes.detach()).sum().backward()
+    attention(q, k, v, slopes, impl="reference").sum().backward()
+    assert slopes.grad is not None
+
+
+@pytest.mark.parametrize("written", ["key_padding_mask", "alibi_slopes", "varlen alibi_slopes"])
+def test_in_place_write_between_forward_and_backward_raises(written):
+    """Like q, k, v, the mask and slopes are checked for in-place writes (the backward used the new values)."""
+    q, k, v = (t.requires_grad_() for t in _qkv((2, 6, 2, 8), torch.float64))
+    mask, slopes = _ragged_mask(2, 6), bembed_ext.alibi_slopes(2)
+    if written == "varlen alibi_slopes":
+        out = attention_varlen(q[0], k[0], v[0], torch.tensor([0, 6], dtype=torch.int32), 6, slopes)
+    else:
+        out = attention(q, k, v, slopes, key_padding_mask=mask)
+    if written == "key_padding_mask":
+        mask.fill_(True)
+    else:
+        slopes.mul_(2)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        out.sum().backward()
+
+
 def test_empty_batch_and_empty_sequence():
     q, k, v = (t.requires_grad_() for t in _qkv((0, 5, 2, 8), torch.float32))
     out = attention(q, k, v, bembed_ext.alibi_slopes(2))

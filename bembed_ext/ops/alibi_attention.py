@@ -3,7 +3,9 @@ computed on the fly by the kernels (never an L×L tensor). Padded layout q, k, v
 optional key padding mask (B, L) (True = real token); varlen layout q, k, v (T, H, D) packed by
 `cu_seqlens` (B+1,) int32, positions counted from each sequence's start. A query with no valid key
 (all keys masked, or an empty sequence) outputs zeros. Autograd saves q, k, v, out and the row
-log-sum-exp; the backward kernel recomputes the attention tiles."""
+log-sum-exp; the backward kernel recomputes the attention tiles. The kernels differentiate q, k, v: the slopes
+are constants (slopes that require grad raise ValueError; the reference, `impl="reference"`, differentiates
+them)."""
 
 from __future__ import annotations
 
@@ -141,34 +143,44 @@ def _varlen_bwd_fake(grad_out, q, k, v, out, lse, cu_seqlens, max_seqlen, alibi_
     return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
 
 
+def _refuse_slopes_grad(alibi_slopes, op: str) -> None:
+    """The kernels give no gradient for the slopes: say so rather than leave alibi_slopes.grad silently None."""
+    if alibi_slopes is not None and alibi_slopes.requires_grad:
+        raise ValueError(f"{op}: argument 'alibi_slopes' requires grad, but the kernels treat the slopes as "
+                         "constants (no gradient); pass alibi_slopes.detach(), or impl='reference' to learn them")
+
+
+# The mask, slopes and cu_seqlens go through save_for_backward too: an in-place write to one of them between
+# forward and backward then raises, instead of silently differentiating attention with the new values.
 def _setup_fwd(ctx, inputs, output):
     q, k, v, key_padding_mask, alibi_slopes, softmax_scale = inputs
+    _refuse_slopes_grad(alibi_slopes, "alibi_attention")
     out, lse = output
-    ctx.save_for_backward(q, k, v, out, lse)
-    ctx.key_padding_mask, ctx.alibi_slopes, ctx.softmax_scale = key_padding_mask, alibi_slopes, softmax_scale
+    ctx.save_for_backward(q, k, v, out, lse, key_padding_mask, alibi_slopes)
+    ctx.softmax_scale = softmax_scale
     ctx.mark_non_differentiable(lse)
 
 
 def _backward_fwd(ctx, grad_out, grad_lse):
-    q, k, v, out, lse = ctx.saved_tensors
-    dq, dk, dv = _OPS.alibi_attention_bwd(grad_out, q, k, v, out, lse, ctx.key_padding_mask, ctx.alibi_slopes,
+    q, k, v, out, lse, key_padding_mask, alibi_slopes = ctx.saved_tensors
+    dq, dk, dv = _OPS.alibi_attention_bwd(grad_out, q, k, v, out, lse, key_padding_mask, alibi_slopes,
                                           ctx.softmax_scale)
     return dq, dk, dv, None, None, None
 
 
 def _setup_varlen_fwd(ctx, inputs, output):
     q, k, v, cu_seqlens, max_seqlen, alibi_slopes, softmax_scale = inputs
+    _refuse_slopes_grad(alibi_slopes, "alibi_attention_varlen")
     out, lse = output
-    ctx.save_for_backward(q, k, v, out, lse)
-    ctx.cu_seqlens, ctx.max_seqlen = cu_seqlens, max_seqlen
-    ctx.alibi_slopes, ctx.softmax_scale = alibi_slopes, softmax_scale
+    ctx.save_for_backward(q, k, v, out, lse, cu_seqlens, alibi_slopes)
+    ctx.max_seqlen, ctx.softmax_scale = max_seqlen, softmax_scale
     ctx.mark_non_differentiable(lse)
 
 
 def _backward_varlen_fwd(ctx, grad_out, grad_lse):
-    q, k, v, out, lse = ctx.saved_tensors
-    dq, dk, dv = _OPS.alibi_attention_varlen_bwd(grad_out, q, k, v, out, lse, ctx.cu_seqlens, ctx.max_seqlen,
-                                                 ctx.alibi_slopes, ctx.softmax_scale)
+    q, k, v, out, lse, cu_seqlens, alibi_slopes = ctx.saved_tensors
+    dq, dk, dv = _OPS.alibi_attention_varlen_bwd(grad_out, q, k, v, out, lse, cu_seqlens, ctx.max_seqlen,
+                                                 alibi_slopes, ctx.softmax_scale)
     return dq, dk, dv, None, None, None, None
 
 
@@ -187,8 +199,9 @@ def alibi_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, alibi_slo
     """Non-causal ALiBi attention on padded batches, bias −slope_h·|i−j| computed on the fly.
 
     q, k, v: (B, L, H, D), one float dtype (CPU: float32/float64/bfloat16; CUDA: float16/bfloat16, D in
-    {32, 64, 128}). alibi_slopes: float32 (H,) or (B, H), or None for plain attention. key_padding_mask:
-    bool (B, L), True = real token; a query whose keys are all masked outputs zeros. softmax_scale
+    {32, 64, 128}). alibi_slopes: float32 (H,) or (B, H), or None for plain attention; constants, not
+    differentiated (ValueError if they require grad). key_padding_mask: bool (B, L), True = real token; a
+    query whose keys are all masked outputs zeros. softmax_scale
     defaults to 1/√D. Returns (B, L, H, D). `impl="reference"` (or BEMBED_REFERENCE_OPS=1) runs the
     pure-PyTorch specification instead of the kernel.
     """
@@ -209,7 +222,7 @@ def alibi_attention_varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu
     q, k, v: (T, H, D); cu_seqlens: int32 (B+1,) with cu_seqlens[0] = 0, non-decreasing, ending at T
     (empty sequences allowed); max_seqlen: the longest sequence (a hint: longer ones are still computed
     in full). Positions i, j count from each sequence's start. alibi_slopes: float32 (H,) or (B, H), or
-    None. Returns (T, H, D).
+    None, not differentiated (as in alibi_attention). Returns (T, H, D).
     """
     _check_tensors("alibi_attention_varlen", q=q, k=k, v=v, cu_seqlens=cu_seqlens, alibi_slopes=alibi_slopes)
     if isinstance(max_seqlen, bool) or not isinstance(max_seqlen, (numbers.Integral, torch.SymInt)):
