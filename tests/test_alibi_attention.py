@@ -246,6 +246,20 @@ def test_in_place_write_between_forward_and_backward_raises(written):
         out.sum().backward()
 
 
+@pytest.mark.parametrize("varlen", [False, True])
+def test_differentiating_the_gradient_raises(varlen):
+    """The backward kernel has no derivative: a gradient penalty must fail, not silently lose its term."""
+    q, k, v = (t.requires_grad_() for t in _qkv((1, 6, 2, 8), torch.float64))
+    slopes = bembed_ext.alibi_slopes(2)
+    if varlen:
+        out = attention_varlen(q[0], k[0], v[0], torch.tensor([0, 2, 6], dtype=torch.int32), 4, slopes)
+    else:
+        out = attention(q, k, v, slopes)
+    (grad_q,) = torch.autograd.grad((out * torch.randn_like(out)).sum(), q, create_graph=True)
+    with pytest.raises(RuntimeError, match="no double backward"):
+        grad_q.square().sum().backward()
+
+
 def test_empty_batch_and_empty_sequence():
     q, k, v = (t.requires_grad_() for t in _qkv((0, 5, 2, 8), torch.float32))
     out = attention(q, k, v, bembed_ext.alibi_slopes(2))

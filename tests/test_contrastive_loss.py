@@ -110,6 +110,14 @@ def test_gradcheck_rank_share():
     assert torch.autograd.gradcheck(lambda a, b: FWD(a, b, 0.1, True, 3, 1)[0], (q, d))
 
 
+def test_differentiating_the_gradient_raises():
+    """The backward kernel has no derivative: a gradient penalty must fail, not silently lose its term."""
+    q, d = _inputs(3, 1, 4)
+    (grad_q,) = torch.autograd.grad(bembed_ext.contrastive_loss(q, d), q, create_graph=True)
+    with pytest.raises(RuntimeError, match="no double backward"):
+        grad_q.square().sum().backward()
+
+
 def test_reference_is_the_plain_formula():
     """Pins the specification itself (summed directions, positives first) to a hand-written formula."""
     q, d = _inputs(3, 1, 4)

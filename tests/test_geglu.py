@@ -78,6 +78,15 @@ def test_non_contiguous_input_is_handled():
     _check_against_reference(x)
 
 
+def test_differentiating_the_gradient_raises():
+    """The backward kernel has no derivative: a gradient penalty must fail, not silently lose its term."""
+    x = torch.randn(3, 8, dtype=torch.float64, requires_grad=True)
+    y = geglu(x)
+    (grad_x,) = torch.autograd.grad((y * torch.randn_like(y)).sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="no double backward"):
+        grad_x.square().sum().backward()
+
+
 @pytest.mark.parametrize("shape", [(0, 8), (4, 0), (0,)])
 def test_empty_tensors(shape):
     x = torch.randn(shape, requires_grad=True)

@@ -3,9 +3,9 @@ computed on the fly by the kernels (never an L×L tensor). Padded layout q, k, v
 optional key padding mask (B, L) (True = real token); varlen layout q, k, v (T, H, D) packed by
 `cu_seqlens` (B+1,) int32, positions counted from each sequence's start. A query with no valid key
 (all keys masked, or an empty sequence) outputs zeros. Autograd saves q, k, v, out and the row
-log-sum-exp; the backward kernel recomputes the attention tiles. The kernels differentiate q, k, v: the slopes
-are constants (slopes that require grad raise ValueError; the reference, `impl="reference"`, differentiates
-them)."""
+log-sum-exp; the backward kernel recomputes the attention tiles. The kernels differentiate q, k, v once: the
+slopes are constants (slopes that require grad raise ValueError), and differentiating the gradients raises
+(the reference, `impl="reference"`, differentiates everything)."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import numbers
 
 import torch
 
+from ._autograd import first_order_only
 from ._dispatch import use_reference
 
 _OPS = torch.ops.bembed
@@ -161,6 +162,7 @@ def _setup_fwd(ctx, inputs, output):
     ctx.mark_non_differentiable(lse)
 
 
+@first_order_only("alibi_attention")
 def _backward_fwd(ctx, grad_out, grad_lse):
     q, k, v, out, lse, key_padding_mask, alibi_slopes = ctx.saved_tensors
     dq, dk, dv = _OPS.alibi_attention_bwd(grad_out, q, k, v, out, lse, key_padding_mask, alibi_slopes,
@@ -177,6 +179,7 @@ def _setup_varlen_fwd(ctx, inputs, output):
     ctx.mark_non_differentiable(lse)
 
 
+@first_order_only("alibi_attention_varlen")
 def _backward_varlen_fwd(ctx, grad_out, grad_lse):
     q, k, v, out, lse, cu_seqlens, alibi_slopes = ctx.saved_tensors
     dq, dk, dv = _OPS.alibi_attention_varlen_bwd(grad_out, q, k, v, out, lse, cu_seqlens, ctx.max_seqlen,

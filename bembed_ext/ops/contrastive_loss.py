@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from ..distributed import all_gather_rows, require_process_group
+from ._autograd import first_order_only
 from ._dispatch import use_reference
 
 _OPS = torch.ops.bembed
@@ -69,6 +70,7 @@ def _setup_context(ctx, inputs, output):
     ctx.mark_non_differentiable(q_lse, d_lse)
 
 
+@first_order_only(_NAME)
 def _backward(ctx, grad_loss, _grad_q_lse, _grad_d_lse):
     queries, documents, q_lse, d_lse = ctx.saved_tensors
     grad_q, grad_d = _OPS.contrastive_loss_bwd(grad_loss, queries, documents, q_lse, d_lse, *ctx.args)
@@ -158,8 +160,9 @@ def contrastive_loss(queries: torch.Tensor, documents: torch.Tensor, *, temperat
     gather_across_ranks=True all-gathers queries and documents over the default process group (every rank
     passes the same shapes); the result is this rank's loss, the mean over its own queries, with the
     gradient convention described in the module docstring (a DDP step equals the one-process step).
-    Kernels: CPU float32/float64, CUDA float32/float16/bfloat16 (fp32 accumulation); `impl="reference"`
-    (or BEMBED_REFERENCE_OPS=1) runs the materialised specification instead.
+    Kernels: CPU float32/float64, CUDA float32/float16/bfloat16 (fp32 accumulation), differentiable once
+    (differentiating the gradient raises); `impl="reference"` (or BEMBED_REFERENCE_OPS=1) runs the
+    materialised specification instead.
     """
     _check_arguments(queries, documents, temperature, bidirectional, gather_across_ranks)
     temperature = float(temperature)

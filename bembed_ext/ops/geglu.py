@@ -1,11 +1,13 @@
 """GEGLU: `x (..., 2I) -> gelu_erf(x[..., :I]) * x[..., I:]` (JinaBERT's `mlp.gated_layers` layout: the
-first half goes through the exact erf GELU). Autograd saves only x; backward is one fused kernel."""
+first half goes through the exact erf GELU). Autograd saves only x; backward is one fused kernel, itself not
+differentiable (differentiating the gradient raises; the reference differentiates twice)."""
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
+from ._autograd import first_order_only
 from ._dispatch import use_reference
 
 
@@ -31,6 +33,7 @@ def _setup_context(ctx, inputs, output):
     ctx.save_for_backward(x)
 
 
+@first_order_only("geglu")
 def _backward(ctx, grad_out):
     (x,) = ctx.saved_tensors
     return torch.ops.bembed.geglu_backward(grad_out, x)
