@@ -366,6 +366,8 @@ def _bad_varlen(cu=(0, 2, 5), **changes):
     "make, error, fragment",
     [
         (_bad(q=torch.randn(2, 5, 24)), ValueError, "'q' must be 4-D"),
+        (_bad(q=torch.tensor(1.0)), ValueError, "'q' must be 4-D"),
+        (_bad(q=torch.tensor(1.0), impl="reference"), ValueError, "'q' must be 4-D"),
         (_bad(k=torch.randn(2, 6, 3, 8)), ValueError, "'k' must have the shape of 'q'"),
         (_bad(v=torch.randn(2, 5, 3, 4)), ValueError, "'v' must have the shape of 'q'"),
         (_bad(k=torch.randn(2, 5, 3, 8).double()), TypeError, "'k' has dtype"),
@@ -383,6 +385,7 @@ def _bad_varlen(cu=(0, 2, 5), **changes):
         (_bad(softmax_scale=math.inf), ValueError, "'softmax_scale' must be finite"),
         (_bad(impl="fast"), ValueError, "impl must be one of"),
         (_bad_varlen(q=torch.randn(1, 5, 3, 8)), ValueError, "'q' must be 3-D"),
+        (_bad_varlen(q=torch.tensor(1.0)), ValueError, "'q' must be 3-D"),
         (_bad_varlen(cu=(0, 4, 2, 5)), ValueError, "'cu_seqlens' must be non-decreasing"),
         (_bad_varlen(cu=(0, 2, 4)), ValueError, "'cu_seqlens' must end at the number of tokens"),
         (_bad_varlen(cu=(1, 5)), ValueError, "'cu_seqlens' must start at 0"),

@@ -48,11 +48,14 @@ def _default_scale(softmax_scale, head_dim: int, op: str) -> float:
     return float(softmax_scale)
 
 
-def _check_tensors(op: str, **tensors) -> None:
-    """The Python-level type check (the C++ side checks shapes, dtypes and devices)."""
+def _check_tensors(op: str, rank: int, **tensors) -> None:
+    """The Python-level type check, and q's rank, which the default softmax_scale reads D from (the C++ side
+    checks shapes, dtypes and devices)."""
     for name, value in tensors.items():
         if value is not None and not isinstance(value, torch.Tensor):
             raise TypeError(f"{op}: argument '{name}' must be a torch.Tensor, got {type(value).__name__}")
+    if tensors["q"].dim() != rank:
+        raise ValueError(f"{op}: argument 'q' must be {rank}-D, got shape {list(tensors['q'].shape)}")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -208,7 +211,7 @@ def alibi_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, alibi_slo
     defaults to 1/√D. Returns (B, L, H, D). `impl="reference"` (or BEMBED_REFERENCE_OPS=1) runs the
     pure-PyTorch specification instead of the kernel.
     """
-    _check_tensors("alibi_attention", q=q, k=k, v=v, alibi_slopes=alibi_slopes, key_padding_mask=key_padding_mask)
+    _check_tensors("alibi_attention", 4, q=q, k=k, v=v, alibi_slopes=alibi_slopes, key_padding_mask=key_padding_mask)
     scale = _default_scale(softmax_scale, q.shape[-1], "alibi_attention")
     if use_reference(impl):
         return alibi_attention_reference(q, k, v, alibi_slopes, key_padding_mask=key_padding_mask,
@@ -227,7 +230,7 @@ def alibi_attention_varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu
     in full). Positions i, j count from each sequence's start. alibi_slopes: float32 (H,) or (B, H), or
     None, not differentiated (as in alibi_attention). Returns (T, H, D).
     """
-    _check_tensors("alibi_attention_varlen", q=q, k=k, v=v, cu_seqlens=cu_seqlens, alibi_slopes=alibi_slopes)
+    _check_tensors("alibi_attention_varlen", 3, q=q, k=k, v=v, cu_seqlens=cu_seqlens, alibi_slopes=alibi_slopes)
     if isinstance(max_seqlen, bool) or not isinstance(max_seqlen, (numbers.Integral, torch.SymInt)):
         raise TypeError("alibi_attention_varlen: argument 'max_seqlen' must be an int, "
                         f"got {type(max_seqlen).__name__}")
