@@ -7,7 +7,8 @@ each chunk alone.
 
 How characters map to tokens: a token belongs to a chunk [start, end) when its character interval
 (from the tokenizer's offsets) overlaps the span; a token whose trimmed offsets are empty (a lone
-space) counts as covering the one character at its offset. A token that straddles a chunk boundary
+space) counts as covering the one character at its offset (the last character of the text for a
+trailing space, whose offset is the text's end). A token that straddles a chunk boundary
 belongs to both chunks. The special tokens (and the prompt's tokens, when a prompt is used) have no
 place in the text: the leading ones join every chunk that holds the first text token, the trailing
 ones every chunk that holds the last kept text token — so a chunk spanning the whole document pools
@@ -39,6 +40,16 @@ def check_spans(spans, length: int) -> list[tuple[int, int]]:
     return checked
 
 
+def _covers(offsets: list[tuple[int, int]], text_begin: int, text_end: int) -> list[tuple[int, int]]:
+    """The character interval [start, end) of each text token. An empty (trimmed whitespace) token counts as
+    the one character at its offset; at the end of the text that offset is the text's length, and without
+    the clamp a document ending in spaces would have a token no span inside the document can reach — the
+    trailing specials would then join no chunk, and a whole-document span would differ from encode."""
+    limit = max(max(offsets[t]) for t in range(text_begin, text_end))
+    return [(s, e) if e > s else (min(s, limit - 1), min(s, limit - 1) + 1)
+            for s, e in offsets[text_begin:text_end]]
+
+
 def token_ranges(offsets: list[tuple[int, int]], text_begin: int, text_end: int, shift: int,
                  spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
     """Token index ranges [lo, hi) for character spans of the document.
@@ -48,11 +59,11 @@ def token_ranges(offsets: list[tuple[int, int]], text_begin: int, text_end: int,
     trailing specials/prompt. shift: characters of prompt before the document in the encoded text.
     Raises ValueError naming a chunk that covers no kept token.
     """
+    covers = _covers(offsets, text_begin, text_end)
     ranges = []
     for i, (start, end) in enumerate(spans):
         start, end = start + shift, end + shift
-        covered = [t for t in range(text_begin, text_end)
-                   if offsets[t][0] < end and max(offsets[t][1], offsets[t][0] + 1) > start]
+        covered = [text_begin + k for k, (lo, hi) in enumerate(covers) if lo < end and hi > start]
         if not covered:
             raise ValueError(f"chunk_spans[{i}] = {spans[i]!r} covers no token of the encoded document "
                              "(only whitespace, or beyond max_length tokens)")
@@ -68,10 +79,11 @@ def token_ranges(offsets: list[tuple[int, int]], text_begin: int, text_end: int,
 def size_spans(offsets: list[tuple[int, int]], text_begin: int, text_end: int, shift: int,
                chunk_size: int) -> list[tuple[int, int]]:
     """Character spans of consecutive chunks of `chunk_size` text tokens (the last one shorter)."""
+    covers = _covers(offsets, text_begin, text_end)
     spans = []
-    for lo in range(text_begin, text_end, chunk_size):
-        hi = min(lo + chunk_size, text_end)
-        spans.append((max(offsets[lo][0] - shift, 0), max(offsets[hi - 1][1] - shift, offsets[lo][0] - shift + 1)))
+    for lo in range(0, text_end - text_begin, chunk_size):
+        hi = min(lo + chunk_size, text_end - text_begin)
+        spans.append((max(covers[lo][0] - shift, 0), max(e for _, e in covers[lo:hi]) - shift))
     return spans
 
 

@@ -1,0 +1,31 @@
+"""Late chunking's character ↔ token mapping where it can slip: trailing whitespace, whose trimmed tokens have
+empty offsets at the end of the text."""
+
+import numpy as np
+import pytest
+import torch
+
+import bembed
+from bembed import late_chunking
+from bembed.encode import Embedder
+from bembed.tokenizer import model_config_kwargs, train_bilingual_tokenizer
+
+
+@pytest.fixture(scope="module")
+def embedder():
+    tokenizer = train_bilingual_tokenizer(["the house is red and blue"] * 20, ["das Haus ist rot und blau"] * 20, 300)
+    torch.manual_seed(0)
+    config = bembed.JinaBertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+                                   hidden_dropout_prob=0.0, **model_config_kwargs(tokenizer))
+    return Embedder(bembed.JinaBertModel(config), tokenizer)
+
+
+@pytest.mark.parametrize("document", ["Haus ist rot ", "Haus ist rot  ", " Haus ist rot und blau\n "])
+def test_whole_document_chunk_with_trailing_whitespace_is_encode(embedder, document):
+    """A trailing space's token has the empty offsets (len, len): it must still fall inside (0, len), or the
+    last chunk loses it and the trailing special token."""
+    whole = embedder.encode_chunks(document, chunk_spans=[(0, len(document))])[0]
+    np.testing.assert_allclose(whole, embedder.encode(document), rtol=1e-5, atol=1e-6)
+    vectors, spans = embedder.encode_chunks(document, chunk_size=1, return_spans=True)
+    assert spans[-1][1] == len(document)  # the returned spans are valid chunk_spans of the document
+    np.testing.assert_allclose(embedder.encode_chunks(document, chunk_spans=spans), vectors, rtol=1e-5, atol=1e-6)
