@@ -1,5 +1,5 @@
 """Late chunking's character ↔ token mapping where it can slip: trailing whitespace, whose trimmed tokens have
-empty offsets at the end of the text."""
+empty offsets at the end of the text, and characters that byte-level BPE splits into several tokens."""
 
 import numpy as np
 import pytest
@@ -29,3 +29,18 @@ def test_whole_document_chunk_with_trailing_whitespace_is_encode(embedder, docum
     vectors, spans = embedder.encode_chunks(document, chunk_size=1, return_spans=True)
     assert spans[-1][1] == len(document)  # the returned spans are valid chunk_spans of the document
     np.testing.assert_allclose(embedder.encode_chunks(document, chunk_spans=spans), vectors, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("document", ["Haus 🙂 ist rot", "Haus  ist  🙂🙂 rot ő", "¡Qué día! Haus ist rot und blau  "])
+@pytest.mark.parametrize("chunk_size", [1, 2, 3])
+def test_size_spans_map_back_to_disjoint_ranges_covering_every_token(embedder, document, chunk_size):
+    """An emoji is four byte tokens with the same offsets: a chunk must not end among them, or the chunks
+    around it overlap and repeat (chunk_size=2 gave the spans (5, 6), (5, 6), (5, 10) for the first text)."""
+    offsets = embedder.tokenizer(document, return_offsets_mapping=True)["offset_mapping"]
+    n = len(offsets)
+    spans = late_chunking.size_spans(offsets, 1, n - 1, 0, chunk_size)
+    late_chunking.check_spans(spans, len(document))
+    ranges = late_chunking.token_ranges(offsets, 1, n - 1, 0, spans)
+    assert ranges[0][0] == 0 and ranges[-1][1] == n
+    assert all(a[1] == b[0] for a, b in zip(ranges, ranges[1:])), ranges
+    assert all(hi - lo >= min(chunk_size, n - 2) for lo, hi in ranges[:-1])

@@ -78,12 +78,22 @@ def token_ranges(offsets: list[tuple[int, int]], text_begin: int, text_end: int,
 
 def size_spans(offsets: list[tuple[int, int]], text_begin: int, text_end: int, shift: int,
                chunk_size: int) -> list[tuple[int, int]]:
-    """Character spans of consecutive chunks of `chunk_size` text tokens (the last one shorter)."""
+    """Character spans of consecutive chunks of `chunk_size` text tokens (the last one shorter).
+
+    Tokens covering the same character (the byte tokens of an emoji or of a letter rare in the tokenizer's
+    corpus, and a lone space before them) cannot be told apart by character spans: a chunk that would end
+    among them takes the rest of them too, so that token_ranges maps the spans back to disjoint ranges
+    covering every text token once — not to overlapping or repeated chunks."""
     covers = _covers(offsets, text_begin, text_end)
-    spans = []
-    for lo in range(0, text_end - text_begin, chunk_size):
-        hi = min(lo + chunk_size, text_end - text_begin)
-        spans.append((max(covers[lo][0] - shift, 0), max(e for _, e in covers[lo:hi]) - shift))
+    spans, lo = [], 0
+    while lo < len(covers):
+        hi = min(lo + chunk_size, len(covers))
+        end = max(e for _, e in covers[lo:hi])
+        while hi < len(covers) and covers[hi][0] < end:
+            end = max(end, covers[hi][1])
+            hi += 1
+        spans.append((max(covers[lo][0] - shift, 0), end - shift))
+        lo = hi
     return spans
 
 
