@@ -138,10 +138,19 @@ def test_bembed_eval_cli_on_fake_build(tmp_path, capsys):
     assert (tmp_path / "res" / "results.png").is_file()
 
 
+def test_bembed_eval_cli_reports_bad_arguments_without_a_traceback(tmp_path, capsys):
+    from bembed.cli import main
+
+    assert main(["eval", "--lexical", "--data", str(tmp_path), "--max-items", "0"]) == 2
+    assert "--max-items" in capsys.readouterr().out
+    assert main(["eval", "--model", str(tmp_path / "missing"), "--data", str(tmp_path)]) == 1
+    assert "no such model folder" in capsys.readouterr().out
+
+
 def test_model_folder_loading(tmp_path):
     from bembed.commands.eval import load_model_encoder
 
-    with pytest.raises(FileNotFoundError, match="--model"):
+    with pytest.raises(FileNotFoundError, match="no such model folder"):
         load_model_encoder(str(tmp_path / "missing"))
     with pytest.raises((OSError, ValueError)):  # neither a bembed model nor a sentence-transformers folder
         load_model_encoder(str(tmp_path))

@@ -30,7 +30,7 @@ def load_model_encoder(path: str):
 
     folder = Path(path)
     if not folder.is_dir():
-        raise FileNotFoundError(f"--model: no such directory: {path}")
+        raise FileNotFoundError(f"no such model folder: {path}")
     try:
         return load_encoder(folder)
     except ValueError:  # not a JinaBERT config
@@ -60,7 +60,15 @@ def run(args) -> int:
     from bembed.eval.tasks import TaskSizes, local_tasks
 
     data = Path(args.data) if args.data else cache_dir() / "datasets"
-    sizes = TaskSizes(max_items=args.max_items, max_chars=args.max_chars)
+    try:
+        sizes = TaskSizes(max_items=args.max_items, max_chars=args.max_chars)
+    except ValueError as exc:
+        print(f"--max-items/--max-chars: {exc}")
+        return 2
+    missing = [p for p in args.model if not Path(p).is_dir()]
+    if missing:  # checked before the tasks load and other models run for minutes
+        print(f"--model: no such model folder: {', '.join(missing)}")
+        return 1
     tasks = local_tasks(data, args.pairs, sizes, args.tasks)
     if not tasks:
         print(f"no built data under {data}: run `bembed data fetch && bembed data build --pair en-de` first")
