@@ -131,6 +131,20 @@ def test_build_needs_fetched_sources_and_a_known_pair(tmp_path):
         build(tmp_path, tmp_path / "out", "en-fr")
 
 
+def test_bembed_data_build_reports_mistakes_without_a_traceback(tmp_path, capsys):
+    from bembed.cli import main
+
+    cache = ["--cache", str(tmp_path / "cache"), "--out", str(tmp_path / "out")]
+    assert main(["data", "build", "--split", "0.5,0.5", *cache]) == 2
+    assert "--split" in capsys.readouterr().out
+    assert main(["data", "build", "--negatives", "-1", *cache]) == 2
+    assert "--negatives" in capsys.readouterr().out
+    assert main(["data", "build", "--mine-with", str(tmp_path / "no-model"), *cache]) == 1
+    assert "--mine-with: no such model folder" in capsys.readouterr().out
+    assert main(["data", "build", *cache]) == 1
+    assert "bembed data fetch" in capsys.readouterr().out
+
+
 def test_encoder_mined_negatives_are_nearest_other_positives():
     from bembed.data.triples import mine_negatives_with_encoder
     from bembed.eval.encoder import HashingEncoder

@@ -93,3 +93,9 @@ def test_bembed_data_check_cli(tmp_path, capsys):
     assert main(["data", "check", str(path), "--skip-bad", "--save", str(tmp_path / "ds")]) == 0
     assert "2 valid rows, 1 skipped" in capsys.readouterr().out
     assert load_from_disk(str(tmp_path / "ds"))["text"] == ["good row", "more"]
+    # a missing file or an unsupported suffix is a message and exit code 1, not a traceback
+    assert main(["data", "check", str(tmp_path / "missing.jsonl")]) == 1
+    assert "no such file" in capsys.readouterr().out
+    (tmp_path / "t.txt").write_text("text\n")
+    assert main(["data", "check", str(tmp_path / "t.txt")]) == 1
+    assert ".jsonl" in capsys.readouterr().out

@@ -60,6 +60,7 @@ def _build(args) -> int:
 
     from bembed.data.build import build
     from bembed.data.sources import cache_dir
+    from bembed.data.split import split_of
 
     datasets.disable_progress_bars()  # one bar per saved shard drowns the counts
 
@@ -67,6 +68,16 @@ def _build(args) -> int:
         fractions = tuple(float(x) for x in args.split.split(","))
     except ValueError:
         raise SystemExit(f"--split must be three comma-separated numbers, got {args.split!r}") from None
+    # Argument mistakes are reported before any work (exit 2), missing data or models with exit 1: a
+    # traceback from deep inside the build would hide which option was wrong.
+    try:
+        split_of("probe", fractions)
+    except ValueError as exc:
+        print(f"--split: {exc}")
+        return 2
+    if args.negatives < 0:
+        print(f"--negatives must be 0 or more, got {args.negatives}")
+        return 2
     cache = cache_dir(args.cache)
     out = Path(args.out) if args.out else cache / "datasets"
     miner = None
@@ -74,9 +85,17 @@ def _build(args) -> int:
         from bembed.commands.eval import load_model_encoder
         from bembed.eval import baselines
 
-        miner = (baselines.load(args.mine_with) if args.mine_with in baselines.BASELINES
-                 else load_model_encoder(args.mine_with))
-    counts = build(cache, out, args.pair, fractions, args.negatives, negatives_encoder=miner)
+        try:
+            miner = (baselines.load(args.mine_with) if args.mine_with in baselines.BASELINES
+                     else load_model_encoder(args.mine_with))
+        except (FileNotFoundError, ValueError) as exc:
+            print(f"--mine-with: {exc}")
+            return 1
+    try:
+        counts = build(cache, out, args.pair, fractions, args.negatives, negatives_encoder=miner)
+    except FileNotFoundError as exc:  # nothing fetched into this cache
+        print(exc)
+        return 1
     print(f"wrote {out / args.pair}")
     print(format_counts(counts))
     return 0
@@ -103,7 +122,7 @@ def _check(args) -> int:
             rows, report = load_hf_dataset(args.path, args.kind, args.hf_split, on_error)
         else:
             rows, report = load_user_file(args.path, args.kind, on_error)
-    except UserDataError as exc:
+    except (UserDataError, FileNotFoundError, ValueError) as exc:  # a bad row, a missing file, a wrong suffix
         print(f"error: {exc}")
         return 1
     print(f"{report.path}: kind {report.kind}, {report.rows} valid rows, {report.skipped} skipped")
