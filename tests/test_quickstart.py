@@ -158,6 +158,25 @@ def test_quickstart_writes_model_table_png_and_resumes_after_an_interruption(dat
     assert again["table"] == summary["table"]
 
 
+def test_a_folder_started_with_other_settings_is_refused(tmp_path, monkeypatch, capsys):
+    """Finished steps are skipped by their markers: a second run with --pair en-es must not report the en-de
+    run's data, tokenizer and scores as its own."""
+    from bembed.cli import main
+
+    def first_steps_then_stop(settings):
+        if settings.pair != "en-de":
+            raise AssertionError("the en-es run reached the data step of an en-de folder")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(qs, "prepare_data", first_steps_then_stop)
+    out = str(tmp_path / "qs")
+    assert main(["quickstart", "--out", out, "--no-progress"]) == 130
+    assert main(["quickstart", "--out", out, "--no-progress"]) == 130  # the same command resumes
+    assert main(["quickstart", "--out", out, "--no-progress", "--pair", "en-es", "--max-items", "50"]) == 2
+    printed = capsys.readouterr().out
+    assert "pair: 'en-de' then, 'en-es' now" in printed and "eval_max_items: 1000 then, 50 now" in printed
+
+
 def test_step_timing_leaves_no_trace(data, tmp_path):
     out = tmp_path / "qs"
     settings = _settings(data, out)

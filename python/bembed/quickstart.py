@@ -87,6 +87,32 @@ class Settings:
             raise ValueError(f"overrides: unknown stage(s) {unknown}; stages are {TRAINING_STAGES}")
 
 
+class SettingsMismatch(ValueError):
+    """The output folder holds a run made with other settings: resuming it would mix the two."""
+
+
+# Everything that decides what a step produces; `out` and `progress` do not.
+RECORDED_SETTINGS = ("pair", "minutes", "cache", "data_root", "vocab_size", "tokenizer_chars", "mlm_chars", "steps",
+                     "overrides", "baselines", "eval_tasks", "reference_tasks", "eval_max_items", "eval_max_chars",
+                     "seed")
+
+
+def check_settings(settings: Settings, markers: Markers) -> None:
+    """Record the run's settings on its first start; on a later start raise SettingsMismatch if they differ.
+    Finished steps are skipped by their markers alone, so without this check `--pair en-es` on an en-de
+    folder would report the en-de model, tokenizer and scores under the en-es name."""
+    current = json.loads(json.dumps({k: getattr(settings, k) for k in RECORDED_SETTINGS}, default=str))
+    earlier = markers.get("settings")
+    if earlier is None:
+        markers.put("settings", current)
+        return
+    changed = [f"{k}: {earlier.get(k)!r} then, {current[k]!r} now" for k in RECORDED_SETTINGS
+               if earlier.get(k) != current[k]]
+    if changed:
+        raise SettingsMismatch(f"{settings.out} holds a quickstart run with other settings ({'; '.join(changed)}): "
+                               "run the same command to resume it, or give another --out")
+
+
 class Markers:
     """Stage markers: `<out>/.quickstart/<name>.json` holds what a finished step produced."""
 
@@ -425,6 +451,7 @@ def run(settings: Settings) -> dict:
     t0 = time.perf_counter()
     out, markers = settings.out, Markers(settings.out)
     out.mkdir(parents=True, exist_ok=True)
+    check_settings(settings, markers)
     earlier = markers.get("clock") or {}
     spent_before = earlier.get("spent_s", 0.0)  # time spent by interrupted earlier runs counts too
 

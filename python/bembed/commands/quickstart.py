@@ -44,7 +44,7 @@ def parse_overrides(items: list[str]) -> dict[str, list[str]]:
 
 
 def run(args) -> int:
-    from bembed.quickstart import Settings, format_report
+    from bembed.quickstart import Settings, SettingsMismatch, format_report
     from bembed.quickstart import run as run_quickstart
 
     try:
@@ -59,6 +59,9 @@ def run(args) -> int:
         return 2
     try:
         summary = run_quickstart(settings)
+    except SettingsMismatch as exc:
+        print(exc)
+        return 2
     except KeyboardInterrupt:
         print(f"\ninterrupted: run the same command again to continue from {args.out}")
         return 130
