@@ -58,6 +58,15 @@ def test_bitext_identical_sides_score_one_and_shuffled_less():
     assert 0.0 <= real["scores"]["BembedBitextMining.en-de"] <= 1.0
 
 
+def test_bitext_keeps_one_row_per_sentence_so_a_perfect_model_scores_one():
+    rows = [{"src": t, "tgt": t} for t in EN] + [{"src": EN[0], "tgt": DE[1]}, {"src": DE[2], "tgt": EN[3]}]
+    task = bitext_task(rows, "en-de", TaskSizes())
+    task.load_data()
+    assert task.dataset["test"]["sentence1"] == EN
+    result = evaluate_encoder(HashingEncoder(), [task])
+    assert result["scores"]["BembedBitextMining.en-de"] == pytest.approx(1.0)
+
+
 def test_sts_and_pair_classification_from_constructed_rows():
     rows = [{"sentence1": t, "sentence2": t, "score": 5.0} for t in EN[:3]]
     rows += [{"sentence1": EN[i], "sentence2": EN[(i + 2) % 5], "score": 0.0} for i in range(3)]

@@ -66,7 +66,15 @@ def bitext_task(rows: list[dict], pair: str, sizes: TaskSizes):
     from datasets import Dataset, DatasetDict
     from mteb.abstasks.text.bitext_mining import AbsTaskBitextMining
 
-    rows = _sample(rows, sizes.max_items, sizes.seed)
+    # Row i's gold match is row i's translation: a sentence on a side twice (one English string with two
+    # translations) makes a perfect model miss one of them, so only a side's first occurrence is kept.
+    seen_src, seen_tgt, unique = set(), set(), []
+    for r in rows:
+        if r["src"] not in seen_src and r["tgt"] not in seen_tgt:
+            seen_src.add(r["src"])
+            seen_tgt.add(r["tgt"])
+            unique.append(r)
+    rows = _sample(unique, sizes.max_items, sizes.seed)
     data = DatasetDict({"test": Dataset.from_dict({"sentence1": [r["src"] for r in rows],
                                                    "sentence2": [r["tgt"] for r in rows]})})
     meta = _metadata(f"BembedBitextMining.{pair}", "BitextMining", "f1", pair.split("-"),
