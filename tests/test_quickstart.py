@@ -216,6 +216,8 @@ def test_settings_and_overrides_reject_bad_input():
         qs.Settings(steps={"pairs": 0})
     with pytest.raises(ValueError, match="overrides"):
         qs.Settings(overrides={"finetune": ["train.lr=1"]})
+    with pytest.raises(ValueError, match="unknown key"):  # a typo in --set, caught before any step runs
+        qs.Settings(overrides={"multitask": ["train.lr=1e-4", "multitask.sts_los=mse"]})
     assert parse_overrides(["pairs.train.lr=3e-4", "pairs.model.max_length=32"]) == {
         "pairs": ["train.lr=3e-4", "model.max_length=32"]}
     with pytest.raises(ValueError, match="STAGE"):

@@ -85,6 +85,8 @@ class Settings:
         unknown = sorted(set(self.overrides) - set(TRAINING_STAGES))
         if unknown:
             raise ValueError(f"overrides: unknown stage(s) {unknown}; stages are {TRAINING_STAGES}")
+        for stage, items in self.overrides.items():
+            _load_stage_config(stage, items)  # a misspelt key fails now, not minutes later when the stage starts
 
 
 class SettingsMismatch(ValueError):
@@ -197,15 +199,19 @@ def train_tokenizer(settings: Settings, data_root: str) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------- stages
+def _load_stage_config(stage: str, overrides):
+    from bembed.training.config import MultitaskRun, PairsRun, PretrainRun, load_config
+
+    cls = {"pretrain": PretrainRun, "pairs": PairsRun, "multitask": MultitaskRun}[stage]
+    return load_config(cls, CONFIG_DIR / f"quickstart_{stage}.yaml", overrides)
+
+
 def stage_config(settings: Settings, stage: str, data_root: str, model_from: str):
     """The stage's run config: configs/quickstart_<stage>.yaml + the user's overrides, with the data paths'
     placeholders filled in ({data}: the built pair's folder, {out}: the quickstart folder, {other}: de or
     es), the model taken from `model_from` (the tokenizer folder for stage 1, the previous stage's export
     after that) and the output under <out>/<stage>."""
-    from bembed.training.config import MultitaskRun, PairsRun, PretrainRun, load_config
-
-    cls = {"pretrain": PretrainRun, "pairs": PairsRun, "multitask": MultitaskRun}[stage]
-    cfg = load_config(cls, CONFIG_DIR / f"quickstart_{stage}.yaml", settings.overrides.get(stage, ()))
+    cfg = _load_stage_config(stage, settings.overrides.get(stage, ()))
     other = settings.pair.split("-")[1]
     for source in cfg.data.train:
         source.path = source.path.format(data=Path(data_root) / settings.pair, out=settings.out, other=other)
