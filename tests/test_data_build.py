@@ -2,6 +2,7 @@
 whole build on a tiny fake cache."""
 
 import json
+import shutil
 from collections import Counter
 
 import pytest
@@ -49,6 +50,9 @@ def test_remove_leaks_drops_eval_rows_sharing_train_text():
     by_split = {"train": [{"t": "a b c"}], "validation": [{"t": "A b c"}, {"t": "d e f"}], "test": [{"t": "a b c"}]}
     assert remove_leaks(by_split, lambda r: (r["t"],)) == 2
     assert by_split["validation"] == [{"t": "d e f"}] and by_split["test"] == []
+    by_split = {"train": [], "test": [{"t": "x y"}, {"t": "z"}]}
+    assert remove_leaks(by_split, lambda r: (r["t"],), also_trained_on=["X  y"]) == 1  # another set's text
+    assert by_split["test"] == [{"t": "z"}]
 
 
 def test_align_documents_by_key_and_position():
@@ -97,6 +101,9 @@ def test_build_end_to_end_on_fake_cache(tmp_path):
     load_from_disk = pytest.importorskip("datasets").load_from_disk
 
     cache = fake_cache(tmp_path / "cache")
+    # The real help ships some pages under two paths (two documents, maybe in two splits): their pairs leak
+    for page in cache.glob("**/libreoffice/help/*/text/shared/page*.html"):
+        shutil.copy(page, page.with_name("copy-of-" + page.name))
     counts = build(cache, tmp_path / "out", "en-de", fractions=(0.5, 0.25, 0.25), n_negatives=2)
     root = tmp_path / "out" / "en-de"
     assert json.loads((root / "counts.json").read_text()) == counts
@@ -120,6 +127,15 @@ def test_build_end_to_end_on_fake_cache(tmp_path):
         for r in split:
             assert r["positive"] not in r["negatives"] and len(r["negatives"]) <= 2
     assert set(load_from_disk(str(root / "sts_constructed"))["train"]["origin"]) == {"constructed"}
+    # no evaluation pair is a pair some stage trains on (retrieval's against the stage-2 pairs too)
+    columns = {"pairs": ("anchor", "positive"), "retrieval": ("query", "positive"),
+               "sts_constructed": ("sentence1", "sentence2")}
+    trained = {name: {(r[a], r[b]) for r in load_from_disk(str(root / name))["train"]} for name, (a, b) in columns.items()}
+    trained["retrieval"] |= trained["pairs"]
+    for name, (a, b) in columns.items():
+        dd = load_from_disk(str(root / name))
+        assert not [r for s in ("validation", "test") if s in dd for r in dd[s] if (r[a], r[b]) in trained[name]], name
+        assert "leaked_into_eval" in counts["dropped"][name]
     pair_kinds = {r["kind"] for split in load_from_disk(str(root / "pairs")).values() for r in split}
     assert pair_kinds == {"title_body", "adjacent", "verse_paraphrase"}
 

@@ -55,10 +55,12 @@ def clean_pairs(pairs: Iterable[Pair], min_words: int = MIN_WORDS) -> tuple[list
     return kept, dropped
 
 
-def remove_leaks(by_split: dict[str, list], texts_of) -> int:
+def remove_leaks(by_split: dict[str, list], texts_of, also_trained_on: Iterable[str] = ()) -> int:
     """Drop validation/test rows sharing a text with a train row (the same sentence recurs in several
-    documents, e.g. LibreOffice boilerplate). ``texts_of(row)`` gives a row's texts. Returns rows dropped."""
+    documents, e.g. LibreOffice boilerplate). ``texts_of(row)`` gives a row's texts (or keys); texts that
+    another set trains on can be added as ``also_trained_on``. Returns rows dropped."""
     train_texts = {_norm(t) for row in by_split.get("train", []) for t in texts_of(row)}
+    train_texts.update(_norm(t) for t in also_trained_on)
     dropped = 0
     for split in ("validation", "test"):
         rows = by_split.get(split, [])
