@@ -258,9 +258,13 @@ def test_cuda_within_torch_error(B, m, D, dtype, bidirectional):
     ref = _loss_and_grads(q, d, impl="reference", **kw)
     ours = _loss_and_grads(q.to(dtype), d.to(dtype), impl="kernel", **kw)
     torch_same = _loss_and_grads(q.to(dtype), d.to(dtype), impl="reference", **kw)
+    # The loss subtracts each positive score (its own dot product) from a log-sum-exp over the GEMM's scores,
+    # both float32 and as large as 1/τ = 20, so they differ by a few ulp(20) ≈ 2e-6 even where PyTorch's
+    # reference is exact (B = 1: the log-sum-exp of one logit minus that logit is 0 at any precision).
+    floors = {"loss": 4 * torch.finfo(torch.float32).eps / kw["temperature"]}
     for name, a, r, t in zip(("loss", "grad_queries", "grad_documents"), ours, ref, torch_same):
         assert a.dtype == dtype
-        assert_within_torch_error(a, r, t, what=name)
+        assert_within_torch_error(a, r, t, floor=floors.get(name, 1e-6), what=name)
 
 
 @pytest.mark.cuda
