@@ -1,5 +1,6 @@
 """Small CUDA calls of every op, forward and backward, for compute-sanitizer (memcheck, racecheck):
-odd lengths, a padded batch with a fully masked row, and a varlen batch with an empty sequence."""
+odd lengths, a padded batch with a fully masked row, and a varlen batch with an empty sequence; GEGLU in
+each dtype and on an unaligned pointer, the contrastive loss in float32 and bf16, both directions and one."""
 
 import torch
 
@@ -8,7 +9,11 @@ import bembed_ext
 
 def main() -> None:
     device, dtype = "cuda", torch.bfloat16
-    x = torch.randn(97, 2 * 24, device=device, dtype=dtype, requires_grad=True)
+    for geglu_dtype in (torch.float32, torch.float16, torch.bfloat16):
+        x = torch.randn(97, 2 * 24, device=device, dtype=geglu_dtype, requires_grad=True)
+        bembed_ext.geglu(x).sum().backward()
+    flat = torch.randn(1 + 7 * 16, device=device, dtype=dtype)
+    x = flat[1:].view(7, 16).requires_grad_()  # 2 bytes off 16-byte alignment: the scalar path
     bembed_ext.geglu(x).sum().backward()
 
     for head_dim in (32, 64, 128):
@@ -25,9 +30,12 @@ def main() -> None:
         q, k, v = (torch.randn(total, 3, head_dim, device=device, dtype=dtype, requires_grad=True) for _ in range(3))
         bembed_ext.alibi_attention_varlen(q, k, v, cu, max(lengths), slopes).float().sum().backward()
 
-    queries = torch.nn.functional.normalize(torch.randn(7, 50, device=device), dim=-1).requires_grad_()
-    documents = torch.nn.functional.normalize(torch.randn(21, 50, device=device), dim=-1).requires_grad_()
-    bembed_ext.contrastive_loss(queries, documents).backward()
+    for loss_dtype, bidirectional in ((torch.float32, True), (dtype, True), (dtype, False)):
+        queries = torch.nn.functional.normalize(torch.randn(7, 50, device=device), dim=-1).to(loss_dtype)
+        documents = torch.nn.functional.normalize(torch.randn(21, 50, device=device), dim=-1).to(loss_dtype)
+        loss = bembed_ext.contrastive_loss(queries.requires_grad_(), documents.requires_grad_(),
+                                           bidirectional=bidirectional)
+        loss.backward()
     torch.cuda.synchronize()
     print("sanitizer cases ran")
 
