@@ -3,7 +3,11 @@
 # on small attention/contrastive cases, GPU benchmarks, and a markdown results section — all under $OUT.
 #
 #   bash bench/gpu_check.sh [all|build|test|sanitize|bench|plan] [bench files...]
-#       (default: all; stages reuse the build; bench files split the benchmarks over several 10-minute calls)
+#       (default: all; bench files split the benchmarks over several 10-minute calls)
+#
+# test, sanitize and bench build first unless this machine already built these sources (SKIP_BUILD=1 skips
+# the build regardless): a lent machine keeps the build only while it stays warm (about 30 s after a call), so
+# a later call usually gets a bare copy of the tree.
 #
 # `plan` needs no GPU (CI runs it): it collects what the test and bench stages would run and fails if either
 # selects nothing, so that a mistake in the selection costs a CI run rather than a lent machine's minutes.
@@ -35,6 +39,7 @@ build() {
   if ! (time BEMBED_CUDA=1 $PYTHON setup.py build_ext --inplace) > "$OUT/build.log" 2>&1; then
     log "BUILD FAILED"; grep -E "error" "$OUT/build.log" | head -40 | tee -a "$OUT/summary.txt"; return 1
   fi
+  mkdir -p build && sources_hash > build/gpu_build_sources  # ignored: kept while the machine stays warm
   "$CUDA_HOME/bin/cuobjdump" --list-elf bembed_ext/_C*.so > "$OUT/cuobjdump.txt" 2>&1
   grep -q sm_90a "$OUT/cuobjdump.txt" && log "cuobjdump: sm_90a present" || log "cuobjdump: sm_90a MISSING"
   $PYTHON -m bembed info > "$OUT/info.txt" 2>&1; cat "$OUT/info.txt" >> "$OUT/summary.txt"
@@ -44,7 +49,8 @@ run_tests() {
   local files; files=$(cuda_test_files)
   log "CUDA tests in: $(echo $files)"
   # shellcheck disable=SC2086
-  $PYTHON -m pytest $files -m cuda -q -rs -p no:cacheprovider --junitxml="$OUT/tests.xml" > "$OUT/tests.log" 2>&1
+  $PYTHON -m pytest $files -m cuda -q -rs -p no:cacheprovider --durations=15 --junitxml="$OUT/tests.xml" \
+    > "$OUT/tests.log" 2>&1
   local rc=$?
   tail -n 30 "$OUT/tests.log" >> "$OUT/summary.txt"
   if grep -q "SKIPPED" "$OUT/tests.log"; then log "WARNING: CUDA tests skipped on a GPU machine"; rc=1; fi
@@ -68,12 +74,21 @@ bench() {
   log "GPU benchmarks"
   # -rs: the reason of each skip (a baseline this torch lacks, an out-of-memory size) lands in bench.log
   $PYTHON -m pytest "${BENCH_FILES[@]}" -m cuda -q -rs -p no:cacheprovider --benchmark-json="$OUT/bench.json" \
-    --benchmark-columns=median,iqr,rounds > "$OUT/bench.log" 2>&1
+    --benchmark-columns=median,iqr,rounds --durations=15 > "$OUT/bench.log" 2>&1
   local rc=$?
   tail -n 15 "$OUT/bench.log" >> "$OUT/summary.txt"
   $PYTHON bench/report.py "$OUT/bench.json" --title "GPU benchmarks (bench/gpu_check.sh)" > "$OUT/RESULTS_gpu.md" \
     2>>"$OUT/summary.txt"
   log "benchmarks exit $rc; table in RESULTS_gpu.md"; return $rc
+}
+
+sources_hash() { cat setup.py $(find csrc -type f | sort) | sha256sum | cut -d' ' -f1; }
+ensure_built() {
+  [ "${SKIP_BUILD:-0}" = 1 ] && return 0
+  if [ "$(cat build/gpu_build_sources 2>/dev/null)" = "$(sources_hash)" ]; then
+    log "build: reusing this machine's build of the same sources"; return 0
+  fi
+  build
 }
 
 plan() {
@@ -87,9 +102,9 @@ plan() {
 
 case "$STAGE" in
   build) build || status=1 ;;
-  test) run_tests || status=1 ;;
-  sanitize) sanitize ;;
-  bench) bench || status=1 ;;
+  test) ensure_built || exit 1; run_tests || status=1 ;;
+  sanitize) ensure_built || exit 1; sanitize ;;
+  bench) ensure_built || exit 1; bench || status=1 ;;
   plan) plan || status=1 ;;
   all) build || exit 1; run_tests || status=1; sanitize; bench || status=1 ;;
   *) echo "usage: $0 [all|build|test|sanitize|bench|plan]"; exit 2 ;;
