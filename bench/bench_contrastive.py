@@ -2,9 +2,10 @@
 
 CPU (2 threads): bembed's fused kernel vs the naive loss (materialised logits + cross entropy both ways,
 bench/contrastive_memory.py:naive_loss) at B = 4096, D = 768 float32, with the peak extra memory of each
-measured in a fresh process. GPU (bf16, D = 768, B up to 131072): bembed vs the naive loss (until it runs
-out of memory) and vs 4× the time of one cuBLAS GEMM of the same shape (B×D by D×N) — fwd+bwd of the loss
-is about four such GEMMs. Every case first checks bembed against the naive loss on the same inputs.
+measured in a fresh process, and vs the kernel's four strip GEMMs alone (its floor; see test_cpu). GPU
+(bf16, D = 768, B up to 131072): bembed vs the naive loss (until it runs out of memory) and vs 4× the time
+of one cuBLAS GEMM of the same shape (B×D by D×N) — fwd+bwd of the loss is about four such GEMMs. Every
+case first checks bembed against the naive loss on the same inputs.
 """
 
 import functools
@@ -76,16 +77,35 @@ def _step(fn, q, d, device):
     return step
 
 
-@pytest.mark.parametrize("impl", ["bembed", "naive"])
+@pytest.mark.parametrize("impl", ["bembed", "naive", "4x_gemm"])
 def test_cpu(benchmark, record, impl):
+    """4x_gemm is the kernel's floor: its four GEMMs alone, in its strip shape (all B queries against 1024
+    documents, csrc/cpu/contrastive_loss.cpp): the forward scores, and in the backward the recomputed scores
+    and the two gradient GEMMs. An exact fp32 loss that never holds B×N scores needs all four."""
     _check_correct("cpu", CPU_BATCH, torch.float32)
     q, d = _inputs("cpu", CPU_BATCH, torch.float32)
-    step = _step(_fn(impl), q, d, "cpu")
+    if impl == "4x_gemm":
+        width = 1024
+        scores = torch.empty(CPU_BATCH, width)
+        grad_q, grad_d = torch.zeros_like(q), torch.zeros_like(d)
+
+        def step():
+            for k in range(0, CPU_BATCH, width):
+                for _ in range(2):
+                    torch.mm(q, d[k:k + width].T, out=scores)
+                grad_q.addmm_(scores, d[k:k + width])
+                grad_d[k:k + width].addmm_(scores.T, q)
+    else:
+        step = _step(_fn(impl), q, d, "cpu")
     step()  # warm-up
     benchmark.pedantic(step, rounds=5, iterations=1)
+    case = f"fwd+bwd cpu fp32 B=N={CPU_BATCH} D={DIM}"
+    if impl == "4x_gemm":
+        record(benchmark, op="contrastive_loss", case=case, impl=impl, baseline=False)
+        return
     memory_impl = "kernel" if impl == "bembed" else "naive"
-    record(benchmark, op="contrastive_loss", case=f"fwd+bwd cpu fp32 B=N={CPU_BATCH} D={DIM}", impl=impl,
-           baseline=impl == "naive", peak_extra_mb=_peak_extra_mb(memory_impl, CPU_BATCH))
+    record(benchmark, op="contrastive_loss", case=case, impl=impl, baseline=impl == "naive",
+           peak_extra_mb=_peak_extra_mb(memory_impl, CPU_BATCH))
 
 
 @pytest.mark.cuda
