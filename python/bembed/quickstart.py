@@ -36,7 +36,7 @@ TRAINING_STAGES = ("pretrain", "pairs", "multitask")
 # has to give the embeddings a start, and stage 3 adds retrieval/STS without undoing stage 2.
 BUDGET_SHARES = {"pretrain": 0.15, "pairs": 0.7, "multitask": 0.15}
 MIN_TRAINING_FRACTION = 0.4  # of the budget, even when data preparation overran: below it, quality collapses
-CALIBRATION_STEPS = 4  # optimizer steps timed per stage (after one warm-up step), then undone
+CALIBRATION_STEPS, CALIBRATION_STRIDE = 16, 37  # steps timed per stage, this far apart (then undone)
 EXAMPLES = {
     "en": ("Click OK to save your changes.", "Where can I find the train station?"),
     "de": ("Klicken Sie auf OK, um Ihre Änderungen zu speichern.", "Wo finde ich den Bahnhof?"),
@@ -237,17 +237,21 @@ def make_stage(stage: str, cfg):
 
 
 def seconds_per_step(stage_obj, cfg) -> float:
-    """Time CALIBRATION_STEPS real optimizer steps (after one warm-up step) of this stage's model and data,
-    then restore the weights and RNG: the timed steps leave no trace in the run."""
+    """Seconds per optimizer step of this stage: CALIBRATION_STEPS real steps (after one warm-up step) drawn
+    from across the run, so that a stage whose steps differ (multi-task: short STS verse pairs, long retrieval
+    bodies with hard negatives) is timed on its own mix; timing the first steps alone made stage 3 run twice
+    its share. The timed steps are undone (weights and RNG), so they leave no trace in the run."""
     from bembed.training.trainer import Trainer
 
     weights = copy.deepcopy(stage_obj.model.state_dict())
     rng = torch.get_rng_state()
-    probe_cfg = dataclasses.replace(cfg.train, max_steps=CALIBRATION_STEPS + 1, warmup_steps=CALIBRATION_STEPS + 1)
+    # lr 0: the probe does all the work of a step (AdamW included) without moving far-off, unwarmed weights
+    probe_cfg = dataclasses.replace(cfg.train, max_steps=CALIBRATION_STRIDE * CALIBRATION_STEPS + 1, lr=0.0)
     trainer = Trainer(stage_obj, probe_cfg)
     trainer.train_step()
     start = time.perf_counter()
-    for _ in range(CALIBRATION_STEPS):
+    for i in range(CALIBRATION_STEPS):
+        trainer.step = 1 + i * CALIBRATION_STRIDE  # the step picks the batch (a pure function of seed and index)
         trainer.train_step()
     elapsed = (time.perf_counter() - start) / CALIBRATION_STEPS
     stage_obj.model.load_state_dict(weights)
