@@ -19,7 +19,6 @@ unfinished training stage up from its last checkpoint.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import json
 import logging
@@ -240,12 +239,12 @@ def seconds_per_step(stage_obj, cfg) -> float:
     """Seconds per optimizer step of this stage: CALIBRATION_STEPS real steps (after one warm-up step) drawn
     from across the run, so that a stage whose steps differ (multi-task: short STS verse pairs, long retrieval
     bodies with hard negatives) is timed on its own mix; timing the first steps alone made stage 3 run twice
-    its share. The timed steps are undone (weights and RNG), so they leave no trace in the run."""
+    its share. They run at lr 0 (AdamW then leaves every weight as it was) and the RNG is restored, so
+    they leave no trace in the run."""
     from bembed.training.trainer import Trainer
 
-    weights = copy.deepcopy(stage_obj.model.state_dict())
     rng = torch.get_rng_state()
-    # lr 0: the probe does all the work of a step (AdamW included) without moving far-off, unwarmed weights
+    # lr 0: the probe does all the work of a step (AdamW included) without moving the weights
     probe_cfg = dataclasses.replace(cfg.train, max_steps=CALIBRATION_STRIDE * CALIBRATION_STEPS + 1, lr=0.0)
     trainer = Trainer(stage_obj, probe_cfg)
     trainer.train_step()
@@ -254,7 +253,6 @@ def seconds_per_step(stage_obj, cfg) -> float:
         trainer.step = 1 + i * CALIBRATION_STRIDE  # the step picks the batch (a pure function of seed and index)
         trainer.train_step()
     elapsed = (time.perf_counter() - start) / CALIBRATION_STEPS
-    stage_obj.model.load_state_dict(weights)
     torch.set_rng_state(rng)
     del trainer
     return elapsed
