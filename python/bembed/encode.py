@@ -199,23 +199,22 @@ class Embedder:
             pooled = torch.zeros(0, self.dim, device=self.device)
         if normalize_embeddings:
             pooled = normalize(pooled)
-        if precision != "float32":
-            codes = quantize_embeddings(pooled, precision)
-            return self._convert(codes[0] if single else codes, convert_to_numpy, convert_to_tensor)
+        pooled = quantize_embeddings(pooled, precision)  # float32: unchanged
         return self._convert(pooled[0] if single else pooled, convert_to_numpy, convert_to_tensor)
 
     def encode_query(self, texts, prompt_name: str | None = None, prompt: str | None = None, **kwargs):
         """`encode` with the model's query prompt (the first of "query" it has; none if it has none), unless
         a prompt or prompt_name is given (as in sentence-transformers)."""
-        if prompt_name is None and prompt is None:
-            prompt_name = self._named_prompt(QUERY_PROMPT_NAMES)
-        return self.encode(texts, prompt_name=prompt_name, prompt=prompt, **kwargs)
+        return self._encode_as(QUERY_PROMPT_NAMES, texts, prompt_name, prompt, **kwargs)
 
     def encode_document(self, texts, prompt_name: str | None = None, prompt: str | None = None, **kwargs):
         """`encode` with the model's document prompt ("document", "passage" or "corpus"; none if absent),
         unless a prompt or prompt_name is given (as in sentence-transformers)."""
+        return self._encode_as(DOCUMENT_PROMPT_NAMES, texts, prompt_name, prompt, **kwargs)
+
+    def _encode_as(self, names: tuple[str, ...], texts, prompt_name, prompt, **kwargs):
         if prompt_name is None and prompt is None:
-            prompt_name = self._named_prompt(DOCUMENT_PROMPT_NAMES)
+            prompt_name = self._named_prompt(names)
         return self.encode(texts, prompt_name=prompt_name, prompt=prompt, **kwargs)
 
     def encode_chunks(self, document: str, chunk_spans=None, chunk_size: int | None = None, *,
