@@ -107,7 +107,7 @@ case "$STAGE" in
   bench) ensure_built || exit 1; bench || status=1 ;;
   plan) plan || status=1 ;;
   all) build || exit 1; run_tests || status=1; sanitize; bench || status=1 ;;
-  *) echo "usage: $0 [all|build|test|sanitize|bench|plan]"; exit 2 ;;
+  *) echo "usage: $0 [all|build|test|sanitize|bench|plan] [bench files...]"; exit 2 ;;
 esac
 log "done (status $status)"
 exit $status
