@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from bembed.tokenizer import (SPECIAL_TOKENS, balanced_stream, model_config_kwargs, train_bilingual_tokenizer,
-                              word_ids, word_start_table)
+from bembed.tokenizer import (SPECIAL_TOKENS, balanced_stream, model_config_kwargs, read_corpus,
+                              train_bilingual_tokenizer, word_ids, word_start_table)
 
 GERMAN = ("Über Bäume Vögel Größe Straße Mädchen Käse Brücke Äpfel Öffnung übermorgen schön fröhlich müde "
           "Fußball Grüße heißt weiß Tür Mühle und der die das ist nicht mit auf für wir sie Haus Wasser "
@@ -114,6 +114,32 @@ def test_files_and_folders_are_read(tmp_path):
     assert tokenizer.decode(tokenizer("Größe y canción").input_ids, skip_special_tokens=True) == "Größe y canción"
 
 
+def test_a_byte_order_mark_is_not_read_as_text(tmp_path):
+    path = tmp_path / "de.txt"
+    path.write_text("Hallo Welt\nzweite Zeile\n", encoding="utf-8-sig")  # what Windows editors write
+    assert read_corpus(path, "corpus") == ["Hallo Welt", "zweite Zeile"]
+
+
+def test_files_corpora_are_sampled_to_max_chars(tmp_path):
+    from bembed.commands.tokenizer import train_for_pair
+
+    files = []
+    for name, words in (("en.txt", GERMAN), ("de.txt", SPANISH)):  # two vocabularies, one a file
+        files.append(tmp_path / name)
+        files[-1].write_text("\n".join(sentences(words, 2000, 5)), encoding="utf-8")
+    whole = read_corpus(files[0], "corpus")
+    sampled = train_for_pair(tmp_path / "tok", files=tuple(map(str, files)), max_chars=2000, vocab_size=300)
+    assert len(sampled) == 300
+    from bembed.commands.tokenizer import sample_lines
+
+    sample = sample_lines(whole, 2000)
+    assert 2000 <= sum(map(len, sample)) < 2000 + max(map(len, whole))
+    assert sample != whole[: len(sample)]  # a seeded sample, not the file's first lines
+    assert sample == sample_lines(whole, 2000)
+    with pytest.raises(ValueError, match="--files: '/no/such.txt' is not an existing file"):
+        train_for_pair(tmp_path / "tok", files=("/no/such.txt", str(files[1])))
+
+
 def test_bad_arguments_are_named():
     with pytest.raises(ValueError, match="vocab_size"):
         train_bilingual_tokenizer(["Haus"], ["casa"], 100)
@@ -122,6 +148,6 @@ def test_bad_arguments_are_named():
     with pytest.raises(ValueError, match="texts_or_files_lang_a"):
         train_bilingual_tokenizer("/no/such/file.txt", ["casa"], 400)
     with pytest.raises(ValueError, match="texts_or_files_lang_b: '/no/such/file.txt' is not an existing file"):
-        train_bilingual_tokenizer(["Haus"], Path("/no/such/file.txt"), 400)  # what `bembed tokenizer --files` passes
+        train_bilingual_tokenizer(["Haus"], Path("/no/such/file.txt"), 400)
     with pytest.raises(TypeError, match="texts_or_files_lang_b"):
         train_bilingual_tokenizer(["Haus"], [1, 2], 400)

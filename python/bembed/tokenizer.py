@@ -27,14 +27,14 @@ WORD_START = "Ġ"  # byte-level BPE's picture of the space that starts a word
 def _read_lines(path: Path) -> Iterator[str]:
     files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
     for file in files:
-        with open(file, encoding="utf-8") as handle:
+        with open(file, encoding="utf-8-sig") as handle:  # -sig: a leading byte-order mark is not text
             for line in handle:
                 line = line.rstrip("\n")
                 if line.strip():
                     yield line
 
 
-def _texts(source, argument: str) -> list[str]:
+def read_corpus(source, argument: str) -> list[str]:
     """A corpus argument as a list of texts: a path (str or Path) to a file or folder of UTF-8 text files
     (one text a line), a sequence of pathlib.Path, or an iterable of strings."""
     if isinstance(source, (str, os.PathLike)) and Path(source).exists():
@@ -93,8 +93,8 @@ def train_bilingual_tokenizer(texts_or_files_lang_a, texts_or_files_lang_b, voca
     if vocab_size < minimum:
         raise ValueError(f"vocab_size must be at least {minimum} (256 bytes + {len(SPECIAL_TOKENS)} specials), "
                          f"got {vocab_size}")
-    texts_a = _texts(texts_or_files_lang_a, "texts_or_files_lang_a")
-    texts_b = _texts(texts_or_files_lang_b, "texts_or_files_lang_b")
+    texts_a = read_corpus(texts_or_files_lang_a, "texts_or_files_lang_a")
+    texts_b = read_corpus(texts_or_files_lang_b, "texts_or_files_lang_b")
     if not texts_a or not texts_b:
         raise ValueError("both languages need at least one non-empty text")
 

@@ -63,16 +63,34 @@ def corpus_texts(data_root: str | Path, pair: str, lang: str, max_chars: int | N
             if p.strip()]
 
 
+def sample_lines(texts: list[str], max_chars: int, seed: int = 0) -> list[str]:
+    """A seeded random sample of texts (one a line of a --files corpus) with about max_chars characters:
+    like sample_documents, a sample rather than a prefix, so a file ordered by source is represented whole."""
+    import random
+
+    order = list(range(len(texts)))
+    random.Random(seed).shuffle(order)
+    sample, total = [], 0
+    for index in order:
+        if total >= max_chars:
+            break
+        sample.append(texts[index])
+        total += len(texts[index])
+    return sample
+
+
 def train_for_pair(out: str | Path, pair: str = "en-de", vocab_size: int = 16000, data_root: str | Path | None = None,
                    files: tuple[str, str] | None = None, max_chars: int | None = None):
     """Train and save the pair's tokenizer into `out`; returns it (a PreTrainedTokenizerFast)."""
     from bembed.data.sources import cache_dir
-    from bembed.tokenizer import train_bilingual_tokenizer
+    from bembed.tokenizer import read_corpus, train_bilingual_tokenizer
 
     if max_chars is not None and max_chars < 1:
         raise ValueError(f"max_chars must be positive, got {max_chars}")
     if files is not None:
-        corpus_a, corpus_b = (Path(f) for f in files)
+        corpus_a, corpus_b = (read_corpus(f, "--files") for f in files)
+        if max_chars is not None:
+            corpus_a, corpus_b = (sample_lines(texts, max_chars) for texts in (corpus_a, corpus_b))
     else:
         root = Path(data_root) if data_root is not None else cache_dir() / "datasets"
         corpus_a, corpus_b = (corpus_texts(root, pair, lang, max_chars) for lang in pair.split("-"))
