@@ -140,6 +140,22 @@ def test_build_end_to_end_on_fake_cache(tmp_path):
     assert pair_kinds == {"title_body", "adjacent", "verse_paraphrase"}
 
 
+def test_a_rebuild_killed_midway_does_not_look_built(tmp_path, monkeypatch):
+    import bembed.data.build as build_module
+
+    cache = fake_cache(tmp_path / "cache")
+    build(cache, tmp_path / "out", "en-de", fractions=(0.5, 0.25, 0.25), n_negatives=2)
+    root = tmp_path / "out" / "en-de"
+    assert (root / "counts.json").is_file()
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(build_module, "build_sts", killed)  # after the mono, parallel and pair sets are rewritten
+    with pytest.raises(KeyboardInterrupt):
+        build(cache, tmp_path / "out", "en-de", fractions=(0.5, 0.25, 0.25), n_negatives=2)
+    assert not (root / "counts.json").exists() and not (root / "manifest.json").exists()
+
+
 def test_build_needs_fetched_sources_and_a_known_pair(tmp_path):
     with pytest.raises(FileNotFoundError, match="bembed data fetch"):
         build(tmp_path, tmp_path / "out", "en-de")

@@ -2,6 +2,7 @@
 an unavailable package or client."""
 
 import io
+import json
 import zipfile
 
 import pytest
@@ -56,7 +57,7 @@ def test_pinned_version_falls_back_to_candidate_and_records_it(tmp_path, monkeyp
     monkeypatch.setattr(sources, "_run", fake_run)
     source = next(s for s in sources.SOURCES if s.package == "fortunes")
     sources.fetch_source(tmp_path, source)
-    marker = sources.json.loads((sources.source_dir(tmp_path, source) / sources.MARKER).read_text())
+    marker = json.loads((sources.source_dir(tmp_path, source) / sources.MARKER).read_text())
     assert marker["version"] == "1:2.0-1" and marker["pinned"] == source.version
 
 

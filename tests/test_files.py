@@ -1,0 +1,28 @@
+"""Atomic writes: a failure midway leaves the old file and no temporary beside it."""
+
+import json
+import os
+
+import pytest
+
+from bembed.files import write_json_atomic, write_text_atomic
+
+
+def test_new_content_replaces_old(tmp_path):
+    path = tmp_path / "marker.json"
+    write_json_atomic(path, {"step": 1, "text": "Größe"})
+    write_json_atomic(path, {"step": 2, "text": "Größe"})
+    assert json.loads(path.read_text(encoding="utf-8")) == {"step": 2, "text": "Größe"}
+    assert os.listdir(tmp_path) == ["marker.json"]
+
+
+def test_a_failure_before_the_rename_keeps_the_old_file(tmp_path, monkeypatch):
+    path = tmp_path / "marker.json"
+    write_text_atomic(path, "old")
+
+    def killed(src, dst):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(os, "replace", killed)
+    with pytest.raises(KeyboardInterrupt):
+        write_text_atomic(path, "new")
+    assert path.read_text() == "old" and os.listdir(tmp_path) == ["marker.json"]
