@@ -109,7 +109,8 @@ def alibi_attention_varlen_reference(q, k, v, cu_seqlens, max_seqlen, alibi_slop
         outs.append(o[0])
         lses.append(lse[0])
     # cu_seqlens runs from 0 to T without decreasing, so the non-empty sequences tile all T tokens.
-    out = torch.cat(outs, dim=0) if outs else torch.zeros_like(q)
+    # With T = 0 the empty output still hangs off q, k and v, so backward gives them (empty) gradients as the op does.
+    out = torch.cat(outs, dim=0) if outs else (q + k + v) * 0
     if not return_lse:
         return out
     lse = torch.cat(lses, dim=1) if lses else torch.full((H, T), float("-inf"), dtype=_lse_dtype(q), device=q.device)
