@@ -174,7 +174,12 @@ std::tuple<at::Tensor, at::Tensor> contrastive_backward(const at::Tensor& grad_l
   const double inv_tau = 1.0 / temperature;
   const auto row_lse = q_lse.to(acc).contiguous();
   const auto col_lse = d_lse.to(acc).contiguous();
-  // dL/d(q·d) = (1/τ)·dL/ds; the upstream gradient is applied at the end (no device sync for a scalar).
+  // dL/d(q·d) = (1/τB)·(p − w·[positive]). dS is rounded to the input dtype for its two GEMMs, so the strip
+  // holds 2^14·(p − w·[positive]): in fp16's normal range (|·| ≤ 2^15 < 65504) for every p above 4e-9,
+  // where (1/τB)·p would flush each in-batch negative to zero at B ≈ 10^5 (GradScaler cannot help: its
+  // scale arrives as grad_loss). The power of two, 1/(τB) and the upstream gradient are applied in float32
+  // at the end (no device sync for the scalar).
+  constexpr double kGradScale = 16384.0;
   const double coef = inv_tau / static_cast<double>(B);
 
   auto grad_q = at::zeros(q.sizes(), acc_opts);
@@ -194,7 +199,7 @@ std::tuple<at::Tensor, at::Tensor> contrastive_backward(const at::Tensor& grad_l
     at::Tensor col_slice;
     if (strip.column_anchors) col_slice = col_lse.narrow(0, strip.k0 - o, strip.nc);
     kernels.scores_to_grad(S, strip.nr, strip.nc, o - strip.r0, B, row_lse,
-                            strip.column_anchors ? &col_slice : nullptr, coef, diag_begin - strip.r0,
+                            strip.column_anchors ? &col_slice : nullptr, kGradScale, diag_begin - strip.r0,
                             diag_begin - strip.k0, ndiag, weight);
     const auto dS = kernels.grad_operand(S);
     auto grad_q_rows = grad_q.narrow(0, strip.r0, strip.nr);
@@ -202,7 +207,7 @@ std::tuple<at::Tensor, at::Tensor> contrastive_backward(const at::Tensor& grad_l
     kernels.accumulate(grad_q_rows, dS, d_cols);
     kernels.accumulate(grad_d_cols, dS.t(), q_rows);
   }
-  const auto g = grad_loss.to(acc);
+  const auto g = grad_loss.to(acc) * (coef / kGradScale);
   grad_q.mul_(g);
   grad_d.mul_(g);
   return {grad_q.to(q.scalar_type()), grad_d.to(d.scalar_type())};

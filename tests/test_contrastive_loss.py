@@ -268,6 +268,25 @@ def test_cuda_within_torch_error(B, m, D, dtype, bidirectional):
 
 
 @pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_cuda_large_batch_under_a_loss_scale(dtype):
+    # At B = 16384 an in-batch negative's dL/ds = p/(τB) lies below fp16's smallest subnormal; a GradScaler's
+    # 65536 arrives as the upstream gradient, after the kernel has rounded dS, so dS must be kept in range
+    # by the kernel itself (the emulated unscaled dS gave 4.4× PyTorch's fp16 error here).
+    B, D, loss_scale = 16384, 64, 65536.0
+    q, d = _inputs(B, 0, D, device="cuda")
+    results = []
+    for impl, cast in (("reference", torch.float64), ("kernel", dtype), ("reference", dtype)):
+        qc, dc = q.detach().to(cast).requires_grad_(), d.detach().to(cast).requires_grad_()
+        loss = bembed_ext.contrastive_loss(qc, dc, temperature=0.05, impl=impl)
+        grads = torch.autograd.grad(loss, (qc, dc), torch.tensor(loss_scale, dtype=cast, device="cuda"))
+        results.append([g.double() / loss_scale for g in grads])
+        del loss, grads
+    for name, ref, ours, torch_same in zip(("grad_queries", "grad_documents"), *results):
+        assert_within_torch_error(ours, ref, torch_same, what=name)
+
+
+@pytest.mark.cuda
 def test_cuda_rank_share_and_opcheck():
     q, d = _inputs(12, 1, 40, device="cuda")
     for rank in range(3):
