@@ -259,6 +259,26 @@ def test_loads_a_sentence_transformers_export(tmp_path, folder, embedder):
     np.testing.assert_allclose(loaded.encode(TEXTS[:4]), embedder.encode(TEXTS[:4]), rtol=1e-5, atol=1e-6)
 
 
+def test_the_sentence_transformers_settings_of_a_folder_are_read_and_saved(tmp_path, embedder):
+    """A folder's max_seq_length (sentence_bert_config.json) and Normalize module (modules.json) are what
+    sentence-transformers applies; Embedder applies them too, and writes them back when saving."""
+    from bembed.model.export import export_sentence_transformers
+
+    path = export_sentence_transformers(embedder.model, embedder.tokenizer, tmp_path / "st", max_seq_length=16,
+                                        normalize=False)
+    loaded = Embedder.from_pretrained(path, device="cpu")
+    assert loaded.max_seq_length == 16 and not loaded.normalize_embeddings
+    want = embedder.encode(TEXTS, max_length=16, normalize_embeddings=False)
+    np.testing.assert_allclose(loaded.encode(TEXTS), want, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(loaded.encode_chunks(DOCUMENT, chunk_spans=[(0, 30)]),
+                               embedder.encode_chunks(DOCUMENT, chunk_spans=[(0, 30)], max_length=16,
+                                                      normalize_embeddings=False), rtol=1e-5, atol=1e-6)
+    resaved = Embedder.from_pretrained(loaded.save_pretrained(tmp_path / "again"), device="cpu")
+    assert resaved.max_seq_length == 16 and not resaved.normalize_embeddings
+    st = pytest.importorskip("sentence_transformers").SentenceTransformer(str(path), device="cpu")
+    np.testing.assert_allclose(st.encode(TEXTS), loaded.encode(TEXTS), rtol=1e-5, atol=1e-5)
+
+
 DOCUMENT = " ".join(GERMAN + SPANISH)
 
 

@@ -41,6 +41,8 @@ from .quantize import PRECISIONS, quantize_embeddings
 logger = logging.getLogger(__name__)
 
 PROMPTS_FILE = "config_sentence_transformers.json"
+ST_CONFIG_FILE = "sentence_bert_config.json"
+MODULES_FILE = "modules.json"
 QUERY_PROMPT_NAMES = ("query",)
 DOCUMENT_PROMPT_NAMES = ("document", "passage", "corpus")  # the names sentence-transformers tries, in its order
 TYPICAL_LENGTH_CAP = 512  # the token budget assumes at most this "typical" length, so 8k documents go few at a time
@@ -71,12 +73,15 @@ class Embedder:
 
     model: a `JinaBertModel` (for a `JinaBertForMaskedLM` pass its `.bert`); tokenizer: the model's
     Hugging Face tokenizer (a fast one for `encode_chunks`); prompts: name -> prefix; default_prompt_name:
-    the prompt `encode` applies when given none; autocast_dtype: the autocast dtype on GPU ("auto": bf16
+    the prompt `encode` applies when given none; max_seq_length: the tokens (specials included) `encode`
+    keeps when given no max_length (default: the config's max_position_embeddings); normalize_embeddings:
+    whether `encode` L2-normalises when not told; autocast_dtype: the autocast dtype on GPU ("auto": bf16
     where supported, else fp16; None: run in the model's own dtype).
     """
 
     def __init__(self, model: JinaBertModel, tokenizer, *, prompts: dict[str, str] | None = None,
-                 default_prompt_name: str | None = None, autocast_dtype: torch.dtype | str | None = "auto"):
+                 default_prompt_name: str | None = None, max_seq_length: int | None = None,
+                 normalize_embeddings: bool = True, autocast_dtype: torch.dtype | str | None = "auto"):
         if not isinstance(model, JinaBertModel):
             hint = " (for a JinaBertForMaskedLM pass its .bert)" if hasattr(model, "bert") else ""
             raise TypeError(f"model must be a JinaBertModel{hint}, got {type(model).__name__}")
@@ -95,6 +100,10 @@ class Embedder:
         self.tokenizer = tokenizer
         self.prompts = prompts
         self.default_prompt_name = default_prompt_name
+        if max_seq_length is None:
+            max_seq_length = model.config.max_position_embeddings
+        self.max_seq_length = _positive_int(max_seq_length, "max_seq_length", self._special_count() + 1)
+        self.normalize_embeddings = bool(normalize_embeddings)
         self.autocast_dtype = autocast_dtype
         self.name = getattr(model.config, "name_or_path", None) or "bembed"
 
@@ -121,17 +130,27 @@ class Embedder:
             saved = json.loads((folder / PROMPTS_FILE).read_text(encoding="utf-8"))
             kwargs.setdefault("prompts", saved.get("prompts") or {})
             kwargs.setdefault("default_prompt_name", saved.get("default_prompt_name"))
+        # The sentence-transformers module settings, so that both libraries embed the folder alike.
+        if (folder / ST_CONFIG_FILE).is_file():
+            saved = json.loads((folder / ST_CONFIG_FILE).read_text(encoding="utf-8"))
+            kwargs.setdefault("max_seq_length", saved.get("max_seq_length"))
+        if (folder / MODULES_FILE).is_file():
+            modules = json.loads((folder / MODULES_FILE).read_text(encoding="utf-8"))
+            kwargs.setdefault("normalize_embeddings",
+                              any(m.get("type", "").endswith(".Normalize") for m in modules))
         embedder = cls(model, tokenizer, **kwargs)
         embedder.name = folder.name
         return embedder
 
     def save_pretrained(self, path: str | os.PathLike) -> Path:
-        """Write the model (config.json, model.safetensors), the tokenizer and the prompts to `path` as a
-        sentence-transformers folder (mean pooling, Normalize): `SentenceTransformer(path)` then gives the
-        same vectors with the same prompts (it reads prompts only from a folder with its modules.json)."""
+        """Write the model (config.json, model.safetensors), the tokenizer, the prompts, max_seq_length and
+        normalize_embeddings (a Normalize module or none) to `path` as a sentence-transformers folder:
+        `SentenceTransformer(path)` then gives the same vectors with the same prompts (it reads prompts only
+        from a folder with its modules.json)."""
         from .model.export import export_sentence_transformers
 
-        return export_sentence_transformers(self.model, self.tokenizer, path, prompts=self.prompts,
+        return export_sentence_transformers(self.model, self.tokenizer, path, max_seq_length=self.max_seq_length,
+                                            normalize=self.normalize_embeddings, prompts=self.prompts,
                                             default_prompt_name=self.default_prompt_name)
 
     # ---- properties ---------------------------------------------------------------------------------
@@ -150,13 +169,16 @@ class Embedder:
 
     # ---- encoding -----------------------------------------------------------------------------------
 
-    def encode(self, texts, batch_size: int = 32, max_length: int = 8192, normalize_embeddings: bool = True,
-               prompt: str | None = None, prompt_name: str | None = None, show_progress_bar: bool | None = None,
-               convert_to_numpy: bool = True, convert_to_tensor: bool = False, device=None,
-               precision: str = "float32", output_value: str = "sentence_embedding", *, truncate: bool = True):
+    def encode(self, texts, batch_size: int = 32, max_length: int | None = None,
+               normalize_embeddings: bool | None = None, prompt: str | None = None, prompt_name: str | None = None,
+               show_progress_bar: bool | None = None, convert_to_numpy: bool = True, convert_to_tensor: bool = False,
+               device=None, precision: str = "float32", output_value: str = "sentence_embedding", *,
+               truncate: bool = True):
         """Embed `texts` (a str or a sequence of str) -> (n, dim) float32 rows in input order ((dim,) for a
         single str): a numpy array, a tensor on the model's device (convert_to_tensor, which wins), or a list
-        of 1-D tensors (both False). prompt: a prefix for every text; prompt_name: a configured prompt
+        of 1-D tensors (both False). max_length and normalize_embeddings default to the Embedder's
+        max_seq_length and normalize_embeddings (from a folder: its sentence-transformers settings). prompt:
+        a prefix for every text; prompt_name: a configured prompt
         ("query"/"document" are ignored when the model has none, so eval code may always pass them); device:
         move the model there first (it stays); precision: "int8", "uint8", "binary" or "ubinary" quantizes the
         rows after normalisation (`bembed.quantize_embeddings`; int8/uint8 ranges come from this call's rows);
@@ -174,7 +196,7 @@ class Embedder:
         single = isinstance(texts, str)
         texts = _check_texts([texts] if single else texts)
         batch_size = _positive_int(batch_size, "batch_size")
-        max_length = _positive_int(max_length, "max_length", self._special_count() + 1)
+        max_length = self._max_length(max_length)
         prefix = self._resolve_prompt(prompt, prompt_name)
         if device is not None:
             self.model.to(device)
@@ -197,7 +219,7 @@ class Embedder:
             return []
         else:
             pooled = torch.zeros(0, self.dim, device=self.device)
-        if normalize_embeddings:
+        if self._normalizes(normalize_embeddings):
             pooled = normalize(pooled)
         pooled = quantize_embeddings(pooled, precision)  # float32: unchanged
         return self._convert(pooled[0] if single else pooled, convert_to_numpy, convert_to_tensor)
@@ -218,7 +240,8 @@ class Embedder:
         return self.encode(texts, prompt_name=prompt_name, prompt=prompt, **kwargs)
 
     def encode_chunks(self, document: str, chunk_spans=None, chunk_size: int | None = None, *,
-                      max_length: int = 8192, normalize_embeddings: bool = True, prompt: str | None = None,
+                      max_length: int | None = None, normalize_embeddings: bool | None = None,
+                      prompt: str | None = None,
                       prompt_name: str | None = None, convert_to_numpy: bool = True,
                       convert_to_tensor: bool = False, return_spans: bool = False):
         """Late chunking: encode `document` once (up to max_length tokens) and mean-pool each chunk's tokens
@@ -236,7 +259,7 @@ class Embedder:
             chunk_size = _positive_int(chunk_size, "chunk_size")
         else:
             chunk_spans = late_chunking.check_spans(chunk_spans, len(document))
-        max_length = _positive_int(max_length, "max_length", self._special_count() + 1)
+        max_length = self._max_length(max_length)
         if not getattr(self.tokenizer, "is_fast", False):
             raise TypeError("encode_chunks needs a fast (Rust) tokenizer for character offsets")
         prefix = self._resolve_prompt(prompt, prompt_name)
@@ -267,7 +290,7 @@ class Embedder:
                 states = self.model(torch.tensor([ids], device=device)).last_hidden_state[0]
             pooled = late_chunking.pool_ranges(states, ranges)
         pooled = pooled.clone()  # an ordinary tensor, not an inference-mode one, for the caller
-        if normalize_embeddings:
+        if self._normalizes(normalize_embeddings):
             pooled = normalize(pooled)
         vectors = self._convert(pooled, convert_to_numpy, convert_to_tensor)
         return (vectors, chunk_spans) if return_spans else vectors
@@ -276,6 +299,13 @@ class Embedder:
 
     def _special_count(self) -> int:
         return self.tokenizer.num_special_tokens_to_add() if hasattr(self.tokenizer, "num_special_tokens_to_add") else 0
+
+    def _max_length(self, max_length: int | None) -> int:
+        return _positive_int(self.max_seq_length if max_length is None else max_length, "max_length",
+                             self._special_count() + 1)
+
+    def _normalizes(self, normalize_embeddings: bool | None) -> bool:
+        return self.normalize_embeddings if normalize_embeddings is None else normalize_embeddings
 
     def _named_prompt(self, names: tuple[str, ...]) -> str | None:
         return next((name for name in names if name in self.prompts), None)

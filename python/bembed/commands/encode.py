@@ -19,7 +19,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--output", required=True, metavar="FILE", help="vectors: .npy or .parquet")
     parser.add_argument("--field", default="text", help="the text field of .jsonl objects (default: text)")
     parser.add_argument("--batch-size", type=int, default=32, help="token budget = batch size × typical length")
-    parser.add_argument("--max-length", type=int, default=8192, help="tokens per text, specials included")
+    parser.add_argument("--max-length", type=int,
+                        help="tokens per text, specials included (default: the model's max_seq_length)")
     parser.add_argument("--chunk-long", action="store_true",
                         help="average windows of texts over --max-length instead of truncating them")
     parser.add_argument("--prompt-name", help="a prompt of the model, e.g. query or document")
@@ -93,7 +94,7 @@ def run(args) -> int:
         raise SystemExit(str(error)) from None
     embedder = Embedder.from_pretrained(args.model, device=args.device)
     vectors = embedder.encode(texts, batch_size=args.batch_size, max_length=args.max_length,
-                              normalize_embeddings=not args.no_normalize, prompt_name=args.prompt_name,
+                              normalize_embeddings=False if args.no_normalize else None, prompt_name=args.prompt_name,
                               show_progress_bar=not args.no_progress, truncate=not args.chunk_long)
     output.parent.mkdir(parents=True, exist_ok=True)
     write_vectors(output, vectors, extras if len(extras) == len(texts) else [{} for _ in texts])
