@@ -249,6 +249,25 @@ def test_checkpoints_keep_last_k_and_clear_errors(files, tmp_path):
         Trainer(stage, cfg.train, to_dict(cfg)).fit(resume="latest")
 
 
+def test_keep_last_never_prunes_the_checkpoint_just_written(tmp_path):
+    """A run resumed from an older checkpoint writes steps below the folder's newest: pruning by step order
+    deleted the new checkpoint at once, and --resume latest then continued the old run."""
+    for step in (1, 2, 9):
+        ckpt.checkpoint_dir(tmp_path, step).mkdir()
+    ckpt.temp_dir(tmp_path, 3).mkdir()
+    ckpt.finalize(tmp_path, 3, keep_last=2)
+    assert [p.name for p in ckpt.list_checkpoints(tmp_path)] == ["step-00000002", "step-00000003", "step-00000009"]
+
+
+def test_fresh_run_into_a_used_output_dir_is_refused(files, tmp_path):
+    stage, cfg = mlm_run(files, tmp_path, 1)
+    _fit(stage, cfg)
+    stage, cfg = mlm_run(files, tmp_path, 2, "train.lr=1e-3")
+    with pytest.raises(ckpt.CheckpointError, match="--resume latest, or give a new train.output_dir"):
+        _fit(stage, cfg)
+    assert [p.name for p in ckpt.list_checkpoints(tmp_path / "checkpoints")] == ["step-00000001"]
+
+
 def test_nan_loss_stops_naming_step_and_batch(files, tmp_path):
     stage, cfg = mlm_run(files, tmp_path, 5)
     loss = stage.loss

@@ -8,7 +8,7 @@ A checkpoint is a folder `step-00000123/`:
   state.json               step, data position, schedule, optimizer param groups and scalar state,
                            world size, the stage config
 It is written into a temporary sibling folder and renamed into place (os.replace), so a folder with the
-final name is always complete; older ones beyond keep-last-k are removed afterwards.
+final name is always complete; afterwards, of the older steps, all but the newest keep-last-k − 1 are removed.
 """
 
 from __future__ import annotations
@@ -112,7 +112,10 @@ def finalize(root: Path, step: int, keep_last: int) -> Path:
         shutil.rmtree(final)
     os.replace(tmp, final)
     if keep_last > 0:
-        for old in list_checkpoints(root)[:-keep_last]:
+        # Only steps below this one: a run resumed from an older checkpoint (or its Ctrl-C save) must not
+        # delete what it has just written in favour of higher-numbered ones.
+        older = [p for p in list_checkpoints(root) if p.name < final.name]
+        for old in older[:max(0, len(older) - (keep_last - 1))]:
             shutil.rmtree(old, ignore_errors=True)
     return final
 

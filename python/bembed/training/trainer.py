@@ -237,8 +237,14 @@ class Trainer:
         re-raises KeyboardInterrupt."""
         if resume:
             self.load_checkpoint(resume)
+        elif ckpt.list_checkpoints(self.ckpt_root):
+            # a fresh run here would interleave its checkpoints and metrics with the earlier run's
+            raise ckpt.CheckpointError(f"{self.ckpt_root} holds checkpoints of an earlier run: continue it with "
+                                       f"--resume latest, or give a new train.output_dir")
         if self.rank == 0:
             self.out.mkdir(parents=True, exist_ok=True)
+            if not resume:  # left by a fresh run that stopped before its first checkpoint
+                (self.out / "metrics.jsonl").unlink(missing_ok=True)
             (self.out / "config.json").write_text(json.dumps(self.full_config, indent=1), encoding="utf-8")
         history: list[dict] = []
         bar = self._progress()
