@@ -237,6 +237,19 @@ def test_without_prompts_the_standard_names_are_ignored(embedder):
                                rtol=1e-5, atol=1e-6)
 
 
+def test_encode_query_and_document_never_fall_back_to_the_default_prompt(embedder):
+    """As sentence-transformers: a model whose only prompt is its default document prompt embeds queries with no
+    prompt, not with the document prompt."""
+    documents_only = Embedder(embedder.model, embedder.tokenizer, prompts={"document": "passage: "},
+                              default_prompt_name="document")
+    np.testing.assert_allclose(documents_only.encode_query(TEXTS[:2]), embedder.encode(TEXTS[:2], prompt=""),
+                               rtol=1e-5, atol=1e-6)
+    queries_only = Embedder(embedder.model, embedder.tokenizer, prompts={"query": "query: "},
+                            default_prompt_name="query")
+    np.testing.assert_allclose(queries_only.encode_document(TEXTS[:2]), embedder.encode(TEXTS[:2], prompt=""),
+                               rtol=1e-5, atol=1e-6)
+
+
 def test_satisfies_the_eval_encoder_interface(folder):
     encoder = load_encoder(folder, device="cpu")
     check_encoder(encoder)

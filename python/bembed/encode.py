@@ -225,18 +225,20 @@ class Embedder:
         return self._convert(pooled[0] if single else pooled, convert_to_numpy, convert_to_tensor)
 
     def encode_query(self, texts, prompt_name: str | None = None, prompt: str | None = None, **kwargs):
-        """`encode` with the model's query prompt (the first of "query" it has; none if it has none), unless
-        a prompt or prompt_name is given (as in sentence-transformers)."""
+        """`encode` with the model's query prompt (the first of "query" it has; none, not the default prompt,
+        if it has none), unless a prompt or prompt_name is given (as in sentence-transformers)."""
         return self._encode_as(QUERY_PROMPT_NAMES, texts, prompt_name, prompt, **kwargs)
 
     def encode_document(self, texts, prompt_name: str | None = None, prompt: str | None = None, **kwargs):
-        """`encode` with the model's document prompt ("document", "passage" or "corpus"; none if absent),
-        unless a prompt or prompt_name is given (as in sentence-transformers)."""
+        """`encode` with the model's document prompt ("document", "passage" or "corpus"; none, not the default
+        prompt, if absent), unless a prompt or prompt_name is given (as in sentence-transformers)."""
         return self._encode_as(DOCUMENT_PROMPT_NAMES, texts, prompt_name, prompt, **kwargs)
 
     def _encode_as(self, names: tuple[str, ...], texts, prompt_name, prompt, **kwargs):
         if prompt_name is None and prompt is None:
             prompt_name = self._named_prompt(names)
+            if prompt_name is None:
+                prompt = ""  # as sentence-transformers: never default_prompt_name (a document prompt on queries)
         return self.encode(texts, prompt_name=prompt_name, prompt=prompt, **kwargs)
 
     def encode_chunks(self, document: str, chunk_spans=None, chunk_size: int | None = None, *,
