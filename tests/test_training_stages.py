@@ -221,6 +221,35 @@ def test_resume_is_exact(files, tmp_path):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_ctrl_c_during_the_optimizer_update_finishes_the_step(files, tmp_path):
+    """A SIGINT that lands while optimizer.step() updates the weights is held until the step is complete: the
+    checkpoint must not store updated weights and moments under the old step number."""
+    import os
+    import signal
+
+    stage, cfg = mlm_run(files, tmp_path / "straight", 6)
+    _fit(stage, cfg)
+    stage, cfg = mlm_run(files, tmp_path / "killed", 6)
+    trainer = Trainer(stage, cfg.train, to_dict(cfg))
+    update = trainer.optimizer.step
+
+    def interrupted_update():
+        update()
+        if trainer.step == 3:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    trainer.optimizer.step = interrupted_update
+    with pytest.raises(KeyboardInterrupt):
+        trainer.fit()
+    root = tmp_path / "killed" / "checkpoints"
+    assert [p.name for p in ckpt.list_checkpoints(root)] == ["step-00000004"]
+    stage, cfg = mlm_run(files, tmp_path / "killed", 6)
+    _fit(stage, cfg, resume="latest")
+    a = _weights(tmp_path / "straight" / "checkpoints" / "step-00000006")
+    b = _weights(root / "step-00000006")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_checkpoints_keep_last_k_and_clear_errors(files, tmp_path):
     stage, cfg = mlm_run(files, tmp_path, 5, "train.save_every=1", "train.keep_last=2")
     _fit(stage, cfg)

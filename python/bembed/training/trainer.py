@@ -17,8 +17,10 @@ import json
 import logging
 import math
 import os
+import signal
+import threading
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import torch
@@ -53,6 +55,23 @@ def lr_factor(step: int, warmup: int, total: int) -> float:
     if step < warmup:
         return (step + 1) / warmup
     return max(0.0, (total - step) / max(1, total - warmup))
+
+
+@contextmanager
+def deferred_sigint():
+    """Hold Ctrl-C (SIGINT) until the block has run, then raise KeyboardInterrupt: an interrupted optimizer
+    update would leave half-updated weights for the Ctrl-C checkpoint to save under the old step number."""
+    if threading.current_thread() is not threading.main_thread():  # signals only reach the main thread
+        yield
+        return
+    caught = []
+    previous = signal.signal(signal.SIGINT, lambda *_: caught.append(True))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if caught:
+        raise KeyboardInterrupt
 
 
 class StageLoss(torch.nn.Module):
@@ -160,13 +179,14 @@ class Trainer:
             raise NonFiniteLossError(f"loss is {loss_sum if bad else 'non-finite'} at step {self.step + 1}: "
                                      f"batch {where}")
         grad_norm = None
-        if cfg.max_grad_norm:
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm))
         lr = cfg.lr * lr_factor(self.step, cfg.warmup_steps, cfg.max_steps)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
-        self.optimizer.step()
-        self.step += 1
+        with deferred_sigint():
+            if cfg.max_grad_norm:
+                grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm))
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+            self.optimizer.step()
+            self.step += 1
         out = {"step": self.step, "loss": reduced[0] / self.world, "lr": lr, "tokens": int(reduced[1])}
         out.update({k: v / self.world for k, v in zip(keys, reduced[3:])})
         if grad_norm is not None:
@@ -249,12 +269,11 @@ class Trainer:
         history: list[dict] = []
         bar = self._progress()
         t0 = time.perf_counter()
-        step_rng = None
+        started = None  # (step, RNG state) at the start of the current step
         try:
             while self.step < self.cfg.max_steps:
-                step_rng = ckpt.rng_state()
+                started = (self.step, ckpt.rng_state())
                 metrics = self.train_step()
-                step_rng = None
                 now = time.perf_counter()
                 metrics["tokens_per_s"] = metrics["tokens"] / max(now - t0, 1e-9)
                 t0 = now
@@ -264,10 +283,10 @@ class Trainer:
                     self.save_checkpoint()
         except KeyboardInterrupt:
             log.warning("interrupted at step %d: writing a checkpoint", self.step)
-            if step_rng is not None:
+            if started is not None and started[0] == self.step:
                 # Interrupted inside a step: its micro-batches are discarded, so the randomness they drew (dropout)
                 # is given back too, and the resumed run replays the step exactly.
-                ckpt.set_rng_state(*step_rng)
+                ckpt.set_rng_state(*started[1])
             self.save_checkpoint()
             raise
         finally:
