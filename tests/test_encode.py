@@ -196,8 +196,9 @@ def test_encoding_runs_without_dropout_and_keeps_the_model_mode(embedder):
 
 
 def test_prompts_are_saved_and_applied(embedder, folder):
-    assert json.loads((folder / "config_sentence_transformers.json").read_text())["prompts"] == PROMPTS
-    assert embedder.prompts == PROMPTS
+    saved = {**PROMPTS, "document": PROMPTS["passage"]}  # see the sentence-transformers test below
+    assert json.loads((folder / "config_sentence_transformers.json").read_text())["prompts"] == saved
+    assert embedder.prompts == saved
     text = TEXTS[0]
     query, document = embedder.encode_query([text]), embedder.encode_document([text])
     np.testing.assert_allclose(query, embedder.encode(["query: " + text]), rtol=1e-5, atol=1e-6)
@@ -210,12 +211,17 @@ def test_prompts_are_saved_and_applied(embedder, folder):
 
 def test_sentence_transformers_loads_the_saved_folder_with_its_prompts(embedder, folder):
     """README: the prompts are stored "so both libraries read the same prompts" — sentence-transformers reads
-    them only from a folder with its modules.json, so save_pretrained writes a sentence-transformers folder."""
+    them only from a folder with its modules.json, so save_pretrained writes a sentence-transformers folder.
+    A "passage" prompt is saved as "document" too: sentence-transformers has an empty "document" prompt of its
+    own that encode_document would take before "passage"."""
     st = pytest.importorskip("sentence_transformers").SentenceTransformer(str(folder), device="cpu")
-    for name in PROMPTS:
+    for name in [*PROMPTS, "document"]:
         np.testing.assert_allclose(st.encode(TEXTS[:4], prompt_name=name), embedder.encode(TEXTS[:4], prompt_name=name),
                                    rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(st.encode(TEXTS[:4]), embedder.encode(TEXTS[:4]), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(st.encode_query(TEXTS[:4]), embedder.encode_query(TEXTS[:4]), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(st.encode_document(TEXTS[:4]), embedder.encode_document(TEXTS[:4]),
+                               rtol=1e-5, atol=1e-6)
 
 
 def test_encode_query_and_document_take_an_explicit_prompt(embedder):

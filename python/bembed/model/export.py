@@ -28,6 +28,7 @@ def export_sentence_transformers(model: JinaBertModel, tokenizer, path: str | os
     max_position_embeddings). normalize: append the Normalize module (cosine-ready embeddings).
     prompts: name -> prefix (E5's {"query": "query: ", "document": "passage: "}) and default_prompt_name,
     written to `config_sentence_transformers.json`, where sentence-transformers and `bembed.Embedder` read them.
+    Prompts with a "passage" or "corpus" but no "document" prompt also get "document" with the same prefix.
     """
     from ..tokenizer import save_tokenizer
 
@@ -35,6 +36,11 @@ def export_sentence_transformers(model: JinaBertModel, tokenizer, path: str | os
         raise TypeError(f"export_sentence_transformers: argument 'model' must be a JinaBertModel, "
                         f"got {type(model).__name__} (for a JinaBertForMaskedLM pass its .bert)")
     prompts = dict(prompts or {})
+    # sentence-transformers gives every model an empty "document" prompt, which encode_document takes before
+    # "passage" or "corpus": without its own "document" the folder's documents would be embedded unprompted.
+    alias = next((name for name in ("passage", "corpus") if name in prompts), None)
+    if alias and "document" not in prompts:
+        prompts["document"] = prompts[alias]
     if default_prompt_name is not None and default_prompt_name not in prompts:
         raise ValueError(f"export_sentence_transformers: default_prompt_name {default_prompt_name!r} is not one of "
                          f"the prompts {sorted(prompts)}")
