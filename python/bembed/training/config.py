@@ -38,6 +38,10 @@ class TrainConfig:
     gradient_checkpointing: bool = False
     progress: bool = True
 
+    def __post_init__(self):
+        if self.max_grad_norm is not None and not self.max_grad_norm > 0:  # a negative norm turned into ascent
+            raise ValueError(f"train.max_grad_norm must be > 0 or null (no clipping), got {self.max_grad_norm}")
+
 
 @dataclasses.dataclass
 class ModelConfig:
