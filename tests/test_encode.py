@@ -437,6 +437,10 @@ def test_token_embeddings_are_the_last_layer_of_each_text(embedder):
     pooled = embedder.encode(texts, normalize_embeddings=False)
     np.testing.assert_allclose(torch.stack([s.mean(0) for s in states]).numpy(), pooled, rtol=1e-4, atol=1e-5)
     assert embedder.encode("one text", output_value="token_embeddings").dim() == 2
+    # ordinary tensors, as sentence-transformers returns: autograd and in-place ops work on them
+    assert not any(s.is_inference() for s in states)
+    torch.nn.Linear(48, 2)(states[0]).sum().backward()
+    states[1].mul_(2)
     with pytest.raises(ValueError, match="truncate=True"):
         embedder.encode(texts, output_value="token_embeddings", truncate=False)
     with pytest.raises(ValueError, match="output_value"):

@@ -207,7 +207,8 @@ class Embedder:
                 logger.warning("%d of %d texts are longer than max_length=%d tokens and were %s", cut, len(texts),
                                max_length, "truncated" if truncate else "encoded in windows and averaged")
             if tokens:
-                states = self._embed(pieces, batch_size, show_progress_bar, tokens=True)
+                # ordinary tensors, not inference-mode ones: the caller may train a head on them or edit them
+                states = [s.clone() for s in self._embed(pieces, batch_size, show_progress_bar, tokens=True)]
                 return states[0] if single else states
             pooled = self._embed(pieces, batch_size, show_progress_bar)
             if len(pieces) != len(texts):  # windows of long texts: the mean over all their tokens
