@@ -9,6 +9,7 @@ a config never silently falls back to a default.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import os
 import typing
 from pathlib import Path
@@ -52,6 +53,15 @@ class ModelConfig:
     tokenizer: str | None = None
     config: dict = dataclasses.field(default_factory=dict)
     max_length: int = 512
+
+    def __post_init__(self):
+        from bembed.model import JinaBertConfig
+
+        # JinaBertConfig takes any keyword (PretrainedConfig keeps unknown ones): a typo would train the default
+        known = set(inspect.signature(JinaBertConfig.__init__).parameters) - {"self", "kwargs"}
+        unknown = sorted(set(self.config) - known)
+        if unknown:
+            raise ValueError(f"config model.config: unknown key(s) {unknown}; known: {sorted(known)}")
 
 
 @dataclasses.dataclass
