@@ -204,6 +204,47 @@ def test_non_contiguous_projections_are_handled():
                                reference_varlen(qp, kp, vp, cu_seqlens, 50, slopes))
 
 
+def test_expanded_inputs_and_gradients():
+    """Broadcast tensors have token stride 0, below the BLAS leading-dimension minimum D: MKL refused them
+    with a message and left its tiles unwritten (garbage out, NaN or zero gradients, no exception)."""
+    H, D = 2, 16
+    slopes = bembed_ext.alibi_slopes(H)
+    q, k, v = _qkv((24, H, D), torch.float64)
+    cu_seqlens = torch.tensor([0, 9, 24], dtype=torch.int32)
+    # sum pooling over the packed tokens: autograd hands the op a gradient expanded over T
+    pooled = lambda fn: lambda *t: fn(*t, cu_seqlens, 15, slopes).sum(0).square().sum()
+    ours = torch.autograd.grad(pooled(attention_varlen)(*(t.requires_grad_() for t in (q, k, v))), (q, k, v))
+    expected = torch.autograd.grad(pooled(reference_varlen)(q, k, v), (q, k, v))
+    for o, e in zip(ours, expected):
+        torch.testing.assert_close(o, e)
+    for shape in ((3, 7, H, D), (3, 1, H, D)):  # one query vector broadcast over batch and tokens; L = 1
+        one = torch.randn(D, dtype=torch.float64)
+        qe = one.expand(shape)
+        ke, ve, grad = (torch.randn(shape, dtype=torch.float64) for _ in range(3))
+        ours = _forward_backward(lambda *t: attention(*t, slopes), [qe, ke, ve], grad.expand(shape))
+        expected = _forward_backward(lambda *t: reference(*t, slopes), [qe, ke, ve], grad)
+        for o, e in zip(ours, expected):
+            torch.testing.assert_close(o, e)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("garbage", [float("inf"), float("nan")])
+def test_non_finite_padded_keys_do_not_reach_real_rows(dtype, garbage):
+    """Padded buffers from torch.empty may hold inf or NaN where the mask says padding: the mask replaces
+    those scores (it was added, and inf − inf put NaN into every real row of the key tile)."""
+    B, L, H, D = 2, 16, 2, 32
+    q, k, v = _qkv((B, L, H, D), dtype)
+    mask = torch.arange(L)[None, :] < torch.tensor([L, 10])[:, None]
+    k[1, 10:] = garbage
+    slopes = bembed_ext.alibi_slopes(H)
+    leaves = [t.requires_grad_() for t in (q, k, v)]
+    out = attention(*leaves, slopes, key_padding_mask=mask)
+    (dv,) = torch.autograd.grad(out, leaves[2], torch.randn_like(out))
+    exact = reference(q.double(), k.double(), v.double(), slopes, key_padding_mask=mask)
+    assert_within_torch_error(out, exact, reference(q, k, v, slopes, key_padding_mask=mask), factor=FACTOR[dtype])
+    assert torch.isfinite(dv).all() and (dv[1, 10:] == 0).all()
+
+
 def test_single_token_sequences_in_heads_first_layout():
     """(B, H, 1, D) tensors transposed to (B, 1, H, D): the batch stride is H·D but the size-1 token dim's stride
     is D, and contiguous() leaves such a tensor as it is (it read rows of the wrong batch)."""

@@ -133,10 +133,10 @@ void forward(const Problem& p, const Operand<scalar_t>& Q, const Operand<scalar_
       const acc_t* v = stage(V.row(start + k0, h), V.token_stride, nk, D, w.v.data(), &ldv);
       acc_t* s = w.s.data();
       gemm<acc_t>(false, true, nq, nk, D, scale, q, ldq, k, ldk, acc_t(0), s, BK);
-      const acc_t* mask_add = mask_row(mask ? mask + k0 : nullptr, nk, w.mask.data());
+      const acc_t* key_mask = mask_row(mask ? mask + k0 : nullptr, nk, w.mask.data());
       for (int64_t r = 0; r < nq; ++r) {
         acc_t* srow = s + r * BK;
-        const acc_t row_max = bias_row(srow, nk, q0 + r, k0, slope, mask_add);
+        const acc_t row_max = bias_row(srow, nk, q0 + r, k0, slope, key_mask);
         const acc_t m_new = std::max(w.m[r], row_max);
         if (m_new == -std::numeric_limits<acc_t>::infinity()) {  // every key so far masked
           std::fill(srow, srow + nk, acc_t(0));
@@ -243,7 +243,7 @@ void backward(const Problem& p, const Operand<scalar_t>& dO, const Operand<scala
       int64_t ldk, ldv;
       const acc_t* k = stage(K.row(start + k0, h), K.token_stride, nk, D, w.k.data(), &ldk);
       const acc_t* v = stage(V.row(start + k0, h), V.token_stride, nk, D, w.v.data(), &ldv);
-      const acc_t* mask_add = mask_row(mask ? mask + k0 : nullptr, nk, w.mask.data());
+      const acc_t* key_mask = mask_row(mask ? mask + k0 : nullptr, nk, w.mask.data());
       for (int64_t q0 = 0; q0 < len && keys.live[first_tile + kb]; q0 += BQ) {
         const int64_t nq = std::min(BQ, len - q0);
         // Only the keys [j0, j1) of this tile can matter to these queries (slots off.. of the tile buffers).
@@ -254,7 +254,7 @@ void backward(const Problem& p, const Operand<scalar_t>& dO, const Operand<scala
         if (nj == 0) continue;
         const acc_t* kj = k + off * ldk;
         const acc_t* vj = v + off * ldv;
-        const acc_t* mask_j = mask_add ? mask_add + off : nullptr;
+        const acc_t* mask_j = key_mask ? key_mask + off : nullptr;
         int64_t ldq, ldo;
         const acc_t* q = stage(Q.row(start + q0, h), Q.token_stride, nq, D, w.q.data(), &ldq);
         const acc_t* g = stage(dO.row(start + q0, h), dO.token_stride, nq, D, w.dout.data(), &ldo);
@@ -319,8 +319,13 @@ void backward(const Problem& p, const Operand<scalar_t>& dO, const Operand<scala
 
 constexpr auto kCpuDtypes = {at::kFloat, at::kDouble, at::kBFloat16, at::kHalf};
 
-// The last dim must be contiguous for the BLAS tiles; other strides are taken as they come.
-at::Tensor rows_contiguous(const at::Tensor& t) { return t.stride(-1) == 1 ? t : t.contiguous(); }
+// The BLAS tiles need unit-stride rows and a token stride of at least D (their leading dimension); other
+// strides are taken as they come. An expanded tensor (token stride 0, e.g. the gradient of out.sum(0)) is
+// copied: MKL refuses such a leading dimension with a message and leaves the tile unwritten.
+at::Tensor rows_contiguous(const at::Tensor& t) {
+  const bool blas_ready = t.stride(-1) == 1 && (t.size(-3) <= 1 || t.stride(-3) >= t.size(-1));
+  return blas_ready ? t : t.contiguous();
+}
 
 void check_common(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, int64_t rank, const char* op) {
   check_alibi_qkv(q, k, v, rank, op);
@@ -370,7 +375,7 @@ void varlen_sequences(const at::Tensor& cu_seqlens, int64_t total, Problem* p,
 // on a tensor whose only odd stride belongs to a size-1 dimension.
 at::Tensor flat_tokens(const at::Tensor& t) {
   const auto r = rows_contiguous(t);
-  return r.flatten(0, 1).view(r.sizes());
+  return rows_contiguous(r.flatten(0, 1)).view(r.sizes());  // L = 1 and an expanded batch: token stride 0
 }
 
 std::tuple<at::Tensor, at::Tensor> fwd_impl(const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in,
