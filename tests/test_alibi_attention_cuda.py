@@ -170,6 +170,22 @@ def test_varlen_equals_padded_on_the_same_data():
     torch.testing.assert_close(packed, padded[mask], rtol=1e-2, atol=1e-2)
 
 
+@pytest.mark.parametrize("garbage", [float("inf"), float("nan")])
+def test_non_finite_padded_keys_do_not_reach_real_rows(garbage):
+    B, L, H, D = 2, 80, 2, 64
+    q, k, v = _qkv((B, L, H, D), torch.bfloat16)
+    mask = torch.arange(L, device="cuda")[None, :] < torch.tensor([L, 70], device="cuda")[:, None]
+    k[1, 70:] = garbage  # what a padded buffer from torch.empty may hold
+    slopes = bembed_ext.alibi_slopes(H).cuda()
+    leaves = [t.requires_grad_() for t in (q, k, v)]
+    out = bembed_ext.alibi_attention(*leaves, slopes, key_padding_mask=mask)
+    (dv,) = torch.autograd.grad(out, leaves[2], torch.randn_like(out))
+    exact = reference.alibi_attention(q.double(), k.double(), v.double(), slopes, key_padding_mask=mask)
+    torch_low = reference.alibi_attention(q, k, v, slopes, key_padding_mask=mask)
+    assert_within_torch_error(out, exact, torch_low)
+    assert torch.isfinite(dv).all() and (dv[1, 70:] == 0).all()
+
+
 def test_non_contiguous_and_unaligned_inputs():
     B, L, H, D = 2, 65, 2, 32
     qkv = torch.randn(B, L, 3, H, D, device="cuda", dtype=torch.float16)

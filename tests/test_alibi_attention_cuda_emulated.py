@@ -150,6 +150,17 @@ def test_padded_ragged_mask_and_fully_masked_row(lib, dtype, D):
     torch.testing.assert_close(lse[[0, 2]], lse_ref[[0, 2]].float(), rtol=1e-4, atol=1e-4)
 
 
+def test_non_finite_padded_keys_do_not_reach_real_rows(lib):
+    B, L, H, D = 2, 70, 1, 32
+    q, k, v = (torch.randn(B, L, H, D, dtype=torch.bfloat16) for _ in range(3))
+    mask = torch.arange(L)[None, :] < torch.tensor([L, 50])[:, None]
+    k[1, 50:60], k[1, 60:] = float("inf"), float("nan")  # what a padded buffer from torch.empty may hold
+    slopes = bembed_ext.alibi_slopes(H)
+    out, _ = Problem(q, k, v, slopes, D ** -0.5, mask=mask).forward(lib)
+    exact = reference.alibi_attention(q.double(), k.double(), v.double(), slopes, key_padding_mask=mask)
+    assert_within_torch_error(out, exact, reference.alibi_attention(q, k, v, slopes, key_padding_mask=mask))
+
+
 @pytest.mark.parametrize("L", [1, 16, 64, pytest.param(192, marks=pytest.mark.slow)])  # 192 ≡ 64 (mod 128)
 def test_padded_lengths(lib, L):
     B, H, D = 1, 1, 32

@@ -166,18 +166,19 @@ KeyTiles<acc_t> key_tiles(const std::vector<int64_t>& starts, const std::vector<
       const int64_t b = tile_seq[t], k0 = (t - tiles.first[b]) * block_k;
       const int64_t j0 = starts[b] + k0, j1 = starts[b] + std::min(lengths[b], k0 + block_k);
       for (int64_t j = j0; j < j1; ++j) {
+        if (mask && !mask[j]) continue;  // a padded key's row may hold anything; it never gets weight
+        tiles.live[t] = 1;
         for (int64_t h = 0; h < heads; ++h) {
           const scalar_t* row = k.row(j, h);
           tiles.norm[t * heads + h] = std::max(tiles.norm[t * heads + h], std::sqrt(dot<acc_t>(row, row, d)));
         }
-        if (mask && mask[j]) tiles.live[t] = 1;
       }
     }
   });
   return tiles;
 }
 
-// The key padding mask of one tile as an additive row (0 or −inf); nullptr without a mask.
+// The key padding mask of one tile as a row of 0 (kept) or −inf (masked); nullptr without a mask.
 template <typename acc_t>
 const acc_t* mask_row(const bool* mask, int64_t nk, acc_t* buffer) {
   if (!mask) return nullptr;
@@ -208,18 +209,21 @@ std::pair<int64_t, int64_t> live_keys(int64_t q0, int64_t nq, int64_t k0, int64_
   return last > first ? std::make_pair(first, last) : std::make_pair(k0, k0);
 }
 
-// s[j] ← s[j] − slope·|i − (k0 + j)| + mask_add[j] for one score row; returns its max.
+// s[j] ← s[j] − slope·|i − (k0 + j)|, or −inf where key_mask[j] is −inf, for one score row; returns its max.
+// The mask replaces a score instead of being added to it: a padded key's row may hold inf or NaN (a buffer
+// from torch.empty), and inf + −inf would put NaN into every real row of the tile.
 template <typename acc_t>
-acc_t bias_row(acc_t* s, int64_t nk, int64_t i, int64_t k0, acc_t slope, const acc_t* mask_add) {
+acc_t bias_row(acc_t* s, int64_t nk, int64_t i, int64_t k0, acc_t slope, const acc_t* key_mask) {
   using V = Vectorized<acc_t>;
   constexpr int64_t W = V::size();
   const V vi(static_cast<acc_t>(i - k0)), vslope(-slope), step(static_cast<acc_t>(W));
+  const V minus_inf(-std::numeric_limits<acc_t>::infinity());
   V pos = V::arange(acc_t(0), acc_t(1));
-  V vmax(-std::numeric_limits<acc_t>::infinity());
+  V vmax = minus_inf;
   int64_t j = 0;
   for (; j + W <= nk; j += W, pos = pos + step) {
     V x = at::vec::fmadd((vi - pos).abs(), vslope, V::loadu(s + j));
-    if (mask_add) x = x + V::loadu(mask_add + j);
+    if (key_mask) x = V::blendv(x, minus_inf, V::loadu(key_mask + j) == minus_inf);
     x.store(s + j);
     vmax = at::vec::maximum(vmax, x);
   }
@@ -228,7 +232,7 @@ acc_t bias_row(acc_t* s, int64_t nk, int64_t i, int64_t k0, acc_t slope, const a
   acc_t row_max = *std::max_element(lanes, lanes + W);
   for (; j < nk; ++j) {
     acc_t x = s[j] - slope * static_cast<acc_t>(std::abs(i - k0 - j));
-    if (mask_add) x += mask_add[j];
+    if (key_mask) x = key_mask[j] == 0 ? x : key_mask[j];
     s[j] = x;
     row_max = std::max(row_max, x);
   }

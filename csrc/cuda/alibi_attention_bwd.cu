@@ -105,9 +105,10 @@ __device__ __forceinline__ void dq_tile(const AlibiAttentionParams& p, const Seq
       for (int e = 0; e < 2; ++e) {
         const int c = nt * 8 + 2 * t + e;
         const int j = col0 + c;
-        const float p_lo = exp2f(s[nt][e] * scale_log2 - slope * fabsf(float(i_lo - j)) + s_key_bias[c] - lse2_lo);
+        const float p_lo =
+            exp2f(keyed(s[nt][e] * scale_log2 - slope * fabsf(float(i_lo - j)), s_key_bias[c]) - lse2_lo);
         const float p_hi =
-            exp2f(s[nt][2 + e] * scale_log2 - slope * fabsf(float(i_hi - j)) + s_key_bias[c] - lse2_hi);
+            exp2f(keyed(s[nt][2 + e] * scale_log2 - slope * fabsf(float(i_hi - j)), s_key_bias[c]) - lse2_hi);
         s[nt][e] = p_lo * (dp[nt][e] - delta_lo);  // s now holds dS
         s[nt][2 + e] = p_hi * (dp[nt][2 + e] - delta_hi);
       }
@@ -193,8 +194,8 @@ __device__ __forceinline__ void dkdv_tile(const AlibiAttentionParams& p, const S
       for (int e = 0; e < 2; ++e) {
         const int c = nt * 8 + 2 * t + e;
         const int i = row0 + c;
-        const float p_lo = exp2f(st[nt][e] * scale_log2 - slope * fabsf(float(i - j_lo)) + kb_lo - s_lse2[c]);
-        const float p_hi = exp2f(st[nt][2 + e] * scale_log2 - slope * fabsf(float(i - j_hi)) + kb_hi - s_lse2[c]);
+        const float p_lo = exp2f(keyed(st[nt][e] * scale_log2 - slope * fabsf(float(i - j_lo)), kb_lo) - s_lse2[c]);
+        const float p_hi = exp2f(keyed(st[nt][2 + e] * scale_log2 - slope * fabsf(float(i - j_hi)), kb_hi) - s_lse2[c]);
         st[nt][e] = p_lo;  // st now holds Pᵀ, dpt dSᵀ
         st[nt][2 + e] = p_hi;
         dpt[nt][e] = p_lo * (dpt[nt][e] - s_delta[c]);

@@ -66,8 +66,8 @@ __device__ __forceinline__ void forward_tile(const AlibiAttentionParams& p, cons
       for (int e = 0; e < 2; ++e) {
         const int c = nt * 8 + 2 * t + e;
         const int j = col0 + c;
-        s[nt][e] = s[nt][e] * scale_log2 - slope * fabsf(float(i_lo - j)) + s_key_bias[c];
-        s[nt][2 + e] = s[nt][2 + e] * scale_log2 - slope * fabsf(float(i_hi - j)) + s_key_bias[c];
+        s[nt][e] = keyed(s[nt][e] * scale_log2 - slope * fabsf(float(i_lo - j)), s_key_bias[c]);
+        s[nt][2 + e] = keyed(s[nt][2 + e] * scale_log2 - slope * fabsf(float(i_hi - j)), s_key_bias[c]);
         max_lo = fmaxf(max_lo, s[nt][e]);
         max_hi = fmaxf(max_hi, s[nt][2 + e]);
       }

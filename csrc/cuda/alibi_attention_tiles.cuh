@@ -64,6 +64,10 @@ __device__ __forceinline__ float key_bias(const AlibiAttentionParams& p, int b, 
   return real ? 0.0f : -INFINITY;
 }
 
+// The score x of a key with this key_bias: a masked key's is replaced, not offset, since its k row may hold
+// inf or NaN (a padded buffer from torch.empty) and inf + −inf would be NaN in every real row.
+__device__ __forceinline__ float keyed(float x, float bias) { return bias == 0.0f ? x : bias; }
+
 // Starts copying rows [row0, row0 + kRows) of one head (x points at the head's first token; token stride ts)
 // into a shared tile with leading dimension D + kPad, in 16-byte cp.async chunks; rows at or past len are
 // zero-filled. The copies join the calling thread's open async_copy group.
