@@ -139,6 +139,26 @@ def test_truncate_false_averages_windows_over_all_tokens(embedder):
     np.testing.assert_allclose(got[1], embedder.encode("kurz"), rtol=1e-5, atol=1e-6)
 
 
+def test_truncate_false_puts_the_prompt_in_every_window(embedder):
+    text, prefix = "Größe Straße " * 20, PROMPTS["query"]
+    encoded = embedder.tokenizer(prefix + text, return_offsets_mapping=True)
+    ids = encoded["input_ids"]
+    n_prompt = sum(1 for s, e in encoded["offset_mapping"][1:-1] if e <= len(prefix))
+    head, body, tail = ids[:1 + n_prompt], ids[1 + n_prompt:-1], ids[-1:]
+    width = 32 - len(head) - len(tail)
+    windows = [head + body[i:i + width] + tail for i in range(0, len(body), width)]
+    assert len(windows) > 3
+    padded = torch.tensor([w + [embedder.tokenizer.pad_token_id] * (32 - len(w)) for w in windows])
+    mask = torch.tensor([[1] * len(w) + [0] * (32 - len(w)) for w in windows])
+    with torch.no_grad():
+        states = embedder.model(padded, mask).last_hidden_state[mask.bool()]
+    want = torch.nn.functional.normalize(states.mean(0), dim=0).numpy()
+    np.testing.assert_allclose(embedder.encode(text, prompt_name="query", max_length=32, truncate=False), want,
+                               rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="no room for text"):
+        embedder.encode(text, prompt="a prompt longer than the window " * 2, max_length=32, truncate=False)
+
+
 @pytest.mark.parametrize("bad, index", [(["ok", None], 1), (["ok", "fine", 3], 2), ([b"bytes"], 0)])
 def test_non_string_items_raise_naming_the_index(embedder, bad, index):
     with pytest.raises(TypeError, match=rf"texts\[{index}\]"):

@@ -13,7 +13,7 @@ Inputs, as documented behaviour:
   ordinary inputs.
 - A text longer than max_length tokens (specials included) is cut to max_length, with ONE warning per call
   naming how many texts were cut; `truncate=False` instead splits it into windows of max_length tokens
-  (each with the specials) and returns the mean over all tokens of all windows.
+  (each with the specials and the prompt) and returns the mean over all tokens of all windows.
 - A non-string item raises TypeError naming its index; a single string returns one (dim,) row.
 
 Prompts: `prompts` maps names to prefixes (E5's {"query": "query: ", "document": "passage: "}); they are
@@ -202,6 +202,8 @@ class Embedder:
             self.model.to(device)
         if texts:
             ids, lead, trail = self._tokenize([prefix + t for t in texts])
+            if prefix and not truncate:  # every window of a long text starts with the prompt, not just the first
+                lead = self._with_prompt(prefix, ids, lead)
             pieces, owners, cut = self._fit(ids, lead, trail, max_length, truncate)
             if cut:
                 logger.warning("%d of %d texts are longer than max_length=%d tokens and were %s", cut, len(texts),
@@ -349,9 +351,22 @@ class Embedder:
         trail = [min(self._leading(m[::-1]), len(m) - n) for m, n in zip(masks, lead)]
         return ids, lead, trail
 
+    def _with_prompt(self, prefix: str, ids: list[list[int]], lead: list[int]) -> list[int]:
+        """The counts of leading specials extended by each sequence's prompt tokens: those it has in common with
+        the prompt tokenized alone (the prompt's last token may merge with the text's first)."""
+        prompt = self.tokenizer(prefix, add_special_tokens=False)["input_ids"]
+        counts = []
+        for seq, a in zip(ids, lead):
+            n = 0
+            while n < len(prompt) and a + n < len(seq) and seq[a + n] == prompt[n]:
+                n += 1
+            counts.append(a + n)
+        return counts
+
     @staticmethod
     def _fit(ids, lead, trail, max_length: int, truncate: bool):
-        """Sequences of at most max_length tokens: truncated, or windows of the text between the specials.
+        """Sequences of at most max_length tokens: truncated, or windows of the text between the leading
+        tokens (specials, and the prompt when windowing) and the trailing specials, each window with both.
         Returns (pieces, owner index per piece, number of texts that were too long)."""
         pieces, owners, cut = [], [], 0
         for i, (seq, a, b) in enumerate(zip(ids, lead, trail)):
@@ -362,6 +377,9 @@ class Embedder:
             cut += 1
             head, body, tail = seq[:a], seq[a:len(seq) - b], seq[len(seq) - b:]
             window = max_length - a - b
+            if window < 1:
+                raise ValueError(f"max_length={max_length} leaves no room for text in a window after the prompt "
+                                 f"and special tokens ({a + b} tokens)")
             starts = [0] if truncate else range(0, len(body), window)
             for start in starts:
                 pieces.append(head + body[start:start + window] + tail)
