@@ -46,3 +46,8 @@ def test_cli_exit_codes(tmp_path, caplog):
             *U.train_overrides(tmp_path / "run", 1)]
     assert main([*args, "--resume", str(tmp_path / "no_checkpoint")]) == 1
     assert "no such checkpoint folder" in caplog.text
+    # errors while building the stage and the trainer are config errors too, not tracebacks
+    assert main([*args, "data.train=[{path: /nonexistent.jsonl}]"]) == 2
+    assert "no such file or folder: /nonexistent.jsonl" in caplog.text
+    assert main([*args, "train.batch_size=15", "train.grad_accum=2"]) == 2
+    assert "must split into train.grad_accum=2 micro-batches" in caplog.text

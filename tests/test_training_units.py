@@ -43,11 +43,26 @@ def test_config_yaml_and_dotted_overrides(tmp_path):
     ("train.lrr=1", "unknown key"), ("mlm.mask_prob=x", "expected float"), ("train.max_steps=1.5", "expected int"),
     ("train", "section.field=value"), ("pairs.temperature=1", "unknown key"),
     ("train.max_grad_norm=-1.0", "max_grad_norm must be > 0"), ("train.max_grad_norm=0", "max_grad_norm must be > 0"),
-    ("model.config={num_hidden_layer: 2}", r"model.config: unknown key\(s\) \['num_hidden_layer'\]"),
+    ("mlm.mask_prob=1.0", "mlm.mask_prob must be in"), ("model.config={num_hidden_layer: 2}", r"model.config: unknown key\(s\) \['num_hidden_layer'\]"),
 ])
 def test_config_rejects_bad_overrides(override, message):
     with pytest.raises(ValueError, match=message):
         load_config(PretrainRun, None, [override])
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.grad_accum=0", "train.grad_accum must be ≥ 1"), ("train.batch_size=0", "train.batch_size must be ≥ 1"),
+    ("train.max_steps=0", "train.max_steps must be ≥ 1"), ("train.lr=-1", "train.lr must be ≥ 0"),
+    ("train.weight_decay=-0.1", "train.weight_decay must be ≥ 0"), ("train.keep_last=-1", "train.keep_last must be ≥ 0"),
+    ("train.save_every=-2", "train.save_every must be ≥ 0"), ("train.betas=[0.9]", "train.betas must be two values"),
+    ("pairs.temperature=-0.05", "pairs.temperature must be > 0"), ("model.max_length=2", "model.max_length must be ≥ 3"),
+    ("data.train=[{lang: en}]", "data source path must be a file"),
+    ("data.train=[{path: a.jsonl, max_rows: -1}]", "max_rows must be ≥ 1"),
+])
+def test_config_rejects_out_of_range_values(override, message):
+    """Caught at load time, naming the field: they crashed deep inside training, or were silently accepted."""
+    with pytest.raises(ValueError, match=message):
+        load_config(PairsRun, None, [override])
 
 
 def test_shipped_configs_load():

@@ -24,8 +24,6 @@ class AlignStage:
     def __init__(self, cfg: AlignRun, rank: int = 0):
         if not cfg.model.init_from:
             raise ValueError("model.init_from: alignment starts from an existing model folder")
-        if cfg.align.beta < 0:
-            raise ValueError(f"align.beta must be ≥ 0, got {cfg.align.beta}")
         if not cfg.data.train:
             raise ValueError("data.train: give at least one parallel source (src/tgt or query/document columns)")
         self.cfg = cfg

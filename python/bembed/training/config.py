@@ -15,6 +15,12 @@ import typing
 from pathlib import Path
 
 
+def _require(ok: bool, field: str, rule: str, value) -> None:
+    """Range checks at load time: a bad value fails here, naming the field, not as a traceback mid-run."""
+    if not ok:
+        raise ValueError(f"config {field} must be {rule}, got {value!r}")
+
+
 @dataclasses.dataclass
 class TrainConfig:
     """The trainer core's settings, shared by every stage. `batch_size` is the global batch of one
@@ -40,8 +46,16 @@ class TrainConfig:
     progress: bool = True
 
     def __post_init__(self):
-        if self.max_grad_norm is not None and not self.max_grad_norm > 0:  # a negative norm turned into ascent
-            raise ValueError(f"train.max_grad_norm must be > 0 or null (no clipping), got {self.max_grad_norm}")
+        for name in ("max_steps", "batch_size", "grad_accum"):
+            _require(getattr(self, name) >= 1, f"train.{name}", "≥ 1", getattr(self, name))
+        for name in ("lr", "weight_decay", "warmup_steps", "save_every", "keep_last"):
+            _require(getattr(self, name) >= 0, f"train.{name}", "≥ 0", getattr(self, name))
+        _require(self.eps > 0, "train.eps", "> 0", self.eps)
+        _require(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "train.betas",
+                 "two values in [0, 1)", list(self.betas))
+        # a negative norm made clipping reverse the gradient
+        _require(self.max_grad_norm is None or self.max_grad_norm > 0, "train.max_grad_norm", "> 0 or null (no clipping)",
+                 self.max_grad_norm)
 
 
 @dataclasses.dataclass
@@ -62,6 +76,7 @@ class ModelConfig:
         unknown = sorted(set(self.config) - known)
         if unknown:
             raise ValueError(f"config model.config: unknown key(s) {unknown}; known: {sorted(known)}")
+        _require(self.max_length >= 3, "model.max_length", "≥ 3 (<s>, a token, </s>)", self.max_length)
 
 
 @dataclasses.dataclass
@@ -76,6 +91,12 @@ class Source:
     weight: float | None = None
     max_rows: int | None = None
 
+    def __post_init__(self):
+        _require(bool(self.path), "data source path", "a file or dataset folder", self.path)
+        _require(self.weight is None or self.weight > 0, f"data source {self.path}: weight", "> 0", self.weight)
+        _require(self.max_rows is None or self.max_rows >= 1, f"data source {self.path}: max_rows", "≥ 1",
+                 self.max_rows)
+
 
 @dataclasses.dataclass
 class DataConfig:
@@ -88,6 +109,11 @@ class MLMConfig:
     language_batches: str = "alternate"  # alternate | mix
     tokenizer_vocab_size: int = 32000  # when model.tokenizer does not exist yet, one is trained from the data
 
+    def __post_init__(self):
+        _require(0 < self.mask_prob < 1, "mlm.mask_prob", "in (0, 1)", self.mask_prob)
+        _require(self.language_batches in ("alternate", "mix"), "mlm.language_batches", "'alternate' or 'mix'",
+                 self.language_batches)
+
 
 @dataclasses.dataclass
 class PairsConfig:
@@ -95,6 +121,9 @@ class PairsConfig:
     bidirectional: bool = True
     query_prefix: str = ""
     passage_prefix: str = ""
+
+    def __post_init__(self):
+        _require(self.temperature > 0, "pairs.temperature", "> 0", self.temperature)
 
 
 @dataclasses.dataclass
@@ -107,12 +136,20 @@ class MultitaskConfig:
     query_prefix: str = ""
     passage_prefix: str = ""
 
+    def __post_init__(self):
+        _require(self.temperature > 0, "multitask.temperature", "> 0", self.temperature)
+        _require(self.num_negatives >= 0, "multitask.num_negatives", "≥ 0", self.num_negatives)
+        _require(self.score_max > 0, "multitask.score_max", "> 0", self.score_max)
+
 
 @dataclasses.dataclass
 class AlignConfig:
     teacher: str | None = None  # default: a frozen copy of the student as loaded
     beta: float = 0.4
     source_lang: str = "en"
+
+    def __post_init__(self):
+        _require(self.beta >= 0, "align.beta", "≥ 0", self.beta)
 
 
 @dataclasses.dataclass

@@ -49,8 +49,6 @@ def _tokenizer(cfg: PretrainRun, texts_by_lang: dict[str, list[str]], rank: int)
 
 class MLMStage:
     def __init__(self, cfg: PretrainRun, rank: int = 0):
-        if cfg.mlm.language_batches not in ("alternate", "mix"):
-            raise ValueError(f"mlm.language_batches must be 'alternate' or 'mix', got {cfg.mlm.language_batches!r}")
         if not cfg.data.train:
             raise ValueError("data.train: give at least one text source")
         self.cfg = cfg
@@ -76,8 +74,6 @@ class MLMStage:
 
     def _chunk(self, texts: list[str]) -> list[list[int]]:
         tok, body = self.tokenizer, self.cfg.model.max_length - 2
-        if body < 1:
-            raise ValueError(f"model.max_length must be ≥ 3, got {self.cfg.model.max_length}")
         ids = tok(texts, add_special_tokens=False)["input_ids"]
         return [[tok.bos_token_id, *seq[i:i + body], tok.eos_token_id]
                 for seq in ids for i in range(0, len(seq), body)]

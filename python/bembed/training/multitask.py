@@ -30,8 +30,6 @@ log = logging.getLogger(__name__)
 class MultitaskStage:
     def __init__(self, cfg: MultitaskRun, rank: int = 0):
         mt = cfg.multitask
-        if mt.num_negatives < 0:
-            raise ValueError(f"multitask.num_negatives must be ≥ 0, got {mt.num_negatives}")
         self.cfg = cfg
         self.sts_loss = sts_loss(mt.sts_loss, score_max=mt.score_max, cosent_scale=mt.cosent_scale)
         self.model, self.tokenizer = load_encoder(cfg.model)

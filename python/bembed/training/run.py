@@ -40,13 +40,13 @@ def run_stage(args, config_cls, stage_cls) -> int:
 
     try:
         cfg = load_config(config_cls, config_path(args.config), args.overrides)
+        rank, _, _ = init_distributed()
+        torch.manual_seed(cfg.train.seed)  # a fresh model's initial weights (ranks then take rank 0's)
+        stage = stage_cls(cfg, rank=rank)  # reads the data: a missing file or bad rows are config errors too
+        trainer = Trainer(stage, cfg.train, to_dict(cfg))
     except (FileNotFoundError, ValueError) as exc:
         log.error("%s", exc)
         return 2
-    rank, _, _ = init_distributed()
-    torch.manual_seed(cfg.train.seed)  # a fresh model's initial weights (ranks then take rank 0's)
-    stage = stage_cls(cfg, rank=rank)
-    trainer = Trainer(stage, cfg.train, to_dict(cfg))
     try:
         trainer.fit(resume=args.resume)
     except KeyboardInterrupt:

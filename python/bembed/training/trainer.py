@@ -113,8 +113,6 @@ class Trainer:
         if config.batch_size % config.grad_accum or micro % self.world:
             raise ValueError(f"train.batch_size={config.batch_size} must split into train.grad_accum="
                              f"{config.grad_accum} micro-batches, each divisible by world size {self.world}")
-        if config.max_steps < 1 or config.warmup_steps < 0:
-            raise ValueError("train.max_steps must be ≥ 1 and train.warmup_steps ≥ 0")
         self.local_size = micro // self.world
         self.model = stage.model.to(self.device)
         if config.gradient_checkpointing and hasattr(self.model, "gradient_checkpointing_enable"):
