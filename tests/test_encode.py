@@ -487,6 +487,22 @@ def test_precision_quantizes_the_normalised_rows(embedder):
         embedder.encode(TEXTS, precision="float16")
 
 
+@pytest.mark.parametrize("precision, width, dtype", [("int8", 48, np.int8), ("uint8", 48, np.uint8),
+                                                     ("binary", 6, np.int8), ("ubinary", 6, np.uint8)])
+def test_precision_of_no_texts_and_of_one(embedder, precision, width, dtype):
+    """As sentence-transformers: no texts give (0, width) codes; int8/uint8 ranges cannot come from one row (its
+    codes would all be the lowest level), so one text without ranges raises."""
+    empty = embedder.encode([], precision=precision)
+    assert empty.shape == (0, width) and empty.dtype == dtype
+    if precision.endswith("int8"):
+        with pytest.raises(ValueError, match="single embedding"):
+            embedder.encode("hallo", precision=precision)
+        with pytest.raises(ValueError, match="single embedding"):
+            embedder.encode(["hallo"], precision=precision)
+    else:
+        assert embedder.encode("hallo", precision=precision).shape == (width,)
+
+
 def test_quantize_embeddings_with_calibration_ranges():
     rng = np.random.default_rng(0)
     calibration = rng.normal(size=(100, 16)).astype(np.float32)

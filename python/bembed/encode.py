@@ -178,10 +178,11 @@ class Embedder:
         single str): a numpy array, a tensor on the model's device (convert_to_tensor, which wins), or a list
         of 1-D tensors (both False). max_length and normalize_embeddings default to the Embedder's
         max_seq_length and normalize_embeddings (from a folder: its sentence-transformers settings). prompt:
-        a prefix for every text; prompt_name: a configured prompt
-        ("query"/"document" are ignored when the model has none, so eval code may always pass them); device:
-        move the model there first (it stays); precision: "int8", "uint8", "binary" or "ubinary" quantizes the
-        rows after normalisation (`bembed.quantize_embeddings`; int8/uint8 ranges come from this call's rows);
+        a prefix for every text; prompt_name: a configured prompt ("query"/"document" are ignored when the
+        model has none, so eval code may always pass them); device: move the model there first (it stays);
+        precision: "int8", "uint8", "binary" or "ubinary" quantizes the
+        rows after normalisation (`bembed.quantize_embeddings`; int8/uint8 ranges come from this call's rows,
+        so one text raises ValueError);
         output_value="token_embeddings": a list of (tokens, dim) float32 tensors, the last layer's states of
         each text's tokens with its specials (as sentence-transformers; needs truncate=True). See the module
         docstring for long texts (`truncate`), empty texts and bad items."""

@@ -5,7 +5,8 @@
   Hamming distance.
 - "int8" / "uint8": each dimension mapped linearly from its [min, max] onto 256 levels. `ranges` (2, dim) gives
   the [min; max] rows; without it they come from the embeddings being quantized (as in sentence-transformers),
-  so quantize a whole corpus at once, or pass the ranges of a calibration set to keep codes comparable.
+  so quantize a whole corpus at once, or pass the ranges of a calibration set to keep codes comparable; a
+  single embedding without ranges raises ValueError. No rows give no rows: (0, dim) or (0, dim / 8) codes.
 """
 
 from __future__ import annotations
@@ -36,7 +37,13 @@ def quantize_embeddings(embeddings, precision: str, ranges=None):
         packed = np.packbits(rows > 0, axis=-1)
         codes = (packed.astype(np.int16) - 128).astype(np.int8) if precision == "binary" else packed
     else:
-        low, high = calibration_ranges(rows) if ranges is None else _checked_ranges(ranges, rows.shape[1])
+        if ranges is None:
+            # One row has no spread to take ranges from: every code would be the lowest (as sentence-transformers).
+            if len(rows) == 1:
+                raise ValueError(f"{precision} ranges cannot come from a single embedding: pass ranges (for example "
+                                 "bembed.quantize.calibration_ranges of a representative set of embeddings)")
+            ranges = calibration_ranges(rows) if len(rows) else np.zeros((2, rows.shape[1]), np.float32)
+        low, high = _checked_ranges(ranges, rows.shape[1])
         # A dimension with one value in the calibration set has no spread: every value maps to the lowest code.
         steps = np.where(high > low, (high - low) / 255, 1.0).astype(np.float32)
         levels = np.clip(np.floor((rows - low) / steps), 0, 255)
