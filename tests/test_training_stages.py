@@ -155,6 +155,16 @@ def test_multitask_pearson_with_small_micro_batches(files, tmp_path):
     assert float(loss.detach()) != 0.0 and "sts_loss" in metrics
 
 
+def test_multitask_source_smaller_than_a_batch_is_refused_at_start(files, tmp_path):
+    """It crashed when the sampler first drew that task, many steps in, losing the training so far."""
+    from bembed.training.multitask import MultitaskStage
+
+    cfg = load_config(MultitaskRun, None, [f"data.train=[{{path: {files['triples']}}}, {{path: {files['sts']}, max_rows: 12}}]",
+                                           *_model_overrides(files), *U.train_overrides(tmp_path, 1, batch=16)])
+    with pytest.raises(ValueError, match=r"sts.jsonl: 12 rows, fewer than one global micro-batch of 16"):
+        MultitaskStage(cfg)
+
+
 def _tiny_hf_student(files, folder: Path) -> Path:
     """A 2-layer HF BertModel (not JinaBERT): alignment must work on any AutoModel folder."""
     from transformers import AutoTokenizer, BertConfig, BertModel

@@ -51,9 +51,11 @@ class MultitaskStage:
             weights.append(source.weight if source.weight is not None else float(len(rows)))
         if not self.tasks:
             raise ValueError("data.train: no retrieval or STS source left to train on")
-        if min(weights) <= 0:
-            raise ValueError(f"data.train: task weights must be > 0, got {weights}")
         micro = cfg.train.batch_size // cfg.train.grad_accum
+        for _, path, rows in self.tasks:  # checked here, not when the sampler first draws the task mid-run
+            if len(rows) < micro:
+                raise ValueError(f"data source {path}: {len(rows)} rows, fewer than one global micro-batch of "
+                                 f"{micro} (train.batch_size / train.grad_accum)")
         if mt.sts_loss == "pearson" and micro < 3 and any(kind == "sts" for kind, _, _ in self.tasks):
             raise ValueError(f"train.batch_size={cfg.train.batch_size} over train.grad_accum={cfg.train.grad_accum} "
                              f"leaves micro-batches of {micro} rows; sts_loss pearson needs at least 3 rows")
@@ -63,8 +65,6 @@ class MultitaskStage:
         g = generator(self.cfg.train.seed, index)
         task = int(torch.multinomial(self.weights, 1, generator=g))
         kind, path, rows = self.tasks[task]
-        if len(rows) < size * world:
-            raise ValueError(f"data source {path}: {len(rows)} rows, fewer than one global batch of {size * world}")
         picked = shard(torch.randperm(len(rows), generator=g)[:size * world].tolist(), rank, world)
         chosen = [rows[i] for i in picked]
         mt, length = self.cfg.multitask, self.cfg.model.max_length
