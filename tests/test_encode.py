@@ -201,14 +201,15 @@ def test_output_types(embedder):
 
 
 def test_encoding_runs_without_dropout_and_keeps_the_model_mode(embedder):
-    """A training loop that evaluates through an Embedder keeps its model in train(): encode and encode_chunks
-    must still be deterministic (sentence-transformers' encode runs in eval mode too) and hand the model back
-    in train mode."""
+    """A training loop that evaluates through an Embedder keeps its model in train(): making the Embedder
+    leaves it so, and encode and encode_chunks must still be deterministic (sentence-transformers' encode runs in
+    eval mode too) and hand the model back in train mode."""
     config = bembed.JinaBertConfig.from_dict({**embedder.model.config.to_dict(), "hidden_dropout_prob": 0.5})
     model = bembed.JinaBertModel(config)
     model.load_state_dict(embedder.model.state_dict())
-    training = Embedder(model, embedder.tokenizer)
     model.train()
+    training = Embedder(model, embedder.tokenizer)
+    assert model.training
     np.testing.assert_allclose(training.encode(TEXTS[:3]), embedder.encode(TEXTS[:3]), rtol=1e-5, atol=1e-6)
     chunks = training.encode_chunks(TEXTS[0], chunk_size=4)
     np.testing.assert_allclose(chunks, embedder.encode_chunks(TEXTS[0], chunk_size=4), rtol=1e-5, atol=1e-6)

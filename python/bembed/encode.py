@@ -96,7 +96,7 @@ class Embedder:
         if autocast_dtype not in ("auto", None, torch.bfloat16, torch.float16):
             raise ValueError(f"autocast_dtype must be 'auto', None, torch.bfloat16 or torch.float16, "
                              f"got {autocast_dtype!r}")
-        self.model = model.eval()
+        self.model = model  # its mode stays the caller's: encoding switches to eval() only while it runs
         self.tokenizer = tokenizer
         self.prompts = prompts
         self.default_prompt_name = default_prompt_name
