@@ -203,6 +203,20 @@ def test_loading_refuses_pickles_and_non_folders(tmp_path):
         JinaBertModel(tiny_config()).save_pretrained(tmp_path / "out", safe_serialization=False)
 
 
+def test_save_pretrained_honours_or_refuses_the_hf_keywords(tmp_path):
+    """The other ranks of a distributed run (is_main_process=False) write nothing; the keywords that would change
+    which files are written are refused, not ignored."""
+    model = JinaBertModel(tiny_config())
+    model.save_pretrained(tmp_path / "rank1", is_main_process=False)
+    assert not (tmp_path / "rank1").exists()
+    for keyword, value in [("variant", "fp16"), ("save_function", torch.save), ("max_shard_size", "1GB")]:
+        with pytest.raises(ValueError, match=keyword):
+            model.save_pretrained(tmp_path / keyword, **{keyword: value})
+        assert not (tmp_path / keyword).exists()
+    model.save_pretrained(tmp_path / "main", is_main_process=True, variant=None, token=None)
+    assert (tmp_path / "main" / "model.safetensors").is_file()
+
+
 # ------------------------------------------------------------------------------------------------
 # Kernel path vs reference path
 # ------------------------------------------------------------------------------------------------

@@ -142,18 +142,25 @@ def load_pretrained(cls, folder, *, config: JinaBertConfig | None = None, dtype=
 
 
 def save_pretrained(model, folder, *, safe_serialization: bool = True, prefix: str = "", dtype=None,
-                    **kwargs) -> None:
+                    is_main_process: bool = True, **kwargs) -> None:
     """Write folder/config.json and folder/model.safetensors. prefix: prepended to every name outside the
-    MLM head (e.g. "bert." for the published MLM layout); dtype: cast floating tensors (e.g. float16).
-    The tied decoder weight is stored once, as the word embeddings."""
+    MLM head (e.g. "bert." for the published MLM layout); dtype: cast floating tensors (e.g. float16);
+    is_main_process=False (HF's switch for the other ranks of a distributed run): write nothing. The tied
+    decoder weight is stored once, as the word embeddings. HF's variant, save_function and max_shard_size
+    are refused: the files would not be what the caller asked for."""
     if not safe_serialization:
         raise ValueError("save_pretrained: bembed writes safetensors only (safe_serialization=False is refused)")
-    unknown = kwargs.keys() - {"is_main_process", "state_dict", "save_function", "push_to_hub", "max_shard_size",
-                               "variant", "token", "save_peft_format"}
+    unknown = kwargs.keys() - {"state_dict", "save_function", "push_to_hub", "max_shard_size", "variant", "token",
+                               "save_peft_format"}
     if unknown:
         raise TypeError(f"save_pretrained: unexpected keyword arguments {sorted(unknown)}")
     if kwargs.get("push_to_hub"):
         raise ValueError("save_pretrained: push_to_hub is not supported (bembed never uploads)")
+    refused = sorted(k for k in ("variant", "save_function", "max_shard_size") if kwargs.get(k) is not None)
+    if refused:
+        raise ValueError(f"save_pretrained: {refused} not supported (bembed writes one {WEIGHTS_NAME} itself)")
+    if not is_main_process:
+        return
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     state = kwargs.get("state_dict") or model.state_dict()
