@@ -447,6 +447,34 @@ def test_bad_input_errors_name_the_argument(make, error, fragment):
         make()
 
 
+@pytest.mark.parametrize(
+    "maker, changes, error, fragment",
+    [
+        (_bad, dict(k=torch.randn(2, 6, 3, 8)), ValueError, "'k' must have the shape of 'q'"),
+        (_bad, dict(v=torch.randn(2, 5, 3, 4)), ValueError, "'v' must have the shape of 'q'"),
+        (_bad, dict(k=torch.randn(2, 5, 3, 8).double()), TypeError, "'k' has dtype"),
+        (_bad, dict(alibi_slopes=torch.ones(3, 3)), ValueError, "'alibi_slopes' must have shape"),
+        (_bad, dict(key_padding_mask=torch.ones(2, 5)), TypeError, "'key_padding_mask' must have dtype"),
+        (_bad, dict(key_padding_mask=torch.ones(1, 5, dtype=torch.bool)), ValueError,
+         "'key_padding_mask' must have shape"),
+        (_bad, dict(q=None), TypeError, "'q' must be a torch.Tensor"),
+        (_bad_varlen, dict(cu=(0, 4, 2, 5)), ValueError, "'cu_seqlens' must be non-decreasing"),
+        (_bad_varlen, dict(cu=(0, 2, 4)), ValueError, "'cu_seqlens' must end at the number of tokens"),
+        (_bad_varlen, dict(cu=(1, 5)), ValueError, "'cu_seqlens' must start at 0"),
+        (_bad_varlen, dict(cu_seqlens=torch.tensor([0, 5])), TypeError, "'cu_seqlens' must have dtype"),
+        (_bad_varlen, dict(cu_seqlens=None), TypeError, "'cu_seqlens' must be a torch.Tensor"),
+        (_bad_varlen, dict(max_seqlen=-1), ValueError, "'max_seqlen' must be ≥ 0"),
+        (_bad_varlen, dict(alibi_slopes=torch.ones(3, 3)), ValueError, "'alibi_slopes' must have shape"),
+    ],
+)
+@pytest.mark.parametrize("impl", ["kernel", "reference"])
+def test_both_implementations_refuse_the_same_arguments(maker, changes, error, fragment, impl):
+    """The reference has no C++ side; it returned wrongly shaped results for some of these (a cu_seqlens
+    ending short of T, a (1, L) mask broadcast over the batch)."""
+    with pytest.raises(error, match=fragment):
+        maker(**changes, impl=impl)()
+
+
 def test_bad_backward_inputs_name_the_argument():
     q, k, v = _qkv((2, 5, 3, 8), torch.float32)
     out, lse = ops.alibi_attention_fwd(q, k, v, None, None, 0.3)

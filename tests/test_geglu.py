@@ -109,7 +109,11 @@ def test_reference_switch(monkeypatch):
     "make, error, fragment",
     [
         (lambda: geglu(torch.randn(3, 5)), ValueError, "'x' must have an even last dimension"),
+        (lambda: geglu(torch.randn(3, 5), impl="reference"), ValueError, "'x' must have an even last dimension"),
+        (lambda: torch.compile(geglu, backend="aot_eager")(torch.randn(3, 5)), ValueError,
+         "'x' must have an even last dimension"),
         (lambda: geglu(torch.tensor(1.0)), ValueError, "'x' must have at least 1 dimension"),
+        (lambda: geglu(torch.tensor(1.0), impl="reference"), ValueError, "'x' must have at least 1 dimension"),
         (lambda: geglu(torch.ones(2, 4, dtype=torch.int32)), TypeError, "'x' must have dtype"),
         (lambda: geglu([1.0, 2.0]), TypeError, "'x' must be a torch.Tensor"),
         (lambda: geglu(torch.randn(2, 4), impl="fast"), ValueError, "impl must be one of"),

@@ -48,14 +48,58 @@ def _default_scale(softmax_scale, head_dim: int, op: str) -> float:
     return float(softmax_scale)
 
 
-def _check_tensors(op: str, rank: int, **tensors) -> None:
+def _check_tensors(op: str, rank: int, optional: tuple[str, ...] = (), **tensors) -> None:
     """The Python-level type check, and q's rank, which the default softmax_scale reads D from (the C++ side
     checks shapes, dtypes and devices)."""
     for name, value in tensors.items():
-        if value is not None and not isinstance(value, torch.Tensor):
+        if not isinstance(value, torch.Tensor) and not (value is None and name in optional):
             raise TypeError(f"{op}: argument '{name}' must be a torch.Tensor, got {type(value).__name__}")
     if tensors["q"].dim() != rank:
         raise ValueError(f"{op}: argument 'q' must be {rank}-D, got shape {list(tensors['q'].shape)}")
+
+
+def _check_like_the_kernels(op: str, q, k, v, alibi_slopes, *, key_padding_mask=None, cu_seqlens=None,
+                            max_seqlen: int = 0) -> None:
+    """csrc/alibi_attention.h's checks for impl="reference", which has no C++ side: switching implementations
+    must not turn an error into a wrongly shaped result. Dtype and head dim are free (the specification runs
+    in any float dtype)."""
+    for name, t in (("k", k), ("v", v)):
+        if t.shape != q.shape:
+            raise ValueError(f"{op}: argument '{name}' must have the shape of 'q' {list(q.shape)}, got {list(t.shape)}")
+    for name, t in (("k", k), ("v", v), ("alibi_slopes", alibi_slopes), ("key_padding_mask", key_padding_mask),
+                    ("cu_seqlens", cu_seqlens)):
+        if t is not None and t.device != q.device:
+            raise ValueError(f"{op}: argument '{name}' is on {t.device} but 'q' is on {q.device}")
+    for name, t in (("k", k), ("v", v)):
+        if t.dtype != q.dtype:
+            raise TypeError(f"{op}: argument '{name}' has dtype {t.dtype} but 'q' has {q.dtype}")
+    if cu_seqlens is None:
+        batch, heads = q.shape[0], q.shape[2]
+    else:
+        if cu_seqlens.dtype != torch.int32:
+            raise TypeError(f"{op}: argument 'cu_seqlens' must have dtype int32, got {cu_seqlens.dtype}")
+        if cu_seqlens.dim() != 1 or cu_seqlens.numel() < 1:
+            raise ValueError(f"{op}: argument 'cu_seqlens' must be 1-D (B+1,), got shape {list(cu_seqlens.shape)}")
+        if max_seqlen < 0:
+            raise ValueError(f"{op}: argument 'max_seqlen' must be ≥ 0, got {max_seqlen}")
+        offsets = cu_seqlens.tolist()
+        if offsets[0] != 0:
+            raise ValueError(f"{op}: argument 'cu_seqlens' must start at 0, got {offsets[0]}")
+        if any(b < a for a, b in zip(offsets, offsets[1:])):
+            raise ValueError(f"{op}: argument 'cu_seqlens' must be non-decreasing, got {offsets}")
+        if offsets[-1] != q.shape[0]:
+            raise ValueError(f"{op}: argument 'cu_seqlens' must end at the number of tokens T = {q.shape[0]}, "
+                             f"got {offsets[-1]}")
+        batch, heads = len(offsets) - 1, q.shape[1]
+    if key_padding_mask is not None:
+        if key_padding_mask.dtype != torch.bool:
+            raise TypeError(f"{op}: argument 'key_padding_mask' must have dtype bool, got {key_padding_mask.dtype}")
+        if tuple(key_padding_mask.shape) != tuple(q.shape[:2]):
+            raise ValueError(f"{op}: argument 'key_padding_mask' must have shape (B, L) = {tuple(q.shape[:2])}, "
+                             f"got {list(key_padding_mask.shape)}")
+    if alibi_slopes is not None and tuple(alibi_slopes.shape) not in ((heads,), (batch, heads)):
+        raise ValueError(f"{op}: argument 'alibi_slopes' must have shape (H,) = ({heads},) or (B, H) = "
+                         f"({batch}, {heads}), got {list(alibi_slopes.shape)}")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -205,16 +249,18 @@ def alibi_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, alibi_slo
                     impl: str | None = None) -> torch.Tensor:
     """Non-causal ALiBi attention on padded batches, bias −slope_h·|i−j| computed on the fly.
 
-    q, k, v: (B, L, H, D), one float dtype (CPU: float32/float64/bfloat16; CUDA: float16/bfloat16, D in
+    q, k, v: (B, L, H, D), one float dtype (CPU: float32/float64/bfloat16/float16; CUDA: float16/bfloat16, D in
     {32, 64, 128}). alibi_slopes: float32 (H,) or (B, H), or None for plain attention; constants, not
     differentiated (ValueError if they require grad). key_padding_mask: bool (B, L), True = real token; a
     query whose keys are all masked outputs zeros. softmax_scale
     defaults to 1/√D. Returns (B, L, H, D). `impl="reference"` (or BEMBED_REFERENCE_OPS=1) runs the
     pure-PyTorch specification instead of the kernel.
     """
-    _check_tensors("alibi_attention", 4, q=q, k=k, v=v, alibi_slopes=alibi_slopes, key_padding_mask=key_padding_mask)
+    _check_tensors("alibi_attention", 4, ("alibi_slopes", "key_padding_mask"), q=q, k=k, v=v,
+                   alibi_slopes=alibi_slopes, key_padding_mask=key_padding_mask)
     scale = _default_scale(softmax_scale, q.shape[-1], "alibi_attention")
     if use_reference(impl):
+        _check_like_the_kernels("alibi_attention", q, k, v, alibi_slopes, key_padding_mask=key_padding_mask)
         return alibi_attention_reference(q, k, v, alibi_slopes, key_padding_mask=key_padding_mask,
                                          softmax_scale=scale)
     out, _ = _OPS.alibi_attention_fwd(q, k, v, key_padding_mask, alibi_slopes, scale)
@@ -231,12 +277,15 @@ def alibi_attention_varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu
     in full). Positions i, j count from each sequence's start. alibi_slopes: float32 (H,) or (B, H), or
     None, not differentiated (as in alibi_attention). Returns (T, H, D).
     """
-    _check_tensors("alibi_attention_varlen", 3, q=q, k=k, v=v, cu_seqlens=cu_seqlens, alibi_slopes=alibi_slopes)
+    _check_tensors("alibi_attention_varlen", 3, ("alibi_slopes",), q=q, k=k, v=v, cu_seqlens=cu_seqlens,
+                   alibi_slopes=alibi_slopes)
     if isinstance(max_seqlen, bool) or not isinstance(max_seqlen, (numbers.Integral, torch.SymInt)):
         raise TypeError("alibi_attention_varlen: argument 'max_seqlen' must be an int, "
                         f"got {type(max_seqlen).__name__}")
     scale = _default_scale(softmax_scale, q.shape[-1], "alibi_attention_varlen")
     if use_reference(impl):
+        _check_like_the_kernels("alibi_attention_varlen", q, k, v, alibi_slopes, cu_seqlens=cu_seqlens,
+                                max_seqlen=max_seqlen)
         return alibi_attention_varlen_reference(q, k, v, cu_seqlens, max_seqlen, alibi_slopes, softmax_scale=scale)
     if not isinstance(max_seqlen, torch.SymInt):  # a SymInt (torch.compile) goes to the op as it is
         max_seqlen = int(max_seqlen)

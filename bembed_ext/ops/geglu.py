@@ -51,6 +51,12 @@ def geglu(x: torch.Tensor, *, impl: str | None = None) -> torch.Tensor:
     """
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"geglu: argument 'x' must be a torch.Tensor, got {type(x).__name__}")
+    # Checked here too, not only in the op: the reference has no C++ side, and under torch.compile the op's
+    # check runs on fake tensors, which turns its ValueError into a RuntimeError.
+    if x.dim() == 0:
+        raise ValueError("geglu: argument 'x' must have at least 1 dimension, got a 0-d tensor")
+    if x.shape[-1] % 2:
+        raise ValueError(f"geglu: argument 'x' must have an even last dimension (..., 2I), got shape {list(x.shape)}")
     if use_reference(impl):
         return geglu_reference(x)
     return torch.ops.bembed.geglu(x)
