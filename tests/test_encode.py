@@ -264,6 +264,16 @@ def test_without_prompts_the_standard_names_are_ignored(embedder):
                                rtol=1e-5, atol=1e-6)
 
 
+def test_prompts_given_to_from_pretrained_are_merged_over_the_saved_ones(tmp_path, embedder):
+    Embedder(embedder.model, embedder.tokenizer, prompts={"document": "passage: "},
+             default_prompt_name="document").save_pretrained(tmp_path / "m")
+    loaded = Embedder.from_pretrained(tmp_path / "m", device="cpu", prompts={"query": "q: "})
+    assert loaded.prompts == {"document": "passage: ", "query": "q: "} and loaded.default_prompt_name == "document"
+    replaced = Embedder.from_pretrained(tmp_path / "m", device="cpu", prompts={"document": "d: "},
+                                        default_prompt_name=None)
+    assert replaced.prompts == {"document": "d: "} and replaced.default_prompt_name == "document"
+
+
 def test_encode_query_and_document_never_fall_back_to_the_default_prompt(embedder):
     """As sentence-transformers: a model whose only prompt is its default document prompt embeds queries with no
     prompt, not with the document prompt."""

@@ -115,7 +115,8 @@ class Embedder:
         """Load model, tokenizer and prompts from a local folder (bembed's `save_pretrained`, a published
         JinaBERT folder, or a sentence-transformers export). Never downloads. device: where to run (default:
         CUDA when available); dtype: the model weights' dtype (default float32); attention_impl:
-        "bembed" (default) or "reference". Other keywords go to `Embedder(...)`."""
+        "bembed" (default) or "reference". Other keywords go to `Embedder(...)`; prompts given there are
+        merged over the folder's, name by name."""
         from transformers import AutoTokenizer
 
         folder = Path(path)
@@ -128,8 +129,10 @@ class Embedder:
         tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
         if (folder / PROMPTS_FILE).is_file():
             saved = json.loads((folder / PROMPTS_FILE).read_text(encoding="utf-8"))
-            kwargs.setdefault("prompts", saved.get("prompts") or {})
-            kwargs.setdefault("default_prompt_name", saved.get("default_prompt_name"))
+            # As sentence-transformers: the caller's prompts and default override the saved ones, name by name.
+            kwargs["prompts"] = {**(saved.get("prompts") or {}), **(kwargs.get("prompts") or {})}
+            if kwargs.get("default_prompt_name") is None:
+                kwargs["default_prompt_name"] = saved.get("default_prompt_name")
         # The sentence-transformers module settings, so that both libraries embed the folder alike.
         if (folder / ST_CONFIG_FILE).is_file():
             saved = json.loads((folder / ST_CONFIG_FILE).read_text(encoding="utf-8"))
