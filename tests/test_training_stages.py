@@ -12,6 +12,7 @@ import torch
 from safetensors.torch import load_file
 
 from bembed.training import checkpoint as ckpt
+from bembed.training.batching import Batch
 from bembed.training.config import AlignRun, ModelConfig, MultitaskRun, PairsRun, PretrainRun, load_config, to_dict
 from bembed.training.trainer import NonFiniteLossError, Trainer
 
@@ -217,8 +218,15 @@ def test_resume_is_exact(files, tmp_path):
     straight = _fit(stage, cfg)
 
     stage, cfg = mlm_run(files, tmp_path / "resumed", 6, *extra, hidden_dropout_prob=0.1)
-    batch = stage.batch
-    stage.batch = lambda index, *a: (_ for _ in ()).throw(KeyboardInterrupt) if index == 2 * 3 + 1 else batch(index, *a)
+    loss, calls = stage.loss, []
+
+    def interrupted(tensors):
+        calls.append(1)
+        if len(calls) == 2 * 3 + 2:  # the second micro-batch of step 4
+            raise KeyboardInterrupt
+        return loss(tensors)
+
+    stage.loss = interrupted
     with pytest.raises(KeyboardInterrupt):
         _fit(stage, cfg)
     assert [p.name for p in ckpt.list_checkpoints(tmp_path / "resumed" / "checkpoints")] == ["step-00000003"]
@@ -258,6 +266,26 @@ def test_ctrl_c_during_the_optimizer_update_finishes_the_step(files, tmp_path):
     a = _weights(tmp_path / "straight" / "checkpoints" / "step-00000006")
     b = _weights(root / "step-00000006")
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_mlm_step_is_the_mean_over_its_masked_tokens_however_accumulated(files, tmp_path):
+    """grad_accum=2 gives the loss and gradient of grad_accum=1 on the same 8 rows: each micro-batch was a
+    mean over its own masked tokens, so the tokens of one with fewer masked tokens weighed more."""
+    split, cfg_split = mlm_run(files, tmp_path / "split", 1, "train.batch_size=8", "train.grad_accum=2",
+                               "train.max_grad_norm=null")
+    halves = [split.batch(i, 0, 1, 4) for i in (0, 1)]
+    assert halves[0].weight != halves[1].weight  # different masked-token counts: the case that went wrong
+    whole, cfg_whole = mlm_run(files, tmp_path / "whole", 1, "train.batch_size=8", "train.max_grad_norm=null")
+    length = max(h.tensors["input_ids"].shape[1] for h in halves)
+    fill = {"input_ids": whole.tokenizer.pad_token_id, "attention_mask": 0, "labels": -100}
+    both = {k: torch.cat([torch.nn.functional.pad(h.tensors[k], (0, length - h.tensors[k].shape[1]), value=v)
+                          for h in halves]) for k, v in fill.items()}
+    whole.batch = lambda *_: Batch(both, tokens=sum(h.tokens for h in halves), source="both halves",
+                                   weight=sum(h.weight for h in halves))
+    a, b = _fit(split, cfg_split)[0], _fit(whole, cfg_whole)[0]
+    assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
+    for p, q in zip(split.model.parameters(), whole.model.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-7)
 
 
 def test_checkpoints_keep_last_k_and_clear_errors(files, tmp_path):

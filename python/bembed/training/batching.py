@@ -15,12 +15,15 @@ import torch
 
 @dataclasses.dataclass
 class Batch:
-    """A rank-local micro-batch: tensors for the loss, the token count (for tokens/s), and where the rows
-    came from (named when a loss turns NaN/inf)."""
+    """A rank-local micro-batch: tensors for the loss, the token count (for tokens/s), where the rows
+    came from (named when a loss turns NaN/inf), and its weight in the step's loss: each micro-batch's loss
+    counts with its weight over the total of the step's micro-batches on all ranks (MLM: its masked tokens,
+    so that the step's loss is the mean over all its masked tokens however it is split; else 1 each)."""
 
     tensors: dict
     tokens: int
     source: str
+    weight: float = 1.0
 
 
 def generator(seed: int, *keys: int) -> torch.Generator:

@@ -98,12 +98,15 @@ class MLMStage:
                                      generator=generator(self.cfg.train.seed, index, p))
             masked.append(m)
             labels.append(lab)
-        return Batch({"input_ids": torch.stack(masked), "attention_mask": attention, "labels": torch.stack(labels)},
-                     tokens=int(attention.sum()), source=f"mlm[{group}] sequences {[rows[p] for p in positions]}")
+        labels = torch.stack(labels)
+        return Batch({"input_ids": torch.stack(masked), "attention_mask": attention, "labels": labels},
+                     tokens=int(attention.sum()), source=f"mlm[{group}] sequences {[rows[p] for p in positions]}",
+                     weight=float((labels != -100).sum()))
 
     def loss(self, t: dict) -> tuple[torch.Tensor, dict]:
-        """Cross-entropy over the masked tokens of the global batch: each rank sums its tokens and divides
-        by the global count, times world size (so the mean of rank losses is the global mean)."""
+        """Cross-entropy over the masked tokens of the global micro-batch: each rank sums its tokens and
+        divides by the global count, times world size (so the mean of rank losses is the global mean). The
+        trainer weighs micro-batches by their masked tokens (Batch.weight): a step is the mean over all of its."""
         selected = t["labels"] != -100
         count = selected.sum().to(torch.float32)
         world = 1

@@ -152,9 +152,13 @@ class Trainer:
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
         loss_sum, tokens, bad, sums = 0.0, 0, [], {}
-        for a in range(cfg.grad_accum):
-            index = self.step * cfg.grad_accum + a
-            batch = self.stage.batch(index, self.rank, self.world, self.local_size)
+        first = self.step * cfg.grad_accum
+        batches = [self.stage.batch(first + a, self.rank, self.world, self.local_size) for a in range(cfg.grad_accum)]
+        # Batches are built first: each one's share of the step's loss needs the step's total weight (all ranks).
+        weights = self._sum_across_ranks([b.weight for b in batches])
+        total = sum(weights) or 1.0
+        for a, batch in enumerate(batches):
+            index, share = first + a, weights[a] / total
             last = a == cfg.grad_accum - 1
             with self.stage_loss.no_sync() if self.world > 1 and not last else nullcontext():
                 with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.autocast):
@@ -164,11 +168,11 @@ class Trainer:
                     bad.append(f"{batch.source} (micro-batch {index}, rank {self.rank})")
                 # backward even for a bad loss: gathers inside the loss and DDP's all-reduce are collectives
                 # every rank must join
-                (loss / cfg.grad_accum).backward()
-            loss_sum += value / cfg.grad_accum
+                (loss * share).backward()
+            loss_sum += value * share
             tokens += batch.tokens
             for k, v in metrics.items():
-                sums[k] = sums.get(k, 0.0) + float(v) / cfg.grad_accum
+                sums[k] = sums.get(k, 0.0) + float(v) * share
         keys = sorted(sums)
         reduced = self._sum_across_ranks([loss_sum, float(tokens), float(len(bad)), *[sums[k] for k in keys]])
         if reduced[2] > 0:
