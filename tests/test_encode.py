@@ -410,6 +410,8 @@ def test_late_chunking_bad_input(embedder):
         embedder.encode_chunks(DOCUMENT, chunk_size=0)
     with pytest.raises(ValueError, match="covers no token"):
         embedder.encode_chunks("Hallo  Welt", chunk_spans=[(5, 6)])  # the first of two spaces
+    with pytest.raises(ValueError, match="max_length=8 leaves no token of the document"):
+        embedder.encode_chunks(DOCUMENT, chunk_spans=[(0, 5)], max_length=8, prompt="a prompt of many tokens: ")
 
 
 def test_cli_writes_npy_and_parquet_in_input_order(folder, embedder, tmp_path):

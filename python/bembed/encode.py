@@ -281,6 +281,9 @@ class Embedder:
         while lead < len(ids) - trail and offsets[lead][1] <= len(prefix) and prefix:
             lead += 1
         keep = min(len(ids) - trail, max_length - trail)
+        if keep <= lead:
+            raise ValueError(f"max_length={max_length} leaves no token of the document after the {lead} tokens of the "
+                             "prompt and special tokens")
         if keep < len(ids) - trail:
             logger.warning("the document has %d tokens, more than max_length=%d: chunks are pooled from the first "
                            "%d", len(ids), max_length, max_length)
