@@ -41,6 +41,23 @@ class _AllGatherRows(torch.autograd.Function):
         return grad
 
 
+def check_same_shapes_on_every_rank(op: str, **matrices: torch.Tensor) -> None:
+    """ValueError on every rank, naming the argument, unless all ranks pass these 2-D tensors with the same
+    shapes: an all-gather of mismatched sizes aborts the process under gloo and hangs or reads garbage under
+    NCCL. One small collective (and, on GPU, one host sync)."""
+    first = next(iter(matrices.values()))
+    mine = torch.tensor([list(m.shape) for m in matrices.values()], dtype=torch.int64, device=first.device)
+    world_size = dist.get_world_size()
+    every = mine.new_empty((world_size * mine.shape[0], 2))
+    _all_gather(every, mine)
+    shapes = every.view(world_size, len(matrices), 2).tolist()
+    for rank, rank_shapes in enumerate(shapes):
+        for name, shape, expected in zip(matrices, rank_shapes, shapes[0]):
+            if shape != expected:
+                raise ValueError(f"{op}: argument '{name}' must have the same shape on every rank "
+                                 f"(gather_across_ranks=True): rank {rank} has {tuple(shape)}, rank 0 {tuple(expected)}")
+
+
 def all_gather_rows(x: torch.Tensor) -> torch.Tensor:
     """x (n, ...) on every rank → (W·n, ...), rank r's rows at [r·n, (r+1)·n). Every rank must pass the same
     shape. Differentiable (see the module docstring for the gradient convention)."""

@@ -197,13 +197,27 @@ def _check_ddp_step(rank, world_size):
     assert wrong > 0.1 * changed, f"a W-scaled gather gradient went unnoticed by the DDP check ({wrong:.3e})"
 
 
+def _check_uneven_shapes_are_refused(rank, world_size):
+    """A batch one row shorter on the last rank: every rank gets the ValueError (gloo aborted the process)."""
+    q, d = _rank_batches(world_size, 3, 1, DIM, seed=5)
+    queries = q[rank][:2] if rank == world_size - 1 else q[rank]
+    documents = d[rank][:4] if rank == world_size - 1 else d[rank]
+    try:
+        bembed_ext.contrastive_loss(queries, documents, gather_across_ranks=True)
+    except ValueError as error:
+        assert "'queries' must have the same shape on every rank" in str(error) and "(2, 5)" in str(error), error
+    else:
+        raise AssertionError("uneven shapes across ranks were not refused")
+
+
 # ----------------------------------------------------------------------------------------------------
 # The tests: one set of 2 processes and one of 3
 # ----------------------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
 def two_ranks(tmp_path_factory):
-    checks = [_check_matches_single_process, _check_bad_gathers_are_caught, _check_ddp_step]
+    checks = [_check_matches_single_process, _check_bad_gathers_are_caught, _check_ddp_step,
+              _check_uneven_shapes_are_refused]
     return _run_checks(2, checks, tmp_path_factory.mktemp("two_ranks"))
 
 
@@ -221,3 +235,7 @@ def test_check_catches_world_size_scaled_gradient(two_ranks):
 
 def test_ddp_step_equals_one_process_step(two_ranks):
     _assert_passed(two_ranks, _check_ddp_step)
+
+
+def test_uneven_shapes_across_ranks_are_refused(two_ranks):
+    _assert_passed(two_ranks, _check_uneven_shapes_are_refused)
