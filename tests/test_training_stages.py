@@ -124,6 +124,36 @@ def test_multitask_both_tasks_learn(files, tmp_path):
     assert _mean(sts[-3:]) < _mean(sts[:3]) - 0.2, sts  # −Pearson goes towards −1
 
 
+def test_multitask_metrics_average_over_the_micro_batches_of_their_task(files, tmp_path):
+    """With grad_accum=2 a step may mix one retrieval and one STS micro-batch: each task's loss is logged at its
+    value, not divided by grad_accum."""
+    from bembed.training.multitask import MultitaskStage
+
+    cfg = load_config(MultitaskRun, None, [f"data.train=[{{path: {files['triples']}}}, {{path: {files['sts']}}}]",
+                                           *_model_overrides(files), *U.train_overrides(tmp_path, 6),
+                                           "train.grad_accum=2", "multitask.sts_loss=mse"])
+    stage = MultitaskStage(cfg)
+    loss, seen = stage.loss, []
+
+    def recorded(tensors):
+        value, metrics = loss(tensors)
+        seen.append((tensors["kind"], float(value.detach())))
+        return value, metrics
+
+    stage.loss = recorded
+    history = _fit(stage, cfg)
+    mixed = 0
+    for step, metrics in enumerate(history):
+        micro = seen[2 * step:2 * step + 2]
+        mixed += micro[0][0] != micro[1][0]
+        for kind, key in (("retrieval", "retrieval_loss"), ("sts", "sts_loss")):
+            values = [v for k, v in micro if k == kind]
+            assert (key in metrics) == bool(values)
+            if values:
+                assert metrics[key] == pytest.approx(_mean(values), rel=1e-6)
+    assert mixed
+
+
 def test_multitask_sts_none_leaves_sts_out(files, tmp_path):
     from bembed.training.multitask import MultitaskStage
 

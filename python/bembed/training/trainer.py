@@ -151,7 +151,7 @@ class Trainer:
         cfg = self.cfg
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
-        loss_sum, tokens, bad, sums = 0.0, 0, [], {}
+        loss_sum, tokens, bad, sums, shares = 0.0, 0, [], {}, {}
         first = self.step * cfg.grad_accum
         batches = [self.stage.batch(first + a, self.rank, self.world, self.local_size) for a in range(cfg.grad_accum)]
         # Batches are built first: each one's share of the step's loss needs the step's total weight (all ranks).
@@ -173,8 +173,10 @@ class Trainer:
             tokens += batch.tokens
             for k, v in metrics.items():
                 sums[k] = sums.get(k, 0.0) + float(v) * share
+                shares[k] = shares.get(k, 0.0) + share
         keys = sorted(sums)
-        reduced = self._sum_across_ranks([loss_sum, float(tokens), float(len(bad)), *[sums[k] for k in keys]])
+        reduced = self._sum_across_ranks([loss_sum, float(tokens), float(len(bad)), *[sums[k] for k in keys],
+                                          *[shares[k] for k in keys]])
         if reduced[2] > 0:
             where = "; ".join(bad) if bad else "on another rank"
             # steps are counted from 1, as in the logs and metrics.jsonl
@@ -190,7 +192,8 @@ class Trainer:
             self.optimizer.step()
             self.step += 1
         out = {"step": self.step, "loss": reduced[0] / self.world, "lr": lr, "tokens": int(reduced[1])}
-        out.update({k: v / self.world for k, v in zip(keys, reduced[3:])})
+        # a metric is the mean over the micro-batches (and ranks) that produced it: a multi-task step mixes tasks
+        out.update({k: s / w for k, s, w in zip(keys, reduced[3:3 + len(keys)], reduced[3 + len(keys):])})
         if grad_norm is not None:
             out["grad_norm"] = grad_norm
         return out
