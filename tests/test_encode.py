@@ -414,7 +414,7 @@ def test_late_chunking_bad_input(embedder):
         embedder.encode_chunks(DOCUMENT, chunk_spans=[(0, 5)], max_length=8, prompt="a prompt of many tokens: ")
 
 
-def test_cli_writes_npy_and_parquet_in_input_order(folder, embedder, tmp_path):
+def test_cli_writes_npy_and_parquet_in_input_order(folder, embedder, tmp_path, monkeypatch):
     from bembed.cli import main
 
     txt = tmp_path / "texts.txt"
@@ -432,6 +432,14 @@ def test_cli_writes_npy_and_parquet_in_input_order(folder, embedder, tmp_path):
     table = pq.read_table(tmp_path / "v.parquet").to_pydict()
     assert table["id"] == [0, 1, 2]
     np.testing.assert_allclose(np.array(table["embedding"]), embedder.encode_query(TEXTS[:3]), rtol=1e-5, atol=1e-6)
+
+    mixed = tmp_path / "mixed.jsonl"  # a carried field of two types fails before anything is encoded
+    mixed.write_text('{"text": "a", "id": 1}\n{"text": "b", "id": "x"}\n', encoding="utf-8")
+    with monkeypatch.context() as patch:
+        patch.setattr(Embedder, "encode", lambda *args, **kwargs: pytest.fail("encoded before checking the columns"))
+        with pytest.raises(SystemExit, match="field 'id' cannot be a parquet column"):
+            main(["encode", "--model", str(folder), "--input", str(mixed), "--output", str(tmp_path / "m.parquet")])
+    assert not (tmp_path / "m.parquet").exists()
 
     jsonl.write_text('{"body": "x"}\n', encoding="utf-8")
     with pytest.raises(SystemExit, match="field 'text'"):

@@ -59,7 +59,25 @@ def read_texts(path: Path, field: str) -> tuple[list[str], list[dict]]:
     return texts, extras
 
 
-def write_vectors(path: Path, vectors, extras: list[dict]) -> None:
+def extra_columns(extras: list[dict]) -> dict:
+    """The other .jsonl fields as parquet columns, built before encoding: a field that cannot be a column (mixed
+    types) must fail before the encoding time is spent, not after."""
+    import pyarrow as pa
+
+    columns = {}
+    for key in sorted({k for extra in extras for k in extra}):
+        if key == "embedding":
+            raise ValueError("--input: a field named 'embedding' would clash with the vectors' column")
+        try:
+            columns[key] = pa.array([extra.get(key) for extra in extras])
+        except pa.ArrowException as error:
+            raise ValueError(f"--input: field {key!r} cannot be a parquet column ({error}); give it one type on "
+                             "every line, or write .npy") from None
+    return columns
+
+
+def write_vectors(path: Path, vectors, columns: dict) -> None:
+    """.npy: the vectors; .parquet: the columns of `extra_columns` and an "embedding" column."""
     import numpy as np
 
     if path.suffix == ".npy":
@@ -68,10 +86,7 @@ def write_vectors(path: Path, vectors, extras: list[dict]) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    columns = {}
-    keys = sorted({k for extra in extras for k in extra})
-    for key in keys:
-        columns[key] = [extra.get(key) for extra in extras]
+    columns = dict(columns)
     flat = pa.array(vectors.reshape(-1), type=pa.float32())
     columns["embedding"] = pa.FixedSizeListArray.from_arrays(flat, vectors.shape[1])
     pq.write_table(pa.table(columns), path)
@@ -90,6 +105,7 @@ def run(args) -> int:
             raise SystemExit("--output .parquet needs pyarrow (pip install pyarrow), or write .npy") from None
     try:
         texts, extras = read_texts(Path(args.input), args.field)
+        columns = extra_columns(extras) if output.suffix == ".parquet" else {}
     except (OSError, ValueError) as error:
         raise SystemExit(str(error)) from None
     embedder = Embedder.from_pretrained(args.model, device=args.device)
@@ -97,6 +113,6 @@ def run(args) -> int:
                               normalize_embeddings=False if args.no_normalize else None, prompt_name=args.prompt_name,
                               show_progress_bar=not args.no_progress, truncate=not args.chunk_long)
     output.parent.mkdir(parents=True, exist_ok=True)
-    write_vectors(output, vectors, extras if len(extras) == len(texts) else [{} for _ in texts])
+    write_vectors(output, vectors, columns)
     print(f"wrote {vectors.shape[0]} vectors of dimension {vectors.shape[1]} to {output}")
     return 0
