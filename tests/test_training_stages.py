@@ -356,6 +356,49 @@ def test_keep_last_never_prunes_the_checkpoint_just_written(tmp_path):
     assert [p.name for p in ckpt.list_checkpoints(tmp_path)] == ["step-00000002", "step-00000003", "step-00000009"]
 
 
+def test_checkpoint_is_fsynced_before_and_after_the_rename(tmp_path, monkeypatch):
+    import os
+
+    tmp = ckpt.temp_dir(tmp_path, 3)
+    tmp.mkdir()
+    (tmp / "state.json").write_text("{}")
+    synced, fsync = [], os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(os.readlink(f"/proc/self/fd/{fd}")), fsync(fd)))
+    ckpt.finalize(tmp_path, 3, keep_last=2)
+    assert synced == [str(tmp / "state.json"), str(tmp), str(tmp_path)]
+
+
+def test_resume_cleans_stale_folders_skips_unreadable_and_keeps_a_same_step_checkpoint(files, tmp_path):
+    """Folders a killed run left are removed; --resume latest falls back past a corrupt newest checkpoint (and
+    the resumed run replaces it); Ctrl-C right after a save keeps that step's folder instead of removing and
+    re-creating it (a second Ctrl-C in between left no step-N at all)."""
+    stage, cfg = mlm_run(files, tmp_path, 4, "train.save_every=2")
+    _fit(stage, cfg)
+    root = tmp_path / "checkpoints"
+    (root / ".tmp-step-00000006").mkdir()
+    (root / ".old-step-00000001").mkdir()
+    (root / "step-00000004" / "model.safetensors").write_bytes(b"garbage")
+    stage, cfg = mlm_run(files, tmp_path, 6, "train.save_every=2")
+    loss, calls = stage.loss, []
+
+    def interrupted(tensors):
+        calls.append(1)
+        if len(calls) == 3:  # step 5, after step 4's save
+            raise KeyboardInterrupt
+        return loss(tensors)
+
+    stage.loss = interrupted
+    trainer = Trainer(stage, cfg.train, to_dict(cfg))
+    save = trainer.save_checkpoint
+    inodes = []
+    trainer.save_checkpoint = lambda: (save(), inodes.append((root / "step-00000004").stat().st_ino))[0]
+    with pytest.raises(KeyboardInterrupt):
+        trainer.fit(resume="latest")
+    assert sorted(p.name for p in root.iterdir()) == ["step-00000002", "step-00000004"]
+    assert len(inodes) == 2 and inodes[0] == inodes[1]
+    ckpt.read(root / "step-00000004", 0)
+
+
 def test_fresh_run_into_a_used_output_dir_is_refused(files, tmp_path):
     stage, cfg = mlm_run(files, tmp_path, 1)
     _fit(stage, cfg)

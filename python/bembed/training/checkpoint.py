@@ -7,8 +7,9 @@ A checkpoint is a folder `step-00000123/`:
   rng-rank<r>.json         python's and numpy's remaining generator state, per rank
   state.json               step, data position, schedule, optimizer param groups and scalar state,
                            world size, the stage config
-It is written into a temporary sibling folder and renamed into place (os.replace), so a folder with the
-final name is always complete; afterwards, of the older steps, all but the newest keep-last-k − 1 are removed.
+It is written into a temporary sibling folder, fsynced and renamed into place (os.replace), so a folder with
+the final name is always complete, also after a power cut; afterwards, of the older steps, all but the newest
+keep-last-k − 1 are removed (each renamed away first, so no half-deleted step-N is ever seen).
 """
 
 from __future__ import annotations
@@ -105,32 +106,66 @@ def list_checkpoints(root: Path) -> list[Path]:
     return sorted((p for p in root.iterdir() if p.is_dir() and _NAME.match(p.name)), key=lambda p: p.name)
 
 
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _remove(folder: Path) -> None:
+    trash = folder.with_name(f".old-{folder.name}")
+    os.replace(folder, trash)
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def clean_stale(root: Path) -> None:
+    """Remove the temporary and half-removed folders a killed run left behind."""
+    if Path(root).is_dir():
+        for p in Path(root).iterdir():
+            if p.is_dir() and p.name.startswith((".tmp-step-", ".old-step-")):
+                shutil.rmtree(p, ignore_errors=True)
+
+
 def finalize(root: Path, step: int, keep_last: int) -> Path:
-    """Rename the temporary folder into place and prune old checkpoints (rank 0 only)."""
+    """Make the temporary folder durable, rename it into place and prune old checkpoints (rank 0 only)."""
     final, tmp = checkpoint_dir(root, step), temp_dir(root, step)
-    if final.exists():  # same step saved again (e.g. Ctrl-C right after a periodic save)
-        shutil.rmtree(final)
+    for file in tmp.iterdir():
+        _fsync(file)
+    _fsync(tmp)
+    if final.exists():  # a step-N the trainer did not write or load itself (e.g. an unreadable one it skipped)
+        _remove(final)
     os.replace(tmp, final)
+    _fsync(root)  # the rename itself
     if keep_last > 0:
         # Only steps below this one: a run resumed from an older checkpoint (or its Ctrl-C save) must not
         # delete what it has just written in favour of higher-numbered ones.
         older = [p for p in list_checkpoints(root) if p.name < final.name]
         for old in older[:max(0, len(older) - (keep_last - 1))]:
-            shutil.rmtree(old, ignore_errors=True)
+            _remove(old)
     return final
 
 
-def resolve(resume: str, root: Path) -> Path:
-    """`resume` as a checkpoint folder: "latest" picks the newest under `root`."""
-    if resume == "latest":
-        found = list_checkpoints(root)
-        if not found:
-            raise CheckpointError(f"--resume latest: no checkpoint under {root}")
-        return found[-1]
-    path = Path(resume)
-    if not path.is_dir():
-        raise CheckpointError(f"--resume {resume}: no such checkpoint folder")
-    return path
+def load(resume: str, root: Path, rank: int) -> tuple[Path, dict]:
+    """(folder, contents) of the checkpoint `resume` names: a folder, or "latest" — the newest readable one
+    under `root`, skipping (with a warning) newer ones that fail to read."""
+    if resume != "latest":
+        path = Path(resume)
+        if not path.is_dir():
+            raise CheckpointError(f"--resume {resume}: no such checkpoint folder")
+        return path, read(path, rank)
+    found = list_checkpoints(root)
+    if not found:
+        raise CheckpointError(f"--resume latest: no checkpoint under {root}")
+    errors = []
+    for path in reversed(found):
+        try:
+            return path, read(path, rank)
+        except CheckpointError as exc:
+            log.warning("%s: trying the checkpoint before it", exc)
+            errors.append(str(exc))
+    raise CheckpointError(f"--resume latest: no readable checkpoint under {root} ({'; '.join(errors)})")
 
 
 def read(path: Path, rank: int) -> dict:

@@ -124,6 +124,7 @@ class Trainer:
             [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
             lr=config.lr, betas=tuple(config.betas), eps=config.eps)
         self.step = 0
+        self.on_disk = None  # the step whose checkpoint in ckpt_root this trainer wrote or loaded
         self.out = Path(config.output_dir)
         self.ckpt_root = self.out / "checkpoints"
         self.autocast = self.device.type == "cuda" and config.bf16
@@ -202,6 +203,10 @@ class Trainer:
     def save_checkpoint(self) -> Path | None:
         from safetensors.torch import save_file
 
+        if self.step == self.on_disk:
+            # same step, same state (Ctrl-C right after a periodic save or a resume): keep that folder, as
+            # replacing it cannot be atomic
+            return ckpt.checkpoint_dir(self.ckpt_root, self.step) if self.rank == 0 else None
         tmp = ckpt.temp_dir(self.ckpt_root, self.step)
         if self.rank == 0:
             if tmp.exists():
@@ -229,11 +234,11 @@ class Trainer:
             final = ckpt.finalize(self.ckpt_root, self.step, self.cfg.keep_last)
             log.info("checkpoint written: %s", final)
         self._barrier()
+        self.on_disk = self.step
         return final
 
     def load_checkpoint(self, resume: str) -> None:
-        path = ckpt.resolve(resume, self.ckpt_root)
-        data = ckpt.read(path, self.rank)
+        path, data = ckpt.load(resume, self.ckpt_root, self.rank)
         missing, unexpected = self.model.load_state_dict(data["model"], strict=False)
         if missing or unexpected:
             raise ckpt.CheckpointError(f"checkpoint {path}: weights do not fit this model (missing {missing[:5]}, "
@@ -252,6 +257,8 @@ class Trainer:
             log.warning("resuming with grad_accum=%d (checkpoint used a different value): the data position "
                         "follows the step count", self.cfg.grad_accum)
         self.step = int(state["step"])
+        if path.resolve() == ckpt.checkpoint_dir(self.ckpt_root, self.step).resolve():
+            self.on_disk = self.step
         if "rng" in data:
             ckpt.set_rng_state(data["rng"], data["rng_meta"])
         log.info("resumed from %s at step %d", path, self.step)
@@ -260,6 +267,8 @@ class Trainer:
     def fit(self, resume: str | None = None) -> list[dict]:
         """Train to cfg.max_steps; returns the metrics of the steps run. Ctrl-C writes a checkpoint and
         re-raises KeyboardInterrupt."""
+        if self.rank == 0:
+            ckpt.clean_stale(self.ckpt_root)
         if resume:
             self.load_checkpoint(resume)
         elif ckpt.list_checkpoints(self.ckpt_root):
