@@ -176,12 +176,41 @@ def test_bad_arguments_are_named(embedder):
         embedder.encode(["a"], max_length=2)  # the two specials leave no room for text
     with pytest.raises(ValueError, match="prompt_name 'nope'"):
         embedder.encode(["a"], prompt_name="nope")
-    with pytest.raises(ValueError, match="not both"):
-        embedder.encode(["a"], prompt="x: ", prompt_name="query")
     with pytest.raises(TypeError, match=r"\.bert"):
         Embedder(bembed.JinaBertForMaskedLM(embedder.model.config), embedder.tokenizer)
     with pytest.raises(ValueError, match="not a local folder"):
         Embedder.from_pretrained("/no/such/folder")
+
+
+def test_sentence_transformers_keywords_and_methods(embedder, caplog):
+    """What code written for sentence-transformers passes: inputs=/sentences=, truncate_dim (sliced before
+    normalising), similarity (cosine), max_seq_length, and prompt with prompt_name (prompt wins, with a warning)."""
+    want = embedder.encode(TEXTS[:2])
+    np.testing.assert_allclose(embedder.encode(sentences=TEXTS[:2]), want, rtol=0, atol=0)
+    np.testing.assert_allclose(embedder.encode(inputs=TEXTS[:2], batch_size=1), want, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(embedder.encode_query(sentences=TEXTS[:2]), embedder.encode_query(TEXTS[:2]),
+                               rtol=0, atol=0)
+    with pytest.raises(TypeError, match="once"):
+        embedder.encode(TEXTS[:2], sentences=TEXTS[:2])
+
+    raw = embedder.encode(TEXTS[:3], normalize_embeddings=False)[:, :16]
+    short = embedder.encode(TEXTS[:3], truncate_dim=16)
+    np.testing.assert_allclose(short, raw / np.linalg.norm(raw, axis=1, keepdims=True), rtol=1e-5, atol=1e-6)
+    assert embedder.encode(TEXTS[0], truncate_dim=16, precision="ubinary").shape == (2,)
+
+    cosine = embedder.similarity(short, torch.from_numpy(raw[:2]))
+    assert isinstance(cosine, torch.Tensor) and cosine.shape == (3, 2)
+    torch.testing.assert_close(cosine, torch.from_numpy(short @ short[:2].T), rtol=1e-5, atol=1e-6)
+    assert embedder.similarity(short[0], short[1]).shape == (1, 1)
+
+    assert embedder.max_seq_length == embedder.model.config.max_position_embeddings
+    embedder.max_seq_length = 8
+    np.testing.assert_allclose(embedder.encode(TEXTS[0]), embedder.encode(TEXTS[0], max_length=8), rtol=0, atol=0)
+
+    with caplog.at_level(logging.WARNING, logger="bembed.encode"):
+        both = embedder.encode(TEXTS[:2], prompt="", prompt_name="query")
+    np.testing.assert_allclose(both, embedder.encode(TEXTS[:2], max_length=8), rtol=0, atol=0)
+    assert "prompt_name 'query' is ignored" in caplog.text
 
 
 def test_output_types(embedder):

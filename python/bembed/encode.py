@@ -24,6 +24,7 @@ folder gives the same prompts to both libraries.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import numbers
@@ -66,6 +67,19 @@ def _check_texts(texts) -> list[str]:
         if not isinstance(text, str):
             raise TypeError(f"texts[{i}] must be a str, got {type(text).__name__}")
     return texts
+
+
+def _texts_aliases(method):
+    """Accept sentence-transformers' names for `texts` as keywords: `inputs` (6.x) and `sentences` (before)."""
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        for alias in ("inputs", "sentences"):
+            if alias in kwargs:
+                if args or "texts" in kwargs:
+                    raise TypeError(f"{method.__name__}: give the texts once (texts, inputs or sentences)")
+                kwargs["texts"] = kwargs.pop(alias)
+        return method(self, *args, **kwargs)
+    return wrapper
 
 
 class Embedder:
@@ -170,25 +184,33 @@ class Embedder:
         """sentence-transformers' name for `dim`."""
         return self.dim
 
+    def similarity(self, embeddings1, embeddings2) -> torch.Tensor:
+        """(n, m) float32 cosine similarities of two sets of embeddings (arrays or tensors, (n, dim) or (dim,)),
+        sentence-transformers' `similarity` with its default cosine function."""
+        first, second = (torch.atleast_2d(torch.as_tensor(e).float()) for e in (embeddings1, embeddings2))
+        return normalize(first) @ normalize(second).T
+
     # ---- encoding -----------------------------------------------------------------------------------
 
+    @_texts_aliases
     def encode(self, texts, batch_size: int = 32, max_length: int | None = None,
                normalize_embeddings: bool | None = None, prompt: str | None = None, prompt_name: str | None = None,
                show_progress_bar: bool | None = None, convert_to_numpy: bool = True, convert_to_tensor: bool = False,
                device=None, precision: str = "float32", output_value: str = "sentence_embedding", *,
-               truncate: bool = True):
+               truncate: bool = True, truncate_dim: int | None = None):
         """Embed `texts` (a str or a sequence of str) -> (n, dim) float32 rows in input order ((dim,) for a
         single str): a numpy array, a tensor on the model's device (convert_to_tensor, which wins), or a list
         of 1-D tensors (both False). max_length and normalize_embeddings default to the Embedder's
         max_seq_length and normalize_embeddings (from a folder: its sentence-transformers settings). prompt:
         a prefix for every text; prompt_name: a configured prompt ("query"/"document" are ignored when the
-        model has none, so eval code may always pass them); device: move the model there first (it stays);
-        precision: "int8", "uint8", "binary" or "ubinary" quantizes the
-        rows after normalisation (`bembed.quantize_embeddings`; int8/uint8 ranges come from this call's rows,
-        so one text raises ValueError);
-        output_value="token_embeddings": a list of (tokens, dim) float32 tensors, the last layer's states of
-        each text's tokens with its specials (as sentence-transformers; needs truncate=True). See the module
-        docstring for long texts (`truncate`), empty texts and bad items."""
+        model has none, so eval code may always pass them; with prompt too, prompt wins, with a warning);
+        device: move the model there first (it stays); truncate_dim: keep the first truncate_dim dimensions of
+        each row, before normalisation (Matryoshka models); precision: "int8", "uint8", "binary" or "ubinary"
+        quantizes the rows after normalisation (`bembed.quantize_embeddings`; int8/uint8 ranges come from this
+        call's rows, so one text raises ValueError); output_value="token_embeddings": a list of (tokens, dim)
+        float32 tensors, the last layer's states of each text's tokens with its specials (as
+        sentence-transformers; needs truncate=True). `inputs=` and `sentences=` are accepted for texts. See the
+        module docstring for long texts (`truncate`), empty texts and bad items."""
         if output_value not in ("sentence_embedding", "token_embeddings"):
             raise ValueError(f"output_value must be 'sentence_embedding' or 'token_embeddings', got {output_value!r}")
         if precision not in PRECISIONS:
@@ -200,6 +222,8 @@ class Embedder:
         single = isinstance(texts, str)
         texts = _check_texts([texts] if single else texts)
         batch_size = _positive_int(batch_size, "batch_size")
+        if truncate_dim is not None:
+            truncate_dim = _positive_int(truncate_dim, "truncate_dim")
         max_length = self._max_length(max_length)
         prefix = self._resolve_prompt(prompt, prompt_name)
         if device is not None:
@@ -226,16 +250,19 @@ class Embedder:
             return []
         else:
             pooled = torch.zeros(0, self.dim, device=self.device)
+        pooled = pooled[:, :truncate_dim]
         if self._normalizes(normalize_embeddings):
             pooled = normalize(pooled)
         pooled = quantize_embeddings(pooled, precision)  # float32: unchanged
         return self._convert(pooled[0] if single else pooled, convert_to_numpy, convert_to_tensor)
 
+    @_texts_aliases
     def encode_query(self, texts, prompt_name: str | None = None, prompt: str | None = None, **kwargs):
         """`encode` with the model's query prompt (the first of "query" it has; none, not the default prompt,
         if it has none), unless a prompt or prompt_name is given (as in sentence-transformers)."""
         return self._encode_as(QUERY_PROMPT_NAMES, texts, prompt_name, prompt, **kwargs)
 
+    @_texts_aliases
     def encode_document(self, texts, prompt_name: str | None = None, prompt: str | None = None, **kwargs):
         """`encode` with the model's document prompt ("document", "passage" or "corpus"; none, not the default
         prompt, if absent), unless a prompt or prompt_name is given (as in sentence-transformers)."""
@@ -324,7 +351,8 @@ class Embedder:
 
     def _resolve_prompt(self, prompt: str | None, prompt_name: str | None) -> str:
         if prompt is not None and prompt_name is not None:
-            raise ValueError("give prompt or prompt_name, not both")
+            logger.warning("both prompt and prompt_name were given: prompt_name %r is ignored in favour of prompt "
+                           "(as sentence-transformers does)", prompt_name)
         if prompt is not None:
             if not isinstance(prompt, str):
                 raise TypeError(f"prompt must be a str, got {type(prompt).__name__}")
