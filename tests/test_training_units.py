@@ -65,6 +65,14 @@ def test_config_rejects_out_of_range_values(override, message):
         load_config(PairsRun, None, [override])
 
 
+def test_align_has_no_source_lang_field():
+    """align.source_lang was accepted and did nothing: the first column is always the teacher's language."""
+    from bembed.training.config import AlignRun
+
+    with pytest.raises(ValueError, match="unknown key"):
+        load_config(AlignRun, None, ["align.source_lang=de"])
+
+
 def test_shipped_configs_load():
     names = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
     stages = {"pretrain": PretrainRun, "pairs": PairsRun}

@@ -144,9 +144,11 @@ class MultitaskConfig:
 
 @dataclasses.dataclass
 class AlignConfig:
+    """The first column of every source (query / anchor / src: English in built `parallel` sets) is the
+    teacher's language, the second the language taught."""
+
     teacher: str | None = None  # default: a frozen copy of the student as loaded
     beta: float = 0.4
-    source_lang: str = "en"
 
     def __post_init__(self):
         _require(self.beta >= 0, "align.beta", "≥ 0", self.beta)
