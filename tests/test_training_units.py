@@ -43,7 +43,8 @@ def test_config_yaml_and_dotted_overrides(tmp_path):
     ("train.lrr=1", "unknown key"), ("mlm.mask_prob=x", "expected float"), ("train.max_steps=1.5", "expected int"),
     ("train", "section.field=value"), ("pairs.temperature=1", "unknown key"),
     ("train.max_grad_norm=-1.0", "max_grad_norm must be > 0"), ("train.max_grad_norm=0", "max_grad_norm must be > 0"),
-    ("mlm.mask_prob=1.0", "mlm.mask_prob must be in"), ("model.config={num_hidden_layer: 2}", r"model.config: unknown key\(s\) \['num_hidden_layer'\]"),
+    ("mlm.mask_prob=1.0", "mlm.mask_prob must be in"),
+    ("model.config={num_hidden_layer: 2}", r"model.config: unknown key\(s\) \['num_hidden_layer'\]"),
 ])
 def test_config_rejects_bad_overrides(override, message):
     with pytest.raises(ValueError, match=message):

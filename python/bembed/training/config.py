@@ -54,8 +54,8 @@ class TrainConfig:
         _require(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "train.betas",
                  "two values in [0, 1)", list(self.betas))
         # a negative norm made clipping reverse the gradient
-        _require(self.max_grad_norm is None or self.max_grad_norm > 0, "train.max_grad_norm", "> 0 or null (no clipping)",
-                 self.max_grad_norm)
+        _require(self.max_grad_norm is None or self.max_grad_norm > 0, "train.max_grad_norm",
+                 "> 0 or null (no clipping)", self.max_grad_norm)
 
 
 @dataclasses.dataclass
