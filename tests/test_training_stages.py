@@ -154,6 +154,26 @@ def test_multitask_metrics_average_over_the_micro_batches_of_their_task(files, t
     assert mixed
 
 
+def test_pairs_and_retrieval_batches_hold_no_duplicate_texts(files, tmp_path):
+    """15 distinct queries over 64 rows: a random batch of 8 almost surely repeats one (a false negative)."""
+    from bembed.training.multitask import MultitaskStage
+    from bembed.training.pairs import PairStage
+
+    rng = random.Random(0)
+    rows = [{"query": f"q {rng.randrange(15)}", "document": f"d {i}", "positive": f"d {i}", "negatives": ["n"]}
+            for i in range(64)]
+    dup = U.write_jsonl(tmp_path / "dup.jsonl", rows)
+    overrides = [f"data.train=[{{path: {dup}}}]", *_model_overrides(files), *U.train_overrides(tmp_path, 1, batch=8)]
+    pairs = PairStage(load_config(PairsRun, None, overrides))
+    multitask = MultitaskStage(load_config(MultitaskRun, None, overrides))
+    for stage in (pairs, multitask):
+        for index in range(20):
+            # a batch's source ends with the rows it holds
+            picked = [i for rank in (0, 1)
+                      for i in json.loads(stage.batch(index, rank, 2, 4).source.rsplit("rows ", 1)[1])]
+            assert len({rows[i]["query"] for i in picked}) == 8, (type(stage).__name__, index)
+
+
 def test_multitask_sts_none_leaves_sts_out(files, tmp_path):
     from bembed.training.multitask import MultitaskStage
 

@@ -201,6 +201,23 @@ def test_lr_schedule_warmup_then_linear_decay():
     assert factors[4:] == pytest.approx([1.0, 5 / 6, 4 / 6, 3 / 6, 2 / 6, 1 / 6])
 
 
+def test_distinct_batches_share_no_text_and_are_a_pure_function_of_the_index():
+    """Duplicate texts in an InfoNCE batch are false negatives: no two rows of a batch may share one, and
+    batch i must not depend on which batches were drawn before (resume reads batch i directly)."""
+    rng = random.Random(0)
+    texts = [(f"q{rng.randrange(15)}", f"d{rng.randrange(40)}") for _ in range(60)]
+    sampler = batching.DistinctBatches(texts, 8, seed=3)
+    batches = [sampler(i) for i in range(30)]  # several epochs
+    for batch in batches:
+        assert len(batch) == 8 and len({t for i in batch for t in texts[i]}) == 16
+    epoch = batches[:sampler.counts[0]]
+    assert len({i for b in epoch for i in b}) == 8 * len(epoch)  # an epoch uses every row at most once
+    assert batches[sampler.counts[0]] != batches[0]  # the next epoch reshuffles
+    assert [batching.DistinctBatches(texts, 8, seed=3)(i) for i in (29, 0, 17)] == [batches[29], batches[0], batches[17]]
+    with pytest.raises(ValueError, match="distinct texts"):
+        batching.DistinctBatches([("same", f"d{i}") for i in range(20)], 2, seed=0)(0)
+
+
 def test_epoch_batches_cover_the_data_and_shards_partition():
     seen = [i for k in range(5) for i in batching.epoch_indices(23, 4, k, seed=1)]
     assert len(set(seen)) == 20  # one epoch: 5 disjoint batches (3 rows dropped)

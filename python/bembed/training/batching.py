@@ -9,6 +9,7 @@ does, without ever letting ranks disagree about the global batch.
 from __future__ import annotations
 
 import dataclasses
+from collections import deque
 
 import torch
 
@@ -43,6 +44,56 @@ def epoch_indices(n: int, size: int, index: int, seed: int) -> list[int]:
     epoch, k = divmod(index, per_epoch)
     perm = torch.randperm(n, generator=generator(seed, epoch))
     return perm[k * size:(k + 1) * size].tolist()
+
+
+def first_distinct(rows: deque, texts: list[tuple], size: int) -> list[int]:
+    """Up to `size` rows taken from the front of `rows`, no two sharing a text (texts[i]: the texts of row i),
+    as sentence-transformers' NoDuplicatesBatchSampler does; the rows passed over go back to the front."""
+    batch, seen, passed = [], set(), []
+    while rows and len(batch) < size:
+        i = rows.popleft()
+        if seen.isdisjoint(texts[i]):
+            batch.append(i)
+            seen.update(texts[i])
+        else:
+            passed.append(i)
+    rows.extendleft(reversed(passed))
+    return batch
+
+
+class DistinctBatches:
+    """Global micro-batches of `size` rows in which no two rows share a text: a duplicate query or document in
+    a batch is a false negative for in-batch InfoNCE. Each epoch is a fresh permutation of the rows; a row
+    that clashes with the batch being filled waits for the next one, and what is left at the end is dropped,
+    so epochs hold different numbers of batches. Batch `index` is still a pure function of (seed, index):
+    epochs are laid out in order (the batch counts are kept; only the current epoch's layout)."""
+
+    def __init__(self, texts: list[tuple], size: int, seed: int):
+        self.texts, self.size, self.seed = texts, size, seed
+        self.counts: list[int] = []
+        self.epoch, self.batches = -1, []
+
+    def _layout(self, epoch: int) -> list[list[int]]:
+        if epoch != self.epoch:
+            rows = deque(torch.randperm(len(self.texts), generator=generator(self.seed, epoch)).tolist())
+            self.batches = []
+            while len(batch := first_distinct(rows, self.texts, self.size)) == self.size:
+                self.batches.append(batch)
+            if not self.batches:
+                raise ValueError(f"the data has fewer than one global micro-batch ({self.size}) of rows with "
+                                 "distinct texts")
+            self.epoch = epoch
+        return self.batches
+
+    def __call__(self, index: int) -> list[int]:
+        epoch = 0
+        while True:
+            if epoch == len(self.counts):
+                self.counts.append(len(self._layout(epoch)))
+            if index < self.counts[epoch]:
+                return self._layout(epoch)[index]
+            index -= self.counts[epoch]
+            epoch += 1
 
 
 def shard(rows: list, rank: int, world: int) -> list:

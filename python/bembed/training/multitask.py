@@ -10,6 +10,7 @@ One shared encoder, no task heads. The task and rows of micro-batch i depend onl
 from __future__ import annotations
 
 import logging
+from collections import deque
 from pathlib import Path
 
 import torch
@@ -17,7 +18,7 @@ import torch
 import bembed_ext
 from bembed_ext.distributed import all_gather_rows
 
-from .batching import Batch, generator, shard
+from .batching import Batch, first_distinct, generator, shard
 from .config import MultitaskRun
 from .data import read_rows
 from .encoder import embed, export_encoder, load_encoder, stage_prompts, tokenize
@@ -60,12 +61,21 @@ class MultitaskStage:
             raise ValueError(f"train.batch_size={cfg.train.batch_size} over train.grad_accum={cfg.train.grad_accum} "
                              f"leaves micro-batches of {micro} rows; sts_loss pearson needs at least 3 rows")
         self.weights = torch.tensor(weights, dtype=torch.float64)
+        self.texts = [None if kind == "sts" else [(r["query"], r.get("positive", r.get("document"))) for r in rows]
+                      for kind, _, rows in self.tasks]
 
     def batch(self, index: int, rank: int, world: int, size: int) -> Batch:
         g = generator(self.cfg.train.seed, index)
         task = int(torch.multinomial(self.weights, 1, generator=g))
         kind, path, rows = self.tasks[task]
-        picked = shard(torch.randperm(len(rows), generator=g)[:size * world].tolist(), rank, world)
+        order = torch.randperm(len(rows), generator=g).tolist()
+        if kind == "sts":
+            picked = order[:size * world]
+        else:  # a query or positive twice in a batch would be a false negative of in-batch InfoNCE
+            picked = first_distinct(deque(order), self.texts[task], size * world)
+            if len(picked) < size * world:
+                raise ValueError(f"data source {path}: fewer than {size * world} rows with distinct texts")
+        picked = shard(picked, rank, world)
         chosen = [rows[i] for i in picked]
         mt, length = self.cfg.multitask, self.cfg.model.max_length
         source = f"{kind} {path} rows {picked}"

@@ -10,7 +10,7 @@ import torch.distributed as dist
 
 import bembed_ext
 
-from .batching import Batch, epoch_indices, shard
+from .batching import Batch, DistinctBatches, shard
 from .config import PairsRun
 from .data import read_pair_rows
 from .encoder import embed, export_encoder, load_encoder, stage_prompts, tokenize
@@ -27,10 +27,14 @@ class PairStage:
         self.cfg = cfg
         self.model, self.tokenizer = load_encoder(cfg.model)
         self.rows, self.sources = read_pair_rows(cfg.data.train)
+        self.batches = None
 
     def batch(self, index: int, rank: int, world: int, size: int) -> Batch:
         p = self.cfg.pairs
-        picked = shard(epoch_indices(len(self.rows), size * world, index, self.cfg.train.seed), rank, world)
+        if self.batches is None or self.batches.size != size * world:
+            texts = [(r["query"], r["document"]) for r in self.rows]
+            self.batches = DistinctBatches(texts, size * world, self.cfg.train.seed)
+        picked = shard(self.batches(index), rank, world)
         rows = [self.rows[i] for i in picked]
         q = tokenize(self.tokenizer, [p.query_prefix + r["query"] for r in rows], self.cfg.model.max_length)
         d = tokenize(self.tokenizer, [p.passage_prefix + r["document"] for r in rows], self.cfg.model.max_length)
