@@ -123,6 +123,10 @@ def test_build_end_to_end_on_fake_cache(tmp_path):
     assert ("Cannot open the file %s", "Die Datei %s kann nicht geöffnet werden") in {
         (r["src"], r["tgt"]) for r in parallel}
     assert counts["dropped"]["parallel"]["untranslated"] >= 1
+    # the help's untranslated paragraph stays out of the German sets (it is English)
+    mono_de = [r["text"] for split in load_from_disk(str(root / "mono_de")).values() for r in split]
+    assert mono_de and not [t for t in mono_de if "Same text in both languages" in t]
+    assert counts["dropped"]["mono_de"]["untranslated_paragraphs"] >= 1
     for split in load_from_disk(str(root / "retrieval")).values():
         for r in split:
             assert r["positive"] not in r["negatives"] and len(r["negatives"]) <= 2
@@ -188,3 +192,21 @@ def test_encoder_mined_negatives_are_nearest_other_positives():
     assert mined[0]["negatives"] == ["baking an apple tart with pastry"]
     assert all(r["positive"] not in r["negatives"] for r in mined)
     assert len(mine_negatives_with_encoder(rows, HashingEncoder(), n_negatives=5)[1]["negatives"]) == 2
+
+
+def test_untranslated_english_is_dropped_from_the_other_language():
+    from bembed.data.untranslated import drop_english, looks_english
+
+    german = "Wählen Sie die Datei aus, die Sie in den Ordner für den Export kopieren wollen, und klicken Sie OK."
+    en = Document("p", "en", "s", "T", ["Click the button to open the dialog.", "Choose a file.", "x",
+                                        "LibreOffice Calc"], ["a", "b", "c", "d"])
+    de = Document("p", "de", "s", "T", ["click  the button to open the DIALOG.", german,
+                                        "This paragraph was never translated into German by the team.",
+                                        "LibreOffice Calc"], ["a", "b", "c", "d"])
+    mostly_english = Document("q", "de", "s", "T", ["Kurzer deutscher Satz.",
+                                                    "The whole page is still in English and was not translated."])
+    kept, dropped = drop_english([de, mostly_english], [en])
+    assert [(d.paragraphs, d.keys) for d in kept] == [([german, "LibreOffice Calc"], ["b", "d"])]  # names stay
+    assert dropped == {"untranslated_paragraphs": 1, "english_paragraphs": 2, "english_documents": 1}
+    assert not looks_english(german, "de") and not looks_english("Open the file", "es")  # too short to tell
+    assert looks_english("Use this option to print all of the pages in the document.", "es")

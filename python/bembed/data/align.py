@@ -29,7 +29,8 @@ def align_documents(src_docs: Iterable[Document], tgt_docs: Iterable[Document], 
     return pairs
 
 
-def _norm(text: str) -> str:
+def normalize(text: str) -> str:
+    """The form texts are compared in: untranslated, duplicate and leaked text is equal here."""
     return clean(text).casefold()
 
 
@@ -43,7 +44,7 @@ def clean_pairs(pairs: Iterable[Pair], min_words: int = MIN_WORDS) -> tuple[list
         if word_count(src) < min_words or word_count(tgt) < min_words:
             dropped["short"] += 1
             continue
-        key = (_norm(src), _norm(tgt))
+        key = (normalize(src), normalize(tgt))
         if key[0] == key[1]:
             dropped["untranslated"] += 1
             continue
@@ -59,12 +60,12 @@ def remove_leaks(by_split: dict[str, list], texts_of, also_trained_on: Iterable[
     """Drop validation/test rows sharing a text with a train row (the same sentence recurs in several
     documents, e.g. LibreOffice boilerplate). ``texts_of(row)`` gives a row's texts (or keys); texts that
     another set trains on can be added as ``also_trained_on``. Returns rows dropped."""
-    train_texts = {_norm(t) for row in by_split.get("train", []) for t in texts_of(row)}
-    train_texts.update(_norm(t) for t in also_trained_on)
+    train_texts = {normalize(t) for row in by_split.get("train", []) for t in texts_of(row)}
+    train_texts.update(normalize(t) for t in also_trained_on)
     dropped = 0
     for split in ("validation", "test"):
         rows = by_split.get(split, [])
-        keep = [r for r in rows if not any(_norm(t) in train_texts for t in texts_of(r))]
+        keep = [r for r in rows if not any(normalize(t) in train_texts for t in texts_of(r))]
         dropped += len(rows) - len(keep)
         by_split[split] = keep
     return dropped

@@ -27,6 +27,7 @@ from bembed.data.split import DEFAULT_FRACTIONS, SPLITS, split_of
 from bembed.files import write_json_atomic
 from bembed.data.triples import (adjacent_pairs, mine_negatives_with_encoder, retrieval_triples, title_body_pairs,
                                  translation_paraphrase_pairs)
+from bembed.data.untranslated import drop_english
 
 log = logging.getLogger(__name__)
 
@@ -114,9 +115,17 @@ def build(cache: Path, out: Path, pair: str = "en-de", fractions=DEFAULT_FRACTIO
     hb = {lang: _handbook(cache, lang) for lang in ("en", other)}
     bible = {lang: _bible(cache, extract_bible.PRIMARY[lang]) for lang in ("en", other)}
     bible2 = {lang: _bible(cache, code) for lang, code in SECOND_TRANSLATION.items() if lang in ("en", other)}
+    prose = {lang: _prose(cache, lang) for lang in ("en", other)}
+    # Untranslated English goes from every non-English set but the parallel one, whose cleaning drops it
+    # as pairs with identical sides (the handbook's positional alignment needs its paragraphs all there).
+    lo_mono, hb_mono = dict(lo), dict(hb)
+    lo_mono[other], lo_drop = drop_english(lo[other], lo["en"])
+    hb_mono[other], hb_drop = drop_english(hb[other], hb["en"], positional=True)
+    prose[other], prose_drop = drop_english(prose[other], [])
+    counts["dropped"][f"mono_{other}"] = dict(lo_drop + hb_drop + prose_drop)
 
     for lang in ("en", other):
-        docs = [*lo[lang], *hb[lang], *bible[lang], *_prose(cache, lang)]
+        docs = [*lo_mono[lang], *hb_mono[lang], *bible[lang], *prose[lang]]
         rows = [{"doc_id": d.doc_id, "source": d.source, "title": d.title, "text": "\n\n".join(d.paragraphs)}
                 for d in docs]
         _save(out, f"mono_{lang}", _by_split(rows, fractions), counts)
@@ -129,15 +138,15 @@ def build(cache: Path, out: Path, pair: str = "en-de", fractions=DEFAULT_FRACTIO
     counts["dropped"]["parallel"] = dropped
     _save(out, "parallel", parallel, counts)
 
-    stage2 = [*title_body_pairs([*lo["en"], *lo[other], *hb["en"], *hb[other]]),
-              *adjacent_pairs([*lo["en"], *lo[other], *hb["en"], *hb[other]]),
+    help_docs = [*lo_mono["en"], *lo_mono[other], *hb_mono["en"], *hb_mono[other]]
+    stage2 = [*title_body_pairs(help_docs), *adjacent_pairs(help_docs),
               *(row for lang in bible2 for row in translation_paraphrase_pairs(bible[lang], bible2[lang]))]
     pairs = _by_split(stage2, fractions)
     counts["dropped"]["pairs"] = {"leaked_into_eval": remove_leaks(
         pairs, lambda r: [_pair_key(r["anchor"], r["positive"])])}
     _save(out, "pairs", pairs, counts)
 
-    lo_split = {lang: _by_split(docs, fractions) for lang, docs in lo.items()}
+    lo_split = {lang: _by_split(docs, fractions) for lang, docs in lo_mono.items()}
     retrieval = {}
     for s in SPLITS:
         retrieval[s] = []
