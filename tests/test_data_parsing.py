@@ -64,7 +64,6 @@ def test_gettext_catalog_context_accelerators_header(tmp_path):
     pairs = sorted((p.src, p.tgt) for p in extract_gettext.read_pairs(tmp_path, "x", "de"))
     assert pairs == [("Open a file", "Datei öffnen"), ("Save it all", "Alles speichern")]
 
-
 def test_gettext_skips_corrupt_catalog(tmp_path, caplog):
     bad = tmp_path / "usr/share/locale/de/LC_MESSAGES/bad.mo"
     bad.parent.mkdir(parents=True)

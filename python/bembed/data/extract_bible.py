@@ -29,6 +29,9 @@ QUERY = (f"SELECT bNumber, cNumber, vNumber, vText FROM bible WHERE bbName = ? A
 
 # Editorial marks: [supplied words] keep their words, "***"/"* * *" section marks go.
 _MARKS = re.compile(r"\*( ?\*)+|[\[\]]")
+# WEB glues the next psalm's heading ("BOOK II Psalm 42 For the Chief Musician...") onto the last verse of
+# the chapter before it (Job 42, Psalms 1-149); aligned by verse number it would be translated as nothing.
+_NEXT_PSALM = re.compile(r"\s*(BOOK [IVX]+\s+)?Psalm \d+\b.*$")
 
 
 def bible_db_path(source_dir: Path) -> Path:
@@ -55,6 +58,9 @@ def read_chapters(db_path: Path, code: str) -> Iterator[Document]:
     finally:
         conn.close()
     for (book, chapter), verses in sorted(chapters.items()):
+        if code == "4":
+            verse, text = verses[-1]
+            verses[-1] = (verse, _NEXT_PSALM.sub("", text))
         yield Document(doc_id=f"bible:{book}:{chapter}", lang=lang, source=f"bible-{name}",
                        title=f"{book}:{chapter}", paragraphs=[t for _, t in verses],
                        keys=[str(v) for v, _ in verses])
