@@ -61,8 +61,27 @@ def test_gettext_catalog_context_accelerators_header(tmp_path):
     write_mo(mo, {"~Open a file": "Datei ö~ffnen", "ctx\x04Save it all": "Alles speichern", "Untranslated": ""})
     catalog = extract_gettext.read_catalog(mo)
     assert catalog == {"~Open a file": "Datei ö~ffnen", "Save it all": "Alles speichern"}
-    pairs = sorted((p.src, p.tgt) for p in extract_gettext.read_pairs(tmp_path, "x", "de"))
+    pairs = sorted((p.src, p.tgt) for p in extract_gettext.read_pairs(tmp_path, "x", "de", "~_"))
     assert pairs == [("Open a file", "Datei öffnen"), ("Save it all", "Alles speichern")]
+
+
+@pytest.mark.parametrize("src, tgt, chars, want_src, want_tgt", [
+    ("~Open a file", "Datei ö~ffnen", "~_", "Open a file", "Datei öffnen"),
+    ("Save _As...", "Speichern _unter...", "~_", "Save As...", "Speichern unter..."),
+    ("Value %AVERAGE_VALUE", "Wert %AVERAGE_VALUE", "~_", "Value %AVERAGE_VALUE", "Wert %AVERAGE_VALUE"),
+    ("Error ($exception_type$)", "Fehler ($exception_type$)", "~_", "Error ($exception_type$)",
+     "Fehler ($exception_type$)"),
+    ("Copy to ~/backup", "Nach ~/backup kopieren", "~_", "Copy to ~/backup", "Nach ~/backup kopieren"),
+    ("Compare with HEAD~1", "Mit HEAD~1 vergleichen", "~_", "Compare with HEAD~1", "Mit HEAD~1 vergleichen"),
+    ("Not NU_LL", "Nicht N_ULL", "~_", "Not NULL", "Nicht NULL"),
+    ("_One and _Two", "_Eins und _Zwei", "~_", "One and _Two", "Eins und _Zwei"),  # at most one mark
+    ("Run -O shopt_option", "-O shopt_option ausführen", "", "Run -O shopt_option", "-O shopt_option ausführen"),
+    ("Dates from AT&T", "Daten von AT&T", "", "Dates from AT&T", "Daten von AT&T"),  # no marks in CLI catalogs
+])
+def test_gettext_accelerators_only_where_the_catalog_uses_them(src, tgt, chars, want_src, want_tgt):
+    assert extract_gettext.strip_accelerator(src, tgt, chars) == want_src
+    assert extract_gettext.strip_accelerator(tgt, src, chars) == want_tgt
+
 
 def test_gettext_skips_corrupt_catalog(tmp_path, caplog):
     bad = tmp_path / "usr/share/locale/de/LC_MESSAGES/bad.mo"

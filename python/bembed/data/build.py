@@ -66,7 +66,8 @@ def _prose(cache: Path, lang: str) -> list[Document]:
 
 def _gettext(cache: Path, lang: str) -> list[Pair]:
     return [pair for s, p in [*fetched_sources(cache, "gettext"), *fetched_sources(cache, "lo_l10n")]
-            if lang in s.langs for pair in extract_gettext.read_pairs(p, s.package, lang)]
+            if lang in s.langs
+            for pair in extract_gettext.read_pairs(p, s.package, lang, extract_gettext.ACCELERATORS[s.family])]
 
 
 def _by_split(rows, fractions) -> dict[str, list]:

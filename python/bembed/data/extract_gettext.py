@@ -18,11 +18,30 @@ from bembed.data.records import Pair, clean
 log = logging.getLogger(__name__)
 
 _CONTEXT_SEP = "\x04"  # gettext stores msgctxt + "\x04" + msgid
-_ACCEL = re.compile(r"~|&(?=\w)|_(?=\w)")  # menu accelerators: "~Open", "&File", "_Save"
+# Menu accelerators per source family: LibreOffice marks them "~Open" (VCL) and "_Open" (GTK dialogs); the
+# command-line tools' catalogs have none, and there "_", "~" and "&" belong to identifiers, paths and prose.
+ACCELERATORS = {"lo_l10n": "~_", "gettext": ""}
+_TOKEN = re.compile(r"[\w~]+")
+_IDENTIFIER = re.compile(r"[A-Z0-9]+(_[A-Z0-9]+)+|[a-z0-9]+(_[a-z0-9]+)+")
 
 
-def _strip_ui(text: str) -> str:
-    return clean(_ACCEL.sub("", text))
+def _is_accelerator(text: str, i: int, other: str) -> bool:
+    """Whether ``text[i]`` marks an accelerator rather than belonging to a token such as %AVERAGE_VALUE, or
+    $exception_type$, kept verbatim in the other side ("Ma_ximum" is a mark even where both sides share it)."""
+    after = text[i + 1:i + 2]
+    if not (after.isalpha() or text[i] == "_" and after.isdigit()):
+        return False  # "~/path", "HEAD~1", a trailing "_"; GTK's "Line _1" is a mark
+    token = next(m.group() for m in _TOKEN.finditer(text) if m.start() <= i < m.end())
+    return not (_IDENTIFIER.fullmatch(token) and token in _TOKEN.findall(other))
+
+
+def strip_accelerator(text: str, other: str, chars: str) -> str:
+    """``text`` without its accelerator mark (at most one, from ``chars``); ``other`` is the other side of
+    the pair, where an identifier recurs unchanged."""
+    for i, ch in enumerate(text):
+        if ch in chars and _is_accelerator(text, i, other):
+            return clean(text[:i] + text[i + 1:])
+    return clean(text)
 
 
 def read_catalog(path: Path) -> dict[str, str]:
@@ -48,8 +67,9 @@ def catalog_paths(source_dir: Path, lang: str) -> list[Path]:
     return sorted(p for pattern in patterns for p in root.glob(pattern))
 
 
-def read_pairs(source_dir: Path, package: str, lang: str) -> Iterator[Pair]:
-    """English → ``lang`` pairs from every catalog of one unpacked package."""
+def read_pairs(source_dir: Path, package: str, lang: str, accelerators: str = "") -> Iterator[Pair]:
+    """English → ``lang`` pairs from every catalog of one unpacked package, accelerator marks (characters
+    of ``accelerators``, see ACCELERATORS) stripped."""
     for path in catalog_paths(source_dir, lang):
         try:
             catalog = read_catalog(path)
@@ -57,7 +77,8 @@ def read_pairs(source_dir: Path, package: str, lang: str) -> Iterator[Pair]:
             log.warning("skipping unreadable catalog %s: %s", path, exc)
             continue
         for msgid, msgstr in catalog.items():
-            src, tgt = _strip_ui(msgid), _strip_ui(msgstr)
+            src = strip_accelerator(msgid, msgstr, accelerators)
+            tgt = strip_accelerator(msgstr, msgid, accelerators)
             if src and tgt:
                 yield Pair(doc_id=f"gettext:{src}", src=src, tgt=tgt, src_lang="en", tgt_lang=lang,
                            source=f"gettext-{package}")
