@@ -115,3 +115,12 @@ def test_fortunes_split_join_and_latin1(tmp_path):
     (tmp_path / "usr/share/games/fortunes/de/alt.dat").write_bytes(b"\0\1")
     docs = list(extract_fortunes.read_cookies(tmp_path, "fortunes-de", "de"))
     assert [d.paragraphs for d in docs] == [["Größe ist nicht alles hier"]]
+
+
+def test_fortunes_skip_the_rot13_offensive_files(tmp_path):
+    for rel in ("es/off/sexo", "es/refranes"):
+        f = tmp_path / "usr/share/games/fortunes" / rel
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_text(f"Un refrán bastante largo de {f.name}\n%\n", encoding="utf-8")
+    docs = list(extract_fortunes.read_cookies(tmp_path, "fortunes-es", "es"))
+    assert [d.doc_id for d in docs] == ["fortune:fortunes-es:es/refranes:0"]

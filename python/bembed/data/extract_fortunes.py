@@ -8,6 +8,7 @@ from pathlib import Path
 from bembed.data.records import Document, clean, word_count
 
 _SKIP_FILES = {"ascii-art"}  # pictures, not prose
+_OFFENSIVE = "off"  # fortunes-es ships its offensive cookies ROT13-encoded: not Spanish prose
 _MIN_WORDS = 3
 
 
@@ -34,9 +35,11 @@ def _decode(data: bytes) -> str:
 def read_cookies(source_dir: Path, package: str, lang: str) -> Iterator[Document]:
     root = Path(source_dir) / "usr" / "share" / "games" / "fortunes"
     for path in sorted(root.rglob("*")):
-        if not path.is_file() or path.is_symlink() or path.suffix == ".dat" or path.name in _SKIP_FILES:
+        rel = path.relative_to(root)
+        if (not path.is_file() or path.is_symlink() or path.suffix == ".dat" or path.name in _SKIP_FILES
+                or _OFFENSIVE in rel.parts):
             continue
-        rel = path.relative_to(root).as_posix()
+        rel = rel.as_posix()
         for i, cookie in enumerate(split_cookies(_decode(path.read_bytes()))):
             yield Document(doc_id=f"fortune:{package}:{rel}:{i}", lang=lang, source=package, title="",
                            paragraphs=[cookie])
