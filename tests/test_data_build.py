@@ -127,6 +127,9 @@ def test_build_end_to_end_on_fake_cache(tmp_path):
     mono_de = [r["text"] for split in load_from_disk(str(root / "mono_de")).values() for r in split]
     assert mono_de and not [t for t in mono_de if "Same text in both languages" in t]
     assert counts["dropped"]["mono_de"]["untranslated_paragraphs"] >= 1
+    # the copied help pages repeat their stage-2 pairs: one row each is kept
+    pair_rows = [(r["anchor"], r["positive"]) for split in load_from_disk(str(root / "pairs")).values() for r in split]
+    assert len(pair_rows) == len(set(pair_rows)) and counts["dropped"]["pairs"]["duplicate"] >= 1
     for split in load_from_disk(str(root / "retrieval")).values():
         for r in split:
             assert r["positive"] not in r["negatives"] and len(r["negatives"]) <= 2

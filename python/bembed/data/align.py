@@ -56,6 +56,20 @@ def clean_pairs(pairs: Iterable[Pair], min_words: int = MIN_WORDS) -> tuple[list
     return kept, dropped
 
 
+def dedupe(rows: Iterable, key_of) -> tuple[list, int]:
+    """``rows`` without those whose ``key_of(row)`` texts equal an earlier row's under ``normalize``; returns
+    the kept rows and how many were dropped."""
+    kept, seen, dropped = [], set(), 0
+    for row in rows:
+        key = tuple(normalize(t) for t in key_of(row))
+        if key in seen:
+            dropped += 1
+        else:
+            seen.add(key)
+            kept.append(row)
+    return kept, dropped
+
+
 def remove_leaks(by_split: dict[str, list], texts_of, also_trained_on: Iterable[str] = ()) -> int:
     """Drop validation/test rows sharing a text with a train row (the same sentence recurs in several
     documents, e.g. LibreOffice boilerplate). ``texts_of(row)`` gives a row's texts (or keys); texts that

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from bembed.data import (extract_bible, extract_fortunes, extract_gettext, extract_handbook, extract_lo_help,
                          extract_manpages)
-from bembed.data.align import align_documents, clean_pairs, remove_leaks
+from bembed.data.align import align_documents, clean_pairs, dedupe, remove_leaks
 from bembed.data.constructed_sts import build_sts
 from bembed.data.records import Document, Pair
 from bembed.data.sources import MARKER, fetched_sources
@@ -142,8 +142,10 @@ def build(cache: Path, out: Path, pair: str = "en-de", fractions=DEFAULT_FRACTIO
     help_docs = [*lo_mono["en"], *lo_mono[other], *hb_mono["en"], *hb_mono[other]]
     stage2 = [*title_body_pairs(help_docs), *adjacent_pairs(help_docs),
               *(row for lang in bible2 for row in translation_paraphrase_pairs(bible[lang], bible2[lang]))]
+    # a duplicate row is an in-batch negative equal to the positive, and extra weight on boilerplate
+    stage2, duplicates = dedupe(stage2, lambda r: (r["anchor"], r["positive"]))
     pairs = _by_split(stage2, fractions)
-    counts["dropped"]["pairs"] = {"leaked_into_eval": remove_leaks(
+    counts["dropped"]["pairs"] = {"duplicate": duplicates, "leaked_into_eval": remove_leaks(
         pairs, lambda r: [_pair_key(r["anchor"], r["positive"])])}
     _save(out, "pairs", pairs, counts)
 
