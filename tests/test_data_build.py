@@ -55,6 +55,20 @@ def test_remove_leaks_drops_eval_rows_sharing_train_text():
     assert by_split["test"] == [{"t": "z"}]
 
 
+def test_leaks_and_duplicates_match_up_to_punctuation_entities_and_nfkc():
+    from bembed.data.align import dedupe
+
+    by_split = {"train": [{"t": "With LibreOffice Basic"}],
+                "test": [{"t": "With LibreOffice Basic."}, {"t": "with ＬｉｂｒｅＯｆｆｉｃｅ  basic!"},
+                         {"t": "Drag &amp; drop"}, {"t": "Something else"}]}
+    assert remove_leaks(by_split, lambda r: (r["t"],), also_trained_on=["Drag & drop"]) == 3
+    assert by_split["test"] == [{"t": "Something else"}]
+    pairs = {"train": [("Title", "Body text")], "test": [("title:", "Body text."), ("Title Body", "text")]}
+    assert remove_leaks(pairs, lambda r: [r]) == 1 and pairs["test"] == [("Title Body", "text")]  # pairs whole
+    rows = [("Open a file", "Eine Datei öffnen"), ("Open a file.", "eine Datei öffnen"), ("Open", "Datei")]
+    assert dedupe(rows, lambda r: r) == ([rows[0], rows[2]], 1)
+
+
 def test_align_documents_by_key_and_position():
     en = Document("p", "en", "s", "T", ["one", "two", "three"], ["a", "b", "c"])
     de = Document("p", "de", "s", "T", ["eins", "drei"], ["a", "c"])

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import html
+import re
+import unicodedata
 from collections.abc import Iterable
 
 from bembed.data.records import Document, Pair, clean, word_count
 
 MIN_WORDS = 3
+_PUNCTUATION = re.compile(r"[^\w\s]+")
 
 
 def align_documents(src_docs: Iterable[Document], tgt_docs: Iterable[Document], *, positional: bool = False
@@ -30,13 +34,14 @@ def align_documents(src_docs: Iterable[Document], tgt_docs: Iterable[Document], 
 
 
 def normalize(text: str) -> str:
-    """The form texts are compared in: untranslated, duplicate and leaked text is equal here."""
-    return clean(text).casefold()
+    """The form texts are compared in: untranslated, duplicate and leaked text is equal here, also when it
+    differs only in case, punctuation, HTML entities or Unicode compatibility forms ("Basic." ≡ "basic")."""
+    return clean(_PUNCTUATION.sub(" ", unicodedata.normalize("NFKC", html.unescape(text)))).casefold()
 
 
 def clean_pairs(pairs: Iterable[Pair], min_words: int = MIN_WORDS) -> tuple[list[Pair], dict[str, int]]:
-    """Drop pairs with a side under ``min_words`` words, untranslated pairs (sides equal up to case and
-    whitespace) and exact duplicates (first occurrence kept). Returns the kept pairs and drop counts."""
+    """Drop pairs with a side under ``min_words`` words, untranslated pairs (sides equal under ``normalize``)
+    and duplicates (first occurrence kept). Returns the kept pairs and drop counts."""
     kept, seen = [], set()
     dropped = {"short": 0, "untranslated": 0, "duplicate": 0}
     for p in pairs:
@@ -70,16 +75,21 @@ def dedupe(rows: Iterable, key_of) -> tuple[list, int]:
     return kept, dropped
 
 
+def _normalize_key(key: str | tuple) -> str | tuple:
+    return tuple(map(normalize, key)) if isinstance(key, tuple) else normalize(key)
+
+
 def remove_leaks(by_split: dict[str, list], texts_of, also_trained_on: Iterable[str] = ()) -> int:
     """Drop validation/test rows sharing a text with a train row (the same sentence recurs in several
-    documents, e.g. LibreOffice boilerplate). ``texts_of(row)`` gives a row's texts (or keys); texts that
-    another set trains on can be added as ``also_trained_on``. Returns rows dropped."""
-    train_texts = {normalize(t) for row in by_split.get("train", []) for t in texts_of(row)}
-    train_texts.update(normalize(t) for t in also_trained_on)
+    documents, e.g. LibreOffice boilerplate). ``texts_of(row)`` gives a row's texts, or tuples of texts
+    compared as a whole (pair keys); those another set trains on can be added as ``also_trained_on``.
+    Returns rows dropped."""
+    train_texts = {_normalize_key(t) for row in by_split.get("train", []) for t in texts_of(row)}
+    train_texts.update(_normalize_key(t) for t in also_trained_on)
     dropped = 0
     for split in ("validation", "test"):
         rows = by_split.get(split, [])
-        keep = [r for r in rows if not any(normalize(t) in train_texts for t in texts_of(r))]
+        keep = [r for r in rows if not any(_normalize_key(t) in train_texts for t in texts_of(r))]
         dropped += len(rows) - len(keep)
         by_split[split] = keep
     return dropped

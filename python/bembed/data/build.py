@@ -78,10 +78,10 @@ def _by_split(rows, fractions) -> dict[str, list]:
     return out
 
 
-def _pair_key(a: str, b: str) -> str:
+def _pair_key(a: str, b: str) -> tuple[str, str]:
     # Pair sets leak by pair, not by text: help titles like "Options" and recurring verses occur in many
     # documents, so a text-level check would drop a third of the retrieval queries.
-    return a + "\x1f" + b
+    return a, b
 
 
 def _save(out: Path, name: str, by_split: dict[str, list], counts: dict) -> None:
