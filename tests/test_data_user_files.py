@@ -99,3 +99,13 @@ def test_bembed_data_check_cli(tmp_path, capsys):
     (tmp_path / "t.txt").write_text("text\n")
     assert main(["data", "check", str(tmp_path / "t.txt")]) == 1
     assert ".jsonl" in capsys.readouterr().out
+
+
+def test_a_byte_order_mark_is_not_part_of_the_first_column(tmp_path):
+    csv_path = tmp_path / "bom.csv"
+    csv_path.write_bytes("\ufeffsentence1,sentence2,score\na,b,4.5\n".encode())
+    rows, report = load_user_file(csv_path)
+    assert rows == [{"sentence1": "a", "sentence2": "b", "score": 4.5}] and report.kind == "sts"
+    jsonl_path = tmp_path / "bom.jsonl"
+    jsonl_path.write_bytes(("\ufeff" + json.dumps({"text": "hallo"}) + "\n").encode())
+    assert load_user_file(jsonl_path)[0] == [{"text": "hallo"}]
