@@ -419,6 +419,31 @@ def test_resume_cleans_stale_folders_skips_unreadable_and_keeps_a_same_step_chec
     ckpt.read(root / "step-00000004", 0)
 
 
+def test_resuming_an_older_checkpoint_sets_the_later_ones_aside(files, tmp_path):
+    """A run resumed from step 2 while steps 4 and 6 exist is another history: after its Ctrl-C at step 3,
+    --resume latest must continue it, not the abandoned step 6, and the loss curve must not mix the two."""
+    stage, cfg = mlm_run(files, tmp_path, 6, "train.save_every=2", "train.keep_last=0", "train.log_every=1")
+    _fit(stage, cfg)
+    root = tmp_path / "checkpoints"
+    stage, cfg = mlm_run(files, tmp_path, 6, "train.save_every=2", "train.keep_last=0", "train.log_every=1")
+    loss, calls = stage.loss, []
+
+    def interrupted(tensors):
+        calls.append(1)
+        if len(calls) == 2:  # in step 4, after step 3 was logged
+            raise KeyboardInterrupt
+        return loss(tensors)
+
+    stage.loss = interrupted
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(stage, cfg.train, to_dict(cfg)).fit(resume=str(root / "step-00000002"))
+    assert sorted(p.name for p in root.iterdir()) == [
+        "abandoned-step-00000004", "abandoned-step-00000006", "step-00000002", "step-00000003"]
+    steps = [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3]
+    assert ckpt.load("latest", root, 0)[0].name == "step-00000003"
+
+
 def test_fresh_run_into_a_used_output_dir_is_refused(files, tmp_path):
     stage, cfg = mlm_run(files, tmp_path, 1)
     _fit(stage, cfg)

@@ -128,6 +128,18 @@ def clean_stale(root: Path) -> None:
                 shutil.rmtree(p, ignore_errors=True)
 
 
+def set_aside_later(root: Path, step: int) -> list[Path]:
+    """Rename the checkpoints after `step` to abandoned-step-N (kept, but neither "latest" nor pruned any more):
+    a run resumed from an older checkpoint starts another history, and `--resume latest` after its next stop
+    must not continue the abandoned one. Returns the new names."""
+    moved = []
+    for path in list_checkpoints(root):
+        if int(_NAME.match(path.name).group(1)) > step:
+            moved.append(path.with_name(f"abandoned-{path.name}"))
+            os.replace(path, moved[-1])
+    return moved
+
+
 def finalize(root: Path, step: int, keep_last: int) -> Path:
     """Make the temporary folder durable, rename it into place and prune old checkpoints (rank 0 only)."""
     final, tmp = checkpoint_dir(root, step), temp_dir(root, step)

@@ -26,6 +26,8 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from bembed.files import write_text_atomic
+
 from . import checkpoint as ckpt
 from .config import TrainConfig
 
@@ -263,6 +265,17 @@ class Trainer:
             ckpt.set_rng_state(data["rng"], data["rng_meta"])
         log.info("resumed from %s at step %d", path, self.step)
 
+    def _forget_after_resumed_step(self) -> None:
+        """Resumed from an older checkpoint than the newest: the later checkpoints and metrics belong to the
+        abandoned continuation (--resume latest would return to it; its losses would mix into the curves)."""
+        for path in ckpt.set_aside_later(self.ckpt_root, self.step):
+            log.warning("resumed at step %d: set aside the later checkpoint as %s", self.step, path.name)
+        metrics = self.out / "metrics.jsonl"
+        if metrics.is_file():
+            kept = [line for line in metrics.read_text(encoding="utf-8").splitlines()
+                    if line.strip() and json.loads(line)["step"] <= self.step]
+            write_text_atomic(metrics, "".join(f"{line}\n" for line in kept))
+
     # ------------------------------------------------------------------ the loop
     def fit(self, resume: str | None = None) -> list[dict]:
         """Train to cfg.max_steps; returns the metrics of the steps run. Ctrl-C writes a checkpoint and
@@ -271,6 +284,8 @@ class Trainer:
             ckpt.clean_stale(self.ckpt_root)
         if resume:
             self.load_checkpoint(resume)
+            if self.rank == 0 and resume != "latest":  # "latest" leaves only unreadable later ones behind
+                self._forget_after_resumed_step()
         elif ckpt.list_checkpoints(self.ckpt_root):
             # a fresh run here would interleave its checkpoints and metrics with the earlier run's
             raise ckpt.CheckpointError(f"{self.ckpt_root} holds checkpoints of an earlier run: continue it with "
