@@ -271,9 +271,10 @@ def test_cuda_within_torch_error(B, m, D, dtype, bidirectional):
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_cuda_large_batch_under_a_loss_scale(dtype):
     # At B = 16384 an in-batch negative's dL/ds = p/(τB) lies below fp16's smallest subnormal; a GradScaler's
-    # 65536 arrives as the upstream gradient, after the kernel has rounded dS, so dS must be kept in range
-    # by the kernel itself (the emulated unscaled dS gave 4.4× PyTorch's fp16 error here).
-    B, D, loss_scale = 16384, 64, 65536.0
+    # scale arrives as the upstream gradient, after the kernel has rounded dS, so dS must be kept in range
+    # by the kernel itself (the emulated unscaled dS gave 4.4× PyTorch's fp16 error here). 2^14, not 65536:
+    # the fp16 loss's gradient must itself be a finite fp16 number.
+    B, D, loss_scale = 16384, 64, 2.0 ** 14
     q, d = _inputs(B, 0, D, device="cuda")
     results = []
     for impl, cast in (("reference", torch.float64), ("kernel", dtype), ("reference", dtype)):
