@@ -16,6 +16,15 @@ def test_new_content_replaces_old(tmp_path):
     assert os.listdir(tmp_path) == ["marker.json"]
 
 
+def test_the_file_gets_the_usual_permissions(tmp_path):
+    old = os.umask(0o022)
+    try:
+        write_text_atomic(tmp_path / "counts.json", "{}")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "counts.json").stat().st_mode & 0o777 == 0o644  # mkstemp alone gives 0600
+
+
 def test_a_failure_before_the_rename_keeps_the_old_file(tmp_path, monkeypatch):
     path = tmp_path / "marker.json"
     write_text_atomic(path, "old")

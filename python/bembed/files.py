@@ -1,18 +1,21 @@
 """Writing files so that a kill leaves either the old content or the new, never a torn file: the text goes
-to a temporary sibling, is flushed to disk, and is renamed over the target (os.replace is atomic on POSIX).
-Markers that say "this step is done" must be written this way, or a half-written one is read back later."""
+to a temporary sibling, is flushed to disk, and is renamed over the target (os.replace is atomic on POSIX),
+then the folder is synced so the rename itself survives a crash. Markers that say "this step is done" must
+be written this way, or a half-written one is read back later."""
 
 from __future__ import annotations
 
 import json
 import os
-import tempfile
+import uuid
 from pathlib import Path
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    # Mode 0666 less the umask, as open() gives: mkstemp's 0600 would hide shared caches from other users.
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
@@ -22,6 +25,11 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    folder = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(folder)
+    finally:
+        os.close(folder)
 
 
 def write_json_atomic(path: str | os.PathLike, value, indent: int = 1) -> None:
