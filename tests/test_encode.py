@@ -446,15 +446,15 @@ def test_late_chunking_bad_input(embedder):
 def test_cli_writes_npy_and_parquet_in_input_order(folder, embedder, tmp_path, monkeypatch):
     from bembed.cli import main
 
-    txt = tmp_path / "texts.txt"
-    txt.write_text("\n".join(TEXTS[:4]) + "\n", encoding="utf-8")
+    txt = tmp_path / "texts.txt"  # with a byte-order mark (Notepad's UTF-8), which is not part of the first text
+    txt.write_text("\n".join(TEXTS[:4]) + "\n", encoding="utf-8-sig")
     assert main(["encode", "--model", str(folder), "--input", str(txt), "--output", str(tmp_path / "v.npy"),
                  "--device", "cpu", "--no-progress"]) == 0
     np.testing.assert_allclose(np.load(tmp_path / "v.npy"), embedder.encode(TEXTS[:4]), rtol=1e-5, atol=1e-6)
 
     jsonl = tmp_path / "texts.jsonl"
     jsonl.write_text("\n".join(json.dumps({"id": i, "body": t}) for i, t in enumerate(TEXTS[:3])) + "\n",
-                     encoding="utf-8")
+                     encoding="utf-8-sig")
     assert main(["encode", "--model", str(folder), "--input", str(jsonl), "--field", "body", "--prompt-name",
                  "query", "--output", str(tmp_path / "v.parquet"), "--device", "cpu", "--no-progress"]) == 0
     pq = pytest.importorskip("pyarrow.parquet")

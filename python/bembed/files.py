@@ -11,6 +11,12 @@ import uuid
 from pathlib import Path
 
 
+def open_user_text(path: str | os.PathLike, newline: str | None = None):
+    """A user's UTF-8 text file for reading. utf-8-sig: Excel's "CSV UTF-8" and Notepad start the file with
+    a byte-order mark, which would otherwise become part of the first text or column name."""
+    return open(path, encoding="utf-8-sig", newline=newline)
+
+
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")

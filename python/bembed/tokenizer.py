@@ -18,6 +18,8 @@ from pathlib import Path
 
 import torch
 
+from bembed.files import open_user_text
+
 logger = logging.getLogger(__name__)
 
 SPECIAL_TOKENS = ("<s>", "<pad>", "</s>", "<unk>", "<mask>")
@@ -27,7 +29,7 @@ WORD_START = "Ġ"  # byte-level BPE's picture of the space that starts a word
 def _read_lines(path: Path) -> Iterator[str]:
     files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
     for file in files:
-        with open(file, encoding="utf-8-sig") as handle:  # -sig: a leading byte-order mark is not text
+        with open_user_text(file) as handle:
             for line in handle:
                 line = line.rstrip("\n")
                 if line.strip():

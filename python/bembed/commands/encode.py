@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from bembed.files import open_user_text
+
 INPUT_SUFFIXES = (".txt", ".jsonl")
 OUTPUT_SUFFIXES = (".npy", ".parquet")
 
@@ -34,7 +36,7 @@ def read_texts(path: Path, field: str) -> tuple[list[str], list[dict]]:
     if path.suffix not in INPUT_SUFFIXES:
         raise ValueError(f"--input: {path} must end in one of {INPUT_SUFFIXES}")
     texts, extras = [], []
-    with open(path, encoding="utf-8") as handle:
+    with open_user_text(path) as handle:
         for number, line in enumerate(handle, 1):
             line = line.rstrip("\n")
             if path.suffix == ".txt":

@@ -20,6 +20,8 @@ import math
 from collections.abc import Iterator
 from pathlib import Path
 
+from bembed.files import open_user_text
+
 KINDS = {
     "text": ("text",),
     "pairs": ("query", "document"),
@@ -95,9 +97,8 @@ def validate_row(row: dict, kind: str) -> dict:
 def _raw_rows(path: Path) -> Iterator[tuple[str, object]]:
     """(location, row or exception) for every record; a location is 'line N' or 'row N'."""
     suffix = path.suffix.lower()
-    # utf-8-sig: Excel's "CSV UTF-8" and Notepad start the file with a byte-order mark
     if suffix == ".jsonl":
-        with open(path, encoding="utf-8-sig") as f:
+        with open_user_text(path) as f:
             for n, line in enumerate(f, 1):
                 if not line.strip():
                     continue
@@ -106,7 +107,7 @@ def _raw_rows(path: Path) -> Iterator[tuple[str, object]]:
                 except json.JSONDecodeError as exc:
                     yield f"line {n}", ValueError(f"invalid JSON: {exc.msg}")
     elif suffix == ".csv":
-        with open(path, encoding="utf-8-sig", newline="") as f:
+        with open_user_text(path, newline="") as f:
             reader = csv.DictReader(f)
             start = reader.line_num + 1
             for row in reader:
