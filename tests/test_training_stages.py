@@ -174,6 +174,46 @@ def test_pairs_and_retrieval_batches_hold_no_duplicate_texts(files, tmp_path):
             assert len({rows[i]["query"] for i in picked}) == 8, (type(stage).__name__, index)
 
 
+def _picked(stage, index, world=1, size=2):
+    """The rows of global micro-batch `index` (a batch's source ends with the rows it holds)."""
+    return [i for rank in range(world) for i in json.loads(stage.batch(index, rank, world, size).source.rsplit("rows ", 1)[1])]
+
+
+def test_multitask_retrieval_batches_never_fail_mid_run(files, tmp_path):
+    """Rows (a,x),(a,y),(b,x) hold one distinct pair, but a greedy fill from some shuffles finds none: drawing
+    a batch raised mid-run on such indices (0, 5, 7, …). The first epoch is checked at start-up; a later
+    epoch with no full batch is skipped. A source with no distinct pair at all is refused at start-up."""
+    from bembed.training.multitask import MultitaskStage
+
+    def stage(rows, name):
+        path = U.write_jsonl(tmp_path / name, rows)
+        return MultitaskStage(load_config(MultitaskRun, None, [f"data.train=[{{path: {path}}}]", *_model_overrides(files),
+                                                               *U.train_overrides(tmp_path, 1, batch=2)]))
+
+    rows = [{"query": q, "document": d} for q, d in (("a", "x"), ("a", "y"), ("b", "x"))]
+    tiny = stage(rows, "tiny.jsonl")
+    for index in range(20):
+        assert sorted(_picked(tiny, index)) in ([0, 2], [1, 2])
+    with pytest.raises(ValueError, match=r"same.jsonl: no global micro-batch of 2 rows with distinct texts"):
+        stage([{"query": "same", "document": f"d {i}"} for i in range(8)], "same.jsonl")
+
+
+def test_multitask_hard_negative_never_shares_a_batch_with_the_row_it_is_positive_for(files, tmp_path):
+    """Row i's mined negative is row i+1's positive: in one batch it is a false negative for query i+1.
+    A negative that several rows share ("common") is no false negative and must not keep rows apart."""
+    from bembed.training.multitask import MultitaskStage
+
+    rows = [{"query": f"q {i}", "positive": f"d {i}", "negatives": [f"d {(i + 1) % 16}", "common"]} for i in range(16)]
+    path = U.write_jsonl(tmp_path / "neg.jsonl", rows)
+    stage = MultitaskStage(load_config(MultitaskRun, None, [f"data.train=[{{path: {path}}}]", *_model_overrides(files),
+                                                            *U.train_overrides(tmp_path, 1, batch=4),
+                                                            "multitask.num_negatives=2"]))
+    for index in range(30):
+        picked = _picked(stage, index, world=2)
+        positives = {rows[i]["positive"] for i in picked}
+        assert len(picked) == 4 and not positives & {rows[i]["negatives"][0] for i in picked}, (index, picked)
+
+
 def test_multitask_sts_none_leaves_sts_out(files, tmp_path):
     from bembed.training.multitask import MultitaskStage
 

@@ -46,15 +46,19 @@ def epoch_indices(n: int, size: int, index: int, seed: int) -> list[int]:
     return perm[k * size:(k + 1) * size].tolist()
 
 
-def first_distinct(rows: deque, texts: list[tuple], size: int) -> list[int]:
+def first_distinct(rows: deque, texts: list[tuple], size: int, shared: list[tuple] | None = None) -> list[int]:
     """Up to `size` rows taken from the front of `rows`, no two sharing a text (texts[i]: the texts of row i),
-    as sentence-transformers' NoDuplicatesBatchSampler does; the rows passed over go back to the front."""
-    batch, seen, passed = [], set(), []
+    as sentence-transformers' NoDuplicatesBatchSampler does; the rows passed over go back to the front.
+    shared[i] (hard negatives) may recur across rows, but none may be another row's text: a negative equal to
+    another row's positive is a false negative for that row's query."""
+    batch, seen, seen_shared, passed = [], set(), set(), []
     while rows and len(batch) < size:
         i = rows.popleft()
-        if seen.isdisjoint(texts[i]):
+        own = shared[i] if shared else ()
+        if seen.isdisjoint(texts[i]) and seen_shared.isdisjoint(texts[i]) and seen.isdisjoint(own):
             batch.append(i)
             seen.update(texts[i])
+            seen_shared.update(own)
         else:
             passed.append(i)
     rows.extendleft(reversed(passed))
@@ -62,14 +66,16 @@ def first_distinct(rows: deque, texts: list[tuple], size: int) -> list[int]:
 
 
 class DistinctBatches:
-    """Global micro-batches of `size` rows in which no two rows share a text: a duplicate query or document in
-    a batch is a false negative for in-batch InfoNCE. Each epoch is a fresh permutation of the rows; a row
-    that clashes with the batch being filled waits for the next one, and what is left at the end is dropped,
-    so epochs hold different numbers of batches. Batch `index` is still a pure function of (seed, index):
-    epochs are laid out in order (the batch counts are kept; only the current epoch's layout)."""
+    """Global micro-batches of `size` rows in which no two rows share a text (see `first_distinct`): a
+    duplicate query or document in a batch is a false negative for in-batch InfoNCE. Each epoch is a fresh
+    permutation of the rows; a row that clashes with the batch being filled waits for the next one, and what
+    is left at the end is dropped, so epochs hold different numbers of batches (the greedy fill can even leave
+    a later epoch none: it is skipped). Batch `index` is still a pure function of (seed, index): epochs are
+    laid out in order (the batch counts are kept; only the current epoch's layout). The first call raises
+    ValueError when the first epoch has no full batch, so a stage checks its data by calling it once."""
 
-    def __init__(self, texts: list[tuple], size: int, seed: int):
-        self.texts, self.size, self.seed = texts, size, seed
+    def __init__(self, texts: list[tuple], size: int, seed: int, shared: list[tuple] | None = None):
+        self.texts, self.size, self.seed, self.shared = texts, size, seed, shared
         self.counts: list[int] = []
         self.epoch, self.batches = -1, []
 
@@ -77,11 +83,11 @@ class DistinctBatches:
         if epoch != self.epoch:
             rows = deque(torch.randperm(len(self.texts), generator=generator(self.seed, epoch)).tolist())
             self.batches = []
-            while len(batch := first_distinct(rows, self.texts, self.size)) == self.size:
+            while len(batch := first_distinct(rows, self.texts, self.size, self.shared)) == self.size:
                 self.batches.append(batch)
-            if not self.batches:
-                raise ValueError(f"the data has fewer than one global micro-batch ({self.size}) of rows with "
-                                 "distinct texts")
+            if not self.batches and epoch == 0:
+                raise ValueError(f"no global micro-batch of {self.size} rows with distinct texts could be filled "
+                                 "from the shuffled data (too many repeated texts)")
             self.epoch = epoch
         return self.batches
 

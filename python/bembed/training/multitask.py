@@ -10,7 +10,6 @@ One shared encoder, no task heads. The task and rows of micro-batch i depend onl
 from __future__ import annotations
 
 import logging
-from collections import deque
 from pathlib import Path
 
 import torch
@@ -18,7 +17,7 @@ import torch
 import bembed_ext
 from bembed_ext.distributed import all_gather_rows
 
-from .batching import Batch, first_distinct, generator, shard
+from .batching import Batch, DistinctBatches, generator, shard
 from .config import MultitaskRun
 from .data import read_rows
 from .encoder import embed, export_encoder, load_encoder, stage_prompts, tokenize
@@ -61,20 +60,29 @@ class MultitaskStage:
             raise ValueError(f"train.batch_size={cfg.train.batch_size} over train.grad_accum={cfg.train.grad_accum} "
                              f"leaves micro-batches of {micro} rows; sts_loss pearson needs at least 3 rows")
         self.weights = torch.tensor(weights, dtype=torch.float64)
-        self.texts = [None if kind == "sts" else [(r["query"], r.get("positive", r.get("document"))) for r in rows]
-                      for kind, _, rows in self.tasks]
+        # Retrieval batches hold no repeated query or document (a false in-batch negative), as in `pairs`; the
+        # batches are checked here, not when the sampler first draws the task mid-run.
+        self.batches = []
+        for kind, path, rows in self.tasks:
+            if kind == "sts":
+                self.batches.append(None)
+                continue
+            texts = [(r["query"], r.get("positive", r.get("document"))) for r in rows]
+            negatives = [tuple(r.get("negatives", ())[:mt.num_negatives]) for r in rows]
+            self.batches.append(DistinctBatches(texts, micro, cfg.train.seed, shared=negatives))
+            try:
+                self.batches[-1](0)
+            except ValueError as exc:
+                raise ValueError(f"data source {path}: {exc}") from None
 
     def batch(self, index: int, rank: int, world: int, size: int) -> Batch:
         g = generator(self.cfg.train.seed, index)
         task = int(torch.multinomial(self.weights, 1, generator=g))
         kind, path, rows = self.tasks[task]
-        order = torch.randperm(len(rows), generator=g).tolist()
         if kind == "sts":
-            picked = order[:size * world]
-        else:  # a query or positive twice in a batch would be a false negative of in-batch InfoNCE
-            picked = first_distinct(deque(order), self.texts[task], size * world)
-            if len(picked) < size * world:
-                raise ValueError(f"data source {path}: fewer than {size * world} rows with distinct texts")
+            picked = torch.randperm(len(rows), generator=g)[:size * world].tolist()
+        else:  # the task's own stream of batches, read at the global index (a pure function of seed and index)
+            picked = self.batches[task](index)
         picked = shard(picked, rank, world)
         chosen = [rows[i] for i in picked]
         mt, length = self.cfg.multitask, self.cfg.model.max_length
