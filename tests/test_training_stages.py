@@ -484,6 +484,22 @@ def test_resuming_an_older_checkpoint_sets_the_later_ones_aside(files, tmp_path)
     assert ckpt.load("latest", root, 0)[0].name == "step-00000003"
 
 
+def test_setting_aside_twice_keeps_both_abandoned_histories(tmp_path):
+    """Resuming from step 2 twice (each continuation saved step 4 again) failed with ENOTEMPTY renaming the
+    second step-4 onto the first abandoned-step-4."""
+    def make(step, text):
+        ckpt.checkpoint_dir(tmp_path, step).mkdir()
+        (ckpt.checkpoint_dir(tmp_path, step) / "state.json").write_text(text)
+
+    make(2, "2")
+    for attempt in ("first", "second", "third"):
+        make(4, attempt)
+        ckpt.set_aside_later(tmp_path, 2)
+    kept = {p.name: (p / "state.json").read_text() for p in tmp_path.iterdir()}
+    assert kept == {"step-00000002": "2", "abandoned-step-00000004": "first", "abandoned-step-00000004.2": "second",
+                    "abandoned-step-00000004.3": "third"}
+
+
 def test_fresh_run_into_a_used_output_dir_is_refused(files, tmp_path):
     stage, cfg = mlm_run(files, tmp_path, 1)
     _fit(stage, cfg)

@@ -131,12 +131,17 @@ def clean_stale(root: Path) -> None:
 def set_aside_later(root: Path, step: int) -> list[Path]:
     """Rename the checkpoints after `step` to abandoned-step-N (kept, but neither "latest" nor pruned any more):
     a run resumed from an older checkpoint starts another history, and `--resume latest` after its next stop
-    must not continue the abandoned one. Returns the new names."""
+    must not continue the abandoned one. A name already taken (resumed from the same step before) gets a
+    suffix: abandoned-step-N.2, .3, … (abandoned folders are the user's, never replaced). Returns the new names."""
     moved = []
     for path in list_checkpoints(root):
         if int(_NAME.match(path.name).group(1)) > step:
-            moved.append(path.with_name(f"abandoned-{path.name}"))
-            os.replace(path, moved[-1])
+            target, n = path.with_name(f"abandoned-{path.name}"), 1
+            while target.exists():
+                n += 1
+                target = path.with_name(f"abandoned-{path.name}.{n}")
+            os.replace(path, target)
+            moved.append(target)
     return moved
 
 
