@@ -130,12 +130,12 @@ def test_files_corpora_are_sampled_to_max_chars(tmp_path):
     whole = read_corpus(files[0], "corpus")
     sampled = train_for_pair(tmp_path / "tok", files=tuple(map(str, files)), max_chars=2000, vocab_size=300)
     assert len(sampled) == 300
-    from bembed.commands.tokenizer import sample_lines
+    from bembed.commands.tokenizer import seeded_sample
 
-    sample = sample_lines(whole, 2000)
+    sample = seeded_sample(whole, 2000)
     assert 2000 <= sum(map(len, sample)) < 2000 + max(map(len, whole))
     assert sample != whole[: len(sample)]  # a seeded sample, not the file's first lines
-    assert sample == sample_lines(whole, 2000)
+    assert sample == seeded_sample(whole, 2000)
     with pytest.raises(ValueError, match="--files: '/no/such.txt' is not an existing file"):
         train_for_pair(tmp_path / "tok", files=("/no/such.txt", str(files[1])))
 

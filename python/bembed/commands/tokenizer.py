@@ -23,49 +23,9 @@ def add_arguments(parser) -> None:
                              "(default: the whole corpus)")
 
 
-def sample_documents(data_root: str | Path, pair: str, lang: str, max_chars: int | None = None, seed: int = 0,
-                     doc_chars: int = 4000) -> list[str]:
-    """Documents of the built `mono_<lang>` train split of `pair` (never validation/test text). With
-    max_chars, a seeded random sample of documents, each cut at a paragraph boundary after doc_chars
-    characters, until max_chars: every source is represented (the split is ordered by source, so a
-    prefix would be LibreOffice help only)."""
-    import random
-
-    from datasets import load_from_disk
-
-    folder = Path(data_root) / pair / f"mono_{lang}"
-    if not folder.is_dir():
-        raise FileNotFoundError(f"no built corpus at {folder}: run `bembed data build --pair {pair}` first")
-    documents = load_from_disk(str(folder))["train"]["text"]
-    if max_chars is None:
-        return [d for d in documents if d.strip()]
-    order = list(range(len(documents)))
-    random.Random(seed).shuffle(order)
-    sample, total = [], 0
-    for index in order:
-        text = ""
-        for paragraph in documents[index].split("\n\n"):
-            if text and len(text) + len(paragraph) > doc_chars:
-                break
-            text = f"{text}\n\n{paragraph}" if text else paragraph
-        if text.strip():
-            sample.append(text.strip())
-            total += len(text)
-        if total >= max_chars:
-            break
-    return sample
-
-
-def corpus_texts(data_root: str | Path, pair: str, lang: str, max_chars: int | None = None,
-                 seed: int = 0) -> list[str]:
-    """The paragraphs of `sample_documents(...)`: the tokenizer's training texts for one language."""
-    return [p.strip() for d in sample_documents(data_root, pair, lang, max_chars, seed) for p in d.split("\n\n")
-            if p.strip()]
-
-
-def sample_lines(texts: list[str], max_chars: int, seed: int = 0) -> list[str]:
-    """A seeded random sample of texts (one a line of a --files corpus) with about max_chars characters:
-    like sample_documents, a sample rather than a prefix, so a file ordered by source is represented whole."""
+def seeded_sample(texts: list[str], max_chars: int, seed: int = 0, cut=lambda text: text) -> list[str]:
+    """Texts in a seeded random order, each passed through `cut`, until about max_chars characters: a sample
+    rather than a prefix, so a corpus ordered by source is represented whole."""
     import random
 
     order = list(range(len(texts)))
@@ -74,9 +34,44 @@ def sample_lines(texts: list[str], max_chars: int, seed: int = 0) -> list[str]:
     for index in order:
         if total >= max_chars:
             break
-        sample.append(texts[index])
-        total += len(texts[index])
+        text = cut(texts[index])
+        if text.strip():
+            sample.append(text)
+            total += len(text)
     return sample
+
+
+def _first_paragraphs(document: str, doc_chars: int) -> str:
+    """The document cut at the paragraph boundary after doc_chars characters."""
+    text = ""
+    for paragraph in document.split("\n\n"):
+        if text and len(text) + len(paragraph) > doc_chars:
+            break
+        text = f"{text}\n\n{paragraph}" if text else paragraph
+    return text
+
+
+def sample_documents(data_root: str | Path, pair: str, lang: str, max_chars: int | None = None, seed: int = 0,
+                     doc_chars: int = 4000) -> list[str]:
+    """Documents of the built `mono_<lang>` train split of `pair` (never validation/test text). With
+    max_chars, a seeded_sample of documents, each cut at a paragraph boundary after doc_chars characters:
+    every source is represented (the split is ordered by source, so a prefix would be LibreOffice help only)."""
+    from datasets import load_from_disk
+
+    folder = Path(data_root) / pair / f"mono_{lang}"
+    if not folder.is_dir():
+        raise FileNotFoundError(f"no built corpus at {folder}: run `bembed data build --pair {pair}` first")
+    documents = load_from_disk(str(folder))["train"]["text"]
+    if max_chars is None:
+        return [d for d in documents if d.strip()]
+    return [d.strip() for d in seeded_sample(documents, max_chars, seed, lambda d: _first_paragraphs(d, doc_chars))]
+
+
+def corpus_texts(data_root: str | Path, pair: str, lang: str, max_chars: int | None = None,
+                 seed: int = 0) -> list[str]:
+    """The paragraphs of `sample_documents(...)`: the tokenizer's training texts for one language."""
+    return [p.strip() for d in sample_documents(data_root, pair, lang, max_chars, seed) for p in d.split("\n\n")
+            if p.strip()]
 
 
 def train_for_pair(out: str | Path, pair: str = "en-de", vocab_size: int = 16000, data_root: str | Path | None = None,
@@ -90,7 +85,7 @@ def train_for_pair(out: str | Path, pair: str = "en-de", vocab_size: int = 16000
     if files is not None:
         corpus_a, corpus_b = (read_corpus(f, "--files") for f in files)
         if max_chars is not None:
-            corpus_a, corpus_b = (sample_lines(texts, max_chars) for texts in (corpus_a, corpus_b))
+            corpus_a, corpus_b = (seeded_sample(texts, max_chars) for texts in (corpus_a, corpus_b))
     else:
         root = Path(data_root) if data_root is not None else cache_dir() / "datasets"
         corpus_a, corpus_b = (corpus_texts(root, pair, lang, max_chars) for lang in pair.split("-"))
