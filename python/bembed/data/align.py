@@ -41,23 +41,17 @@ def normalize(text: str) -> str:
 
 def clean_pairs(pairs: Iterable[Pair], min_words: int = MIN_WORDS) -> tuple[list[Pair], dict[str, int]]:
     """Drop pairs with a side under ``min_words`` words, untranslated pairs (sides equal under ``normalize``)
-    and duplicates (first occurrence kept). Returns the kept pairs and drop counts."""
-    kept, seen = [], set()
-    dropped = {"short": 0, "untranslated": 0, "duplicate": 0}
+    and duplicates (``dedupe``). Returns the kept pairs and drop counts."""
+    candidates, dropped = [], {"short": 0, "untranslated": 0}
     for p in pairs:
         src, tgt = clean(p.src), clean(p.tgt)
         if word_count(src) < min_words or word_count(tgt) < min_words:
             dropped["short"] += 1
-            continue
-        key = (normalize(src), normalize(tgt))
-        if key[0] == key[1]:
+        elif normalize(src) == normalize(tgt):
             dropped["untranslated"] += 1
-            continue
-        if key in seen:
-            dropped["duplicate"] += 1
-            continue
-        seen.add(key)
-        kept.append(Pair(p.doc_id, src, tgt, p.src_lang, p.tgt_lang, p.source))
+        else:
+            candidates.append(Pair(p.doc_id, src, tgt, p.src_lang, p.tgt_lang, p.source))
+    kept, dropped["duplicate"] = dedupe(candidates, lambda p: (p.src, p.tgt))
     return kept, dropped
 
 
