@@ -231,7 +231,8 @@ def test_expanded_inputs_and_gradients():
 @pytest.mark.parametrize("garbage", [float("inf"), float("nan")])
 def test_non_finite_padded_keys_do_not_reach_real_rows(dtype, garbage):
     """Padded buffers from torch.empty may hold inf or NaN where the mask says padding: the mask replaces
-    those scores (it was added, and inf − inf put NaN into every real row of the key tile)."""
+    those scores (it was added, and inf − inf put NaN into every real row of the key tile). As in the
+    reference, padded v rows and the q gradient still see such k/v values through 0-weighted products."""
     B, L, H, D = 2, 16, 2, 32
     q, k, v = _qkv((B, L, H, D), dtype)
     mask = torch.arange(L)[None, :] < torch.tensor([L, 10])[:, None]
