@@ -158,7 +158,8 @@ def contrastive_loss(queries: torch.Tensor, documents: torch.Tensor, *, temperat
     Returns the scalar mean over queries of −log softmax(q·dᵀ/τ)[positive], plus (bidirectional=True) the
     document→query term over the B positives against all B queries: the two directions are summed.
     gather_across_ranks=True all-gathers queries and documents over the default process group (every rank
-    passes the same shapes); the result is this rank's loss, the mean over its own queries, with the
+    passes the same shapes: a first all-gather of four integers checks that, since mismatched sizes abort or
+    hang the collective); the result is this rank's loss, the mean over its own queries, with the
     gradient convention described in the module docstring (a DDP step equals the one-process step).
     Kernels: CPU float32/float64, CUDA float32/float16/bfloat16 (fp32 accumulation), differentiable once
     (differentiating the gradient raises); `impl="reference"` (or BEMBED_REFERENCE_OPS=1) runs the
