@@ -331,15 +331,19 @@ def test_resume_is_exact(files, tmp_path):
 
 def test_ctrl_c_during_the_optimizer_update_finishes_the_step(files, tmp_path):
     """A SIGINT that lands while optimizer.step() updates the weights is held until the step is complete: the
-    checkpoint must not store updated weights and moments under the old step number."""
+    checkpoint must not store updated weights and moments under the old step number, and the step's metrics
+    are logged before the run stops (they were lost: the resumed run starts after that step). A checkpoint
+    due at that step is written once, by the periodic save."""
     import os
     import signal
 
     stage, cfg = mlm_run(files, tmp_path / "straight", 6)
     _fit(stage, cfg)
-    stage, cfg = mlm_run(files, tmp_path / "killed", 6)
+    stage, cfg = mlm_run(files, tmp_path / "killed", 6, "train.save_every=4")
     trainer = Trainer(stage, cfg.train, to_dict(cfg))
-    update = trainer.optimizer.step
+    update, saves = trainer.optimizer.step, []
+    save = trainer.save_checkpoint
+    trainer.save_checkpoint = lambda: (saves.append(trainer.on_disk), save())[1]
 
     def interrupted_update():
         update()
@@ -351,8 +355,12 @@ def test_ctrl_c_during_the_optimizer_update_finishes_the_step(files, tmp_path):
         trainer.fit()
     root = tmp_path / "killed" / "checkpoints"
     assert [p.name for p in ckpt.list_checkpoints(root)] == ["step-00000004"]
+    assert saves == [None, 4]  # the periodic save, then the Ctrl-C save keeps that folder
+    metrics = tmp_path / "killed" / "metrics.jsonl"
+    assert [json.loads(line)["step"] for line in metrics.read_text().splitlines()] == [1, 2, 3, 4]
     stage, cfg = mlm_run(files, tmp_path / "killed", 6)
     _fit(stage, cfg, resume="latest")
+    assert [json.loads(line)["step"] for line in metrics.read_text().splitlines()] == [1, 2, 3, 4, 5, 6]
     a = _weights(tmp_path / "straight" / "checkpoints" / "step-00000006")
     b = _weights(root / "step-00000006")
     assert all(torch.equal(a[k], b[k]) for k in a)

@@ -59,21 +59,28 @@ def lr_factor(step: int, warmup: int, total: int) -> float:
     return max(0.0, (total - step) / max(1, total - warmup))
 
 
+class StepInterrupted(KeyboardInterrupt):
+    """Ctrl-C during an optimizer update, raised once the step is complete, with that step's metrics: `fit`
+    logs the step (and writes a checkpoint due at it) before it stops, so metrics.jsonl has every step."""
+
+    def __init__(self, metrics: dict):
+        super().__init__()
+        self.metrics = metrics
+
+
 @contextmanager
 def deferred_sigint():
-    """Hold Ctrl-C (SIGINT) until the block has run, then raise KeyboardInterrupt: an interrupted optimizer
-    update would leave half-updated weights for the Ctrl-C checkpoint to save under the old step number."""
-    if threading.current_thread() is not threading.main_thread():  # signals only reach the main thread
-        yield
-        return
+    """Hold Ctrl-C (SIGINT) while the block runs; yields a list that is non-empty once one came. An interrupted
+    optimizer update would leave half-updated weights for the Ctrl-C checkpoint to save under the old step."""
     caught = []
+    if threading.current_thread() is not threading.main_thread():  # signals only reach the main thread
+        yield caught
+        return
     previous = signal.signal(signal.SIGINT, lambda *_: caught.append(True))
     try:
-        yield
+        yield caught
     finally:
         signal.signal(signal.SIGINT, previous)
-    if caught:
-        raise KeyboardInterrupt
 
 
 class StageLoss(torch.nn.Module):
@@ -187,18 +194,20 @@ class Trainer:
                                      f"batch {where}")
         grad_norm = None
         lr = cfg.lr * lr_factor(self.step, cfg.warmup_steps, cfg.max_steps)
-        with deferred_sigint():
+        with deferred_sigint() as caught:
             if cfg.max_grad_norm is not None:
                 grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm))
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
             self.optimizer.step()
             self.step += 1
-        out = {"step": self.step, "loss": reduced[0] / self.world, "lr": lr, "tokens": int(reduced[1])}
-        # a metric is the mean over the micro-batches (and ranks) that produced it: a multi-task step mixes tasks
-        out.update({k: s / w for k, s, w in zip(keys, reduced[3:3 + len(keys)], reduced[3 + len(keys):])})
-        if grad_norm is not None:
-            out["grad_norm"] = grad_norm
+            out = {"step": self.step, "loss": reduced[0] / self.world, "lr": lr, "tokens": int(reduced[1])}
+            # a metric is the mean over the micro-batches (and ranks) that produced it: a multi-task step mixes tasks
+            out.update({k: s / w for k, s, w in zip(keys, reduced[3:3 + len(keys)], reduced[3 + len(keys):])})
+            if grad_norm is not None:
+                out["grad_norm"] = grad_norm
+        if caught:
+            raise StepInterrupted(out)
         return out
 
     # ------------------------------------------------------------------ checkpoints
@@ -302,7 +311,11 @@ class Trainer:
         try:
             while self.step < self.cfg.max_steps:
                 started = (self.step, ckpt.rng_state())
-                metrics = self.train_step()
+                stop = None
+                try:
+                    metrics = self.train_step()
+                except StepInterrupted as exc:
+                    metrics, stop = exc.metrics, exc
                 now = time.perf_counter()
                 metrics["tokens_per_s"] = metrics["tokens"] / max(now - t0, 1e-9)
                 t0 = now
@@ -310,6 +323,8 @@ class Trainer:
                 self._log(metrics, bar)
                 if self.cfg.save_every and self.step % self.cfg.save_every == 0 and self.step < self.cfg.max_steps:
                     self.save_checkpoint()
+                if stop is not None:
+                    raise stop
         except KeyboardInterrupt:
             log.warning("interrupted at step %d: writing a checkpoint", self.step)
             if started is not None and started[0] == self.step:
