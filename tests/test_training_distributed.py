@@ -44,7 +44,7 @@ def _configs(files: dict, out: Path):
     }
 
 
-def _run_all(files: dict, out: Path) -> dict:
+def _run_all(files: dict, out: Path, all_reduces: list | None = None) -> dict:
     from bembed.training.config import to_dict
     from bembed.training.mlm import MLMStage
     from bembed.training.multitask import MultitaskStage
@@ -56,7 +56,10 @@ def _run_all(files: dict, out: Path) -> dict:
     for name, cfg in _configs(files, out).items():
         torch.manual_seed(0)
         stage = stages[name](cfg)
+        before = len(all_reduces or ())
         histories[name] = Trainer(stage, cfg.train, to_dict(cfg)).fit()
+        if all_reduces is not None:
+            histories[f"{name} all_reduces"] = len(all_reduces) - before
     return histories
 
 
@@ -66,8 +69,10 @@ def _worker(rank: int, world: int, port: int, files: dict, out: str) -> None:
     torch.set_num_threads(1)
     import torch.distributed as dist
 
+    calls, all_reduce = [], dist.all_reduce
+    dist.all_reduce = lambda *args, **kwargs: (calls.append(1), all_reduce(*args, **kwargs))[1]
     try:
-        histories = _run_all(files, Path(out))
+        histories = _run_all(files, Path(out), calls)
         if rank == 0:
             (Path(out) / "histories.json").write_text(json.dumps(histories))
     finally:
@@ -90,6 +95,9 @@ def test_two_gloo_processes_equal_one_process(files, tmp_path):
     two = json.loads((tmp_path / "two" / "histories.json").read_text())
     kinds = {k for m in one["multitask"] for k in m if k.endswith("_loss")}
     assert kinds == {"retrieval_loss", "sts_loss"}, kinds  # both tasks (and both gathers) exercised
+    # One all-reduce per step (the metrics; DDP reduces gradients itself) and one more for MLM's total masked
+    # tokens: the micro-batch weights of the other stages are all 1, and the MLM loss needs no count of its own.
+    assert {name: two[f"{name} all_reduces"] for name in one} == {"mlm": 2 * STEPS, "pairs": STEPS, "multitask": STEPS}
     for name in ("mlm", "pairs", "multitask"):
         assert [m["step"] for m in two[name]] == list(range(1, STEPS + 1))
         for a, b in zip(one[name], two[name]):

@@ -18,8 +18,9 @@ import torch
 class Batch:
     """A rank-local micro-batch: tensors for the loss, the token count (for tokens/s), where the rows
     came from (named when a loss turns NaN/inf), and its weight in the step's loss: each micro-batch's loss
-    counts with its weight over the total of the step's micro-batches on all ranks (MLM: its masked tokens,
-    so that the step's loss is the mean over all its masked tokens however it is split; else 1 each)."""
+    counts with its weight over the total of the step's micro-batches on all ranks. 1 each, unless the stage
+    sets `weighted_batches` (MLM: its loss is the mean over the rank's masked tokens and the weight their
+    count, so that the step's loss is the mean over all its masked tokens however it is split)."""
 
     tensors: dict
     tokens: int

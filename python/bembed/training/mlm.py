@@ -48,6 +48,8 @@ def _tokenizer(cfg: PretrainRun, texts_by_lang: dict[str, list[str]], rank: int)
 
 
 class MLMStage:
+    weighted_batches = True  # a micro-batch weighs its masked tokens
+
     def __init__(self, cfg: PretrainRun, rank: int = 0):
         if not cfg.data.train:
             raise ValueError("data.train: give at least one text source")
@@ -104,21 +106,16 @@ class MLMStage:
                      weight=float((labels != -100).sum()))
 
     def loss(self, t: dict) -> tuple[torch.Tensor, dict]:
-        """Cross-entropy over the masked tokens of the global micro-batch: each rank sums its tokens and
-        divides by the global count, times world size (so the mean of rank losses is the global mean). The
-        trainer weighs micro-batches by their masked tokens (Batch.weight): a step is the mean over all of its."""
+        """Cross-entropy, mean over this rank's masked tokens of the micro-batch. The trainer weighs it by
+        those tokens (Batch.weight) over the step's total on all ranks, so a step's loss is the mean over all
+        of its masked tokens however it is split, with no collective here."""
         selected = t["labels"] != -100
-        count = selected.sum().to(torch.float32)
-        world = 1
-        if dist.is_initialized() and dist.get_world_size() > 1:
-            world = dist.get_world_size()
-            dist.all_reduce(count)
+        count = selected.sum().clamp(min=1)
         hidden = self.model.bert(t["input_ids"], t["attention_mask"]).last_hidden_state
         logits = self.model.cls(hidden[selected]).float()
         targets = t["labels"][selected]
-        scale = world / count.clamp(min=1)
-        loss = F.cross_entropy(logits, targets, reduction="sum") * scale
-        accuracy = (logits.argmax(-1) == targets).sum().float() * scale
+        loss = F.cross_entropy(logits, targets, reduction="sum") / count
+        accuracy = (logits.argmax(-1) == targets).sum().float() / count
         return loss, {"mlm_accuracy": accuracy.detach()}
 
     def export(self, folder: Path) -> None:

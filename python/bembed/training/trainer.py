@@ -3,7 +3,8 @@ AdamW with linear warm-up and linear decay, tqdm progress, jsonl metrics, a loss
 checkpoints with exact resume, Ctrl-C → checkpoint, NaN/inf → stop, and data parallelism under torchrun.
 
 A stage supplies `model` (the trained nn.Module), `batch(index, rank, world, size) -> Batch` (rank-local
-micro-batch `index` of `size` rows) and `loss(tensors) -> (loss, metrics)`, plus `export(folder)`.
+micro-batch `index` of `size` rows) and `loss(tensors) -> (loss, metrics)`, plus `export(folder)`, and
+`weighted_batches = True` if its Batch weights are not all 1 (see `Batch`).
 Loss convention across ranks (the one `bembed_ext.contrastive_loss` uses): the mean of the rank losses is
 the loss of the global batch, and averaging the ranks' parameter gradients gives its gradient (gathers
 inside a loss sum gradients back to the owning rank). That is DDP's convention: under torchrun the stage's
@@ -123,6 +124,7 @@ class Trainer:
             raise ValueError(f"train.batch_size={config.batch_size} must split into train.grad_accum="
                              f"{config.grad_accum} micro-batches, each divisible by world size {self.world}")
         self.local_size = micro // self.world
+        self.weighted = getattr(stage, "weighted_batches", False)
         self.model = stage.model.to(self.device)
         if config.gradient_checkpointing and hasattr(self.model, "gradient_checkpointing_enable"):
             self.model.gradient_checkpointing_enable()
@@ -164,11 +166,12 @@ class Trainer:
         loss_sum, tokens, bad, sums, shares = 0.0, 0, [], {}, {}
         first = self.step * cfg.grad_accum
         batches = [self.stage.batch(first + a, self.rank, self.world, self.local_size) for a in range(cfg.grad_accum)]
-        # Batches are built first: each one's share of the step's loss needs the step's total weight (all ranks).
-        weights = self._sum_across_ranks([b.weight for b in batches])
-        total = sum(weights) or 1.0
+        # Batches are built first: each one's share of the step's loss needs the step's total weight (all ranks),
+        # which only a stage with weighted batches has to add up across ranks; else it is world × grad_accum.
+        local = sum(b.weight for b in batches)
+        total = (self._sum_across_ranks([local])[0] if self.weighted else local * self.world) or 1.0
         for a, batch in enumerate(batches):
-            index, share = first + a, weights[a] / total
+            index, share = first + a, batch.weight * self.world / total
             last = a == cfg.grad_accum - 1
             with self.stage_loss.no_sync() if self.world > 1 and not last else nullcontext():
                 with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.autocast):
