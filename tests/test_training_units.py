@@ -66,6 +66,30 @@ def test_config_rejects_out_of_range_values(override, message):
         load_config(PairsRun, None, [override])
 
 
+def test_configs_edited_after_loading_are_checked_where_used():
+    """The fields stay mutable and the quickstart edits them after loading: the checks run again in the Trainer
+    and the stages (they ran only at load time, so max_steps=0 or a negative beta went through)."""
+    from bembed.training.align import AlignStage
+    from bembed.training.config import AlignRun
+    from bembed.training.mlm import MLMStage
+    from bembed.training.trainer import Trainer
+
+    cfg = load_config(PretrainRun, None, ["data.train=[{path: a.jsonl}]"])
+    cfg.train.max_steps = 0
+    with pytest.raises(ValueError, match="train.max_steps must be ≥ 1"):
+        Trainer(None, cfg.train)
+    cfg.train.max_steps, cfg.model.max_length = 1, 2
+    with pytest.raises(ValueError, match="model.max_length must be ≥ 3"):
+        MLMStage(cfg)
+    cfg = load_config(AlignRun, None, ["model.init_from=m", "data.train=[{path: a.jsonl}]"])
+    cfg.align.beta = -0.4
+    with pytest.raises(ValueError, match="align.beta must be ≥ 0"):
+        AlignStage(cfg)
+    cfg.align.beta, cfg.data.train[0].max_rows = 0.4, 0
+    with pytest.raises(ValueError, match="max_rows must be ≥ 1"):
+        AlignStage(cfg)
+
+
 def test_align_has_no_source_lang_field():
     """align.source_lang was accepted and did nothing: the first column is always the teacher's language."""
     from bembed.training.config import AlignRun

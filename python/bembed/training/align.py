@@ -22,6 +22,7 @@ from .encoder import embed, export_encoder, load_encoder, tokenize
 
 class AlignStage:
     def __init__(self, cfg: AlignRun, rank: int = 0):
+        cfg.validate()  # again: code may have edited the loaded config
         if not cfg.model.init_from:
             raise ValueError("model.init_from: alignment starts from an existing model folder")
         if not cfg.data.train:

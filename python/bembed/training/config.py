@@ -16,13 +16,29 @@ from pathlib import Path
 
 
 def _require(ok: bool, field: str, rule: str, value) -> None:
-    """Range checks at load time: a bad value fails here, naming the field, not as a traceback mid-run."""
+    """A range check: a bad value fails naming the field, not as a traceback mid-run."""
     if not ok:
         raise ValueError(f"config {field} must be {rule}, got {value!r}")
 
 
+class Checked:
+    """A config section whose `validate()` runs when it is built (load time) and again where it is used (the
+    Trainer, the stages): the fields stay mutable, and code that edits them after loading (the quickstart
+    does) must not get past the checks. The base `validate()` checks every section inside (a run config)."""
+
+    def __post_init__(self):
+        self.validate()
+
+    def validate(self) -> None:
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            for item in value if isinstance(value, list) else (value,):
+                if isinstance(item, Checked):
+                    item.validate()
+
+
 @dataclasses.dataclass
-class TrainConfig:
+class TrainConfig(Checked):
     """The trainer core's settings, shared by every stage. `batch_size` is the global batch of one
     optimizer step (all ranks, all accumulation micro-batches together); it must divide evenly."""
 
@@ -45,7 +61,7 @@ class TrainConfig:
     gradient_checkpointing: bool = False
     progress: bool = True
 
-    def __post_init__(self):
+    def validate(self) -> None:
         for name in ("max_steps", "batch_size", "grad_accum"):
             _require(getattr(self, name) >= 1, f"train.{name}", "≥ 1", getattr(self, name))
         for name in ("lr", "weight_decay", "warmup_steps", "save_every", "keep_last"):
@@ -59,7 +75,7 @@ class TrainConfig:
 
 
 @dataclasses.dataclass
-class ModelConfig:
+class ModelConfig(Checked):
     """Where the encoder comes from: `init_from` (a saved model folder) or a fresh JinaBERT built from
     `config` (JinaBertConfig fields) with the tokenizer at `tokenizer`."""
 
@@ -68,7 +84,7 @@ class ModelConfig:
     config: dict = dataclasses.field(default_factory=dict)
     max_length: int = 512
 
-    def __post_init__(self):
+    def validate(self) -> None:
         from bembed.model import JinaBertConfig
 
         # JinaBertConfig takes any keyword (PretrainedConfig keeps unknown ones): a typo would train the default
@@ -80,7 +96,7 @@ class ModelConfig:
 
 
 @dataclasses.dataclass
-class Source:
+class Source(Checked):
     """One data source: a jsonl/csv/parquet file, or a dataset folder written by `bembed data build`
     (read with `split`). `lang` tags text for language-alternating MLM batches; `weight` overrides the
     size-proportional sampling of multi-task training; `max_rows` keeps the first rows only."""
@@ -91,7 +107,7 @@ class Source:
     weight: float | None = None
     max_rows: int | None = None
 
-    def __post_init__(self):
+    def validate(self) -> None:
         _require(bool(self.path), "data source path", "a file or dataset folder", self.path)
         _require(self.weight is None or self.weight > 0, f"data source {self.path}: weight", "> 0", self.weight)
         _require(self.max_rows is None or self.max_rows >= 1, f"data source {self.path}: max_rows", "≥ 1",
@@ -99,35 +115,35 @@ class Source:
 
 
 @dataclasses.dataclass
-class DataConfig:
+class DataConfig(Checked):
     train: list[Source] = dataclasses.field(default_factory=list)
 
 
 @dataclasses.dataclass
-class MLMConfig:
+class MLMConfig(Checked):
     mask_prob: float = 0.30
     language_batches: str = "alternate"  # alternate | mix
     tokenizer_vocab_size: int = 32000  # when model.tokenizer does not exist yet, one is trained from the data
 
-    def __post_init__(self):
+    def validate(self) -> None:
         _require(0 < self.mask_prob < 1, "mlm.mask_prob", "in (0, 1)", self.mask_prob)
         _require(self.language_batches in ("alternate", "mix"), "mlm.language_batches", "'alternate' or 'mix'",
                  self.language_batches)
 
 
 @dataclasses.dataclass
-class PairsConfig:
+class PairsConfig(Checked):
     temperature: float = 0.05
     bidirectional: bool = True
     query_prefix: str = ""
     passage_prefix: str = ""
 
-    def __post_init__(self):
+    def validate(self) -> None:
         _require(self.temperature > 0, "pairs.temperature", "> 0", self.temperature)
 
 
 @dataclasses.dataclass
-class MultitaskConfig:
+class MultitaskConfig(Checked):
     temperature: float = 0.05
     num_negatives: int = 3
     sts_loss: str = "pearson"  # pearson | mse | cosent | none
@@ -136,26 +152,26 @@ class MultitaskConfig:
     query_prefix: str = ""
     passage_prefix: str = ""
 
-    def __post_init__(self):
+    def validate(self) -> None:
         _require(self.temperature > 0, "multitask.temperature", "> 0", self.temperature)
         _require(self.num_negatives >= 0, "multitask.num_negatives", "≥ 0", self.num_negatives)
         _require(self.score_max > 0, "multitask.score_max", "> 0", self.score_max)
 
 
 @dataclasses.dataclass
-class AlignConfig:
+class AlignConfig(Checked):
     """The first column of every source (query / anchor / src: English in built `parallel` sets) is the
     teacher's language, the second the language taught."""
 
     teacher: str | None = None  # default: a frozen copy of the student as loaded
     beta: float = 0.4
 
-    def __post_init__(self):
+    def validate(self) -> None:
         _require(self.beta >= 0, "align.beta", "≥ 0", self.beta)
 
 
 @dataclasses.dataclass
-class PretrainRun:
+class PretrainRun(Checked):
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
@@ -163,7 +179,7 @@ class PretrainRun:
 
 
 @dataclasses.dataclass
-class PairsRun:
+class PairsRun(Checked):
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
@@ -171,7 +187,7 @@ class PairsRun:
 
 
 @dataclasses.dataclass
-class MultitaskRun:
+class MultitaskRun(Checked):
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
@@ -179,7 +195,7 @@ class MultitaskRun:
 
 
 @dataclasses.dataclass
-class AlignRun:
+class AlignRun(Checked):
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)

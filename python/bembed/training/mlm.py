@@ -51,6 +51,7 @@ class MLMStage:
     weighted_batches = True  # a micro-batch weighs its masked tokens
 
     def __init__(self, cfg: PretrainRun, rank: int = 0):
+        cfg.validate()  # again: code may have edited the loaded config
         if not cfg.data.train:
             raise ValueError("data.train: give at least one text source")
         self.cfg = cfg

@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 
 class MultitaskStage:
     def __init__(self, cfg: MultitaskRun, rank: int = 0):
+        cfg.validate()  # again: code may have edited the loaded config
         mt = cfg.multitask
         self.cfg = cfg
         self.sts_loss = sts_loss(mt.sts_loss, score_max=mt.score_max, cosent_scale=mt.cosent_scale)

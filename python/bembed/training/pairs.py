@@ -22,6 +22,7 @@ def gathering() -> bool:
 
 class PairStage:
     def __init__(self, cfg: PairsRun, rank: int = 0):
+        cfg.validate()  # again: code may have edited the loaded config
         if not cfg.data.train:
             raise ValueError("data.train: give at least one pairs source")
         self.cfg = cfg

@@ -112,6 +112,7 @@ def data_parallel(module: torch.nn.Module, device: torch.device) -> torch.nn.Mod
 
 class Trainer:
     def __init__(self, stage, config: TrainConfig, full_config: dict | None = None):
+        config.validate()  # again: code may have edited the loaded config (the quickstart sets max_steps)
         self.stage, self.cfg = stage, config
         self.full_config = full_config or {}
         self.rank, self.world, local_rank = init_distributed()
