@@ -386,6 +386,15 @@ def test_mlm_step_is_the_mean_over_its_masked_tokens_however_accumulated(files, 
         torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-7)
 
 
+def test_max_grad_norm_zero_does_not_clip(files, tmp_path):
+    """0 means no clipping, as null: clipping to norm 0 would zero every gradient."""
+    stage, cfg = mlm_run(files, tmp_path, 1, "train.max_grad_norm=0")
+    before = [p.detach().clone() for p in stage.model.parameters()]
+    (step,) = _fit(stage, cfg)
+    assert "grad_norm" not in step
+    assert any(not torch.equal(a, p) for a, p in zip(before, stage.model.parameters()))
+
+
 def test_checkpoints_keep_last_k_and_clear_errors(files, tmp_path):
     stage, cfg = mlm_run(files, tmp_path, 5, "train.save_every=1", "train.keep_last=2")
     _fit(stage, cfg)

@@ -42,13 +42,21 @@ def test_config_yaml_and_dotted_overrides(tmp_path):
 @pytest.mark.parametrize("override, message", [
     ("train.lrr=1", "unknown key"), ("mlm.mask_prob=x", "expected float"), ("train.max_steps=1.5", "expected int"),
     ("train", "section.field=value"), ("pairs.temperature=1", "unknown key"),
-    ("train.max_grad_norm=-1.0", "max_grad_norm must be > 0"), ("train.max_grad_norm=0", "max_grad_norm must be > 0"),
+    ("train.max_grad_norm=-1.0", "max_grad_norm must be ≥ 0"), ("model.config={tie_word_embedding: false}", "unknown"),
     ("mlm.mask_prob=1.0", "mlm.mask_prob must be in"),
     ("model.config={num_hidden_layer: 2}", r"model.config: unknown key\(s\) \['num_hidden_layer'\]"),
 ])
 def test_config_rejects_bad_overrides(override, message):
     with pytest.raises(ValueError, match=message):
         load_config(PretrainRun, None, [override])
+
+
+def test_config_accepts_pretrained_config_keys_and_no_clipping():
+    """model.config takes PretrainedConfig's keys too (they were refused as unknown), and
+    train.max_grad_norm=0 means no clipping again, as null does."""
+    cfg = load_config(PretrainRun, None, ["model.config={tie_word_embeddings: false, bos_token_id: 0, hidden_size: 32}",
+                                          "train.max_grad_norm=0"])
+    assert cfg.model.config["tie_word_embeddings"] is False and cfg.train.max_grad_norm == 0
 
 
 @pytest.mark.parametrize("override, message", [

@@ -70,8 +70,8 @@ class TrainConfig(Checked):
         _require(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "train.betas",
                  "two values in [0, 1)", list(self.betas))
         # a negative norm made clipping reverse the gradient
-        _require(self.max_grad_norm is None or self.max_grad_norm > 0, "train.max_grad_norm",
-                 "> 0 or null (no clipping)", self.max_grad_norm)
+        _require(self.max_grad_norm is None or self.max_grad_norm >= 0, "train.max_grad_norm",
+                 "≥ 0 (0 or null: no clipping)", self.max_grad_norm)
 
 
 @dataclasses.dataclass
@@ -87,9 +87,13 @@ class ModelConfig(Checked):
     def validate(self) -> None:
         from bembed.model import JinaBertConfig
 
-        # JinaBertConfig takes any keyword (PretrainedConfig keeps unknown ones): a typo would train the default
-        known = set(inspect.signature(JinaBertConfig.__init__).parameters) - {"self", "kwargs"}
-        unknown = sorted(set(self.config) - known)
+        # JinaBertConfig takes any keyword (PretrainedConfig keeps unknown ones): a typo would train the default.
+        # Known: its own parameters, the attributes every config has, and the keys transformers reads from any
+        # config although transformers 5 no longer sets them on PretrainedConfig (special token ids — as
+        # model_config_kwargs passes — and tie_word_embeddings).
+        known = (set(inspect.signature(JinaBertConfig.__init__).parameters) - {"self", "kwargs"}
+                 | set(JinaBertConfig().to_dict()) | {"tie_word_embeddings"})
+        unknown = sorted(k for k in set(self.config) - known if not k.endswith("_token_id"))
         if unknown:
             raise ValueError(f"config model.config: unknown key(s) {unknown}; known: {sorted(known)}")
         _require(self.max_length >= 3, "model.max_length", "≥ 3 (<s>, a token, </s>)", self.max_length)

@@ -199,7 +199,7 @@ class Trainer:
         grad_norm = None
         lr = cfg.lr * lr_factor(self.step, cfg.warmup_steps, cfg.max_steps)
         with deferred_sigint() as caught:
-            if cfg.max_grad_norm is not None:
+            if cfg.max_grad_norm:  # 0 or None: no clipping
                 grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm))
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
