@@ -222,3 +222,26 @@ def test_settings_and_overrides_reject_bad_input():
         "pairs": ["train.lr=3e-4", "model.max_length=32"]}
     with pytest.raises(ValueError, match="STAGE"):
         parse_overrides(["train.lr=3e-4"])
+
+
+def test_model_folder_keeps_the_final_stages_prompts_and_settings(tmp_path):
+    """Stages trained with --set pairs.pairs.query_prefix='query: ' export prompts; <out>/model must keep
+    them (and max_seq_length, normalize), or evaluation and the demo embed queries without their prefix."""
+    from bembed.encode import Embedder
+    from bembed.model import JinaBertConfig, JinaBertModel
+    from bembed.model.export import export_sentence_transformers
+    from bembed.tokenizer import model_config_kwargs
+    from bembed.training.encoder import load_tokenizer
+
+    tokenizer = load_tokenizer(U.tokenizer_dir(tmp_path))
+    model = JinaBertModel(JinaBertConfig(**TINY, **model_config_kwargs(tokenizer)))
+    final = export_sentence_transformers(model, tokenizer, tmp_path / "final", max_seq_length=24, normalize=False,
+                                         prompts={"query": "query: ", "passage": "passage: "})
+    settings = qs.Settings(out=tmp_path / "qs")
+    qs.save_model(settings, str(final))
+    before, after = Embedder.from_pretrained(final, device="cpu"), Embedder.from_pretrained(tmp_path / "qs" / "model",
+                                                                                              device="cpu")
+    assert after.prompts == before.prompts == {"query": "query: ", "passage": "passage: ", "document": "passage: "}
+    assert (after.max_seq_length, after.normalize_embeddings) == (24, False)
+    texts = ["the house by the river"]
+    assert (after.encode(texts, prompt_name="query") == before.encode(texts, prompt_name="query")).all()

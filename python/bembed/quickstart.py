@@ -302,14 +302,13 @@ def run_stage(settings: Settings, stage: str, data_root: str, model_from: str, b
 # ---------------------------------------------------------------------------------------------- model
 def save_model(settings: Settings, final: str) -> dict:
     """<out>/model: the HF folder (config.json, model.safetensors, tokenizer) that is also a
-    sentence-transformers folder (modules.json, pooling, normalize)."""
-    from bembed.model import JinaBertModel
-    from bembed.model.export import export_sentence_transformers
-    from bembed.training.encoder import load_tokenizer
+    sentence-transformers folder (modules.json, pooling, normalize). It is the last stage's export re-saved
+    through the Embedder, so the prompts (query/passage prefixes), max_seq_length and normalize it was
+    trained with come along: without the prompts, evaluation and demo would embed queries unprefixed."""
+    from bembed.encode import Embedder
 
     folder = settings.out / "model"
-    model = JinaBertModel.from_pretrained(final)
-    export_sentence_transformers(model, load_tokenizer(final), folder)
+    Embedder.from_pretrained(final, device="cpu").save_pretrained(folder)
     return {"model": str(folder)}
 
 
