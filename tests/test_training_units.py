@@ -51,12 +51,18 @@ def test_config_rejects_bad_overrides(override, message):
         load_config(PretrainRun, None, [override])
 
 
-def test_config_accepts_pretrained_config_keys_and_no_clipping():
-    """model.config takes PretrainedConfig's keys too (they were refused as unknown), and
+def test_config_refuses_keys_that_would_do_nothing_and_accepts_no_clipping():
+    """model.config keys the tokenizer decides (they were overridden) or that a fresh JinaBERT ignores
+    (tie_word_embeddings: the MLM decoder is always tied) are refused, not silently dropped; and
     train.max_grad_norm=0 means no clipping again, as null does."""
-    cfg = load_config(PretrainRun, None, ["model.config={tie_word_embeddings: false, bos_token_id: 0, hidden_size: 32}",
+    cfg = load_config(PretrainRun, None, ["model.config={hidden_size: 32, qk_layer_norm: true}",
                                           "train.max_grad_norm=0"])
-    assert cfg.model.config["tie_word_embeddings"] is False and cfg.train.max_grad_norm == 0
+    assert cfg.model.config == {"hidden_size": 32, "qk_layer_norm": True} and cfg.train.max_grad_norm == 0
+    for key, message in (("bos_token_id: 7", "decided by the tokenizer"),
+                         ("vocab_size: 100", "decided by the tokenizer"),
+                         ("tie_word_embeddings: false", "unknown key"), ("model_type: bogus", "unknown key")):
+        with pytest.raises(ValueError, match=message):
+            load_config(PretrainRun, None, [f"model.config={{{key}}}"])
 
 
 @pytest.mark.parametrize("override, message", [

@@ -87,13 +87,17 @@ class ModelConfig(Checked):
     def validate(self) -> None:
         from bembed.model import JinaBertConfig
 
-        # JinaBertConfig takes any keyword (PretrainedConfig keeps unknown ones): a typo would train the default.
-        # Known: its own parameters, the attributes every config has, and the keys transformers reads from any
-        # config although transformers 5 no longer sets them on PretrainedConfig (special token ids — as
-        # model_config_kwargs passes — and tie_word_embeddings).
-        known = (set(inspect.signature(JinaBertConfig.__init__).parameters) - {"self", "kwargs"}
-                 | set(JinaBertConfig().to_dict()) | {"tie_word_embeddings"})
-        unknown = sorted(k for k in set(self.config) - known if not k.endswith("_token_id"))
+        # JinaBertConfig takes any keyword (PretrainedConfig keeps unknown ones), so only the architecture's
+        # own parameters pass: a typo would train the default, and generic keys (tie_word_embeddings,
+        # model_type, ...) do nothing here (JinaBertForMaskedLM always ties its decoder). The tokenizer decides
+        # the vocabulary size and the special token ids (model_config_kwargs overrides them).
+        decided = sorted(k for k in self.config if k == "vocab_size" or k.endswith("_token_id"))
+        if decided:
+            raise ValueError(f"config model.config: {decided} are decided by the tokenizer (model.tokenizer); "
+                             "remove them")
+        known = set(inspect.signature(JinaBertConfig.__init__).parameters) - {"self", "kwargs", "vocab_size",
+                                                                                "pad_token_id"}
+        unknown = sorted(set(self.config) - known)
         if unknown:
             raise ValueError(f"config model.config: unknown key(s) {unknown}; known: {sorted(known)}")
         _require(self.max_length >= 3, "model.max_length", "≥ 3 (<s>, a token, </s>)", self.max_length)
