@@ -517,6 +517,19 @@ def test_setting_aside_twice_keeps_both_abandoned_histories(tmp_path):
                     "abandoned-step-00000004.3": "third"}
 
 
+def test_a_metrics_line_torn_by_a_kill_is_dropped_on_resume(files, tmp_path):
+    """A kill mid-write leaves a torn last line; the resumed run appended its next record to it (one more
+    lost line) and then failed to draw loss.png on the unparsable line."""
+    stage, cfg = mlm_run(files, tmp_path, 2, "train.log_every=1")
+    _fit(stage, cfg)
+    with open(tmp_path / "metrics.jsonl", "a", encoding="utf-8") as f:
+        f.write('{"step": 3, "loss": 5.')  # what a kill while logging step 3 leaves
+    stage, cfg = mlm_run(files, tmp_path, 4, "train.log_every=1")
+    _fit(stage, cfg, resume="latest")
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in lines] == [1, 2, 3, 4]
+
+
 def test_fresh_run_into_a_used_output_dir_is_refused(files, tmp_path):
     stage, cfg = mlm_run(files, tmp_path, 1)
     _fit(stage, cfg)

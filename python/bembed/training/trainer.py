@@ -278,16 +278,19 @@ class Trainer:
             ckpt.set_rng_state(data["rng"], data["rng_meta"])
         log.info("resumed from %s at step %d", path, self.step)
 
-    def _forget_after_resumed_step(self) -> None:
-        """Resumed from an older checkpoint than the newest: the later checkpoints and metrics belong to the
-        abandoned continuation (--resume latest would return to it; its losses would mix into the curves)."""
+    def _set_aside_later_checkpoints(self) -> None:
+        """Resumed from an older checkpoint than the newest: the later ones belong to the abandoned
+        continuation, which --resume latest would otherwise return to."""
         for path in ckpt.set_aside_later(self.ckpt_root, self.step):
             log.warning("resumed at step %d: set aside the later checkpoint as %s", self.step, path.name)
-        metrics = self.out / "metrics.jsonl"
-        if metrics.is_file():
-            kept = [line for line in metrics.read_text(encoding="utf-8").splitlines()
-                    if line.strip() and json.loads(line)["step"] <= self.step]
-            write_text_atomic(metrics, "".join(f"{line}\n" for line in kept))
+
+    def _metrics_up_to_resumed_step(self) -> None:
+        """metrics.jsonl as it was at the resumed step: the steps after it are re-run (or belong to an abandoned
+        continuation), and a line torn by the kill would otherwise swallow the next record appended to it."""
+        path = self.out / "metrics.jsonl"
+        if path.is_file():
+            records = read_metrics(path)
+            write_text_atomic(path, "".join(json.dumps(records[s]) + "\n" for s in sorted(records) if s <= self.step))
 
     # ------------------------------------------------------------------ the loop
     def fit(self, resume: str | None = None) -> list[dict]:
@@ -297,8 +300,10 @@ class Trainer:
             ckpt.clean_stale(self.ckpt_root)
         if resume:
             self.load_checkpoint(resume)
-            if self.rank == 0 and resume != "latest":  # "latest" leaves only unreadable later ones behind
-                self._forget_after_resumed_step()
+            if self.rank == 0:
+                if resume != "latest":  # "latest" leaves only unreadable later ones behind
+                    self._set_aside_later_checkpoints()
+                self._metrics_up_to_resumed_step()
         elif ckpt.list_checkpoints(self.ckpt_root):
             # a fresh run here would interleave its checkpoints and metrics with the earlier run's
             raise ckpt.CheckpointError(f"{self.ckpt_root} holds checkpoints of an earlier run: continue it with "
@@ -370,6 +375,21 @@ class Trainer:
                          metrics["tokens_per_s"])
 
 
+def read_metrics(path: Path) -> dict[int, dict]:
+    """The records of a metrics.jsonl by step (a resumed run rewrites steps: the last record wins); a line
+    torn by a kill mid-write is skipped with a warning."""
+    records: dict[int, dict] = {}
+    for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+        if line.strip():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                log.warning("%s:%d: not a complete record (a write cut short by a kill?); skipped", path, number)
+                continue
+            records[record["step"]] = record
+    return records
+
+
 def plot_losses(metrics_path: Path, png_path: Path) -> Path | None:
     """Plot every loss-like column of metrics.jsonl against the step (the last record of a step wins, so
     a resumed run draws one curve). Skips with a log line when matplotlib is missing."""
@@ -383,11 +403,7 @@ def plot_losses(metrics_path: Path, png_path: Path) -> Path | None:
         return None
     if not Path(metrics_path).is_file():
         return None
-    records: dict[int, dict] = {}
-    for line in Path(metrics_path).read_text(encoding="utf-8").splitlines():
-        if line.strip():
-            record = json.loads(line)
-            records[record["step"]] = record
+    records = read_metrics(metrics_path)
     steps = sorted(records)
     keys = sorted({k for r in records.values() for k in r if "loss" in k})
     fig, ax = plt.subplots(figsize=(7, 4))
