@@ -216,6 +216,10 @@ def test_settings_and_overrides_reject_bad_input():
         qs.Settings(steps={"pairs": 0})
     with pytest.raises(ValueError, match="overrides"):
         qs.Settings(overrides={"finetune": ["train.lr=1"]})
+    with pytest.raises(ValueError, match="vocab_size"):
+        qs.Settings(vocab_size=100)
+    with pytest.raises(ValueError, match="max_chars"):
+        qs.Settings(eval_max_chars=0)
     with pytest.raises(ValueError, match="unknown key"):  # a typo in --set, caught before any step runs
         qs.Settings(overrides={"multitask": ["train.lr=1e-4", "multitask.sts_los=mse"]})
     assert parse_overrides(["pairs.train.lr=3e-4", "pairs.model.max_length=32"]) == {
@@ -245,3 +249,21 @@ def test_model_folder_keeps_the_final_stages_prompts_and_settings(tmp_path):
     assert (after.max_seq_length, after.normalize_embeddings) == (24, False)
     texts = ["the house by the river"]
     assert (after.encode(texts, prompt_name="query") == before.encode(texts, prompt_name="query")).all()
+
+
+def test_a_value_that_would_fail_late_is_refused_before_the_settings_are_recorded(tmp_path, monkeypatch, capsys):
+    """--max-items 0 failed after data, corpus and tokenizer, and a batch that grad_accum does not divide failed
+    when stage 2 started; both had recorded the settings, so the corrected command was refused."""
+    from bembed.cli import main
+
+    def stop(settings):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(qs, "prepare_data", stop)
+    command = ["quickstart", "--out", str(tmp_path / "qs"), "--no-progress"]
+    assert main([*command, "--max-items", "0"]) == 2
+    assert main([*command, "--set", "pairs.train.grad_accum=3"]) == 2
+    printed = capsys.readouterr().out
+    assert "max_items and max_chars must be positive" in printed and "pairs: train.batch_size=64" in printed
+    assert not (tmp_path / "qs" / ".quickstart" / "settings.json").exists()
+    assert main([*command, "--max-items", "20"]) == 130  # the corrected command starts, not refused

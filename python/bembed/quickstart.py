@@ -86,8 +86,23 @@ class Settings:
         unknown = sorted(set(self.overrides) - set(TRAINING_STAGES))
         if unknown:
             raise ValueError(f"overrides: unknown stage(s) {unknown}; stages are {TRAINING_STAGES}")
-        for stage, items in self.overrides.items():
-            _load_stage_config(stage, items)  # a misspelt key fails now, not minutes later when the stage starts
+        # Everything that would fail only once steps have run is checked now, before run() records the
+        # settings: found late, a bad value leaves a folder that refuses the corrected command as "other settings".
+        from bembed.eval.tasks import TaskSizes
+        from bembed.tokenizer import SPECIAL_TOKENS
+
+        if self.vocab_size < 256 + len(SPECIAL_TOKENS):
+            raise ValueError(f"vocab_size must be at least {256 + len(SPECIAL_TOKENS)} (256 bytes + specials), "
+                             f"got {self.vocab_size}")
+        if (self.tokenizer_chars is not None and self.tokenizer_chars < 1) or self.mlm_chars < 1:
+            raise ValueError(f"tokenizer_chars and mlm_chars must be positive, got {self.tokenizer_chars}, "
+                             f"{self.mlm_chars}")
+        TaskSizes(max_items=self.eval_max_items, max_chars=self.eval_max_chars)
+        for stage in TRAINING_STAGES:
+            try:
+                check_stage_config(self, stage)
+            except ValueError as exc:
+                raise ValueError(f"{stage}: {exc}") from None
 
 
 class SettingsMismatch(ValueError):
@@ -224,6 +239,17 @@ def stage_config(settings: Settings, stage: str, data_root: str, model_from: str
     cfg.train.seed = settings.seed
     cfg.train.progress = settings.progress
     return cfg
+
+
+def check_stage_config(settings: Settings, stage: str) -> None:
+    """Raise ValueError for a stage config that would fail only when the stage starts: the config as
+    stage_config builds it (with placeholder paths) must pass its validate() and the Trainer's batch split
+    (the quickstart runs one process, so the world size is 1)."""
+    cfg = stage_config(settings, stage, "", str(settings.out / "tokenizer"))
+    cfg.validate()
+    if cfg.train.batch_size % cfg.train.grad_accum:
+        raise ValueError(f"train.batch_size={cfg.train.batch_size} must split into train.grad_accum="
+                         f"{cfg.train.grad_accum} equal micro-batches")
 
 
 def make_stage(stage: str, cfg):
