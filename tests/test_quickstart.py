@@ -71,7 +71,7 @@ def _settings(data, out, **changes):
              "train.save_every=2", "train.log_every=1"]
     settings = dict(pair="en-de", minutes=1.0, out=out, data_root=data, vocab_size=400, tokenizer_chars=None,
                     mlm_chars=20_000, steps={"pretrain": 4, "pairs": 6, "multitask": 4},
-                    overrides={"pretrain": model, "pairs": model[1:], "multitask": model[1:]},
+                    overrides={"pretrain": [*model, "train.warmup_steps=3"], "pairs": model[1:], "multitask": model[1:]},
                     baselines=[], eval_max_items=20, progress=False)
     settings.update(changes)
     return qs.Settings(**settings)
@@ -121,6 +121,9 @@ def test_quickstart_writes_model_table_png_and_resumes_after_an_interruption(dat
     steps_logged = [json.loads(line)["step"] for line in (out / "pairs" / "metrics.jsonl").read_text().splitlines()]
     assert steps_logged == [1, 2, 3, 4, 5, 6]  # 1-3 before the interruption, 4-6 after
     assert summary["steps"] == {"pretrain": 4, "pairs": 6, "multitask": 4}
+    # a warm-up given with --set is kept; the configured one (50) is cut to a tenth of the short run (at least 1)
+    assert [json.loads((out / s / "config.json").read_text())["train"]["warmup_steps"] for s in qs.TRAINING_STAGES] \
+        == [3, 1, 1]
 
     # the model folder loads as a bembed model and (when installed) with sentence-transformers, same vectors
     from bembed.encode import Embedder
@@ -172,9 +175,10 @@ def test_a_folder_started_with_other_settings_is_refused(tmp_path, monkeypatch, 
     out = str(tmp_path / "qs")
     assert main(["quickstart", "--out", out, "--no-progress"]) == 130
     assert main(["quickstart", "--out", out, "--no-progress"]) == 130  # the same command resumes
-    assert main(["quickstart", "--out", out, "--no-progress", "--pair", "en-es", "--max-items", "50"]) == 2
+    assert main(["quickstart", "--out", out, "--no-progress", "--pair", "en-es", "--max-items", "50", "--seed", "7"]) == 2
     printed = capsys.readouterr().out
     assert "pair: 'en-de' then, 'en-es' now" in printed and "eval_max_items: 1000 then, 50 now" in printed
+    assert "seed: 42 then, 7 now" in printed
 
 
 def test_step_timing_leaves_no_trace(data, tmp_path):
@@ -222,6 +226,13 @@ def test_settings_and_overrides_reject_bad_input():
         qs.Settings(eval_max_chars=0)
     with pytest.raises(ValueError, match="unknown key"):  # a typo in --set, caught before any step runs
         qs.Settings(overrides={"multitask": ["train.lr=1e-4", "multitask.sts_los=mse"]})
+    # keys the quickstart sets itself were accepted and then replaced: refused, naming what sets them
+    for item, instead in (("pairs.train.seed=7", "--seed"), ("pairs.train.output_dir=/tmp/x", "--out"),
+                          ("multitask.train.max_steps=123", "--steps"), ("pairs.model.init_from=/m", "previous stage"),
+                          ("multitask.model.config.num_hidden_layers=6", "pretrain.model.config")):
+        with pytest.raises(ValueError, match=instead):
+            qs.Settings(overrides=parse_overrides([item]))
+    qs.Settings(overrides=parse_overrides(["pretrain.model.config.num_hidden_layers=3"]))  # stage 1 builds from it
     assert parse_overrides(["pairs.train.lr=3e-4", "pairs.model.max_length=32"]) == {
         "pairs": ["train.lr=3e-4", "model.max_length=32"]}
     with pytest.raises(ValueError, match="STAGE"):

@@ -44,6 +44,10 @@ EXAMPLES = {
     "es": ("Pulse Aceptar para guardar los cambios.", "¿Dónde está la estación de tren?"),
 }
 MUST_F1 = 0.7
+# Stage config keys the quickstart sets itself, and what sets them instead: a --set of one would be replaced.
+OWNED_KEYS = {"train.output_dir": "--out", "train.seed": "--seed", "train.max_steps": "--steps or --minutes",
+              "train.progress": "--no-progress", "model.tokenizer": "the quickstart's tokenizer step",
+              "model.init_from": "the previous stage's model"}
 
 
 @dataclasses.dataclass
@@ -98,6 +102,8 @@ class Settings:
             raise ValueError(f"tokenizer_chars and mlm_chars must be positive, got {self.tokenizer_chars}, "
                              f"{self.mlm_chars}")
         TaskSizes(max_items=self.eval_max_items, max_chars=self.eval_max_chars)
+        for stage, items in self.overrides.items():
+            refuse_owned_keys(stage, items)
         for stage in TRAINING_STAGES:
             try:
                 check_stage_config(self, stage)
@@ -241,6 +247,22 @@ def stage_config(settings: Settings, stage: str, data_root: str, model_from: str
     return cfg
 
 
+def _overrides_key(items, key: str) -> str | None:
+    """The first override (section.field=value) that sets `key` or a field inside it."""
+    return next((item for item in items if (item.partition("=")[0] + ".").startswith(key + ".")), None)
+
+
+def refuse_owned_keys(stage: str, items) -> None:
+    """Raise ValueError for an override the quickstart would replace, naming what to use instead."""
+    owned = dict(OWNED_KEYS)
+    if stage != "pretrain":  # stages 2 and 3 load the previous stage's model: their model.config does nothing
+        owned["model.config"] = "pretrain.model.config (stages 2 and 3 continue stage 1's model)"
+    for key, instead in owned.items():
+        item = _overrides_key(items, key)
+        if item is not None:
+            raise ValueError(f"--set {stage}.{item}: the quickstart sets {key} itself; use {instead}")
+
+
 def check_stage_config(settings: Settings, stage: str) -> None:
     """Raise ValueError for a stage config that would fail only when the stage starts: the config as
     stage_config builds it (with placeholder paths) must pass its validate() and the Trainer's batch split
@@ -312,8 +334,10 @@ def run_stage(settings: Settings, stage: str, data_root: str, model_from: str, b
     plan_file.parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(plan_file, plan)
     cfg.train.max_steps = plan["max_steps"]
-    # The configured warm-up is meant for a full run; a short one warms up over at most a tenth of it.
-    cfg.train.warmup_steps = min(cfg.train.warmup_steps, max(1, cfg.train.max_steps // 10))
+    # The configured warm-up is meant for a full run; a short one warms up over at most a tenth of it,
+    # unless the warm-up was given with --set.
+    if _overrides_key(settings.overrides.get(stage, ()), "train.warmup_steps") is None:
+        cfg.train.warmup_steps = min(cfg.train.warmup_steps, max(1, cfg.train.max_steps // 10))
     log.info("%s: %d steps%s", stage, cfg.train.max_steps,
              f" (≈{plan['seconds_per_step']:.2f} s each, budget {plan['budget_s']:.0f} s)" if "budget_s" in plan else "")
     resume = "latest" if list_checkpoints(Path(cfg.train.output_dir) / "checkpoints") else None

@@ -27,6 +27,7 @@ def add_arguments(parser) -> None:
                              "each reference model costs minutes per task on a small CPU)")
     parser.add_argument("--steps", nargs=3, type=int, metavar=("PRETRAIN", "PAIRS", "MULTITASK"),
                         help="fixed step counts per stage instead of the time budget")
+    parser.add_argument("--seed", type=int, default=42, help="seed of the stage-1 corpus sample, the untrained model and every stage (default 42)")
     parser.add_argument("--set", action="append", default=[], metavar="STAGE.section.field=value",
                         help="override a stage's config, e.g. --set pairs.train.lr=3e-4 (repeatable)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -53,7 +54,7 @@ def run(args) -> int:
             data_root=Path(args.data) if args.data else None, vocab_size=args.vocab_size,
             steps=dict(zip(STAGES, args.steps)) if args.steps else None, overrides=parse_overrides(args.set),
             baselines=args.baselines, eval_max_items=args.max_items, reference_tasks=tuple(args.reference_tasks),
-            progress=not args.no_progress)
+            seed=args.seed, progress=not args.no_progress)
     except ValueError as exc:
         print(exc)
         return 2
