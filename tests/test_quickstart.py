@@ -278,3 +278,25 @@ def test_a_value_that_would_fail_late_is_refused_before_the_settings_are_recorde
     assert "max_items and max_chars must be positive" in printed and "pairs: train.batch_size=64" in printed
     assert not (tmp_path / "qs" / ".quickstart" / "settings.json").exists()
     assert main([*command, "--max-items", "20"]) == 130  # the corrected command starts, not refused
+
+
+def test_time_spent_in_an_interrupted_step_counts_against_the_budget(tmp_path, monkeypatch):
+    """The clock was recorded only after a step finished: a kill during fetch + build (or the references) and a
+    resume overran --minutes by the time that step had taken."""
+    from types import SimpleNamespace
+
+    clock = [100.0]
+    monkeypatch.setattr(qs, "time", SimpleNamespace(perf_counter=lambda: clock[0]))
+
+    def a_minute_then_interrupted(settings):
+        clock[0] += 60.0
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(qs, "prepare_data", a_minute_then_interrupted)
+    out = tmp_path / "qs"
+    with pytest.raises(KeyboardInterrupt):
+        qs.run(qs.Settings(out=out, progress=False))
+    assert qs.Markers(out).get("clock") == {"spent_s": 60.0}
+    with pytest.raises(KeyboardInterrupt):
+        qs.run(qs.Settings(out=out, progress=False))  # the resumed run starts from there
+    assert qs.Markers(out).get("clock") == {"spent_s": 120.0}

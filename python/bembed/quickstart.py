@@ -515,16 +515,17 @@ def run(settings: Settings) -> dict:
     def elapsed() -> float:
         return spent_before + time.perf_counter() - t0
 
-    def checkpoint_clock() -> None:
-        markers.put("clock", {"spent_s": round(elapsed(), 1)})
+    def step(name: str, fn, *args) -> dict:
+        try:
+            return _step(markers, name, fn, *args)
+        finally:
+            # also when the step fails or is interrupted: the time it took counts against --minutes on resume
+            markers.put("clock", {"spent_s": round(elapsed(), 1)})
 
-    data = _step(markers, "data", prepare_data, settings)
-    checkpoint_clock()
-    _step(markers, "corpus", sample_mlm_corpus, settings, data["data_root"])
-    tok = _step(markers, "tokenizer", train_tokenizer, settings, data["data_root"])
-    checkpoint_clock()
-    refs = _step(markers, "references", evaluate_references, settings, data["data_root"], tok["tokenizer"])
-    checkpoint_clock()
+    data = step("data", prepare_data, settings)
+    step("corpus", sample_mlm_corpus, settings, data["data_root"])
+    tok = step("tokenizer", train_tokenizer, settings, data["data_root"])
+    refs = step("references", evaluate_references, settings, data["data_root"], tok["tokenizer"])
 
     plan = markers.get("budget")
     if plan is None:
@@ -537,16 +538,13 @@ def run(settings: Settings) -> dict:
 
     model_from = tok["tokenizer"]
     for stage in TRAINING_STAGES:
-        result = _step(markers, stage, run_stage, settings, stage, data["data_root"], model_from, plan[stage])
+        result = step(stage, run_stage, settings, stage, data["data_root"], model_from, plan[stage])
         model_from = result["final"]
-        checkpoint_clock()
 
-    model = _step(markers, "model", save_model, settings, model_from)
-    _step(markers, "loss_png", plot_losses, settings, out / "loss.png")
-    evaluation = _step(markers, "evaluate", evaluate_model, settings, data["data_root"], model["model"],
-                       refs["results"])
-    demo = _step(markers, "demo", cross_lingual_demo, settings, model["model"])
-    checkpoint_clock()
+    model = step("model", save_model, settings, model_from)
+    step("loss_png", plot_losses, settings, out / "loss.png")
+    evaluation = step("evaluate", evaluate_model, settings, data["data_root"], model["model"], refs["results"])
+    demo = step("demo", cross_lingual_demo, settings, model["model"])
 
     summary = {"pair": settings.pair, "minutes_budget": settings.minutes, "wall_s": round(elapsed(), 1),
                "model": model["model"], "loss_png": str(out / "loss.png"),
