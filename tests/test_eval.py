@@ -12,8 +12,8 @@ from bembed.eval import baselines  # noqa: E402
 from bembed.eval.encoder import HashingEncoder, check_encoder  # noqa: E402
 from bembed.eval.report import format_table, write_bar_chart, write_json  # noqa: E402
 from bembed.eval.run import evaluate_encoder  # noqa: E402
-from bembed.eval.tasks import (TaskSizes, bitext_task, pair_classification_task, retrieval_task,  # noqa: E402
-                               sts_task)
+from bembed.eval.tasks import (TaskSizes, bitext_task, local_tasks, pair_classification_task,  # noqa: E402
+                               retrieval_task, sts_task)
 
 EN = ["the red house stands on the hill", "a small boat sails across the lake",
       "children play football after school", "the old library closes at six", "fresh bread is sold every morning"]
@@ -92,6 +92,48 @@ def test_retrieval_passes_query_and_document_prompts():
                 {"sentence1": "k l m", "sentence2": "k l n o", "score": 2.0}]
     evaluate_encoder(recorder, [sts_task(sts_rows, "en-de", TaskSizes())])
     assert set(recorder.prompts) == {None}
+
+
+def _tiny_build(root, **sets):
+    """A built en-de folder: each set saved as {split: rows}, the defaults replaced by ``sets`` (None: no set)."""
+    from datasets import Dataset, DatasetDict
+
+    langs = (("en", "en"), ("de", "de"), ("en", "de"))
+    defaults = {
+        "parallel": {"test": [{"src": e, "tgt": d} for e, d in zip(EN, DE)]},
+        "sts_constructed": {"test": [{"sentence1": e, "sentence2": d, "score": 5.0 * (i % 2)}
+                                     for i, (e, d) in enumerate(zip(EN, DE))]},
+        "retrieval": {"test": [{"query": t, "positive": t + " body", "negatives": [], "query_lang": q, "doc_lang": d}
+                               for t in EN for q, d in langs]}}
+    (root / "en-de").mkdir(parents=True)
+    (root / "en-de" / "counts.json").write_text("{}")
+    for name, splits in {**defaults, **sets}.items():
+        if splits is not None:
+            DatasetDict({k: Dataset.from_list(v) for k, v in splits.items()}).save_to_disk(str(root / "en-de" / name))
+    return root
+
+
+RETRIEVAL = {"BembedRetrieval.en-en", "BembedRetrieval.de-de", "BembedRetrieval.en-de"}
+ALL_TASKS = {"BembedBitextMining.en-de", "BembedSTSConstructed.en-de", "BembedPairClassification.en-de", *RETRIEVAL}
+ROW = {"query": "q", "positive": "p", "negatives": [], "query_lang": "en", "doc_lang": "en"}
+
+
+# build._save writes no empty split (datasets cannot load one back), so "no test rows" is a missing split
+@pytest.mark.parametrize("sets, skipped", [
+    ({}, set()),
+    ({"sts_constructed": None}, {"BembedSTSConstructed.en-de", "BembedPairClassification.en-de"}),
+    ({"retrieval": {"train": [ROW]}}, RETRIEVAL),
+    ({"parallel": {"validation": [{"src": "a", "tgt": "b"}]}}, {"BembedBitextMining.en-de"}),
+    ({"retrieval": {"test": [ROW]}}, {"BembedRetrieval.de-de", "BembedRetrieval.en-de"}),  # only en → en rows
+    ({"sts_constructed": {"test": [{"sentence1": t, "sentence2": t, "score": 2.0 + i / 2}
+                                   for i, t in enumerate(EN)]}},
+     {"BembedPairClassification.en-de"}),  # graded 2 to 4: no row is either class
+])
+def test_local_tasks_skip_missing_sets_splits_and_rows_with_a_warning(tmp_path, caplog, sets, skipped):
+    tasks = local_tasks(_tiny_build(tmp_path, **sets), ["en-de"])
+    assert {t.metadata.name for t in tasks} == ALL_TASKS - skipped
+    assert {name for name in ALL_TASKS if name in caplog.text} == skipped
+    evaluate_encoder(HashingEncoder(), tasks)  # what is kept runs
 
 
 def test_wrapper_rejects_wrong_shapes():

@@ -47,6 +47,15 @@ def _metadata(name: str, task_type: str, main_score: str, langs: list[str], desc
     )
 
 
+class NoRows(ValueError):
+    """A task with no test rows: mteb would fail on it with an IndexError deep inside its evaluators."""
+
+
+def _check_rows(rows: list, name: str) -> None:
+    if not rows:
+        raise NoRows(f"{name} has no test rows")
+
+
 def _sample(rows: list, n: int, seed: int) -> list:
     return rows if len(rows) <= n else random.Random(seed).sample(rows, n)
 
@@ -74,6 +83,7 @@ def bitext_task(rows: list[dict], pair: str, sizes: TaskSizes):
             seen_src.add(r["src"])
             seen_tgt.add(r["tgt"])
             unique.append(r)
+    _check_rows(unique, f"BembedBitextMining.{pair}")
     rows = _sample(unique, sizes.max_items, sizes.seed)
     data = DatasetDict({"test": Dataset.from_dict({"sentence1": [r["src"] for r in rows],
                                                    "sentence2": [r["tgt"] for r in rows]})})
@@ -87,6 +97,7 @@ def sts_task(rows: list[dict], pair: str, sizes: TaskSizes):
     from datasets import Dataset, DatasetDict
     from mteb.abstasks.sts import AbsTaskSTS
 
+    _check_rows(rows, f"BembedSTSConstructed.{pair}")
     rows = _sample(rows, sizes.max_items, sizes.seed)
     data = DatasetDict({"test": Dataset.from_dict({k: [r[k] for r in rows]
                                                    for k in ("sentence1", "sentence2", "score")})})
@@ -102,7 +113,9 @@ def pair_classification_task(rows: list[dict], pair: str, sizes: TaskSizes):
     from datasets import Dataset, DatasetDict
     from mteb.abstasks.pair_classification import AbsTaskPairClassification
 
-    rows = _sample([r for r in rows if r["score"] >= 5 or r["score"] <= 1], sizes.max_items, sizes.seed)
+    rows = [r for r in rows if r["score"] >= 5 or r["score"] <= 1]
+    _check_rows(rows, f"BembedPairClassification.{pair}")
+    rows = _sample(rows, sizes.max_items, sizes.seed)
     data = DatasetDict({"test": Dataset.from_dict({
         "sentence1": [r["sentence1"] for r in rows], "sentence2": [r["sentence2"] for r in rows],
         "labels": [int(r["score"] >= 5) for r in rows]})})
@@ -122,7 +135,9 @@ def retrieval_task(rows: list[dict], query_lang: str, doc_lang: str, sizes: Task
     from mteb.abstasks.retrieval import AbsTaskRetrieval
     from mteb.abstasks.retrieval_dataset_loaders import RetrievalSplitData
 
+    name = f"BembedRetrieval.{query_lang}-{doc_lang}"
     rows = [r for r in rows if r["query_lang"] == query_lang and r["doc_lang"] == doc_lang]
+    _check_rows(rows, name)
     corpus = {}
     for r in rows:
         for text in (r["positive"], *r["negatives"]):
@@ -134,37 +149,57 @@ def retrieval_task(rows: list[dict], query_lang: str, doc_lang: str, sizes: Task
         corpus=Dataset.from_dict({"id": list(corpus), "text": list(corpus.values())}),
         relevant_docs={f"q{i}": {_doc_id(r["positive"]): 1} for i, r in enumerate(rows)},
         top_ranked=None)
-    name = f"BembedRetrieval.{query_lang}-{doc_lang}"
     meta = _metadata(name, "Retrieval", "ndcg_at_10", sorted({query_lang, doc_lang}),
                      "Held-out LibreOffice help pages: page title -> page body (title lines removed).",
                      ["Written", "Programming"])
     return _make(AbsTaskRetrieval, meta, {"default": {"test": split}})
 
 
-def local_tasks(data_root: str | Path, pairs=("en-de", "en-es"), sizes: TaskSizes = TaskSizes(),
-                kinds=("bitext", "sts", "pair_classification", "retrieval")) -> list:
-    """The tasks of every built pair under ``data_root`` (pairs not built are skipped, with a log line)."""
+def _test_rows(root: Path, name: str) -> list[dict]:
+    """The test split of the built set ``root/name``; [] when the set or its split is missing, which a legal
+    build produces (`bembed data build` writes no split that got no rows)."""
     from datasets import load_from_disk
 
-    tasks, seen_retrieval = [], set()
+    if not (root / name).is_dir():
+        log.warning("no %s set under %s", name, root)
+        return []
+    sets = load_from_disk(str(root / name))
+    if "test" not in sets:
+        log.warning("the %s set under %s has no test split", name, root)
+        return []
+    return sets["test"].to_list()
+
+
+def local_tasks(data_root: str | Path, pairs=("en-de", "en-es"), sizes: TaskSizes = TaskSizes(),
+                kinds=("bitext", "sts", "pair_classification", "retrieval")) -> list:
+    """The tasks of every built pair under ``data_root``. Pairs not built, and tasks whose set, test split or
+    rows are missing, are skipped with a warning."""
+    tasks = []
+
+    def add(make, *args):
+        try:
+            tasks.append(make(*args))
+        except NoRows as e:
+            log.warning("skipping a task: %s", e)
+
     for pair in pairs:
         root = Path(data_root) / pair
         if not (root / "counts.json").is_file():
             log.warning("no built data for %s under %s: run `bembed data build --pair %s`", pair, root, pair)
             continue
         if "bitext" in kinds:
-            tasks.append(bitext_task(load_from_disk(str(root / "parallel"))["test"].to_list(), pair, sizes))
-        sts_rows = load_from_disk(str(root / "sts_constructed"))["test"].to_list() if (
+            add(bitext_task, _test_rows(root, "parallel"), pair, sizes)
+        sts_rows = _test_rows(root, "sts_constructed") if (
             "sts" in kinds or "pair_classification" in kinds) else []
         if "sts" in kinds:
-            tasks.append(sts_task(sts_rows, pair, sizes))
+            add(sts_task, sts_rows, pair, sizes)
         if "pair_classification" in kinds:
-            tasks.append(pair_classification_task(sts_rows, pair, sizes))
+            add(pair_classification_task, sts_rows, pair, sizes)
         if "retrieval" in kinds:
-            rows = load_from_disk(str(root / "retrieval"))["test"].to_list()
+            rows = _test_rows(root, "retrieval")
             other = pair.split("-")[1]
             for q, d in (("en", "en"), (other, other), ("en", other)):
-                if (q, d) not in seen_retrieval:  # en → en is the same task in every pair's build
-                    seen_retrieval.add((q, d))
-                    tasks.append(retrieval_task(rows, q, d, sizes))
+                # en → en is the same task in every pair's build
+                if f"BembedRetrieval.{q}-{d}" not in {t.metadata.name for t in tasks}:
+                    add(retrieval_task, rows, q, d, sizes)
     return tasks
