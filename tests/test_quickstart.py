@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+from pathlib import Path
 
 import pytest
 import torch
@@ -71,7 +72,8 @@ def _settings(data, out, **changes):
              "train.save_every=2", "train.log_every=1"]
     settings = dict(pair="en-de", minutes=1.0, out=out, data_root=data, vocab_size=400, tokenizer_chars=None,
                     mlm_chars=20_000, steps={"pretrain": 4, "pairs": 6, "multitask": 4},
-                    overrides={"pretrain": [*model, "train.warmup_steps=3"], "pairs": model[1:], "multitask": model[1:]},
+                    overrides={"pretrain": [*model, "train.warmup_steps=3"], "pairs": model[1:],
+                               "multitask": model[1:]},
                     baselines=[], eval_max_items=20, progress=False)
     settings.update(changes)
     return qs.Settings(**settings)
@@ -175,7 +177,8 @@ def test_a_folder_started_with_other_settings_is_refused(tmp_path, monkeypatch, 
     out = str(tmp_path / "qs")
     assert main(["quickstart", "--out", out, "--no-progress"]) == 130
     assert main(["quickstart", "--out", out, "--no-progress"]) == 130  # the same command resumes
-    assert main(["quickstart", "--out", out, "--no-progress", "--pair", "en-es", "--max-items", "50", "--seed", "7"]) == 2
+    assert main(["quickstart", "--out", out, "--no-progress", "--pair", "en-es", "--max-items", "50",
+                 "--seed", "7"]) == 2
     printed = capsys.readouterr().out
     assert "pair: 'en-de' then, 'en-es' now" in printed and "eval_max_items: 1000 then, 50 now" in printed
     assert "seed: 42 then, 7 now" in printed
@@ -300,3 +303,12 @@ def test_time_spent_in_an_interrupted_step_counts_against_the_budget(tmp_path, m
     with pytest.raises(KeyboardInterrupt):
         qs.run(qs.Settings(out=out, progress=False))  # the resumed run starts from there
     assert qs.Markers(out).get("clock") == {"spent_s": 120.0}
+
+
+def test_readme_states_the_budget_rules_the_code_follows():
+    """The README gave a 20/65/15 split while the code used 15/70/15, and left out the fixed reserve."""
+    readme = " ".join((Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8").split())
+    shares = " / ".join(f"{100 * qs.BUDGET_SHARES[s]:.0f}%" for s in qs.TRAINING_STAGES)
+    assert f"It is split {shares} over stages 1 / 2 / 3" in readme
+    assert f"and {qs.RESERVE_S:.0f} s for the export, the loss PNG and the demo" in readme
+    assert f"never less than {100 * qs.MIN_TRAINING_FRACTION:.0f}% of the budget" in readme

@@ -37,6 +37,7 @@ TRAINING_STAGES = ("pretrain", "pairs", "multitask")
 # has to give the embeddings a start, and stage 3 adds retrieval/STS without undoing stage 2.
 BUDGET_SHARES = {"pretrain": 0.15, "pairs": 0.7, "multitask": 0.15}
 MIN_TRAINING_FRACTION = 0.4  # of the budget, even when data preparation overran: below it, quality collapses
+RESERVE_S = 30.0  # kept back from training, besides the final evaluation: export, loss PNG, demo
 CALIBRATION_STEPS, CALIBRATION_STRIDE = 16, 37  # steps timed per stage (at lr 0), this far apart
 EXAMPLES = {
     "en": ("Click OK to save your changes.", "Where can I find the train station?"),
@@ -529,7 +530,7 @@ def run(settings: Settings) -> dict:
 
     plan = markers.get("budget")
     if plan is None:
-        reserve = (refs["untrained_eval_s"] or 0.0) + 30.0  # the final evaluation, export, demo
+        reserve = (refs["untrained_eval_s"] or 0.0) + RESERVE_S  # the final evaluation costs what the untrained one did
         training_s = max(settings.minutes * 60 - elapsed() - reserve, MIN_TRAINING_FRACTION * settings.minutes * 60)
         plan = markers.put("budget", {"training_s": round(training_s, 1),
                                       **{s: round(training_s * BUDGET_SHARES[s], 1) for s in TRAINING_STAGES}})

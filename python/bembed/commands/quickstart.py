@@ -27,7 +27,8 @@ def add_arguments(parser) -> None:
                              "each reference model costs minutes per task on a small CPU)")
     parser.add_argument("--steps", nargs=3, type=int, metavar=("PRETRAIN", "PAIRS", "MULTITASK"),
                         help="fixed step counts per stage instead of the time budget")
-    parser.add_argument("--seed", type=int, default=42, help="seed of the stage-1 corpus sample, the untrained model and every stage (default 42)")
+    parser.add_argument("--seed", type=int, default=42,
+                        help="seed of the stage-1 corpus sample, the untrained model and every stage (default 42)")
     parser.add_argument("--set", action="append", default=[], metavar="STAGE.section.field=value",
                         help="override a stage's config, e.g. --set pairs.train.lr=3e-4 (repeatable)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
