@@ -86,3 +86,15 @@ def test_cache_dir_resolution(tmp_path, monkeypatch):
     monkeypatch.delenv("BEMBED_CACHE")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "x"))
     assert sources.cache_dir() == tmp_path / "x" / "bembed"
+
+
+@pytest.mark.parametrize("failed", [[], ["lo_help-de"], ["lo_help-en", "lo_help-de"]])
+def test_fetch_cli_exits_1_listing_the_failed_sources(tmp_path, monkeypatch, capsys, failed):
+    from bembed.cli import main
+
+    result = {"bible": "cached", "lo_help-en": "ok", "lo_help-de": "ok"}
+    result.update({name: "failed: HTTP 503" for name in failed})
+    monkeypatch.setattr(sources, "fetch_all", lambda cache, families=None, **kwargs: result)
+    assert main(["data", "fetch", "--cache", str(tmp_path)]) == (1 if failed else 0)
+    out = capsys.readouterr().out
+    assert f"{len(failed)} failed" in out and all(f"  {name}: failed: HTTP 503" in out for name in failed)
