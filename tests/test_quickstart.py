@@ -227,6 +227,8 @@ def test_settings_and_overrides_reject_bad_input():
         qs.Settings(vocab_size=100)
     with pytest.raises(ValueError, match="max_chars"):
         qs.Settings(eval_max_chars=0)
+    with pytest.raises(ValueError, match=r"baselines: unknown \['e5'\]"):  # it was skipped as "not installed"
+        qs.Settings(baselines=["all-MiniLM-L6-v2", "e5"])
     with pytest.raises(ValueError, match="unknown key"):  # a typo in --set, caught before any step runs
         qs.Settings(overrides={"multitask": ["train.lr=1e-4", "multitask.sts_los=mse"]})
     # keys the quickstart sets itself were accepted and then replaced: refused, naming what sets them

@@ -93,6 +93,7 @@ class Settings:
             raise ValueError(f"overrides: unknown stage(s) {unknown}; stages are {TRAINING_STAGES}")
         # Everything that would fail only once steps have run is checked now, before run() records the
         # settings: found late, a bad value leaves a folder that refuses the corrected command as "other settings".
+        from bembed.eval.baselines import BASELINES
         from bembed.eval.tasks import TaskSizes
         from bembed.tokenizer import SPECIAL_TOKENS
 
@@ -103,6 +104,9 @@ class Settings:
             raise ValueError(f"tokenizer_chars and mlm_chars must be positive, got {self.tokenizer_chars}, "
                              f"{self.mlm_chars}")
         TaskSizes(max_items=self.eval_max_items, max_chars=self.eval_max_chars)
+        unknown = sorted(set(self.baselines or ()) - set(BASELINES))  # a typo, not a package left uninstalled
+        if unknown:
+            raise ValueError(f"baselines: unknown {unknown}; known: {sorted(BASELINES)}")
         for stage, items in self.overrides.items():
             refuse_owned_keys(stage, items)
         for stage in TRAINING_STAGES:
