@@ -198,6 +198,31 @@ def test_bembed_eval_cli_reports_bad_arguments_without_a_traceback(tmp_path, cap
     assert "no such model folder" in capsys.readouterr().out
 
 
+def test_model_labels_tell_folders_with_one_name_apart(tmp_path):
+    from bembed.commands.eval import model_labels
+
+    assert model_labels(["runs/a/final", "runs/b/final", "other"]) == ["a/final", "b/final", "other"]
+    assert model_labels(["x/a/final", "y/a/final"]) == ["x/a/final", "y/a/final"]
+
+
+def test_bembed_eval_cli_labels_models_with_one_folder_name_apart(tmp_path, monkeypatch, capsys):
+    from bembed.cli import main
+    from bembed.commands import eval as eval_command
+
+    monkeypatch.setattr(eval_command, "load_model_encoder", lambda path: HashingEncoder())
+    for run in ("a", "b"):
+        (tmp_path / run / "final").mkdir(parents=True)
+    args = ["eval", "--data", str(_tiny_build(tmp_path / "data")), "--pairs", "en-de", "--tasks", "bitext",
+            "--out", str(tmp_path / "res"), "--model", str(tmp_path / "a" / "final")]
+    assert main(args + ["--model", str(tmp_path / "b" / "final")]) == 0
+    out = capsys.readouterr().out
+    assert "| task | metric | a/final | b/final |" in out and '{"a/final": ' in out and '"b/final": ' in out
+    saved = json.loads((tmp_path / "res" / "results.json").read_text())
+    assert [r["model"] for r in saved["results"]] == ["a/final", "b/final"]
+    assert main(args + ["--model", str(tmp_path / "a" / ".." / "a" / "final")]) == 2
+    assert "given twice" in capsys.readouterr().out
+
+
 def test_model_folder_loading(tmp_path):
     from bembed.commands.eval import load_model_encoder
 

@@ -51,6 +51,19 @@ def load_model_encoder(path: str):
     return _SentenceTransformerEncoder()
 
 
+def model_labels(paths: list[str]) -> list[str]:
+    """A label per model folder for the table and results.json: its name, with as many parent folders as
+    tell it apart from the others (``a/final`` and ``b/final``, not ``final`` twice)."""
+    parts = [Path(p).resolve().parts for p in paths]
+    labels = []
+    for mine in parts:
+        n = 1
+        while n < len(mine) and sum(other[-n:] == mine[-n:] for other in parts) > 1:
+            n += 1
+        labels.append("/".join(mine[-n:]))
+    return labels
+
+
 def run(args) -> int:
     from bembed.data.sources import cache_dir
     from bembed.eval import baselines
@@ -65,6 +78,10 @@ def run(args) -> int:
     except ValueError as exc:
         print(f"--max-items/--max-chars: {exc}")
         return 2
+    resolved = [Path(p).resolve() for p in args.model]
+    if len(set(resolved)) < len(resolved):  # its two results would have one label
+        print(f"--model: a folder is given twice: {' '.join(args.model)}")
+        return 2
     missing = [p for p in args.model if not Path(p).is_dir()]
     if missing:  # checked before the tasks load and other models run for minutes
         print(f"--model: no such model folder: {', '.join(missing)}")
@@ -74,7 +91,7 @@ def run(args) -> int:
         print(f"no built data under {data}: run `bembed data fetch && bembed data build --pair en-de` first")
         return 1
 
-    encoders = [(lambda p=p: load_model_encoder(p), Path(p).name) for p in args.model]
+    encoders = [(lambda p=p: load_model_encoder(p), label) for p, label in zip(args.model, model_labels(args.model))]
     if args.baselines is not None:
         wanted = args.baselines or list(baselines.BASELINES)
         unknown = sorted(set(wanted) - set(baselines.BASELINES))
