@@ -374,15 +374,12 @@ def plot_losses(settings: Settings, png: Path) -> dict:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from bembed.training.trainer import read_metrics
+
     fig, axes = plt.subplots(1, len(TRAINING_STAGES), figsize=(5 * len(TRAINING_STAGES), 3.6))
     for ax, stage in zip(axes, TRAINING_STAGES):
-        records: dict[int, dict] = {}
         path = settings.out / stage / "metrics.jsonl"
-        if path.is_file():
-            for line in path.read_text(encoding="utf-8").splitlines():
-                if line.strip():
-                    record = json.loads(line)
-                    records[record["step"]] = record  # a resumed run rewrites steps: the last one wins
+        records = read_metrics(path) if path.is_file() else {}
         steps = sorted(records)
         for key in sorted({k for r in records.values() for k in r if "loss" in k}):
             points = [(s, records[s][key]) for s in steps if key in records[s]]
