@@ -159,7 +159,10 @@ def test_report_table_json_png(tmp_path):
                {"model": "b", "scores": {"T1": 1.0}, "main_score_name": {"T1": "f1"}}]
     table = format_table(results)
     assert "| T1 | f1 | 50.0 | 100.0 |" in table and "| T2 | ap | 25.0 | – |" in table
-    assert "| mean | | 37.5 | 100.0 |" in table
+    assert "| mean (1 of 2 tasks: all models have them) | | 50.0 | 100.0 |" in table  # not T1 + T2 against T1 alone
+    assert "| mean | | 37.5 |" in format_table(results[:1])
+    assert "| mean (0 of 3 tasks: all models have them) | | – | – |" in format_table(
+        [results[0], {"model": "c", "scores": {"T3": 0.5}}])
     write_json(results, tmp_path / "r.json", {"settings": {"max_items": 3}})
     assert json.loads((tmp_path / "r.json").read_text())["results"] == results
     write_bar_chart(results, tmp_path / "r.png")

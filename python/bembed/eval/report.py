@@ -25,8 +25,11 @@ def format_table(results: list[dict]) -> str:
     for task in tasks:
         cells = [f"{100 * r['scores'][task]:.1f}" if task in r["scores"] else "–" for r in results]
         lines.append(f"| {task} | {metrics.get(task, '')} | " + " | ".join(cells) + " |")
-    lines.append("| mean | | " + " | ".join(
-        f"{100 * sum(r['scores'].values()) / max(len(r['scores']), 1):.1f}" for r in results) + " |")
+    # A mean over different tasks per column compares nothing, so it is taken over the tasks all models have.
+    common = [t for t in tasks if all(t in r["scores"] for r in results)]
+    label = "mean" if len(common) == len(tasks) else f"mean ({len(common)} of {len(tasks)} tasks: all models have them)"
+    means = [f"{100 * sum(r['scores'][t] for t in common) / len(common):.1f}" if common else "–" for r in results]
+    lines.append(f"| {label} | | " + " | ".join(means) + " |")
     return "\n".join(lines)
 
 
