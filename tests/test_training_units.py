@@ -58,6 +58,8 @@ def test_config_refuses_keys_that_would_do_nothing_and_accepts_no_clipping():
     cfg = load_config(PretrainRun, None, ["model.config={hidden_size: 32, qk_layer_norm: true}",
                                           "train.max_grad_norm=0"])
     assert cfg.model.config == {"hidden_size": 32, "qk_layer_norm": True} and cfg.train.max_grad_norm == 0
+    with pytest.raises(ValueError, match="model.config must be empty when model.init_from is set"):
+        load_config(PretrainRun, None, ["model.init_from=some/folder", "model.config={num_hidden_layers: 6}"])
     for key, message in (("bos_token_id: 7", "decided by the tokenizer"),
                          ("vocab_size: 100", "decided by the tokenizer"),
                          ("tie_word_embeddings: false", "unknown key"), ("model_type: bogus", "unknown key")):

@@ -101,6 +101,9 @@ class ModelConfig(Checked):
         if unknown:
             raise ValueError(f"config model.config: unknown key(s) {unknown}; known: {sorted(known)}")
         _require(self.max_length >= 3, "model.max_length", "≥ 3 (<s>, a token, </s>)", self.max_length)
+        # a folder brings its own architecture: model.config would be ignored
+        _require(not (self.init_from and self.config), "model.config", "empty when model.init_from is set",
+                 self.config)
 
 
 @dataclasses.dataclass
