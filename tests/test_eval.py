@@ -192,13 +192,20 @@ def test_bembed_eval_cli_on_fake_build(tmp_path, capsys):
     assert (tmp_path / "res" / "results.png").is_file()
 
 
-def test_bembed_eval_cli_reports_bad_arguments_without_a_traceback(tmp_path, capsys):
+@pytest.mark.parametrize("args, message", [
+    (["--lexical", "--max-items", "0"], "--max-items"),
+    (["--model", "missing"], "--model: no such model folder: missing"),
+    (["--lexical", "--baselines", "no-such-model"], "--baselines: unknown ['no-such-model']"),
+    ([], "nothing to evaluate"),
+])
+def test_bembed_eval_cli_argument_errors_exit_2_with_one_line(tmp_path, monkeypatch, capsys, args, message):
     from bembed.cli import main
 
-    assert main(["eval", "--lexical", "--data", str(tmp_path), "--max-items", "0"]) == 2
-    assert "--max-items" in capsys.readouterr().out
-    assert main(["eval", "--model", str(tmp_path / "missing"), "--data", str(tmp_path)]) == 1
-    assert "no such model folder" in capsys.readouterr().out
+    monkeypatch.chdir(tmp_path)
+    # tmp_path holds no build: an argument error must be found before the tasks load (that would exit 1)
+    assert main(["eval", "--data", str(tmp_path), *args]) == 2
+    out = capsys.readouterr().out
+    assert out.startswith(message) and out.count("\n") == 1
 
 
 def test_model_labels_tell_folders_with_one_name_apart(tmp_path):

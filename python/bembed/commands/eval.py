@@ -64,6 +64,29 @@ def model_labels(paths: list[str]) -> list[str]:
     return labels
 
 
+def _argument_error(args) -> str | None:
+    """The first mistake in the arguments: found before the tasks load and models run for minutes."""
+    from bembed.eval import baselines
+    from bembed.eval.tasks import TaskSizes
+
+    try:
+        TaskSizes(max_items=args.max_items, max_chars=args.max_chars)
+    except ValueError as exc:
+        return f"--max-items/--max-chars: {exc}"
+    resolved = [Path(p).resolve() for p in args.model]
+    if len(set(resolved)) < len(resolved):  # its two results would have one label
+        return f"--model: a folder is given twice: {' '.join(args.model)}"
+    missing = [p for p in args.model if not Path(p).is_dir()]
+    if missing:
+        return f"--model: no such model folder: {', '.join(missing)}"
+    unknown = sorted(set(args.baselines or []) - set(baselines.BASELINES))
+    if unknown:
+        return f"--baselines: unknown {unknown}; known: {sorted(baselines.BASELINES)}"
+    if not (args.model or args.baselines is not None or args.lexical):
+        return "nothing to evaluate: give --model PATH, --baselines or --lexical"
+    return None
+
+
 def run(args) -> int:
     from bembed.data.sources import cache_dir
     from bembed.eval import baselines
@@ -72,20 +95,13 @@ def run(args) -> int:
     from bembed.eval.run import evaluate_encoder
     from bembed.eval.tasks import TaskSizes, local_tasks
 
+    # Argument mistakes exit 2 (as argparse's own do), missing data or models 1.
+    error = _argument_error(args)
+    if error:
+        print(error)
+        return 2
     data = Path(args.data) if args.data else cache_dir() / "datasets"
-    try:
-        sizes = TaskSizes(max_items=args.max_items, max_chars=args.max_chars)
-    except ValueError as exc:
-        print(f"--max-items/--max-chars: {exc}")
-        return 2
-    resolved = [Path(p).resolve() for p in args.model]
-    if len(set(resolved)) < len(resolved):  # its two results would have one label
-        print(f"--model: a folder is given twice: {' '.join(args.model)}")
-        return 2
-    missing = [p for p in args.model if not Path(p).is_dir()]
-    if missing:  # checked before the tasks load and other models run for minutes
-        print(f"--model: no such model folder: {', '.join(missing)}")
-        return 1
+    sizes = TaskSizes(max_items=args.max_items, max_chars=args.max_chars)
     tasks = local_tasks(data, args.pairs, sizes, args.tasks)
     if not tasks:
         print(f"no built data under {data}: run `bembed data fetch && bembed data build --pair en-de` first")
@@ -94,9 +110,6 @@ def run(args) -> int:
     encoders = [(lambda p=p: load_model_encoder(p), label) for p, label in zip(args.model, model_labels(args.model))]
     if args.baselines is not None:
         wanted = args.baselines or list(baselines.BASELINES)
-        unknown = sorted(set(wanted) - set(baselines.BASELINES))
-        if unknown:
-            raise SystemExit(f"--baselines: unknown {unknown}; known: {sorted(baselines.BASELINES)}")
         installed = [n for n in wanted if n in baselines.available()]
         missing = sorted(set(wanted) - set(installed))
         if missing:
@@ -105,7 +118,7 @@ def run(args) -> int:
     if args.lexical:
         encoders.append((HashingEncoder, HashingEncoder.name))
     if not encoders:
-        print("nothing to evaluate: give --model PATH, --baselines or --lexical")
+        print("nothing to evaluate: none of the baselines asked for is installed")
         return 1
 
     out = Path(args.out)
