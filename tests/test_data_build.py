@@ -190,6 +190,12 @@ def test_bembed_data_build_reports_mistakes_without_a_traceback(tmp_path, capsys
     cache = ["--cache", str(tmp_path / "cache"), "--out", str(tmp_path / "out")]
     assert main(["data", "build", "--split", "0.5,0.5", *cache]) == 2
     assert "--split" in capsys.readouterr().out
+    assert main(["data", "build", "--split", "a,b,c", *cache]) == 2  # was SystemExit, i.e. exit 1
+    assert "comma-separated numbers" in capsys.readouterr().out
+    assert main(["data", "fetch", "--only", "nosuch", "--cache", str(tmp_path / "cache")]) == 2
+    assert "--only: unknown" in capsys.readouterr().out
+    assert main(["data", "check", "some/dataset", "--hf"]) == 2
+    assert "--hf needs --kind" in capsys.readouterr().out
     assert main(["data", "build", "--negatives", "-1", *cache]) == 2
     assert "--negatives" in capsys.readouterr().out
     assert main(["data", "build", "--mine-with", str(tmp_path / "no-model"), *cache]) == 1

@@ -43,7 +43,8 @@ def _fetch(args) -> int:
     families = set(args.only) if args.only else None
     known = {s.family for s in sources.SOURCES}
     if families and not families <= known:
-        raise SystemExit(f"--only: unknown famil(ies) {sorted(families - known)}; known: {sorted(known)}")
+        print(f"--only: unknown famil(ies) {sorted(families - known)}; known: {sorted(known)}")
+        return 2
     cache = sources.cache_dir(args.cache)
     result = sources.fetch_all(cache, families)
     failed = {k: v for k, v in result.items() if v.startswith("failed")}
@@ -67,12 +68,13 @@ def _build(args) -> int:
 
     datasets.disable_progress_bars()  # one bar per saved shard drowns the counts
 
+    # Argument mistakes are reported before any work (exit 2), missing data or models with exit 1: a
+    # traceback from deep inside the build would hide which option was wrong.
     try:
         fractions = tuple(float(x) for x in args.split.split(","))
     except ValueError:
-        raise SystemExit(f"--split must be three comma-separated numbers, got {args.split!r}") from None
-    # Argument mistakes are reported before any work (exit 2), missing data or models with exit 1: a
-    # traceback from deep inside the build would hide which option was wrong.
+        print(f"--split must be three comma-separated numbers, got {args.split!r}")
+        return 2
     try:
         split_of("probe", fractions)
     except ValueError as exc:
@@ -119,7 +121,8 @@ def _check(args) -> int:
 
     on_error = "skip" if args.skip_bad else "raise"
     if args.hf and not args.kind:
-        raise SystemExit("--hf needs --kind (the columns of a hub dataset are not inferred)")
+        print("--hf needs --kind (the columns of a hub dataset are not inferred)")
+        return 2
     try:
         if args.hf:
             rows, report = load_hf_dataset(args.path, args.kind, args.hf_split, on_error)
