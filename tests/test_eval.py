@@ -175,6 +175,13 @@ def test_baselines_listing_is_limited_to_known_names():
         baselines.load("no-such-model")
 
 
+def test_check_names_refuses_unknown_baselines_only():
+    baselines.check_names(None)
+    baselines.check_names(list(baselines.BASELINES))  # known, whether installed or not
+    with pytest.raises(ValueError, match=r"^--baselines: unknown \['e5'\]; known: "):
+        baselines.check_names(["all-MiniLM-L6-v2", "e5"], "--baselines")
+
+
 def test_bembed_eval_cli_on_fake_build(tmp_path, capsys):
     from data_fixtures import fake_cache
 

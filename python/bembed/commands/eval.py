@@ -79,9 +79,10 @@ def _argument_error(args) -> str | None:
     missing = [p for p in args.model if not Path(p).is_dir()]
     if missing:
         return f"--model: no such model folder: {', '.join(missing)}"
-    unknown = sorted(set(args.baselines or []) - set(baselines.BASELINES))
-    if unknown:
-        return f"--baselines: unknown {unknown}; known: {sorted(baselines.BASELINES)}"
+    try:
+        baselines.check_names(args.baselines, "--baselines")
+    except ValueError as exc:
+        return str(exc)
     if not (args.model or args.baselines is not None or args.lexical):
         return "nothing to evaluate: give --model PATH, --baselines or --lexical"
     return None

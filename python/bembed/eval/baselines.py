@@ -66,6 +66,14 @@ def available() -> list[str]:
     return [name for name, (module, _) in BASELINES.items() if importlib.util.find_spec(module) is not None]
 
 
+def check_names(names, argument: str = "baselines") -> None:
+    """Raise ValueError if ``names`` holds a name that is no baseline: a typo, found up front, where a known
+    name whose package is not installed is only skipped. ``argument`` names the setting in the message."""
+    unknown = sorted(set(names or ()) - set(BASELINES))
+    if unknown:
+        raise ValueError(f"{argument}: unknown {unknown}; known: {sorted(BASELINES)}")
+
+
 def load(name: str):
     if name not in BASELINES:
         raise ValueError(f"name must be one of {sorted(BASELINES)}, got {name!r}")
