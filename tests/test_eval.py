@@ -204,11 +204,14 @@ def test_bembed_eval_cli_on_fake_build(tmp_path, capsys):
     (["--model", "missing"], "--model: no such model folder: missing"),
     (["--lexical", "--baselines", "no-such-model"], "--baselines: unknown ['no-such-model']"),
     ([], "nothing to evaluate"),
+    (["--baselines", "all-MiniLM-L6-v2"], "nothing to evaluate: none of the baselines asked for is installed"),
+    (["--baselines"], "nothing to evaluate: none of the baselines asked for is installed"),
 ])
 def test_bembed_eval_cli_argument_errors_exit_2_with_one_line(tmp_path, monkeypatch, capsys, args, message):
     from bembed.cli import main
 
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(baselines, "available", lambda: [])
     # tmp_path holds no build: an argument error must be found before the tasks load (that would exit 1)
     assert main(["eval", "--data", str(tmp_path), *args]) == 2
     out = capsys.readouterr().out

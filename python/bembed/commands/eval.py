@@ -85,6 +85,9 @@ def _argument_error(args) -> str | None:
         return str(exc)
     if not (args.model or args.baselines is not None or args.lexical):
         return "nothing to evaluate: give --model PATH, --baselines or --lexical"
+    wanted = args.baselines or list(baselines.BASELINES)
+    if not (args.model or args.lexical or set(wanted) & set(baselines.available())):
+        return f"nothing to evaluate: none of the baselines asked for is installed: {', '.join(wanted)}"
     return None
 
 
@@ -118,9 +121,6 @@ def run(args) -> int:
         encoders += [(lambda n=n: baselines.load(n), n) for n in installed]
     if args.lexical:
         encoders.append((HashingEncoder, HashingEncoder.name))
-    if not encoders:
-        print("nothing to evaluate: none of the baselines asked for is installed")
-        return 1
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
