@@ -31,11 +31,11 @@ def test_config_yaml_and_dotted_overrides(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("train:\n  lr: 1.0e-3\n  max_steps: 7\ndata:\n  train:\n    - path: a.jsonl\n      lang: en\n")
     cfg = load_config(PretrainRun, path, ["train.lr=3e-4", "mlm.mask_prob=0.15", "train.betas=[0.9, 0.999]",
-                                          "model.config={hidden_size: 32}"])
+                                          "model.config={hidden_size: 32, num_attention_heads: 2}"])
     assert cfg.train.lr == pytest.approx(3e-4) and cfg.train.max_steps == 7
     assert cfg.mlm.mask_prob == 0.15 and cfg.train.betas == (0.9, 0.999)
     assert cfg.data.train[0].path == "a.jsonl" and cfg.data.train[0].lang == "en"
-    assert cfg.model.config == {"hidden_size": 32}
+    assert cfg.model.config == {"hidden_size": 32, "num_attention_heads": 2}
     assert cfg.train.weight_decay == TrainConfig().weight_decay  # untouched default
 
 
@@ -55,9 +55,9 @@ def test_config_refuses_keys_that_would_do_nothing_and_accepts_no_clipping():
     """model.config keys the tokenizer decides (they were overridden) or that a fresh JinaBERT ignores
     (tie_word_embeddings: the MLM decoder is always tied) are refused, not silently dropped; and
     train.max_grad_norm=0 means no clipping again, as null does."""
-    cfg = load_config(PretrainRun, None, ["model.config={hidden_size: 32, qk_layer_norm: true}",
+    cfg = load_config(PretrainRun, None, ["model.config={hidden_size: 32, num_attention_heads: 2, qk_layer_norm: true}",
                                           "train.max_grad_norm=0"])
-    assert cfg.model.config == {"hidden_size": 32, "qk_layer_norm": True} and cfg.train.max_grad_norm == 0
+    assert cfg.model.config["qk_layer_norm"] is True and cfg.train.max_grad_norm == 0
     with pytest.raises(ValueError, match="model.config must be empty when model.init_from is set"):
         load_config(PretrainRun, None, ["model.init_from=some/folder", "model.config={num_hidden_layers: 6}"])
     for key, message in (("bos_token_id: 7", "decided by the tokenizer"),

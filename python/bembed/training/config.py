@@ -100,10 +100,14 @@ class ModelConfig(Checked):
         unknown = sorted(set(self.config) - known)
         if unknown:
             raise ValueError(f"config model.config: unknown key(s) {unknown}; known: {sorted(known)}")
+        try:  # the architecture's own rules (heads dividing the width, ...), before any step runs
+            JinaBertConfig(**self.config)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"config model.config: {exc}") from None
         _require(self.max_length >= 3, "model.max_length", "≥ 3 (<s>, a token, </s>)", self.max_length)
         # a folder brings its own architecture: model.config would be ignored
-        _require(not (self.init_from and self.config), "model.config", "empty when model.init_from is set",
-                 self.config)
+        _require(not (self.init_from and self.config), "model.config",
+                 "empty when model.init_from is set (add model.config={} to a config that sets it)", self.config)
 
 
 @dataclasses.dataclass
