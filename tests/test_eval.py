@@ -223,6 +223,7 @@ def test_model_labels_tell_folders_with_one_name_apart(tmp_path):
 
     assert model_labels(["runs/a/final", "runs/b/final", "other"]) == ["a/final", "b/final", "other"]
     assert model_labels(["x/a/final", "y/a/final"]) == ["x/a/final", "y/a/final"]
+    assert model_labels(["/final", "/x/final"]) == ["final", "x/final"]  # not "//final": "/" is no folder
 
 
 def test_bembed_eval_cli_labels_models_with_one_folder_name_apart(tmp_path, monkeypatch, capsys):

@@ -54,7 +54,7 @@ def load_model_encoder(path: str):
 def model_labels(paths: list[str]) -> list[str]:
     """A label per model folder for the table and results.json: its name, with as many parent folders as
     tell it apart from the others (``a/final`` and ``b/final``, not ``final`` twice)."""
-    parts = [Path(p).resolve().parts for p in paths]
+    parts = [Path(p).resolve().parts[1:] for p in paths]  # resolved, so absolute: parts[0] is the anchor "/"
     labels = []
     for mine in parts:
         n = 1
