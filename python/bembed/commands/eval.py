@@ -51,16 +51,21 @@ def load_model_encoder(path: str):
     return _SentenceTransformerEncoder()
 
 
-def model_labels(paths: list[str]) -> list[str]:
+def model_labels(paths: list[str], taken=()) -> list[str]:
     """A label per model folder for the table and results.json: its name, with as many parent folders as
-    tell it apart from the others (``a/final`` and ``b/final``, not ``final`` twice)."""
-    parts = [Path(p).resolve().parts[1:] for p in paths]  # resolved, so absolute: parts[0] is the anchor "/"
+    tell it apart from the others (``a/final`` and ``b/final``, not ``final`` twice) and from the names in
+    ``taken`` (``models/all-MiniLM-L6-v2``, not the baseline's name); a top-level folder whose name is taken
+    is labelled by its full path (``/all-MiniLM-L6-v2``)."""
+    resolved = [Path(p).resolve() for p in paths]
+    parts = [path.parts[1:] for path in resolved]  # resolved, so absolute: parts[0] is the anchor "/"
     labels = []
-    for mine in parts:
+    for path, mine in zip(resolved, parts):
         n = 1
-        while n < len(mine) and sum(other[-n:] == mine[-n:] for other in parts) > 1:
+        while n < len(mine) and ("/".join(mine[-n:]) in taken
+                                 or sum(other[-n:] == mine[-n:] for other in parts) > 1):
             n += 1
-        labels.append("/".join(mine[-n:]))
+        label = "/".join(mine[-n:])
+        labels.append(str(path) if label in taken else label)
     return labels
 
 
@@ -111,7 +116,9 @@ def run(args) -> int:
         print(f"no built data under {data}: run `bembed data fetch && bembed data build --pair en-de` first")
         return 1
 
-    encoders = [(lambda p=p: load_model_encoder(p), label) for p, label in zip(args.model, model_labels(args.model))]
+    # Every reference name is taken, asked for or not, so a folder's label is the same in every run.
+    labels = model_labels(args.model, taken={*baselines.BASELINES, HashingEncoder.name})
+    encoders = [(lambda p=p: load_model_encoder(p), label) for p, label in zip(args.model, labels)]
     if args.baselines is not None:
         wanted = args.baselines or list(baselines.BASELINES)
         installed = [n for n in wanted if n in baselines.available()]
