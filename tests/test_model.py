@@ -359,6 +359,26 @@ def test_bf16_autocast_trains_and_embeds(qk_layer_norm):
     assert torch.nn.functional.cosine_similarity(got, want, dim=-1).min() > 0.99
 
 
+@pytest.mark.parametrize("impl", ["bembed", "reference"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_a_row_without_tokens_embeds_to_zeros_in_half_precision(impl, dtype):
+    """The reference path added the float32-minimum key mask in fp16/bf16, where it is −inf: a row with no real
+    key gave softmax 0/0 = NaN, and mean pooling's product with the mask kept the NaN (NaN·0 = NaN)."""
+    model = JinaBertModel(tiny_config(attention_impl=impl)).eval().to(dtype)
+    ids, mask = ragged_batch([5, 3])
+    mask[1] = 0
+    with torch.no_grad():
+        embedding = model.embed(ids, mask)
+    assert torch.isfinite(embedding).all() and (embedding[1] == 0).all()
+
+
+def test_pooling_ignores_non_finite_states_at_padding():
+    hidden = torch.randn(2, 4, 3)
+    mask = torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1]])
+    hidden[0, 2:] = float("nan")
+    torch.testing.assert_close(mean_pool(hidden, mask), torch.stack([hidden[0, :2].mean(0), hidden[1].mean(0)]))
+
+
 def test_packed_pooling_equals_padded_pooling():
     hidden = torch.randn(3, 8, 5)
     _, mask = ragged_batch([8, 2, 5])

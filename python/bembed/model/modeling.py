@@ -96,9 +96,11 @@ class JinaBertSelfAttention(nn.Module):
             out = bembed_ext.alibi_attention_varlen(q, k, v, cu_seqlens, max_seqlen, slopes,
                                                     impl=_attention_op_impl(q))
             return out.reshape(x.shape)
-        # Reference, x: (B, L, hidden); bias (B, H, L, L) already holds −slope·|i−j| and the key mask.
-        scores = torch.einsum("bihd,bjhd->bhij", q, k) / math.sqrt(self.head_dim) + bias.to(q.dtype)
-        probs = self.dropout(torch.softmax(scores, dim=-1))
+        # Reference, x: (B, L, hidden); bias (B, H, L, L) already holds −slope·|i−j| and the key mask. The
+        # softmax runs in float32: the mask's float32 minimum is −inf in fp16/bf16, and a row with no real
+        # key (an empty text) would be 0/0 = NaN there.
+        scores = torch.einsum("bihd,bjhd->bhij", q, k).float() / math.sqrt(self.head_dim) + bias
+        probs = self.dropout(torch.softmax(scores, dim=-1).to(v.dtype))
         return torch.einsum("bhij,bjhd->bihd", probs, v).reshape(x.shape)
 
 

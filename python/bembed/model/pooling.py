@@ -16,9 +16,10 @@ def mean_pool(last_hidden_state: torch.Tensor, attention_mask: torch.Tensor) -> 
     if last_hidden_state.dim() != 3 or attention_mask.shape != last_hidden_state.shape[:2]:
         raise ValueError(f"mean_pool: expected last_hidden_state (B, L, H) and attention_mask (B, L), got "
                          f"{tuple(last_hidden_state.shape)} and {tuple(attention_mask.shape)}")
-    mask = attention_mask.to(torch.float32).unsqueeze(-1)
-    summed = (last_hidden_state.to(torch.float32) * mask).sum(dim=1)
-    return summed / mask.sum(dim=1).clamp(min=1e-9)
+    mask = attention_mask.bool().unsqueeze(-1)
+    # masked_fill, not a product: a non-finite state at a padded position must not reach the sum (NaN·0 = NaN)
+    summed = last_hidden_state.to(torch.float32).masked_fill(~mask, 0.0).sum(dim=1)
+    return summed / mask.sum(dim=1).clamp(min=1)
 
 
 def mean_pool_packed(packed: torch.Tensor, cu_seqlens: torch.Tensor) -> torch.Tensor:
