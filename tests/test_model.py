@@ -372,6 +372,25 @@ def test_a_row_without_tokens_embeds_to_zeros_in_half_precision(impl, dtype):
     assert torch.isfinite(embedding).all() and (embedding[1] == 0).all()
 
 
+def test_mlm_resize_token_embeddings_keeps_the_head_tied_and_its_bias(tmp_path):
+    """Adding special tokens to a pretrained MLM checkpoint: transformers' resize raised (no lm_head), and
+    would have left the decoder untied and the output bias at the old size."""
+    model = JinaBertForMaskedLM(tiny_config()).eval()
+    with torch.no_grad():
+        model.cls.predictions.bias.normal_()
+    ids, mask = ragged_batch([6, 4])
+    with torch.no_grad():
+        before = model(ids, mask).logits
+        model.resize_token_embeddings(105, mean_resizing=False)
+        after = model(ids, mask).logits
+    assert after.shape[-1] == 105 and model.config.vocab_size == 105
+    assert model.cls.predictions.decoder.weight is model.bert.embeddings.word_embeddings.weight
+    torch.testing.assert_close(after[..., :97], before)
+    assert (model.cls.predictions.bias[97:] == 0).all()
+    model.save_pretrained(tmp_path)
+    torch.testing.assert_close(JinaBertForMaskedLM.from_pretrained(tmp_path).eval()(ids, mask).logits, after)
+
+
 def test_pooling_ignores_non_finite_states_at_padding():
     hidden = torch.randn(2, 4, 3)
     mask = torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1]])

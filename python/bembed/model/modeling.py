@@ -381,6 +381,21 @@ class JinaBertForMaskedLM(JinaBertPreTrainedModel):
     def get_output_embeddings(self) -> nn.Linear:
         return self.cls.predictions.decoder
 
+    def resize_token_embeddings(self, new_num_tokens: int | None = None, pad_to_multiple_of: int | None = None,
+                                **kwargs) -> nn.Embedding:
+        """transformers' resize of the word embeddings (e.g. after adding special tokens), with the MLM head
+        following: a decoder of the new size tied to them again, and the output bias kept for the old tokens
+        (0 for new ones). transformers alone looks for an `lm_head` and never resizes the separate bias."""
+        embeddings = self.bert.resize_token_embeddings(new_num_tokens, pad_to_multiple_of, **kwargs)
+        head, size = self.cls.predictions, embeddings.num_embeddings
+        bias = head.bias.data.new_zeros(size)
+        kept = min(size, head.bias.numel())
+        bias[:kept] = head.bias.data[:kept]
+        head.bias = nn.Parameter(bias)
+        head.decoder = nn.Linear(self.config.hidden_size, size, bias=False, device=bias.device, dtype=bias.dtype)
+        self.tie_decoder()
+        return embeddings
+
     def get_input_embeddings(self) -> nn.Embedding:
         return self.bert.embeddings.word_embeddings
 
