@@ -18,6 +18,7 @@ pytest.importorskip("matplotlib")
 
 from bembed import quickstart as qs  # noqa: E402
 from bembed.commands.quickstart import parse_overrides  # noqa: E402
+from bembed.quickstart_eval import bitext_verdict  # noqa: E402
 
 import training_utils as U  # noqa: E402
 
@@ -206,11 +207,11 @@ def test_bitext_verdict_needs_the_bar_and_both_comparisons():
         return {"model": model, "scores": {"BembedBitextMining.en-de": f1}}
 
     untrained, minilm = result("untrained (same architecture)", 0.3), result("all-MiniLM-L6-v2", 0.5)
-    assert qs.bitext_verdict([result("ours", 0.75), untrained, minilm], "en-de")["passed"]
-    assert not qs.bitext_verdict([result("ours", 0.65), untrained, minilm], "en-de")["passed"]
-    assert not qs.bitext_verdict([result("ours", 0.75), untrained, result("all-MiniLM-L6-v2", 0.8)],
+    assert bitext_verdict([result("ours", 0.75), untrained, minilm], "en-de")["passed"]
+    assert not bitext_verdict([result("ours", 0.65), untrained, minilm], "en-de")["passed"]
+    assert not bitext_verdict([result("ours", 0.75), untrained, result("all-MiniLM-L6-v2", 0.8)],
                                  "en-de")["passed"]
-    assert qs.bitext_verdict([result("ours", 0.75), untrained], "en-de")["compared_with"] == {
+    assert bitext_verdict([result("ours", 0.75), untrained], "en-de")["compared_with"] == {
         "untrained (same architecture)": 0.3}
 
 

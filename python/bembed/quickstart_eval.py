@@ -1,0 +1,132 @@
+"""The quickstart's evaluation: the untrained model and the installed reference models before training, the
+trained model after it on the held-out test splits, the bitext bar the job is judged on, and the
+cross-lingual demo sentences."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import TYPE_CHECKING
+
+import torch
+
+from bembed.files import write_json_atomic
+
+if TYPE_CHECKING:
+    from bembed.quickstart import Settings
+
+log = logging.getLogger(__name__)
+
+EXAMPLES = {
+    "en": ("Click OK to save your changes.", "Where can I find the train station?"),
+    "de": ("Klicken Sie auf OK, um Ihre Änderungen zu speichern.", "Wo finde ich den Bahnhof?"),
+    "es": ("Pulse Aceptar para guardar los cambios.", "¿Dónde está la estación de tren?"),
+}
+MUST_F1 = 0.7
+
+
+def eval_tasks(settings: Settings, data_root: str, kinds: tuple[str, ...] | None = None):
+    from bembed.eval.tasks import TaskSizes, local_tasks
+
+    sizes = TaskSizes(max_items=settings.eval_max_items, max_chars=settings.eval_max_chars, seed=0)
+    return local_tasks(data_root, [settings.pair], sizes, kinds or settings.eval_tasks)
+
+
+def untrained_embedder(settings: Settings, tokenizer_dir: str):
+    """Stage 1's architecture with fresh weights: what training starts from."""
+    from bembed.encode import Embedder
+    from bembed.model import JinaBertConfig, JinaBertModel
+    from bembed.quickstart import stage_config
+    from bembed.tokenizer import model_config_kwargs
+    from bembed.training.encoder import load_tokenizer
+
+    cfg = stage_config(settings, "pretrain", "", tokenizer_dir)
+    tokenizer = load_tokenizer(tokenizer_dir)
+    torch.manual_seed(settings.seed)
+    model = JinaBertModel(JinaBertConfig(**{**cfg.model.config, **model_config_kwargs(tokenizer)}))
+    embedder = Embedder(model, tokenizer)
+    embedder.name = "untrained (same architecture)"
+    return embedder
+
+
+def evaluate_references(settings: Settings, data_root: str, tokenizer_dir: str) -> dict:
+    """Scores of the untrained model and of each installed reference model (each kept in
+    <out>/eval/<name>.json as soon as it is done, so an interrupted run keeps what it finished)."""
+    from bembed.eval import baselines
+    from bembed.eval.run import evaluate_encoder
+
+    tasks = eval_tasks(settings, data_root)
+    if not tasks:
+        raise FileNotFoundError(f"no evaluation tasks for {settings.pair} under {data_root}")
+    reference_tasks = [t for t in tasks if _kind(t) in settings.reference_tasks]
+    names = baselines.available() if settings.baselines is None else list(settings.baselines)
+    missing = sorted(set(names) - set(baselines.available()))
+    if missing:
+        log.warning("reference models not installed (skipped): %s", ", ".join(missing))
+    results, untrained_s = [], None
+    for name in ["untrained", *[n for n in names if n not in missing]]:
+        cached = settings.out / "eval" / f"{_slug(name)}.json"
+        if cached.is_file():
+            result = json.loads(cached.read_text(encoding="utf-8"))
+        else:
+            log.info("evaluating %s ...", name)
+            encoder = untrained_embedder(settings, tokenizer_dir) if name == "untrained" else baselines.load(name)
+            result = evaluate_encoder(encoder, tasks if name == "untrained" else reference_tasks,
+                                      name=getattr(encoder, "name", name))
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            write_json_atomic(cached, result)
+        if name == "untrained":
+            untrained_s = result["seconds"]
+        results.append(result)
+    return {"results": results, "untrained_eval_s": untrained_s}
+
+
+def evaluate_model(settings: Settings, data_root: str, model_dir: str, references: list[dict]) -> dict:
+    from bembed.encode import Embedder
+    from bembed.eval.report import format_table, write_bar_chart, write_json
+    from bembed.eval.run import evaluate_encoder
+
+    encoder = Embedder.from_pretrained(model_dir, device="cpu" if not torch.cuda.is_available() else None)
+    encoder.name = f"bembed quickstart ({settings.pair})"
+    mine = evaluate_encoder(encoder, eval_tasks(settings, data_root), name=encoder.name)
+    results = [mine, *references]
+    folder = settings.out / "eval"
+    folder.mkdir(parents=True, exist_ok=True)
+    write_json(results, folder / "results.json", {"settings": {
+        "pair": settings.pair, "max_items": settings.eval_max_items, "max_chars": settings.eval_max_chars,
+        "note": "BembedSTSConstructed and BembedPairClassification are constructed, not human-graded"}})
+    write_bar_chart(results, folder / "results.png")
+    return {"table": format_table(results), "results": results, "verdict": bitext_verdict(results, settings.pair)}
+
+
+def bitext_verdict(results: list[dict], pair: str) -> dict:
+    """The quickstart's bar: held-out bitext F1 ≥ MUST_F1 and above the untrained model and all-MiniLM-L6-v2
+    (when installed)."""
+    task = f"BembedBitextMining.{pair}"
+    mine = results[0]["scores"].get(task)
+    others = {r["model"]: r["scores"].get(task) for r in results[1:]
+              if r["model"].startswith("untrained") or r["model"] == "all-MiniLM-L6-v2"}
+    passed = mine is not None and mine >= MUST_F1 and all(v is None or mine > v for v in others.values())
+    return {"task": task, "f1": mine, "compared_with": others, "passed": passed}
+
+
+def cross_lingual_demo(settings: Settings, model_dir: str) -> dict:
+    """Two example sentences per language; the cosine of every English one with every translation."""
+    from bembed.encode import Embedder
+
+    en, other = settings.pair.split("-")
+    embedder = Embedder.from_pretrained(model_dir)
+    a = embedder.encode(list(EXAMPLES[en]))
+    b = embedder.encode(list(EXAMPLES[other]))
+    sims = (a @ b.T).tolist()
+    return {"sentences": {en: list(EXAMPLES[en]), other: list(EXAMPLES[other])}, "cosine": sims}
+
+
+def _kind(task) -> str:
+    """The eval_tasks kind of a local task, from its mteb type."""
+    return {"BitextMining": "bitext", "STS": "sts", "PairClassification": "pair_classification",
+            "Retrieval": "retrieval"}[task.metadata.type]
+
+
+def _slug(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
