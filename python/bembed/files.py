@@ -17,6 +17,15 @@ def open_user_text(path: str | os.PathLike, newline: str | None = None):
     return open(path, encoding="utf-8-sig", newline=newline)
 
 
+def fsync_path(path: str | os.PathLike) -> None:
+    """Flush a file, or a folder's entries (so a rename inside it survives a crash), to disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
@@ -31,11 +40,7 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    folder = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(folder)
-    finally:
-        os.close(folder)
+    fsync_path(path.parent)
 
 
 def write_json_atomic(path: str | os.PathLike, value, indent: int = 1) -> None:

@@ -25,6 +25,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bembed.files import fsync_path
+
 log = logging.getLogger(__name__)
 
 _NAME = re.compile(r"^step-(\d{8})$")
@@ -106,14 +108,6 @@ def list_checkpoints(root: Path) -> list[Path]:
     return sorted((p for p in root.iterdir() if p.is_dir() and _NAME.match(p.name)), key=lambda p: p.name)
 
 
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _remove(folder: Path) -> None:
     trash = folder.with_name(f".old-{folder.name}")
     os.replace(folder, trash)
@@ -149,12 +143,12 @@ def finalize(root: Path, step: int, keep_last: int) -> Path:
     """Make the temporary folder durable, rename it into place and prune old checkpoints (rank 0 only)."""
     final, tmp = checkpoint_dir(root, step), temp_dir(root, step)
     for file in tmp.iterdir():
-        _fsync(file)
-    _fsync(tmp)
+        fsync_path(file)
+    fsync_path(tmp)
     if final.exists():  # a step-N the trainer did not write or load itself (e.g. an unreadable one it skipped)
         _remove(final)
     os.replace(tmp, final)
-    _fsync(root)  # the rename itself
+    fsync_path(root)  # the rename itself
     if keep_last > 0:
         # Only steps below this one: a run resumed from an older checkpoint (or its Ctrl-C save) must not
         # delete what it has just written in favour of higher-numbered ones.
