@@ -91,10 +91,10 @@ class Settings:
         # settings: found late, a bad value leaves a folder that refuses the corrected command as "other settings".
         from bembed.eval.baselines import check_names
         from bembed.eval.tasks import TaskSizes
-        from bembed.tokenizer import SPECIAL_TOKENS
+        from bembed.tokenizer import MIN_VOCAB_SIZE
 
-        if self.vocab_size < 256 + len(SPECIAL_TOKENS):
-            raise ValueError(f"vocab_size must be at least {256 + len(SPECIAL_TOKENS)} (256 bytes + specials), "
+        if self.vocab_size < MIN_VOCAB_SIZE:
+            raise ValueError(f"vocab_size must be at least {MIN_VOCAB_SIZE} (256 bytes + specials), "
                              f"got {self.vocab_size}")
         if (self.tokenizer_chars is not None and self.tokenizer_chars < 1) or self.mlm_chars < 1:
             raise ValueError(f"tokenizer_chars and mlm_chars must be positive, got {self.tokenizer_chars}, "

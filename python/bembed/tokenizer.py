@@ -23,6 +23,7 @@ from bembed.files import open_user_text
 logger = logging.getLogger(__name__)
 
 SPECIAL_TOKENS = ("<s>", "<pad>", "</s>", "<unk>", "<mask>")
+MIN_VOCAB_SIZE = 256 + len(SPECIAL_TOKENS)  # every byte, then the specials
 WORD_START = "Ġ"  # byte-level BPE's picture of the space that starts a word
 
 
@@ -91,9 +92,8 @@ def train_bilingual_tokenizer(texts_or_files_lang_a, texts_or_files_lang_b, voca
 
     if isinstance(vocab_size, bool) or not isinstance(vocab_size, int):
         raise TypeError(f"vocab_size must be an int, got {type(vocab_size).__name__}")
-    minimum = 256 + len(SPECIAL_TOKENS)
-    if vocab_size < minimum:
-        raise ValueError(f"vocab_size must be at least {minimum} (256 bytes + {len(SPECIAL_TOKENS)} specials), "
+    if vocab_size < MIN_VOCAB_SIZE:
+        raise ValueError(f"vocab_size must be at least {MIN_VOCAB_SIZE} (256 bytes + {len(SPECIAL_TOKENS)} specials), "
                          f"got {vocab_size}")
     texts_a = read_corpus(texts_or_files_lang_a, "texts_or_files_lang_a")
     texts_b = read_corpus(texts_or_files_lang_b, "texts_or_files_lang_b")
