@@ -179,6 +179,24 @@ def _picked(stage, index, world=1, size=2):
     return [i for rank in range(world) for i in json.loads(stage.batch(index, rank, world, size).source.rsplit("rows ", 1)[1])]
 
 
+def test_multitask_each_task_reads_whole_passes_over_its_rows(files, tmp_path):
+    """A task drawn for a fraction of the micro-batches still sees every row once before any row twice (each
+    task reads its own batch stream in order; reading it at the global index used only that fraction of every
+    pass), and a stage built afresh at micro-batch N (a resume) picks what the one that walked there picked."""
+    from bembed.training.multitask import MultitaskStage
+
+    overrides = [f"data.train=[{{path: {files['triples']}, weight: 1}}, {{path: {files['sts']}, weight: 3}}]",
+                 *_model_overrides(files), *U.train_overrides(tmp_path, 1, batch=8), "multitask.num_negatives=0"]
+    stage = MultitaskStage(load_config(MultitaskRun, None, overrides))
+    kinds = {index: stage.batch(index, 0, 1, 8).source.split(" ", 1)[0] for index in range(200)}
+    for kind, rows in (("retrieval", 128), ("sts", 128)):
+        indices = [i for i in range(200) if kinds[i] == kind]
+        passes = [_picked(stage, i, size=8) for i in indices[:rows // 8]]
+        assert len(indices) >= rows // 8 and sorted(r for batch in passes for r in batch) == list(range(rows)), kind
+    fresh = MultitaskStage(load_config(MultitaskRun, None, overrides))
+    assert [_picked(fresh, i, size=8) for i in (150, 7, 199)] == [_picked(stage, i, size=8) for i in (150, 7, 199)]
+
+
 def test_multitask_retrieval_batches_never_fail_mid_run(files, tmp_path):
     """Rows (a,x),(a,y),(b,x) hold one distinct pair, but a greedy fill from some shuffles finds none: drawing
     a batch raised mid-run on such indices (0, 5, 7, …). The first epoch is checked at start-up; a later
