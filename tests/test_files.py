@@ -1,11 +1,11 @@
-"""Atomic writes: a failure midway leaves the old file and no temporary beside it."""
+"""Atomic writes: a failure midway leaves the old file (or folder) and no temporary beside it."""
 
 import json
 import os
 
 import pytest
 
-from bembed.files import write_json_atomic, write_text_atomic
+from bembed.files import replacing_folder, write_json_atomic, write_text_atomic
 
 
 def test_new_content_replaces_old(tmp_path):
@@ -35,3 +35,27 @@ def test_a_failure_before_the_rename_keeps_the_old_file(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         write_text_atomic(path, "new")
     assert path.read_text() == "old" and os.listdir(tmp_path) == ["marker.json"]
+
+
+def test_a_folder_is_replaced_whole(tmp_path):
+    target = tmp_path / "final"
+    with replacing_folder(target) as folder:
+        (folder / "config.json").write_text("old")
+        (folder / "sub").mkdir()
+        (folder / "sub" / "weights").write_text("old weights")
+    with replacing_folder(target) as folder:
+        assert not target.samefile(folder) and (target / "config.json").read_text() == "old"
+        (folder / "config.json").write_text("new")
+    assert os.listdir(target) == ["config.json"] and (target / "config.json").read_text() == "new"
+    assert os.listdir(tmp_path) == ["final"]
+
+
+def test_a_failure_while_filling_a_folder_keeps_the_old_one(tmp_path):
+    target = tmp_path / "final"
+    with replacing_folder(target) as folder:
+        (folder / "model.safetensors").write_text("complete")
+    with pytest.raises(KeyboardInterrupt):
+        with replacing_folder(target) as folder:
+            (folder / "model.safetensors").write_text("half")
+            raise KeyboardInterrupt  # killed mid-export
+    assert (target / "model.safetensors").read_text() == "complete" and os.listdir(tmp_path) == ["final"]

@@ -1,12 +1,15 @@
 """Writing files so that a kill leaves either the old content or the new, never a torn file: the text goes
 to a temporary sibling, is flushed to disk, and is renamed over the target (os.replace is atomic on POSIX),
 then the folder is synced so the rename itself survives a crash. Markers that say "this step is done" must
-be written this way, or a half-written one is read back later."""
+be written this way, or a half-written one is read back later. Folders (an exported model) are written the
+same way as a whole: filled under a temporary sibling name, then renamed into place."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import uuid
 from pathlib import Path
 
@@ -45,3 +48,29 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
 
 def write_json_atomic(path: str | os.PathLike, value, indent: int = 1) -> None:
     write_text_atomic(path, json.dumps(value, indent=indent, ensure_ascii=False) + "\n")
+
+
+@contextlib.contextmanager
+def replacing_folder(path: str | os.PathLike):
+    """Yields a temporary sibling folder to fill; when the block succeeds, it is synced and renamed to `path`
+    (a folder already there is renamed aside first, then removed), so `path` is never a half-written folder —
+    a model export killed midway would otherwise look complete to the next stage or to a user. When the block
+    fails, the temporary folder goes and `path` stays as it was."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+        for folder, _, files in os.walk(tmp):
+            for name in files:
+                fsync_path(Path(folder) / name)
+            fsync_path(folder)
+        old = path.with_name(f".{path.name}.{uuid.uuid4().hex}.old")
+        if path.exists():
+            os.replace(path, old)
+        os.replace(tmp, path)
+        fsync_path(path.parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    shutil.rmtree(old, ignore_errors=True)

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from bembed.files import write_json_atomic
+from bembed.files import replacing_folder, write_json_atomic
 from bembed.quickstart_eval import MUST_F1, cross_lingual_demo, evaluate_model, evaluate_references
 
 log = logging.getLogger(__name__)
@@ -387,7 +387,8 @@ def save_model(settings: Settings, final: str) -> dict:
     from bembed.encode import Embedder
 
     folder = settings.out / "model"
-    Embedder.from_pretrained(final, device="cpu").save_pretrained(folder)
+    with replacing_folder(folder) as tmp:
+        Embedder.from_pretrained(final, device="cpu").save_pretrained(tmp)
     return {"model": str(folder)}
 
 

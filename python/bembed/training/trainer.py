@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from bembed.files import write_text_atomic
+from bembed.files import replacing_folder, write_text_atomic
 
 from . import checkpoint as ckpt
 from .config import TrainConfig
@@ -347,7 +347,8 @@ class Trainer:
                 bar.close()
         self.save_checkpoint()
         if self.rank == 0:
-            self.stage.export(self.out / "final")
+            with replacing_folder(self.out / "final") as folder:  # never a half-written final/ after a kill
+                self.stage.export(folder)
             log.info("final model written to %s", self.out / "final")
             plot_losses(self.out / "metrics.jsonl", self.out / "loss.png")
         self._barrier()
