@@ -78,26 +78,25 @@ class MultitaskStage:
                 self.batches[-1](0)
             except ValueError as exc:
                 raise ValueError(f"data source {path}: {exc}") from None
-        # Per micro-batch index: how many earlier micro-batches drew the same task (filled on demand).
-        self._position, self._drawn = array("q"), [0] * len(self.tasks)
+        # Per micro-batch index, filled on demand: its task, and how many earlier micro-batches drew that task.
+        self._task, self._position, self._drawn = array("q"), array("q"), [0] * len(self.tasks)
 
-    def _draw(self, index: int) -> int:
-        return int(torch.multinomial(self.weights, 1, generator=generator(self.cfg.train.seed, index)))
-
-    def _task_position(self, index: int) -> int:
-        """The position of micro-batch `index` in its task's own stream. Reading the stream at the global index
-        instead would use only a task's share of each pass over its rows (a fifth, for a fifth of the draws):
-        the rest of the pass would never be seen. A resume at micro-batch N replays N draws (~30 µs each)."""
-        while len(self._position) <= index:
-            task = self._draw(len(self._position))
+    def _schedule(self, index: int) -> tuple[int, int]:
+        """(task, position in that task's own stream) of micro-batch `index`. Reading a task's stream at the
+        global index instead would use only the task's share of each pass over its rows (a fifth, for a fifth of
+        the draws): the rest of the pass would never be seen. A resume at micro-batch N replays N draws
+        (~30 µs each), once."""
+        while len(self._task) <= index:
+            g = generator(self.cfg.train.seed, len(self._task))
+            task = int(torch.multinomial(self.weights, 1, generator=g))
+            self._task.append(task)
             self._position.append(self._drawn[task])
             self._drawn[task] += 1
-        return self._position[index]
+        return self._task[index], self._position[index]
 
     def batch(self, index: int, rank: int, world: int, size: int) -> Batch:
-        task = self._draw(index)
+        task, position = self._schedule(index)
         kind, path, rows = self.tasks[task]
-        position = self._task_position(index)
         if kind == "sts":
             picked = epoch_indices(len(rows), size * world, position, self.cfg.train.seed + task)
         else:
