@@ -64,6 +64,9 @@ class TrainConfig(Checked):
     def validate(self) -> None:
         for name in ("max_steps", "batch_size", "grad_accum"):
             _require(getattr(self, name) >= 1, f"train.{name}", "≥ 1", getattr(self, name))
+        if self.batch_size % self.grad_accum:
+            raise ValueError(f"train.batch_size={self.batch_size} must split into train.grad_accum="
+                             f"{self.grad_accum} micro-batches of equal size")
         for name in ("lr", "weight_decay", "warmup_steps", "save_every", "keep_last"):
             _require(getattr(self, name) >= 0, f"train.{name}", "≥ 0", getattr(self, name))
         _require(self.eps > 0, "train.eps", "> 0", self.eps)

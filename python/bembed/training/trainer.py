@@ -120,10 +120,10 @@ class Trainer:
             self.device = torch.device(config.device)
         else:
             self.device = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
-        micro = config.batch_size // config.grad_accum
-        if config.batch_size % config.grad_accum or micro % self.world:
-            raise ValueError(f"train.batch_size={config.batch_size} must split into train.grad_accum="
-                             f"{config.grad_accum} micro-batches, each divisible by world size {self.world}")
+        micro = config.batch_size // config.grad_accum  # whole: TrainConfig.validate
+        if micro % self.world:
+            raise ValueError(f"train.batch_size={config.batch_size} over train.grad_accum={config.grad_accum} gives "
+                             f"micro-batches of {micro} rows, which world size {self.world} does not divide")
         self.local_size = micro // self.world
         self.weighted = getattr(stage, "weighted_batches", False)
         self.model = stage.model.to(self.device)
