@@ -59,3 +59,33 @@ def test_a_failure_while_filling_a_folder_keeps_the_old_one(tmp_path):
             (folder / "model.safetensors").write_text("half")
             raise KeyboardInterrupt  # killed mid-export
     assert (target / "model.safetensors").read_text() == "complete" and os.listdir(tmp_path) == ["final"]
+
+
+def test_a_failure_between_the_renames_puts_the_old_folder_back(tmp_path, monkeypatch):
+    target = tmp_path / "final"
+    with replacing_folder(target) as folder:
+        (folder / "model.safetensors").write_text("complete")
+    real_replace, calls = os.replace, []
+
+    def killed_on_the_second_rename(src, dst):
+        calls.append(dst)
+        if len(calls) == 2:  # the old folder is aside, the new one not yet in place
+            raise KeyboardInterrupt
+        real_replace(src, dst)
+    monkeypatch.setattr(os, "replace", killed_on_the_second_rename)
+    with pytest.raises(KeyboardInterrupt):
+        with replacing_folder(target) as folder:
+            (folder / "model.safetensors").write_text("new")
+    assert (target / "model.safetensors").read_text() == "complete" and os.listdir(tmp_path) == ["final"]
+
+
+def test_what_a_killed_export_left_is_removed_by_the_next(tmp_path):
+    target = tmp_path / "final"
+    with replacing_folder(target) as folder:
+        (folder / "config.json").write_text("old")
+    (tmp_path / ".final.0123.tmp").mkdir()  # killed while filling
+    (tmp_path / ".final.4567.old").mkdir()  # killed after the swap, before the old folder was removed
+    (tmp_path / ".final-other.89.tmp").mkdir()  # another folder's: not ours to touch
+    with replacing_folder(target) as folder:
+        (folder / "config.json").write_text("new")
+    assert sorted(os.listdir(tmp_path)) == [".final-other.89.tmp", "final"]

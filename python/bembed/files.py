@@ -7,6 +7,7 @@ same way as a whole: filled under a temporary sibling name, then renamed into pl
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import shutil
@@ -54,10 +55,17 @@ def write_json_atomic(path: str | os.PathLike, value, indent: int = 1) -> None:
 def replacing_folder(path: str | os.PathLike):
     """Yields a temporary sibling folder to fill; when the block succeeds, it is synced and renamed to `path`
     (a folder already there is renamed aside first, then removed), so `path` is never a half-written folder —
-    a model export killed midway would otherwise look complete to the next stage or to a user. When the block
-    fails, the temporary folder goes and `path` stays as it was."""
+    a model export killed midway would otherwise look complete to the next stage or to a user. When anything
+    fails, the temporary folder goes and `path` is as it was. What a killed run left beside `path` is removed
+    first: its temporary folder, and its set-aside old folder once `path` is there again."""
     path = Path(path)
+    stale = [*path.parent.glob(f".{glob.escape(path.name)}.*.tmp")]
+    if path.exists():
+        stale += path.parent.glob(f".{glob.escape(path.name)}.*.old")
+    for folder in stale:
+        shutil.rmtree(folder, ignore_errors=True)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    old = tmp.with_suffix(".old")
     tmp.mkdir(parents=True)
     try:
         yield tmp
@@ -65,12 +73,13 @@ def replacing_folder(path: str | os.PathLike):
             for name in files:
                 fsync_path(Path(folder) / name)
             fsync_path(folder)
-        old = path.with_name(f".{path.name}.{uuid.uuid4().hex}.old")
         if path.exists():
             os.replace(path, old)
         os.replace(tmp, path)
         fsync_path(path.parent)
     except BaseException:
+        if old.exists() and not path.exists():
+            os.replace(old, path)
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     shutil.rmtree(old, ignore_errors=True)
