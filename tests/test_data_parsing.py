@@ -132,6 +132,22 @@ def test_bible_encoding_artifacts_mapped_per_translation():
     assert extract_bible.clean_verse("soft\u00adhyphen`", "e") == "soft\u00adhyphen`"  # only where it is a mark
 
 
+def test_bible_hebrew_verse_numbers_removed_and_other_parentheses_kept():
+    assert extract_bible.clean_verse("(51:3) O Gott, sei mir gnädig; (51:4) wasche mich!", "s") == \
+        "O Gott, sei mir gnädig; wasche mich!"
+    assert extract_bible.clean_verse("(a shekel is twenty gerahs:) an half", "k") == "(a shekel is twenty gerahs:) an half"
+
+
+def test_bible_psalm_first_verses_dropped_in_every_translation(tmp_path):
+    db = tmp_path / "bible.db"
+    write_bible_db(db, books=(18, 19, 20), chapters=2)
+    for code in extract_bible.TRANSLATIONS:
+        docs = {d.doc_id: d for d in extract_bible.read_chapters(db, code)}
+        assert docs["bible:19:1"].keys == [str(v) for v in range(2, 9)], code  # headings live in verse 1
+        assert docs["bible:19:2"].keys[0] == "2"
+        assert docs["bible:18:1"].keys[0] == docs["bible:20:2"].keys[0] == "1"
+
+
 def test_bible_web_next_psalm_heading_cut_from_the_chapter_before(tmp_path):
     import sqlite3
 

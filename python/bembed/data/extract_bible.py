@@ -23,12 +23,15 @@ TRANSLATIONS = {
 }
 # The one translation per language used for the monolingual corpus and for translation pairs.
 PRIMARY = {"en": "4", "de": "e", "es": "v"}
+PSALMS = 19  # bNumber
 
 QUERY = (f"SELECT bNumber, cNumber, vNumber, vText FROM bible WHERE bbName = ? AND bNumber BETWEEN 1 AND "
          f"{BIBLE_MAX_BOOK} ORDER BY bNumber, cNumber, vNumber")
 
-# Editorial marks: [supplied words] keep their words, "***"/"* * *" section marks go.
-_MARKS = re.compile(r"\*( ?\*)+|[\[\]]")
+# Editorial marks: [supplied words] keep their words, "***"/"* * *" section marks go, and so do the
+# Hebrew verse numbers Schlachter 1951 writes where they differ from the English ones ("(51:3) O Gott"),
+# about 2,000 verses of books 1-39.
+_MARKS = re.compile(r"\*( ?\*)+|[\[\]]|\(\d+:\d+\)")
 # WEB glues the next psalm's heading ("BOOK II Psalm 42 For the Chief Musician...") onto the last verse of
 # the chapter before it (Job 42, Psalms 1-149); aligned by verse number it would be translated as nothing.
 _NEXT_PSALM = re.compile(r"\s*(BOOK [IVX]+\s+)?Psalm \d+\b.*$")
@@ -57,6 +60,11 @@ def read_chapters(db_path: Path, code: str) -> Iterator[Document]:
         chapters: dict[tuple[int, int], list[tuple[int, str]]] = defaultdict(list)
         for book, chapter, verse, text in conn.execute(QUERY, (code,)):
             check_bible_book(book)
+            # A psalm's heading ("A Psalm by David, when he fled from Absalom") is part of verse 1 in most
+            # translations but not in WEB, and only Elberfelder marks where it ends; aligned by verse number,
+            # verse 1 would pair a heading plus a verse with the verse alone. Verse 1 goes in every translation.
+            if book == PSALMS and verse == 1:
+                continue
             text = clean_verse(text, code)
             if text:
                 chapters[(book, chapter)].append((verse, text))
