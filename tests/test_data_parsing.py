@@ -99,6 +99,21 @@ def test_roff_to_paragraphs():
     assert paras == ["NAME", "ls - list", "Show files in the current directory. ls foo (1)", "-a all"]
 
 
+def test_roff_tables_give_their_cells_without_option_and_format_lines():
+    source = ("Text before.\n.TS\nallbox tab(:);\nlB lB.\nT{\nName\nT}:T{\nMeaning\nT}\n.T&\nl l\nl l.\n"
+              "T{\n\"%a\"\nT}:T{\nDie \\fBArchitektur\\fP des\n.sp\n.B lokalen\nSystems.\nT}\n_\n.TE\nText after.\n")
+    assert roff_to_paragraphs(source)[1] == [
+        "Text before.", "Name", "Meaning", '"%a"', "Die Architektur des lokalen Systems.", "Text after."]
+    assert roff_to_paragraphs(".TS\ncenter;\nl l.\na\tb c d\n.TE\n")[1] == ["a", "b c d"]  # default tab: \t
+    assert roff_to_paragraphs(".TS\nl l.\nx\ty\n.TE\n")[1] == ["x", "y"]  # no options line
+
+
+def test_roff_macro_definitions_equations_and_ignored_blocks_give_nothing():
+    source = (".de  URL\n\\fI\\\\$2\\fP <\\\\$1>\n..\n.  am MTO\n.    ad l\n.  .\n.de XX END\nmacro body\n.END\n"
+              ".EQ\nx sup 2\n.EN\n.ig\nignored\n..\n.PP\nProse stays here.\n")
+    assert roff_to_paragraphs(source)[1] == ["Prose stays here."]
+
+
 def test_manpages_read_gz_and_drop_short(tmp_path):
     page = tmp_path / "usr/share/man/de/man1/x.1.gz"
     page.parent.mkdir(parents=True)
