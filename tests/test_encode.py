@@ -475,6 +475,45 @@ def test_cli_writes_npy_and_parquet_in_input_order(folder, embedder, tmp_path, m
         main(["encode", "--model", str(folder), "--input", str(jsonl), "--output", str(tmp_path / "v.npy")])
     with pytest.raises(SystemExit, match=r"\.npy"):
         main(["encode", "--model", str(folder), "--input", str(txt), "--output", str(tmp_path / "v.csv")])
+    with pytest.raises(SystemExit, match="batch_size"):
+        main(["encode", "--model", str(folder), "--input", str(txt), "--output", str(tmp_path / "v.npy"),
+              "--batch-size", "0"])
+    with pytest.raises(SystemExit, match="not a local folder"):
+        main(["encode", "--model", str(tmp_path / "none"), "--input", str(txt), "--output", str(tmp_path / "v.npy")])
+
+
+def test_cli_txt_lines_end_at_newlines_only(folder, embedder, tmp_path):
+    """A lone carriage return inside a line is part of that line's text; CRLF endings are line ends."""
+    from bembed.cli import main
+
+    txt = tmp_path / "texts.txt"
+    txt.write_bytes("first\rstill first\r\nsecond\n\nthird\r\n".encode())
+    assert main(["encode", "--model", str(folder), "--input", str(txt), "--output", str(tmp_path / "v.npy"),
+                 "--device", "cpu", "--no-progress"]) == 0
+    np.testing.assert_allclose(np.load(tmp_path / "v.npy"), embedder.encode(["first\rstill first", "second", "",
+                                                                              "third"]), rtol=1e-5, atol=1e-6)
+
+
+def test_cli_output_is_replaced_whole_or_not_at_all(folder, tmp_path, monkeypatch):
+    from bembed.cli import main
+
+    txt = tmp_path / "texts.txt"
+    txt.write_text("\n".join(TEXTS[:3]) + "\n", encoding="utf-8")
+    args = ["encode", "--model", str(folder), "--input", str(txt), "--output", str(tmp_path / "v.npy"),
+            "--device", "cpu", "--no-progress"]
+    assert main(args) == 0
+    before = np.load(tmp_path / "v.npy")
+
+    def interrupted_save(handle, array):
+        handle.write(b"\x93NUMPY half of a file")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(np, "save", interrupted_save)
+    txt.write_text("\n".join(TEXTS[3:6]) + "\n", encoding="utf-8")
+    with pytest.raises(KeyboardInterrupt):
+        main(args)
+    np.testing.assert_array_equal(np.load(tmp_path / "v.npy"), before)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["texts.txt", "v.npy"]
 
 
 @pytest.mark.cuda

@@ -30,21 +30,29 @@ def fsync_path(path: str | os.PathLike) -> None:
         os.close(fd)
 
 
-def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+@contextlib.contextmanager
+def replacing_file(path: str | os.PathLike):
+    """Yields a binary file to write; when the block succeeds, it is synced and renamed over `path`. When
+    anything fails, the temporary file goes and `path` is as it was."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     # Mode 0666 less the umask, as open() gives: mkstemp's 0600 would hide shared caches from other users.
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
+        with os.fdopen(fd, "wb") as handle:
+            yield handle
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
     fsync_path(path.parent)
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    with replacing_file(path) as handle:
+        handle.write(text.encode("utf-8"))
 
 
 def write_json_atomic(path: str | os.PathLike, value, indent: int = 1) -> None:

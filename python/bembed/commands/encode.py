@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from bembed.files import open_user_text
+from bembed.files import open_user_text, replacing_file
 
 INPUT_SUFFIXES = (".txt", ".jsonl")
 OUTPUT_SUFFIXES = (".npy", ".parquet")
@@ -36,9 +36,10 @@ def read_texts(path: Path, field: str) -> tuple[list[str], list[dict]]:
     if path.suffix not in INPUT_SUFFIXES:
         raise ValueError(f"--input: {path} must end in one of {INPUT_SUFFIXES}")
     texts, extras = [], []
-    with open_user_text(path) as handle:
+    # Lines end at "\n" (or "\r\n") only: a lone "\r" inside a line must not make two texts of one line.
+    with open_user_text(path, newline="\n") as handle:
         for number, line in enumerate(handle, 1):
-            line = line.rstrip("\n")
+            line = line.removesuffix("\n").removesuffix("\r")
             if path.suffix == ".txt":
                 texts.append(line)
                 continue
@@ -79,19 +80,21 @@ def extra_columns(extras: list[dict]) -> dict:
 
 
 def write_vectors(path: Path, vectors, columns: dict) -> None:
-    """.npy: the vectors; .parquet: the columns of `extra_columns` and an "embedding" column."""
+    """.npy: the vectors; .parquet: the columns of `extra_columns` and an "embedding" column. Written to a
+    temporary file and renamed, so an interrupted run leaves the previous output whole."""
     import numpy as np
 
-    if path.suffix == ".npy":
-        np.save(path, vectors)
-        return
-    import pyarrow as pa
-    import pyarrow.parquet as pq
+    with replacing_file(path) as handle:
+        if path.suffix == ".npy":
+            np.save(handle, vectors)
+            return
+        import pyarrow as pa
+        import pyarrow.parquet as pq
 
-    columns = dict(columns)
-    flat = pa.array(vectors.reshape(-1), type=pa.float32())
-    columns["embedding"] = pa.FixedSizeListArray.from_arrays(flat, vectors.shape[1])
-    pq.write_table(pa.table(columns), path)
+        columns = dict(columns)
+        flat = pa.array(vectors.reshape(-1), type=pa.float32())
+        columns["embedding"] = pa.FixedSizeListArray.from_arrays(flat, vectors.shape[1])
+        pq.write_table(pa.table(columns), handle)
 
 
 def run(args) -> int:
@@ -110,10 +113,14 @@ def run(args) -> int:
         columns = extra_columns(extras) if output.suffix == ".parquet" else {}
     except (OSError, ValueError) as error:
         raise SystemExit(str(error)) from None
-    embedder = Embedder.from_pretrained(args.model, device=args.device)
-    vectors = embedder.encode(texts, batch_size=args.batch_size, max_length=args.max_length,
-                              normalize_embeddings=False if args.no_normalize else None, prompt_name=args.prompt_name,
-                              show_progress_bar=not args.no_progress, truncate=not args.chunk_long)
+    try:  # a bad option value (--batch-size 0, an unknown --prompt-name, --model not a folder) is one line
+        embedder = Embedder.from_pretrained(args.model, device=args.device)
+        vectors = embedder.encode(texts, batch_size=args.batch_size, max_length=args.max_length,
+                                  normalize_embeddings=False if args.no_normalize else None,
+                                  prompt_name=args.prompt_name, show_progress_bar=not args.no_progress,
+                                  truncate=not args.chunk_long)
+    except ValueError as error:
+        raise SystemExit(f"bembed encode: {error}") from None
     output.parent.mkdir(parents=True, exist_ok=True)
     write_vectors(output, vectors, columns)
     print(f"wrote {vectors.shape[0]} vectors of dimension {vectors.shape[1]} to {output}")
