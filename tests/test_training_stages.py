@@ -451,6 +451,40 @@ def test_keep_last_never_prunes_the_checkpoint_just_written(tmp_path):
     assert [p.name for p in ckpt.list_checkpoints(tmp_path)] == ["step-00000002", "step-00000003", "step-00000009"]
 
 
+def test_a_replaced_checkpoint_is_removed_only_once_its_successor_is_in_place(tmp_path, monkeypatch):
+    """Saving a step that exists (a Ctrl-C save right after the periodic one) removed the old folder before
+    renaming the new one into place: a kill in between left neither, and with keep_last 1 no checkpoint."""
+    import os
+
+    def write(step, text):
+        tmp = ckpt.temp_dir(tmp_path, step)
+        tmp.mkdir()
+        (tmp / "state.json").write_text(text)
+
+    write(4, "first")
+    ckpt.finalize(tmp_path, 4, keep_last=1)
+    write(4, "second")
+    real_replace = os.replace
+
+    def killed_before_the_new_one_is_in(src, dst):
+        if str(src).endswith(".tmp-step-00000004"):
+            raise KeyboardInterrupt
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", killed_before_the_new_one_is_in)
+    with pytest.raises(KeyboardInterrupt):
+        ckpt.finalize(tmp_path, 4, keep_last=1)
+    monkeypatch.setattr(os, "replace", real_replace)
+    ckpt.clean_stale(tmp_path)  # what the next run does first
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step-00000004"]
+    assert (tmp_path / "step-00000004" / "state.json").read_text() == "first"
+
+    write(4, "third")
+    ckpt.finalize(tmp_path, 4, keep_last=1)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step-00000004"]
+    assert (tmp_path / "step-00000004" / "state.json").read_text() == "third"
+
+
 def test_checkpoint_is_fsynced_before_and_after_the_rename(tmp_path, monkeypatch):
     import os
 

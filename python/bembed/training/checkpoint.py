@@ -114,12 +114,25 @@ def _remove(folder: Path) -> None:
     shutil.rmtree(trash, ignore_errors=True)
 
 
+def _replaced_dir(final: Path) -> Path:
+    return final.with_name(f".replaced-{final.name}")
+
+
 def clean_stale(root: Path) -> None:
-    """Remove the temporary and half-removed folders a killed run left behind."""
-    if Path(root).is_dir():
-        for p in Path(root).iterdir():
-            if p.is_dir() and p.name.startswith((".tmp-step-", ".old-step-")):
+    """Remove the temporary and half-removed folders a killed run left behind, and put back a checkpoint that
+    `finalize` had set aside to replace when the kill came before its replacement was in place."""
+    if not Path(root).is_dir():
+        return
+    for p in Path(root).iterdir():
+        if p.is_dir() and p.name.startswith(".replaced-step-"):
+            final = p.with_name(p.name.removeprefix(".replaced-"))
+            if not final.exists():
+                os.replace(p, final)
+                fsync_path(root)
+            else:
                 shutil.rmtree(p, ignore_errors=True)
+        elif p.is_dir() and p.name.startswith((".tmp-step-", ".old-step-")):
+            shutil.rmtree(p, ignore_errors=True)
 
 
 def set_aside_later(root: Path, step: int) -> list[Path]:
@@ -145,10 +158,14 @@ def finalize(root: Path, step: int, keep_last: int) -> Path:
     for file in tmp.iterdir():
         fsync_path(file)
     fsync_path(tmp)
-    if final.exists():  # a step-N the trainer did not write or load itself (e.g. an unreadable one it skipped)
-        _remove(final)
+    # A step-N already there (this step saved again by a Ctrl-C, or one the trainer skipped as unreadable) is
+    # set aside, not removed, until the new one is in place: a kill in between must leave a checkpoint.
+    replaced = _replaced_dir(final)
+    if final.exists():
+        os.replace(final, replaced)
     os.replace(tmp, final)
-    fsync_path(root)  # the rename itself
+    fsync_path(root)  # the renames themselves
+    shutil.rmtree(replaced, ignore_errors=True)
     if keep_last > 0:
         # Only steps below this one: a run resumed from an older checkpoint (or its Ctrl-C save) must not
         # delete what it has just written in favour of higher-numbered ones.
