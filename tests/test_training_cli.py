@@ -26,6 +26,7 @@ def test_pretrain_then_pairs_through_the_cli(tmp_path):
     # no tokenizer yet: the stage trains one from the two languages into <output_dir>/tokenizer
     assert main(["pretrain", "--config", str(config), *U.train_overrides(out, 2)]) == 0
     assert (out / "tokenizer" / "tokenizer.json").is_file() and (out / "final" / "model.safetensors").is_file()
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".")]  # filled aside, renamed into place
     assert main(["pretrain", "--config", str(config), *U.train_overrides(out, 3), "--resume", "latest"]) == 0
     assert json.loads((out / "checkpoints" / "step-00000003" / "state.json").read_text())["step"] == 3
 
