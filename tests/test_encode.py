@@ -358,6 +358,51 @@ def test_the_sentence_transformers_settings_of_a_folder_are_read_and_saved(tmp_p
     np.testing.assert_allclose(st.encode(TEXTS), loaded.encode(TEXTS), rtol=1e-5, atol=1e-5)
 
 
+def test_a_folder_without_max_seq_length_takes_the_tokenizers_limit(tmp_path, embedder):
+    """sentence-transformers 6 saves the length limit as the tokenizer's model_max_length, not in
+    sentence_bert_config.json, and caps max_position_embeddings by it; so does Embedder."""
+    from bembed.model.export import export_sentence_transformers
+
+    path = export_sentence_transformers(embedder.model, embedder.tokenizer, tmp_path / "st", max_seq_length=20)
+    (path / "sentence_bert_config.json").write_text('{"do_lower_case": false}')
+    settings = json.loads((path / "tokenizer_config.json").read_text())
+    (path / "tokenizer_config.json").write_text(json.dumps({**settings, "model_max_length": 20}))
+    loaded = Embedder.from_pretrained(path, device="cpu")
+    assert loaded.max_seq_length == 20
+    np.testing.assert_allclose(loaded.encode(TEXTS), embedder.encode(TEXTS, max_length=20), rtol=1e-5, atol=1e-6)
+    st = pytest.importorskip("sentence_transformers").SentenceTransformer(str(path), device="cpu")
+    assert st.max_seq_length == 20
+    np.testing.assert_allclose(st.encode(TEXTS), loaded.encode(TEXTS), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("pooling, accepted", [
+    ({"pooling_mode": "mean", "include_prompt": True}, True),  # sentence-transformers >= 6
+    ({"pooling_mode": ["mean"]}, True),
+    ({"pooling_mode_mean_tokens": True, "pooling_mode_cls_token": False}, True),  # earlier releases
+    ({"pooling_mode": "cls"}, False),
+    ({"pooling_mode_cls_token": True, "pooling_mode_mean_tokens": False}, False),
+    ({"pooling_mode": ["mean", "max"]}, False),
+    ({"pooling_mode": "mean", "include_prompt": False}, False),
+])
+def test_a_folder_asking_for_other_pooling_is_refused(tmp_path, embedder, pooling, accepted):
+    path = embedder.save_pretrained(tmp_path / "st")
+    (path / "1_Pooling" / "config.json").write_text(json.dumps({"word_embedding_dimension": 48, **pooling}))
+    if accepted:
+        assert Embedder.from_pretrained(path, device="cpu").dim == 48
+    else:
+        with pytest.raises(ValueError, match="bembed pools by the mean over all tokens"):
+            Embedder.from_pretrained(path, device="cpu")
+
+
+def test_a_folder_with_a_dense_module_is_refused(tmp_path, embedder):
+    path = embedder.save_pretrained(tmp_path / "st")
+    modules = json.loads((path / "modules.json").read_text())
+    modules.append({"idx": 3, "name": "3", "path": "3_Dense", "type": "sentence_transformers.models.Dense"})
+    (path / "modules.json").write_text(json.dumps(modules))
+    with pytest.raises(ValueError, match="'3_Dense' is a Dense"):
+        Embedder.from_pretrained(path, device="cpu")
+
+
 DOCUMENT = " ".join(GERMAN + SPANISH)
 
 

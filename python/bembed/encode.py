@@ -82,6 +82,27 @@ def _texts_aliases(method):
     return wrapper
 
 
+def _check_modules(folder: Path, modules: list[dict]) -> None:
+    """A sentence-transformers folder that asks for more than bembed computes (a Dense layer, CLS pooling, a
+    prompt left out of the mean) would silently embed differently here: refuse it, naming what it asks for."""
+    for module in modules:
+        kind = module.get("type", "").rsplit(".", 1)[-1]
+        if kind not in ("Transformer", "Pooling", "Normalize"):
+            raise ValueError(f"{folder}: module {module.get('path')!r} is a {kind}; bembed embeds with the "
+                             "transformer, mean pooling and optional normalisation only")
+        if kind != "Pooling" or not (folder / module.get("path", "") / "config.json").is_file():
+            continue
+        config = json.loads((folder / module["path"] / "config.json").read_text(encoding="utf-8"))
+        modes = config.get("pooling_mode")  # sentence-transformers >= 6; earlier: pooling_mode_<mode>_tokens flags
+        modes = [modes] if isinstance(modes, str) else list(modes) if modes else [
+            key.removeprefix("pooling_mode_").removesuffix("_tokens") for key, on in config.items()
+            if key.startswith("pooling_mode_") and on]
+        if modes not in ([], ["mean"]) or config.get("include_prompt") is False:
+            raise ValueError(f"{folder}: its pooling is {modes or 'unset'} with include_prompt="
+                             f"{config.get('include_prompt', True)}; bembed pools by the mean over all tokens, "
+                             "prompt included")
+
+
 class Embedder:
     """A JinaBERT model, its tokenizer and its prompts, with the sentence-transformers `encode` keywords.
 
@@ -114,8 +135,9 @@ class Embedder:
         self.tokenizer = tokenizer
         self.prompts = prompts
         self.default_prompt_name = default_prompt_name
-        if max_seq_length is None:
-            max_seq_length = model.config.max_position_embeddings
+        if max_seq_length is None:  # as sentence-transformers: the tokenizer's limit counts too
+            max_seq_length = min(model.config.max_position_embeddings,
+                                 getattr(tokenizer, "model_max_length", None) or model.config.max_position_embeddings)
         self.max_seq_length = _positive_int(max_seq_length, "max_seq_length", self._special_count() + 1)
         self.normalize_embeddings = bool(normalize_embeddings)
         self.autocast_dtype = autocast_dtype
@@ -153,6 +175,7 @@ class Embedder:
             kwargs.setdefault("max_seq_length", saved.get("max_seq_length"))
         if (folder / MODULES_FILE).is_file():
             modules = json.loads((folder / MODULES_FILE).read_text(encoding="utf-8"))
+            _check_modules(folder, modules)
             kwargs.setdefault("normalize_embeddings",
                               any(m.get("type", "").endswith(".Normalize") for m in modules))
         embedder = cls(model, tokenizer, **kwargs)
