@@ -14,7 +14,7 @@ import training_utils as U
 single_thread = pytest.fixture(autouse=True)(U.one_thread)
 
 
-def test_pretrain_then_pairs_through_the_cli(tmp_path):
+def test_pretrain_then_pairs_through_the_cli(tmp_path, caplog):
     en, de = U.text_files(tmp_path)
     config = tmp_path / "pretrain.yaml"
     config.write_text(
@@ -28,6 +28,8 @@ def test_pretrain_then_pairs_through_the_cli(tmp_path):
     assert (out / "tokenizer" / "tokenizer.json").is_file() and (out / "final" / "model.safetensors").is_file()
     assert not [p.name for p in out.iterdir() if p.name.startswith(".")]  # filled aside, renamed into place
     assert main(["pretrain", "--config", str(config), *U.train_overrides(out, 3), "--resume", "latest"]) == 0
+    changes = [r.getMessage() for r in caplog.records if "different config" in r.getMessage()]
+    assert len(changes) == 1 and changes[0].endswith("saved with: train.max_steps: 2 -> 3")
     assert json.loads((out / "checkpoints" / "step-00000003" / "state.json").read_text())["step"] == 3
 
     pairs = tmp_path / "pairs.yaml"

@@ -110,6 +110,18 @@ def data_parallel(module: torch.nn.Module, device: torch.device) -> torch.nn.Mod
                                    broadcast_buffers=False, gradient_as_bucket_view=True)
 
 
+def _config_changes(saved: dict, current: dict, prefix: str = "") -> list[str]:
+    """The dotted keys whose value differs between two configs, as "key: old -> new"."""
+    changes = []
+    for key in sorted(set(saved) | set(current), key=str):
+        old, new = saved.get(key, "(unset)"), current.get(key, "(unset)")
+        if isinstance(old, dict) and isinstance(new, dict):
+            changes += _config_changes(old, new, f"{prefix}{key}.")
+        elif old != new:
+            changes.append(f"{prefix}{key}: {old!r} -> {new!r}")
+    return changes
+
+
 class Trainer:
     def __init__(self, stage, config: TrainConfig, full_config: dict | None = None):
         config.validate()  # again: code may have edited the loaded config (the quickstart sets max_steps)
@@ -268,6 +280,9 @@ class Trainer:
             ckpt.load_optimizer_state(self.optimizer, data["optimizer"], state["optimizer"])
         except (KeyError, ValueError) as exc:
             raise ckpt.CheckpointError(f"checkpoint {path}: optimizer state does not fit ({exc})") from None
+        changed = _config_changes(state.get("config") or {}, json.loads(json.dumps(self.full_config)))
+        if changed and self.full_config:
+            log.warning("resuming %s with a different config than it was saved with: %s", path, "; ".join(changed))
         if state["micro_batches_done"] != state["step"] * self.cfg.grad_accum:
             log.warning("resuming with grad_accum=%d (checkpoint used a different value): the data position "
                         "follows the step count", self.cfg.grad_accum)
