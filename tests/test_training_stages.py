@@ -494,7 +494,7 @@ def test_checkpoint_is_fsynced_before_and_after_the_rename(tmp_path, monkeypatch
     synced, fsync = [], os.fsync
     monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(os.readlink(f"/proc/self/fd/{fd}")), fsync(fd)))
     ckpt.finalize(tmp_path, 3, keep_last=2)
-    assert synced == [str(tmp / "state.json"), str(tmp), str(tmp_path)]
+    assert synced == [str(tmp / "state.json"), str(tmp), str(tmp_path), str(tmp_path.parent)]
 
 
 def test_resume_cleans_stale_folders_skips_unreadable_and_keeps_a_same_step_checkpoint(files, tmp_path):

@@ -149,11 +149,14 @@ def set_aside_later(root: Path, step: int) -> list[Path]:
                 target = path.with_name(f"abandoned-{path.name}.{n}")
             os.replace(path, target)
             moved.append(target)
+    if moved:
+        fsync_path(root)  # else a power cut could bring an abandoned step back as "latest"
     return moved
 
 
 def finalize(root: Path, step: int, keep_last: int) -> Path:
     """Make the temporary folder durable, rename it into place and prune old checkpoints (rank 0 only)."""
+    root = Path(root)
     final, tmp = checkpoint_dir(root, step), temp_dir(root, step)
     for file in tmp.iterdir():
         fsync_path(file)
@@ -165,6 +168,7 @@ def finalize(root: Path, step: int, keep_last: int) -> Path:
         os.replace(final, replaced)
     os.replace(tmp, final)
     fsync_path(root)  # the renames themselves
+    fsync_path(root.parent)  # and the checkpoints folder, created by the first save
     shutil.rmtree(replaced, ignore_errors=True)
     if keep_last > 0:
         # Only steps below this one: a run resumed from an older checkpoint (or its Ctrl-C save) must not
