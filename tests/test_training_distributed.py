@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import time
 from pathlib import Path
 
 import pytest
@@ -110,3 +111,80 @@ def test_two_gloo_processes_equal_one_process(files, tmp_path):
         assert w1.keys() == w2.keys()
         for key in w1:
             torch.testing.assert_close(w2[key], w1[key], rtol=1e-4, atol=2e-6, msg=f"{name}: {key}")
+
+
+def _interrupt_worker(rank: int, world: int, port: int, files: dict, out: str) -> None:
+    """Runs pairs straight to 4 steps, then again with SIGINT sent to rank 1 alone in the middle of step 2,
+    then resumes that run to 4 steps; rank 0 writes what happened to results.json."""
+    import signal
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    import torch.distributed as dist
+
+    from bembed.training.config import PairsRun, load_config, to_dict
+    from bembed.training.pairs import PairStage
+    from bembed.training.trainer import Trainer
+
+    def trainer(name, interrupt_at=None):
+        cfg = load_config(PairsRun, None, [
+            f"data.train=[{{path: {files['pairs']}}}]", f"model.tokenizer={files['tok']}", "model.max_length=24",
+            f"model.config={json.dumps({**U.TINY_MODEL, 'hidden_dropout_prob': 0.1})}",
+            *U.train_overrides(Path(out) / name, 4, batch=8), "train.grad_accum=2", "train.save_every=100"])
+        torch.manual_seed(0)
+        stage = PairStage(cfg)
+        if interrupt_at is not None:
+            loss, calls = stage.loss, []
+
+            def loss_then_ctrl_c(tensors):
+                calls.append(1)
+                if rank == 1 and len(calls) == interrupt_at:
+                    os.kill(os.getpid(), signal.SIGINT)
+                return loss(tensors)
+
+            stage.loss = loss_then_ctrl_c
+        return Trainer(stage, cfg.train, to_dict(cfg))
+
+    try:
+        trainer("straight").fit()
+        interrupted = False
+        try:
+            trainer("cut", interrupt_at=3).fit()  # micro-batch 3 of 8: the first of step 2
+        except KeyboardInterrupt:
+            interrupted = True
+        saved = sorted(p.name for p in (Path(out) / "cut" / "checkpoints").iterdir())
+        dist.barrier()
+        resumed = trainer("cut").fit(resume="latest")
+        if rank == 0:
+            (Path(out) / "results.json").write_text(json.dumps(
+                {"interrupted": interrupted, "saved": saved, "resumed_steps": [m["step"] for m in resumed]}))
+        else:
+            (Path(out) / "rank1.json").write_text(json.dumps({"interrupted": interrupted}))
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_ctrl_c_on_one_rank_stops_every_rank_after_the_same_step(files, tmp_path):
+    """torchrun passes Ctrl-C to each worker, which it reaches at a different point of its step: ranks that
+    stopped where it found them waited forever in each other's collectives, and no checkpoint was written.
+    Now every rank finishes the step the signal was reported in, they write its checkpoint together, and
+    resuming from it gives the weights of the uninterrupted run (dropout on)."""
+    context = mp.spawn(_interrupt_worker, args=(2, _free_port(), files, str(tmp_path)), nprocs=2, join=False)
+    deadline = time.monotonic() + 300  # the bug this guards against is a hang
+    while not context.join(timeout=5):
+        if time.monotonic() > deadline:
+            for process in context.processes:
+                process.kill()
+            pytest.fail("the ranks did not finish: one waits in a collective the other left")
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["interrupted"] and json.loads((tmp_path / "rank1.json").read_text())["interrupted"]
+    assert results["saved"] == ["step-00000002"]
+    assert results["resumed_steps"] == [3, 4]
+    straight = load_file(str(tmp_path / "straight" / "final" / "model.safetensors"))
+    resumed = load_file(str(tmp_path / "cut" / "final" / "model.safetensors"))
+    assert straight.keys() == resumed.keys()
+    for key in straight:
+        assert torch.equal(straight[key], resumed[key]), key

@@ -84,6 +84,30 @@ def deferred_sigint():
         signal.signal(signal.SIGINT, previous)
 
 
+@contextmanager
+def agreed_sigint():
+    """Ctrl-C under torchrun (which passes one SIGINT to every worker): a rank that stopped where the signal
+    found it would leave the others waiting in a collective, and no checkpoint would be written. Inside this
+    block the first SIGINT is only recorded in the yielded list; the ranks add their records up in each step's
+    all-reduce and all stop after the same step, then save. A second SIGINT raises KeyboardInterrupt at once."""
+    requests = []
+    if threading.current_thread() is not threading.main_thread():  # signals only reach the main thread
+        yield requests
+        return
+
+    def request(*_):
+        if requests:
+            raise KeyboardInterrupt
+        requests.append(True)
+        log.warning("Ctrl-C: every rank stops after this step and writes a checkpoint (Ctrl-C again: stop now)")
+
+    previous = signal.signal(signal.SIGINT, request)
+    try:
+        yield requests
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 class StageLoss(torch.nn.Module):
     """A stage's loss as a module over the stage's model, so that DDP can wrap it: DDP hooks the model's
     parameters and sees one forward (the whole loss, however many encoder calls it makes) per micro-batch."""
@@ -148,6 +172,7 @@ class Trainer:
             [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
             lr=config.lr, betas=tuple(config.betas), eps=config.eps)
         self.step = 0
+        self.stop_requests: list = []  # Ctrl-C seen by this rank, under agreed_sigint (world > 1)
         self.on_disk = None  # the step whose checkpoint in ckpt_root this trainer wrote or loaded
         self.out = Path(config.output_dir)
         self.ckpt_root = self.out / "checkpoints"
@@ -201,8 +226,9 @@ class Trainer:
                 sums[k] = sums.get(k, 0.0) + float(v) * share
                 shares[k] = shares.get(k, 0.0) + share
         keys = sorted(sums)
-        reduced = self._sum_across_ranks([loss_sum, float(tokens), float(len(bad)), *[sums[k] for k in keys],
-                                          *[shares[k] for k in keys]])
+        reduced = self._sum_across_ranks([loss_sum, float(tokens), float(len(bad)), float(bool(self.stop_requests)),
+                                          *[sums[k] for k in keys], *[shares[k] for k in keys]])
+        stop_agreed, reduced_metrics = reduced[3] > 0, reduced[4:]
         if reduced[2] > 0:
             where = "; ".join(bad) if bad else "on another rank"
             # steps are counted from 1, as in the logs and metrics.jsonl
@@ -210,7 +236,8 @@ class Trainer:
                                      f"batch {where}")
         grad_norm = None
         lr = cfg.lr * lr_factor(self.step, cfg.warmup_steps, cfg.max_steps)
-        with deferred_sigint() as caught:
+        # One process stops the moment Ctrl-C comes (after the optimizer update); ranks stop where they agreed.
+        with deferred_sigint() if self.world == 1 else nullcontext([]) as caught:
             if cfg.max_grad_norm:  # 0 or None: no clipping
                 grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm))
             for group in self.optimizer.param_groups:
@@ -219,10 +246,10 @@ class Trainer:
             self.step += 1
             out = {"step": self.step, "loss": reduced[0] / self.world, "lr": lr, "tokens": int(reduced[1])}
             # a metric is the mean over the micro-batches (and ranks) that produced it: a multi-task step mixes tasks
-            out.update({k: s / w for k, s, w in zip(keys, reduced[3:3 + len(keys)], reduced[3 + len(keys):])})
+            out.update({k: s / w for k, s, w in zip(keys, reduced_metrics[:len(keys)], reduced_metrics[len(keys):])})
             if grad_norm is not None:
                 out["grad_norm"] = grad_norm
-        if caught:
+        if caught or stop_agreed:
             raise StepInterrupted(out)
         return out
 
@@ -333,23 +360,28 @@ class Trainer:
         t0 = time.perf_counter()
         started = None  # (step, RNG state) at the start of the current step
         try:
-            while self.step < self.cfg.max_steps:
-                started = (self.step, ckpt.rng_state())
-                stop = None
-                try:
-                    metrics = self.train_step()
-                except StepInterrupted as exc:
-                    metrics, stop = exc.metrics, exc
-                now = time.perf_counter()
-                metrics["tokens_per_s"] = metrics["tokens"] / max(now - t0, 1e-9)
-                t0 = now
-                history.append(metrics)
-                self._log(metrics, bar)
-                if self.cfg.save_every and self.step % self.cfg.save_every == 0 and self.step < self.cfg.max_steps:
-                    self.save_checkpoint()
-                if stop is not None:
-                    raise stop
-        except KeyboardInterrupt:
+            with agreed_sigint() if self.world > 1 else nullcontext([]) as self.stop_requests:
+                while self.step < self.cfg.max_steps:
+                    started = (self.step, ckpt.rng_state())
+                    stop = None
+                    try:
+                        metrics = self.train_step()
+                    except StepInterrupted as exc:
+                        metrics, stop = exc.metrics, exc
+                    now = time.perf_counter()
+                    metrics["tokens_per_s"] = metrics["tokens"] / max(now - t0, 1e-9)
+                    t0 = now
+                    history.append(metrics)
+                    self._log(metrics, bar)
+                    if self.cfg.save_every and self.step % self.cfg.save_every == 0 and self.step < self.cfg.max_steps:
+                        self.save_checkpoint()
+                    if stop is not None:
+                        raise stop
+        except KeyboardInterrupt as interrupt:
+            if self.world > 1 and not isinstance(interrupt, StepInterrupted):
+                # a second Ctrl-C: the ranks are not at one step, and saving would wait on the others forever
+                log.warning("interrupted again at step %d: no checkpoint written", self.step)
+                raise
             log.warning("interrupted at step %d: writing a checkpoint", self.step)
             if started is not None and started[0] == self.step:
                 # Interrupted inside a step: its micro-batches are discarded, so the randomness they drew (dropout)
