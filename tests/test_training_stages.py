@@ -435,6 +435,9 @@ def test_checkpoints_keep_last_k_and_clear_errors(files, tmp_path):
     data = (root / "step-00000005" / "model.safetensors").read_bytes()
     (root / "step-00000005" / "model.safetensors").write_bytes(data[: len(data) // 2])
     assert "model.safetensors is corrupt" in resume_error(root / "step-00000005")
+    (root / "step-00000005" / "model.safetensors").write_bytes(data)
+    (root / "step-00000005" / "rng-rank0.safetensors").unlink()  # the rank that saved it: resume is not exact
+    assert "rng-rank0.safetensors is missing" in resume_error(root / "step-00000005")
     empty = tmp_path / "empty"
     stage, cfg = mlm_run(files, empty, 2)
     with pytest.raises(ckpt.CheckpointError, match="no checkpoint under"):

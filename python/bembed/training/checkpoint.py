@@ -216,7 +216,7 @@ def read(path: Path, rank: int) -> dict:
     state = load("state.json")
     out = {"state": state, "model": load("model.safetensors"), "optimizer": load("optimizer.safetensors")}
     rng_file = f"rng-rank{rank}.safetensors"
-    if (path / rng_file).is_file():
+    if (path / rng_file).is_file() or rank < state.get("world_size", 1):  # a rank that saved must have its file
         out["rng"] = load(rng_file)
         out["rng_meta"] = load(f"rng-rank{rank}.json")
     else:
