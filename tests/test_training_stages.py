@@ -444,6 +444,36 @@ def test_checkpoints_keep_last_k_and_clear_errors(files, tmp_path):
         Trainer(stage, cfg.train, to_dict(cfg)).fit(resume="latest")
 
 
+def test_ranks_resume_from_a_checkpoint_every_rank_can_read(tmp_path):
+    """Each rank reads its own RNG file: a newest checkpoint one rank cannot read must be skipped by all ranks,
+    or they resume at different steps (and an explicit folder must fail on all of them)."""
+    from safetensors.torch import save_file
+
+    for step in (2, 4):
+        folder = ckpt.checkpoint_dir(tmp_path, step)
+        folder.mkdir()
+        (folder / "state.json").write_text(json.dumps({"step": step, "world_size": 2}))
+        for name in ("model", "optimizer", "rng-rank0"):
+            save_file({"x": torch.zeros(1)}, str(folder / f"{name}.safetensors"))
+        (folder / "rng-rank0.json").write_text("{}")
+    votes = []
+
+    def other_rank_fails_on_step_4(ok):  # stands in for the all-reduce of rank 1's result
+        votes.append(ok)
+        return ok and len(votes) > 1
+
+    path, data = ckpt.load("latest", tmp_path, 0, other_rank_fails_on_step_4)
+    assert path.name == "step-00000002" and data["state"]["step"] == 2 and votes == [True, True]
+    votes.clear()
+    with pytest.raises(ckpt.CheckpointError, match="unreadable on another rank"):
+        ckpt.load(str(ckpt.checkpoint_dir(tmp_path, 4)), tmp_path, 0, other_rank_fails_on_step_4)
+    # and this rank's own failure is voted too, so the other ranks skip the checkpoint with it
+    (ckpt.checkpoint_dir(tmp_path, 4) / "rng-rank0.json").unlink()
+    votes.clear()
+    assert ckpt.load("latest", tmp_path, 0, lambda ok: votes.append(ok) or ok)[0].name == "step-00000002"
+    assert votes == [False, True]
+
+
 def test_keep_last_never_prunes_the_checkpoint_just_written(tmp_path):
     """A run resumed from an older checkpoint writes steps below the folder's newest: pruning by step order
     deleted the new checkpoint at once, and --resume latest then continued the old run."""

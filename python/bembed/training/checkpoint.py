@@ -179,24 +179,38 @@ def finalize(root: Path, step: int, keep_last: int) -> Path:
     return final
 
 
-def load(resume: str, root: Path, rank: int) -> tuple[Path, dict]:
+def load(resume: str, root: Path, rank: int, all_ranks_ok=lambda ok: ok) -> tuple[Path, dict]:
     """(folder, contents) of the checkpoint `resume` names: a folder, or "latest" — the newest readable one
-    under `root`, skipping (with a warning) newer ones that fail to read."""
+    under `root`, skipping (with a warning) newer ones that fail to read. Under torchrun every rank reads its
+    own files, and the ranks must resume from one checkpoint: `all_ranks_ok(ok)` is True only when this
+    rank's read and every other rank's succeeded (a collective; each rank calls it once per candidate)."""
+    def attempt(path: Path):
+        try:
+            data, error = read(path, rank), None
+        except CheckpointError as exc:
+            data, error = None, exc
+        if all_ranks_ok(error is None):
+            return data, None
+        return None, error or CheckpointError(f"checkpoint {path}: unreadable on another rank")
+
     if resume != "latest":
         path = Path(resume)
         if not path.is_dir():
             raise CheckpointError(f"--resume {resume}: no such checkpoint folder")
-        return path, read(path, rank)
+        data, error = attempt(path)
+        if error is not None:
+            raise error
+        return path, data
     found = list_checkpoints(root)
     if not found:
         raise CheckpointError(f"--resume latest: no checkpoint under {root}")
     errors = []
     for path in reversed(found):
-        try:
-            return path, read(path, rank)
-        except CheckpointError as exc:
-            log.warning("%s: trying the checkpoint before it", exc)
-            errors.append(str(exc))
+        data, error = attempt(path)
+        if error is None:
+            return path, data
+        log.warning("%s: trying the checkpoint before it", error)
+        errors.append(str(error))
     raise CheckpointError(f"--resume latest: no readable checkpoint under {root} ({'; '.join(errors)})")
 
 

@@ -191,6 +191,13 @@ class Trainer:
         if self.world > 1:
             dist.barrier()
 
+    def _all_ranks_ok(self, ok: bool) -> bool:
+        if self.world == 1:
+            return ok
+        t = torch.tensor([1.0 if ok else 0.0], device=self.device)
+        dist.all_reduce(t, op=dist.ReduceOp.MIN)
+        return bool(t.item())
+
     # ------------------------------------------------------------------ one optimizer step
     def _to_device(self, tensors: dict) -> dict:
         return {k: v.to(self.device, non_blocking=True) if isinstance(v, torch.Tensor) else v
@@ -292,7 +299,7 @@ class Trainer:
         return final
 
     def load_checkpoint(self, resume: str) -> None:
-        path, data = ckpt.load(resume, self.ckpt_root, self.rank)
+        path, data = ckpt.load(resume, self.ckpt_root, self.rank, self._all_ranks_ok)
         missing, unexpected = self.model.load_state_dict(data["model"], strict=False)
         if missing or unexpected:
             raise ckpt.CheckpointError(f"checkpoint {path}: weights do not fit this model (missing {missing[:5]}, "
@@ -340,6 +347,7 @@ class Trainer:
         re-raises KeyboardInterrupt."""
         if self.rank == 0:
             ckpt.clean_stale(self.ckpt_root)
+        self._barrier()  # it may put a checkpoint back: every rank must list the same ones
         if resume:
             self.load_checkpoint(resume)
             if self.rank == 0:
