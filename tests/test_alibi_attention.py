@@ -246,6 +246,21 @@ def test_non_finite_padded_keys_do_not_reach_real_rows(dtype, garbage):
     assert torch.isfinite(dv).all() and (dv[1, 10:] == 0).all()
 
 
+@pytest.mark.parametrize("magnitude", [1e2, 1e4])
+def test_huge_scores_keep_every_row(magnitude):
+    """q = k at 1e4 gives scores of about 1e9, where the tiles' dot products, the diagonal's and the norms of
+    the skip bound round differently by more than exp() spans: rows came out all zero (lse −inf) in fp32."""
+    B, L, H, D = 1, 64, 2, 64
+    x = torch.randn(B, L, H, D) * magnitude
+    q, k, v, grad = x.clone(), x.clone(), torch.randn(B, L, H, D), torch.randn(B, L, H, D)
+    slopes = bembed_ext.alibi_slopes(H)
+    ours = _forward_backward(lambda *t: attention(*t, slopes), [q, k, v], grad)
+    exact = _forward_backward(lambda *t: reference(*t, slopes), [t.double() for t in (q, k, v)], grad.double())
+    # each row attends to its own key alone (its score leads the others by about 1e8): out and dv are exact
+    torch.testing.assert_close(ours[0], exact[0].float(), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(ours[3], exact[3].float(), rtol=1e-5, atol=1e-5)
+
+
 def test_single_token_sequences_in_heads_first_layout():
     """(B, H, 1, D) tensors transposed to (B, 1, H, D): the batch stride is H·D but the size-1 token dim's stride
     is D, and contiguous() leaves such a tensor as it is (it read rows of the wrong batch)."""
@@ -254,6 +269,28 @@ def test_single_token_sequences_in_heads_first_layout():
     slopes = bembed_ext.alibi_slopes(H)
     ours = _forward_backward(lambda *t: attention(*t, slopes), [q, k, v], grad)
     expected = _forward_backward(lambda *t: reference(*t, slopes), [q, k, v], grad)
+    for o, e in zip(ours, expected):
+        torch.testing.assert_close(o, e)
+
+
+@pytest.mark.parametrize("layout", ["varlen permuted", "varlen expanded", "padded expanded"])
+def test_one_token_with_any_token_stride(layout):
+    """A single token's stride may be anything (torch calls the tensor contiguous), but BLAS reads it as the
+    leading dimension: below D, MKL refused the product with a message and left garbage in the output."""
+    H, D = 2, 8
+    slopes = bembed_ext.alibi_slopes(H)
+    if layout == "varlen permuted":
+        q, k, v, grad = (torch.randn(H, D, 1, dtype=torch.float64).permute(2, 0, 1) for _ in range(4))
+    else:
+        shape = (1, H, D) if layout.startswith("varlen") else (1, 1, H, D)
+        q, k, v, grad = (torch.randn(D, dtype=torch.float64).expand(shape) for _ in range(4))
+    if layout.startswith("varlen"):
+        cu = torch.tensor([0, 1], dtype=torch.int32)
+        ours = _forward_backward(lambda *t: attention_varlen(*t, cu, 1, slopes), [q, k, v], grad)
+        expected = _forward_backward(lambda *t: reference_varlen(*t, cu, 1, slopes), [q, k, v], grad)
+    else:
+        ours = _forward_backward(lambda *t: attention(*t, slopes), [q, k, v], grad)
+        expected = _forward_backward(lambda *t: reference(*t, slopes), [q, k, v], grad)
     for o, e in zip(ours, expected):
         torch.testing.assert_close(o, e)
 

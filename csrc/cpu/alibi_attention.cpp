@@ -106,17 +106,21 @@ void forward(const Problem& p, const Operand<scalar_t>& Q, const Operand<scalar_
     const int64_t start = p.seqs.start[task.seq], len = p.seqs.length[task.seq], h = task.head, q0 = task.q0;
     const int64_t nq = std::min(BQ, len - q0);
     const acc_t slope = static_cast<acc_t>(p.slope(task.seq, h)), margin = skip_margin<acc_t>(len);
+    const double rounding = rounding_slack<acc_t>(D);
     const bool* mask = p.mask ? p.mask + start : nullptr;
     const int64_t first_tile = keys.first[task.seq];
     int64_t ldq;
     const acc_t* q = stage(Q.row(start + q0, h), Q.token_stride, nq, D, w.q.data(), &ldq);
-    // The running max starts at the diagonal score (bias 0), a true score of the row when key i is
-    // unmasked: far keys can then be trimmed from the first tile on.
+    // The running max starts at the diagonal score (bias 0), a score of the row when key i is unmasked, less
+    // its rounding: the tiles compute that score again (another sum order), and a start above every score they
+    // compute would make every exp() 0. Far keys can then be trimmed from the first tile on.
     for (int64_t r = 0; r < nq; ++r) {
       const int64_t i = start + q0 + r;
       w.q_norm[r] = std::sqrt(dot<acc_t>(q + r * ldq, q + r * ldq, D));
+      const acc_t k_norm = std::sqrt(dot<acc_t>(K.row(i, h), K.row(i, h), D));
       w.m[r] = mask && !mask[q0 + r] ? -std::numeric_limits<acc_t>::infinity()
-                                     : scale * dot<acc_t>(Q.row(i, h), K.row(i, h), D);
+                                     : scale * dot<acc_t>(Q.row(i, h), K.row(i, h), D) -
+                                           static_cast<acc_t>(rounding) * std::abs(scale) * w.q_norm[r] * k_norm;
       w.l[r] = 0;
     }
     std::fill(w.o.data(), w.o.data() + nq * D, acc_t(0));
@@ -126,7 +130,8 @@ void forward(const Problem& p, const Operand<scalar_t>& Q, const Operand<scalar_
       const int64_t kb = step % 2 == 0 ? diag + step / 2 : diag - (step + 1) / 2;
       if (kb < 0 || kb >= blocks || !keys.live[first_tile + kb]) continue;
       const auto [k0, k1] = live_keys<acc_t>(q0, nq, kb * BK, std::min(BK, len - kb * BK), w.q_norm.data(),
-                                             keys.norm[(first_tile + kb) * H + h], scale, slope, margin, w.m.data());
+                                             keys.norm[(first_tile + kb) * H + h], scale, slope, margin, w.m.data(),
+                                             rounding);
       const int64_t nk = k1 - k0;
       if (nk == 0) continue;
       int64_t ldk, ldv;
@@ -250,7 +255,7 @@ void backward(const Problem& p, const Operand<scalar_t>& dO, const Operand<scala
         // Only the keys [j0, j1) of this tile can matter to these queries (slots off.. of the tile buffers).
         const auto [j0, j1] = live_keys<acc_t>(q0, nq, k0, nk, w.q_norm.data() + q0,
                                                keys.norm[(first_tile + kb) * H + h], scale, slope, margin,
-                                               w.lse.data() + q0);
+                                               w.lse.data() + q0, rounding_slack<acc_t>(D));
         const int64_t nj = j1 - j0, off = j0 - k0;
         if (nj == 0) continue;
         const acc_t* kj = k + off * ldk;
@@ -322,10 +327,16 @@ constexpr auto kCpuDtypes = {at::kFloat, at::kDouble, at::kBFloat16, at::kHalf};
 
 // The BLAS tiles need unit-stride rows and a token stride of at least D (their leading dimension); other
 // strides are taken as they come. An expanded tensor (token stride 0, e.g. the gradient of out.sum(0)) is
-// copied: MKL refuses such a leading dimension with a message and leaves the tile unwritten.
+// copied: MKL refuses such a leading dimension with a message and leaves the tile unwritten. A single token
+// may have any token stride (torch calls it contiguous whatever it is, so contiguous() would keep it): it
+// addresses no other token, so the view only gets a leading dimension BLAS accepts.
 at::Tensor rows_contiguous(const at::Tensor& t) {
-  const bool blas_ready = t.stride(-1) == 1 && (t.size(-3) <= 1 || t.stride(-3) >= t.size(-1));
-  return blas_ready ? t : t.contiguous();
+  if (t.stride(-1) != 1 && t.size(-1) > 1) return t.contiguous();
+  if (t.stride(-3) >= t.size(-1)) return t;
+  if (t.size(-3) > 1) return t.contiguous();
+  auto strides = t.strides().vec();
+  strides[t.dim() - 3] = std::max<int64_t>(t.size(-1), 1);
+  return t.as_strided(t.sizes(), strides);
 }
 
 void check_common(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, int64_t rank, const char* op) {
@@ -369,31 +380,27 @@ void varlen_sequences(const at::Tensor& cu_seqlens, int64_t total, Problem* p,
   }
 }
 
-// Padded tensors (B, L, H, D) are addressed as tokens b·L + i: that needs the batch stride to equal L × the
-// token stride, true for contiguous tensors and for views that only split heads/projections. The round trip
-// through (B·L, H, D) copies only when the tokens are not evenly spaced, and also sets the token stride of
-// L = 1, which may be anything (a (B, H, 1, D) tensor transposed): contiguous() would keep it, being a no-op
-// on a tensor whose only odd stride belongs to a size-1 dimension.
-at::Tensor flat_tokens(const at::Tensor& t) {
-  const auto r = rows_contiguous(t);
-  return rows_contiguous(r.flatten(0, 1)).view(r.sizes());  // L = 1 and an expanded batch: token stride 0
-}
+// Padded tensors (B, L, H, D) are addressed as tokens b·L + i of their (B·L, H, D) view: flatten copies only
+// when the tokens are not evenly spaced (a batch stride other than L × the token stride).
+at::Tensor tokens(const at::Tensor& t, bool padded) { return rows_contiguous(padded ? t.flatten(0, 1) : t); }
+
+// The outputs are allocated contiguous, so their (B·L, H, D) view is a view: the kernels write into them.
+at::Tensor output_tokens(const at::Tensor& t, bool padded) { return padded ? t.flatten(0, 1) : t; }
 
 std::tuple<at::Tensor, at::Tensor> fwd_impl(const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in,
                                             Problem& p, const std::vector<int64_t>& lse_base, at::IntArrayRef lse_shape,
                                             int64_t lse_head_stride, bool padded) {
-  const auto q = padded ? flat_tokens(q_in) : rows_contiguous(q_in);
-  const auto k = padded ? flat_tokens(k_in) : rows_contiguous(k_in);
-  const auto v = padded ? flat_tokens(v_in) : rows_contiguous(v_in);
-  auto out = at::empty(q.sizes(), q.options().memory_format(at::MemoryFormat::Contiguous));
+  const auto q = tokens(q_in, padded), k = tokens(k_in, padded), v = tokens(v_in, padded);
+  auto out = at::empty(q_in.sizes(), q.options().memory_format(at::MemoryFormat::Contiguous));
   auto lse = at::empty(lse_shape, q.options().dtype(alibi_lse_dtype(q.scalar_type())));
   if (q.numel() == 0) {
     lse.fill_(-std::numeric_limits<float>::infinity());
     return {out, lse};
   }
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, q.scalar_type(), "bembed_alibi_attention_fwd_cpu", [&] {
-    forward<scalar_t>(p, operand<scalar_t>(q), operand<scalar_t>(k), operand<scalar_t>(v), operand<scalar_t>(out),
-                      lse.mutable_data_ptr<acc_type<scalar_t>>(), lse_base, lse_head_stride);
+    forward<scalar_t>(p, operand<scalar_t>(q), operand<scalar_t>(k), operand<scalar_t>(v),
+                      operand<scalar_t>(output_tokens(out, padded)), lse.mutable_data_ptr<acc_type<scalar_t>>(),
+                      lse_base, lse_head_stride);
   });
   return {out, lse};
 }
@@ -403,19 +410,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bwd_impl(const at::Tensor& grad_o
                                                         const at::Tensor& out_in, const at::Tensor& lse_in,
                                                         Problem& p, const std::vector<int64_t>& lse_base,
                                                         int64_t lse_head_stride, bool padded) {
-  auto prep = [&](const at::Tensor& t) { return padded ? flat_tokens(t) : rows_contiguous(t); };
-  const auto q = prep(q_in), k = prep(k_in), v = prep(v_in), out = prep(out_in), g = prep(grad_out);
+  const auto q = tokens(q_in, padded), k = tokens(k_in, padded), v = tokens(v_in, padded);
+  const auto out = tokens(out_in, padded), g = tokens(grad_out, padded);
   const auto lse = lse_in.contiguous();
   const auto options = q.options().memory_format(at::MemoryFormat::Contiguous);
-  auto dq = at::zeros(q.sizes(), options);
-  auto dk = at::empty(q.sizes(), options);
-  auto dv = at::empty(q.sizes(), options);
+  auto dq = at::zeros(q_in.sizes(), options);
+  auto dk = at::empty(q_in.sizes(), options);
+  auto dv = at::empty(q_in.sizes(), options);
   if (q.numel() == 0) return {dq, dk, dv};
-  const int64_t total = padded ? q.size(0) * q.size(1) : q.size(0);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, q.scalar_type(), "bembed_alibi_attention_bwd_cpu", [&] {
     backward<scalar_t>(p, operand<scalar_t>(g), operand<scalar_t>(q), operand<scalar_t>(k), operand<scalar_t>(v),
                        operand<scalar_t>(out), lse.const_data_ptr<acc_type<scalar_t>>(), lse_base, lse_head_stride,
-                       operand<scalar_t>(dq), operand<scalar_t>(dk), operand<scalar_t>(dv), total);
+                       operand<scalar_t>(output_tokens(dq, padded)), operand<scalar_t>(output_tokens(dk, padded)),
+                       operand<scalar_t>(output_tokens(dv, padded)), q.size(0));
   });
   return {dq, dk, dv};
 }

@@ -186,18 +186,29 @@ const acc_t* mask_row(const bool* mask, int64_t nk, acc_t* buffer) {
   return buffer;
 }
 
+// Scores are computed by different routines (the BLAS tiles, a dot product for the diagonal, norms for the
+// bound), each rounding its sum of head_dim products its own way: they may differ by about
+// head_dim·eps·|scale|·‖q‖·‖k‖, which at scores of 1e9 (inputs of 1e4) is more than exp() spans and more than
+// any margin. Bounds and starting maxima allow for `rounding_slack` times that size.
+template <typename acc_t>
+double rounding_slack(int64_t head_dim) {
+  return 4.0 * static_cast<double>(head_dim + 2) * std::numeric_limits<acc_t>::epsilon();
+}
+
 // The keys [lo, hi) of the key tile [k0, k0 + nk) whose weight can matter to query rows q0..q0+nq; lo == hi
 // when none can. Key j is negligible for row i when |scale|·‖q_i‖·max‖k‖ − slope·|i−j| lies `margin` below
 // the row's reference (running max or lse), i.e. when |i−j| > reach_i; the hull of the rows' windows
-// [i − reach_i, i + reach_i] is kept (see the top of alibi_attention.cpp).
+// [i − reach_i, i + reach_i] is kept (see the top of alibi_attention.cpp). The bound is raised by `rounding`
+// (rounding_slack) of itself.
 template <typename acc_t>
 std::pair<int64_t, int64_t> live_keys(int64_t q0, int64_t nq, int64_t k0, int64_t nk, const acc_t* q_norm,
-                                      acc_t k_norm, acc_t scale, acc_t slope, acc_t margin, const acc_t* row_ref) {
+                                      acc_t k_norm, acc_t scale, acc_t slope, acc_t margin, const acc_t* row_ref,
+                                      double rounding) {
   if (!(slope > 0)) return {k0, k0 + nk};
   double lo = std::numeric_limits<double>::infinity(), hi = -lo;
   for (int64_t r = 0; r < nq; ++r) {
-    const double reach =
-        (static_cast<double>(std::abs(scale) * q_norm[r] * k_norm) - row_ref[r] + margin) / static_cast<double>(slope);
+    const double bound = static_cast<double>(std::abs(scale) * q_norm[r] * k_norm), ref = row_ref[r];
+    const double reach = (bound * (1 + rounding) - ref + margin) / static_cast<double>(slope);
     if (!(reach < 1e15)) return {k0, k0 + nk};  // no reference yet (−inf), or non-finite inputs
     if (reach < 0) continue;                    // every key is negligible for this row
     lo = std::min(lo, static_cast<double>(q0 + r) - reach);
