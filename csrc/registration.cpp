@@ -11,10 +11,10 @@ TORCH_LIBRARY(bembed, m) {
         "float softmax_scale) -> (Tensor, Tensor)");
   m.def("alibi_attention_bwd(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, "
         "Tensor? key_padding_mask, Tensor? alibi_slopes, float softmax_scale) -> (Tensor, Tensor, Tensor)");
-  m.def("alibi_attention_varlen_fwd(Tensor q, Tensor k, Tensor v, Tensor cu_seqlens, int max_seqlen, "
+  m.def("alibi_attention_varlen_fwd(Tensor q, Tensor k, Tensor v, Tensor cu_seqlens, SymInt max_seqlen, "
         "Tensor? alibi_slopes, float softmax_scale) -> (Tensor, Tensor)");
   m.def("alibi_attention_varlen_bwd(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, "
-        "Tensor cu_seqlens, int max_seqlen, Tensor? alibi_slopes, float softmax_scale) -> (Tensor, Tensor, Tensor)");
+        "Tensor cu_seqlens, SymInt max_seqlen, Tensor? alibi_slopes, float softmax_scale) -> (Tensor, Tensor, Tensor)");
   // Fused InfoNCE over the (gathered) global batch, this rank's share (bembed_ext/ops/contrastive_loss.py)
   m.def("contrastive_loss_fwd(Tensor queries, Tensor documents, float temperature, bool bidirectional, "
         "int world_size, int rank) -> (Tensor, Tensor, Tensor)");

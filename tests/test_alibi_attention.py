@@ -393,6 +393,31 @@ def test_torch_compile_fullgraph(backend):
         torch.testing.assert_close(g, e)
 
 
+def test_torch_compile_with_a_symbolic_max_seqlen(monkeypatch):
+    """max_seqlen computed in the graph (flash-attn's `seqlens.max().item()`) or taken from a dynamic shape is
+    a SymInt: the schema said int, so fullgraph failed on the first and recompiled for every length on the
+    second."""
+    import torch._dynamo.testing
+
+    monkeypatch.setattr(torch._dynamo.config, "capture_scalar_outputs", True)
+    slopes = bembed_ext.alibi_slopes(2)
+
+    def from_lengths(q, lengths):
+        cu_seqlens = torch.nn.functional.pad(torch.cumsum(lengths, 0, dtype=torch.int32), (1, 0))
+        return attention_varlen(q, q, q, cu_seqlens, int(lengths.max().item()), slopes)
+
+    q, lengths = torch.randn(9, 2, 8), torch.tensor([3, 6])
+    torch.testing.assert_close(torch.compile(from_lengths, fullgraph=True, backend="aot_eager")(q, lengths),
+                               from_lengths(q, lengths))
+
+    counter = torch._dynamo.testing.CompileCounter()
+    compiled = torch.compile(lambda q, cu: attention_varlen(q, q, q, cu, q.shape[0], slopes), fullgraph=True,
+                             backend=counter, dynamic=True)
+    for total in (9, 11, 13):
+        compiled(torch.randn(total, 2, 8), torch.tensor([0, 4, total], dtype=torch.int32))
+    assert counter.frame_count == 1
+
+
 def test_reference_switch(monkeypatch):
     q, k, v = (t.requires_grad_() for t in _qkv((1, 6, 2, 8), torch.float32))
     kernel_node = "GeneratedBackwardFor_bembed_alibi_attention_fwd_defaultBackward"
