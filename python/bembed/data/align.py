@@ -39,9 +39,10 @@ def normalize(text: str) -> str:
     return clean(_PUNCTUATION.sub(" ", unicodedata.normalize("NFKC", html.unescape(text)))).casefold()
 
 
-def clean_pairs(pairs: Iterable[Pair], min_words: int = MIN_WORDS) -> tuple[list[Pair], dict[str, int]]:
+def clean_pairs(pairs: Iterable[Pair], min_words: int = MIN_WORDS, prefer=None) -> tuple[list[Pair], dict[str, int]]:
     """Drop pairs with a side under ``min_words`` words, untranslated pairs (sides equal under ``normalize``)
-    and duplicates (``dedupe``). Returns the kept pairs and drop counts."""
+    and duplicates (``dedupe``, keeping the copy ``prefer`` ranks first). Returns the kept pairs and drop
+    counts."""
     candidates, dropped = [], {"short": 0, "untranslated": 0}
     for p in pairs:
         src, tgt = clean(p.src), clean(p.tgt)
@@ -51,13 +52,17 @@ def clean_pairs(pairs: Iterable[Pair], min_words: int = MIN_WORDS) -> tuple[list
             dropped["untranslated"] += 1
         else:
             candidates.append(Pair(p.doc_id, src, tgt, p.src_lang, p.tgt_lang, p.source))
-    kept, dropped["duplicate"] = dedupe(candidates, lambda p: (p.src, p.tgt))
+    kept, dropped["duplicate"] = dedupe(candidates, lambda p: (p.src, p.tgt), prefer)
     return kept, dropped
 
 
-def dedupe(rows: Iterable, key_of) -> tuple[list, int]:
+def dedupe(rows: Iterable, key_of, prefer=None) -> tuple[list, int]:
     """``rows`` without those whose ``key_of(row)`` texts equal an earlier row's under ``normalize``; returns
-    the kept rows and how many were dropped."""
+    the kept rows and how many were dropped. ``prefer(row)``, when given, orders the rows first (stably), so
+    of the copies the one it ranks lowest is kept: the build keeps a train copy over a test one, else the
+    test row would stay while the training set lost every copy of its text, and no leak check could see it."""
+    if prefer is not None:
+        rows = sorted(rows, key=prefer)
     kept, seen, dropped = [], set(), 0
     for row in rows:
         key = tuple(normalize(t) for t in key_of(row))

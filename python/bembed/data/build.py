@@ -94,7 +94,8 @@ def _save(out: Path, name: str, by_split: dict[str, list], counts: dict) -> None
 
 
 # What the extraction and cleaning write changes between releases (2: psalm verse 1 and Hebrew verse numbers
-# out of the Bible, man-page tables as cells): a build by another version is rebuilt by the quickstart.
+# out of the Bible, man-page tables as cells, duplicates across splits keep their train copy): a build by
+# another version is rebuilt by the quickstart.
 BUILD_VERSION = 2
 
 
@@ -149,7 +150,7 @@ def build(cache: Path, out: Path, pair: str = "en-de", fractions=DEFAULT_FRACTIO
 
     raw = [*align_documents(lo["en"], lo[other]), *align_documents(hb["en"], hb[other], positional=True),
            *align_documents(bible["en"], bible[other]), *_gettext(cache, other)]
-    kept, dropped = clean_pairs(raw)
+    kept, dropped = clean_pairs(raw, prefer=lambda p: SPLITS.index(split_of(p.doc_id, fractions)))
     parallel = _by_split([vars(p) for p in kept], fractions)
     dropped["leaked_into_eval"] = remove_leaks(parallel, lambda r: (r["src"], r["tgt"]))
     counts["dropped"]["parallel"] = dropped
@@ -159,7 +160,8 @@ def build(cache: Path, out: Path, pair: str = "en-de", fractions=DEFAULT_FRACTIO
     stage2 = [*title_body_pairs(help_docs), *adjacent_pairs(help_docs),
               *(row for lang in bible2 for row in translation_paraphrase_pairs(bible[lang], bible2[lang]))]
     # a duplicate row is an in-batch negative equal to the positive, and extra weight on boilerplate
-    stage2, duplicates = dedupe(stage2, lambda r: (r["anchor"], r["positive"]))
+    stage2, duplicates = dedupe(stage2, lambda r: (r["anchor"], r["positive"]),
+                                lambda r: SPLITS.index(split_of(r["doc_id"], fractions)))
     pairs = _by_split(stage2, fractions)
     counts["dropped"]["pairs"] = {"duplicate": duplicates, "leaked_into_eval": remove_leaks(
         pairs, lambda r: [_pair_key(r["anchor"], r["positive"])])}
