@@ -520,6 +520,9 @@ def test_cli_writes_npy_and_parquet_in_input_order(folder, embedder, tmp_path, m
         main(["encode", "--model", str(folder), "--input", str(jsonl), "--output", str(tmp_path / "v.npy")])
     with pytest.raises(SystemExit, match=r"\.npy"):
         main(["encode", "--model", str(folder), "--input", str(txt), "--output", str(tmp_path / "v.csv")])
+    assert main(["encode", "--model", str(folder), "--input", str(txt), "--output", str(tmp_path / "V.NPY"),
+                 "--device", "cpu", "--no-progress"]) == 0  # suffixes in any case
+    np.testing.assert_array_equal(np.load(tmp_path / "V.NPY"), np.load(tmp_path / "v.npy"))
     with pytest.raises(SystemExit, match="batch_size"):
         main(["encode", "--model", str(folder), "--input", str(txt), "--output", str(tmp_path / "v.npy"),
               "--batch-size", "0"])
