@@ -248,3 +248,15 @@ def test_untranslated_english_is_dropped_from_the_other_language():
     assert dropped == {"untranslated_paragraphs": 1, "english_paragraphs": 2, "english_documents": 1}
     assert not looks_english(german, "de") and not looks_english("Open the file", "es")  # too short to tell
     assert looks_english("Use this option to print all of the pages in the document.", "es")
+
+
+def test_pairs_left_in_english_with_small_edits_are_found():
+    from bembed.data.untranslated import left_in_english
+
+    src = "Chapter 4, Installation presented these technologies in detail, and how to use them well."
+    assert left_in_english(src, src.replace("Chapter", "Kapitel"), "de")
+    assert not left_in_english(src, "Kapitel 4, Installation, hat diese Technologien im Detail vorgestellt.", "de")
+    # German that shares English function words ("in", "an") but not the source's words is a translation
+    assert not left_in_english("Stagger numbers on the axes, odd numbers lower than even numbers in the chart.",
+                               "Ordnet Zahlen versetzt an den Achsen an, ungerade Zahlen tiefer als gerade in it.",
+                               "de")

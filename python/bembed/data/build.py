@@ -27,7 +27,7 @@ from bembed.data.split import DEFAULT_FRACTIONS, SPLITS, split_of
 from bembed.files import write_json_atomic
 from bembed.data.triples import (adjacent_pairs, mine_negatives_with_encoder, retrieval_triples, title_body_pairs,
                                  translation_paraphrase_pairs)
-from bembed.data.untranslated import drop_english
+from bembed.data.untranslated import drop_english, left_in_english
 
 log = logging.getLogger(__name__)
 
@@ -94,8 +94,8 @@ def _save(out: Path, name: str, by_split: dict[str, list], counts: dict) -> None
 
 
 # What the extraction and cleaning write changes between releases (2: psalm verse 1 and Hebrew verse numbers
-# out of the Bible, man-page tables as cells, duplicates across splits keep their train copy): a build by
-# another version is rebuilt by the quickstart.
+# out of the Bible, man-page tables as cells, duplicates across splits keep their train copy, pairs left in
+# English with small edits dropped): a build by another version is rebuilt by the quickstart.
 BUILD_VERSION = 2
 
 
@@ -150,7 +150,9 @@ def build(cache: Path, out: Path, pair: str = "en-de", fractions=DEFAULT_FRACTIO
 
     raw = [*align_documents(lo["en"], lo[other]), *align_documents(hb["en"], hb[other], positional=True),
            *align_documents(bible["en"], bible[other]), *_gettext(cache, other)]
-    kept, dropped = clean_pairs(raw, prefer=lambda p: SPLITS.index(split_of(p.doc_id, fractions)))
+    cleaned, dropped = clean_pairs(raw, prefer=lambda p: SPLITS.index(split_of(p.doc_id, fractions)))
+    kept = [p for p in cleaned if not left_in_english(p.src, p.tgt, other)]
+    dropped["left_in_english"] = len(cleaned) - len(kept)
     parallel = _by_split([vars(p) for p in kept], fractions)
     dropped["leaked_into_eval"] = remove_leaks(parallel, lambda r: (r["src"], r["tgt"]))
     counts["dropped"]["parallel"] = dropped
