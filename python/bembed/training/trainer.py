@@ -61,8 +61,9 @@ def lr_factor(step: int, warmup: int, total: int) -> float:
 
 
 class StepInterrupted(KeyboardInterrupt):
-    """Ctrl-C during an optimizer update, raised once the step is complete, with that step's metrics: `fit`
-    logs the step (and writes a checkpoint due at it) before it stops, so metrics.jsonl has every step."""
+    """Ctrl-C during an optimizer update (or, under torchrun, reported by any rank during the step), raised
+    once the step is complete, with that step's metrics: `fit` logs the step (and writes a checkpoint due at
+    it) before it stops, so metrics.jsonl has every step."""
 
     def __init__(self, metrics: dict):
         super().__init__()
