@@ -245,6 +245,40 @@ def test_encoding_runs_without_dropout_and_keeps_the_model_mode(embedder):
     assert model.training
 
 
+def test_concurrent_encodes_keep_dropout_off_until_the_last_ends(embedder, monkeypatch):
+    """Two threads encoding with one model in train(): the first to finish gave the model its train mode back
+    while the other was still running (with dropout on), and the other then left the model in eval()."""
+    import threading
+
+    model = bembed.JinaBertModel(embedder.model.config)
+    model.train()
+    shared = Embedder(model, embedder.tokenizer)
+    first_inside, second_inside, first_done, modes = (threading.Event(), threading.Event(), threading.Event(), [])
+    forward_packed = model.forward_packed
+
+    def observed(*args, **kwargs):
+        if threading.current_thread().name == "first":
+            first_inside.set()
+            second_inside.wait(timeout=30)
+        else:
+            second_inside.set()
+            first_done.wait(timeout=30)  # the first encode has ended: its model mode handling ran
+        modes.append((threading.current_thread().name, model.training))
+        return forward_packed(*args, **kwargs)
+
+    monkeypatch.setattr(model, "forward_packed", observed)
+    first = threading.Thread(target=shared.encode, args=(["one text"],), name="first")
+    second = threading.Thread(target=shared.encode, args=(["another text"],), name="second")
+    first.start()
+    first_inside.wait(timeout=30)
+    second.start()
+    first.join()
+    first_done.set()
+    second.join()
+    assert sorted(modes) == [("first", False), ("second", False)]
+    assert model.training  # back in train() once both ended
+
+
 def test_prompts_are_saved_and_applied(embedder, folder):
     saved = {**PROMPTS, "document": PROMPTS["passage"]}  # see the sentence-transformers test below
     assert json.loads((folder / "config_sentence_transformers.json").read_text())["prompts"] == saved

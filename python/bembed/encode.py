@@ -30,6 +30,7 @@ import logging
 import numbers
 import os
 import statistics
+import threading
 from pathlib import Path
 
 import torch
@@ -80,6 +81,11 @@ def _texts_aliases(method):
                 kwargs["texts"] = kwargs.pop(alias)
         return method(self, *args, **kwargs)
     return wrapper
+
+
+# Encode calls running per model (by id), with the model's mode before the first of them: see _eval_mode.
+_MODE_LOCK = threading.Lock()
+_ENCODING: dict[int, tuple[int, bool]] = {}
 
 
 def _check_modules(folder: Path, modules: list[dict]) -> None:
@@ -463,13 +469,23 @@ class Embedder:
     @contextlib.contextmanager
     def _eval_mode(self):
         # A training loop that evaluates through an Embedder keeps its model in train(): dropout must be off
-        # while encoding (sentence-transformers' encode does the same), and the loop gets its mode back.
-        training = self.model.training
-        self.model.eval()
+        # while encoding (sentence-transformers' encode does the same), and the loop gets its mode back. Calls
+        # from several threads share the model: the mode goes back when the last of them ends, not when the
+        # first does (which would turn dropout on under the others).
+        key = id(self.model)
+        with _MODE_LOCK:
+            running, training = _ENCODING.get(key, (0, self.model.training))
+            _ENCODING[key] = (running + 1, training)
+            self.model.eval()
         try:
             yield
         finally:
-            self.model.train(training)
+            with _MODE_LOCK:
+                running, training = _ENCODING.pop(key)
+                if running > 1:
+                    _ENCODING[key] = (running - 1, training)
+                else:
+                    self.model.train(training)
 
     def _autocast(self, device: torch.device):
         dtype = self.autocast_dtype
