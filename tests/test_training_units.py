@@ -45,10 +45,27 @@ def test_config_yaml_and_dotted_overrides(tmp_path):
     ("train.max_grad_norm=-1.0", "max_grad_norm must be ≥ 0"), ("model.config={tie_word_embedding: false}", "unknown"),
     ("mlm.mask_prob=1.0", "mlm.mask_prob must be in"),
     ("model.config={num_hidden_layer: 2}", r"model.config: unknown key\(s\) \['num_hidden_layer'\]"),
+    # a YAML boolean is not a number: lr=yes trained at 1.0
+    ("train.lr=yes", "train.lr: expected float, got True"), ("train.max_grad_norm=on", "expected float"),
+    ("train.lr=[1,", "not valid YAML"), ("train.lr=.inf", "train.lr must be finite"),
+    ("train.device=gpu", "train.device must be a torch device"),
+    ("mlm.tokenizer_vocab_size=0", "mlm.tokenizer_vocab_size must be ≥"),
+    # the architecture's numbers: 0 heads divided by zero (a traceback), -1 failed at the first step
+    ("model.config={num_attention_heads: 0}", "num_attention_heads must be a positive int"),
+    ("model.config={intermediate_size: -1}", "intermediate_size must be a positive int"),
+    ("model.config={hidden_dropout_prob: 1.5}", "hidden_dropout_prob must be a probability"),
+    ("model.config={qk_layer_norm: maybe}", "qk_layer_norm must be true or false"),
 ])
 def test_config_rejects_bad_overrides(override, message):
     with pytest.raises(ValueError, match=message):
         load_config(PretrainRun, None, [override])
+
+
+def test_a_config_file_that_is_not_yaml_is_a_config_error(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("train:\n  lr: [1,\n")
+    with pytest.raises(ValueError, match="bad.yaml: not valid YAML"):
+        load_config(PretrainRun, path)
 
 
 def test_config_refuses_keys_that_would_do_nothing_and_accepts_no_clipping():

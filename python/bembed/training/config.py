@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import math
 import os
 import typing
 from pathlib import Path
@@ -75,6 +76,16 @@ class TrainConfig(Checked):
         # a negative norm made clipping reverse the gradient
         _require(self.max_grad_norm is None or self.max_grad_norm >= 0, "train.max_grad_norm",
                  "≥ 0 (0 or null: no clipping)", self.max_grad_norm)
+        for name in ("lr", "weight_decay", "eps", "max_grad_norm"):
+            value = getattr(self, name)
+            _require(value is None or math.isfinite(value), f"train.{name}", "finite", value)
+        if self.device is not None:
+            import torch
+
+            try:
+                torch.device(self.device)
+            except RuntimeError:
+                _require(False, "train.device", "a torch device such as cpu, cuda or cuda:1 (or null)", self.device)
 
 
 @dataclasses.dataclass
@@ -105,7 +116,7 @@ class ModelConfig(Checked):
             raise ValueError(f"config model.config: unknown key(s) {unknown}; known: {sorted(known)}")
         try:  # the architecture's own rules (heads dividing the width, ...), before any step runs
             JinaBertConfig(**self.config)
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, ArithmeticError) as exc:
             raise ValueError(f"config model.config: {exc}") from None
         _require(self.max_length >= 3, "model.max_length", "≥ 3 (<s>, a token, </s>)", self.max_length)
         # a folder brings its own architecture: model.config would be ignored
@@ -147,6 +158,10 @@ class MLMConfig(Checked):
         _require(0 < self.mask_prob < 1, "mlm.mask_prob", "in (0, 1)", self.mask_prob)
         _require(self.language_batches in ("alternate", "mix"), "mlm.language_batches", "'alternate' or 'mix'",
                  self.language_batches)
+        from bembed.tokenizer import MIN_VOCAB_SIZE
+
+        _require(self.tokenizer_vocab_size >= MIN_VOCAB_SIZE, "mlm.tokenizer_vocab_size",
+                 f"≥ {MIN_VOCAB_SIZE} (every byte and the special tokens)", self.tokenizer_vocab_size)
 
 
 @dataclasses.dataclass
@@ -241,9 +256,12 @@ def _build(cls, value, where: str):
     if origin is typing.Union or type(cls).__name__ == "UnionType":
         args = [a for a in typing.get_args(cls) if a is not type(None)]
         return None if value is None else _build(args[0], value, where)
-    if cls is float and not isinstance(value, bool):
-        # YAML 1.1 reads "3e-4" (no dot) as a string: accept any number spelled as one
+    if cls is float:
+        # YAML 1.1 reads "3e-4" (no dot) as a string: accept any number spelled as one. A boolean (yes, on,
+        # true) is not one: float(True) would train at lr 1.0.
         try:
+            if isinstance(value, bool):
+                raise TypeError
             return float(value)
         except (TypeError, ValueError):
             raise ValueError(f"config {where}: expected float, got {value!r}") from None
@@ -266,7 +284,10 @@ def _apply_override(tree: dict, override: str) -> None:
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
             raise ValueError(f"override {override!r}: {part!r} is not a section")
-    node[leaf] = yaml.safe_load(raw)
+    try:
+        node[leaf] = yaml.safe_load(raw)
+    except yaml.YAMLError as exc:
+        raise ValueError(f"override {override!r}: the value is not valid YAML ({exc.problem or exc})") from None
 
 
 def load_config(cls, path: str | os.PathLike | None = None, overrides: list[str] | tuple[str, ...] = ()):
@@ -278,7 +299,10 @@ def load_config(cls, path: str | os.PathLike | None = None, overrides: list[str]
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"config: no such file: {path}")
-        tree = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        try:
+            tree = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as exc:
+            raise ValueError(f"config {path}: not valid YAML ({exc})") from None
         if not isinstance(tree, dict):
             raise ValueError(f"config {path}: the top level must be a mapping")
     for override in overrides:
