@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from bembed.cli import main
 
@@ -54,3 +55,10 @@ def test_cli_exit_codes(tmp_path, caplog):
     assert "no such file or folder: /nonexistent.jsonl" in caplog.text
     assert main([*args, "train.batch_size=15", "train.grad_accum=2"]) == 2
     assert "must split into train.grad_accum=2 micro-batches" in caplog.text
+    # too little data for one batch is refused before the run starts (it was a traceback at step 1)
+    assert main([*args, "train.batch_size=100000"]) == 2
+    assert "data.train: " in caplog.text and "micro-batch of 100000" in caplog.text
+    assert not (tmp_path / "run").exists()
+    if not torch.cuda.is_available():
+        assert main([*args, "train.device=cuda"]) == 2
+        assert "train.device='cuda', but this torch has no usable CUDA device" in caplog.text

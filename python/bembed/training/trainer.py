@@ -154,7 +154,9 @@ class Trainer:
         self.full_config = full_config or {}
         self.rank, self.world, local_rank = init_distributed()
         if config.device:
-            self.device = torch.device(config.device)
+            self.device = torch.device(config.device)  # a malformed name: TrainConfig.validate
+            if self.device.type == "cuda" and not torch.cuda.is_available():
+                raise ValueError(f"train.device={config.device!r}, but this torch has no usable CUDA device")
         else:
             self.device = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
         micro = config.batch_size // config.grad_accum  # whole: TrainConfig.validate
@@ -162,6 +164,10 @@ class Trainer:
             raise ValueError(f"train.batch_size={config.batch_size} over train.grad_accum={config.grad_accum} gives "
                              f"micro-batches of {micro} rows, which world size {self.world} does not divide")
         self.local_size = micro // self.world
+        try:  # data too small for one batch fails here, as a config error, not at step 1 of the run
+            stage.batch(0, self.rank, self.world, self.local_size)
+        except ValueError as exc:
+            raise ValueError(f"data.train: {exc} (train.batch_size / train.grad_accum)") from None
         self.weighted = getattr(stage, "weighted_batches", False)
         self.model = stage.model.to(self.device)
         if config.gradient_checkpointing and hasattr(self.model, "gradient_checkpointing_enable"):
