@@ -201,6 +201,11 @@ def test_loading_refuses_pickles_and_non_folders(tmp_path):
         JinaBertModel.from_pretrained(tmp_path / "absent")
     with pytest.raises(ValueError, match="safetensors only"):
         JinaBertModel(tiny_config()).save_pretrained(tmp_path / "out", safe_serialization=False)
+    # weights without config.json: transformers would fall back to the default (base) architecture
+    JinaBertModel(tiny_config()).save_pretrained(tmp_path / "no_config")
+    (tmp_path / "no_config" / "config.json").unlink()
+    with pytest.raises(ValueError, match="no config.json"):
+        JinaBertModel.from_pretrained(tmp_path / "no_config")
 
 
 def test_save_pretrained_honours_or_refuses_the_hf_keywords(tmp_path):

@@ -11,6 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import bembed
 from bembed.training import checkpoint as ckpt
 from bembed.training.batching import Batch
 from bembed.training.config import AlignRun, ModelConfig, MultitaskRun, PairsRun, PretrainRun, load_config, to_dict
@@ -310,6 +311,42 @@ def test_align_reduces_cross_lingual_distance(files, tmp_path):
     assert history[0]["teacher_distance"] == pytest.approx(0.0, abs=1e-6)  # teacher = student at the start
     exported, _ = load_encoder(ModelConfig(init_from=str(tmp_path / "run" / "final")))
     assert type(exported).__name__ == "BertModel"
+
+
+def test_align_checks_its_teacher_and_keeps_the_students_prompts(files, tmp_path):
+    """A teacher of another width crashed at step 1; a JinaBERT student lost its query/passage prompts."""
+    from bembed.encode import Embedder
+    from bembed.training.align import AlignStage
+
+    stage, cfg = mlm_run(files, tmp_path / "mlm", 1)
+    student = Embedder(stage.model.bert, stage.tokenizer, prompts={"query": "query: ", "document": "passage: "})
+    student.save_pretrained(tmp_path / "student")
+    wide = Embedder(bembed.JinaBertModel(bembed.JinaBertConfig(**{**stage.model.bert.config.to_dict(),
+                                                                  "hidden_size": 48})), stage.tokenizer)
+    wide.save_pretrained(tmp_path / "wide")
+    args = [f"data.train=[{{path: {files['parallel']}}}]", f"model.init_from={tmp_path / 'student'}",
+            "model.max_length=24", *U.train_overrides(tmp_path / "run", 1)]
+    with pytest.raises(ValueError, match="align.teacher: its embeddings have 48 dimensions, the student's"):
+        AlignStage(load_config(AlignRun, None, [*args, f"align.teacher={tmp_path / 'wide'}"]))
+    with pytest.raises(FileNotFoundError, match="align.teacher: no model folder"):
+        AlignStage(load_config(AlignRun, None, [*args, f"align.teacher={tmp_path / 'absent'}"]))
+    cfg = load_config(AlignRun, None, args)
+    _fit(AlignStage(cfg), cfg)
+    assert Embedder.from_pretrained(tmp_path / "run" / "final", device="cpu").prompts == student.prompts
+
+
+def test_a_pickle_only_model_folder_is_refused(files, tmp_path):
+    from transformers import BertModel
+
+    from bembed.training.encoder import load_encoder
+
+    student = _tiny_hf_student(files, tmp_path / "student")
+    model = BertModel.from_pretrained(student)
+    for weights in student.glob("*.safetensors"):
+        weights.unlink()
+    torch.save(model.state_dict(), student / "pytorch_model.bin")  # what transformers would unpickle
+    with pytest.raises(ValueError, match="no .safetensors weights"):
+        load_encoder(ModelConfig(init_from=str(student)))
 
 
 # ---------------------------------------------------------------------------- the trainer core

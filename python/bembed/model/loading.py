@@ -93,6 +93,8 @@ def load_pretrained(cls, folder, *, config: JinaBertConfig | None = None, dtype=
         kwargs["attention_impl"] = kwargs.pop("attn_implementation")
     kwargs.pop("attn_implementation", None)
     if config is None:
+        if not (folder / "config.json").is_file():  # HF would fall back to the default (base) architecture
+            raise ValueError(f"{folder}: no config.json (the architecture of the weights in it)")
         config = JinaBertConfig.from_pretrained(folder)
     else:
         config = JinaBertConfig.from_dict(config.to_dict())  # never mutate the caller's config

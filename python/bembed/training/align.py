@@ -10,6 +10,7 @@ the teacher may be another model folder with its own tokenizer.
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 
 import torch
@@ -30,7 +31,12 @@ class AlignStage:
         self.cfg = cfg
         self.model, self.tokenizer = load_encoder(cfg.model)
         if cfg.align.teacher:
-            self.teacher, self.teacher_tokenizer = load_encoder(ModelConfig(init_from=cfg.align.teacher))
+            self.teacher, self.teacher_tokenizer = load_encoder(ModelConfig(init_from=cfg.align.teacher),
+                                                                key="align.teacher")
+            student, teacher = self.model.config.hidden_size, self.teacher.config.hidden_size
+            if student != teacher:  # the loss compares their embeddings coordinate by coordinate
+                raise ValueError(f"align.teacher: its embeddings have {teacher} dimensions, the student's "
+                                 f"(model.init_from) {student}")
         else:
             self.teacher, self.teacher_tokenizer = copy.deepcopy(self.model), self.tokenizer
         self.teacher.eval().requires_grad_(False)
@@ -59,7 +65,11 @@ class AlignStage:
         return keep + self.cfg.align.beta * cross, {"teacher_distance": keep.detach(), "cross_distance": cross.detach()}
 
     def export(self, folder: Path) -> None:
-        export_encoder(self.model, self.tokenizer, folder, source=self.cfg.model.init_from)
+        # the student keeps its prompts (an E5-style model's query/passage prefixes): alignment changes the
+        # languages it knows, not how it is queried
+        settings = Path(self.cfg.model.init_from) / "config_sentence_transformers.json"
+        prompts = json.loads(settings.read_text(encoding="utf-8")).get("prompts") if settings.is_file() else None
+        export_encoder(self.model, self.tokenizer, folder, source=self.cfg.model.init_from, prompts=prompts or None)
 
 
 @torch.no_grad()

@@ -34,10 +34,11 @@ def load_tokenizer(path: str | Path):
     return AutoTokenizer.from_pretrained(str(path))
 
 
-def load_encoder(spec: ModelConfig) -> tuple[torch.nn.Module, object]:
+def load_encoder(spec: ModelConfig, key: str = "model.init_from") -> tuple[torch.nn.Module, object]:
     """(model, tokenizer). `init_from` a folder: JinaBERT (bembed or published layout) loads as
     JinaBertModel, anything else with transformers' AutoModel; the tokenizer comes from `tokenizer` or
-    the same folder. Without init_from: a fresh JinaBertModel from `config` and the tokenizer's ids."""
+    the same folder. Without init_from: a fresh JinaBertModel from `config` and the tokenizer's ids. Errors
+    about the folder name it as the config `key` it came from."""
     from transformers import AutoModel
 
     from bembed.tokenizer import model_config_kwargs
@@ -45,11 +46,13 @@ def load_encoder(spec: ModelConfig) -> tuple[torch.nn.Module, object]:
     if spec.init_from:
         folder = Path(spec.init_from)
         if not (folder / "config.json").is_file():
-            raise FileNotFoundError(f"model.init_from: no model folder (config.json) at {folder}")
+            raise FileNotFoundError(f"{key}: no model folder (config.json) at {folder}")
         tokenizer = load_tokenizer(spec.tokenizer or folder)
         if _is_jinabert(folder):
             return _freeze_pooler(JinaBertModel.from_pretrained(str(folder))), tokenizer
-        return _freeze_pooler(AutoModel.from_pretrained(str(folder))), tokenizer
+        if not any(folder.glob("*.safetensors")):  # transformers would unpickle a pytorch_model.bin
+            raise ValueError(f"{key}: {folder} has no .safetensors weights (bembed never loads pickles)")
+        return _freeze_pooler(AutoModel.from_pretrained(str(folder), use_safetensors=True)), tokenizer
     if not spec.tokenizer:
         raise ValueError("model: give init_from (a model folder) or tokenizer + config for a fresh model")
     tokenizer = load_tokenizer(spec.tokenizer)
