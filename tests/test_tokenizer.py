@@ -82,13 +82,13 @@ def test_decomposed_accents_are_normalised(trained):
 
 def test_word_ids_group_the_tokens_of_each_word(trained):
     tokenizer, _ = trained
-    text = "Fußballstadion übermorgen Pingüinocanción Straße"
+    text = "Fußballstadion übermorgen\nPingüinocanción\tStraße\n\nEnde"  # whitespace runs separate words too
     encoding = tokenizer(text)
     ids = torch.tensor(encoding.input_ids)
     got = word_ids(ids, word_start_table(tokenizer), tokenizer.all_special_ids)
     assert got[0] == -1 and got[-1] == -1
     words = got[1:-1]
-    assert len(set(words.tolist())) == len(text.split())
+    assert len(set(words.tolist())) >= len(text.split())  # the newline and tab runs are words of their own
     # The pre-tokenizer's own word index (from the fast tokenizer) gives the same grouping.
     reference = torch.tensor(encoding.word_ids()[1:-1])
     assert torch.equal(words - words[0], reference - reference[0])

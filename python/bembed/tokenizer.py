@@ -25,6 +25,7 @@ logger = logging.getLogger(__name__)
 SPECIAL_TOKENS = ("<s>", "<pad>", "</s>", "<unk>", "<mask>")
 MIN_VOCAB_SIZE = 256 + len(SPECIAL_TOKENS)  # every byte, then the specials
 WORD_START = "Ġ"  # byte-level BPE's picture of the space that starts a word
+WHITESPACE_PICTURES = ("Ġ", "Ċ", "ĉ", "č")  # its pictures of space, newline, tab and carriage return
 
 
 def _read_lines(path: Path) -> Iterator[str]:
@@ -142,21 +143,29 @@ def model_config_kwargs(tokenizer) -> dict:
 
 
 def word_start_table(tokenizer) -> torch.Tensor:
-    """(vocab,) bool: True for tokens that begin a word (they start with the "Ġ" marker) and for special
-    tokens (each is a word of its own)."""
-    table = torch.zeros(len(tokenizer), dtype=torch.bool)
+    """(vocab, 2) bool. Column 0: tokens that begin a word — they start with a whitespace picture ("Ġ" space,
+    "Ċ" newline, "ĉ" tab, "č" carriage return) — and special tokens (each a word of its own). Column 1: tokens
+    that end in a newline, tab or carriage return, after which the next token begins a word although it
+    carries no mark ("haus", "Ċ", "der"): the pre-tokenizer gives a word at most the one space before it, so
+    any other whitespace run is a word of its own. A token ending in "Ġ" may be that space, split from its
+    word by BPE ("Ġ", "Ã¼ber")."""
+    table = torch.zeros(len(tokenizer), 2, dtype=torch.bool)
     for token, index in tokenizer.get_vocab().items():
-        table[index] = token.startswith(WORD_START)
-    table[torch.tensor(tokenizer.all_special_ids, dtype=torch.long)] = True
+        table[index, 0] = token.startswith(WHITESPACE_PICTURES)
+        table[index, 1] = token.endswith(WHITESPACE_PICTURES[1:])
+    specials = torch.tensor(tokenizer.all_special_ids, dtype=torch.long)
+    table[specials, 0], table[specials, 1] = True, False
     return table
 
 
 def word_ids(input_ids: torch.Tensor, table: torch.Tensor, special_ids: Iterable[int] = ()) -> torch.Tensor:
     """Word index of every token of input_ids (..., L), counted from 0 along the last dimension, for
-    whole-word masking: a new word starts at a token marked in `table` (see word_start_table), at the
-    first token, and right after a special token (so "<s>Hallo" starts a word at "Hallo"). Tokens whose
+    whole-word masking: a new word starts at a token marked in `table` (see word_start_table), after one
+    that ends in whitespace, at the first token, and right after a special token (so "<s>Hallo" starts a word at "Hallo"). Tokens whose
     ids are in special_ids get −1."""
-    starts = table.to(input_ids.device)[input_ids]
+    marks = table.to(input_ids.device)[input_ids]
+    starts = marks[..., 0].clone()
+    starts[..., 1:] |= marks[..., :-1, 1]
     special = torch.zeros_like(starts)
     for sid in special_ids:
         special |= input_ids == sid
