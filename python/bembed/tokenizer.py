@@ -32,10 +32,13 @@ def _read_lines(path: Path) -> Iterator[str]:
     files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
     for file in files:
         with open_user_text(file) as handle:
-            for line in handle:
-                line = line.rstrip("\n")
-                if line.strip():
-                    yield line
+            try:
+                for line in handle:
+                    line = line.rstrip("\n")
+                    if line.strip():
+                        yield line
+            except UnicodeDecodeError as exc:
+                raise ValueError(f"{file}: not UTF-8 text ({exc.reason} at byte {exc.start} of a block)") from None
 
 
 def read_corpus(source, argument: str) -> list[str]:

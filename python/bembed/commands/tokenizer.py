@@ -96,9 +96,12 @@ def run(args) -> int:
     start = time.perf_counter()
     try:
         tokenizer = train_for_pair(args.out, args.pair, args.vocab_size, args.data, args.files, args.max_chars)
-    except (FileNotFoundError, ValueError) as exc:  # a missing corpus, a bad --vocab-size or --max-chars
+    except FileNotFoundError as exc:  # no built corpus for the pair (as `bembed eval` without data: 1)
         print(exc)
         return 1
+    except ValueError as exc:  # a bad --vocab-size, --max-chars or file (as every command's bad argument: 2)
+        print(exc)
+        return 2
     print(f"wrote {args.out}: {len(tokenizer)} tokens in {time.perf_counter() - start:.0f} s")
     sample = "Die Datei wurde gespeichert. The file was saved."
     print(f"{sample!r} -> {tokenizer.tokenize(sample)}")
