@@ -685,3 +685,11 @@ def test_quantize_embeddings_with_calibration_ranges():
     np.testing.assert_array_equal(one, (codes[0].astype(np.int16) - 128).astype(np.int8))
     with pytest.raises(ValueError, match="ranges"):
         bembed.quantize_embeddings(calibration, "int8", ranges=ranges[:, :8])
+    # tensors are checked as arrays are: a 3-D batch and NaN rows have no codes
+    with pytest.raises(ValueError, match=r"\(n, dim\) or \(dim,\)"):
+        bembed.quantize_embeddings(torch.from_numpy(calibration).reshape(10, 10, 16), "binary")
+    broken = calibration.copy()
+    broken[1, 3] = np.nan
+    for data in (broken, torch.from_numpy(broken)):
+        with pytest.raises(ValueError, match="NaN"):
+            bembed.quantize_embeddings(data, "int8", ranges=ranges)

@@ -54,10 +54,13 @@ def quantize_embeddings(embeddings, precision: str, ranges=None):
 
 def _as_numpy(embeddings) -> np.ndarray:
     if isinstance(embeddings, torch.Tensor):
-        return embeddings.detach().float().cpu().numpy()
-    values = np.asarray(embeddings, dtype=np.float32)
+        values = embeddings.detach().float().cpu().numpy()
+    else:
+        values = np.asarray(embeddings, dtype=np.float32)
     if values.ndim not in (1, 2):
         raise ValueError(f"embeddings must be (n, dim) or (dim,), got shape {values.shape}")
+    if not np.isfinite(values).all():  # a NaN would get an arbitrary code, and poison every range it enters
+        raise ValueError("embeddings hold NaN or inf values: there is no code for them")
     return values
 
 
