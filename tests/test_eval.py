@@ -202,6 +202,8 @@ def test_bembed_eval_cli_on_fake_build(tmp_path, capsys):
 @pytest.mark.parametrize("args, message", [
     (["--lexical", "--max-items", "0"], "--max-items"),
     (["--model", "missing"], "--model: no such model folder: missing"),
+    (["--model", "."], "--model: not a model folder (no config.json): ."),
+    (["--lexical", "--batch-size", "0"], "--batch-size must be ≥ 1, got 0"),
     (["--lexical", "--baselines", "no-such-model"], "--baselines: unknown ['no-such-model']"),
     ([], "nothing to evaluate"),
     (["--baselines", "all-MiniLM-L6-v2"], "nothing to evaluate: none of the baselines asked for is installed"),

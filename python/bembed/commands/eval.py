@@ -81,9 +81,14 @@ def _argument_error(args) -> str | None:
     resolved = [Path(p).resolve() for p in args.model]
     if len(set(resolved)) < len(resolved):  # its two results would have one label
         return f"--model: a folder is given twice: {' '.join(args.model)}"
+    if args.batch_size < 1:
+        return f"--batch-size must be ≥ 1, got {args.batch_size}"
     missing = [p for p in args.model if not Path(p).is_dir()]
     if missing:
         return f"--model: no such model folder: {', '.join(missing)}"
+    not_models = [p for p in args.model if not (Path(p) / "config.json").is_file()]
+    if not_models:  # caught before the baselines spend minutes, not when this model's turn comes
+        return f"--model: not a model folder (no config.json): {', '.join(not_models)}"
     try:
         baselines.check_names(args.baselines, "--baselines")
     except ValueError as exc:
