@@ -164,8 +164,8 @@ def word_start_table(tokenizer) -> torch.Tensor:
 def word_ids(input_ids: torch.Tensor, table: torch.Tensor, special_ids: Iterable[int] = ()) -> torch.Tensor:
     """Word index of every token of input_ids (..., L), counted from 0 along the last dimension, for
     whole-word masking: a new word starts at a token marked in `table` (see word_start_table), after one
-    that ends in whitespace, at the first token, and right after a special token (so "<s>Hallo" starts a word at "Hallo"). Tokens whose
-    ids are in special_ids get −1."""
+    that ends in a newline or tab, at the first token, and right after a special token (so "<s>Hallo" starts
+    a word at "Hallo"). Tokens whose ids are in special_ids get −1."""
     marks = table.to(input_ids.device)[input_ids]
     starts = marks[..., 0].clone()
     starts[..., 1:] |= marks[..., :-1, 1]

@@ -198,8 +198,8 @@ def build(cache: Path, out: Path, pair: str = "en-de", fractions=DEFAULT_FRACTIO
     _save(out, "sts_constructed", sts, counts)
 
     miner = "bm25" if negatives_encoder is None else getattr(negatives_encoder, "name", "encoder")
-    manifest = {"pair": pair, "build_version": BUILD_VERSION, "fractions": list(fractions), "n_negatives": n_negatives, "negatives_mined_by": miner,
-                "sources": [json.loads((p / MARKER).read_text()) for _, p in fetched],
+    manifest = {"pair": pair, "build_version": BUILD_VERSION, "fractions": list(fractions), "n_negatives": n_negatives,
+                "negatives_mined_by": miner, "sources": [json.loads((p / MARKER).read_text()) for _, p in fetched],
                 "note": "sts_constructed is constructed from translation alignment, not human-graded"}
     write_json_atomic(out / "manifest.json", manifest)
     write_json_atomic(out / "counts.json", counts)
