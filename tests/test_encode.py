@@ -11,35 +11,8 @@ import torch
 import bembed
 from bembed.encode import Embedder, load_encoder
 from bembed.eval.encoder import check_encoder
-from bembed.tokenizer import model_config_kwargs, train_bilingual_tokenizer
-
-GERMAN = ["Die Bäume grünen und die Vögel singen fröhlich im Wald.",
-          "Über den Wolken ist die Freiheit grenzenlos.",
-          "Der kleine Hund läuft schnell über die Straße.", "Morgen regnet es in Berlin."]
-SPANISH = ["El niño comió una manzana en la montaña.", "¡Qué día más bonito hace hoy en España!",
-           "La canción del corazón pequeño suena bien.", "Mañana llueve en Madrid."]
-TEXTS = GERMAN + SPANISH + ["kurz", "Привет, мир", "你好世界", "a", "Größe " * 40]
-PROMPTS = {"query": "query: ", "passage": "passage: "}
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return train_bilingual_tokenizer(GERMAN * 10, SPANISH * 10, 320, min_frequency=1)
-
-
-@pytest.fixture(scope="module")
-def folder(tmp_path_factory, tokenizer):
-    torch.manual_seed(0)
-    config = bembed.JinaBertConfig(hidden_size=48, num_hidden_layers=2, num_attention_heads=4, intermediate_size=80,
-                                   hidden_dropout_prob=0.0, **model_config_kwargs(tokenizer))
-    path = tmp_path_factory.mktemp("model")
-    Embedder(bembed.JinaBertModel(config), tokenizer, prompts=PROMPTS).save_pretrained(path)
-    return path
-
-
-@pytest.fixture
-def embedder(folder):
-    return Embedder.from_pretrained(folder, device="cpu")
+from bembed.tokenizer import model_config_kwargs
+from encode_fixtures import DOCUMENT, GERMAN, PROMPTS, SPANISH, TEXTS, embedder, folder, tokenizer  # noqa: F401
 
 
 def _reference_embeddings(embedder, texts):
@@ -437,7 +410,6 @@ def test_a_folder_with_a_dense_module_is_refused(tmp_path, embedder):
         Embedder.from_pretrained(path, device="cpu")
 
 
-DOCUMENT = " ".join(GERMAN + SPANISH)
 
 
 def test_a_chunk_spanning_the_document_is_the_document_embedding(embedder):
@@ -522,82 +494,6 @@ def test_late_chunking_bad_input(embedder):
         embedder.encode_chunks(DOCUMENT, chunk_spans=[(0, 5)], max_length=8, prompt="a prompt of many tokens: ")
 
 
-def test_cli_writes_npy_and_parquet_in_input_order(folder, embedder, tmp_path, monkeypatch):
-    from bembed.cli import main
-
-    txt = tmp_path / "texts.txt"  # with a byte-order mark (Notepad's UTF-8), which is not part of the first text
-    txt.write_text("\n".join(TEXTS[:4]) + "\n", encoding="utf-8-sig")
-    assert main(["encode", "--model", str(folder), "--input", str(txt), "--output", str(tmp_path / "v.npy"),
-                 "--device", "cpu", "--no-progress"]) == 0
-    np.testing.assert_allclose(np.load(tmp_path / "v.npy"), embedder.encode(TEXTS[:4]), rtol=1e-5, atol=1e-6)
-
-    jsonl = tmp_path / "texts.jsonl"
-    jsonl.write_text("\n".join(json.dumps({"id": i, "body": t}) for i, t in enumerate(TEXTS[:3])) + "\n",
-                     encoding="utf-8-sig")
-    assert main(["encode", "--model", str(folder), "--input", str(jsonl), "--field", "body", "--prompt-name",
-                 "query", "--output", str(tmp_path / "v.parquet"), "--device", "cpu", "--no-progress"]) == 0
-    pq = pytest.importorskip("pyarrow.parquet")
-    table = pq.read_table(tmp_path / "v.parquet").to_pydict()
-    assert table["id"] == [0, 1, 2]
-    np.testing.assert_allclose(np.array(table["embedding"]), embedder.encode_query(TEXTS[:3]), rtol=1e-5, atol=1e-6)
-
-    mixed = tmp_path / "mixed.jsonl"  # a carried field of two types fails before anything is encoded
-    mixed.write_text('{"text": "a", "id": 1}\n{"text": "b", "id": "x"}\n', encoding="utf-8")
-    with monkeypatch.context() as patch:
-        patch.setattr(Embedder, "encode", lambda *args, **kwargs: pytest.fail("encoded before checking the columns"))
-        with pytest.raises(SystemExit, match="field 'id' cannot be a parquet column"):
-            main(["encode", "--model", str(folder), "--input", str(mixed), "--output", str(tmp_path / "m.parquet")])
-    assert not (tmp_path / "m.parquet").exists()
-
-    jsonl.write_text('{"body": "x"}\n', encoding="utf-8")
-    with pytest.raises(SystemExit, match="field 'text'"):
-        main(["encode", "--model", str(folder), "--input", str(jsonl), "--output", str(tmp_path / "v.npy")])
-    with pytest.raises(SystemExit, match=r"\.npy"):
-        main(["encode", "--model", str(folder), "--input", str(txt), "--output", str(tmp_path / "v.csv")])
-    assert main(["encode", "--model", str(folder), "--input", str(txt), "--output", str(tmp_path / "V.NPY"),
-                 "--device", "cpu", "--no-progress"]) == 0  # suffixes in any case
-    np.testing.assert_array_equal(np.load(tmp_path / "V.NPY"), np.load(tmp_path / "v.npy"))
-    with pytest.raises(SystemExit, match="batch_size"):
-        main(["encode", "--model", str(folder), "--input", str(txt), "--output", str(tmp_path / "v.npy"),
-              "--batch-size", "0"])
-    with pytest.raises(SystemExit, match="not a local folder"):
-        main(["encode", "--model", str(tmp_path / "none"), "--input", str(txt), "--output", str(tmp_path / "v.npy")])
-
-
-def test_cli_txt_lines_end_at_newlines_only(folder, embedder, tmp_path):
-    """A lone carriage return inside a line is part of that line's text; CRLF endings are line ends."""
-    from bembed.cli import main
-
-    txt = tmp_path / "texts.txt"
-    txt.write_bytes("first\rstill first\r\nsecond\n\nthird\r\n".encode())
-    assert main(["encode", "--model", str(folder), "--input", str(txt), "--output", str(tmp_path / "v.npy"),
-                 "--device", "cpu", "--no-progress"]) == 0
-    np.testing.assert_allclose(np.load(tmp_path / "v.npy"), embedder.encode(["first\rstill first", "second", "",
-                                                                              "third"]), rtol=1e-5, atol=1e-6)
-
-
-def test_cli_output_is_replaced_whole_or_not_at_all(folder, tmp_path, monkeypatch):
-    from bembed.cli import main
-
-    txt = tmp_path / "texts.txt"
-    txt.write_text("\n".join(TEXTS[:3]) + "\n", encoding="utf-8")
-    args = ["encode", "--model", str(folder), "--input", str(txt), "--output", str(tmp_path / "v.npy"),
-            "--device", "cpu", "--no-progress"]
-    assert main(args) == 0
-    before = np.load(tmp_path / "v.npy")
-
-    def interrupted_save(handle, array):
-        handle.write(b"\x93NUMPY half of a file")
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(np, "save", interrupted_save)
-    txt.write_text("\n".join(TEXTS[3:6]) + "\n", encoding="utf-8")
-    with pytest.raises(KeyboardInterrupt):
-        main(args)
-    np.testing.assert_array_equal(np.load(tmp_path / "v.npy"), before)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["texts.txt", "v.npy"]
-
-
 @pytest.mark.cuda
 def test_cuda_autocast_matches_cpu_float32(tokenizer):
     """On GPU encode runs the kernels under bf16 autocast (head_dim 32, which the CUDA kernels take) and still
@@ -636,60 +532,3 @@ def test_token_embeddings_are_the_last_layer_of_each_text(embedder):
         embedder.encode(texts, output_value="token_embeddings", truncate=False)
     with pytest.raises(ValueError, match="output_value"):
         embedder.encode(texts, output_value="cls")
-
-
-def test_precision_quantizes_the_normalised_rows(embedder):
-    full = embedder.encode(TEXTS)
-    ubinary = embedder.encode(TEXTS, precision="ubinary")
-    assert ubinary.dtype == np.uint8 and ubinary.shape == (len(TEXTS), 48 // 8)
-    np.testing.assert_array_equal(np.unpackbits(ubinary, axis=1), (full > 0).astype(np.uint8))
-    binary = embedder.encode(TEXTS, precision="binary")
-    np.testing.assert_array_equal(binary.astype(np.int16) + 128, ubinary)
-    int8 = embedder.encode(TEXTS, precision="int8")
-    assert int8.dtype == np.int8 and int8.shape == full.shape
-    low, high = full.min(0), full.max(0)
-    # each dimension's minimum gets the lowest level, its maximum the top one (or the one below, by rounding)
-    assert (int8[full.argmin(0), range(48)] == -128).all() and (int8[full.argmax(0), range(48)] >= 126).all()
-    decoded = low + (int8.astype(np.float32) + 128.5) * (high - low) / 255
-    assert np.abs(decoded - full).max() <= (high - low).max() / 255  # half a level plus rounding
-    tensor = embedder.encode(TEXTS, precision="uint8", convert_to_tensor=True)
-    assert tensor.dtype == torch.uint8
-    with pytest.raises(ValueError, match="precision"):
-        embedder.encode(TEXTS, precision="float16")
-
-
-@pytest.mark.parametrize("precision, width, dtype", [("int8", 48, np.int8), ("uint8", 48, np.uint8),
-                                                     ("binary", 6, np.int8), ("ubinary", 6, np.uint8)])
-def test_precision_of_no_texts_and_of_one(embedder, precision, width, dtype):
-    """As sentence-transformers: no texts give (0, width) codes; int8/uint8 ranges cannot come from one row (its
-    codes would all be the lowest level), so one text without ranges raises."""
-    empty = embedder.encode([], precision=precision)
-    assert empty.shape == (0, width) and empty.dtype == dtype
-    if precision.endswith("int8"):
-        with pytest.raises(ValueError, match="single embedding"):
-            embedder.encode("hallo", precision=precision)
-        with pytest.raises(ValueError, match="single embedding"):
-            embedder.encode(["hallo"], precision=precision)
-    else:
-        assert embedder.encode("hallo", precision=precision).shape == (width,)
-
-
-def test_quantize_embeddings_with_calibration_ranges():
-    rng = np.random.default_rng(0)
-    calibration = rng.normal(size=(100, 16)).astype(np.float32)
-    ranges = np.stack([calibration.min(0), calibration.max(0)])
-    codes = bembed.quantize_embeddings(calibration[:3], "uint8", ranges=ranges)
-    want = np.floor((calibration[:3] - ranges[0]) / ((ranges[1] - ranges[0]) / 255)).clip(0, 255)
-    np.testing.assert_array_equal(codes, want.astype(np.uint8))
-    one = bembed.quantize_embeddings(calibration[0], "int8", ranges=ranges)  # a single (dim,) row stays 1-D
-    np.testing.assert_array_equal(one, (codes[0].astype(np.int16) - 128).astype(np.int8))
-    with pytest.raises(ValueError, match="ranges"):
-        bembed.quantize_embeddings(calibration, "int8", ranges=ranges[:, :8])
-    # tensors are checked as arrays are: a 3-D batch and NaN rows have no codes
-    with pytest.raises(ValueError, match=r"\(n, dim\) or \(dim,\)"):
-        bembed.quantize_embeddings(torch.from_numpy(calibration).reshape(10, 10, 16), "binary")
-    broken = calibration.copy()
-    broken[1, 3] = np.nan
-    for data in (broken, torch.from_numpy(broken)):
-        with pytest.raises(ValueError, match="NaN"):
-            bembed.quantize_embeddings(data, "int8", ranges=ranges)
