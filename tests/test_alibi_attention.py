@@ -392,13 +392,12 @@ def test_torch_compile_fullgraph(backend):
         torch.testing.assert_close(g, e)
 
 
-def test_torch_compile_with_a_symbolic_max_seqlen(monkeypatch):
+def test_torch_compile_with_a_symbolic_max_seqlen():
     """max_seqlen computed in the graph (flash-attn's `seqlens.max().item()`) or taken from a dynamic shape is
     a SymInt: the schema said int, so fullgraph failed on the first and recompiled for every length on the
     second."""
     import torch._dynamo.testing
 
-    monkeypatch.setattr(torch._dynamo.config, "capture_scalar_outputs", True)
     slopes = bembed_ext.alibi_slopes(2)
 
     def from_lengths(q, lengths):
@@ -406,8 +405,10 @@ def test_torch_compile_with_a_symbolic_max_seqlen(monkeypatch):
         return attention_varlen(q, q, q, cu_seqlens, int(lengths.max().item()), slopes)
 
     q, lengths = torch.randn(9, 2, 8), torch.tensor([3, 6])
-    torch.testing.assert_close(torch.compile(from_lengths, fullgraph=True, backend="aot_eager")(q, lengths),
-                               from_lengths(q, lengths))
+    # the config's own patch: monkeypatch's undo deleted the setting, and later compiles failed on its absence
+    with torch._dynamo.config.patch(capture_scalar_outputs=True):
+        got = torch.compile(from_lengths, fullgraph=True, backend="aot_eager")(q, lengths)
+    torch.testing.assert_close(got, from_lengths(q, lengths))
 
     counter = torch._dynamo.testing.CompileCounter()
     compiled = torch.compile(lambda q, cu: attention_varlen(q, q, q, cu, q.shape[0], slopes), fullgraph=True,
