@@ -101,12 +101,12 @@ void forward(const Problem& p, const Operand<scalar_t>& Q, const Operand<scalar_
                    [&](const Task& a, const Task& b) { return p.seqs.length[a.seq] > p.seqs.length[b.seq]; });
   const auto keys = key_tiles<acc_t>(p.seqs.start, p.seqs.length, H, D, K, p.mask, BK);
   const int64_t count = static_cast<int64_t>(tasks.size());
+  const double rounding = rounding_slack<acc_t>(D);
   run_tasks<ForwardScratch<acc_t>>(count, flops, tiles, D, [&](int64_t index, ForwardScratch<acc_t>& w) {
     const Task& task = tasks[index];
     const int64_t start = p.seqs.start[task.seq], len = p.seqs.length[task.seq], h = task.head, q0 = task.q0;
     const int64_t nq = std::min(BQ, len - q0);
     const acc_t slope = static_cast<acc_t>(p.slope(task.seq, h)), margin = skip_margin<acc_t>(len);
-    const double rounding = rounding_slack<acc_t>(D);
     const bool* mask = p.mask ? p.mask + start : nullptr;
     const int64_t first_tile = keys.first[task.seq];
     int64_t ldq;
@@ -221,6 +221,7 @@ void backward(const Problem& p, const Operand<scalar_t>& dO, const Operand<scala
                    [&](const Task& a, const Task& b) { return p.seqs.length[a.seq] > p.seqs.length[b.seq]; });
   const auto keys = key_tiles<acc_t>(p.seqs.start, p.seqs.length, H, D, K, p.mask, BK);
   const int64_t count = static_cast<int64_t>(tasks.size());
+  const double rounding = rounding_slack<acc_t>(D);
   run_tasks<BackwardScratch<acc_t>>(count, flops, kBackwardTiles, D, [&](int64_t index, BackwardScratch<acc_t>& w) {
     const Task& task = tasks[index];
     const int64_t start = p.seqs.start[task.seq], len = p.seqs.length[task.seq], h = task.head;
@@ -255,7 +256,7 @@ void backward(const Problem& p, const Operand<scalar_t>& dO, const Operand<scala
         // Only the keys [j0, j1) of this tile can matter to these queries (slots off.. of the tile buffers).
         const auto [j0, j1] = live_keys<acc_t>(q0, nq, k0, nk, w.q_norm.data() + q0,
                                                keys.norm[(first_tile + kb) * H + h], scale, slope, margin,
-                                               w.lse.data() + q0, rounding_slack<acc_t>(D));
+                                               w.lse.data() + q0, rounding);
         const int64_t nj = j1 - j0, off = j0 - k0;
         if (nj == 0) continue;
         const acc_t* kj = k + off * ldk;

@@ -175,16 +175,16 @@ def _step(markers: Markers, name: str, fn, *args) -> dict:
 # ---------------------------------------------------------------------------------------------- data
 def prepare_data(settings: Settings) -> dict:
     """Fetch the pinned sources and build the pair's datasets, unless they are built already."""
-    from bembed.data.sources import cache_dir
-
     from bembed.data.build import BUILD_VERSION, stale_build
+    from bembed.data.sources import cache_dir
 
     cache = cache_dir(settings.cache)
     root = Path(settings.data_root) if settings.data_root else cache / "datasets"
     built = (root / settings.pair / "counts.json").is_file()
-    if built and stale_build(root / settings.pair) is not None:
+    older = stale_build(root / settings.pair) if built else None
+    if older is not None:
         log.warning("the datasets under %s were built by an older bembed (build version %s, now %s): rebuilding",
-                    root / settings.pair, stale_build(root / settings.pair), BUILD_VERSION)
+                    root / settings.pair, older, BUILD_VERSION)
         built = False
     if built:
         log.info("using the datasets built under %s", root / settings.pair)

@@ -33,14 +33,15 @@ def add_arguments(parser) -> None:
 
 def read_texts(path: Path, field: str) -> tuple[list[str], list[dict]]:
     """The texts of a .txt or .jsonl file, and for .jsonl the other fields of each object."""
-    if path.suffix.lower() not in INPUT_SUFFIXES:
+    suffix = path.suffix.lower()
+    if suffix not in INPUT_SUFFIXES:
         raise ValueError(f"--input: {path} must end in one of {INPUT_SUFFIXES}")
     texts, extras = [], []
     # Lines end at "\n" (or "\r\n") only: a lone "\r" inside a line must not make two texts of one line.
     with open_user_text(path, newline="\n") as handle:
         for number, line in enumerate(handle, 1):
             line = line.removesuffix("\n").removesuffix("\r")
-            if path.suffix.lower() == ".txt":
+            if suffix == ".txt":
                 texts.append(line)
                 continue
             if not line.strip():
@@ -101,16 +102,17 @@ def run(args) -> int:
     from bembed.encode import Embedder
 
     output = Path(args.output)
+    parquet = output.suffix.lower() == ".parquet"
     if output.suffix.lower() not in OUTPUT_SUFFIXES:
         raise SystemExit(f"--output: {output} must end in one of {OUTPUT_SUFFIXES}")
-    if output.suffix.lower() == ".parquet":
+    if parquet:
         try:
             import pyarrow  # noqa: F401
         except ImportError:
             raise SystemExit("--output .parquet needs pyarrow (pip install pyarrow), or write .npy") from None
     try:
         texts, extras = read_texts(Path(args.input), args.field)
-        columns = extra_columns(extras) if output.suffix.lower() == ".parquet" else {}
+        columns = extra_columns(extras) if parquet else {}
     except (OSError, ValueError) as error:
         raise SystemExit(str(error)) from None
     try:  # a bad option value (--batch-size 0, an unknown --prompt-name, --model not a folder) is one line
