@@ -5,7 +5,6 @@ step equal the one-process step). The comparison is shown to fail for a gather w
 
 import copy
 import os
-import socket
 
 import pytest
 import torch
@@ -15,15 +14,10 @@ import torch.nn.functional as F
 
 import bembed_ext
 import bembed_ext.ops.contrastive_loss as contrastive_module
+from rank_processes import exit_rank_process, free_port
 
 CONFIGS = [(3, 0, True), (3, 0, False), (2, 2, True), (2, 2, False)]  # (B per rank, hard negatives m, bidirectional)
 DIM = 5
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _entry(rank, world_size, port, checks, results_dir):
@@ -42,11 +36,12 @@ def _entry(rank, world_size, port, checks, results_dir):
             dist.barrier()
     finally:
         dist.destroy_process_group()
+    exit_rank_process()
 
 
 def _run_checks(world_size, checks, results_dir):
     """One set of processes runs all checks (process start-up dominates on small machines)."""
-    mp.spawn(_entry, args=(world_size, _free_port(), checks, str(results_dir)), nprocs=world_size, join=True)
+    mp.spawn(_entry, args=(world_size, free_port(), checks, str(results_dir)), nprocs=world_size, join=True)
     return {check.__name__: [open(os.path.join(results_dir, f"{check.__name__}.{r}")).read()
                              for r in range(world_size)] for check in checks}
 

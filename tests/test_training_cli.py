@@ -62,3 +62,24 @@ def test_cli_exit_codes(tmp_path, caplog):
     if not torch.cuda.is_available():
         assert main([*args, "train.device=cuda"]) == 2
         assert "train.device='cuda', but this torch has no usable CUDA device" in caplog.text
+
+
+def test_a_stage_destroys_its_process_group_on_every_way_out(tmp_path):
+    """Under torchrun the stage owns the process; a group left to the interpreter's teardown can abort the
+    process at exit after the run was saved (torchrun then calls the run failed). A one-rank gloo group stands
+    in for torchrun's."""
+    import torch.distributed as dist
+
+    tok = U.tokenizer_dir(tmp_path)
+    args = ["pairs", "--config", "pairs_tiny", f"data.train=[{{path: {U.pair_file(tmp_path)}}}]", "model.init_from=null",
+            f"model.tokenizer={tok}", f"model.config={json.dumps(U.TINY_MODEL)}", "model.max_length=24",
+            *U.train_overrides(tmp_path / "run", 1)]
+    try:
+        for argv, code in ((args, 0), ([*args, "train.batch_size=100000"], 2),
+                           ([*args, "--resume", str(tmp_path / "none")], 1)):
+            dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+            assert main(argv) == code
+            assert not dist.is_initialized(), argv
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()

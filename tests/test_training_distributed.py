@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import time
 from pathlib import Path
 
@@ -17,15 +16,10 @@ import torch.multiprocessing as mp
 from safetensors.torch import load_file
 
 import training_utils as U
+from rank_processes import exit_rank_process, free_port
 
 single_thread = pytest.fixture(autouse=True)(U.one_thread)
 STEPS = 3
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _configs(files: dict, out: Path):
@@ -79,6 +73,7 @@ def _worker(rank: int, world: int, port: int, files: dict, out: str) -> None:
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
+    exit_rank_process()
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +87,7 @@ def files(tmp_path_factory):
 @pytest.mark.slow  # ~1 min on 2 busy cores: two spawned interpreters import torch + transformers
 def test_two_gloo_processes_equal_one_process(files, tmp_path):
     one = _run_all(files, tmp_path / "one")
-    mp.spawn(_worker, args=(2, _free_port(), files, str(tmp_path / "two")), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, free_port(), files, str(tmp_path / "two")), nprocs=2, join=True)
     two = json.loads((tmp_path / "two" / "histories.json").read_text())
     kinds = {k for m in one["multitask"] for k in m if k.endswith("_loss")}
     assert kinds == {"retrieval_loss", "sts_loss"}, kinds  # both tasks (and both gathers) exercised
@@ -166,6 +161,7 @@ def _interrupt_worker(rank: int, world: int, port: int, files: dict, out: str) -
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
+    exit_rank_process()
 
 
 @pytest.mark.slow
@@ -174,7 +170,7 @@ def test_ctrl_c_on_one_rank_stops_every_rank_after_the_same_step(files, tmp_path
     stopped where it found them waited forever in each other's collectives, and no checkpoint was written.
     Now every rank finishes the step the signal was reported in, they write its checkpoint together, and
     resuming from it gives the weights of the uninterrupted run (dropout on)."""
-    context = mp.spawn(_interrupt_worker, args=(2, _free_port(), files, str(tmp_path)), nprocs=2, join=False)
+    context = mp.spawn(_interrupt_worker, args=(2, free_port(), files, str(tmp_path)), nprocs=2, join=False)
     deadline = time.monotonic() + 300  # the bug this guards against is a hang
     while not context.join(timeout=5):
         if time.monotonic() > deadline:

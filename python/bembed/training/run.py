@@ -32,6 +32,15 @@ def config_path(name: str) -> Path:
 
 
 def run_stage(args, config_cls, stage_cls) -> int:
+    from .trainer import release_distributed
+
+    try:
+        return _run_stage(args, config_cls, stage_cls)
+    finally:
+        release_distributed()
+
+
+def _run_stage(args, config_cls, stage_cls) -> int:
     import torch
 
     from .checkpoint import CheckpointError

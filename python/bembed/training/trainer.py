@@ -53,6 +53,14 @@ def init_distributed() -> tuple[int, int, int]:
     return 0, 1, 0
 
 
+def release_distributed() -> None:
+    """Destroy the default process group if there is one (the end of a torchrun stage, on every path out), as
+    torch asks: a group left to the interpreter's teardown can abort the process at exit, after the work was
+    saved, and torchrun then reports the run as failed."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def lr_factor(step: int, warmup: int, total: int) -> float:
     """Linear warm-up over `warmup` steps to 1, then linear decay to 0 at `total` (step counts from 0)."""
     if step < warmup:
