@@ -74,7 +74,7 @@ def _settings(data, out, **changes):
     settings = dict(pair="en-de", minutes=1.0, out=out, data_root=data, vocab_size=400, tokenizer_chars=None,
                     mlm_chars=20_000, steps={"pretrain": 4, "pairs": 6, "multitask": 4},
                     overrides={"pretrain": [*model, "train.warmup_steps=3"], "pairs": model[1:],
-                               "multitask": model[1:]},
+                               "multitask": ["model.max_length=20", *model[2:]]},
                     baselines=[], eval_max_items=20, progress=False)
     settings.update(changes)
     return qs.Settings(**settings)
@@ -135,7 +135,9 @@ def test_quickstart_writes_model_table_png_and_resumes_after_an_interruption(dat
     for name in ("config.json", "model.safetensors", "tokenizer.json", "modules.json", "1_Pooling/config.json"):
         assert (model_dir / name).is_file(), name
     texts = ["the house by the river", "das haus am fluss"]
-    ours = Embedder.from_pretrained(model_dir, device="cpu").encode(texts)
+    embedder = Embedder.from_pretrained(model_dir, device="cpu")
+    assert embedder.max_seq_length == 20  # the length stage 3 trained at, not the architecture's 8192
+    ours = embedder.encode(texts)
     try:
         from sentence_transformers import SentenceTransformer
     except ImportError:
@@ -267,13 +269,15 @@ def test_model_folder_keeps_the_final_stages_prompts_and_settings(tmp_path):
     final = export_sentence_transformers(model, tokenizer, tmp_path / "final", max_seq_length=24, normalize=False,
                                          prompts={"query": "query: ", "passage": "passage: "})
     settings = qs.Settings(out=tmp_path / "qs")
-    qs.save_model(settings, str(final))
+    qs.save_model(settings, str(final), None)  # a stage marker of an older quickstart: no trained length
     before, after = Embedder.from_pretrained(final, device="cpu"), Embedder.from_pretrained(tmp_path / "qs" / "model",
                                                                                               device="cpu")
     assert after.prompts == before.prompts == {"query": "query: ", "passage": "passage: ", "document": "passage: "}
     assert (after.max_seq_length, after.normalize_embeddings) == (24, False)
     texts = ["the house by the river"]
     assert (after.encode(texts, prompt_name="query") == before.encode(texts, prompt_name="query")).all()
+    qs.save_model(settings, str(final), 16)
+    assert Embedder.from_pretrained(tmp_path / "qs" / "model", device="cpu").max_seq_length == 16
 
 
 def test_a_value_that_would_fail_late_is_refused_before_the_settings_are_recorded(tmp_path, monkeypatch, capsys):

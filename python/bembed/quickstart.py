@@ -379,21 +379,26 @@ def run_stage(settings: Settings, stage: str, data_root: str, model_from: str, b
     history = trainer.fit(resume=resume)
     final = Path(cfg.train.output_dir) / "final"
     last = history[-1] if history else {}
-    return {"final": str(final), "steps": cfg.train.max_steps, "resumed": resume is not None,
+    return {"final": str(final), "steps": cfg.train.max_steps, "max_length": cfg.model.max_length,
+            "resumed": resume is not None,
             "last_loss": last.get("loss"), "metrics": str(Path(cfg.train.output_dir) / "metrics.jsonl")}
 
 
 # ---------------------------------------------------------------------------------------------- model
-def save_model(settings: Settings, final: str) -> dict:
+def save_model(settings: Settings, final: str, trained_length: int | None) -> dict:
     """<out>/model: the HF folder (config.json, model.safetensors, tokenizer) that is also a
     sentence-transformers folder (modules.json, pooling, normalize). It is the last stage's export re-saved
-    through the Embedder, so the prompts (query/passage prefixes), max_seq_length and normalize it was
-    trained with come along: without the prompts, evaluation and demo would embed queries unprefixed."""
+    through the Embedder, so the prompts (query/passage prefixes) and normalize it was trained with come along:
+    without the prompts, evaluation and demo would embed queries unprefixed. Its max_seq_length is the length
+    the last stage trained at (`multitask.model.max_length`), as sentence-transformers models do: this small
+    model, trained at 128 tokens, ranks help pages better from their first 128 tokens than from 2,000
+    characters (validation nDCG@10 +2.7 en-de, +0.3 en-es; see the README). A longer one can be set on load."""
     from bembed.encode import Embedder
 
     folder = settings.out / "model"
     with replacing_folder(folder) as tmp:
-        Embedder.from_pretrained(final, device="cpu").save_pretrained(tmp)
+        length = {} if trained_length is None else {"max_seq_length": trained_length}
+        Embedder.from_pretrained(final, device="cpu", **length).save_pretrained(tmp)
     return {"model": str(folder)}
 
 
@@ -461,12 +466,12 @@ def run(settings: Settings) -> dict:
         log.info("training budget: %.1f min (%s)", training_s / 60,
                  ", ".join(f"{s} {plan[s]:.0f} s" for s in TRAINING_STAGES))
 
-    model_from = tok["tokenizer"]
+    model_from, trained_length = tok["tokenizer"], None
     for stage in TRAINING_STAGES:
         result = step(stage, run_stage, settings, stage, data["data_root"], model_from, plan[stage])
-        model_from = result["final"]
+        model_from, trained_length = result["final"], result.get("max_length")  # absent in older markers
 
-    model = step("model", save_model, settings, model_from)
+    model = step("model", save_model, settings, model_from, trained_length)
     step("loss_png", plot_losses, settings, out / "loss.png")
     evaluation = step("evaluate", evaluate_model, settings, data["data_root"], model["model"], refs["results"])
     demo = step("demo", cross_lingual_demo, settings, model["model"])
