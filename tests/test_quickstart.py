@@ -368,3 +368,23 @@ def test_readme_states_the_budget_rules_the_code_follows():
     assert f"It is split {shares} over stages 1 / 2 / 3" in readme
     assert f"and {qs.RESERVE_S:.0f} s for the export, the loss PNG and the demo" in readme
     assert f"never less than {100 * qs.MIN_TRAINING_FRACTION:.0f}% of the budget" in readme
+
+
+def test_sigterm_stops_the_job_like_ctrl_c(tmp_path, monkeypatch, capsys):
+    """`kill` (SIGTERM) ended the process at once: the step's time was not counted against --minutes on resume
+    and no checkpoint was written in a training stage. It is now taken as Ctrl-C."""
+    import os
+    import signal
+
+    from bembed.cli import main
+
+    def killed_during_the_data_step(settings):
+        os.kill(os.getpid(), signal.SIGTERM)
+        raise AssertionError("SIGTERM did not stop the step")
+
+    monkeypatch.setattr(qs, "prepare_data", killed_during_the_data_step)
+    sigterm_before = signal.getsignal(signal.SIGTERM)
+    assert main(["quickstart", "--out", str(tmp_path / "qs"), "--no-progress"]) == 130
+    assert "interrupted: run the same command again" in capsys.readouterr().out
+    assert "spent_s" in qs.Markers(tmp_path / "qs").get("clock")
+    assert signal.getsignal(signal.SIGTERM) is sigterm_before

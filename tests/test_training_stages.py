@@ -384,13 +384,17 @@ def test_resume_is_exact(files, tmp_path):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_ctrl_c_during_the_optimizer_update_finishes_the_step(files, tmp_path):
+@pytest.mark.parametrize("signal_name", ["SIGINT", "SIGTERM"])
+def test_ctrl_c_during_the_optimizer_update_finishes_the_step(files, tmp_path, signal_name):
     """A SIGINT that lands while optimizer.step() updates the weights is held until the step is complete: the
     checkpoint must not store updated weights and moments under the old step number, and the step's metrics
     are logged before the run stops (they were lost: the resumed run starts after that step). A checkpoint
-    due at that step is written once, by the periodic save."""
+    due at that step is written once, by the periodic save. SIGTERM (a preemption notice) is taken the same way
+    (it killed the run, losing the steps since the last periodic checkpoint), and only while fit runs."""
     import os
     import signal
+
+    sigterm_before = signal.getsignal(signal.SIGTERM)
 
     stage, cfg = mlm_run(files, tmp_path / "straight", 6)
     _fit(stage, cfg)
@@ -403,11 +407,12 @@ def test_ctrl_c_during_the_optimizer_update_finishes_the_step(files, tmp_path):
     def interrupted_update():
         update()
         if trainer.step == 3:
-            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), getattr(signal, signal_name))
 
     trainer.optimizer.step = interrupted_update
     with pytest.raises(KeyboardInterrupt):
         trainer.fit()
+    assert signal.getsignal(signal.SIGTERM) is sigterm_before
     root = tmp_path / "killed" / "checkpoints"
     assert [p.name for p in ckpt.list_checkpoints(root)] == ["step-00000004"]
     assert saves == [None, 4]  # the periodic save, then the Ctrl-C save keeps that folder

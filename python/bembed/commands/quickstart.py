@@ -59,8 +59,11 @@ def run(args) -> int:
     except ValueError as exc:
         print(exc)
         return 2
+    from bembed.training.trainer import sigterm_as_sigint
+
     try:
-        summary = run_quickstart(settings)
+        with sigterm_as_sigint():  # `kill` or a scheduler ends the job like Ctrl-C: its time counts, it resumes
+            summary = run_quickstart(settings)
     except SettingsMismatch as exc:
         print(exc)
         return 2

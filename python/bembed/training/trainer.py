@@ -94,6 +94,29 @@ def deferred_sigint():
 
 
 @contextmanager
+def sigterm_as_sigint():
+    """SIGTERM (a scheduler's preemption notice, `kill`, torchrun passing its own on) is taken as Ctrl-C while
+    the block runs: it goes to whichever SIGINT handler is in place, so the step finishes and a checkpoint is
+    written, instead of the process dying with everything since the last periodic checkpoint."""
+    if threading.current_thread() is not threading.main_thread():  # signals only reach the main thread
+        yield
+        return
+
+    def as_sigint(_signum, frame):
+        handler = signal.getsignal(signal.SIGINT)
+        if callable(handler):
+            handler(signal.SIGINT, frame)
+        elif handler != signal.SIG_IGN:
+            raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, as_sigint)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextmanager
 def agreed_sigint():
     """Ctrl-C under torchrun (which passes one SIGINT to every worker): a rank that stopped where the signal
     found it would leave the others waiting in a collective, and no checkpoint would be written. Inside this
@@ -358,8 +381,8 @@ class Trainer:
 
     # ------------------------------------------------------------------ the loop
     def fit(self, resume: str | None = None) -> list[dict]:
-        """Train to cfg.max_steps; returns the metrics of the steps run. Ctrl-C writes a checkpoint and
-        re-raises KeyboardInterrupt."""
+        """Train to cfg.max_steps; returns the metrics of the steps run. Ctrl-C or SIGTERM writes a checkpoint
+        and raises KeyboardInterrupt."""
         if self.rank == 0:
             ckpt.clean_stale(self.ckpt_root)
         self._barrier()  # it may put a checkpoint back: every rank must list the same ones
@@ -383,7 +406,7 @@ class Trainer:
         t0 = time.perf_counter()
         started = None  # (step, RNG state) at the start of the current step
         try:
-            with agreed_sigint() if self.world > 1 else nullcontext([]) as self.stop_requests:
+            with sigterm_as_sigint(), agreed_sigint() if self.world > 1 else nullcontext([]) as self.stop_requests:
                 while self.step < self.cfg.max_steps:
                     started = (self.step, ckpt.rng_state())
                     stop = None
