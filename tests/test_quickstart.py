@@ -388,3 +388,29 @@ def test_sigterm_stops_the_job_like_ctrl_c(tmp_path, monkeypatch, capsys):
     assert "interrupted: run the same command again" in capsys.readouterr().out
     assert "spent_s" in qs.Markers(tmp_path / "qs").get("clock")
     assert signal.getsignal(signal.SIGTERM) is sigterm_before
+
+
+def test_time_is_recorded_while_a_step_runs(tmp_path, monkeypatch):
+    """A quickstart killed outright (kill -9, out of memory, a reboot) runs no finally: the time of the step it
+    died in was lost, and its resume overran --minutes by that much. The clock is now written while a step runs."""
+    import threading
+    import time
+
+    monkeypatch.setattr(qs, "CLOCK_EVERY_S", 0.05)
+    out = tmp_path / "qs"
+    seen = []
+
+    def a_long_data_step(settings):
+        deadline = time.monotonic() + 10
+        while not seen and time.monotonic() < deadline:
+            time.sleep(0.02)
+            clock = qs.Markers(out).get("clock")
+            if clock is not None:
+                seen.append(clock["spent_s"])
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(qs, "prepare_data", a_long_data_step)
+    with pytest.raises(KeyboardInterrupt):
+        qs.run(qs.Settings(out=out, progress=False))
+    assert seen and seen[0] > 0  # written during the step, before its end
+    assert not [t for t in threading.enumerate() if t.name == "quickstart-clock"]  # stopped with the step

@@ -20,9 +20,11 @@ unfinished training stage up from its last checkpoint.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
+import threading
 import time
 from pathlib import Path
 
@@ -42,6 +44,7 @@ TRAINING_STAGES = ("pretrain", "pairs", "multitask")
 BUDGET_SHARES = {"pretrain": 0.15, "pairs": 0.55, "multitask": 0.30}
 MIN_TRAINING_FRACTION = 0.4  # of the budget, even when data preparation overran: below it, quality collapses
 RESERVE_S = 30.0  # kept back from training, besides the final evaluation: export, loss PNG, demo
+CLOCK_EVERY_S = 15.0  # while a step runs, the time spent is recorded this often (for a kill -9 or a reboot)
 CALIBRATION_STEPS, CALIBRATION_STRIDE = 16, 37  # steps timed per stage (at lr 0), this far apart
 # Stage config keys the quickstart sets itself, and what sets them instead: a --set of one would be replaced.
 OWNED_KEYS = {"train.output_dir": "--out", "train.seed": "--seed", "train.max_steps": "--steps or --minutes",
@@ -433,6 +436,27 @@ def plot_losses(settings: Settings, png: Path) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------- the job
+@contextlib.contextmanager
+def repeating(seconds: float, action):
+    """Calls action() every `seconds` on a background thread while the block runs."""
+    stop = threading.Event()
+
+    def loop():
+        while not stop.wait(seconds):
+            try:
+                action()
+            except OSError as error:  # a full disk must not end the job from here; the step's own write reports it
+                log.warning("quickstart: could not record the time spent: %s", error)
+
+    thread = threading.Thread(target=loop, name="quickstart-clock", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
 def run(settings: Settings) -> dict:
     """The whole quickstart; returns a summary (also written to <out>/summary.json)."""
     t0 = time.perf_counter()
@@ -445,12 +469,21 @@ def run(settings: Settings) -> dict:
     def elapsed() -> float:
         return spent_before + time.perf_counter() - t0
 
-    def step(name: str, fn, *args) -> dict:
-        try:
-            return _step(markers, name, fn, *args)
-        finally:
-            # also when the step fails or is interrupted: the time it took counts against --minutes on resume
+    clock_lock = threading.Lock()
+
+    def record_clock() -> None:
+        with clock_lock:  # the later of two writes holds the later time
             markers.put("clock", {"spent_s": round(elapsed(), 1)})
+
+    def step(name: str, fn, *args) -> dict:
+        # The time a step takes counts against --minutes on resume: also when it fails or is interrupted (the
+        # finally), and when the process is killed outright (kill -9, out of memory, a reboot) midway, up to
+        # the last CLOCK_EVERY_S.
+        with repeating(CLOCK_EVERY_S, record_clock):
+            try:
+                return _step(markers, name, fn, *args)
+            finally:
+                record_clock()
 
     data = step("data", prepare_data, settings)
     step("corpus", sample_mlm_corpus, settings, data["data_root"])
