@@ -410,8 +410,6 @@ def test_a_folder_with_a_dense_module_is_refused(tmp_path, embedder):
         Embedder.from_pretrained(path, device="cpu")
 
 
-
-
 def test_a_chunk_spanning_the_document_is_the_document_embedding(embedder):
     whole = embedder.encode_chunks(DOCUMENT, chunk_spans=[(0, len(DOCUMENT))])
     assert whole.shape == (1, 48)

@@ -437,15 +437,16 @@ def plot_losses(settings: Settings, png: Path) -> dict:
 
 # ---------------------------------------------------------------------------------------------- the job
 @contextlib.contextmanager
-def repeating(seconds: float, action):
-    """Calls action() every `seconds` on a background thread while the block runs."""
+def recording(seconds: float, action):
+    """Calls action() every `seconds` on a background thread while the block runs, and once more when the block
+    ends (by an exception too), after the thread has stopped: the last call always comes last."""
     stop = threading.Event()
 
     def loop():
         while not stop.wait(seconds):
             try:
                 action()
-            except OSError as error:  # a full disk must not end the job from here; the step's own write reports it
+            except OSError as error:  # a full disk must not end the job from here; the final call reports it
                 log.warning("quickstart: could not record the time spent: %s", error)
 
     thread = threading.Thread(target=loop, name="quickstart-clock", daemon=True)
@@ -455,6 +456,7 @@ def repeating(seconds: float, action):
     finally:
         stop.set()
         thread.join()
+        action()
 
 
 def run(settings: Settings) -> dict:
@@ -469,21 +471,15 @@ def run(settings: Settings) -> dict:
     def elapsed() -> float:
         return spent_before + time.perf_counter() - t0
 
-    clock_lock = threading.Lock()
-
     def record_clock() -> None:
-        with clock_lock:  # the later of two writes holds the later time
-            markers.put("clock", {"spent_s": round(elapsed(), 1)})
+        markers.put("clock", {"spent_s": round(elapsed(), 1)})
 
     def step(name: str, fn, *args) -> dict:
-        # The time a step takes counts against --minutes on resume: also when it fails or is interrupted (the
-        # finally), and when the process is killed outright (kill -9, out of memory, a reboot) midway, up to
-        # the last CLOCK_EVERY_S.
-        with repeating(CLOCK_EVERY_S, record_clock):
-            try:
-                return _step(markers, name, fn, *args)
-            finally:
-                record_clock()
+        # The time a step takes counts against --minutes on resume: also when it fails or is interrupted, and
+        # when the process is killed outright (kill -9, out of memory, a reboot) midway, up to the last
+        # CLOCK_EVERY_S.
+        with recording(CLOCK_EVERY_S, record_clock):
+            return _step(markers, name, fn, *args)
 
     data = step("data", prepare_data, settings)
     step("corpus", sample_mlm_corpus, settings, data["data_root"])

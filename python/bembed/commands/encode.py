@@ -102,8 +102,9 @@ def run(args) -> int:
     from bembed.encode import Embedder
 
     output = Path(args.output)
-    parquet = output.suffix.lower() == ".parquet"
-    if output.suffix.lower() not in OUTPUT_SUFFIXES:
+    suffix = output.suffix.lower()
+    parquet = suffix == ".parquet"
+    if suffix not in OUTPUT_SUFFIXES:
         raise SystemExit(f"--output: {output} must end in one of {OUTPUT_SUFFIXES}")
     if parquet:
         try:

@@ -55,8 +55,8 @@ def init_distributed() -> tuple[int, int, int]:
 
 def release_distributed() -> None:
     """Destroy the default process group if there is one (the end of a torchrun stage, on every path out), as
-    torch asks: a group left to the interpreter's teardown can abort the process at exit, after the work was
-    saved, and torchrun then reports the run as failed."""
+    torch's documentation asks, rather than leaving its communicators and threads to the interpreter's
+    teardown. (torch 2.13's gloo can still abort at exit after a DDP run now and then; see the README.)"""
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
 
@@ -406,7 +406,7 @@ class Trainer:
         t0 = time.perf_counter()
         started = None  # (step, RNG state) at the start of the current step
         try:
-            with sigterm_as_sigint(), agreed_sigint() if self.world > 1 else nullcontext([]) as self.stop_requests:
+            with sigterm_as_sigint(), (agreed_sigint() if self.world > 1 else nullcontext([])) as self.stop_requests:
                 while self.step < self.cfg.max_steps:
                     started = (self.step, ckpt.rng_state())
                     stop = None
