@@ -97,10 +97,10 @@ inline void check_cu_seqlens_values(const int32_t* cu, int64_t count, int64_t to
                     total, " (q.size(0)), got ", cu[count - 1]);
 }
 
-// check_cu_seqlens_values once per live tensor. On CUDA reading the values is a device-to-host copy, i.e. a
-// sync that stalls the launch queue; a model passes the same cu_seqlens tensor to every layer, forward and
-// backward, so each thread remembers the last tensor that passed and skips the copy and the check when it
-// sees that tensor again unchanged. Sound because:
+// check_cu_seqlens_values once per live tensor, for the CUDA kernels (the CPU kernels check every call). On
+// CUDA reading the values is a device-to-host copy, i.e. a sync that stalls the launch queue; a model passes
+// the same cu_seqlens tensor to every layer, forward and backward, so each thread remembers the last tensor
+// that passed and skips the copy and the check when it sees that tensor again unchanged. Sound because:
 //  - the record holds a weak_intrusive_ptr to the TensorImpl, which keeps the TensorImpl's memory from being
 //    freed (only its data is released when the tensor dies), so no other tensor can get its address while
 //    the record lives: an equal address is the same tensor object;

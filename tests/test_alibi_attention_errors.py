@@ -175,3 +175,20 @@ def test_mixed_devices_name_the_argument():
     q = torch.randn(2, 5, 3, 8, device="cuda", dtype=torch.float16)
     with pytest.raises(ValueError, match="'k' is on"):
         ops.alibi_attention_fwd(q, q.cpu(), q, None, None, 0.3)
+
+
+@pytest.mark.parametrize("write", ["data", "numpy"])
+def test_cpu_cu_seqlens_written_behind_the_version_counter_is_still_checked(write):
+    """Writes through `.data` or a numpy view leave the version counter alone, so the CUDA path's cache cannot
+    see them; the CPU kernels check every call instead (this read out of bounds and crashed)."""
+    cu_seqlens = torch.tensor([0, 2, 5], dtype=torch.int32)
+    _varlen_call(cu_seqlens)
+    if write == "data":
+        cu_seqlens.data[1] = 1 << 30
+    else:
+        cu_seqlens.numpy()[1] = 1 << 30
+    with pytest.raises(ValueError, match="'cu_seqlens' must be non-decreasing"):
+        _varlen_call(cu_seqlens)
+    bwd_args = (torch.randn(5, 3, 8),) * 5 + (torch.zeros(3, 5),)
+    with pytest.raises(ValueError, match="'cu_seqlens' must be non-decreasing"):
+        ops.alibi_attention_varlen_bwd(*bwd_args, cu_seqlens, 3, bembed_ext.alibi_slopes(3), 0.3)

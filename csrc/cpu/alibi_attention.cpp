@@ -371,9 +371,12 @@ void padded_sequences(const at::Tensor& q, Problem* p, std::vector<int64_t>* lse
 
 void varlen_sequences(const at::Tensor& cu_seqlens, int64_t total, Problem* p,
                       std::vector<int64_t>* lse_base, const char* op) {
-  check_cu_seqlens_values(cu_seqlens, total, op);
+  // Checked on every call from a private copy, which the kernels then read: on the host the check is O(B) with
+  // no device sync to save, so none of the CUDA path's cache (and its hole: writes the version counter misses,
+  // through `.data` or numpy, would reach the kernels unchecked and read out of bounds).
   const auto cu = cu_seqlens.contiguous();
-  const int32_t* offsets = cu.const_data_ptr<int32_t>();
+  const std::vector<int32_t> offsets(cu.const_data_ptr<int32_t>(), cu.const_data_ptr<int32_t>() + cu.size(0));
+  check_cu_seqlens_values(offsets.data(), cu.size(0), total, op);
   for (int64_t b = 0; b + 1 < cu.size(0); ++b) {
     p->seqs.start.push_back(offsets[b]);
     p->seqs.length.push_back(offsets[b + 1] - offsets[b]);
