@@ -344,6 +344,11 @@ def test_empty_batch_and_empty_sequence(impl):
     out = attention(q, k, v, bembed_ext.alibi_slopes(2), impl=impl)
     out.sum().backward()
     assert out.shape == q.shape and q.grad.shape == q.shape
+    q, k, v = (t.requires_grad_() for t in _qkv((3, 0, 2, 8), torch.float32))  # L = 0
+    out = attention(q, k, v, bembed_ext.alibi_slopes(2), key_padding_mask=torch.ones(3, 0, dtype=torch.bool),
+                    impl=impl)
+    grads = torch.autograd.grad(out.sum(), (q, k, v))
+    assert out.shape == q.shape and all(g.shape == q.shape for g in grads)
     cu_seqlens = torch.zeros(3, dtype=torch.int32)
     q, k, v = (t.requires_grad_() for t in _qkv((0, 2, 8), torch.float32))
     out = attention_varlen(q, k, v, cu_seqlens, 0, None, impl=impl)

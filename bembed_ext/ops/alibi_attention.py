@@ -122,7 +122,10 @@ def alibi_attention_reference(q, k, v, alibi_slopes, *, key_padding_mask=None, s
     if key_padding_mask is not None:
         scores = scores.masked_fill(~key_padding_mask[:, None, None, :], float("-inf"))
     # A safe softmax: rows with no valid key get zero probabilities (and zero gradients), not NaN.
-    row_max = scores.amax(dim=-1, keepdim=True).detach()
+    if L == 0:  # amax refuses an empty row
+        row_max = scores.new_zeros((*scores.shape[:-1], 1))
+    else:
+        row_max = scores.amax(dim=-1, keepdim=True).detach()
     row_max = torch.where(torch.isfinite(row_max), row_max, torch.zeros_like(row_max))
     weights = torch.exp(scores - row_max)
     denom = weights.sum(dim=-1, keepdim=True)
