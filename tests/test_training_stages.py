@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 
 import bembed
 from bembed.training import checkpoint as ckpt
+from bembed.training import trainer as trainer_module
 from bembed.training.batching import Batch
 from bembed.training.config import AlignRun, ModelConfig, MultitaskRun, PairsRun, PretrainRun, load_config, to_dict
 from bembed.training.trainer import NonFiniteLossError, Trainer
@@ -381,6 +382,37 @@ def test_resume_is_exact(files, tmp_path):
     assert [m["loss"] for m in resumed] == [m["loss"] for m in straight[3:]]
     a = _weights(tmp_path / "straight" / "checkpoints" / "step-00000006")
     b = _weights(tmp_path / "resumed" / "checkpoints" / "step-00000006")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_updates_use_fused_adamw_and_older_checkpoints_keep_their_update(files, tmp_path, monkeypatch):
+    """Training uses torch's fused AdamW; a checkpoint written with the per-tensor AdamW (bembed before the
+    switch) resumes with the update it began with, so the resumed run equals that run's straight version."""
+    stage, cfg = mlm_run(files, tmp_path / "fused", 4)
+    assert all(group["fused"] for group in Trainer(stage, cfg.train, to_dict(cfg)).optimizer.param_groups)
+
+    monkeypatch.setattr(trainer_module, "fused_adamw_supported", lambda params: False)
+    stage, cfg = mlm_run(files, tmp_path / "straight", 4)
+    _fit(stage, cfg)
+    stage, cfg = mlm_run(files, tmp_path / "resumed", 4)
+    loss, calls = stage.loss, []
+
+    def interrupted(tensors):
+        calls.append(1)
+        if len(calls) == 3:  # step 3: a checkpoint of step 2
+            raise KeyboardInterrupt
+        return loss(tensors)
+
+    stage.loss = interrupted
+    with pytest.raises(KeyboardInterrupt):
+        _fit(stage, cfg)
+    monkeypatch.undo()
+    stage, cfg = mlm_run(files, tmp_path / "resumed", 4)
+    resumed = Trainer(stage, cfg.train, to_dict(cfg))
+    resumed.fit(resume="latest")
+    assert not any(group["fused"] for group in resumed.optimizer.param_groups)
+    a = _weights(tmp_path / "straight" / "checkpoints" / "step-00000004")
+    b = _weights(tmp_path / "resumed" / "checkpoints" / "step-00000004")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
