@@ -10,7 +10,7 @@ import torch
 
 from bembed.tokenizer import word_ids, word_start_table
 from bembed.training import batching
-from bembed.training.config import PairsRun, PretrainRun, TrainConfig, load_config
+from bembed.training.config import AlignRun, MultitaskRun, PairsRun, PretrainRun, TrainConfig, load_config
 from bembed.training.losses import CoSENTLoss, MSELoss, PearsonLoss, sts_loss
 from bembed.training.masking import whole_word_mask
 from bembed.training.run import CONFIG_DIR, config_path
@@ -92,11 +92,24 @@ def test_config_refuses_keys_that_would_do_nothing_and_accepts_no_clipping():
     ("pairs.temperature=-0.05", "pairs.temperature must be > 0"), ("model.max_length=2", "model.max_length must be ≥ 3"),
     ("data.train=[{lang: en}]", "data source path must be a file"),
     ("data.train=[{path: a.jsonl, max_rows: -1}]", "max_rows must be ≥ 1"),
+    ("data.train=[{path: a.jsonl, weight: .inf}]", "weight must be > 0 and finite"),
+    ("pairs.temperature=.inf", "pairs.temperature must be > 0 and finite"),
+    ("train.seed=18446744073709551621", r"train.seed must be in \[0, 2\*\*63\)"),
+    ("train.seed=-1", r"train.seed must be in \[0, 2\*\*63\)"),
+    ("multitask.cosent_scale=-20", "multitask.cosent_scale must be > 0 and finite"),
+    ("multitask.cosent_scale=.nan", "multitask.cosent_scale must be > 0 and finite"),
+    ("multitask.sts_loss=foo", "multitask.sts_loss must be pearson | mse | cosent | none"),
+    ("multitask.score_max=.inf", "multitask.score_max must be > 0 and finite"),
+    ("align.beta=.nan", "align.beta must be ≥ 0 and finite"),
 ])
 def test_config_rejects_out_of_range_values(override, message):
-    """Caught at load time, naming the field: they crashed deep inside training, or were silently accepted."""
+    """Caught at load time, naming the field: they crashed deep inside training (an infinite weight in
+    torch.multinomial, a seed torch cannot take), trained the wrong thing (a negative CoSENT scale reverses the
+    order it teaches) or were silently accepted."""
+    section = override.split(".")[0]
+    run = {"multitask": MultitaskRun, "align": AlignRun}.get(section, PairsRun)
     with pytest.raises(ValueError, match=message):
-        load_config(PairsRun, None, [override])
+        load_config(run, None, [override])
 
 
 def test_configs_edited_after_loading_are_checked_where_used():

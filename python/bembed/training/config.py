@@ -79,6 +79,7 @@ class TrainConfig(Checked):
         for name in ("lr", "weight_decay", "eps", "max_grad_norm"):
             value = getattr(self, name)
             _require(value is None or math.isfinite(value), f"train.{name}", "finite", value)
+        _require(0 <= self.seed < 2**63, "train.seed", "in [0, 2**63)", self.seed)  # torch's generators' range
         if self.device is not None:
             import torch
 
@@ -138,7 +139,8 @@ class Source(Checked):
 
     def validate(self) -> None:
         _require(bool(self.path), "data source path", "a file or dataset folder", self.path)
-        _require(self.weight is None or self.weight > 0, f"data source {self.path}: weight", "> 0", self.weight)
+        _require(self.weight is None or 0 < self.weight < math.inf, f"data source {self.path}: weight",
+                 "> 0 and finite", self.weight)
         _require(self.max_rows is None or self.max_rows >= 1, f"data source {self.path}: max_rows", "≥ 1",
                  self.max_rows)
 
@@ -172,7 +174,7 @@ class PairsConfig(Checked):
     passage_prefix: str = ""
 
     def validate(self) -> None:
-        _require(self.temperature > 0, "pairs.temperature", "> 0", self.temperature)
+        _require(0 < self.temperature < math.inf, "pairs.temperature", "> 0 and finite", self.temperature)
 
 
 @dataclasses.dataclass
@@ -186,9 +188,14 @@ class MultitaskConfig(Checked):
     passage_prefix: str = ""
 
     def validate(self) -> None:
-        _require(self.temperature > 0, "multitask.temperature", "> 0", self.temperature)
+        from .losses import STS_LOSSES
+
+        _require(0 < self.temperature < math.inf, "multitask.temperature", "> 0 and finite", self.temperature)
         _require(self.num_negatives >= 0, "multitask.num_negatives", "≥ 0", self.num_negatives)
-        _require(self.score_max > 0, "multitask.score_max", "> 0", self.score_max)
+        _require(self.sts_loss in STS_LOSSES, "multitask.sts_loss", " | ".join(STS_LOSSES), self.sts_loss)
+        _require(0 < self.score_max < math.inf, "multitask.score_max", "> 0 and finite", self.score_max)
+        # a negative scale trains the reversed order
+        _require(0 < self.cosent_scale < math.inf, "multitask.cosent_scale", "> 0 and finite", self.cosent_scale)
 
 
 @dataclasses.dataclass
@@ -200,7 +207,7 @@ class AlignConfig(Checked):
     beta: float = 0.4
 
     def validate(self) -> None:
-        _require(self.beta >= 0, "align.beta", "≥ 0", self.beta)
+        _require(0 <= self.beta < math.inf, "align.beta", "≥ 0 and finite", self.beta)
 
 
 @dataclasses.dataclass

@@ -63,6 +63,9 @@ class CoSENTLoss:
         return torch.logsumexp(torch.cat([cos.new_zeros(1), diff.reshape(-1)]), dim=0)
 
 
+STS_LOSSES = ("pearson", "mse", "cosent", "none")
+
+
 def sts_loss(name: str, *, score_max: float = 5.0, cosent_scale: float = 20.0):
     """The configured STS loss (`pearson`, `mse`, `cosent`), or None for `none` (STS batches skipped)."""
     if name == "pearson":
