@@ -58,6 +58,10 @@ def test_cli_exit_codes(tmp_path, caplog):
     # too little data for one batch is refused before the run starts (it was a traceback at step 1)
     assert main([*args, "train.batch_size=100000"]) == 2
     assert "data.train: " in caplog.text and "micro-batch of 100000" in caplog.text
+    # the fused attention has no dropout: refused before step 1 (it was a traceback there)
+    dropout = {**U.TINY_MODEL, "attention_probs_dropout_prob": 0.1}
+    assert main([*args, f"model.config={json.dumps(dropout)}"]) == 2
+    assert "attention_probs_dropout_prob=0.1: the bembed attention kernels have no dropout" in caplog.text
     assert not (tmp_path / "run").exists()
     if not torch.cuda.is_available():
         assert main([*args, "train.device=cuda"]) == 2

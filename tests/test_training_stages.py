@@ -72,6 +72,19 @@ def test_mlm_loss_decreases_and_export_loads(files, tmp_path):
     assert [r["step"] for r in records] == list(range(1, 31)) and (tmp_path / "loss.png").stat().st_size > 0
 
 
+def test_mlm_language_too_small_for_a_batch_is_refused_at_start(files, tmp_path):
+    """Batches take turns over the languages: a language with fewer sequences than a micro-batch was let
+    through by the start-up check (which drew batch 0, German) and failed at step 2 with a traceback."""
+    from bembed.training.mlm import MLMStage
+
+    small = U.write_jsonl(tmp_path / "en_small.jsonl", [{"text": "the house"}, {"text": "the river"}])
+    cfg = load_config(PretrainRun, None, [f"data.train=[{{path: {files['de']}, lang: de}}, {{path: {small}, lang: en}}]",
+                                          *_model_overrides(files), *U.train_overrides(tmp_path / "out", 2, batch=8)])
+    with pytest.raises(ValueError, match=r"data.train: the 'en' sequences: the data has 2 rows, fewer than one "
+                                         r"global micro-batch of 8"):
+        Trainer(MLMStage(cfg), cfg.train, to_dict(cfg))
+
+
 def test_mlm_from_a_model_folder_keeps_its_tokenizer(files, tmp_path):
     """Continued pretraining (model.init_from, no model.tokenizer) must tokenise with the folder's tokenizer, not
     train a new one whose ids mean other tokens to the loaded embeddings."""
@@ -416,6 +429,19 @@ def test_updates_use_fused_adamw_and_older_checkpoints_keep_their_update(files, 
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_resume_takes_the_configs_optimizer_hyperparameters(files, tmp_path):
+    """Loading the optimizer state brought back the checkpoint's weight decay, betas and eps, so a resume with
+    new values logged them as changed but trained with the old ones."""
+    stage, cfg = mlm_run(files, tmp_path, 2)
+    _fit(stage, cfg)
+    stage, cfg = mlm_run(files, tmp_path, 3, "train.weight_decay=0.5", "train.betas=[0.5, 0.6]", "train.eps=1e-3")
+    trainer = Trainer(stage, cfg.train, to_dict(cfg))
+    trainer.fit(resume="latest")
+    decay, no_decay = trainer.optimizer.param_groups
+    assert (decay["weight_decay"], no_decay["weight_decay"]) == (0.5, 0.0)
+    assert all(g["betas"] == (0.5, 0.6) and g["eps"] == 1e-3 and g["fused"] for g in (decay, no_decay))
+
+
 @pytest.mark.parametrize("signal_name", ["SIGINT", "SIGTERM"])
 def test_ctrl_c_during_the_optimizer_update_finishes_the_step(files, tmp_path, signal_name):
     """A SIGINT that lands while optimizer.step() updates the weights is held until the step is complete: the
@@ -510,6 +536,10 @@ def test_checkpoints_keep_last_k_and_clear_errors(files, tmp_path):
     (root / "step-00000005" / "model.safetensors").write_bytes(data[: len(data) // 2])
     assert "model.safetensors is corrupt" in resume_error(root / "step-00000005")
     (root / "step-00000005" / "model.safetensors").write_bytes(data)
+    stage, cfg = mlm_run(files, tmp_path, 6, intermediate_size=48)  # another model: a RuntimeError traceback
+    with pytest.raises(ckpt.CheckpointError, match=r"step-00000005: weights do not fit this model \(shape in "
+                                                   r"checkpoint vs model: bert.encoder.layer.0.*\(128, 32\) vs \(96, 32\)"):
+        Trainer(stage, cfg.train, to_dict(cfg)).fit(resume=str(root / "step-00000005"))
     (root / "step-00000005" / "rng-rank0.safetensors").unlink()  # the rank that saved it: resume is not exact
     assert "rng-rank0.safetensors is missing" in resume_error(root / "step-00000005")
     empty = tmp_path / "empty"

@@ -85,7 +85,11 @@ class MLMStage:
 
     def batch(self, index: int, rank: int, world: int, size: int) -> Batch:
         group = self.groups[index % len(self.groups)]
-        rows = epoch_indices(len(self.sequences[group]), size * world, index // len(self.groups), self.cfg.train.seed)
+        try:
+            rows = epoch_indices(len(self.sequences[group]), size * world, index // len(self.groups),
+                                 self.cfg.train.seed)
+        except ValueError as exc:
+            raise ValueError(f"the {group!r} sequences: {exc}") from None
         positions = shard(list(range(len(rows))), rank, world)
         seqs = [self.sequences[group][rows[p]] for p in positions]
         length = max(map(len, seqs))

@@ -202,12 +202,17 @@ class Trainer:
             raise ValueError(f"train.batch_size={config.batch_size} over train.grad_accum={config.grad_accum} gives "
                              f"micro-batches of {micro} rows, which world size {self.world} does not divide")
         self.local_size = micro // self.world
-        try:  # data too small for one batch fails here, as a config error, not at step 1 of the run
-            stage.batch(0, self.rank, self.world, self.local_size)
+        try:  # data too small for one batch fails here, as a config error, not mid-run; a stage whose batches
+            # take turns over groups of its data (MLM's languages) has each group checked
+            for index in range(len(getattr(stage, "groups", ())) or 1):
+                stage.batch(index, self.rank, self.world, self.local_size)
         except ValueError as exc:
             raise ValueError(f"data.train: {exc} (train.batch_size / train.grad_accum)") from None
         self.weighted = getattr(stage, "weighted_batches", False)
         self.model = stage.model.to(self.device)
+        for module in self.model.modules():  # what would fail at step 1 fails now, as a config error
+            if hasattr(module, "check_trainable"):
+                module.check_trainable()
         if config.gradient_checkpointing and hasattr(self.model, "gradient_checkpointing_enable"):
             self.model.gradient_checkpointing_enable()
         self.params = [p for p in self.model.parameters() if p.requires_grad]
@@ -345,6 +350,12 @@ class Trainer:
 
     def load_checkpoint(self, resume: str) -> None:
         path, data = ckpt.load(resume, self.ckpt_root, self.rank, self._all_ranks_ok)
+        current = self.model.state_dict()
+        resized = [f"{name} {tuple(value.shape)} vs {tuple(current[name].shape)}"
+                   for name, value in data["model"].items() if name in current and value.shape != current[name].shape]
+        if resized:  # load_state_dict would raise a RuntimeError that names no checkpoint
+            raise ckpt.CheckpointError(f"checkpoint {path}: weights do not fit this model (shape in checkpoint vs "
+                                       f"model: {'; '.join(resized[:5])})")
         missing, unexpected = self.model.load_state_dict(data["model"], strict=False)
         if missing or unexpected:
             raise ckpt.CheckpointError(f"checkpoint {path}: weights do not fit this model (missing {missing[:5]}, "
@@ -359,6 +370,10 @@ class Trainer:
             ckpt.load_optimizer_state(self.optimizer, data["optimizer"], state["optimizer"])
         except (KeyError, ValueError) as exc:
             raise ckpt.CheckpointError(f"checkpoint {path}: optimizer state does not fit ({exc})") from None
+        # The loaded param groups carry the hyperparameters the checkpoint was written with; the config's win, as
+        # lr, max_steps and max_grad_norm do (a change is logged below). The update's kind (fused or not) stays.
+        for group, weight_decay in zip(self.optimizer.param_groups, (self.cfg.weight_decay, 0.0)):
+            group.update(weight_decay=weight_decay, betas=tuple(self.cfg.betas), eps=self.cfg.eps)
         changed = _config_changes(state.get("config") or {}, json.loads(json.dumps(self.full_config)))
         if changed and self.full_config:
             log.warning("resuming %s with a different config than it was saved with: %s", path, "; ".join(changed))
