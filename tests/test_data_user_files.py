@@ -26,6 +26,16 @@ def test_jsonl_bad_json_names_file_and_line(tmp_path):
         load_user_file(path)
 
 
+@pytest.mark.parametrize("suffix, content, byte", [(".jsonl", '{"text": "ok"}\n{"text": "Gr\xf6\xdfe"}\n', 13),
+                                                   (".csv", "query,document\nGr\xf6\xdfe,Ma\xdf\n", 3)])
+def test_a_file_that_is_not_utf8_names_file_and_line(tmp_path, suffix, content, byte):
+    """The codec's error named a position in a read-ahead block and neither the file nor the line."""
+    path = tmp_path / f"latin1{suffix}"
+    path.write_bytes(content.encode("latin-1"))
+    with pytest.raises(UserDataError, match=rf"latin1\{suffix}:2: not UTF-8 text \(invalid start byte at byte {byte} "):
+        load_user_file(path)
+
+
 def test_skip_mode_counts_problems(tmp_path):
     path = _jsonl(tmp_path / "c.jsonl", [json.dumps({"sentence1": "a", "sentence2": "b", "score": 4.5}),
                                          json.dumps({"sentence1": "a", "sentence2": "b", "score": "high"}),

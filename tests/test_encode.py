@@ -310,6 +310,44 @@ def test_prompts_given_to_from_pretrained_are_merged_over_the_saved_ones(tmp_pat
     assert replaced.prompts == {"document": "d: "} and replaced.default_prompt_name == "document"
 
 
+def test_a_new_passage_prompt_replaces_the_saved_document_copy(folder, embedder):
+    """save_pretrained writes "document" as a copy of "passage" (encode_document takes "document" first): a
+    passage prompt given to from_pretrained left that copy in place, so documents kept the old prefix."""
+    loaded = Embedder.from_pretrained(folder, device="cpu", prompts={"passage": "Represent the document: "})
+    assert loaded.prompts["document"] == loaded.prompts["passage"] == "Represent the document: "
+    np.testing.assert_allclose(loaded.encode_document(TEXTS[:2]),
+                               embedder.encode(TEXTS[:2], prompt="Represent the document: "), rtol=1e-5, atol=1e-6)
+    both = Embedder.from_pretrained(folder, device="cpu", prompts={"passage": "p: ", "document": "d: "})
+    assert (both.prompts["passage"], both.prompts["document"]) == ("p: ", "d: ")  # both given: as given
+
+
+def test_none_for_a_folder_setting_keeps_the_folders_value(tmp_path, embedder):
+    """None means "the default" everywhere in encode; from_pretrained took an explicit None as a value (8192
+    tokens, and bool(None): unnormalised vectors)."""
+    from bembed.model.export import export_sentence_transformers
+
+    path = export_sentence_transformers(embedder.model, embedder.tokenizer, tmp_path / "st", max_seq_length=16)
+    loaded = Embedder.from_pretrained(path, device="cpu", max_seq_length=None, normalize_embeddings=None)
+    assert loaded.max_seq_length == 16 and loaded.normalize_embeddings is True
+    with pytest.raises(TypeError, match="normalize_embeddings must be a bool, got None"):
+        Embedder(embedder.model, embedder.tokenizer, normalize_embeddings=None)
+
+
+def test_folder_errors_name_what_is_wrong(tmp_path, embedder):
+    from bembed.model.export import export_sentence_transformers
+
+    path = export_sentence_transformers(embedder.model, embedder.tokenizer, tmp_path / "st")
+    with pytest.raises(ValueError, match="device 'bogus' is not a torch device"):
+        Embedder.from_pretrained(path, device="bogus")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="device 'cuda': this torch has no usable CUDA device"):
+            Embedder.from_pretrained(path, device="cuda")
+    config = path / "sentence_bert_config.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), "do_lower_case": True}))
+    with pytest.raises(ValueError, match="sets do_lower_case, which bembed does not do"):  # ignored: other vectors
+        Embedder.from_pretrained(path, device="cpu")
+
+
 def test_encode_query_and_document_never_fall_back_to_the_default_prompt(embedder):
     """As sentence-transformers: a model whose only prompt is its default document prompt embeds queries with no
     prompt, not with the document prompt."""

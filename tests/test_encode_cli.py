@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from bembed.encode import Embedder
 from encode_fixtures import TEXTS, embedder, folder, tokenizer  # noqa: F401
@@ -49,6 +50,17 @@ def test_cli_writes_npy_and_parquet_in_input_order(folder, embedder, tmp_path, m
               "--batch-size", "0"])
     with pytest.raises(SystemExit, match="not a local folder"):
         main(["encode", "--model", str(tmp_path / "none"), "--input", str(txt), "--output", str(tmp_path / "v.npy")])
+    latin1 = tmp_path / "latin1.txt"
+    latin1.write_bytes("ok\nGröße\n".encode("latin-1"))
+    with pytest.raises(SystemExit, match=r"--input: .*latin1\.txt:2: not UTF-8 text"):
+        main(["encode", "--model", str(folder), "--input", str(latin1), "--output", str(tmp_path / "v.npy")])
+    for device, message in (("bogus", "device 'bogus' is not a torch device"),
+                            ("cuda:0", "device 'cuda:0': this torch has no usable CUDA device")):
+        if device.startswith("cuda") and torch.cuda.is_available():
+            continue
+        with pytest.raises(SystemExit, match=message):  # were tracebacks
+            main(["encode", "--model", str(folder), "--input", str(txt), "--output", str(tmp_path / "v.npy"),
+                  "--device", device])
 
 
 def test_cli_txt_lines_end_at_newlines_only(folder, embedder, tmp_path):

@@ -159,8 +159,8 @@ def test_a_file_that_is_not_utf8_is_named(tmp_path, capsys):
     latin1 = tmp_path / "de.txt"
     latin1.write_bytes("Größe und Maß\n".encode("latin-1"))
     (tmp_path / "en.txt").write_text("size and measure\n", encoding="utf-8")
-    with pytest.raises(ValueError, match="de.txt: not UTF-8 text"):
+    with pytest.raises(ValueError, match="de.txt:1: not UTF-8 text"):
         train_bilingual_tokenizer(tmp_path / "en.txt", latin1, 400)
     assert main(["tokenizer", "--files", str(tmp_path / "en.txt"), str(latin1), "--out", str(tmp_path / "tok"),
                  "--vocab-size", "400"]) == 2
-    assert "de.txt: not UTF-8 text" in capsys.readouterr().out
+    assert "de.txt:1: not UTF-8 text" in capsys.readouterr().out

@@ -33,6 +33,7 @@ import statistics
 import threading
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from . import late_chunking
@@ -145,6 +146,8 @@ class Embedder:
             max_seq_length = min(model.config.max_position_embeddings,
                                  getattr(tokenizer, "model_max_length", None) or model.config.max_position_embeddings)
         self.max_seq_length = _positive_int(max_seq_length, "max_seq_length", self._special_count() + 1)
+        if not isinstance(normalize_embeddings, (bool, np.bool_)):  # bool(None) was a silent False
+            raise TypeError(f"normalize_embeddings must be a bool, got {normalize_embeddings!r}")
         self.normalize_embeddings = bool(normalize_embeddings)
         self.autocast_dtype = autocast_dtype
         self.name = getattr(model.config, "name_or_path", None) or "bembed"
@@ -166,24 +169,40 @@ class Embedder:
             raise ValueError(f"path {str(path)!r} is not a local folder (bembed never downloads models)")
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"
+        try:
+            device = torch.device(device)
+        except (RuntimeError, TypeError) as exc:
+            raise ValueError(f"device {str(device)!r} is not a torch device ({exc})") from None
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device {str(device)!r}: this torch has no usable CUDA device")
         overrides = {"attention_impl": attention_impl} if attention_impl is not None else {}
         model = JinaBertModel.from_pretrained(folder, dtype=dtype, device=device, **overrides)
         tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
         if (folder / PROMPTS_FILE).is_file():
             saved = json.loads((folder / PROMPTS_FILE).read_text(encoding="utf-8"))
             # As sentence-transformers: the caller's prompts and default override the saved ones, name by name.
-            kwargs["prompts"] = {**(saved.get("prompts") or {}), **(kwargs.get("prompts") or {})}
+            saved_prompts, given = saved.get("prompts") or {}, kwargs.get("prompts") or {}
+            kwargs["prompts"] = {**saved_prompts, **given}
+            # save_pretrained writes "document" as a copy of "passage"/"corpus" (encode_document takes it first):
+            # a new passage/corpus prompt replaces that copy too, or documents would keep the old prefix
+            alias = next((name for name in ("passage", "corpus") if name in given), None)
+            if alias and "document" not in given and saved_prompts.get("document") == saved_prompts.get(alias):
+                kwargs["prompts"]["document"] = given[alias]
             if kwargs.get("default_prompt_name") is None:
                 kwargs["default_prompt_name"] = saved.get("default_prompt_name")
         # The sentence-transformers module settings, so that both libraries embed the folder alike.
         if (folder / ST_CONFIG_FILE).is_file():
             saved = json.loads((folder / ST_CONFIG_FILE).read_text(encoding="utf-8"))
-            kwargs.setdefault("max_seq_length", saved.get("max_seq_length"))
+            if saved.get("do_lower_case"):
+                raise ValueError(f"{folder}: {ST_CONFIG_FILE} sets do_lower_case, which bembed does not do "
+                                 "(sentence-transformers would lowercase the texts and embed them differently)")
+            if kwargs.get("max_seq_length") is None:  # None, as everywhere in encode: the folder's setting
+                kwargs["max_seq_length"] = saved.get("max_seq_length")
         if (folder / MODULES_FILE).is_file():
             modules = json.loads((folder / MODULES_FILE).read_text(encoding="utf-8"))
             _check_modules(folder, modules)
-            kwargs.setdefault("normalize_embeddings",
-                              any(m.get("type", "").endswith(".Normalize") for m in modules))
+            if kwargs.get("normalize_embeddings") is None:
+                kwargs["normalize_embeddings"] = any(m.get("type", "").endswith(".Normalize") for m in modules)
         embedder = cls(model, tokenizer, **kwargs)
         embedder.name = folder.name
         return embedder

@@ -6,19 +6,31 @@ same way as a whole: filled under a temporary sibling name, then renamed into pl
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import glob
 import json
 import os
 import shutil
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 
-def open_user_text(path: str | os.PathLike, newline: str | None = None):
-    """A user's UTF-8 text file for reading. utf-8-sig: Excel's "CSV UTF-8" and Notepad start the file with
-    a byte-order mark, which would otherwise become part of the first text or column name."""
-    return open(path, encoding="utf-8-sig", newline=newline)
+def user_text_lines(path: str | os.PathLike) -> Iterator[tuple[int, str]]:
+    """(line number from 1, line) of a user's UTF-8 text file, each line with its end ("\n", "\r\n" or none
+    at the end of the file; a lone "\r" ends no line). A byte-order mark (Excel's "CSV UTF-8", Notepad) is
+    dropped. Lines are decoded one at a time, so a file that is not UTF-8 fails naming the file and the line,
+    not with a codec error about a position in some read-ahead block."""
+    with open(path, "rb") as handle:
+        for number, raw in enumerate(handle, 1):
+            if number == 1:
+                raw = raw.removeprefix(codecs.BOM_UTF8)
+            try:
+                yield number, raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise ValueError(f"{path}:{number}: not UTF-8 text ({exc.reason} at byte {exc.start + 1} of the "
+                                 "line); save the file as UTF-8") from None
 
 
 def fsync_path(path: str | os.PathLike) -> None:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from bembed.files import open_user_text
+from bembed.files import user_text_lines
 
 logger = logging.getLogger(__name__)
 
@@ -31,14 +31,10 @@ WHITESPACE_PICTURES = ("Ġ", "Ċ", "ĉ", "č")  # its pictures of space, newline
 def _read_lines(path: Path) -> Iterator[str]:
     files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
     for file in files:
-        with open_user_text(file) as handle:
-            try:
-                for line in handle:
-                    line = line.rstrip("\n")
-                    if line.strip():
-                        yield line
-            except UnicodeDecodeError as exc:
-                raise ValueError(f"{file}: not UTF-8 text ({exc.reason} at byte {exc.start} of a block)") from None
+        for _, line in user_text_lines(file):
+            line = line.removesuffix("\n").removesuffix("\r")
+            if line.strip():
+                yield line
 
 
 def read_corpus(source, argument: str) -> list[str]:

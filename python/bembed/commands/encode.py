@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from bembed.files import open_user_text, replacing_file
+from bembed.files import replacing_file, user_text_lines
 
 INPUT_SUFFIXES = (".txt", ".jsonl")
 OUTPUT_SUFFIXES = (".npy", ".parquet")
@@ -38,28 +38,31 @@ def read_texts(path: Path, field: str) -> tuple[list[str], list[dict]]:
         raise ValueError(f"--input: {path} must end in one of {INPUT_SUFFIXES}")
     texts, extras = [], []
     # Lines end at "\n" (or "\r\n") only: a lone "\r" inside a line must not make two texts of one line.
-    with open_user_text(path, newline="\n") as handle:
-        for number, line in enumerate(handle, 1):
-            line = line.removesuffix("\n").removesuffix("\r")
-            if suffix == ".txt":
-                texts.append(line)
-                continue
-            if not line.strip():
-                continue
-            try:
-                item = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise ValueError(f"--input: {path}:{number} is not JSON ({error.msg})") from None
-            if isinstance(item, dict):
-                if not isinstance(item.get(field), str):
-                    raise ValueError(f"--input: {path}:{number} has no string field {field!r} (see --field)")
-                texts.append(item[field])
-                extras.append({k: v for k, v in item.items() if k != field})
-            elif isinstance(item, str):
-                texts.append(item)
-                extras.append({})
-            else:
-                raise ValueError(f"--input: {path}:{number} must be a JSON string or object, got {type(item).__name__}")
+    try:
+        numbered = list(user_text_lines(path))
+    except ValueError as error:
+        raise ValueError(f"--input: {error}") from None
+    for number, line in numbered:
+        line = line.removesuffix("\n").removesuffix("\r")
+        if suffix == ".txt":
+            texts.append(line)
+            continue
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"--input: {path}:{number} is not JSON ({error.msg})") from None
+        if isinstance(item, dict):
+            if not isinstance(item.get(field), str):
+                raise ValueError(f"--input: {path}:{number} has no string field {field!r} (see --field)")
+            texts.append(item[field])
+            extras.append({k: v for k, v in item.items() if k != field})
+        elif isinstance(item, str):
+            texts.append(item)
+            extras.append({})
+        else:
+            raise ValueError(f"--input: {path}:{number} must be a JSON string or object, got {type(item).__name__}")
     return texts, extras
 
 

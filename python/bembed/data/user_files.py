@@ -20,7 +20,7 @@ import math
 from collections.abc import Iterator
 from pathlib import Path
 
-from bembed.files import open_user_text
+from bembed.files import user_text_lines
 
 KINDS = {
     "text": ("text",),
@@ -98,24 +98,23 @@ def _raw_rows(path: Path) -> Iterator[tuple[str, object]]:
     """(location, row or exception) for every record; a location is 'line N' or 'row N'."""
     suffix = path.suffix.lower()
     if suffix == ".jsonl":
-        with open_user_text(path) as f:
-            for n, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    yield f"line {n}", json.loads(line)
-                except json.JSONDecodeError as exc:
-                    yield f"line {n}", ValueError(f"invalid JSON: {exc.msg}")
+        for n, line in user_text_lines(path):
+            if not line.strip():
+                continue
+            try:
+                yield f"line {n}", json.loads(line)
+            except json.JSONDecodeError as exc:
+                yield f"line {n}", ValueError(f"invalid JSON: {exc.msg}")
     elif suffix == ".csv":
-        with open_user_text(path, newline="") as f:
-            reader = csv.DictReader(f)
+        # the csv module wants the lines with their ends (newline=""): quoted cells may span lines
+        reader = csv.DictReader(line for _, line in user_text_lines(path))
+        start = reader.line_num + 1
+        for row in reader:
+            if None in row:  # more cells than header columns
+                yield f"line {start}", ValueError(f"{len(row[None])} cell(s) beyond the header's columns")
+            else:
+                yield f"line {start}", row
             start = reader.line_num + 1
-            for row in reader:
-                if None in row:  # more cells than header columns
-                    yield f"line {start}", ValueError(f"{len(row[None])} cell(s) beyond the header's columns")
-                else:
-                    yield f"line {start}", row
-                start = reader.line_num + 1
     elif suffix == ".parquet":
         import pyarrow.parquet as pq
 
@@ -123,6 +122,16 @@ def _raw_rows(path: Path) -> Iterator[tuple[str, object]]:
             yield f"row {n}", row
     else:
         raise ValueError(f"path must end in one of {FORMATS}, got {path.name!r}")
+
+
+def _user_data_errors(rows: Iterator[tuple[str, object]]) -> Iterator[tuple[str, object]]:
+    """rows, with an error that stops the reading (a file that is not UTF-8) raised as UserDataError."""
+    try:
+        yield from rows
+    except UserDataError:
+        raise
+    except ValueError as exc:
+        raise UserDataError(str(exc)) from None
 
 
 def load_user_file(path, kind: str | None = None, on_error: str = "raise") -> tuple[list[dict], LoadReport]:
@@ -137,7 +146,7 @@ def load_user_file(path, kind: str | None = None, on_error: str = "raise") -> tu
         raise FileNotFoundError(f"no such file: {path}")
     rows: list[dict] = []
     report = LoadReport(path=str(path), kind=kind or "")
-    for where, raw in _raw_rows(path):
+    for where, raw in _user_data_errors(_raw_rows(path)):
         try:
             if isinstance(raw, Exception):
                 raise raw
