@@ -17,7 +17,6 @@
 
 #include <ATen/TensorOperators.h>
 #include <ATen/core/Tensor.h>
-#include <ATen/ops/bmm.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/full.h>
 #include <ATen/ops/zeros.h>
@@ -137,10 +136,22 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> contrastive_forward(const at::Ten
   auto running_max = at::full({B}, -std::numeric_limits<double>::infinity(), acc_opts);
   auto running_sum = at::zeros({B}, acc_opts);
   auto d_lse = at::empty({bidirectional ? B : 0}, acc_opts);
+  // The positive scores s_ii, i ∈ [o, o+B), read out of the strips: the very values the maxima were taken
+  // of, so a positive that is its row's maximum gives running_max − s_ii = 0 exactly. (Scored apart, by
+  // another GEMM, they differ from the strips' by the rounding of 1/τ-sized numbers, ~1e-6: a loss near 0
+  // came out negative.)
+  auto positive = at::empty({B}, acc_opts);
   auto buffer = at::empty({plan.max_strip_elems}, acc_opts);
   for (const auto& strip : plan.strips) {
     auto S = buffer.narrow(0, 0, strip.nr * strip.nc).view({strip.nr, strip.nc});
     kernels.scores(S, q.narrow(0, strip.r0, strip.nr), d.narrow(0, strip.k0, strip.nc), inv_tau);
+    // each positive lies in exactly one strip: the one holding its column (anchor strips hold every row)
+    const int64_t diag_begin = std::max({o, strip.k0, strip.r0});
+    const int64_t ndiag = std::min({o + B, strip.k0 + strip.nc, strip.r0 + strip.nr}) - diag_begin;
+    if (ndiag > 0) {
+      positive.narrow(0, diag_begin - o, ndiag)
+          .copy_(S.narrow(0, diag_begin - strip.r0, ndiag).narrow(1, diag_begin - strip.k0, ndiag).diagonal());
+    }
     if (strip.column_anchors) {
       kernels.anchor_stats(S, strip.nr, strip.nc, o - strip.r0, B, running_max, running_sum,
                            d_lse.narrow(0, strip.k0 - o, strip.nc));
@@ -148,11 +159,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> contrastive_forward(const at::Ten
       kernels.row_stats(S, strip.nr, strip.nc, o - strip.r0, B, running_max, running_sum);
     }
   }
-  auto q_lse = running_max + running_sum.log();
-  // Positive scores s_ii, i ∈ [o, o+B), as B batched dot products (no B×D temporary).
-  auto positive = at::bmm(q.narrow(0, o, B).to(acc).unsqueeze(1), d.narrow(0, o, B).to(acc).unsqueeze(2))
-                      .view({B}) * inv_tau;
-  auto total = (q_lse - positive).sum();
+  const auto log_sum = running_sum.log();
+  auto q_lse = running_max + log_sum;
+  // (max − s_ii) + log Σ: near convergence both max and s_ii are ~1/τ and cancel exactly, where q_lse − s_ii
+  // would keep the rounding of q_lse (one ulp of 1/τ).
+  auto total = ((running_max - positive) + log_sum).sum();
   if (bidirectional) total = total + (d_lse - positive).sum();
   auto loss = (total / static_cast<double>(B)).to(q.scalar_type());
   return {loss, q_lse, d_lse};

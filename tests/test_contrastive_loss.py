@@ -64,6 +64,23 @@ def test_float32_within_torch_error(B, m, D, temperature, bidirectional):
         assert_within_torch_error(a, r, t, what=name)
 
 
+@pytest.mark.parametrize("bidirectional", [True, False])
+def test_float32_loss_near_zero_is_accurate(bidirectional):
+    """A well-trained batch (each positive far above its negatives at τ = 0.02): the exact loss is ~1e-13.
+    The kernel took the positive scores from a separate GEMM, whose rounding of ~1/τ-sized scores differs
+    from the strips' by ~1e-6: the loss came out at −1e-6 (negative), and a single pair gave −5e-7, not 0."""
+    one_q, one_d = (F.normalize(torch.randn(1, 64, generator=torch.Generator().manual_seed(s)), dim=-1) for s in (1, 2))
+    assert bembed_ext.contrastive_loss(one_q, one_d, bidirectional=bidirectional).item() == 0.0
+    for seed in range(10):
+        g = torch.Generator().manual_seed(seed)
+        q = F.normalize(torch.randn(32, 64, generator=g, dtype=torch.float64), dim=-1)
+        d = F.normalize(q + 0.05 * torch.randn(32, 64, generator=g, dtype=torch.float64), dim=-1)
+        kw = dict(temperature=0.02, bidirectional=bidirectional)
+        exact = bembed_ext.contrastive_loss(q, d, **kw).item()
+        ours = bembed_ext.contrastive_loss(q.float(), d.float(), **kw).item()
+        assert abs(ours - exact) <= 1e-7, (seed, ours, exact)
+
+
 def test_unnormalised_large_scores_stay_finite():
     """Scores near ±1000 (no normalisation, τ = 0.01) must not overflow the log-sum-exp. Out of the
     normalised regime the float32 lse carries ulp(|s|) ≈ 6e-5, so the gradients are compared relative to
