@@ -41,21 +41,36 @@ class _AllGatherRows(torch.autograd.Function):
         return grad
 
 
-def check_same_shapes_on_every_rank(op: str, **matrices: torch.Tensor) -> None:
+_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)  # what the gathers carry, by a code
+
+
+def _dtype_name(code: int) -> str:
+    return str(_DTYPES[code]) if code < len(_DTYPES) else f"a dtype of {code - len(_DTYPES)} bytes"
+
+
+def check_same_layout_on_every_rank(op: str, **matrices: torch.Tensor) -> None:
     """ValueError on every rank, naming the argument, unless all ranks pass these 2-D tensors with the same
-    shapes: an all-gather of mismatched sizes aborts the process under gloo and hangs or reads garbage under
-    NCCL. One small collective (and, on GPU, one host sync)."""
+    shapes and dtypes: an all-gather of mismatched sizes aborts the process under gloo and hangs or reads
+    garbage under NCCL. One small collective (and, on GPU, one host sync)."""
     first = next(iter(matrices.values()))
-    mine = torch.tensor([list(m.shape) for m in matrices.values()], dtype=torch.int64, device=first.device)
+    codes = [_DTYPES.index(m.dtype) if m.dtype in _DTYPES else len(_DTYPES) + m.element_size()
+             for m in matrices.values()]
+    mine = torch.tensor([[*m.shape, code] for m, code in zip(matrices.values(), codes)], dtype=torch.int64,
+                        device=first.device)
     world_size = dist.get_world_size()
-    every = mine.new_empty((world_size * mine.shape[0], 2))
+    every = mine.new_empty((world_size * mine.shape[0], 3))
     _all_gather(every, mine)
-    shapes = every.view(world_size, len(matrices), 2).tolist()
-    for rank, rank_shapes in enumerate(shapes):
-        for name, shape, expected in zip(matrices, rank_shapes, shapes[0]):
+    described = every.view(world_size, len(matrices), 3).tolist()
+    for rank, rank_matrices in enumerate(described):
+        for name, (*shape, code), (*expected, expected_code) in zip(matrices, rank_matrices, described[0]):
             if shape != expected:
                 raise ValueError(f"{op}: argument '{name}' must have the same shape on every rank "
-                                 f"(gather_across_ranks=True): rank {rank} has {tuple(shape)}, rank 0 {tuple(expected)}")
+                                 f"(gather_across_ranks=True): rank {rank} has {tuple(shape)}, rank 0 "
+                                 f"{tuple(expected)}")
+            if code != expected_code:
+                raise ValueError(f"{op}: argument '{name}' must have the same dtype on every rank "
+                                 f"(gather_across_ranks=True): rank {rank} has {_dtype_name(code)}, rank 0 "
+                                 f"{_dtype_name(expected_code)}")
 
 
 def all_gather_rows(x: torch.Tensor) -> torch.Tensor:

@@ -193,7 +193,8 @@ def _check_ddp_step(rank, world_size):
 
 
 def _check_uneven_shapes_are_refused(rank, world_size):
-    """A batch one row shorter on the last rank: every rank gets the ValueError (gloo aborted the process)."""
+    """A batch one row shorter, or in another dtype, on the last rank: every rank gets the ValueError (gloo
+    aborted the process)."""
     q, d = _rank_batches(world_size, 3, 1, DIM, seed=5)
     queries = q[rank][:2] if rank == world_size - 1 else q[rank]
     documents = d[rank][:4] if rank == world_size - 1 else d[rank]
@@ -203,6 +204,16 @@ def _check_uneven_shapes_are_refused(rank, world_size):
         assert "'queries' must have the same shape on every rank" in str(error) and "(2, 5)" in str(error), error
     else:
         raise AssertionError("uneven shapes across ranks were not refused")
+    # the same shapes in another dtype on the last rank: as many rows, other byte counts (gloo aborted)
+    if rank == world_size - 1:
+        q[rank], d[rank] = q[rank].float(), d[rank].float()
+    try:
+        bembed_ext.contrastive_loss(q[rank], d[rank], gather_across_ranks=True)
+    except ValueError as error:
+        assert "'queries' must have the same dtype on every rank" in str(error), error
+        assert "rank 1 has torch.float32, rank 0 torch.float64" in str(error), error
+    else:
+        raise AssertionError("different dtypes across ranks were not refused")
 
 
 # ----------------------------------------------------------------------------------------------------

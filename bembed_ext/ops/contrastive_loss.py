@@ -36,7 +36,7 @@ import numbers
 import torch
 import torch.nn.functional as F
 
-from ..distributed import all_gather_rows, check_same_shapes_on_every_rank, require_process_group
+from ..distributed import all_gather_rows, check_same_layout_on_every_rank, require_process_group
 from ._autograd import first_order_only
 from ._dispatch import use_reference
 
@@ -170,7 +170,7 @@ def contrastive_loss(queries: torch.Tensor, documents: torch.Tensor, *, temperat
     world_size, rank = 1, 0
     if gather_across_ranks:
         world_size, rank = require_process_group(_NAME)
-        check_same_shapes_on_every_rank(_NAME, queries=queries, documents=documents)
+        check_same_layout_on_every_rank(_NAME, queries=queries, documents=documents)
         queries, documents = _gather_global_batch(queries, documents, world_size)
     if use_reference(impl):
         return _rank_loss_reference(queries, documents, temperature, bidirectional, world_size, rank)
