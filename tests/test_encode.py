@@ -179,6 +179,9 @@ def test_sentence_transformers_keywords_and_methods(embedder, caplog):
     assert embedder.max_seq_length == embedder.model.config.max_position_embeddings
     embedder.max_seq_length = 8
     np.testing.assert_allclose(embedder.encode(TEXTS[0]), embedder.encode(TEXTS[0], max_length=8), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="max_seq_length must be >= 3, got 1"):  # where it is set, by its name
+        embedder.max_seq_length = 1
+    assert embedder.max_seq_length == 8
 
     with caplog.at_level(logging.WARNING, logger="bembed.encode"):
         both = embedder.encode(TEXTS[:2], prompt="", prompt_name="query")

@@ -145,7 +145,7 @@ class Embedder:
         if max_seq_length is None:  # as sentence-transformers: the tokenizer's limit counts too
             max_seq_length = min(model.config.max_position_embeddings,
                                  getattr(tokenizer, "model_max_length", None) or model.config.max_position_embeddings)
-        self.max_seq_length = _positive_int(max_seq_length, "max_seq_length", self._special_count() + 1)
+        self.max_seq_length = max_seq_length
         if not isinstance(normalize_embeddings, (bool, np.bool_)):  # bool(None) was a silent False
             raise TypeError(f"normalize_embeddings must be a bool, got {normalize_embeddings!r}")
         self.normalize_embeddings = bool(normalize_embeddings)
@@ -219,6 +219,16 @@ class Embedder:
                                             default_prompt_name=self.default_prompt_name)
 
     # ---- properties ---------------------------------------------------------------------------------
+
+    @property
+    def max_seq_length(self) -> int:
+        return self._max_seq_length
+
+    @max_seq_length.setter
+    def max_seq_length(self, value: int) -> None:
+        # checked where it is set (as sentence-transformers users do: `model.max_seq_length = 256`), not at the
+        # next encode under the name of an argument the caller never passed
+        self._max_seq_length = _positive_int(value, "max_seq_length", self._special_count() + 1)
 
     @property
     def dim(self) -> int:
