@@ -101,6 +101,7 @@ def test_config_refuses_keys_that_would_do_nothing_and_accepts_no_clipping():
     ("multitask.sts_loss=foo", "multitask.sts_loss must be pearson | mse | cosent | none"),
     ("multitask.score_max=.inf", "multitask.score_max must be > 0 and finite"),
     ("align.beta=.nan", "align.beta must be ≥ 0 and finite"),
+    ("data.train=[{path: a.jsonl, weight: 2}]", "weight must be unset \\(only multitask draws"),  # did nothing
 ])
 def test_config_rejects_out_of_range_values(override, message):
     """Caught at load time, naming the field: they crashed deep inside training (an infinite weight in
@@ -110,6 +111,13 @@ def test_config_rejects_out_of_range_values(override, message):
     run = {"multitask": MultitaskRun, "align": AlignRun}.get(section, PairsRun)
     with pytest.raises(ValueError, match=message):
         load_config(run, None, [override])
+
+
+def test_multitask_weights_are_set_on_every_source_or_none():
+    """A source without a weight weighs its row count: a weight of 2 beside one was drawn almost never."""
+    with pytest.raises(ValueError, match="data.train weights must be set on every source or on none"):
+        load_config(MultitaskRun, None, ["data.train=[{path: a.jsonl, weight: 2}, {path: b.jsonl}]"])
+    load_config(MultitaskRun, None, ["data.train=[{path: a.jsonl, weight: 2}, {path: b.jsonl, weight: 1}]"])
 
 
 def test_configs_edited_after_loading_are_checked_where_used():

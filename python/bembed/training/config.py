@@ -128,8 +128,8 @@ class ModelConfig(Checked):
 @dataclasses.dataclass
 class Source(Checked):
     """One data source: a jsonl/csv/parquet file, or a dataset folder written by `bembed data build`
-    (read with `split`). `lang` tags text for language-alternating MLM batches; `weight` overrides the
-    size-proportional sampling of multi-task training; `max_rows` keeps the first rows only."""
+    (read with `split`). `lang` tags text for language-alternating MLM batches; `weight` (multi-task only, on
+    every source or none) overrides its size-proportional sampling; `max_rows` keeps the first rows only."""
 
     path: str = ""
     split: str = "train"
@@ -210,8 +210,18 @@ class AlignConfig(Checked):
         _require(0 <= self.beta < math.inf, "align.beta", "≥ 0 and finite", self.beta)
 
 
+class _UnweightedSources(Checked):
+    """A stage that reads its sources as one stream: a source `weight` would do nothing, so it is refused."""
+
+    def validate(self) -> None:
+        super().validate()
+        for source in self.data.train:
+            _require(source.weight is None, f"data source {source.path}: weight",
+                     "unset (only multitask draws its sources by weight)", source.weight)
+
+
 @dataclasses.dataclass
-class PretrainRun(Checked):
+class PretrainRun(_UnweightedSources):
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
@@ -219,7 +229,7 @@ class PretrainRun(Checked):
 
 
 @dataclasses.dataclass
-class PairsRun(Checked):
+class PairsRun(_UnweightedSources):
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
@@ -233,9 +243,18 @@ class MultitaskRun(Checked):
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
     multitask: MultitaskConfig = dataclasses.field(default_factory=MultitaskConfig)
 
+    def validate(self) -> None:
+        super().validate()
+        # A source without a weight weighs its row count: a weight of 2 next to 50,000 rows would be drawn
+        # almost never. Either all sources say how often they are drawn, or the sizes decide for all.
+        weighted = [s.weight is not None for s in self.data.train]
+        _require(all(weighted) or not any(weighted), "data.train weights",
+                 "set on every source or on none (without one a source weighs its row count)",
+                 [s.weight for s in self.data.train])
+
 
 @dataclasses.dataclass
-class AlignRun(Checked):
+class AlignRun(_UnweightedSources):
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
