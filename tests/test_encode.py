@@ -334,6 +334,8 @@ def test_none_for_a_folder_setting_keeps_the_folders_value(tmp_path, embedder):
     assert loaded.max_seq_length == 16 and loaded.normalize_embeddings is True
     with pytest.raises(TypeError, match="normalize_embeddings must be a bool, got None"):
         Embedder(embedder.model, embedder.tokenizer, normalize_embeddings=None)
+    (path / "modules.json").unlink()  # a plain Hugging Face folder: None is Embedder's default there
+    assert Embedder.from_pretrained(path, device="cpu", normalize_embeddings=None).normalize_embeddings is True
 
 
 def test_folder_errors_name_what_is_wrong(tmp_path, embedder):

@@ -175,6 +175,10 @@ class Embedder:
             raise ValueError(f"device {str(device)!r} is not a torch device ({exc})") from None
         if device.type == "cuda" and not torch.cuda.is_available():
             raise ValueError(f"device {str(device)!r}: this torch has no usable CUDA device")
+        # None, as everywhere in encode, means "the default": here the folder's setting (or Embedder's default)
+        for key in ("max_seq_length", "normalize_embeddings"):
+            if key in kwargs and kwargs[key] is None:
+                del kwargs[key]
         overrides = {"attention_impl": attention_impl} if attention_impl is not None else {}
         model = JinaBertModel.from_pretrained(folder, dtype=dtype, device=device, **overrides)
         tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
@@ -196,13 +200,12 @@ class Embedder:
             if saved.get("do_lower_case"):
                 raise ValueError(f"{folder}: {ST_CONFIG_FILE} sets do_lower_case, which bembed does not do "
                                  "(sentence-transformers would lowercase the texts and embed them differently)")
-            if kwargs.get("max_seq_length") is None:  # None, as everywhere in encode: the folder's setting
-                kwargs["max_seq_length"] = saved.get("max_seq_length")
+            kwargs.setdefault("max_seq_length", saved.get("max_seq_length"))
         if (folder / MODULES_FILE).is_file():
             modules = json.loads((folder / MODULES_FILE).read_text(encoding="utf-8"))
             _check_modules(folder, modules)
-            if kwargs.get("normalize_embeddings") is None:
-                kwargs["normalize_embeddings"] = any(m.get("type", "").endswith(".Normalize") for m in modules)
+            kwargs.setdefault("normalize_embeddings",
+                              any(m.get("type", "").endswith(".Normalize") for m in modules))
         embedder = cls(model, tokenizer, **kwargs)
         embedder.name = folder.name
         return embedder
