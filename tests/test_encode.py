@@ -138,6 +138,12 @@ def test_non_string_items_raise_naming_the_index(embedder, bad, index):
         embedder.encode(bad)
 
 
+def test_a_lone_surrogate_is_named_by_its_index(embedder):
+    """The tokenizer's TypeError ("TextEncodeInput must be Union[...]") named neither the text nor the problem."""
+    with pytest.raises(ValueError, match=r"texts\[1\] is not valid Unicode \(surrogates not allowed at character 3"):
+        embedder.encode(["fine", "bad\ud800", "fine too"])
+
+
 def test_bad_arguments_are_named(embedder):
     with pytest.raises(TypeError, match="texts"):
         embedder.encode(42)

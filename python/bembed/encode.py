@@ -440,8 +440,17 @@ class Embedder:
 
     def _tokenize(self, texts: list[str]) -> tuple[list[list[int]], list[int], list[int]]:
         """Full (untruncated) token ids with specials, and the counts of leading and trailing specials."""
-        encoded = self.tokenizer(texts, add_special_tokens=True, truncation=False, verbose=False,
-                                 return_special_tokens_mask=True, return_attention_mask=False)
+        try:
+            encoded = self.tokenizer(texts, add_special_tokens=True, truncation=False, verbose=False,
+                                     return_special_tokens_mask=True, return_attention_mask=False)
+        except TypeError:  # the tokenizer's message ("TextEncodeInput must be ...") names no text
+            for i, text in enumerate(texts):
+                try:
+                    text.encode("utf-8")
+                except UnicodeEncodeError as exc:
+                    raise ValueError(f"texts[{i}] is not valid Unicode ({exc.reason} at character "
+                                     f"{exc.start}, prompt included)") from None
+            raise
         ids, masks = encoded["input_ids"], encoded["special_tokens_mask"]
         lead = [self._leading(m) for m in masks]
         trail = [min(self._leading(m[::-1]), len(m) - n) for m, n in zip(masks, lead)]
