@@ -456,3 +456,14 @@ def test_l8192_extra_memory_at_most_64mb(direction):
     result = subprocess.run(command, capture_output=True, text=True, check=True, timeout=600)
     measured = json.loads(result.stdout.strip().splitlines()[-1])
     assert measured["extra_mb"] <= 64, measured
+
+
+def test_forward_mode_ad_raises_instead_of_zero_tangents():
+    q, k, v = _qkv((2, 5, 2, 8), torch.float64)
+    slopes = bembed_ext.alibi_slopes(2)
+    with pytest.raises(NotImplementedError, match="bembed.alibi_attention: the kernel has no forward-mode"):
+        torch.func.jvp(lambda a: attention(a, k, v, slopes), (q,), (torch.randn_like(q),))
+    cu_seqlens = torch.tensor([0, 4, 10], dtype=torch.int32)
+    q, k, v = (t.reshape(10, 2, 8) for t in (q, k, v))
+    with pytest.raises(NotImplementedError, match="bembed.alibi_attention_varlen: the kernel has no forward-mode"):
+        torch.func.jvp(lambda a: attention_varlen(a, k, v, cu_seqlens, 6, slopes), (q,), (torch.randn_like(q),))

@@ -313,3 +313,9 @@ def test_cuda_rank_share_and_opcheck():
                                    rtol=1e-4, atol=1e-4)
     torch.library.opcheck(FWD, (q.detach().float().requires_grad_(), d.detach().float().requires_grad_(),
                                 0.05, True, 1, 0))
+
+
+def test_forward_mode_ad_raises_instead_of_zero_tangents():
+    q, d = _inputs(3, 1, 8)
+    with pytest.raises(NotImplementedError, match="bembed.contrastive_loss: the kernel has no forward-mode"):
+        torch.func.jvp(lambda a: bembed_ext.contrastive_loss(a, d), (q,), (torch.randn_like(q),))

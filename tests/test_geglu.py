@@ -147,3 +147,19 @@ def test_cuda_mixed_devices_rejected():
     x = torch.randn(2, 8, device="cuda")
     with pytest.raises(ValueError, match="'grad_out' is on"):
         torch.ops.bembed.geglu_backward(torch.randn(2, 4), x)
+
+
+@pytest.mark.parametrize("mode", ["jvp", "forward_ad"])
+def test_forward_mode_ad_raises_instead_of_zero_tangents(mode):
+    """torch gives a custom op no forward-mode rule and returned zero (jvp) or no (forward_ad) tangents."""
+    import torch.autograd.forward_ad as forward_ad
+
+    x, tangent = torch.randn(3, 8, dtype=torch.float64), torch.randn(3, 8, dtype=torch.float64)
+    with pytest.raises(NotImplementedError, match="bembed.geglu: the kernel has no forward-mode derivative"):
+        if mode == "jvp":
+            torch.func.jvp(bembed_ext.geglu, (x,), (tangent,))
+        else:
+            with forward_ad.dual_level():
+                bembed_ext.geglu(forward_ad.make_dual(x, tangent))
+    _, reference = torch.func.jvp(lambda a: bembed_ext.geglu(a, impl="reference"), (x,), (tangent,))
+    assert reference.abs().max() > 0

@@ -1,10 +1,12 @@
-"""What the ops' autograd registrations share: refusing a double backward that the kernels cannot give."""
+"""What the ops' autograd registrations share: refusing the derivatives the kernels cannot give (a double
+backward, forward mode) instead of returning wrong ones."""
 
 from __future__ import annotations
 
 import functools
 
 import torch
+import torch.autograd.forward_ad as forward_ad
 
 
 class _RaiseWhenDifferentiated(torch.autograd.Function):
@@ -45,3 +47,14 @@ def first_order_only(op: str):
         return wrapper
 
     return decorate
+
+
+def refuse_forward_ad(op: str, *tensors: torch.Tensor | None) -> None:
+    """Raises when an input carries a forward-mode tangent (torch.func.jvp / jacfwd, torch.autograd.forward_ad):
+    torch has no forward-mode rule for a custom op with register_autograd and silently gives zero tangents."""
+    if torch.compiler.is_compiling():
+        return
+    for t in tensors:
+        if t is not None and forward_ad.unpack_dual(t).tangent is not None:
+            raise NotImplementedError(f"bembed.{op}: the kernel has no forward-mode derivative (torch.func.jvp, "
+                                      "jacfwd, forward_ad); use impl='reference'")

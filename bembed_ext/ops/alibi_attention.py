@@ -14,7 +14,7 @@ import numbers
 
 import torch
 
-from ._autograd import first_order_only
+from ._autograd import first_order_only, refuse_forward_ad
 from ._dispatch import use_reference
 
 _OPS = torch.ops.bembed
@@ -266,6 +266,7 @@ def alibi_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, alibi_slo
         _check_like_the_kernels("alibi_attention", q, k, v, alibi_slopes, key_padding_mask=key_padding_mask)
         return alibi_attention_reference(q, k, v, alibi_slopes, key_padding_mask=key_padding_mask,
                                          softmax_scale=scale)
+    refuse_forward_ad("alibi_attention", q, k, v)
     out, _ = _OPS.alibi_attention_fwd(q, k, v, key_padding_mask, alibi_slopes, scale)
     return out
 
@@ -290,6 +291,7 @@ def alibi_attention_varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu
         _check_like_the_kernels("alibi_attention_varlen", q, k, v, alibi_slopes, cu_seqlens=cu_seqlens,
                                 max_seqlen=max_seqlen)
         return alibi_attention_varlen_reference(q, k, v, cu_seqlens, max_seqlen, alibi_slopes, softmax_scale=scale)
+    refuse_forward_ad("alibi_attention_varlen", q, k, v)
     if not isinstance(max_seqlen, torch.SymInt):  # a SymInt (torch.compile) goes to the op as it is
         max_seqlen = int(max_seqlen)
     out, _ = _OPS.alibi_attention_varlen_fwd(q, k, v, cu_seqlens, max_seqlen, alibi_slopes, scale)

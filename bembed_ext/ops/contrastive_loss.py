@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from ..distributed import all_gather_rows, check_same_layout_on_every_rank, require_process_group
-from ._autograd import first_order_only
+from ._autograd import first_order_only, refuse_forward_ad
 from ._dispatch import use_reference
 
 _OPS = torch.ops.bembed
@@ -174,4 +174,5 @@ def contrastive_loss(queries: torch.Tensor, documents: torch.Tensor, *, temperat
         queries, documents = _gather_global_batch(queries, documents, world_size)
     if use_reference(impl):
         return _rank_loss_reference(queries, documents, temperature, bidirectional, world_size, rank)
+    refuse_forward_ad(_NAME, queries, documents)
     return _OPS.contrastive_loss_fwd(queries, documents, temperature, bidirectional, world_size, rank)[0]

@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ._autograd import first_order_only
+from ._autograd import first_order_only, refuse_forward_ad
 from ._dispatch import use_reference
 
 
@@ -59,4 +59,5 @@ def geglu(x: torch.Tensor, *, impl: str | None = None) -> torch.Tensor:
         raise ValueError(f"geglu: argument 'x' must have an even last dimension (..., 2I), got shape {list(x.shape)}")
     if use_reference(impl):
         return geglu_reference(x)
+    refuse_forward_ad("geglu", x)
     return torch.ops.bembed.geglu(x)
