@@ -17,6 +17,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 
+class NotUTF8Error(ValueError):
+    """A user's text file with a line that is not UTF-8; the message names the file and the line."""
+
+
 def user_text_lines(path: str | os.PathLike) -> Iterator[tuple[int, str]]:
     """(line number from 1, line) of a user's UTF-8 text file, each line with its end ("\n", "\r\n" or none
     at the end of the file; a lone "\r" ends no line). A byte-order mark (Excel's "CSV UTF-8", Notepad) is
@@ -27,10 +31,11 @@ def user_text_lines(path: str | os.PathLike) -> Iterator[tuple[int, str]]:
             if number == 1:
                 raw = raw.removeprefix(codecs.BOM_UTF8)
             try:
-                yield number, raw.decode("utf-8")
+                line = raw.decode("utf-8")
             except UnicodeDecodeError as exc:
-                raise ValueError(f"{path}:{number}: not UTF-8 text ({exc.reason} at byte {exc.start + 1} of the "
-                                 "line); save the file as UTF-8") from None
+                raise NotUTF8Error(f"{path}:{number}: not UTF-8 text ({exc.reason} at byte {exc.start + 1} of the "
+                                   "line); save the file as UTF-8") from None
+            yield number, line
 
 
 def fsync_path(path: str | os.PathLike) -> None:

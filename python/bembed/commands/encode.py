@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from bembed.files import replacing_file, user_text_lines
+from bembed.files import NotUTF8Error, replacing_file, user_text_lines
 
 INPUT_SUFFIXES = (".txt", ".jsonl")
 OUTPUT_SUFFIXES = (".npy", ".parquet")
@@ -38,11 +38,7 @@ def read_texts(path: Path, field: str) -> tuple[list[str], list[dict]]:
         raise ValueError(f"--input: {path} must end in one of {INPUT_SUFFIXES}")
     texts, extras = [], []
     # Lines end at "\n" (or "\r\n") only: a lone "\r" inside a line must not make two texts of one line.
-    try:
-        numbered = list(user_text_lines(path))
-    except ValueError as error:
-        raise ValueError(f"--input: {error}") from None
-    for number, line in numbered:
+    for number, line in user_text_lines(path):  # a line that is not UTF-8: NotUTF8Error, which run() reports
         line = line.removesuffix("\n").removesuffix("\r")
         if suffix == ".txt":
             texts.append(line)
@@ -117,6 +113,8 @@ def run(args) -> int:
     try:
         texts, extras = read_texts(Path(args.input), args.field)
         columns = extra_columns(extras) if parquet else {}
+    except NotUTF8Error as error:
+        raise SystemExit(f"--input: {error}") from None
     except (OSError, ValueError) as error:
         raise SystemExit(str(error)) from None
     try:  # a bad option value (--batch-size 0, an unknown --prompt-name, --model not a folder) is one line

@@ -20,7 +20,7 @@ import math
 from collections.abc import Iterator
 from pathlib import Path
 
-from bembed.files import user_text_lines
+from bembed.files import NotUTF8Error, user_text_lines
 
 KINDS = {
     "text": ("text",),
@@ -125,12 +125,10 @@ def _raw_rows(path: Path) -> Iterator[tuple[str, object]]:
 
 
 def _user_data_errors(rows: Iterator[tuple[str, object]]) -> Iterator[tuple[str, object]]:
-    """rows, with an error that stops the reading (a file that is not UTF-8) raised as UserDataError."""
+    """rows, with a file that is not UTF-8 (which stops the reading) raised as UserDataError."""
     try:
         yield from rows
-    except UserDataError:
-        raise
-    except ValueError as exc:
+    except NotUTF8Error as exc:
         raise UserDataError(str(exc)) from None
 
 

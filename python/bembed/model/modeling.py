@@ -270,10 +270,14 @@ class JinaBertModel(JinaBertPreTrainedModel):
         """Raises ValueError when training this model would fail at its first forward (the trainer asks before
         step 1): attention dropout on the fused path, which has none."""
         if self.config.attention_impl == "bembed":
-            self._check_attention_dropout(training=True)
+            self._refuse_attention_dropout()
 
-    def _check_attention_dropout(self, training: bool | None = None) -> None:
-        if (self.training if training is None else training) and self.config.attention_probs_dropout_prob > 0:
+    def _check_attention_dropout(self) -> None:
+        if self.training:
+            self._refuse_attention_dropout()
+
+    def _refuse_attention_dropout(self) -> None:
+        if self.config.attention_probs_dropout_prob > 0:
             raise ValueError(
                 f"attention_probs_dropout_prob={self.config.attention_probs_dropout_prob}: the bembed attention "
                 "kernels have no dropout. Set attention_probs_dropout_prob=0 (as the released JinaBERT models do) "
