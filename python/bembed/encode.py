@@ -38,6 +38,7 @@ import torch
 
 from . import late_chunking
 from .model import JinaBertModel
+from .model.export import document_alias
 from .model.pooling import mean_pool_packed, normalize
 from .quantize import PRECISIONS, quantize_embeddings
 
@@ -189,7 +190,7 @@ class Embedder:
             kwargs["prompts"] = {**saved_prompts, **given}
             # save_pretrained writes "document" as a copy of "passage"/"corpus" (encode_document takes it first):
             # a new passage/corpus prompt replaces that copy too, or documents would keep the old prefix
-            alias = next((name for name in ("passage", "corpus") if name in given), None)
+            alias = document_alias(given)
             if alias and "document" not in given and saved_prompts.get("document") == saved_prompts.get(alias):
                 kwargs["prompts"]["document"] = given[alias]
             if kwargs.get("default_prompt_name") is None:

@@ -19,6 +19,11 @@ def _write_json(path: Path, value) -> None:
     path.write_text(json.dumps(value, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
+def document_alias(prompts: dict[str, str]) -> str | None:
+    """The prompt whose prefix the exported "document" prompt copies: "passage", else "corpus", else none."""
+    return next((name for name in ("passage", "corpus") if name in prompts), None)
+
+
 def export_sentence_transformers(model: JinaBertModel, tokenizer, path: str | os.PathLike, *,
                                  max_seq_length: int | None = None, normalize: bool = True,
                                  prompts: dict[str, str] | None = None, default_prompt_name: str | None = None) -> Path:
@@ -38,7 +43,7 @@ def export_sentence_transformers(model: JinaBertModel, tokenizer, path: str | os
     prompts = dict(prompts or {})
     # sentence-transformers gives every model an empty "document" prompt, which encode_document takes before
     # "passage" or "corpus": without its own "document" the folder's documents would be embedded unprompted.
-    alias = next((name for name in ("passage", "corpus") if name in prompts), None)
+    alias = document_alias(prompts)
     if alias and "document" not in prompts:
         prompts["document"] = prompts[alias]
     if default_prompt_name is not None and default_prompt_name not in prompts:
