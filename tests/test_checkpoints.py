@@ -1,6 +1,6 @@
 """The checkpoint folder on its own (bembed.training.checkpoint): atomic finalize and pruning, what a kill
 between its renames leaves, fsync order, abandoned histories, and the ranks' agreement on what to resume from.
-The trainer's use of it (exact resume, Ctrl-C) is tested in test_training_stages.py."""
+The trainer's use of it (exact resume, Ctrl-C) is tested in test_trainer_core.py."""
 
 import json
 
