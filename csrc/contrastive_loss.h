@@ -9,16 +9,23 @@
 // s_ik = q_i·d_k / τ. world_size = 1, rank = 0 is the ordinary single-process loss.
 //
 // The scores are never materialised: the driver walks column strips of S (a block of documents against the
-// query rows that need it), one GEMM per strip, and folds each strip into an online log-sum-exp per query
-// (rows) and an exact one per positive document (a strip holds whole columns). Backward recomputes each
-// strip, turns it into dL/dS in place and applies two GEMMs. The device only supplies the strip GEMMs and
-// three elementwise passes (see `Kernels` below).
+// query rows that need it), one GEMM per strip, and folds each strip into an online (max, sum-of-exp) per
+// query (rows) and an exact one per positive document (a strip holds whole columns). Backward recomputes
+// each strip, turns it into dL/dS in place and applies two GEMMs. The device only supplies the strip GEMMs
+// and three elementwise passes (see `Kernels` below).
+//
+// Precision. The statistics are kept as (shift c, sum Σ exp(s − c)), never folded into one log-sum-exp
+// c + log Σ: at |s| ~ 1/τ that sum would round log Σ to a unit of ~1/τ's last place (2e-6 at τ = 0.05),
+// and every probability exp(s − lse) would carry it. With the shift kept apart, s − c is exact for the
+// scores that matter (Sterbenz) and the probabilities are as accurate as PyTorch's log_softmax makes them.
+// The positives' own gradient, p_ii − 1 per direction, is tiny near convergence and is worst computed as
+// a probability minus 1; the forward saves it as expm1(−t) of each anchor's exact loss term t.
 #pragma once
 
 #include <ATen/TensorOperators.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
-#include <ATen/ops/full.h>
+#include <ATen/ops/expm1.h>
 #include <ATen/ops/zeros.h>
 
 #include <algorithm>
@@ -51,18 +58,23 @@ inline void check_contrastive_inputs(const at::Tensor& queries, const at::Tensor
                     rank);
 }
 
-inline void check_contrastive_saved(const at::Tensor& grad_loss, const at::Tensor& queries, const at::Tensor& q_lse,
-                                    const at::Tensor& d_lse, bool bidirectional, int64_t world_size, const char* op) {
+inline void check_contrastive_saved(const at::Tensor& grad_loss, const at::Tensor& queries,
+                                    const at::Tensor& row_stats, const at::Tensor& col_stats,
+                                    const at::Tensor& positive_grad, bool bidirectional, int64_t world_size,
+                                    const char* op) {
   const int64_t B = queries.size(0) / world_size;
   TORCH_CHECK_VALUE(grad_loss.dim() == 0, op, ": 'grad_loss' must be a scalar, got shape ", grad_loss.sizes());
   check_same_device(grad_loss, queries, op, "grad_loss", "queries");
-  check_same_device(q_lse, queries, op, "q_lse", "queries");
-  check_same_device(d_lse, queries, op, "d_lse", "queries");
-  TORCH_CHECK_VALUE(q_lse.dim() == 1 && q_lse.size(0) == B, op, ": 'q_lse' must have shape (", B, "), got ",
-                    q_lse.sizes());
-  const int64_t expected = bidirectional ? B : 0;
-  TORCH_CHECK_VALUE(d_lse.dim() == 1 && d_lse.size(0) == expected, op, ": 'd_lse' must have shape (", expected,
-                    "), got ", d_lse.sizes());
+  check_same_device(row_stats, queries, op, "row_stats", "queries");
+  check_same_device(col_stats, queries, op, "col_stats", "queries");
+  check_same_device(positive_grad, queries, op, "positive_grad", "queries");
+  TORCH_CHECK_VALUE(row_stats.dim() == 2 && row_stats.size(0) == 2 && row_stats.size(1) == B, op,
+                    ": 'row_stats' must have shape (2, ", B, "), got ", row_stats.sizes());
+  const int64_t columns = bidirectional ? B : 0;
+  TORCH_CHECK_VALUE(col_stats.dim() == 2 && col_stats.size(0) == 2 && col_stats.size(1) == columns, op,
+                    ": 'col_stats' must have shape (2, ", columns, "), got ", col_stats.sizes());
+  TORCH_CHECK_VALUE(positive_grad.dim() == 1 && positive_grad.size(0) == B, op,
+                    ": 'positive_grad' must have shape (", B, "), got ", positive_grad.sizes());
 }
 
 // One column strip: documents [k0, k0+nc) scored against queries [r0, r0+nr). Strips of positive documents
@@ -109,21 +121,25 @@ inline ContrastivePlan make_contrastive_plan(int64_t M, int64_t K, int64_t dim, 
 // A Kernels object supplies, for a strip S (nr × nc scores s = q·d/τ, contiguous, acc_t = float or double):
 //   scores(S, q_rows, d_cols, inv_tau) S = q_rows · d_colsᵀ / τ (in acc_t, rounded once)
 //   row_stats(S, nr, nc, lr0, nl, M, L)
-//        online update of running max M and sum L (length nl, this rank's queries) with rows lr0..lr0+nl-1
-//   anchor_stats(S, nr, nc, lr0, nl, M, L, lse)
-//        row_stats, plus the exact log-sum-exp over all nr rows of each column (column-anchor strips)
-//   scores_to_grad(S, nr, nc, lr0, nl, row_lse, col_lse|nullptr, coef, diag_row, diag_col, ndiag, w)
-//        S ← coef·(exp(S − row_lse) on local rows + exp(S − col_lse) when col_lse), then subtract coef·w
-//        on the ndiag diagonal entries (diag_row + t, diag_col + t) (the positives)
+//        online update of running max M and sum L = Σ exp(s − M) (length nl, this rank's queries) with
+//        rows lr0..lr0+nl-1
+//   anchor_stats(S, nr, nc, lr0, nl, M, L, col_shift, col_sum)
+//        row_stats, plus each column's (shift c, Σ over all nr rows of exp(s − c)) for any c at least the
+//        column's maximum (the column-anchor strips)
+//   scores_to_grad(S, nr, nc, lr0, nl, row_max, row_scale, col_shift|nullptr, col_scale|nullptr,
+//                  diag_row, diag_col, ndiag, diag_values)
+//        S ← exp(s − row_max)·row_scale on local rows + exp(s − col_shift)·col_scale when given, then the
+//        ndiag diagonal entries (diag_row + t, diag_col + t) (the positives) ← diag_values[t]
 //   grad_operand(S)                    the tensor used as dL/dS in the gradient GEMMs (S, or a copy in the
 //                                      input dtype that scores_to_grad wrote)
 //   accumulate(C, A, B)                C += A·B (C in acc_t)
 //   acc_dtype(scalar type), budget     accumulation dtype; scores per strip
+// Returns (loss, row_stats (2, B): running max and sum per anchor query, col_stats (2, B or 0): shift and
+// sum per anchor document, positive_grad (B): Σ over directions of p_ii − 1).
 template <class Kernels>
-std::tuple<at::Tensor, at::Tensor, at::Tensor> contrastive_forward(const at::Tensor& queries,
-                                                                   const at::Tensor& documents, double temperature,
-                                                                   bool bidirectional, int64_t world_size,
-                                                                   int64_t rank, Kernels& kernels) {
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> contrastive_forward(
+    const at::Tensor& queries, const at::Tensor& documents, double temperature, bool bidirectional,
+    int64_t world_size, int64_t rank, Kernels& kernels) {
   const auto q = queries.contiguous();
   const auto d = documents.contiguous();
   const auto plan =
@@ -133,13 +149,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> contrastive_forward(const at::Ten
   const auto acc_opts = q.options().dtype(acc);
   const double inv_tau = 1.0 / temperature;
 
-  auto running_max = at::full({B}, -std::numeric_limits<double>::infinity(), acc_opts);
-  auto running_sum = at::zeros({B}, acc_opts);
-  auto d_lse = at::empty({bidirectional ? B : 0}, acc_opts);
+  auto row_stats = at::empty({2, B}, acc_opts);
+  auto running_max = row_stats.select(0, 0);
+  auto running_sum = row_stats.select(0, 1);
+  running_max.fill_(-std::numeric_limits<double>::infinity());
+  running_sum.zero_();
+  auto col_stats = at::empty({2, bidirectional ? B : 0}, acc_opts);
   // The positive scores s_ii, i ∈ [o, o+B), read out of the strips: the very values the maxima were taken
-  // of, so a positive that is its row's maximum gives running_max − s_ii = 0 exactly. (Scored apart, by
-  // another GEMM, they differ from the strips' by the rounding of 1/τ-sized numbers, ~1e-6: a loss near 0
-  // came out negative.)
+  // of, so a positive that is its row's maximum gives running_max − s_ii = 0 exactly.
   auto positive = at::empty({B}, acc_opts);
   auto buffer = at::empty({plan.max_strip_elems}, acc_opts);
   for (const auto& strip : plan.strips) {
@@ -153,28 +170,33 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> contrastive_forward(const at::Ten
           .copy_(S.narrow(0, diag_begin - strip.r0, ndiag).narrow(1, diag_begin - strip.k0, ndiag).diagonal());
     }
     if (strip.column_anchors) {
-      kernels.anchor_stats(S, strip.nr, strip.nc, o - strip.r0, B, running_max, running_sum,
-                           d_lse.narrow(0, strip.k0 - o, strip.nc));
+      auto columns = col_stats.narrow(1, strip.k0 - o, strip.nc);
+      kernels.anchor_stats(S, strip.nr, strip.nc, o - strip.r0, B, running_max, running_sum, columns.select(0, 0),
+                           columns.select(0, 1));
     } else {
       kernels.row_stats(S, strip.nr, strip.nc, o - strip.r0, B, running_max, running_sum);
     }
   }
-  const auto log_sum = running_sum.log();
-  auto q_lse = running_max + log_sum;
-  // (max − s_ii) + log Σ: near convergence both max and s_ii are ~1/τ and cancel exactly, where q_lse − s_ii
-  // would keep the rounding of q_lse (one ulp of 1/τ).
-  auto total = ((running_max - positive) + log_sum).sum();
-  if (bidirectional) total = total + (d_lse - positive).sum();
+  // Each anchor's term −log p_ii = (shift − s_ii) + log Σ: near convergence shift and s_ii are both ~1/τ
+  // and cancel exactly, where (shift + log Σ) − s_ii would keep the rounding of the sum (one ulp of 1/τ).
+  const auto row_term = (running_max - positive) + running_sum.log();
+  auto total = row_term.sum();
+  auto positive_grad = at::expm1(-row_term);
+  if (bidirectional) {
+    const auto col_term = (col_stats.select(0, 0) - positive) + col_stats.select(0, 1).log();
+    total = total + col_term.sum();
+    positive_grad.add_(at::expm1(-col_term));
+  }
   auto loss = (total / static_cast<double>(B)).to(q.scalar_type());
-  return {loss, q_lse, d_lse};
+  return {loss, row_stats, col_stats, positive_grad};
 }
 
 template <class Kernels>
 std::tuple<at::Tensor, at::Tensor> contrastive_backward(const at::Tensor& grad_loss, const at::Tensor& queries,
-                                                        const at::Tensor& documents, const at::Tensor& q_lse,
-                                                        const at::Tensor& d_lse, double temperature,
-                                                        bool bidirectional, int64_t world_size, int64_t rank,
-                                                        Kernels& kernels) {
+                                                        const at::Tensor& documents, const at::Tensor& row_stats,
+                                                        const at::Tensor& col_stats, const at::Tensor& positive_grad,
+                                                        double temperature, bool bidirectional, int64_t world_size,
+                                                        int64_t rank, Kernels& kernels) {
   const auto q = queries.contiguous();
   const auto d = documents.contiguous();
   const auto plan =
@@ -183,15 +205,21 @@ std::tuple<at::Tensor, at::Tensor> contrastive_backward(const at::Tensor& grad_l
   const auto acc = kernels.acc_dtype(q.scalar_type());
   const auto acc_opts = q.options().dtype(acc);
   const double inv_tau = 1.0 / temperature;
-  const auto row_lse = q_lse.to(acc).contiguous();
-  const auto col_lse = d_lse.to(acc).contiguous();
-  // dL/d(q·d) = (1/τB)·(p − w·[positive]). dS is rounded to the input dtype for its two GEMMs, so the strip
-  // holds 2^14·(p − w·[positive]): in fp16's normal range (|·| ≤ 2^15 < 65504) for every p above 4e-9,
+  // dL/d(q·d) = (1/τB)·(p − [positive]). dS is rounded to the input dtype for its two GEMMs, so the strip
+  // holds 2^14·(p − [positive]): in fp16's normal range (|·| ≤ 2^15 < 65504) for every p above 4e-9,
   // where (1/τB)·p would flush each in-batch negative to zero at B ≈ 10^5 (GradScaler cannot help: its
   // scale arrives as grad_loss). The power of two, 1/(τB) and the upstream gradient are applied in float32
   // at the end (no device sync for the scalar).
   constexpr double kGradScale = 16384.0;
   const double coef = inv_tau / static_cast<double>(B);
+  // p = exp(s − shift)·(2^14 / Σ): the scale folds the normaliser and the power of two.
+  const auto rows = row_stats.to(acc);
+  const auto row_max = rows.select(0, 0).contiguous();
+  const auto row_scale = (kGradScale / rows.select(0, 1)).contiguous();
+  const auto cols = col_stats.to(acc);
+  const auto col_shift = cols.select(0, 0).contiguous();
+  const auto col_scale = (kGradScale / cols.select(0, 1)).contiguous();
+  const auto diag_values = (positive_grad.to(acc) * kGradScale).contiguous();
 
   auto grad_q = at::zeros(q.sizes(), acc_opts);
   auto grad_d = at::zeros(d.sizes(), acc_opts);
@@ -201,17 +229,20 @@ std::tuple<at::Tensor, at::Tensor> contrastive_backward(const at::Tensor& grad_l
     const auto q_rows = q.narrow(0, strip.r0, strip.nr);
     const auto d_cols = d.narrow(0, strip.k0, strip.nc);
     kernels.scores(S, q_rows, d_cols, inv_tau);
-    // Positives (i, i) for this rank's queries i that fall in this strip's columns.
+    // Positives (i, i) for this rank's queries i that fall in this strip's columns: both directions' p − 1
+    // in one saved value (in both directions they lie in the anchor strips).
     const int64_t diag_begin = std::max({o, strip.k0, strip.r0});
     const int64_t diag_end = std::min({o + B, strip.k0 + strip.nc, strip.r0 + strip.nr});
     const int64_t ndiag = std::max<int64_t>(0, diag_end - diag_begin);
-    // Both directions put their −1 on the diagonal of an anchor strip.
-    const double weight = strip.column_anchors ? 2.0 : 1.0;
-    at::Tensor col_slice;
-    if (strip.column_anchors) col_slice = col_lse.narrow(0, strip.k0 - o, strip.nc);
-    kernels.scores_to_grad(S, strip.nr, strip.nc, o - strip.r0, B, row_lse,
-                            strip.column_anchors ? &col_slice : nullptr, kGradScale, diag_begin - strip.r0,
-                            diag_begin - strip.k0, ndiag, weight);
+    const auto diag = diag_values.narrow(0, ndiag > 0 ? diag_begin - o : 0, ndiag);
+    at::Tensor shift_slice, scale_slice;
+    if (strip.column_anchors) {
+      shift_slice = col_shift.narrow(0, strip.k0 - o, strip.nc);
+      scale_slice = col_scale.narrow(0, strip.k0 - o, strip.nc);
+    }
+    kernels.scores_to_grad(S, strip.nr, strip.nc, o - strip.r0, B, row_max, row_scale,
+                           strip.column_anchors ? &shift_slice : nullptr, strip.column_anchors ? &scale_slice : nullptr,
+                           diag_begin - strip.r0, diag_begin - strip.k0, ndiag, diag);
     const auto dS = kernels.grad_operand(S);
     auto grad_q_rows = grad_q.narrow(0, strip.r0, strip.nr);
     auto grad_d_cols = grad_d.narrow(0, strip.k0, strip.nc);

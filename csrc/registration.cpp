@@ -17,7 +17,8 @@ TORCH_LIBRARY(bembed, m) {
         "Tensor cu_seqlens, SymInt max_seqlen, Tensor? alibi_slopes, float softmax_scale) -> (Tensor, Tensor, Tensor)");
   // Fused InfoNCE over the (gathered) global batch, this rank's share (bembed_ext/ops/contrastive_loss.py)
   m.def("contrastive_loss_fwd(Tensor queries, Tensor documents, float temperature, bool bidirectional, "
-        "int world_size, int rank) -> (Tensor, Tensor, Tensor)");
-  m.def("contrastive_loss_bwd(Tensor grad_loss, Tensor queries, Tensor documents, Tensor q_lse, Tensor d_lse, "
-        "float temperature, bool bidirectional, int world_size, int rank) -> (Tensor, Tensor)");
+        "int world_size, int rank) -> (Tensor, Tensor, Tensor, Tensor)");
+  m.def("contrastive_loss_bwd(Tensor grad_loss, Tensor queries, Tensor documents, Tensor row_stats, "
+        "Tensor col_stats, Tensor positive_grad, float temperature, bool bidirectional, int world_size, "
+        "int rank) -> (Tensor, Tensor)");
 }

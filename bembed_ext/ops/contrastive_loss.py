@@ -19,10 +19,10 @@ embeddings receive W × the single-process gradient — what DDP's averaging of 
 for a W-rank step to equal the one-process step.
 
 Kernel. The op `bembed::contrastive_loss_fwd(Q, Dg, τ, bidirectional, W, r)` never builds the B×N scores:
-it walks column strips of documents (one GEMM each), keeping an online log-sum-exp per anchor query and
-an exact one per anchor document; it saves only the two lse vectors (O(B)). Backward recomputes each strip,
-turns it into dL/dS in place (softmax rebuilt from the saved lse) and applies dQ += dS·D_strip,
-dD_strip = dSᵀ·Q. Extra memory beyond inputs and gradients: one strip of at most
+it walks column strips of documents (one GEMM each), keeping an online (max, sum of exps) per anchor query
+and an exact one per anchor document; it saves only those statistics and the positives' gradient (O(B)).
+Backward recomputes each strip, turns it into dL/dS in place (softmax rebuilt from the saved statistics)
+and applies dQ += dS·D_strip, dD_strip = dSᵀ·Q. Extra memory beyond inputs and gradients: one strip of at most
 max(2²², 64·M) float scores on CPU (max(2²⁸, 64·M) on CUDA, plus dS in the input dtype and an M×D float32
 product), M = the queries a strip scores (B, or W·B for anchor strips); the O(B) statistics; float32
 gradient accumulators for fp16/bf16; and the gathered copies when gathering — O(B·D), never B×N.
@@ -44,36 +44,39 @@ _OPS = torch.ops.bembed
 _NAME = "contrastive_loss"
 
 
-def _lse_dtype(dtype: torch.dtype) -> torch.dtype:
+def _stats_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 @torch.library.register_fake("bembed::contrastive_loss_fwd")
 def _fwd_fake(queries, documents, temperature, bidirectional, world_size, rank):
     B = queries.shape[0] // world_size
-    lse_dtype = _lse_dtype(queries.dtype)
-    return (queries.new_empty(()), queries.new_empty((B,), dtype=lse_dtype),
-            queries.new_empty((B if bidirectional else 0,), dtype=lse_dtype))
+    stats_dtype = _stats_dtype(queries.dtype)
+    return (queries.new_empty(()), queries.new_empty((2, B), dtype=stats_dtype),
+            queries.new_empty((2, B if bidirectional else 0), dtype=stats_dtype),
+            queries.new_empty((B,), dtype=stats_dtype))
 
 
 @torch.library.register_fake("bembed::contrastive_loss_bwd")
-def _bwd_fake(grad_loss, queries, documents, q_lse, d_lse, temperature, bidirectional, world_size, rank):
+def _bwd_fake(grad_loss, queries, documents, row_stats, col_stats, positive_grad, temperature, bidirectional,
+              world_size, rank):
     return (torch.empty_like(queries, memory_format=torch.contiguous_format),
             torch.empty_like(documents, memory_format=torch.contiguous_format))
 
 
 def _setup_context(ctx, inputs, output):
     queries, documents, temperature, bidirectional, world_size, rank = inputs
-    _, q_lse, d_lse = output
-    ctx.save_for_backward(queries, documents, q_lse, d_lse)
+    _, row_stats, col_stats, positive_grad = output
+    ctx.save_for_backward(queries, documents, row_stats, col_stats, positive_grad)
     ctx.args = (temperature, bidirectional, world_size, rank)
-    ctx.mark_non_differentiable(q_lse, d_lse)
+    ctx.mark_non_differentiable(row_stats, col_stats, positive_grad)
 
 
 @first_order_only(_NAME)
-def _backward(ctx, grad_loss, _grad_q_lse, _grad_d_lse):
-    queries, documents, q_lse, d_lse = ctx.saved_tensors
-    grad_q, grad_d = _OPS.contrastive_loss_bwd(grad_loss, queries, documents, q_lse, d_lse, *ctx.args)
+def _backward(ctx, grad_loss, _grad_row_stats, _grad_col_stats, _grad_positive_grad):
+    queries, documents, row_stats, col_stats, positive_grad = ctx.saved_tensors
+    grad_q, grad_d = _OPS.contrastive_loss_bwd(grad_loss, queries, documents, row_stats, col_stats, positive_grad,
+                                               *ctx.args)
     return grad_q, grad_d, None, None, None, None
 
 

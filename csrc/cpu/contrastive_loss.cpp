@@ -1,16 +1,18 @@
 // Fused InfoNCE on CPU: the strip driver of ../contrastive_loss.h with MKL GEMMs (at::addmm) for the strips
-// and vectorised single passes for the log-sum-exp statistics and the gradient tile. float32 and float64
-// (float64 so gradcheck runs on the kernel itself). A strip holds the scores s = q·d/τ, scaled inside the
-// GEMM and rounded once, so that the forward statistics and the backward probabilities see identical values
-// (a score equal to its row's max then gives exactly exp(0)).
+// and vectorised single passes for the statistics and the gradient tile. float32 and float64 (float64 so
+// gradcheck runs on the kernel itself). A strip holds the scores s = q·d/τ, scaled inside the GEMM and
+// rounded once, so that the forward statistics and the backward probabilities see identical values (a
+// score equal to its row's max then gives exactly exp(0)).
+//
+// Every exp is Sleef's 1-ulp one, and each statistic is shifted by its own row's or column's max: the
+// strip GEMMs take ~98% of the time (B = 4096, D = 768), so the elementwise passes are not worth the 20-ulp
+// exp or a shared shift, both of which cost the float32 gradient several times PyTorch's error.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/cpu/vec/functional.h>
 #include <ATen/cpu/vec/vec.h>
 #include <ATen/ops/addmm.h>
 #include <torch/library.h>
-
-#include <vector>
 
 #include "../contrastive_loss.h"
 
@@ -19,18 +21,27 @@ namespace {
 
 using at::vec::Vectorized;
 
-// exp_u20 (≤ 20 ulp, several times cheaper than the 1-ulp Sleef exp) is plenty for probabilities in
-// float32; float64 keeps the accurate exp so that gradcheck sees a faithful float64 kernel.
-inline Vectorized<float> fast_exp(const Vectorized<float>& x) { return x.exp_u20(); }
-inline Vectorized<double> fast_exp(const Vectorized<double>& x) { return x.exp(); }
-
 constexpr int64_t kRowGrain = 16;
-// Sums of exps run in float vectors over blocks of this many terms, block totals in double: the rounding
-// error then grows with the block, not with N (PyTorch's cascade sums are about this accurate).
-constexpr int64_t kSumBlock = 256;
-// How far a row's or column's statistic may lie below the shared exp shift of the one-exp paths below;
-// e^-60 is far from float underflow (e^-87). Normalised inputs at τ ≥ 0.05 always qualify (spread ≤ 2/τ + log N).
-constexpr double kFactorSpread = 60.0;
+
+// Sums of exps add each vector of exps into double lanes: a sum near 1 + ε (a positive far above its
+// negatives) then keeps ε to the last bit of the float it is stored in, where float lanes lose an ulp or two
+// of 1 — as much as the whole gradient of a nearly solved row.
+template <typename T>
+struct LaneSums {
+  static constexpr int64_t kLanes = Vectorized<T>::size();
+  double lane[kLanes] = {};
+
+  void add(const Vectorized<T>& values) {
+    T out[kLanes];
+    values.store(out);
+    for (int64_t t = 0; t < kLanes; ++t) lane[t] += out[t];
+  }
+  double total() const {
+    double sum = 0;
+    for (int64_t t = 0; t < kLanes; ++t) sum += lane[t];
+    return sum;
+  }
+};
 
 template <typename T>
 void row_stats_kernel(const T* S, int64_t nc, int64_t lr0, int64_t nl, T* running_max, T* running_sum) {
@@ -42,25 +53,21 @@ void row_stats_kernel(const T* S, int64_t nc, int64_t lr0, int64_t nl, T* runnin
       const T new_max = std::max(running_max[j], tile_max);
       const V shift(-new_max);
       const int64_t vec_end = nc - nc % V::size();
-      double sum = 0;
+      LaneSums<T> sums;
       int64_t k = 0;
-      while (k < vec_end) {
-        const int64_t block_end = std::min(vec_end, k + kSumBlock);
-        V acc(0);
-        for (; k < block_end; k += V::size()) acc += fast_exp(V::loadu(row + k) + shift);
-        sum += at::vec::vec_reduce_all<T>([](V& a, V& b) { return a + b; }, acc);
-      }
-      for (; k < nc; ++k) sum += std::exp(row[k] - new_max);
+      for (; k < vec_end; k += V::size()) sums.add((V::loadu(row + k) + shift).exp());
+      double sum = sums.total();
+      for (; k < nc; ++k) sum += std::exp(static_cast<double>(row[k]) - new_max);
       running_sum[j] = running_sum[j] * std::exp(running_max[j] - new_max) + static_cast<T>(sum);
       running_max[j] = new_max;
     }
   });
 }
 
-// A strip holds whole columns, so each column's log-sum-exp is exact: max over the rows, then the sum.
+// A strip holds whole columns, so each column's statistics are exact: max over the rows, then the sum.
 // Work goes by column blocks of one vector: a block of a few thousand rows stays in L2 between the passes.
 template <typename T>
-void column_lse_kernel(const T* S, int64_t nr, int64_t nc, T* lse) {
+void column_stats_kernel(const T* S, int64_t nr, int64_t nc, T* col_shift, T* col_sum) {
   using V = Vectorized<T>;
   const int64_t nblocks = (nc + V::size() - 1) / V::size();
   at::parallel_for(0, nblocks, 1, [&](int64_t begin, int64_t end) {
@@ -70,163 +77,43 @@ void column_lse_kernel(const T* S, int64_t nr, int64_t nc, T* lse) {
       V mx(-std::numeric_limits<T>::infinity());
       for (int64_t i = 0; i < nr; ++i) mx = at::vec::maximum(mx, V::loadu(S + i * nc + k0, width));
       const V shift = V(0) - mx;
-      double sum[V::size()] = {};
-      T mx_out[V::size()], acc_out[V::size()];
-      for (int64_t i0 = 0; i0 < nr; i0 += kSumBlock) {
-        V acc(0);
-        for (int64_t i = i0; i < std::min(nr, i0 + kSumBlock); ++i) {
-          acc += fast_exp(V::loadu(S + i * nc + k0, width) + shift);
-        }
-        acc.store(acc_out);
-        for (int64_t t = 0; t < V::size(); ++t) sum[t] += acc_out[t];
+      LaneSums<T> sums;
+      for (int64_t i = 0; i < nr; ++i) sums.add((V::loadu(S + i * nc + k0, width) + shift).exp());
+      T max_out[V::size()];
+      mx.store(max_out);
+      for (int64_t t = 0; t < width; ++t) {
+        col_shift[k0 + t] = max_out[t];
+        col_sum[k0 + t] = static_cast<T>(sums.lane[t]);
       }
-      mx.store(mx_out);
-      for (int64_t t = 0; t < width; ++t) lse[k0 + t] = mx_out[t] + static_cast<T>(std::log(sum[t]));
     }
   });
 }
 
-// Column-anchor strips need both statistics of every score. With G the strip's largest score, one exp per
-// score serves both, e = exp(s − G), as long as no row or column maximum lies more than kFactorSpread below
-// G (else their sums could underflow; then the caller falls back to the separate passes). Pass 1: row maxima
-// and per-thread column maxima; pass 2: e, summed along rows and (per thread, then merged) down columns.
-template <typename T>
-bool fused_anchor_stats_kernel(const T* S, int64_t nr, int64_t nc, int64_t lr0, int64_t nl,
-                               T* running_max, T* running_sum, T* lse) {
-  using V = Vectorized<T>;
-  constexpr T kInf = std::numeric_limits<T>::infinity();
-  const int64_t threads = at::get_num_threads();
-  const int64_t vec_end = nc - nc % V::size();
-  std::vector<T> row_max(nr);
-  std::vector<T> col_max(threads * nc, -kInf);
-  at::parallel_for(0, nr, kRowGrain, [&](int64_t begin, int64_t end) {
-    T* cmax = col_max.data() + at::get_thread_num() * nc;
-    for (int64_t i = begin; i < end; ++i) {
-      const T* row = S + i * nc;
-      V rmax(-kInf);
-      int64_t k = 0;
-      for (; k < vec_end; k += V::size()) {
-        const V s = V::loadu(row + k);
-        rmax = at::vec::maximum(rmax, s);
-        at::vec::maximum(V::loadu(cmax + k), s).store(cmax + k);
-      }
-      T m = at::vec::vec_reduce_all<T>([](V& a, V& b) { return at::vec::maximum(a, b); }, rmax);
-      for (; k < nc; ++k) m = std::max(m, row[k]), cmax[k] = std::max(cmax[k], row[k]);
-      row_max[i] = m;
-    }
-  });
-  for (int64_t t = 1; t < threads; ++t) {
-    for (int64_t k = 0; k < nc; ++k) col_max[k] = std::max(col_max[k], col_max[t * nc + k]);
-  }
-  const T top = *std::max_element(col_max.begin(), col_max.begin() + nc);
-  const T low_col = *std::min_element(col_max.begin(), col_max.begin() + nc);
-  const T low_row = nl > 0 ? *std::min_element(row_max.begin() + lr0, row_max.begin() + lr0 + nl) : top;
-  if (!(top - std::min(low_col, low_row) <= kFactorSpread)) return false;
-
-  const T G = top;
-  std::vector<double> col_sum(threads * nc, 0.0);
-  at::parallel_for(0, nr, kRowGrain, [&](int64_t begin, int64_t end) {
-    double* csum = col_sum.data() + at::get_thread_num() * nc;
-    std::vector<T> block(nc, T(0));  // float column sums over ≤ kSumBlock rows, then added to csum
-    const V shift(-G);
-    auto flush = [&] {
-      for (int64_t k = 0; k < nc; ++k) csum[k] += block[k], block[k] = T(0);
-    };
-    for (int64_t i = begin; i < end; ++i) {
-      const T* row = S + i * nc;
-      double row_sum = 0;
-      int64_t k = 0;
-      while (k < vec_end) {
-        const int64_t block_end = std::min(vec_end, k + kSumBlock);
-        V acc(0);
-        for (; k < block_end; k += V::size()) {
-          const V e = fast_exp(V::loadu(row + k) + shift);
-          acc += e;
-          (V::loadu(block.data() + k) + e).store(block.data() + k);
-        }
-        row_sum += at::vec::vec_reduce_all<T>([](V& a, V& b) { return a + b; }, acc);
-      }
-      for (; k < nc; ++k) {
-        const T e = std::exp(row[k] - G);
-        row_sum += e;
-        block[k] += e;
-      }
-      if ((i - begin + 1) % kSumBlock == 0) flush();
-      if (i >= lr0 && i < lr0 + nl) {
-        const int64_t j = i - lr0;
-        const T new_max = std::max(running_max[j], row_max[i]);
-        running_sum[j] = running_sum[j] * std::exp(running_max[j] - new_max) +
-                         static_cast<T>(row_sum * std::exp(static_cast<double>(G - new_max)));
-        running_max[j] = new_max;
-      }
-    }
-    flush();
-  });
-  for (int64_t k = 0; k < nc; ++k) {
-    double total = 0;
-    for (int64_t t = 0; t < threads; ++t) total += col_sum[t * nc + k];
-    lse[k] = G + static_cast<T>(std::log(total));
-  }
-  return true;
-}
-
-// In place: S ← coef·(p_row + p_col) − coef·w on the positives, where p_row = exp(s − row_lse) on this
-// rank's query rows and p_col = exp(s − col_lse) on column-anchor strips.
+// In place: S ← p_row + p_col (already scaled), then the positives ← diag_values, where
+// p_row = exp(s − row_max)·row_scale on this rank's query rows and p_col = exp(s − col_shift)·col_scale on
+// column-anchor strips.
 //
-// On column-anchor strips both terms are needed for every score. When all the lse values involved lie within
-// kFactorSpread of each other (always, for normalised inputs and τ ≥ 0.05), one exp per score suffices:
-// p_row + p_col = exp(s − lo)·(exp(lo − row_lse) + exp(lo − col_lse)) with lo the smallest lse; s never
-// exceeds a row's or column's lse, so the first factor stays below e^kFactorSpread.
 template <typename T>
-bool factored_scores_to_grad(T* S, int64_t nr, int64_t nc, int64_t lr0, int64_t nl, const T* row_lse,
-                             const T* col_lse, T coef) {
+void scores_to_grad_kernel(T* S, int64_t nr, int64_t nc, int64_t lr0, int64_t nl, const T* row_max,
+                           const T* row_scale, const T* col_shift, const T* col_scale, int64_t diag_row,
+                           int64_t diag_col, int64_t ndiag, const T* diag_values) {
   using V = Vectorized<T>;
-  T lo = std::numeric_limits<T>::infinity(), hi = -lo;
-  for (int64_t j = 0; j < nl; ++j) lo = std::min(lo, row_lse[j]), hi = std::max(hi, row_lse[j]);
-  for (int64_t k = 0; k < nc; ++k) lo = std::min(lo, col_lse[k]), hi = std::max(hi, col_lse[k]);
-  if (!(hi - lo <= kFactorSpread)) return false;
-  std::vector<T> col_factor(nc);
-  for (int64_t k = 0; k < nc; ++k) col_factor[k] = std::exp(lo - col_lse[k]);
   at::parallel_for(0, nr, kRowGrain, [&](int64_t begin, int64_t end) {
-    const V shift(-lo), c(coef);
     for (int64_t i = begin; i < end; ++i) {
       T* row = S + i * nc;
       const bool local = i >= lr0 && i < lr0 + nl;
-      const V row_factor(local ? std::exp(lo - row_lse[i - lr0]) : T(0));
+      const V neg_max(local ? -row_max[i - lr0] : T(0)), scale(local ? row_scale[i - lr0] : T(0));
       for (int64_t k = 0; k < nc; k += V::size()) {
         const int64_t width = std::min<int64_t>(V::size(), nc - k);
-        const V e = fast_exp(V::loadu(row + k, width) + shift);
-        (e * (row_factor + V::loadu(col_factor.data() + k, width)) * c).store(row + k, width);
+        const V s = V::loadu(row + k, width);
+        V p(0);
+        if (local) p = (s + neg_max).exp() * scale;
+        if (col_shift) p += (s - V::loadu(col_shift + k, width)).exp() * V::loadu(col_scale + k, width);
+        p.store(row + k, width);
       }
     }
   });
-  return true;
-}
-
-template <typename T>
-void scores_to_grad_kernel(T* S, int64_t nr, int64_t nc, int64_t lr0, int64_t nl, const T* row_lse,
-                           const T* col_lse, T coef, int64_t diag_row, int64_t diag_col, int64_t ndiag, T weight) {
-  using V = Vectorized<T>;
-  const bool factored = col_lse && factored_scores_to_grad(S, nr, nc, lr0, nl, row_lse, col_lse, coef);
-  if (!factored) {
-    at::parallel_for(0, nr, kRowGrain, [&](int64_t begin, int64_t end) {
-      const V c(coef);
-      for (int64_t i = begin; i < end; ++i) {
-        T* row = S + i * nc;
-        const bool local = i >= lr0 && i < lr0 + nl;
-        const V row_shift(local ? -row_lse[i - lr0] : T(0));
-        for (int64_t k = 0; k < nc; k += V::size()) {
-          const int64_t width = std::min<int64_t>(V::size(), nc - k);
-          const V s = V::loadu(row + k, width);
-          V p(0);
-          if (local) p = fast_exp(s + row_shift);
-          if (col_lse) p += fast_exp(s - V::loadu(col_lse + k, width));
-          (p * c).store(row + k, width);
-        }
-      }
-    });
-  }
-  for (int64_t t = 0; t < ndiag; ++t) S[(diag_row + t) * nc + diag_col + t] -= coef * weight;
+  for (int64_t t = 0; t < ndiag; ++t) S[(diag_row + t) * nc + diag_col + t] = diag_values[t];
 }
 
 // ~4M scores (16 MB in float32) per strip: at B = 4096 that is 1024 documents, wide enough for MKL to run
@@ -250,28 +137,29 @@ struct CpuKernels {
   }
 
   static void anchor_stats(const at::Tensor& S, int64_t nr, int64_t nc, int64_t lr0, int64_t nl,
-                           at::Tensor& running_max, at::Tensor& running_sum, at::Tensor lse) {
+                           at::Tensor& running_max, at::Tensor& running_sum, at::Tensor col_shift,
+                           at::Tensor col_sum) {
     AT_DISPATCH_FLOATING_TYPES(S.scalar_type(), "bembed_contrastive_anchor_stats", [&] {
       const auto* s = S.const_data_ptr<scalar_t>();
-            auto* m = running_max.mutable_data_ptr<scalar_t>();
+      auto* m = running_max.mutable_data_ptr<scalar_t>();
       auto* l = running_sum.mutable_data_ptr<scalar_t>();
-      auto* out = lse.mutable_data_ptr<scalar_t>();
-      if (!fused_anchor_stats_kernel<scalar_t>(s, nr, nc, lr0, nl, m, l, out)) {
-        row_stats_kernel<scalar_t>(s, nc, lr0, nl, m, l);
-        column_lse_kernel<scalar_t>(s, nr, nc, out);
-      }
+      auto* shift = col_shift.mutable_data_ptr<scalar_t>();
+      auto* sum = col_sum.mutable_data_ptr<scalar_t>();
+      row_stats_kernel<scalar_t>(s, nc, lr0, nl, m, l);
+      column_stats_kernel<scalar_t>(s, nr, nc, shift, sum);
     });
   }
 
   static void scores_to_grad(at::Tensor& S, int64_t nr, int64_t nc, int64_t lr0, int64_t nl,
-                             const at::Tensor& row_lse, const at::Tensor* col_lse, double coef, int64_t diag_row,
-                             int64_t diag_col, int64_t ndiag, double weight) {
+                             const at::Tensor& row_max, const at::Tensor& row_scale, const at::Tensor* col_shift,
+                             const at::Tensor* col_scale, int64_t diag_row, int64_t diag_col, int64_t ndiag,
+                             const at::Tensor& diag_values) {
     AT_DISPATCH_FLOATING_TYPES(S.scalar_type(), "bembed_contrastive_scores_to_grad", [&] {
-      scores_to_grad_kernel<scalar_t>(S.mutable_data_ptr<scalar_t>(), nr, nc, lr0,
-                                      nl, row_lse.const_data_ptr<scalar_t>(),
-                                      col_lse ? col_lse->const_data_ptr<scalar_t>() : nullptr,
-                                      static_cast<scalar_t>(coef), diag_row, diag_col, ndiag,
-                                      static_cast<scalar_t>(weight));
+      scores_to_grad_kernel<scalar_t>(S.mutable_data_ptr<scalar_t>(), nr, nc, lr0, nl,
+                                      row_max.const_data_ptr<scalar_t>(), row_scale.const_data_ptr<scalar_t>(),
+                                      col_shift ? col_shift->const_data_ptr<scalar_t>() : nullptr,
+                                      col_scale ? col_scale->const_data_ptr<scalar_t>() : nullptr, diag_row,
+                                      diag_col, ndiag, diag_values.const_data_ptr<scalar_t>());
     });
   }
 
@@ -282,10 +170,9 @@ struct CpuKernels {
 
 constexpr auto kCpuDtypes = {at::kFloat, at::kDouble};
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> contrastive_loss_fwd_cpu(const at::Tensor& queries,
-                                                                        const at::Tensor& documents,
-                                                                        double temperature, bool bidirectional,
-                                                                        int64_t world_size, int64_t rank) {
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> contrastive_loss_fwd_cpu(
+    const at::Tensor& queries, const at::Tensor& documents, double temperature, bool bidirectional,
+    int64_t world_size, int64_t rank) {
   constexpr const char* op = "bembed.contrastive_loss_fwd";
   check_contrastive_inputs(queries, documents, temperature, world_size, rank, op);
   check_dtype(queries, op, "queries", kCpuDtypes);
@@ -294,16 +181,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> contrastive_loss_fwd_cpu(const at
 }
 
 std::tuple<at::Tensor, at::Tensor> contrastive_loss_bwd_cpu(const at::Tensor& grad_loss, const at::Tensor& queries,
-                                                            const at::Tensor& documents, const at::Tensor& q_lse,
-                                                            const at::Tensor& d_lse, double temperature,
+                                                            const at::Tensor& documents, const at::Tensor& row_stats,
+                                                            const at::Tensor& col_stats,
+                                                            const at::Tensor& positive_grad, double temperature,
                                                             bool bidirectional, int64_t world_size, int64_t rank) {
   constexpr const char* op = "bembed.contrastive_loss_bwd";
   check_contrastive_inputs(queries, documents, temperature, world_size, rank, op);
   check_dtype(queries, op, "queries", kCpuDtypes);
-  check_contrastive_saved(grad_loss, queries, q_lse, d_lse, bidirectional, world_size, op);
+  check_contrastive_saved(grad_loss, queries, row_stats, col_stats, positive_grad, bidirectional, world_size, op);
   CpuKernels kernels;
-  return contrastive_backward(grad_loss, queries, documents, q_lse, d_lse, temperature, bidirectional, world_size,
-                              rank, kernels);
+  return contrastive_backward(grad_loss, queries, documents, row_stats, col_stats, positive_grad, temperature,
+                              bidirectional, world_size, rank, kernels);
 }
 
 }  // namespace

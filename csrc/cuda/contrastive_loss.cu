@@ -72,7 +72,7 @@ __global__ void column_partial_kernel(const float* __restrict__ S, int64_t nr, i
 }
 
 __global__ void column_merge_kernel(const float* __restrict__ partial, int64_t chunks, int64_t nc,
-                                    float* __restrict__ lse) {
+                                    float* __restrict__ col_max, float* __restrict__ col_sum) {
   const int64_t k = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
   if (k >= nc) return;
   MaxSum state{-INFINITY, 0.f};
@@ -80,29 +80,32 @@ __global__ void column_merge_kernel(const float* __restrict__ partial, int64_t c
     const float* p = partial + 2 * (c * nc + k);
     state = merge(state, {p[0], p[1]});
   }
-  lse[k] = state.max + logf(state.sum);
+  col_max[k] = state.max;
+  col_sum[k] = state.sum;
 }
 
 // One block per strip row, threads across its columns (coalesced). out may alias S (float32), so no
 // __restrict__ on those two.
 template <typename T>
 __global__ void scores_to_grad_kernel(const float* S, T* out, int64_t nc, int64_t lr0, int64_t nl,
-                                      const float* __restrict__ row_lse, const float* __restrict__ col_lse,
-                                      float coef, int64_t diag_row, int64_t diag_col, int64_t ndiag, float weight) {
+                                      const float* __restrict__ row_max, const float* __restrict__ row_scale,
+                                      const float* __restrict__ col_shift, const float* __restrict__ col_scale,
+                                      int64_t diag_row, int64_t diag_col, int64_t ndiag,
+                                      const float* __restrict__ diag_values) {
   const int64_t i = blockIdx.x;
   const bool local = i >= lr0 && i < lr0 + nl;
-  const float row_shift = local ? -row_lse[i - lr0] : 0.f;
+  const float neg_max = local ? -row_max[i - lr0] : 0.f;
+  const float scale = local ? row_scale[i - lr0] : 0.f;
   const int64_t t = i - diag_row;
-  const int64_t diag_k = (t >= 0 && t < ndiag) ? diag_col + t : -1;
+  const bool has_diag = t >= 0 && t < ndiag;
+  const int64_t diag_k = has_diag ? diag_col + t : -1;
   const float* row = S + i * nc;
   T* out_row = out + i * nc;
   for (int64_t k = threadIdx.x; k < nc; k += kThreads) {
     const float s = row[k];
-    float p = local ? __expf(s + row_shift) : 0.f;
-    if (col_lse != nullptr) p += __expf(s - col_lse[k]);
-    float g = coef * p;
-    if (k == diag_k) g -= coef * weight;
-    out_row[k] = from_float<T>(g);
+    float p = local ? __expf(s + neg_max) * scale : 0.f;
+    if (col_shift != nullptr) p += __expf(s - col_shift[k]) * col_scale[k];
+    out_row[k] = from_float<T>(k == diag_k ? diag_values[t] : p);
   }
 }
 
@@ -119,35 +122,39 @@ cudaError_t contrastive_row_stats(const float* S, int64_t nc, int64_t lr0, int64
 
 int64_t contrastive_column_chunks(int64_t nr) { return (nr + kColumnChunkRows - 1) / kColumnChunkRows; }
 
-cudaError_t contrastive_column_lse(const float* S, int64_t nr, int64_t nc, float* partial, float* lse,
-                                   cudaStream_t stream) {
+cudaError_t contrastive_column_stats(const float* S, int64_t nr, int64_t nc, float* partial, float* col_max,
+                                     float* col_sum, cudaStream_t stream) {
   if (nc == 0) return cudaSuccess;
   const int64_t chunks = contrastive_column_chunks(nr);
   const dim3 grid(static_cast<unsigned int>((nc + kThreads - 1) / kThreads), static_cast<unsigned int>(chunks));
   column_partial_kernel<<<grid, kThreads, 0, stream>>>(S, nr, nc, partial);
   column_merge_kernel<<<static_cast<unsigned int>((nc + kThreads - 1) / kThreads), kThreads, 0, stream>>>(
-      partial, chunks, nc, lse);
+      partial, chunks, nc, col_max, col_sum);
   return cudaGetLastError();
 }
 
 cudaError_t contrastive_scores_to_grad(const float* S, void* out, DType dtype, int64_t nr, int64_t nc,
-                                       int64_t lr0, int64_t nl, const float* row_lse, const float* col_lse,
-                                       float coef, int64_t diag_row, int64_t diag_col, int64_t ndiag, float weight,
+                                       int64_t lr0, int64_t nl, const float* row_max, const float* row_scale,
+                                       const float* col_shift, const float* col_scale, int64_t diag_row,
+                                       int64_t diag_col, int64_t ndiag, const float* diag_values,
                                        cudaStream_t stream) {
   if (nr * nc == 0) return cudaSuccess;
   const auto grid = static_cast<unsigned int>(nr);
   switch (dtype) {
     case DType::kFloat32:
-      scores_to_grad_kernel<<<grid, kThreads, 0, stream>>>(S, static_cast<float*>(out), nc, lr0, nl, row_lse,
-                                                           col_lse, coef, diag_row, diag_col, ndiag, weight);
+      scores_to_grad_kernel<<<grid, kThreads, 0, stream>>>(S, static_cast<float*>(out), nc, lr0, nl, row_max,
+                                                           row_scale, col_shift, col_scale, diag_row, diag_col,
+                                                           ndiag, diag_values);
       break;
     case DType::kFloat16:
-      scores_to_grad_kernel<<<grid, kThreads, 0, stream>>>(S, static_cast<__half*>(out), nc, lr0, nl, row_lse,
-                                                           col_lse, coef, diag_row, diag_col, ndiag, weight);
+      scores_to_grad_kernel<<<grid, kThreads, 0, stream>>>(S, static_cast<__half*>(out), nc, lr0, nl, row_max,
+                                                           row_scale, col_shift, col_scale, diag_row, diag_col,
+                                                           ndiag, diag_values);
       break;
     case DType::kBFloat16:
       scores_to_grad_kernel<<<grid, kThreads, 0, stream>>>(S, static_cast<__nv_bfloat16*>(out), nc, lr0, nl,
-                                                           row_lse, col_lse, coef, diag_row, diag_col, ndiag, weight);
+                                                           row_max, row_scale, col_shift, col_scale, diag_row,
+                                                           diag_col, ndiag, diag_values);
       break;
   }
   return cudaGetLastError();

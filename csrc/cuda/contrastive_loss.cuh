@@ -13,17 +13,19 @@ namespace bembed::cuda {
 cudaError_t contrastive_row_stats(const float* S, int64_t nc, int64_t lr0, int64_t nl,
                                   float* running_max, float* running_sum, cudaStream_t stream);
 
-// Exact log-sum-exp of each column of S over its nr rows. partial: workspace of
-// 2 · contrastive_column_chunks(nr) · nc floats.
+// Exact statistics of each column of S over its nr rows: its max, and the sum of exp(s − max). partial:
+// workspace of 2 · contrastive_column_chunks(nr) · nc floats.
 int64_t contrastive_column_chunks(int64_t nr);
-cudaError_t contrastive_column_lse(const float* S, int64_t nr, int64_t nc, float* partial,
-                                   float* lse, cudaStream_t stream);
+cudaError_t contrastive_column_stats(const float* S, int64_t nr, int64_t nc, float* partial, float* col_max,
+                                     float* col_sum, cudaStream_t stream);
 
-// out (nr × nc, dtype) = coef·(exp(S − row_lse) on rows lr0..lr0+nl-1 + exp(S − col_lse) when col_lse)
-// − coef·weight on the ndiag entries (diag_row + t, diag_col + t). out may alias S when dtype is float32.
+// out (nr × nc, dtype) = exp(S − row_max)·row_scale on rows lr0..lr0+nl-1 + exp(S − col_shift)·col_scale when
+// col_shift, except the ndiag entries (diag_row + t, diag_col + t), which get diag_values[t]. out may
+// alias S when dtype is float32.
 cudaError_t contrastive_scores_to_grad(const float* S, void* out, DType dtype, int64_t nr, int64_t nc,
-                                       int64_t lr0, int64_t nl, const float* row_lse, const float* col_lse,
-                                       float coef, int64_t diag_row, int64_t diag_col, int64_t ndiag, float weight,
+                                       int64_t lr0, int64_t nl, const float* row_max, const float* row_scale,
+                                       const float* col_shift, const float* col_scale, int64_t diag_row,
+                                       int64_t diag_col, int64_t ndiag, const float* diag_values,
                                        cudaStream_t stream);
 
 }  // namespace bembed::cuda

@@ -57,22 +57,19 @@ struct CudaKernels {
   }
 
   void anchor_stats(const at::Tensor& S, int64_t nr, int64_t nc, int64_t lr0, int64_t nl,
-                    at::Tensor& running_max, at::Tensor& running_sum, at::Tensor lse) {
+                    at::Tensor& running_max, at::Tensor& running_sum, at::Tensor col_shift, at::Tensor col_sum) {
     row_stats(S, nr, nc, lr0, nl, running_max, running_sum);
-    column_lse(S, nr, nc, lse);
-  }
-
-  void column_lse(const at::Tensor& S, int64_t nr, int64_t nc, at::Tensor lse) {
     const int64_t needed = 2 * cuda::contrastive_column_chunks(nr) * nc;
     if (!partial.defined() || partial.numel() < needed) partial = at::empty({needed}, S.options());
-    check_launch(cuda::contrastive_column_lse(S.const_data_ptr<float>(), nr, nc, partial.mutable_data_ptr<float>(),
-                                              lse.mutable_data_ptr<float>(), stream()),
+    check_launch(cuda::contrastive_column_stats(S.const_data_ptr<float>(), nr, nc, partial.mutable_data_ptr<float>(),
+                                                col_shift.mutable_data_ptr<float>(),
+                                                col_sum.mutable_data_ptr<float>(), stream()),
                  "bembed.contrastive_loss_fwd");
   }
 
-  void scores_to_grad(at::Tensor& S, int64_t nr, int64_t nc, int64_t lr0, int64_t nl,
-                      const at::Tensor& row_lse, const at::Tensor* col_lse, double coef, int64_t diag_row,
-                      int64_t diag_col, int64_t ndiag, double weight) {
+  void scores_to_grad(at::Tensor& S, int64_t nr, int64_t nc, int64_t lr0, int64_t nl, const at::Tensor& row_max,
+                      const at::Tensor& row_scale, const at::Tensor* col_shift, const at::Tensor* col_scale,
+                      int64_t diag_row, int64_t diag_col, int64_t ndiag, const at::Tensor& diag_values) {
     void* out = S.mutable_data_ptr();
     if (dtype != at::kFloat) {
       if (!grad_buffer.defined() || grad_buffer.numel() < nr * nc) {
@@ -81,11 +78,11 @@ struct CudaKernels {
       grad_view = grad_buffer.narrow(0, 0, nr * nc).view({nr, nc});
       out = grad_view.mutable_data_ptr();
     }
-    check_launch(cuda::contrastive_scores_to_grad(S.const_data_ptr<float>(), out, kernel_out_dtype, nr, nc,
-                                                  lr0, nl, row_lse.const_data_ptr<float>(),
-                                                  col_lse ? col_lse->const_data_ptr<float>() : nullptr,
-                                                  static_cast<float>(coef), diag_row, diag_col, ndiag,
-                                                  static_cast<float>(weight), stream()),
+    check_launch(cuda::contrastive_scores_to_grad(S.const_data_ptr<float>(), out, kernel_out_dtype, nr, nc, lr0, nl,
+                                                  row_max.const_data_ptr<float>(), row_scale.const_data_ptr<float>(),
+                                                  col_shift ? col_shift->const_data_ptr<float>() : nullptr,
+                                                  col_scale ? col_scale->const_data_ptr<float>() : nullptr, diag_row,
+                                                  diag_col, ndiag, diag_values.const_data_ptr<float>(), stream()),
                  "bembed.contrastive_loss_bwd");
   }
 
@@ -105,10 +102,9 @@ struct CudaKernels {
   at::Tensor unread_bias;  // addmm's `self` for the fp16/bf16 score GEMM (see scores)
 };
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> contrastive_loss_fwd_cuda(const at::Tensor& queries,
-                                                                         const at::Tensor& documents,
-                                                                         double temperature, bool bidirectional,
-                                                                         int64_t world_size, int64_t rank) {
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> contrastive_loss_fwd_cuda(
+    const at::Tensor& queries, const at::Tensor& documents, double temperature, bool bidirectional,
+    int64_t world_size, int64_t rank) {
   constexpr const char* op = "bembed.contrastive_loss_fwd";
   check_contrastive_inputs(queries, documents, temperature, world_size, rank, op);
   check_dtype(queries, op, "queries", kCudaDtypes);
@@ -118,17 +114,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> contrastive_loss_fwd_cuda(const a
 }
 
 std::tuple<at::Tensor, at::Tensor> contrastive_loss_bwd_cuda(const at::Tensor& grad_loss, const at::Tensor& queries,
-                                                             const at::Tensor& documents, const at::Tensor& q_lse,
-                                                             const at::Tensor& d_lse, double temperature,
+                                                             const at::Tensor& documents, const at::Tensor& row_stats,
+                                                             const at::Tensor& col_stats,
+                                                             const at::Tensor& positive_grad, double temperature,
                                                              bool bidirectional, int64_t world_size, int64_t rank) {
   constexpr const char* op = "bembed.contrastive_loss_bwd";
   check_contrastive_inputs(queries, documents, temperature, world_size, rank, op);
   check_dtype(queries, op, "queries", kCudaDtypes);
-  check_contrastive_saved(grad_loss, queries, q_lse, d_lse, bidirectional, world_size, op);
+  check_contrastive_saved(grad_loss, queries, row_stats, col_stats, positive_grad, bidirectional, world_size, op);
   const c10::cuda::CUDAGuard guard(queries.device());
   CudaKernels kernels(queries);
-  return contrastive_backward(grad_loss, queries, documents, q_lse, d_lse, temperature, bidirectional, world_size,
-                              rank, kernels);
+  return contrastive_backward(grad_loss, queries, documents, row_stats, col_stats, positive_grad, temperature,
+                              bidirectional, world_size, rank, kernels);
 }
 
 }  // namespace
