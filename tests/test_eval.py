@@ -250,6 +250,29 @@ def test_bembed_eval_cli_labels_models_with_one_folder_name_apart(tmp_path, monk
     assert "given twice" in capsys.readouterr().out
 
 
+def test_bembed_eval_cli_refuses_a_folder_that_cannot_load_before_any_model_runs(tmp_path, monkeypatch, capsys):
+    """A folder with a config.json that still cannot load (a plain BERT) passed the arguments check and failed
+    with a traceback when its turn came, after the models before it had run; a repeated baseline ran twice."""
+    from bembed.cli import main
+    from bembed.commands import eval as eval_command
+
+    real = eval_command.load_model_encoder
+    monkeypatch.setattr(eval_command, "load_model_encoder",
+                        lambda path: HashingEncoder() if path.endswith("good") else real(path))
+    (tmp_path / "good").mkdir()
+    (tmp_path / "good" / "config.json").write_text("{}")
+    (tmp_path / "hfbert").mkdir()
+    (tmp_path / "hfbert" / "config.json").write_text(json.dumps({"model_type": "bert", "hidden_size": 32}))
+    args = ["eval", "--data", str(_tiny_build(tmp_path / "data")), "--pairs", "en-de", "--tasks", "bitext",
+            "--out", str(tmp_path / "res"), "--model", str(tmp_path / "good"), "--model", str(tmp_path / "hfbert")]
+    assert main(args) == 2
+    out = capsys.readouterr().out
+    assert f"--model {tmp_path / 'hfbert'}: " in out and "plain BERT" in out
+    assert "evaluating" not in out and not (tmp_path / "res").exists()
+    assert main(args[:-4] + ["--baselines", "all-MiniLM-L6-v2", "all-MiniLM-L6-v2"]) == 2
+    assert "given more than once" in capsys.readouterr().out
+
+
 def test_bembed_eval_cli_labels_a_model_folder_named_like_a_baseline_apart(tmp_path, monkeypatch, capsys):
     from bembed.cli import main
     from bembed.commands import eval as eval_command

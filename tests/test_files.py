@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from bembed.files import replacing_folder, write_json_atomic, write_text_atomic
+from bembed.files import replacing_folder, save_figure_atomic, write_json_atomic, write_text_atomic
 
 
 def test_new_content_replaces_old(tmp_path):
@@ -35,6 +35,32 @@ def test_a_failure_before_the_rename_keeps_the_old_file(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         write_text_atomic(path, "new")
     assert path.read_text() == "old" and os.listdir(tmp_path) == ["marker.json"]
+
+
+def test_a_figure_interrupted_while_saving_keeps_the_old_file(tmp_path):
+    """results.png and loss.png went through savefig(path), which truncates the file first: Ctrl-C while
+    the PNG was encoded left 6 bytes of the previous chart."""
+    matplotlib = pytest.importorskip("matplotlib")
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = tmp_path / "results.png"
+    fig, ax = plt.subplots()
+    ax.plot([0, 1], [1, 0])
+    save_figure_atomic(fig, path, dpi=50)
+    old = path.read_bytes()
+    assert old[:8] == b"\x89PNG\r\n\x1a\n"
+
+    class Interrupted:
+        def savefig(self, handle, **kwargs):
+            assert kwargs["format"] == "png"  # from the suffix: a file handle has no name to take it from
+            handle.write(old[:6])
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        save_figure_atomic(Interrupted(), path)
+    assert path.read_bytes() == old and os.listdir(tmp_path) == ["results.png"]
+    plt.close(fig)
 
 
 def test_a_folder_is_replaced_whole(tmp_path):

@@ -64,3 +64,24 @@ def test_quantize_embeddings_with_calibration_ranges():
     for data in (broken, torch.from_numpy(broken)):
         with pytest.raises(ValueError, match="NaN"):
             bembed.quantize_embeddings(data, "int8", ranges=ranges)
+
+
+def test_bad_ranges_are_refused_naming_ranges():
+    """Swapped [max; min] rows mapped every value to code 0 silently; NaN or a 3-D ranges array was reported
+    as a fault of `embeddings`; calibration ranges of no rows failed inside numpy."""
+    rng = np.random.default_rng(1)
+    values = rng.normal(size=(20, 8)).astype(np.float32)
+    ranges = bembed.quantize.calibration_ranges(values)
+    with pytest.raises(ValueError, match=r"ranges must be \[min; max\] rows: dimension 0 has min"):
+        bembed.quantize_embeddings(values, "uint8", ranges=ranges[::-1])
+    broken = ranges.copy()
+    broken[0, 2] = np.nan
+    with pytest.raises(ValueError, match="^ranges hold NaN"):
+        bembed.quantize_embeddings(values, "int8", ranges=broken)
+    with pytest.raises(ValueError, match=r"^ranges must be \(n, dim\)"):
+        bembed.quantize_embeddings(values, "int8", ranges=ranges[None])
+    with pytest.raises(ValueError, match="at least one row"):
+        bembed.quantize.calibration_ranges(np.zeros((0, 8), np.float32))
+    flat = ranges.copy()
+    flat[1, 0] = flat[0, 0]  # min == max: one value seen, a valid (if degenerate) range
+    assert bembed.quantize_embeddings(values, "uint8", ranges=flat).shape == (20, 8)

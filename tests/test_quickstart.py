@@ -222,6 +222,10 @@ def test_settings_and_overrides_reject_bad_input():
         qs.Settings(pair="en-fr")
     with pytest.raises(ValueError, match="minutes"):
         qs.Settings(minutes=0)
+    with pytest.raises(ValueError, match="positive finite"):  # inf ran data and tokenizer, then int(inf) failed
+        qs.Settings(minutes=float("inf"))
+    with pytest.raises(ValueError, match=r"baselines: given more than once: \['all-MiniLM-L6-v2'\]"):
+        qs.Settings(baselines=["all-MiniLM-L6-v2", "all-MiniLM-L6-v2"])
     with pytest.raises(ValueError, match="steps"):
         qs.Settings(steps={"pairs": 0})
     with pytest.raises(ValueError, match="overrides"):
@@ -253,6 +257,24 @@ def test_settings_and_overrides_reject_bad_input():
         "pairs": ["train.lr=3e-4", "model.max_length=32"]}
     with pytest.raises(ValueError, match="STAGE"):
         parse_overrides(["train.lr=3e-4"])
+
+
+def test_the_untrained_reference_embeds_as_the_trained_model_will(tmp_path):
+    """The untrained column was scored at 8192 tokens with no prompts, the trained model at stage 3's length
+    with query/passage prefixes: not like for like, and its evaluation time (which the training budget reserves
+    for the final evaluation) ran ~4× too long on retrieval."""
+    from bembed.quickstart_eval import untrained_embedder
+    from bembed.tokenizer import save_tokenizer, train_bilingual_tokenizer
+
+    tokenizer = train_bilingual_tokenizer(["Der Hund läuft schnell."] * 20, ["El perro corre rápido."] * 20, 280,
+                                          min_frequency=1)
+    save_tokenizer(tokenizer, tmp_path / "tokenizer")
+    settings = qs.Settings(out=tmp_path / "qs", baselines=[], overrides=parse_overrides(
+        ["multitask.model.max_length=40", "multitask.multitask.query_prefix='q: '"]))
+    embedder = untrained_embedder(settings, str(tmp_path / "tokenizer"))
+    assert embedder.max_seq_length == 40
+    assert embedder.prompts == {"query": "q: ", "document": "passage: "}
+    assert embedder.encode(["Der Hund"], prompt_name="query").shape == (1, embedder.dim)
 
 
 def test_model_folder_keeps_the_final_stages_prompts_and_settings(tmp_path):

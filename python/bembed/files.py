@@ -72,6 +72,14 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
         handle.write(text.encode("utf-8"))
 
 
+def save_figure_atomic(fig, path: str | os.PathLike, **savefig_kwargs) -> None:
+    """A matplotlib figure written like every other output: an interrupted save leaves the old file, where
+    savefig(path) truncates it first. The format follows the file's suffix."""
+    path = Path(path)
+    with replacing_file(path) as handle:
+        fig.savefig(handle, format=path.suffix.lstrip(".") or "png", **savefig_kwargs)
+
+
 def write_json_atomic(path: str | os.PathLike, value, indent: int = 1) -> None:
     write_text_atomic(path, json.dumps(value, indent=indent, ensure_ascii=False) + "\n")
 

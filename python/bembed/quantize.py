@@ -20,6 +20,9 @@ PRECISIONS = ("float32", "int8", "uint8", "binary", "ubinary")
 def calibration_ranges(embeddings) -> np.ndarray:
     """(2, dim) float32: the per-dimension minimum and maximum of `embeddings` (n, dim)."""
     values = _as_numpy(embeddings)
+    if values.ndim != 2 or len(values) == 0:
+        raise ValueError(f"embeddings must be (n, dim) with at least one row to take ranges from, got shape "
+                         f"{values.shape}")
     return np.stack([values.min(axis=0), values.max(axis=0)]).astype(np.float32)
 
 
@@ -52,20 +55,24 @@ def quantize_embeddings(embeddings, precision: str, ranges=None):
     return torch.from_numpy(codes).to(embeddings.device) if is_tensor else codes
 
 
-def _as_numpy(embeddings) -> np.ndarray:
-    if isinstance(embeddings, torch.Tensor):
-        values = embeddings.detach().float().cpu().numpy()
+def _as_numpy(values, name: str = "embeddings") -> np.ndarray:
+    if isinstance(values, torch.Tensor):
+        values = values.detach().float().cpu().numpy()
     else:
-        values = np.asarray(embeddings, dtype=np.float32)
+        values = np.asarray(values, dtype=np.float32)
     if values.ndim not in (1, 2):
-        raise ValueError(f"embeddings must be (n, dim) or (dim,), got shape {values.shape}")
+        raise ValueError(f"{name} must be (n, dim) or (dim,), got shape {values.shape}")
     if not np.isfinite(values).all():  # a NaN would get an arbitrary code, and poison every range it enters
-        raise ValueError("embeddings hold NaN or inf values: there is no code for them")
+        raise ValueError(f"{name} hold NaN or inf values: there is no code for them")
     return values
 
 
 def _checked_ranges(ranges, dim: int) -> tuple[np.ndarray, np.ndarray]:
-    values = _as_numpy(ranges)
+    values = _as_numpy(ranges, "ranges")
     if values.shape != (2, dim):
         raise ValueError(f"ranges must be (2, {dim}) rows of per-dimension [min; max], got shape {values.shape}")
-    return values[0], values[1]
+    low, high = values
+    if (low > high).any():  # [max; min] would map every value to the lowest code
+        bad = int(np.argmax(low > high))
+        raise ValueError(f"ranges must be [min; max] rows: dimension {bad} has min {low[bad]} > max {high[bad]}")
+    return low, high

@@ -24,13 +24,14 @@ import contextlib
 import dataclasses
 import json
 import logging
+import math
 import threading
 import time
 from pathlib import Path
 
 import torch
 
-from bembed.files import replacing_folder, write_json_atomic
+from bembed.files import replacing_folder, save_figure_atomic, write_json_atomic
 from bembed.quickstart_eval import MUST_F1, cross_lingual_demo, evaluate_model, evaluate_references
 
 log = logging.getLogger(__name__)
@@ -82,8 +83,8 @@ class Settings:
     def __post_init__(self):
         if self.pair not in ("en-de", "en-es"):
             raise ValueError(f"pair must be 'en-de' or 'en-es', got {self.pair!r}")
-        if not self.minutes > 0:
-            raise ValueError(f"minutes must be positive, got {self.minutes}")
+        if not (math.isfinite(self.minutes) and self.minutes > 0):  # inf would pass until plan_steps' int()
+            raise ValueError(f"minutes must be a positive finite number, got {self.minutes}")
         self.out = Path(self.out)
         if self.steps is not None:
             unknown = sorted(set(self.steps) - set(TRAINING_STAGES))
@@ -430,7 +431,7 @@ def plot_losses(settings: Settings, png: Path) -> dict:
             ax.legend(fontsize=8)
     axes[0].set_ylabel("loss")
     fig.tight_layout()
-    fig.savefig(png, dpi=100)
+    save_figure_atomic(fig, png, dpi=100)
     plt.close(fig)
     return {"png": str(png)}
 

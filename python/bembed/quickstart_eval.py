@@ -33,18 +33,22 @@ def eval_tasks(settings: Settings, data_root: str, kinds: tuple[str, ...] | None
 
 
 def untrained_embedder(settings: Settings, tokenizer_dir: str):
-    """Stage 1's architecture with fresh weights: what training starts from."""
+    """Stage 1's architecture with fresh weights: what training starts from, embedding the way the trained
+    model will (the last stage's length and query/passage prompts), so the two columns compare like for like
+    and its evaluation time predicts the final one's, which the training budget reserves."""
     from bembed.encode import Embedder
     from bembed.model import JinaBertConfig, JinaBertModel
-    from bembed.quickstart import stage_config
+    from bembed.quickstart import TRAINING_STAGES, stage_config
     from bembed.tokenizer import model_config_kwargs
-    from bembed.training.encoder import load_tokenizer
+    from bembed.training.encoder import load_tokenizer, stage_prompts
 
     cfg = stage_config(settings, "pretrain", "", tokenizer_dir)
+    last = stage_config(settings, TRAINING_STAGES[-1], "", "")
     tokenizer = load_tokenizer(tokenizer_dir)
     torch.manual_seed(settings.seed)
     model = JinaBertModel(JinaBertConfig(**{**cfg.model.config, **model_config_kwargs(tokenizer)}))
-    embedder = Embedder(model, tokenizer)
+    embedder = Embedder(model, tokenizer, prompts=stage_prompts(last.multitask),
+                        max_seq_length=last.model.max_length)
     embedder.name = "untrained (same architecture)"
     return embedder
 

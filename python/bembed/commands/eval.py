@@ -33,12 +33,16 @@ def load_model_encoder(path: str):
         raise FileNotFoundError(f"no such model folder: {path}")
     try:
         return load_encoder(folder)
-    except ValueError:  # not a JinaBERT config
+    except ValueError as exc:  # not a JinaBERT config
         if not (folder / "modules.json").is_file():
             raise
+        bembed_error = exc
     from sentence_transformers import SentenceTransformer
 
-    model = SentenceTransformer(str(folder), device="cpu")
+    try:
+        model = SentenceTransformer(str(folder), device="cpu")
+    except (ValueError, OSError) as exc:  # say why bembed could not load it either
+        raise ValueError(f"{bembed_error}; as a sentence-transformers folder: {exc}") from exc
 
     class _SentenceTransformerEncoder:
         name = folder.name
@@ -123,7 +127,16 @@ def run(args) -> int:
 
     # Every reference name is taken, asked for or not, so a folder's label is the same in every run.
     labels = model_labels(args.model, taken={*baselines.BASELINES, HashingEncoder.name})
-    encoders = [(lambda p=p: load_model_encoder(p), label) for p, label in zip(args.model, labels)]
+    encoders = []
+    for path, label in zip(args.model, labels):
+        # Loaded now, not when its turn comes: a folder that cannot load (a plain BERT, no tokenizer) is
+        # reported before the models ahead of it spend minutes.
+        try:
+            encoder = load_model_encoder(path)
+        except (ValueError, OSError) as exc:
+            print(f"--model {path}: {exc}")
+            return 2
+        encoders.append((lambda e=encoder: e, label))
     if args.baselines is not None:
         wanted = args.baselines or list(baselines.BASELINES)
         installed = [n for n in wanted if n in baselines.available()]

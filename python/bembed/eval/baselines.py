@@ -67,11 +67,14 @@ def available() -> list[str]:
 
 
 def check_names(names, argument: str = "baselines") -> None:
-    """Raise ValueError if ``names`` holds a name that is no baseline: a typo, found up front, where a known
-    name whose package is not installed is only skipped. ``argument`` names the setting in the message."""
+    """Raise ValueError if ``names`` holds a name that is no baseline (a typo, found up front, where a known
+    name whose package is not installed is only skipped) or a name twice. ``argument`` names the setting."""
     unknown = sorted(set(names or ()) - set(BASELINES))
     if unknown:
         raise ValueError(f"{argument}: unknown {unknown}; known: {sorted(BASELINES)}")
+    repeated = sorted({name for name in names or () if list(names).count(name) > 1})
+    if repeated:  # it would be evaluated twice, two identical columns
+        raise ValueError(f"{argument}: given more than once: {repeated}")
 
 
 def load(name: str):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bembed.files import write_json_atomic
+from bembed.files import save_figure_atomic, write_json_atomic
 
 
 def _tasks(results: list[dict]) -> list[str]:
@@ -57,5 +57,5 @@ def write_bar_chart(results: list[dict], path: Path) -> None:
     ax.set_title("bembed local tasks (STS and pair classification are constructed)")
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))  # outside: bars reach the top
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure_atomic(fig, path, dpi=120)
     plt.close(fig)

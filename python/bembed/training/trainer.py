@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from bembed.files import replacing_folder, write_text_atomic
+from bembed.files import replacing_folder, save_figure_atomic, write_text_atomic
 
 from . import checkpoint as ckpt
 from .config import TrainConfig
@@ -532,6 +532,6 @@ def plot_losses(metrics_path: Path, png_path: Path) -> Path | None:
     ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(png_path, dpi=100)
+    save_figure_atomic(fig, png_path, dpi=100)
     plt.close(fig)
     return Path(png_path)
