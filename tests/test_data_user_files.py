@@ -119,3 +119,60 @@ def test_a_byte_order_mark_is_not_part_of_the_first_column(tmp_path):
     jsonl_path = tmp_path / "bom.jsonl"
     jsonl_path.write_bytes(("\ufeff" + json.dumps({"text": "hallo"}) + "\n").encode())
     assert load_user_file(jsonl_path)[0] == [{"text": "hallo"}]
+
+
+def test_csv_cells_longer_than_the_csv_modules_default_limit_load(tmp_path):
+    """A 200k-character document (an 8192-token model's) failed with _csv.Error: field larger than field limit."""
+    path = tmp_path / "long.csv"
+    path.write_text("query,document\nq1," + "wort " * 40_000 + "\n", encoding="utf-8")
+    rows, _ = load_user_file(path)
+    assert len(rows[0]["document"]) == 200_000
+
+
+def test_csv_the_reader_cannot_parse_is_a_user_data_error_naming_file_and_line(tmp_path):
+    """Lone \\r line ends gave a bare _csv.Error traceback naming neither the file nor the line."""
+    path = tmp_path / "cr.csv"
+    path.write_bytes(b"query,document\rq1,d1\rq2,d2\r")
+    for on_error in ("raise", "skip"):  # the reader cannot go past it: there is no row to skip
+        with pytest.raises(UserDataError, match=r"cr.csv:line 1: not readable as CSV"):
+            load_user_file(path, on_error=on_error)
+
+
+def test_rows_that_contradict_themselves_are_refused(tmp_path):
+    """A triple whose negative is its own positive asks the model to push its answer away; a boolean is no
+    graded score (it was read as 1.0)."""
+    path = _jsonl(tmp_path / "t.jsonl", [json.dumps({"query": "q", "positive": "same text",
+                                                     "negatives": ["other", " same text "]})])
+    with pytest.raises(UserDataError, match="t.jsonl:line 1: a negative is the row's own positive"):
+        load_user_file(path)
+    path = _jsonl(tmp_path / "s.jsonl", [json.dumps({"sentence1": "a", "sentence2": "b", "score": True})])
+    with pytest.raises(UserDataError, match="s.jsonl:line 1: column 'score' must be a number, got True"):
+        load_user_file(path)
+
+
+def test_a_hub_dataset_with_no_valid_rows_is_an_error_like_a_file(tmp_path, capsys):
+    """`data check --hf` exited 0 with "0 valid rows" (and --save saved an empty dataset) where the same rows
+    in a local file are an error; a dataset the hub cannot give was a traceback."""
+    pytest.importorskip("datasets")
+    from bembed.cli import main
+    from bembed.data.user_files import load_hf_dataset
+
+    data = _jsonl(tmp_path / "bad.jsonl", [json.dumps({"text": ""}), json.dumps({"text": "  "})])
+    with pytest.raises(UserDataError, match=r"no valid rows \(2 skipped\)"):
+        load_hf_dataset("json", "text", on_error="skip", data_files=str(data))
+    assert main(["data", "check", str(tmp_path / "no-such-local-dataset"), "--hf", "--kind", "text"]) == 1
+    assert capsys.readouterr().out.startswith("error: ")
+
+
+def test_data_check_save_replaces_only_its_own_output(tmp_path, capsys):
+    pytest.importorskip("datasets")
+    from bembed.cli import main
+
+    path = _jsonl(tmp_path / "u.jsonl", [json.dumps({"text": "good row"})])
+    (tmp_path / "notes.txt").write_text("mine")
+    assert main(["data", "check", str(path), "--save", str(tmp_path / "notes.txt")]) == 2
+    assert "--save" in capsys.readouterr().out and (tmp_path / "notes.txt").read_text() == "mine"
+    for _ in range(2):  # the second run replaces the first run's folder
+        assert main(["data", "check", str(path), "--save", str(tmp_path / "saved")]) == 0
+    assert json.loads((tmp_path / "saved" / "bembed_report.json").read_text())["rows"] == 1
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary left beside it

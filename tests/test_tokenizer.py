@@ -164,3 +164,44 @@ def test_a_file_that_is_not_utf8_is_named(tmp_path, capsys):
     assert main(["tokenizer", "--files", str(tmp_path / "en.txt"), str(latin1), "--out", str(tmp_path / "tok"),
                  "--vocab-size", "400"]) == 2
     assert "de.txt:1: not UTF-8 text" in capsys.readouterr().out
+
+
+def test_corpus_mistakes_name_the_argument_or_file(tmp_path, capsys):
+    """A long text passed where a path goes raised OSError (file name too long); an empty --files file was
+    "both languages need at least one non-empty text", naming neither."""
+    from bembed.cli import main
+
+    with pytest.raises(ValueError, match=r"texts_or_files_lang_a: 'Das ist .{60,}\.\.\.' is not .* \(pass texts as a list\)"):
+        train_bilingual_tokenizer("Das ist ein langer deutscher Text. " * 20, ["casa"], 400)
+    with pytest.raises(ValueError, match="texts_or_files_lang_b: no non-empty text"):
+        train_bilingual_tokenizer(["Haus"], ["  ", ""], 400)
+    (tmp_path / "en.txt").write_text("size and measure\n", encoding="utf-8")
+    (tmp_path / "empty.txt").write_text("\n \n", encoding="utf-8")
+    assert main(["tokenizer", "--files", str(tmp_path / "en.txt"), str(tmp_path / "empty.txt"), "--out",
+                 str(tmp_path / "tok"), "--vocab-size", "400"]) == 2
+    assert f"--files {tmp_path / 'empty.txt'}: no non-empty text" in capsys.readouterr().out
+
+
+def test_the_tokenizer_folder_is_written_whole_and_never_over_other_files(tmp_path, monkeypatch):
+    """save_pretrained wrote into the folder and then rewrote tokenizer_config.json in place: a kill there left
+    a new tokenizer.json beside a torn config that AutoTokenizer cannot read, in a folder that looked done."""
+    import bembed.tokenizer as tok
+
+    texts_a, texts_b = sentences(GERMAN, 50, 1), sentences(SPANISH, 50, 2)
+    out = tmp_path / "tok"
+    train_bilingual_tokenizer(texts_a, texts_b, 400, output_dir=out)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(tok, "write_json_atomic", killed)
+    with pytest.raises(KeyboardInterrupt):
+        train_bilingual_tokenizer(texts_b, texts_a, 400, output_dir=out)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tok"]
+    monkeypatch.undo()
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "model.safetensors").write_bytes(b"weights")
+    with pytest.raises(ValueError, match="output_dir: .*model exists and is not a tokenizer folder"):
+        train_bilingual_tokenizer(texts_a, texts_b, 400, output_dir=tmp_path / "model")
+    assert (tmp_path / "model" / "model.safetensors").read_bytes() == b"weights"

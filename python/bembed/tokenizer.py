@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from bembed.files import user_text_lines
+from bembed.files import replacing_folder, user_text_lines, write_json_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -37,13 +37,21 @@ def _read_lines(path: Path) -> Iterator[str]:
                 yield line
 
 
+def _is_path(source) -> bool:
+    try:
+        return Path(source).exists()
+    except OSError:  # a text where a path goes, too long to be a file name
+        return False
+
+
 def read_corpus(source, argument: str) -> list[str]:
     """A corpus argument as a list of texts: a path (str or Path) to a file or folder of UTF-8 text files
     (one text a line), a sequence of pathlib.Path, or an iterable of strings."""
-    if isinstance(source, (str, os.PathLike)) and Path(source).exists():
+    if isinstance(source, (str, os.PathLike)) and _is_path(source):
         return list(_read_lines(Path(source)))
     if isinstance(source, (str, os.PathLike)):
-        raise ValueError(f"{argument}: {str(source)!r} is not an existing file or folder (pass texts as a list)")
+        shown = str(source) if len(str(source)) <= 80 else str(source)[:77] + "..."
+        raise ValueError(f"{argument}: {shown!r} is not an existing file or folder (pass texts as a list)")
     if not isinstance(source, Iterable):
         raise TypeError(f"{argument} must be a path or an iterable of texts, got {type(source).__name__}")
     items = list(source)
@@ -97,8 +105,11 @@ def train_bilingual_tokenizer(texts_or_files_lang_a, texts_or_files_lang_b, voca
                          f"got {vocab_size}")
     texts_a = read_corpus(texts_or_files_lang_a, "texts_or_files_lang_a")
     texts_b = read_corpus(texts_or_files_lang_b, "texts_or_files_lang_b")
-    if not texts_a or not texts_b:
-        raise ValueError("both languages need at least one non-empty text")
+    for name, texts in (("texts_or_files_lang_a", texts_a), ("texts_or_files_lang_b", texts_b)):
+        if not texts:
+            raise ValueError(f"{name}: no non-empty text (each language needs at least one)")
+    if output_dir is not None:
+        check_tokenizer_folder(output_dir)
 
     tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
     tokenizer.normalizer = normalizers.NFC()
@@ -118,9 +129,26 @@ def train_bilingual_tokenizer(texts_or_files_lang_a, texts_or_files_lang_b, voca
     fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token="<s>", pad_token="<pad>",
                                    eos_token="</s>", unk_token="<unk>", mask_token="<mask>", cls_token="<s>",
                                    sep_token="</s>", model_max_length=model_max_length)
-    if output_dir is not None:
-        save_tokenizer(fast, output_dir)
+    if output_dir is not None:  # whole or not at all: a killed save must not leave a folder that looks done
+        with replacing_folder(output_dir) as tmp:
+            save_tokenizer(fast, tmp)
     return fast
+
+
+# What save_pretrained writes for a fast tokenizer: a folder holding only these may be replaced by a new one.
+TOKENIZER_FILES = {"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja"}
+
+
+def check_tokenizer_folder(output_dir: str | os.PathLike, argument: str = "output_dir") -> None:
+    """Raise ValueError unless `output_dir` can take a new tokenizer: absent, or a folder of tokenizer files
+    only (it is replaced whole, so other files, a model's weights say, would go with it)."""
+    path = Path(output_dir)
+    if not path.exists():
+        return
+    others = sorted(p.name for p in path.iterdir()) if path.is_dir() else None
+    if others is None or set(others) - TOKENIZER_FILES:
+        raise ValueError(f"{argument}: {path} exists and is not a tokenizer folder (it would be replaced whole); "
+                         "give a new folder")
 
 
 def save_tokenizer(tokenizer, output_dir: str | os.PathLike) -> None:
@@ -132,7 +160,7 @@ def save_tokenizer(tokenizer, output_dir: str | os.PathLike) -> None:
     path = Path(output_dir) / "tokenizer_config.json"
     settings = json.loads(path.read_text(encoding="utf-8"))
     settings["tokenizer_class"] = "PreTrainedTokenizerFast"
-    path.write_text(json.dumps(settings, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    write_json_atomic(path, settings, indent=2)
 
 
 def model_config_kwargs(tokenizer) -> dict:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 
@@ -93,7 +92,7 @@ def _build(args) -> int:
         try:
             miner = (baselines.load(args.mine_with) if args.mine_with in baselines.BASELINES
                      else load_model_encoder(args.mine_with))
-        except (FileNotFoundError, ValueError) as exc:
+        except (FileNotFoundError, ImportError, ValueError) as exc:
             print(f"--mine-with: {exc}")
             return 1
     try:
@@ -123,23 +122,32 @@ def _check(args) -> int:
     if args.hf and not args.kind:
         print("--hf needs --kind (the columns of a hub dataset are not inferred)")
         return 2
+    save = Path(args.save) if args.save else None
+    if save and save.exists() and not (save.is_dir() and (not any(save.iterdir())
+                                                          or (save / "bembed_report.json").is_file())):
+        # replaced whole when it is saved: only an empty folder or an earlier --save output may go
+        print(f"--save: {save} exists and is not an earlier `bembed data check --save` folder")
+        return 2
     try:
         if args.hf:
             rows, report = load_hf_dataset(args.path, args.kind, args.hf_split, on_error)
         else:
             rows, report = load_user_file(args.path, args.kind, on_error)
-    except (UserDataError, FileNotFoundError, ValueError) as exc:  # a bad row, a missing file, a wrong suffix
+    except (UserDataError, OSError, ValueError) as exc:  # a bad row, a missing file or hub dataset, a wrong suffix
         print(f"error: {exc}")
         return 1
     print(f"{report.path}: kind {report.kind}, {report.rows} valid rows, {report.skipped} skipped")
     for problem in report.problems:
         print(f"  {problem}")
-    if args.save:
+    if save:
         from datasets import Dataset
 
-        Dataset.from_list(rows).save_to_disk(args.save)
-        (Path(args.save) / "bembed_report.json").write_text(json.dumps(vars(report), indent=1))
-        print(f"saved to {args.save}")
+        from bembed.files import replacing_folder, write_json_atomic
+
+        with replacing_folder(save) as tmp:
+            Dataset.from_list(rows).save_to_disk(str(tmp))
+            write_json_atomic(tmp / "bembed_report.json", vars(report))
+        print(f"saved to {save}")
     return 0
 
 

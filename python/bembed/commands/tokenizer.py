@@ -78,12 +78,16 @@ def train_for_pair(out: str | Path, pair: str = "en-de", vocab_size: int = 16000
                    files: tuple[str, str] | None = None, max_chars: int | None = None):
     """Train and save the pair's tokenizer into `out`; returns it (a PreTrainedTokenizerFast)."""
     from bembed.data.sources import cache_dir
-    from bembed.tokenizer import read_corpus, train_bilingual_tokenizer
+    from bembed.tokenizer import check_tokenizer_folder, read_corpus, train_bilingual_tokenizer
 
     if max_chars is not None and max_chars < 1:
         raise ValueError(f"max_chars must be positive, got {max_chars}")
+    check_tokenizer_folder(out, "--out")
     if files is not None:
         corpus_a, corpus_b = (read_corpus(f, "--files") for f in files)
+        for name, corpus in zip(files, (corpus_a, corpus_b)):
+            if not corpus:
+                raise ValueError(f"--files {name}: no non-empty text")
         if max_chars is not None:
             corpus_a, corpus_b = (seeded_sample(texts, max_chars) for texts in (corpus_a, corpus_b))
     else:

@@ -9,7 +9,9 @@ Levels follow the wording of the SemEval STS annotation scale, each produced by 
                     share some details")
   1 same chapter    A[v] vs B[w], |w − v| ≥ 3 in the same chapter ("not equivalent, but on the same topic")
   0 random          A[v] vs a verse of another chapter of the same split ("different topic")
-One level per anchor verse, drawn by a per-chapter seeded RNG; partners never cross the split boundary.
+One level per anchor verse, drawn by a per-chapter seeded RNG; partners never cross the split boundary. A
+level-1 or level-0 partner that reads like the anchor's own translation (a verse repeated word for word, as in
+Numbers 7) is dropped: it would score 1 or 0 what the paraphrase level scores 5.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import random
 
+from bembed.data.align import normalize
 from bembed.data.records import Document
 
 LEVELS = {"paraphrase": 5.0, "partial": 3.0, "half_overlap": 2.0, "same_chapter": 1.0, "random": 0.0}
@@ -54,6 +57,8 @@ def build_sts(chapters_a: list[Document], chapters_b: list[Document], salt: str 
                 s1, s2 = a_v, rng.choice(other.paragraphs)
             else:
                 continue  # level not constructible at this verse (chapter end, short chapter, one chapter)
+            if LEVELS[level] <= 1.0 and normalize(s2) in (normalize(a_v), normalize(b_v)):
+                continue
             rows.append({"sentence1": s1, "sentence2": s2, "score": LEVELS[level], "level": level,
                          "lang1": a.lang, "lang2": b.lang, "doc_id": a.doc_id, "origin": ORIGIN})
     return rows

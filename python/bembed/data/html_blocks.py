@@ -13,6 +13,8 @@ from html.parser import HTMLParser
 from bembed.data.records import clean
 
 _VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track", "wbr"}
+# Void elements that separate the words around them ("toolbar<br>and" is two words; <wbr> is not a space).
+_BREAKS = {"br", "hr"}
 _SKIP = {"script", "style", "pre", "noscript", "head"}
 
 # (tag, attrs) -> a block key, or None when the element is not a block.
@@ -31,6 +33,8 @@ class _Reader(HTMLParser):
         self.in_title = False
 
     def handle_starttag(self, tag, attrs):
+        if tag in _BREAKS:
+            self.handle_data(" ")
         if tag in _VOID:
             return
         attrs = {k: (v or "") for k, v in attrs}

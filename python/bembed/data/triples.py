@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import Counter
 
 from bembed.data.bm25 import BM25
+from bembed.data.align import normalize
 from bembed.data.records import Document, clean, word_count
 
 MIN_WORDS = 3
@@ -32,7 +33,7 @@ def adjacent_pairs(docs: list[Document]) -> list[dict]:
     for d in docs:
         paras = [p for p in d.paragraphs if word_count(p) >= MIN_WORDS]
         for first, second in zip(paras, paras[1:]):
-            if first != second:
+            if normalize(first) != normalize(second):
                 rows.append({"anchor": first, "positive": second, "kind": "adjacent", "lang": d.lang,
                              "source": d.source, "doc_id": d.doc_id})
     return rows
@@ -49,7 +50,8 @@ def translation_paraphrase_pairs(chapters_a: list[Document], chapters_b: list[Do
         b_text = dict(zip(b.keys, b.paragraphs))
         for key, text in zip(a.keys, a.paragraphs):
             other = b_text.get(key)
-            if other and other != text and word_count(text) >= MIN_WORDS and word_count(other) >= MIN_WORDS:
+            if (other and normalize(other) != normalize(text) and word_count(text) >= MIN_WORDS
+                    and word_count(other) >= MIN_WORDS):
                 rows.append({"anchor": text, "positive": other, "kind": "verse_paraphrase", "lang": a.lang,
                              "source": f"{a.source}|{b.source}", "doc_id": a.doc_id})
     return rows

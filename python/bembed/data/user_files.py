@@ -30,6 +30,7 @@ KINDS = {
 }
 FORMATS = (".jsonl", ".csv", ".parquet")
 _KEEP_PROBLEMS = 10
+_CSV_CELL_LIMIT = 2**31 - 1
 
 
 class UserDataError(ValueError):
@@ -80,9 +81,13 @@ def validate_row(row: dict, kind: str) -> dict:
             negatives = negatives.tolist()
         if not isinstance(negatives, list) or not all(isinstance(n, str) and n.strip() for n in negatives):
             raise ValueError("column 'negatives' must be a list of non-empty strings")
-        return {"query": _nonempty_str(row, "query"), "positive": _nonempty_str(row, "positive"),
-                "negatives": negatives}
+        positive = _nonempty_str(row, "positive")
+        if any(n.strip() == positive.strip() for n in negatives):  # the row would push its own answer away
+            raise ValueError("a negative is the row's own positive")
+        return {"query": _nonempty_str(row, "query"), "positive": positive, "negatives": negatives}
     if kind == "sts":
+        if isinstance(row["score"], bool):  # float(True) is 1.0: a boolean is no graded score
+            raise ValueError(f"column 'score' must be a number, got {row['score']!r}")
         try:
             score = float(row["score"])
         except (TypeError, ValueError):
@@ -106,15 +111,21 @@ def _raw_rows(path: Path) -> Iterator[tuple[str, object]]:
             except json.JSONDecodeError as exc:
                 yield f"line {n}", ValueError(f"invalid JSON: {exc.msg}")
     elif suffix == ".csv":
+        # Long documents (an 8192-token model's) outgrow the csv module's default 128 KiB cell limit.
+        csv.field_size_limit(max(csv.field_size_limit(), _CSV_CELL_LIMIT))
         # the csv module wants the lines with their ends (newline=""): quoted cells may span lines
         reader = csv.DictReader(line for _, line in user_text_lines(path))
         start = reader.line_num + 1
-        for row in reader:
-            if None in row:  # more cells than header columns
-                yield f"line {start}", ValueError(f"{len(row[None])} cell(s) beyond the header's columns")
-            else:
-                yield f"line {start}", row
-            start = reader.line_num + 1
+        try:
+            for row in reader:
+                if None in row:  # more cells than header columns
+                    yield f"line {start}", ValueError(f"{len(row[None])} cell(s) beyond the header's columns")
+                else:
+                    yield f"line {start}", row
+                start = reader.line_num + 1
+        except csv.Error as exc:  # the reader cannot go on past it: no row to skip
+            # line_num counts the lines read whole; the one it failed in is the next
+            raise UserDataError(f"{path}:line {reader.line_num + 1}: not readable as CSV: {exc}") from None
     elif suffix == ".parquet":
         import pyarrow.parquet as pq
 
@@ -182,4 +193,6 @@ def load_hf_dataset(name: str, kind: str, split: str = "train", on_error: str = 
             if len(report.problems) < _KEEP_PROBLEMS:
                 report.problems.append(f"{report.path}:row {n}: {exc}")
     report.rows = len(rows)
+    if not rows:
+        raise UserDataError(f"{report.path}: no valid rows ({report.skipped} skipped)")
     return rows, report

