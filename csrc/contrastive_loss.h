@@ -18,8 +18,10 @@
 // c + log Σ: at |s| ~ 1/τ that sum would round log Σ to a unit of ~1/τ's last place (2e-6 at τ = 0.05),
 // and every probability exp(s − lse) would carry it. With the shift kept apart, s − c is exact for the
 // scores that matter (Sterbenz) and the probabilities are as accurate as PyTorch's log_softmax makes them.
-// The positives' own gradient, p_ii − 1 per direction, is tiny near convergence and is worst computed as
-// a probability minus 1; the forward saves it as expm1(−t) of each anchor's exact loss term t.
+// The sums are double on every device: near convergence Σ = 1 + ε with ε the whole gradient of the row,
+// which a float sum (folded strip after strip, 64 strips at B = 131072) would round away. The positives'
+// own gradient, p_ii − 1 per direction, is tiny there and is worst computed as a probability minus 1; the
+// forward saves it as expm1(−t) of each anchor's exact loss term t.
 #pragma once
 
 #include <ATen/TensorOperators.h>
@@ -121,11 +123,11 @@ inline ContrastivePlan make_contrastive_plan(int64_t M, int64_t K, int64_t dim, 
 // A Kernels object supplies, for a strip S (nr × nc scores s = q·d/τ, contiguous, acc_t = float or double):
 //   scores(S, q_rows, d_cols, inv_tau) S = q_rows · d_colsᵀ / τ (in acc_t, rounded once)
 //   row_stats(S, nr, nc, lr0, nl, M, L)
-//        online update of running max M and sum L = Σ exp(s − M) (length nl, this rank's queries) with
-//        rows lr0..lr0+nl-1
+//        online update of running max M and sum L = Σ exp(s − M) (double, length nl, this rank's queries)
+//        with rows lr0..lr0+nl-1
 //   anchor_stats(S, nr, nc, lr0, nl, M, L, col_shift, col_sum)
-//        row_stats, plus each column's (shift c, Σ over all nr rows of exp(s − c)) for any c at least the
-//        column's maximum (the column-anchor strips)
+//        row_stats, plus each column's (shift c, Σ over all nr rows of exp(s − c)) (double) for any c at
+//        least the column's maximum (the column-anchor strips)
 //   scores_to_grad(S, nr, nc, lr0, nl, row_max, row_scale, col_shift|nullptr, col_scale|nullptr,
 //                  diag_row, diag_col, ndiag, diag_values)
 //        S ← exp(s − row_max)·row_scale on local rows + exp(s − col_shift)·col_scale when given, then the
@@ -135,7 +137,7 @@ inline ContrastivePlan make_contrastive_plan(int64_t M, int64_t K, int64_t dim, 
 //   accumulate(C, A, B)                C += A·B (C in acc_t)
 //   acc_dtype(scalar type), budget     accumulation dtype; scores per strip
 // Returns (loss, row_stats (2, B): running max and sum per anchor query, col_stats (2, B or 0): shift and
-// sum per anchor document, positive_grad (B): Σ over directions of p_ii − 1).
+// sum per anchor document, positive_grad (B): Σ over directions of p_ii − 1), the last three float64.
 template <class Kernels>
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> contrastive_forward(
     const at::Tensor& queries, const at::Tensor& documents, double temperature, bool bidirectional,
@@ -149,12 +151,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> contrastive_forward(
   const auto acc_opts = q.options().dtype(acc);
   const double inv_tau = 1.0 / temperature;
 
-  auto row_stats = at::empty({2, B}, acc_opts);
+  const auto stats_opts = q.options().dtype(at::kDouble);
+  auto row_stats = at::empty({2, B}, stats_opts);
   auto running_max = row_stats.select(0, 0);
   auto running_sum = row_stats.select(0, 1);
   running_max.fill_(-std::numeric_limits<double>::infinity());
   running_sum.zero_();
-  auto col_stats = at::empty({2, bidirectional ? B : 0}, acc_opts);
+  auto col_stats = at::empty({2, bidirectional ? B : 0}, stats_opts);
   // The positive scores s_ii, i ∈ [o, o+B), read out of the strips: the very values the maxima were taken
   // of, so a positive that is its row's maximum gives running_max − s_ii = 0 exactly.
   auto positive = at::empty({B}, acc_opts);
@@ -179,11 +182,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> contrastive_forward(
   }
   // Each anchor's term −log p_ii = (shift − s_ii) + log Σ: near convergence shift and s_ii are both ~1/τ
   // and cancel exactly, where (shift + log Σ) − s_ii would keep the rounding of the sum (one ulp of 1/τ).
-  const auto row_term = (running_max - positive) + running_sum.log();
+  const auto positive_score = positive.to(at::kDouble);
+  const auto row_term = (running_max - positive_score) + running_sum.log();
   auto total = row_term.sum();
   auto positive_grad = at::expm1(-row_term);
   if (bidirectional) {
-    const auto col_term = (col_stats.select(0, 0) - positive) + col_stats.select(0, 1).log();
+    const auto col_term = (col_stats.select(0, 0) - positive_score) + col_stats.select(0, 1).log();
     total = total + col_term.sum();
     positive_grad.add_(at::expm1(-col_term));
   }
@@ -212,14 +216,15 @@ std::tuple<at::Tensor, at::Tensor> contrastive_backward(const at::Tensor& grad_l
   // at the end (no device sync for the scalar).
   constexpr double kGradScale = 16384.0;
   const double coef = inv_tau / static_cast<double>(B);
-  // p = exp(s − shift)·(2^14 / Σ): the scale folds the normaliser and the power of two.
-  const auto rows = row_stats.to(acc);
-  const auto row_max = rows.select(0, 0).contiguous();
-  const auto row_scale = (kGradScale / rows.select(0, 1)).contiguous();
-  const auto cols = col_stats.to(acc);
-  const auto col_shift = cols.select(0, 0).contiguous();
-  const auto col_scale = (kGradScale / cols.select(0, 1)).contiguous();
-  const auto diag_values = (positive_grad.to(acc) * kGradScale).contiguous();
+  // p = exp(s − shift)·(2^14 / Σ): the scale folds the normaliser and the power of two. (The shifts are
+  // scores, so exact in acc_t.)
+  const auto rows = row_stats.to(at::kDouble);
+  const auto row_max = rows.select(0, 0).to(acc).contiguous();
+  const auto row_scale = (kGradScale / rows.select(0, 1)).to(acc).contiguous();
+  const auto cols = col_stats.to(at::kDouble);
+  const auto col_shift = cols.select(0, 0).to(acc).contiguous();
+  const auto col_scale = (kGradScale / cols.select(0, 1)).to(acc).contiguous();
+  const auto diag_values = (positive_grad.to(at::kDouble) * kGradScale).to(acc).contiguous();
 
   auto grad_q = at::zeros(q.sizes(), acc_opts);
   auto grad_d = at::zeros(d.sizes(), acc_opts);

@@ -44,17 +44,12 @@ _OPS = torch.ops.bembed
 _NAME = "contrastive_loss"
 
 
-def _stats_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
 @torch.library.register_fake("bembed::contrastive_loss_fwd")
 def _fwd_fake(queries, documents, temperature, bidirectional, world_size, rank):
     B = queries.shape[0] // world_size
-    stats_dtype = _stats_dtype(queries.dtype)
-    return (queries.new_empty(()), queries.new_empty((2, B), dtype=stats_dtype),
-            queries.new_empty((2, B if bidirectional else 0), dtype=stats_dtype),
-            queries.new_empty((B,), dtype=stats_dtype))
+    stats = torch.float64  # on every device and for every input dtype (csrc/contrastive_loss.h: precision)
+    return (queries.new_empty(()), queries.new_empty((2, B), dtype=stats),
+            queries.new_empty((2, B if bidirectional else 0), dtype=stats), queries.new_empty((B,), dtype=stats))
 
 
 @torch.library.register_fake("bembed::contrastive_loss_bwd")

@@ -44,21 +44,21 @@ struct LaneSums {
 };
 
 template <typename T>
-void row_stats_kernel(const T* S, int64_t nc, int64_t lr0, int64_t nl, T* running_max, T* running_sum) {
+void row_stats_kernel(const T* S, int64_t nc, int64_t lr0, int64_t nl, double* running_max, double* running_sum) {
   using V = Vectorized<T>;
   at::parallel_for(0, nl, kRowGrain, [&](int64_t begin, int64_t end) {
     for (int64_t j = begin; j < end; ++j) {
       const T* row = S + (lr0 + j) * nc;
       const T tile_max = at::vec::reduce_all<T>([](V& a, V& b) { return at::vec::maximum(a, b); }, row, nc);
-      const T new_max = std::max(running_max[j], tile_max);
-      const V shift(-new_max);
+      const double new_max = std::max(running_max[j], static_cast<double>(tile_max));  // a score: exact in T
+      const V shift(static_cast<T>(-new_max));
       const int64_t vec_end = nc - nc % V::size();
       LaneSums<T> sums;
       int64_t k = 0;
       for (; k < vec_end; k += V::size()) sums.add((V::loadu(row + k) + shift).exp());
       double sum = sums.total();
       for (; k < nc; ++k) sum += std::exp(static_cast<double>(row[k]) - new_max);
-      running_sum[j] = running_sum[j] * std::exp(running_max[j] - new_max) + static_cast<T>(sum);
+      running_sum[j] = running_sum[j] * std::exp(running_max[j] - new_max) + sum;
       running_max[j] = new_max;
     }
   });
@@ -67,7 +67,7 @@ void row_stats_kernel(const T* S, int64_t nc, int64_t lr0, int64_t nl, T* runnin
 // A strip holds whole columns, so each column's statistics are exact: max over the rows, then the sum.
 // Work goes by column blocks of one vector: a block of a few thousand rows stays in L2 between the passes.
 template <typename T>
-void column_stats_kernel(const T* S, int64_t nr, int64_t nc, T* col_shift, T* col_sum) {
+void column_stats_kernel(const T* S, int64_t nr, int64_t nc, double* col_shift, double* col_sum) {
   using V = Vectorized<T>;
   const int64_t nblocks = (nc + V::size() - 1) / V::size();
   at::parallel_for(0, nblocks, 1, [&](int64_t begin, int64_t end) {
@@ -83,7 +83,7 @@ void column_stats_kernel(const T* S, int64_t nr, int64_t nc, T* col_shift, T* co
       mx.store(max_out);
       for (int64_t t = 0; t < width; ++t) {
         col_shift[k0 + t] = max_out[t];
-        col_sum[k0 + t] = static_cast<T>(sums.lane[t]);
+        col_sum[k0 + t] = sums.lane[t];
       }
     }
   });
@@ -131,8 +131,8 @@ struct CpuKernels {
   static void row_stats(const at::Tensor& S, int64_t nr, int64_t nc, int64_t lr0, int64_t nl,
                         at::Tensor& running_max, at::Tensor& running_sum) {
     AT_DISPATCH_FLOATING_TYPES(S.scalar_type(), "bembed_contrastive_row_stats", [&] {
-      row_stats_kernel<scalar_t>(S.const_data_ptr<scalar_t>(), nc, lr0, nl,
-                                 running_max.mutable_data_ptr<scalar_t>(), running_sum.mutable_data_ptr<scalar_t>());
+      row_stats_kernel<scalar_t>(S.const_data_ptr<scalar_t>(), nc, lr0, nl, running_max.mutable_data_ptr<double>(),
+                                 running_sum.mutable_data_ptr<double>());
     });
   }
 
@@ -141,10 +141,10 @@ struct CpuKernels {
                            at::Tensor col_sum) {
     AT_DISPATCH_FLOATING_TYPES(S.scalar_type(), "bembed_contrastive_anchor_stats", [&] {
       const auto* s = S.const_data_ptr<scalar_t>();
-      auto* m = running_max.mutable_data_ptr<scalar_t>();
-      auto* l = running_sum.mutable_data_ptr<scalar_t>();
-      auto* shift = col_shift.mutable_data_ptr<scalar_t>();
-      auto* sum = col_sum.mutable_data_ptr<scalar_t>();
+      auto* m = running_max.mutable_data_ptr<double>();
+      auto* l = running_sum.mutable_data_ptr<double>();
+      auto* shift = col_shift.mutable_data_ptr<double>();
+      auto* sum = col_sum.mutable_data_ptr<double>();
       row_stats_kernel<scalar_t>(s, nc, lr0, nl, m, l);
       column_stats_kernel<scalar_t>(s, nr, nc, shift, sum);
     });

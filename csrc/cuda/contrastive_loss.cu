@@ -1,6 +1,8 @@
 // Fused InfoNCE elementwise passes (see contrastive_loss.cuh) over strips of scores s = q·d/τ. Each pass
 // reads the float32 strip once: statistics use the one-pass online (max, sum) update, which takes one exp
-// per element except when the running max moves.
+// per element except when the running max moves. Sums are double (the driver's precision note: near
+// convergence a float sum at 1 + ε rounds ε, the row's whole gradient, away); the exps stay __expf, whose
+// error is relative to each term.
 #include <cfloat>
 #include <cmath>
 
@@ -14,22 +16,23 @@ constexpr int kWarp = 32;
 constexpr int kColumnChunkRows = 512;
 
 struct MaxSum {
-  float max, sum;
+  float max;
+  double sum;
 };
 
 __device__ __forceinline__ void online_add(MaxSum& state, float x) {
   if (x > state.max) {
-    state.sum = state.sum * __expf(state.max - x) + 1.f;
+    state.sum = state.sum * static_cast<double>(__expf(state.max - x)) + 1.0;
     state.max = x;
   } else {
-    state.sum += __expf(x - state.max);
+    state.sum += static_cast<double>(__expf(x - state.max));
   }
 }
 
 __device__ __forceinline__ MaxSum merge(MaxSum a, MaxSum b) {
   const float m = fmaxf(a.max, b.max);
-  if (m == -INFINITY) return {m, 0.f};
-  return {m, a.sum * __expf(a.max - m) + b.sum * __expf(b.max - m)};
+  if (m == -INFINITY) return {m, 0.0};
+  return {m, a.sum * static_cast<double>(__expf(a.max - m)) + b.sum * static_cast<double>(__expf(b.max - m))};
 }
 
 __device__ __forceinline__ MaxSum warp_merge(MaxSum state) {
@@ -41,16 +44,16 @@ __device__ __forceinline__ MaxSum warp_merge(MaxSum state) {
 }
 
 __global__ void row_stats_kernel(const float* __restrict__ S, int64_t nc, int64_t lr0, int64_t nl,
-                                 float* __restrict__ running_max, float* __restrict__ running_sum) {
+                                 double* __restrict__ running_max, double* __restrict__ running_sum) {
   const int64_t j = static_cast<int64_t>(blockIdx.x) * (kThreads / kWarp) + threadIdx.x / kWarp;
   if (j >= nl) return;
   const int lane = threadIdx.x % kWarp;
   const float* row = S + (lr0 + j) * nc;
-  MaxSum state{-INFINITY, 0.f};
+  MaxSum state{-INFINITY, 0.0};
   for (int64_t k = lane; k < nc; k += kWarp) online_add(state, row[k]);
   state = warp_merge(state);
-  if (lane == 0) {
-    const MaxSum total = merge({running_max[j], running_sum[j]}, state);
+  if (lane == 0) {  // the running max is a score: exact as a float
+    const MaxSum total = merge({static_cast<float>(running_max[j]), running_sum[j]}, state);
     running_max[j] = total.max;
     running_sum[j] = total.sum;
   }
@@ -59,26 +62,26 @@ __global__ void row_stats_kernel(const float* __restrict__ S, int64_t nc, int64_
 // Grid (column blocks, row chunks): each thread folds one column over kColumnChunkRows rows (coalesced
 // across the warp), leaving (max, sum) partials that column_merge_kernel combines.
 __global__ void column_partial_kernel(const float* __restrict__ S, int64_t nr, int64_t nc,
-                                      float* __restrict__ partial) {
+                                      double* __restrict__ partial) {
   const int64_t k = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
   if (k >= nc) return;
   const int64_t begin = static_cast<int64_t>(blockIdx.y) * kColumnChunkRows;
   const int64_t end = begin + kColumnChunkRows < nr ? begin + kColumnChunkRows : nr;
-  MaxSum state{-INFINITY, 0.f};
+  MaxSum state{-INFINITY, 0.0};
   for (int64_t i = begin; i < end; ++i) online_add(state, S[i * nc + k]);
-  float* out = partial + 2 * (static_cast<int64_t>(blockIdx.y) * nc + k);
+  double* out = partial + 2 * (static_cast<int64_t>(blockIdx.y) * nc + k);
   out[0] = state.max;
   out[1] = state.sum;
 }
 
-__global__ void column_merge_kernel(const float* __restrict__ partial, int64_t chunks, int64_t nc,
-                                    float* __restrict__ col_max, float* __restrict__ col_sum) {
+__global__ void column_merge_kernel(const double* __restrict__ partial, int64_t chunks, int64_t nc,
+                                    double* __restrict__ col_max, double* __restrict__ col_sum) {
   const int64_t k = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
   if (k >= nc) return;
-  MaxSum state{-INFINITY, 0.f};
+  MaxSum state{-INFINITY, 0.0};
   for (int64_t c = 0; c < chunks; ++c) {
-    const float* p = partial + 2 * (c * nc + k);
-    state = merge(state, {p[0], p[1]});
+    const double* p = partial + 2 * (c * nc + k);
+    state = merge(state, {static_cast<float>(p[0]), p[1]});
   }
   col_max[k] = state.max;
   col_sum[k] = state.sum;
@@ -112,7 +115,7 @@ __global__ void scores_to_grad_kernel(const float* S, T* out, int64_t nc, int64_
 }  // namespace
 
 cudaError_t contrastive_row_stats(const float* S, int64_t nc, int64_t lr0, int64_t nl,
-                                  float* running_max, float* running_sum, cudaStream_t stream) {
+                                  double* running_max, double* running_sum, cudaStream_t stream) {
   if (nl == 0) return cudaSuccess;
   const int64_t rows_per_block = kThreads / kWarp;
   const auto blocks = static_cast<unsigned int>((nl + rows_per_block - 1) / rows_per_block);
@@ -122,8 +125,8 @@ cudaError_t contrastive_row_stats(const float* S, int64_t nc, int64_t lr0, int64
 
 int64_t contrastive_column_chunks(int64_t nr) { return (nr + kColumnChunkRows - 1) / kColumnChunkRows; }
 
-cudaError_t contrastive_column_stats(const float* S, int64_t nr, int64_t nc, float* partial, float* col_max,
-                                     float* col_sum, cudaStream_t stream) {
+cudaError_t contrastive_column_stats(const float* S, int64_t nr, int64_t nc, double* partial, double* col_max,
+                                     double* col_sum, cudaStream_t stream) {
   if (nc == 0) return cudaSuccess;
   const int64_t chunks = contrastive_column_chunks(nr);
   const dim3 grid(static_cast<unsigned int>((nc + kThreads - 1) / kThreads), static_cast<unsigned int>(chunks));

@@ -9,15 +9,16 @@
 
 namespace bembed::cuda {
 
-// Online max / sum-exp update of this rank's query rows lr0..lr0+nl-1 of S (one warp per row).
+// Online max / sum-exp update of this rank's query rows lr0..lr0+nl-1 of S (one warp per row); the
+// statistics are double (the max holds a float score exactly).
 cudaError_t contrastive_row_stats(const float* S, int64_t nc, int64_t lr0, int64_t nl,
-                                  float* running_max, float* running_sum, cudaStream_t stream);
+                                  double* running_max, double* running_sum, cudaStream_t stream);
 
-// Exact statistics of each column of S over its nr rows: its max, and the sum of exp(s − max). partial:
-// workspace of 2 · contrastive_column_chunks(nr) · nc floats.
+// Exact statistics of each column of S over its nr rows: its max, and the sum of exp(s − max) (double).
+// partial: workspace of 2 · contrastive_column_chunks(nr) · nc doubles.
 int64_t contrastive_column_chunks(int64_t nr);
-cudaError_t contrastive_column_stats(const float* S, int64_t nr, int64_t nc, float* partial, float* col_max,
-                                     float* col_sum, cudaStream_t stream);
+cudaError_t contrastive_column_stats(const float* S, int64_t nr, int64_t nc, double* partial, double* col_max,
+                                     double* col_sum, cudaStream_t stream);
 
 // out (nr × nc, dtype) = exp(S − row_max)·row_scale on rows lr0..lr0+nl-1 + exp(S − col_shift)·col_scale when
 // col_shift, except the ndiag entries (diag_row + t, diag_col + t), which get diag_values[t]. out may

@@ -26,7 +26,7 @@ struct CudaKernels {
   at::ScalarType dtype;
   cuda::DType kernel_out_dtype;
   at::Tensor grad_buffer;  // dL/dS in the input dtype (fp16/bf16 inputs only)
-  at::Tensor partial;      // column (max, sum) partials
+  at::Tensor partial;      // column (max, sum) partials, double
 
   explicit CudaKernels(const at::Tensor& queries)
       : dtype(queries.scalar_type()), kernel_out_dtype(kernel_dtype(queries)) {}
@@ -51,8 +51,8 @@ struct CudaKernels {
   void row_stats(const at::Tensor& S, int64_t, int64_t nc, int64_t lr0, int64_t nl,
                  at::Tensor& running_max, at::Tensor& running_sum) const {
     check_launch(cuda::contrastive_row_stats(S.const_data_ptr<float>(), nc, lr0, nl,
-                                             running_max.mutable_data_ptr<float>(),
-                                             running_sum.mutable_data_ptr<float>(), stream()),
+                                             running_max.mutable_data_ptr<double>(),
+                                             running_sum.mutable_data_ptr<double>(), stream()),
                  "bembed.contrastive_loss_fwd");
   }
 
@@ -60,10 +60,10 @@ struct CudaKernels {
                     at::Tensor& running_max, at::Tensor& running_sum, at::Tensor col_shift, at::Tensor col_sum) {
     row_stats(S, nr, nc, lr0, nl, running_max, running_sum);
     const int64_t needed = 2 * cuda::contrastive_column_chunks(nr) * nc;
-    if (!partial.defined() || partial.numel() < needed) partial = at::empty({needed}, S.options());
-    check_launch(cuda::contrastive_column_stats(S.const_data_ptr<float>(), nr, nc, partial.mutable_data_ptr<float>(),
-                                                col_shift.mutable_data_ptr<float>(),
-                                                col_sum.mutable_data_ptr<float>(), stream()),
+    if (!partial.defined() || partial.numel() < needed) partial = at::empty({needed}, S.options().dtype(at::kDouble));
+    check_launch(cuda::contrastive_column_stats(S.const_data_ptr<float>(), nr, nc, partial.mutable_data_ptr<double>(),
+                                                col_shift.mutable_data_ptr<double>(),
+                                                col_sum.mutable_data_ptr<double>(), stream()),
                  "bembed.contrastive_loss_fwd");
   }
 
