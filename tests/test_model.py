@@ -425,3 +425,84 @@ def test_autocast_on_gpu_matches_float32(dtype):
     assert got.dtype == torch.float32
     cosine = torch.nn.functional.cosine_similarity(got, want, dim=-1)
     assert cosine.min() > 0.999
+
+
+# ------------------------------------------------------------------------------------------------
+# What transformers / sentence-transformers users do (review, 2026-11-23)
+# ------------------------------------------------------------------------------------------------
+
+def test_training_after_an_encode_under_inference_mode():
+    """The slopes were first cached under inference_mode (encode does that) as an inference tensor, which the
+    kernels then could not save for backward: every later training step raised."""
+    model = JinaBertModel(tiny_config())
+    ids, mask = ragged_batch([5, 3])
+    with torch.inference_mode():
+        model.eval().embed(ids, mask)
+    model.train()
+    model.embed(ids, mask).sum().backward()
+    assert model.embeddings.word_embeddings.weight.grad is not None
+
+
+def test_output_hidden_states_and_return_dict_default_to_the_config(tmp_path):
+    """forward ignored config.output_hidden_states and config.return_dict (transformers models take them when
+    the argument is None): from_pretrained(..., output_hidden_states=True) had no effect, and
+    sentence-transformers' AdaptiveLayerLoss, which sets the config field, found no hidden states."""
+    JinaBertModel(tiny_config()).save_pretrained(tmp_path)
+    ids, mask = ragged_batch([4, 6])
+    model = JinaBertModel.from_pretrained(tmp_path, output_hidden_states=True)
+    assert len(model(ids, mask).hidden_states) == 3  # embeddings + 2 layers
+    assert model(ids, mask, output_hidden_states=False).hidden_states is None
+    model.config.return_dict = False
+    assert isinstance(model(ids, mask), tuple)
+    mlm = JinaBertForMaskedLM(tiny_config(output_hidden_states=True, return_dict=False))
+    loss, logits, hidden = mlm(ids, mask, labels=ids)
+    assert logits.shape == (2, 6, 97) and len(hidden) == 3
+
+
+def test_subfolder_loads_the_weights_of_the_subfolder(tmp_path):
+    """subfolder= was ignored: AutoModel read the config from the subfolder and bembed the weights from the
+    root, so another model's weights loaded without a word."""
+    from transformers import AutoModel
+
+    torch.manual_seed(0)
+    JinaBertModel(tiny_config()).save_pretrained(tmp_path)
+    torch.manual_seed(1)
+    inner = JinaBertModel(tiny_config())
+    inner.save_pretrained(tmp_path / "encoder")
+    want = inner.embeddings.word_embeddings.weight
+    for loaded in (JinaBertModel.from_pretrained(tmp_path, subfolder="encoder"),
+                   AutoModel.from_pretrained(tmp_path, subfolder="encoder")):
+        assert torch.equal(loaded.embeddings.word_embeddings.weight, want)
+
+
+def test_float16_on_cpu_runs_the_attention_kernel(caplog):
+    """fp16 on CPU was sent to the O(L²)-memory reference with a warning, though the CPU kernel takes fp16."""
+    model = JinaBertModel(tiny_config()).half()
+    ids, mask = ragged_batch([7, 4])
+    with caplog.at_level(logging.WARNING, logger="bembed.model.modeling"):
+        out = model.embed(ids, mask)
+    assert "no fused attention kernel" not in caplog.text
+    reference = JinaBertModel(tiny_config(attention_impl="reference"))
+    reference.load_state_dict(model.float().state_dict())
+    torch.testing.assert_close(out.float(), reference.embed(ids, mask), atol=3e-3, rtol=0)
+
+
+def test_a_bad_attention_impl_or_mask_is_refused_on_every_path(tmp_path):
+    """Config keyword overrides skipped the config's check (an unknown attention_impl ran the reference path);
+    a 4-D mask failed inside the reference path's einsum."""
+    from transformers import AutoConfig
+
+    JinaBertModel(tiny_config()).save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="attention_impl must be one of"):
+        JinaBertConfig.from_pretrained(tmp_path, attention_impl="bogus")
+    with pytest.raises(ValueError, match="attention_impl must be one of"):
+        JinaBertModel(AutoConfig.from_pretrained(tmp_path, attention_impl="bogus"))
+    model = JinaBertModel(tiny_config())
+    ids, mask = ragged_batch([3, 5])
+    model.config.attention_impl = "nope"
+    with pytest.raises(ValueError, match="config.attention_impl must be one of"):
+        model(ids, mask)
+    for impl in ("bembed", "reference"):
+        model.config.attention_impl = impl
+        with pytest.raises(ValueError, match=r"attention_mask must be \(batch, seqlen\) like input_ids"):
+            model(ids, mask[:, None, None, :])

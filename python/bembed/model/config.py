@@ -123,4 +123,7 @@ class JinaBertConfig(PretrainedConfig):
             raise ValueError(f"{pretrained_model_name_or_path}: a 'bert' config without position_embedding_type "
                              "'alibi' is a plain BERT, not JinaBERT")
         config_dict = {**config_dict, "model_type": cls.model_type}
-        return cls.from_dict(config_dict, **kwargs)
+        result = cls.from_dict(config_dict, **kwargs)
+        # from_dict sets keyword overrides (attention_impl=..., hidden_size=...) after __init__'s check
+        (result[0] if isinstance(result, tuple) else result).validate()
+        return result

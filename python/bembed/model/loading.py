@@ -27,7 +27,7 @@ _TIED = "cls.predictions.decoder.weight"
 # from_pretrained keywords of HF/sentence-transformers that concern the hub or device placement, which a
 # local-folder loader has nothing to do with.
 _IGNORED_KWARGS = {"cache_dir", "revision", "trust_remote_code", "local_files_only", "token", "use_auth_token",
-                   "force_download", "proxies", "subfolder", "low_cpu_mem_usage",
+                   "force_download", "proxies", "low_cpu_mem_usage",
                    "_from_auto", "_from_pipeline", "use_safetensors", "weights_only", "resume_download",
                    "adapter_kwargs", "_commit_hash", "code_revision", "mirror", "offload_folder",
                    "offload_state_dict", "max_memory", "key_mapping", "tp_plan", "distributed_config"}
@@ -83,7 +83,9 @@ def load_pretrained(cls, folder, *, config: JinaBertConfig | None = None, dtype=
     instead of logging them. Other keywords that are config fields override the config (e.g.
     attention_impl="reference"); hub-only keywords are ignored. The model is returned in eval mode.
     """
-    folder = Path(folder)
+    # subfolder: where the model lies inside `folder` (sentence-transformers passes its module's path);
+    # AutoModel reads the config from there, so the weights must come from there too.
+    folder = Path(folder) / (kwargs.pop("subfolder", None) or "")
     if not folder.is_dir():
         raise ValueError(f"{folder}: not a local folder (bembed loads checkpoints from disk and never downloads)")
     for name in _IGNORED_KWARGS & kwargs.keys():

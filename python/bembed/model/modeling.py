@@ -25,15 +25,15 @@ from transformers import PreTrainedModel
 from transformers.modeling_outputs import BaseModelOutputWithPooling, MaskedLMOutput
 
 from . import loading
-from .config import JinaBertConfig
+from .config import ATTENTION_IMPLS, JinaBertConfig
 from .packing import pack_attention_mask
 from .pooling import mean_pool, mean_pool_packed, normalize
 
 logger = logging.getLogger(__name__)
 
 # (device type, dtype) pairs the fused attention kernels do not take: those run the op's reference.
-# CUDA kernels are fp16/bf16 only (use autocast or .half()); the CPU kernel has no fp16.
-_NO_ATTENTION_KERNEL = {("cuda", torch.float32), ("cpu", torch.float16)}
+# CUDA kernels are fp16/bf16 only (use autocast or .half()); the CPU kernel takes fp32, fp64, bf16 and fp16.
+_NO_ATTENTION_KERNEL = {("cuda", torch.float32)}
 _warned_reference_fallback = False
 
 
@@ -182,6 +182,16 @@ class JinaBertPooler(nn.Module):
         return self.activation(self.dense(last_hidden_state[:, 0]))
 
 
+def _check_attention_mask(attention_mask, input_ids: torch.Tensor) -> None:
+    """Both attention paths take a (batch, seqlen) mask like input_ids; a 3-D/4-D HF-style mask used to fail
+    deep inside the reference path's einsum."""
+    if not isinstance(attention_mask, torch.Tensor):
+        raise TypeError(f"attention_mask must be a torch.Tensor, got {type(attention_mask).__name__}")
+    if attention_mask.shape != input_ids.shape:
+        raise ValueError(f"attention_mask must be (batch, seqlen) like input_ids {tuple(input_ids.shape)}, got shape "
+                         f"{tuple(attention_mask.shape)}")
+
+
 def reference_attention_bias(attention_mask: torch.Tensor, slopes: torch.Tensor) -> torch.Tensor:
     """(B, L) mask and (H,) slopes -> (B, H, L, L) float32 additive bias: −slope·|i−j|, and the dtype
     minimum on padded keys (the published code's extended attention mask)."""
@@ -199,6 +209,11 @@ class JinaBertPreTrainedModel(PreTrainedModel):
     config_class = JinaBertConfig
     base_model_prefix = "bert"
     supports_gradient_checkpointing = True
+
+    def __init__(self, config: JinaBertConfig, *inputs, **kwargs):
+        # Keyword overrides of from_dict / AutoConfig.from_pretrained are set after the config checked itself.
+        config.validate()
+        super().__init__(config, *inputs, **kwargs)
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
@@ -263,13 +278,24 @@ class JinaBertModel(JinaBertPreTrainedModel):
         """The per-head ALiBi slopes, float32 (H,). Kept out of the state dict and out of .half()."""
         device = torch.device(device)
         if device not in self._slopes_cache:
-            self._slopes_cache[device] = bembed_ext.alibi_slopes(self.config.num_attention_heads).to(device)
+            # Never an inference tensor, even when first asked for under inference_mode (encode): the kernels
+            # save the slopes for backward, which torch refuses for those, so training after an encode failed.
+            with torch.inference_mode(False):
+                self._slopes_cache[device] = bembed_ext.alibi_slopes(self.config.num_attention_heads).to(device)
         return self._slopes_cache[device]
+
+    def _fused_attention(self) -> bool:
+        """True on the "bembed" path, False on "reference"; anything else (a config changed after it was
+        checked) is refused rather than run as the reference."""
+        impl = self.config.attention_impl
+        if impl not in ATTENTION_IMPLS:
+            raise ValueError(f"config.attention_impl must be one of {ATTENTION_IMPLS}, got {impl!r}")
+        return impl == "bembed"
 
     def check_trainable(self) -> None:
         """Raises ValueError when training this model would fail at its first forward (the trainer asks before
         step 1): attention dropout on the fused path, which has none."""
-        if self.config.attention_impl == "bembed":
+        if self._fused_attention():
             self._refuse_attention_dropout()
 
     def _check_attention_dropout(self) -> None:
@@ -306,10 +332,17 @@ class JinaBertModel(JinaBertPreTrainedModel):
             raise ValueError("input_ids must be a (batch, seqlen) tensor")
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
+        _check_attention_mask(attention_mask, input_ids)
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
+        # None takes the config's, as transformers models do (sentence-transformers' AdaptiveLayerLoss sets
+        # config.output_hidden_states; from_pretrained(..., output_hidden_states=True) sets it too).
+        if output_hidden_states is None:
+            output_hidden_states = self.config.output_hidden_states
         output_hidden_states = bool(output_hidden_states)
-        if self.config.attention_impl == "bembed":
+        if return_dict is None:
+            return_dict = self.config.return_dict
+        if self._fused_attention():
             packing = pack_attention_mask(attention_mask)
             x, all_hidden = self.forward_packed(packing.pack(input_ids), packing.cu_seqlens, packing.max_seqlen,
                                                 packing.pack(token_type_ids), output_hidden_states)
@@ -332,7 +365,7 @@ class JinaBertModel(JinaBertPreTrainedModel):
         L2-normalised unless normalize_embeddings=False."""
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        if self.config.attention_impl == "bembed":  # pool the packed stream: no (B, L, hidden) tensor at all
+        if self._fused_attention():  # pool the packed stream: no (B, L, hidden) tensor at all
             packing = pack_attention_mask(attention_mask)
             types = packing.pack(token_type_ids) if token_type_ids is not None else None
             packed, _ = self.forward_packed(packing.pack(input_ids), packing.cu_seqlens, packing.max_seqlen, types)
@@ -413,11 +446,14 @@ class JinaBertForMaskedLM(JinaBertPreTrainedModel):
                 token_type_ids: torch.Tensor | None = None, labels: torch.Tensor | None = None,
                 output_hidden_states: bool | None = None, return_dict: bool | None = None):
         """logits (B, L, vocab); with labels (B, L) (−100 = not predicted) also the mean cross-entropy."""
-        out = self.bert(input_ids, attention_mask, token_type_ids, output_hidden_states=output_hidden_states)
+        out = self.bert(input_ids, attention_mask, token_type_ids, output_hidden_states=output_hidden_states,
+                        return_dict=True)
         logits = self.cls(out.last_hidden_state)
         loss = None
         if labels is not None:
             loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1), ignore_index=-100)
+        if return_dict is None:
+            return_dict = self.config.return_dict
         if return_dict is False:
             return tuple(t for t in (loss, logits, out.hidden_states) if t is not None)
         return MaskedLMOutput(loss=loss, logits=logits, hidden_states=out.hidden_states)
