@@ -143,6 +143,64 @@ def test_ctrl_c_during_the_optimizer_update_finishes_the_step(files, tmp_path, s
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_a_repeated_stop_signal_is_one_request_and_only_a_later_ctrl_c_stops_at_once(monkeypatch):
+    """A preemption often reaches a worker twice (the scheduler signals every process and torchrun forwards
+    its own copy milliseconds later): the second copy counted as "Ctrl-C again: stop now", and the run ended
+    without its checkpoint."""
+    import os
+    import signal
+
+    from bembed.training import trainer as trainer_module
+    from bembed.training.trainer import agreed_sigint, sigterm_as_sigint
+
+    with sigterm_as_sigint(), agreed_sigint() as requests:
+        try:
+            for signum in (signal.SIGTERM, signal.SIGTERM, signal.SIGINT):  # one request, however it repeats
+                os.kill(os.getpid(), signum)
+        except KeyboardInterrupt:
+            pytest.fail("a repeated stop signal was taken for 'Ctrl-C again: stop now'")
+        assert len(requests) == 1
+        monkeypatch.setattr(trainer_module, "REPEAT_GRACE_S", 0.0)
+        os.kill(os.getpid(), signal.SIGTERM)  # a notice repeated late still asks for the checkpoint
+        with pytest.raises(KeyboardInterrupt):  # a Ctrl-C well after the first is the user insisting
+            os.kill(os.getpid(), signal.SIGINT)
+
+
+def test_a_stop_signal_while_the_interrupted_run_saves_does_not_lose_the_checkpoint(files, tmp_path):
+    """The stop handlers were restored before the Ctrl-C checkpoint was written: a SIGTERM then (a repeated
+    preemption notice) killed the save."""
+    import os
+    import signal
+
+    class Killed(BaseException):
+        pass
+
+    def die(*_):
+        raise Killed
+    previous = signal.signal(signal.SIGTERM, die)  # what the process's own SIGTERM handler would do: end it
+    try:
+        stage, cfg = mlm_run(files, tmp_path / "run", 6)
+        trainer = Trainer(stage, cfg.train, to_dict(cfg))
+        update, save = trainer.optimizer.step, trainer.save_checkpoint
+
+        def interrupted_update():
+            update()
+            if trainer.step == 3:
+                os.kill(os.getpid(), signal.SIGINT)
+
+        def save_under_fire():
+            os.kill(os.getpid(), signal.SIGTERM)
+            return save()
+
+        trainer.optimizer.step, trainer.save_checkpoint = interrupted_update, save_under_fire
+        with pytest.raises(KeyboardInterrupt):
+            trainer.fit()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    # the Ctrl-C came during step 4's update: the step finishes, and its checkpoint is written in full
+    assert [p.name for p in ckpt.list_checkpoints(tmp_path / "run" / "checkpoints")] == ["step-00000004"]
+
+
 def test_mlm_step_is_the_mean_over_its_masked_tokens_however_accumulated(files, tmp_path):
     """grad_accum=2 gives the loss and gradient of grad_accum=1 on the same 8 rows: each micro-batch was a
     mean over its own masked tokens, so the tokens of one with fewer masked tokens weighed more."""

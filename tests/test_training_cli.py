@@ -4,6 +4,7 @@ final export, resume, and exit codes for bad configs and bad checkpoints."""
 from __future__ import annotations
 
 import json
+import logging
 
 import pytest
 import torch
@@ -38,6 +39,26 @@ def test_pretrain_then_pairs_through_the_cli(tmp_path, caplog):
                      f"data:\n  train:\n    - {{path: {U.pair_file(tmp_path)}}}\n")
     assert main(["pairs", "--config", str(pairs), *U.train_overrides(tmp_path / "pairs", 2)]) == 0
     assert (tmp_path / "pairs" / "final" / "modules.json").is_file()
+
+
+def test_resume_auto_starts_a_fresh_folder_and_continues_a_started_one(tmp_path, caplog):
+    """No command line could both start and continue a job (torchrun --max-restarts re-runs the same argv; a
+    requeued job too): without --resume a folder with checkpoints is refused, and --resume latest on an empty
+    one exits 1. A checkpoint of another world size resumes with a warning that it is not an exact replay."""
+    caplog.set_level(logging.INFO)
+    pairs = tmp_path / "pairs.yaml"
+    pairs.write_text(f"model:\n  tokenizer: {U.tokenizer_dir(tmp_path)}\n  max_length: 24\n"
+                     f"  config: {json.dumps(U.TINY_MODEL)}\n"
+                     f"data:\n  train:\n    - {{path: {U.pair_file(tmp_path)}}}\n")
+    out = tmp_path / "pairs"
+    assert main(["pairs", "--config", str(pairs), *U.train_overrides(out, 2), "--resume", "auto"]) == 0
+    assert "no checkpoint" in caplog.text and (out / "checkpoints" / "step-00000002").is_dir()
+    state = out / "checkpoints" / "step-00000002" / "state.json"
+    state.write_text(json.dumps({**json.loads(state.read_text()), "world_size": 2}))
+    caplog.clear()
+    assert main(["pairs", "--config", str(pairs), *U.train_overrides(out, 3), "--resume", "auto"]) == 0
+    assert "resumed from" in caplog.text and (out / "checkpoints" / "step-00000003").is_dir()
+    assert "resuming a checkpoint of 2 rank(s) with 1" in caplog.text
 
 
 def test_cli_exit_codes(tmp_path, caplog):

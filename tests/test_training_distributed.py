@@ -186,3 +186,35 @@ def test_ctrl_c_on_one_rank_stops_every_rank_after_the_same_step(files, tmp_path
     assert straight.keys() == resumed.keys()
     for key in straight:
         assert torch.equal(straight[key], resumed[key]), key
+
+
+def _tokenizer_worker(rank: int, world: int, port: int, files: dict, out: str) -> None:
+    """Rank 1 comes late, after rank 0 has trained and saved the tokenizer: it used to see the folder, skip the
+    barrier rank 0 waited in, and leave rank 0 hanging there (30 min, gloo's default timeout)."""
+    import datetime
+
+    import torch.distributed as dist
+
+    from bembed.training.config import PretrainRun, load_config
+    from bembed.training.mlm import _tokenizer
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
+                            timeout=datetime.timedelta(seconds=30))
+    try:
+        cfg = load_config(PretrainRun, None, [f"data.train=[{{path: {files['en']}, lang: en}}]",
+                                              f"train.output_dir={out}", "mlm.tokenizer_vocab_size=300"])
+        texts = {"en": ["the house is red and the boat is small"] * 30,
+                 "de": ["das haus ist rot und das boot ist klein"] * 30}
+        if rank == 1:
+            time.sleep(4)  # rank 0 has long saved its tokenizer by now
+        tokenizer = _tokenizer(cfg, texts, rank)
+        (Path(out) / f"rank{rank}.txt").write_text(str(len(tokenizer)))
+    finally:
+        dist.destroy_process_group()
+    exit_rank_process()
+
+
+def test_ranks_agree_on_training_the_tokenizer_however_late_one_comes(files, tmp_path):
+    mp.spawn(_tokenizer_worker, args=(2, free_port(), files, str(tmp_path)), nprocs=2, join=True)
+    assert (tmp_path / "rank0.txt").read_text() == (tmp_path / "rank1.txt").read_text()

@@ -34,7 +34,12 @@ def _tokenizer(cfg: PretrainRun, texts_by_lang: dict[str, list[str]], rank: int)
     from bembed.tokenizer import train_bilingual_tokenizer
 
     path = Path(cfg.model.tokenizer or cfg.model.init_from or Path(cfg.train.output_dir) / "tokenizer")
-    if not path.is_dir():
+    missing = not path.is_dir()
+    if dist.is_initialized():  # rank 0's answer for all: a rank that looked after rank 0 saved would skip the barrier
+        decision = [missing]
+        dist.broadcast_object_list(decision, src=0)
+        missing = decision[0]
+    if missing:
         if len(texts_by_lang) < 2:
             raise ValueError(f"model.tokenizer {path} does not exist, and training one needs text in two "
                              f"languages (data.train sources with lang tags), got {sorted(texts_by_lang)}")

@@ -14,7 +14,8 @@ def add_arguments(parser, stage_name: str) -> None:
     parser.add_argument("--config", required=True, metavar="YAML",
                         help=f"a YAML config, or the name of a shipped one ({stage_name}_tiny, {stage_name}_base)")
     parser.add_argument("--resume", metavar="CHECKPOINT",
-                        help="continue from a checkpoint folder, or 'latest' under <output_dir>/checkpoints")
+                        help="continue from a checkpoint folder, or 'latest' under <output_dir>/checkpoints, or "
+                             "'auto': latest when there is one, else start (one command line for restarts)")
     parser.add_argument("overrides", nargs="*", metavar="section.field=value",
                         help="dotted overrides of the config, e.g. train.lr=3e-4 train.max_steps=100")
 
@@ -59,7 +60,8 @@ def _run_stage(args, config_cls, stage_cls) -> int:
     try:
         trainer.fit(resume=args.resume)
     except KeyboardInterrupt:
-        log.warning("stopped by Ctrl-C; continue with --resume latest")
+        if rank == 0:
+            log.warning("stopped by Ctrl-C; continue with --resume latest")
         return 130
     except (CheckpointError, NonFiniteLossError) as exc:
         log.error("%s", exc)

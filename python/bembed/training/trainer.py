@@ -102,10 +102,10 @@ def sigterm_as_sigint():
         yield
         return
 
-    def as_sigint(_signum, frame):
+    def as_sigint(signum, frame):
         handler = signal.getsignal(signal.SIGINT)
         if callable(handler):
-            handler(signal.SIGINT, frame)
+            handler(signum, frame)  # SIGTERM, so that held_stop_signals can tell a repeat from a Ctrl-C
         elif handler != signal.SIG_IGN:
             raise KeyboardInterrupt
 
@@ -116,28 +116,43 @@ def sigterm_as_sigint():
         signal.signal(signal.SIGTERM, previous)
 
 
+# A stop signal within this long of the first is the same request: one preemption often arrives twice (the
+# scheduler signals every process of the job, and torchrun forwards its own copy milliseconds later).
+REPEAT_GRACE_S = 2.0
+
+
 @contextmanager
-def agreed_sigint():
-    """Ctrl-C under torchrun (which passes one SIGINT to every worker): a rank that stopped where the signal
-    found it would leave the others waiting in a collective, and no checkpoint would be written. Inside this
-    block the first SIGINT is only recorded in the yielded list; the ranks add their records up in each step's
-    all-reduce and all stop after the same step, then save. A second SIGINT raises KeyboardInterrupt at once."""
+def held_stop_signals(message: str):
+    """Inside the block the first SIGINT (or SIGTERM, under sigterm_as_sigint) is recorded in the yielded list
+    and `message` logged; a later SIGINT, more than REPEAT_GRACE_S after it, raises KeyboardInterrupt (the
+    user insists); a repeated SIGTERM never does (a scheduler repeating its notice wants the checkpoint)."""
     requests = []
     if threading.current_thread() is not threading.main_thread():  # signals only reach the main thread
         yield requests
         return
 
-    def request(*_):
-        if requests:
+    def request(signum, _frame):
+        now = time.monotonic()
+        if not requests:
+            requests.append(now)
+            log.warning("%s", message)
+        elif signum == signal.SIGINT and now - requests[0] > REPEAT_GRACE_S:
             raise KeyboardInterrupt
-        requests.append(True)
-        log.warning("Ctrl-C: every rank stops after this step and writes a checkpoint (Ctrl-C again: stop now)")
 
     previous = signal.signal(signal.SIGINT, request)
     try:
         yield requests
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+def agreed_sigint():
+    """Ctrl-C under torchrun (which passes one SIGINT to every worker): a rank that stopped where the signal
+    found it would leave the others waiting in a collective, and no checkpoint would be written. Inside this
+    block a stop signal is only recorded; the ranks add their records up in each step's all-reduce and all stop
+    after the same step, then save. A second Ctrl-C (not a repeated notice) raises KeyboardInterrupt at once."""
+    return held_stop_signals("Ctrl-C: every rank stops after this step and writes a checkpoint (Ctrl-C again: "
+                             "stop now)")
 
 
 class StageLoss(torch.nn.Module):
@@ -376,8 +391,13 @@ class Trainer:
         for group, weight_decay in zip(self.optimizer.param_groups, (self.cfg.weight_decay, 0.0)):
             group.update(weight_decay=weight_decay, betas=tuple(self.cfg.betas), eps=self.cfg.eps)
         changed = _config_changes(state.get("config") or {}, json.loads(json.dumps(self.full_config)))
-        if changed and self.full_config:
+        if changed and self.full_config and self.rank == 0:
             log.warning("resuming %s with a different config than it was saved with: %s", path, "; ".join(changed))
+        saved_world = int(state.get("world_size", 1))
+        if saved_world != self.world and self.rank == 0:
+            log.warning("resuming a checkpoint of %d rank(s) with %d: each step takes the same global batch, but "
+                        "the ranks' dropout RNG streams are not the saved ones, so the run does not replay an "
+                        "uninterrupted %d-rank run exactly", saved_world, self.world, saved_world)
         if state["micro_batches_done"] != state["step"] * self.cfg.grad_accum:
             log.warning("resuming with grad_accum=%d (checkpoint used a different value): the data position "
                         "follows the step count", self.cfg.grad_accum)
@@ -409,6 +429,10 @@ class Trainer:
         if self.rank == 0:
             ckpt.clean_stale(self.ckpt_root)
         self._barrier()  # it may put a checkpoint back: every rank must list the same ones
+        if resume == "auto":  # one command line that starts a job and continues it (torchrun restarts, requeues)
+            resume = "latest" if ckpt.list_checkpoints(self.ckpt_root) else None
+            if resume is None:
+                log.info("--resume auto: no checkpoint under %s, starting from step 0", self.ckpt_root)
         if resume:
             self.load_checkpoint(resume)
             if self.rank == 0:
@@ -456,7 +480,10 @@ class Trainer:
                 # Interrupted inside a step: its micro-batches are discarded, so the randomness they drew (dropout)
                 # is given back too, and the resumed run replays the step exactly.
                 ckpt.set_rng_state(*started[1])
-            self.save_checkpoint()
+            # the stop signals stay held while it is written: a repeated preemption notice must not kill the save
+            with sigterm_as_sigint(), held_stop_signals("already stopping: writing the checkpoint (Ctrl-C again: "
+                                                        "abandon it)"):
+                self.save_checkpoint()
             raise
         finally:
             if bar is not None:
