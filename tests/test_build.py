@@ -54,7 +54,6 @@ def test_cuda_sources_compile_for_sm80_and_sm90a():
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(shutil.which("cmake") is None, reason="cmake not installed")
 def test_gpu_check_plan_selects_cuda_tests_and_benchmarks(tmp_path):
     """A lent GPU is rare and short: the selection bench/gpu_check.sh will run there is collected here."""
     env = {**os.environ, "OUT": str(tmp_path), "PYTHON": sys.executable}
@@ -64,6 +63,8 @@ def test_gpu_check_plan_selects_cuda_tests_and_benchmarks(tmp_path):
     assert re.search(r"plan: [1-9]\d* CUDA tests, [1-9]\d* CUDA benchmarks", result.stdout), result.stdout
 
 
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("cmake") is None, reason="cmake not installed")
 def test_cmake_build_registers_working_ops(tmp_path):
     """The developer build (CMakeLists.txt) compiles the same sources into a library whose ops work."""
     configure = ["cmake", "-S", ROOT, "-B", str(tmp_path), f"-DCMAKE_PREFIX_PATH={torch.utils.cmake_prefix_path}",

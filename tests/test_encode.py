@@ -579,3 +579,15 @@ def test_token_embeddings_are_the_last_layer_of_each_text(embedder):
         embedder.encode(texts, output_value="token_embeddings", truncate=False)
     with pytest.raises(ValueError, match="output_value"):
         embedder.encode(texts, output_value="cls")
+
+
+def test_a_folder_without_a_tokenizer_says_so(tmp_path, folder):
+    """transformers' own error for it suggested installing sentencepiece or tiktoken."""
+    import shutil
+
+    bare = tmp_path / "bare"
+    shutil.copytree(folder, bare)
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        (bare / name).unlink(missing_ok=True)
+    with pytest.raises(ValueError, match="no tokenizer in the folder"):
+        Embedder.from_pretrained(bare, device="cpu")

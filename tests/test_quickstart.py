@@ -436,3 +436,14 @@ def test_time_is_recorded_while_a_step_runs(tmp_path, monkeypatch):
         qs.run(qs.Settings(out=out, progress=False))
     assert seen and seen[0] > 0  # written during the step, before its end
     assert not [t for t in threading.enumerate() if t.name == "quickstart-clock"]  # stopped with the step
+
+
+def test_a_set_data_source_that_does_not_exist_is_refused_before_anything_is_recorded(tmp_path):
+    """A --set data source with a wrong path was accepted, recorded with the settings, and failed at its stage:
+    the corrected command was then refused as "other settings"."""
+    with pytest.raises(ValueError, match=r"pairs: pairs.data.train: no such file or folder: /nonexistent/x.jsonl"):
+        qs.Settings(out=tmp_path / "qs", baselines=[],
+                    overrides=parse_overrides(["pairs.data.train=[{path: /nonexistent/x.jsonl}]"]))
+    existing = tmp_path / "pairs.jsonl"
+    existing.write_text('{"query": "a b c", "document": "d e f"}\n')
+    qs.Settings(out=tmp_path / "qs", baselines=[], overrides=parse_overrides([f"pairs.data.train=[{{path: {existing}}}]"]))

@@ -44,6 +44,8 @@ from .quantize import PRECISIONS, quantize_embeddings
 
 logger = logging.getLogger(__name__)
 
+# Any of these lets AutoTokenizer load a folder's tokenizer (bembed writes the first two).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "sentencepiece.bpe.model")
 PROMPTS_FILE = "config_sentence_transformers.json"
 ST_CONFIG_FILE = "sentence_bert_config.json"
 MODULES_FILE = "modules.json"
@@ -168,6 +170,9 @@ class Embedder:
         folder = Path(path)
         if not folder.is_dir():
             raise ValueError(f"path {str(path)!r} is not a local folder (bembed never downloads models)")
+        if not any((folder / name).is_file() for name in TOKENIZER_FILES):
+            # transformers' own message for this suggests installing sentencepiece or tiktoken
+            raise ValueError(f"{folder}: no tokenizer in the folder (none of {', '.join(TOKENIZER_FILES)})")
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         try:

@@ -305,8 +305,12 @@ def refuse_owned_keys(stage: str, items) -> None:
 def check_stage_config(settings: Settings, stage: str) -> None:
     """Raise ValueError for a stage config that would fail only when the stage starts: the config as
     stage_config builds it (with placeholder paths) must pass its validate() (the quickstart runs one process,
-    so the Trainer's world-size split cannot fail)."""
+    so the Trainer's world-size split cannot fail), and a data source the user named (a path without the
+    {data}/{out}/{other} placeholders) must exist."""
     stage_config(settings, stage, "", str(settings.out / "tokenizer")).validate()
+    for source in _load_stage_config(stage, settings.overrides.get(stage, ())).data.train:
+        if "{" not in source.path and not Path(source.path).exists():
+            raise ValueError(f"{stage}.data.train: no such file or folder: {source.path}")
 
 
 def make_stage(stage: str, cfg):
