@@ -170,9 +170,6 @@ class Embedder:
         folder = Path(path)
         if not folder.is_dir():
             raise ValueError(f"path {str(path)!r} is not a local folder (bembed never downloads models)")
-        if not any((folder / name).is_file() for name in TOKENIZER_FILES):
-            # transformers' own message for this suggests installing sentencepiece or tiktoken
-            raise ValueError(f"{folder}: no tokenizer in the folder (none of {', '.join(TOKENIZER_FILES)})")
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         try:
@@ -187,6 +184,9 @@ class Embedder:
                 del kwargs[key]
         overrides = {"attention_impl": attention_impl} if attention_impl is not None else {}
         model = JinaBertModel.from_pretrained(folder, dtype=dtype, device=device, **overrides)
+        if not any((folder / name).is_file() for name in TOKENIZER_FILES):
+            # transformers' own message for this suggests installing sentencepiece or tiktoken
+            raise ValueError(f"{folder}: no tokenizer in the folder (none of {', '.join(TOKENIZER_FILES)})")
         tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
         if (folder / PROMPTS_FILE).is_file():
             saved = json.loads((folder / PROMPTS_FILE).read_text(encoding="utf-8"))
