@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import json
 import logging
 import numbers
 import os
@@ -36,19 +35,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import late_chunking
+from . import late_chunking, st_folder
 from .model import JinaBertModel
-from .model.export import document_alias
 from .model.pooling import mean_pool_packed, normalize
 from .quantize import PRECISIONS, quantize_embeddings
 
 logger = logging.getLogger(__name__)
 
-# Any of these lets AutoTokenizer load a folder's tokenizer (bembed writes the first two).
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "sentencepiece.bpe.model")
-PROMPTS_FILE = "config_sentence_transformers.json"
-ST_CONFIG_FILE = "sentence_bert_config.json"
-MODULES_FILE = "modules.json"
 QUERY_PROMPT_NAMES = ("query",)
 DOCUMENT_PROMPT_NAMES = ("document", "passage", "corpus")  # the names sentence-transformers tries, in its order
 TYPICAL_LENGTH_CAP = 512  # the token budget assumes at most this "typical" length, so 8k documents go few at a time
@@ -90,27 +83,6 @@ def _texts_aliases(method):
 # Encode calls running per model (by id), with the model's mode before the first of them: see _eval_mode.
 _MODE_LOCK = threading.Lock()
 _ENCODING: dict[int, tuple[int, bool]] = {}
-
-
-def _check_modules(folder: Path, modules: list[dict]) -> None:
-    """A sentence-transformers folder that asks for more than bembed computes (a Dense layer, CLS pooling, a
-    prompt left out of the mean) would silently embed differently here: refuse it, naming what it asks for."""
-    for module in modules:
-        kind = module.get("type", "").rsplit(".", 1)[-1]
-        if kind not in ("Transformer", "Pooling", "Normalize"):
-            raise ValueError(f"{folder}: module {module.get('path')!r} is a {kind}; bembed embeds with the "
-                             "transformer, mean pooling and optional normalisation only")
-        if kind != "Pooling" or not (folder / module.get("path", "") / "config.json").is_file():
-            continue
-        config = json.loads((folder / module["path"] / "config.json").read_text(encoding="utf-8"))
-        modes = config.get("pooling_mode")  # sentence-transformers >= 6; earlier: pooling_mode_<mode>_tokens flags
-        modes = [modes] if isinstance(modes, str) else list(modes) if modes else [
-            key.removeprefix("pooling_mode_").removesuffix("_tokens") for key, on in config.items()
-            if key.startswith("pooling_mode_") and on]
-        if modes not in ([], ["mean"]) or config.get("include_prompt") is False:
-            raise ValueError(f"{folder}: its pooling is {modes or 'unset'} with include_prompt="
-                             f"{config.get('include_prompt', True)}; bembed pools by the mean over all tokens, "
-                             "prompt included")
 
 
 class Embedder:
@@ -178,40 +150,11 @@ class Embedder:
             raise ValueError(f"device {str(device)!r} is not a torch device ({exc})") from None
         if device.type == "cuda" and not torch.cuda.is_available():
             raise ValueError(f"device {str(device)!r}: this torch has no usable CUDA device")
-        # None, as everywhere in encode, means "the default": here the folder's setting (or Embedder's default)
-        for key in ("max_seq_length", "normalize_embeddings"):
-            if key in kwargs and kwargs[key] is None:
-                del kwargs[key]
         overrides = {"attention_impl": attention_impl} if attention_impl is not None else {}
         model = JinaBertModel.from_pretrained(folder, dtype=dtype, device=device, **overrides)
-        if not any((folder / name).is_file() for name in TOKENIZER_FILES):
-            # transformers' own message for this suggests installing sentencepiece or tiktoken
-            raise ValueError(f"{folder}: no tokenizer in the folder (none of {', '.join(TOKENIZER_FILES)})")
+        st_folder.check_tokenizer(folder)
         tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
-        if (folder / PROMPTS_FILE).is_file():
-            saved = json.loads((folder / PROMPTS_FILE).read_text(encoding="utf-8"))
-            # As sentence-transformers: the caller's prompts and default override the saved ones, name by name.
-            saved_prompts, given = saved.get("prompts") or {}, kwargs.get("prompts") or {}
-            kwargs["prompts"] = {**saved_prompts, **given}
-            # save_pretrained writes "document" as a copy of "passage"/"corpus" (encode_document takes it first):
-            # a new passage/corpus prompt replaces that copy too, or documents would keep the old prefix
-            alias = document_alias(given)
-            if alias and "document" not in given and saved_prompts.get("document") == saved_prompts.get(alias):
-                kwargs["prompts"]["document"] = given[alias]
-            if kwargs.get("default_prompt_name") is None:
-                kwargs["default_prompt_name"] = saved.get("default_prompt_name")
-        # The sentence-transformers module settings, so that both libraries embed the folder alike.
-        if (folder / ST_CONFIG_FILE).is_file():
-            saved = json.loads((folder / ST_CONFIG_FILE).read_text(encoding="utf-8"))
-            if saved.get("do_lower_case"):
-                raise ValueError(f"{folder}: {ST_CONFIG_FILE} sets do_lower_case, which bembed does not do "
-                                 "(sentence-transformers would lowercase the texts and embed them differently)")
-            kwargs.setdefault("max_seq_length", saved.get("max_seq_length"))
-        if (folder / MODULES_FILE).is_file():
-            modules = json.loads((folder / MODULES_FILE).read_text(encoding="utf-8"))
-            _check_modules(folder, modules)
-            kwargs.setdefault("normalize_embeddings",
-                              any(m.get("type", "").endswith(".Normalize") for m in modules))
+        kwargs = st_folder.embedder_settings(folder, kwargs)
         embedder = cls(model, tokenizer, **kwargs)
         embedder.name = folder.name
         return embedder
