@@ -45,8 +45,17 @@ def _is_path(source) -> bool:
 
 
 def read_corpus(source, argument: str) -> list[str]:
-    """A corpus argument as a list of texts: a path (str or Path) to a file or folder of UTF-8 text files
-    (one text a line), a sequence of pathlib.Path, or an iterable of strings."""
+    """A corpus argument as a non-empty list of texts: a path (str or Path) to a file or folder of UTF-8 text
+    files (one text a line), a sequence of pathlib.Path, or an iterable of strings. ValueError, naming
+    `argument` (and the path), when it holds no non-empty text."""
+    texts = _corpus_texts(source, argument)
+    if not texts:
+        where = f"{argument} {source}" if isinstance(source, (str, os.PathLike)) else argument
+        raise ValueError(f"{where}: no non-empty text")
+    return texts
+
+
+def _corpus_texts(source, argument: str) -> list[str]:
     if isinstance(source, (str, os.PathLike)) and _is_path(source):
         return list(_read_lines(Path(source)))
     if isinstance(source, (str, os.PathLike)):
@@ -105,9 +114,6 @@ def train_bilingual_tokenizer(texts_or_files_lang_a, texts_or_files_lang_b, voca
                          f"got {vocab_size}")
     texts_a = read_corpus(texts_or_files_lang_a, "texts_or_files_lang_a")
     texts_b = read_corpus(texts_or_files_lang_b, "texts_or_files_lang_b")
-    for name, texts in (("texts_or_files_lang_a", texts_a), ("texts_or_files_lang_b", texts_b)):
-        if not texts:
-            raise ValueError(f"{name}: no non-empty text (each language needs at least one)")
     if output_dir is not None:
         check_tokenizer_folder(output_dir)
 

@@ -85,9 +85,6 @@ def train_for_pair(out: str | Path, pair: str = "en-de", vocab_size: int = 16000
     check_tokenizer_folder(out, "--out")
     if files is not None:
         corpus_a, corpus_b = (read_corpus(f, "--files") for f in files)
-        for name, corpus in zip(files, (corpus_a, corpus_b)):
-            if not corpus:
-                raise ValueError(f"--files {name}: no non-empty text")
         if max_chars is not None:
             corpus_a, corpus_b = (seeded_sample(texts, max_chars) for texts in (corpus_a, corpus_b))
     else:
