@@ -251,10 +251,13 @@ def stage_config(settings: Settings, stage: str, data_root: str, model_from: str
     """The stage's run config: configs/quickstart_<stage>.yaml + the user's overrides, with the data paths'
     placeholders filled in ({data}: the built pair's folder, {out}: the quickstart folder, {other}: de or
     es), the model taken from `model_from` (the tokenizer folder for stage 1, the previous stage's export
-    after that) and the output under <out>/<stage>."""
+    after that) and the output under <out>/<stage>. A source the user named (a path without placeholders)
+    must exist: ValueError otherwise."""
     cfg = _load_stage_config(stage, settings.overrides.get(stage, ()))
     other = settings.pair.split("-")[1]
     for source in cfg.data.train:
+        if "{" not in source.path and not Path(source.path).exists():
+            raise ValueError(f"{stage}.data.train: no such file or folder: {source.path}")
         source.path = source.path.format(data=Path(data_root) / settings.pair, out=settings.out, other=other)
         if source.lang:
             source.lang = source.lang.format(other=other)
@@ -305,12 +308,8 @@ def refuse_owned_keys(stage: str, items) -> None:
 def check_stage_config(settings: Settings, stage: str) -> None:
     """Raise ValueError for a stage config that would fail only when the stage starts: the config as
     stage_config builds it (with placeholder paths) must pass its validate() (the quickstart runs one process,
-    so the Trainer's world-size split cannot fail), and a data source the user named (a path without the
-    {data}/{out}/{other} placeholders) must exist."""
+    so the Trainer's world-size split cannot fail), and a data source the user named must exist."""
     stage_config(settings, stage, "", str(settings.out / "tokenizer")).validate()
-    for source in _load_stage_config(stage, settings.overrides.get(stage, ())).data.train:
-        if "{" not in source.path and not Path(source.path).exists():
-            raise ValueError(f"{stage}.data.train: no such file or folder: {source.path}")
 
 
 def make_stage(stage: str, cfg):
