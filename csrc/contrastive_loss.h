@@ -125,9 +125,9 @@ inline ContrastivePlan make_contrastive_plan(int64_t M, int64_t K, int64_t dim, 
 //   row_stats(S, nr, nc, lr0, nl, M, L)
 //        online update of running max M and sum L = Σ exp(s − M) (double, length nl, this rank's queries)
 //        with rows lr0..lr0+nl-1
-//   anchor_stats(S, nr, nc, lr0, nl, M, L, col_shift, col_sum)
-//        row_stats, plus each column's (shift c, Σ over all nr rows of exp(s − c)) (double) for any c at
-//        least the column's maximum (the column-anchor strips)
+//   column_stats(S, nr, nc, col_shift, col_sum)
+//        each column's (shift c, Σ over all nr rows of exp(s − c)) (double) for any c at least the column's
+//        maximum (the column-anchor strips, which hold whole columns)
 //   scores_to_grad(S, nr, nc, lr0, nl, row_max, row_scale, col_shift|nullptr, col_scale|nullptr,
 //                  diag_row, diag_col, ndiag, diag_values)
 //        S ← exp(s − row_max)·row_scale on local rows + exp(s − col_shift)·col_scale when given, then the
@@ -172,12 +172,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> contrastive_forward(
       positive.narrow(0, diag_begin - o, ndiag)
           .copy_(S.narrow(0, diag_begin - strip.r0, ndiag).narrow(1, diag_begin - strip.k0, ndiag).diagonal());
     }
+    kernels.row_stats(S, strip.nr, strip.nc, o - strip.r0, B, running_max, running_sum);
     if (strip.column_anchors) {
       auto columns = col_stats.narrow(1, strip.k0 - o, strip.nc);
-      kernels.anchor_stats(S, strip.nr, strip.nc, o - strip.r0, B, running_max, running_sum, columns.select(0, 0),
-                           columns.select(0, 1));
-    } else {
-      kernels.row_stats(S, strip.nr, strip.nc, o - strip.r0, B, running_max, running_sum);
+      kernels.column_stats(S, strip.nr, strip.nc, columns.select(0, 0), columns.select(0, 1));
     }
   }
   // Each anchor's term −log p_ii = (shift − s_ii) + log Σ: near convergence shift and s_ii are both ~1/τ

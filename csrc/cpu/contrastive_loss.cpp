@@ -141,17 +141,10 @@ struct CpuKernels {
     });
   }
 
-  static void anchor_stats(const at::Tensor& S, int64_t nr, int64_t nc, int64_t lr0, int64_t nl,
-                           at::Tensor& running_max, at::Tensor& running_sum, at::Tensor col_shift,
-                           at::Tensor col_sum) {
-    AT_DISPATCH_FLOATING_TYPES(S.scalar_type(), "bembed_contrastive_anchor_stats", [&] {
-      const auto* s = S.const_data_ptr<scalar_t>();
-      auto* m = running_max.mutable_data_ptr<double>();
-      auto* l = running_sum.mutable_data_ptr<double>();
-      auto* shift = col_shift.mutable_data_ptr<double>();
-      auto* sum = col_sum.mutable_data_ptr<double>();
-      row_stats_kernel<scalar_t>(s, nc, lr0, nl, m, l);
-      column_stats_kernel<scalar_t>(s, nr, nc, shift, sum);
+  static void column_stats(const at::Tensor& S, int64_t nr, int64_t nc, at::Tensor col_shift, at::Tensor col_sum) {
+    AT_DISPATCH_FLOATING_TYPES(S.scalar_type(), "bembed_contrastive_column_stats", [&] {
+      column_stats_kernel<scalar_t>(S.const_data_ptr<scalar_t>(), nr, nc, col_shift.mutable_data_ptr<double>(),
+                                    col_sum.mutable_data_ptr<double>());
     });
   }
 

@@ -56,9 +56,7 @@ struct CudaKernels {
                  "bembed.contrastive_loss_fwd");
   }
 
-  void anchor_stats(const at::Tensor& S, int64_t nr, int64_t nc, int64_t lr0, int64_t nl,
-                    at::Tensor& running_max, at::Tensor& running_sum, at::Tensor col_shift, at::Tensor col_sum) {
-    row_stats(S, nr, nc, lr0, nl, running_max, running_sum);
+  void column_stats(const at::Tensor& S, int64_t nr, int64_t nc, at::Tensor col_shift, at::Tensor col_sum) {
     const int64_t needed = 2 * cuda::contrastive_column_chunks(nr) * nc;
     if (!partial.defined() || partial.numel() < needed) partial = at::empty({needed}, S.options().dtype(at::kDouble));
     check_launch(cuda::contrastive_column_stats(S.const_data_ptr<float>(), nr, nc, partial.mutable_data_ptr<double>(),
