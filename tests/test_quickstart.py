@@ -168,15 +168,19 @@ def test_quickstart_writes_model_table_png_and_resumes_after_an_interruption(dat
 
 def test_a_folder_started_with_other_settings_is_refused(tmp_path, monkeypatch, capsys):
     """Finished steps are skipped by their markers: a second run with --pair en-es must not report the en-de
-    run's data, tokenizer and scores as its own."""
+    run's data, tokenizer and scores as its own. A setting that feeds only steps not yet run may change."""
     from bembed.cli import main
 
-    def first_steps_then_stop(settings):
+    def data_step(settings):
         if settings.pair != "en-de":
             raise AssertionError("the en-es run reached the data step of an en-de folder")
+        return {"data_root": str(tmp_path / "datasets"), "counts": {}}
+
+    def stop(*args):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(qs, "prepare_data", first_steps_then_stop)
+    monkeypatch.setattr(qs, "prepare_data", data_step)
+    monkeypatch.setattr(qs, "sample_mlm_corpus", stop)
     out = str(tmp_path / "qs")
     assert main(["quickstart", "--out", out, "--no-progress"]) == 130
     assert main(["quickstart", "--out", out, "--no-progress"]) == 130  # the same command resumes
@@ -184,7 +188,11 @@ def test_a_folder_started_with_other_settings_is_refused(tmp_path, monkeypatch, 
                  "--seed", "7"]) == 2
     printed = capsys.readouterr().out
     assert "pair: 'en-de' then, 'en-es' now" in printed and "eval_max_items: 1000 then, 50 now" in printed
-    assert "seed: 42 then, 7 now" in printed
+    assert "seed: 42 then, 7 now" in printed and "step(s) data used them" in printed
+    # --max-items feeds the reference evaluation, which has not run: taken, and recorded for the next start
+    assert main(["quickstart", "--out", out, "--no-progress", "--max-items", "50"]) == 130
+    assert qs.Markers(out).get("settings")["eval_max_items"] == 50
+    assert main(["quickstart", "--out", out, "--no-progress"]) == 130  # 1000 again: nothing used 50 yet
 
 
 def test_step_timing_leaves_no_trace(data, tmp_path):
@@ -447,3 +455,56 @@ def test_a_set_data_source_that_does_not_exist_is_refused_before_anything_is_rec
     existing = tmp_path / "pairs.jsonl"
     existing.write_text('{"query": "a b c", "document": "d e f"}\n')
     qs.Settings(out=tmp_path / "qs", baselines=[], overrides=parse_overrides([f"pairs.data.train=[{{path: {existing}}}]"]))
+
+
+def test_a_stage_that_cannot_start_keeps_the_steps_before_it_and_takes_the_corrected_command(data, tmp_path,
+                                                                                              monkeypatch, capsys):
+    """A --set value that breaks a stage only when it reads its data (a batch larger than the data) recorded the
+    settings, and the corrected command was refused as "other settings" after stages 1 and 2 had to be
+    thrown away."""
+    from bembed.cli import main
+
+    out = tmp_path / "qs"
+    bad = _settings(data, out)
+    bad.overrides["pairs"] = [*bad.overrides["pairs"], "train.batch_size=4096"]
+    with pytest.raises(qs.StageSetupFailed, match=r"^pairs: data.train: no global micro-batch of 4096 rows"):
+        qs.run(bad)
+    markers = qs.Markers(out)
+    assert markers.get("pretrain") is not None and markers.get("pairs") is None
+    pretrained = (out / "pretrain" / "final" / "model.safetensors").read_bytes()
+
+    def reached(stage, cfg):
+        raise KeyboardInterrupt(stage)
+
+    monkeypatch.setattr(qs, "make_stage", reached)
+    with pytest.raises(KeyboardInterrupt, match="pairs"):  # stage 1 is not run again
+        qs.run(_settings(data, out))
+    assert (out / "pretrain" / "final" / "model.safetensors").read_bytes() == pretrained
+    assert markers.get("settings")["overrides"]["pairs"] == _settings(data, out).overrides["pairs"]
+
+    # the CLI names the stage and says the finished steps are kept
+    monkeypatch.setattr(qs, "run", lambda settings: (_ for _ in ()).throw(qs.StageSetupFailed("pairs: too few rows")))
+    assert main(["quickstart", "--out", str(out), "--no-progress", "--baselines"]) == 2
+    assert "pairs: too few rows\nthe steps before it are kept" in capsys.readouterr().out
+
+
+def test_a_stage_that_has_started_keeps_its_settings(tmp_path):
+    """A stage with a plan or checkpoints on disk would resume them under another config: refused, naming the
+    folder to remove; a later stage's settings may still change."""
+    out = tmp_path / "qs"
+    settings = qs.Settings(out=out, baselines=[], overrides={"pairs": ["train.lr=1e-4"]})
+    markers = qs.Markers(out)
+    qs.check_settings(settings, markers)
+    for step in ("data", "corpus", "tokenizer", "references", "budget", "pretrain"):
+        markers.put(step, {})
+    (out / "pairs").mkdir()
+    (out / "pairs" / "quickstart_plan.json").write_text('{"max_steps": 100}')
+    changed = qs.Settings(out=out, baselines=[], overrides={"pairs": ["train.lr=2e-4"]})
+    with pytest.raises(qs.SettingsMismatch, match=r"overrides of pairs: \['train.lr=1e-4'\] then, "
+                                                  r"\['train.lr=2e-4'\] now\), and its stage pairs has started"):
+        qs.check_settings(changed, markers)
+    later = qs.Settings(out=out, baselines=[], overrides={"pairs": ["train.lr=1e-4"], "multitask": ["train.lr=1e-5"]})
+    qs.check_settings(later, markers)
+    assert markers.get("settings")["overrides"]["multitask"] == ["train.lr=1e-5"]
+    with pytest.raises(qs.SettingsMismatch, match=r"step\(s\) budget, pretrain used them"):
+        qs.check_settings(qs.Settings(out=out, baselines=[], minutes=5, overrides=later.overrides), markers)

@@ -93,8 +93,8 @@ class Settings:
         unknown = sorted(set(self.overrides) - set(TRAINING_STAGES))
         if unknown:
             raise ValueError(f"overrides: unknown stage(s) {unknown}; stages are {TRAINING_STAGES}")
-        # Everything that would fail only once steps have run is checked now, before run() records the
-        # settings: found late, a bad value leaves a folder that refuses the corrected command as "other settings".
+        # Everything that would fail only once steps have run is checked now: found late, a bad value costs the
+        # steps before the one it breaks (the corrected command then resumes after them).
         from bembed.eval.baselines import check_names
         from bembed.eval.tasks import TaskSizes
         from bembed.tokenizer import MIN_VOCAB_SIZE
@@ -120,6 +120,11 @@ class SettingsMismatch(ValueError):
     """The output folder holds a run made with other settings: resuming it would mix the two."""
 
 
+class StageSetupFailed(ValueError):
+    """A training stage could not start with its config (its data, a --set value): the steps before it are kept,
+    and the corrected command resumes there."""
+
+
 class FetchFailed(RuntimeError):
     """Sources of the pair could not be fetched (a registry or client was unreachable); nothing was built."""
 
@@ -128,22 +133,60 @@ class FetchFailed(RuntimeError):
 RECORDED_SETTINGS = ("pair", "minutes", "cache", "data_root", "vocab_size", "tokenizer_chars", "mlm_chars", "steps",
                      "overrides", "baselines", "eval_tasks", "reference_tasks", "eval_max_items", "eval_max_chars",
                      "seed")
+# The steps in the order run() takes them ("budget" is the training budget's marker); each consumes what the ones
+# before it made, so a setting changes its first step's output and everything after it.
+STEP_ORDER = ("data", "corpus", "tokenizer", "references", "budget", *TRAINING_STAGES, "model", "loss_png", "evaluate",
+              "demo")
+# The first step each setting feeds ("steps" and "overrides" feed the stage they name).
+FIRST_STEP = {"pair": "data", "cache": "data", "data_root": "data", "seed": "corpus", "mlm_chars": "corpus",
+              "vocab_size": "tokenizer", "tokenizer_chars": "tokenizer", "baselines": "references",
+              "eval_tasks": "references", "reference_tasks": "references", "eval_max_items": "references",
+              "eval_max_chars": "references", "minutes": "budget"}
+
+
+def _changed_settings(earlier: dict, current: dict) -> list[tuple[str, str]]:
+    """(first step it feeds, description) of each setting that differs; a per-stage setting by stage."""
+    changes = []
+    for key in RECORDED_SETTINGS:
+        old, new = earlier.get(key), current[key]
+        if old == new:
+            continue
+        if key in ("steps", "overrides"):
+            old, new = old or {}, new or {}
+            for stage in TRAINING_STAGES:
+                if old.get(stage) != new.get(stage):
+                    changes.append((stage, f"{key} of {stage}: {old.get(stage)!r} then, {new.get(stage)!r} now"))
+        else:
+            changes.append((FIRST_STEP[key], f"{key}: {old!r} then, {new!r} now"))
+    return changes
 
 
 def check_settings(settings: Settings, markers: Markers) -> None:
-    """Record the run's settings on its first start; on a later start raise SettingsMismatch if they differ.
-    Finished steps are skipped by their markers alone, so without this check `--pair en-es` on an en-de
-    folder would report the en-de model, tokenizer and scores under the en-es name."""
+    """Record the run's settings; on a later start with other settings raise SettingsMismatch if a step they
+    feed has finished, or is a training stage that has started (its plan or checkpoints are on disk). Finished
+    steps are skipped by their markers alone, so `--pair en-es` on an en-de folder would otherwise report the
+    en-de model, tokenizer and scores under the en-es name. A change that only reaches steps not yet begun is
+    taken: the command that failed at a stage can be corrected and run again."""
     current = json.loads(json.dumps({k: getattr(settings, k) for k in RECORDED_SETTINGS}, default=str))
     earlier = markers.get("settings")
-    if earlier is None:
+    changes = [] if earlier is None else _changed_settings(earlier, current)
+    if changes:
+        first = min(STEP_ORDER.index(step) for step, _ in changes)
+        done = [step for step in STEP_ORDER[first:] if markers.get(step) is not None]
+        described = "; ".join(text for _, text in changes)
+        if done:
+            raise SettingsMismatch(f"{settings.out} holds a quickstart run with other settings ({described}), and "
+                                   f"its step(s) {', '.join(done)} used them: run the same command to resume it, or "
+                                   "give another --out")
+        stage = STEP_ORDER[first]
+        if stage in TRAINING_STAGES and stage_started(settings.out, stage):
+            raise SettingsMismatch(f"{settings.out} holds a quickstart run with other settings ({described}), and "
+                                   f"its stage {stage} has started with them: remove {settings.out / stage} to "
+                                   "train that stage again with the new settings, or run the same command to "
+                                   "resume it")
+        log.info("quickstart: settings changed for steps not yet run (%s)", described)
+    if changes or earlier is None:
         markers.put("settings", current)
-        return
-    changed = [f"{k}: {earlier.get(k)!r} then, {current[k]!r} now" for k in RECORDED_SETTINGS
-               if earlier.get(k) != current[k]]
-    if changed:
-        raise SettingsMismatch(f"{settings.out} holds a quickstart run with other settings ({'; '.join(changed)}): "
-                               "run the same command to resume it, or give another --out")
 
 
 class Markers:
@@ -352,6 +395,17 @@ def plan_steps(stage_obj, cfg, budget_s: float, started: float) -> dict:
     return {"max_steps": steps, "seconds_per_step": round(per_step, 3), "budget_s": round(budget_s, 1)}
 
 
+def _plan_file(out: Path, stage: str) -> Path:
+    return Path(out) / stage / "quickstart_plan.json"
+
+
+def stage_started(out: Path, stage: str) -> bool:
+    """Whether a training stage has fixed its step count or written a checkpoint (a resume would continue them)."""
+    from bembed.training.checkpoint import list_checkpoints
+
+    return _plan_file(out, stage).is_file() or bool(list_checkpoints(Path(out) / stage / "checkpoints"))
+
+
 def run_stage(settings: Settings, stage: str, data_root: str, model_from: str, budget_s: float) -> dict:
     """Build the stage, fix its step count (stored in <out>/<stage>/quickstart_plan.json), train it —
     from its latest checkpoint when an earlier run was interrupted — and export <out>/<stage>/final."""
@@ -360,29 +414,34 @@ def run_stage(settings: Settings, stage: str, data_root: str, model_from: str, b
     from bembed.training.trainer import Trainer
 
     started = time.perf_counter()
-    cfg = stage_config(settings, stage, data_root, model_from)
-    stage_obj = make_stage(stage, cfg)
-    plan_file = Path(cfg.train.output_dir) / "quickstart_plan.json"
-    if plan_file.is_file():
-        plan = json.loads(plan_file.read_text(encoding="utf-8"))
-    elif settings.steps and stage in settings.steps:
-        plan = {"max_steps": settings.steps[stage]}
-    else:
-        plan = plan_steps(stage_obj, cfg, budget_s, started)
+    plan_file = _plan_file(settings.out, stage)
+    # Everything that reads the config and the data comes before anything is written: a value that fails here
+    # (too few rows for a batch, missing columns) leaves the stage unstarted, so the corrected command takes it.
+    try:
+        cfg = stage_config(settings, stage, data_root, model_from)
+        stage_obj = make_stage(stage, cfg)
+        if plan_file.is_file():
+            plan = json.loads(plan_file.read_text(encoding="utf-8"))
+        elif settings.steps and stage in settings.steps:
+            plan = {"max_steps": settings.steps[stage]}
+        else:
+            plan = plan_steps(stage_obj, cfg, budget_s, started)
+        cfg.train.max_steps = plan["max_steps"]
+        # The configured warm-up is meant for a full run; a short one warms up over at most a tenth of it,
+        # unless the warm-up was given with --set.
+        if _overrides_key(settings.overrides.get(stage, ()), "train.warmup_steps") is None:
+            cfg.train.warmup_steps = min(cfg.train.warmup_steps, max(1, cfg.train.max_steps // 10))
+        elif cfg.train.warmup_steps >= cfg.train.max_steps:
+            log.warning("%s: train.warmup_steps=%d is not below the %d planned steps: the learning rate never "
+                        "reaches train.lr", stage, cfg.train.warmup_steps, cfg.train.max_steps)
+        trainer = Trainer(stage_obj, cfg.train, to_dict(cfg))
+    except (FileNotFoundError, ValueError) as exc:
+        raise StageSetupFailed(f"{stage}: {exc}") from exc
     plan_file.parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(plan_file, plan)
-    cfg.train.max_steps = plan["max_steps"]
-    # The configured warm-up is meant for a full run; a short one warms up over at most a tenth of it,
-    # unless the warm-up was given with --set.
-    if _overrides_key(settings.overrides.get(stage, ()), "train.warmup_steps") is None:
-        cfg.train.warmup_steps = min(cfg.train.warmup_steps, max(1, cfg.train.max_steps // 10))
-    elif cfg.train.warmup_steps >= cfg.train.max_steps:
-        log.warning("%s: train.warmup_steps=%d is not below the %d planned steps: the learning rate never "
-                    "reaches train.lr", stage, cfg.train.warmup_steps, cfg.train.max_steps)
     log.info("%s: %d steps%s", stage, cfg.train.max_steps,
              f" (≈{plan['seconds_per_step']:.2f} s each, budget {plan['budget_s']:.0f} s)" if "budget_s" in plan else "")
     resume = "latest" if list_checkpoints(Path(cfg.train.output_dir) / "checkpoints") else None
-    trainer = Trainer(stage_obj, cfg.train, to_dict(cfg))
     history = trainer.fit(resume=resume)
     final = Path(cfg.train.output_dir) / "final"
     last = history[-1] if history else {}
