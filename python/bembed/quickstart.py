@@ -261,6 +261,7 @@ def sample_mlm_corpus(settings: Settings, data_root: str) -> dict:
     the few thousand steps the budget allows see a fraction of the corpus, and tokenising all of it
     would cost a minute of that budget."""
     from bembed.commands.tokenizer import sample_documents
+    from bembed.data.provenance import MANIFEST, read_manifest
 
     folder = settings.out / "corpus"
     folder.mkdir(parents=True, exist_ok=True)
@@ -270,6 +271,10 @@ def sample_mlm_corpus(settings: Settings, data_root: str) -> dict:
         path = folder / f"mono_{lang}.jsonl"
         path.write_text("".join(json.dumps({"text": t}, ensure_ascii=False) + "\n" for t in texts), encoding="utf-8")
         files[lang] = str(path)
+    build = read_manifest(Path(data_root) / settings.pair)
+    if build is not None:  # the stage-1 model then records the build's train split as its data (provenance.py)
+        write_json_atomic(folder / MANIFEST, {"pair": build["pair"], "fractions": build["fractions"], "split": "train",
+                                              "note": "documents sampled from the build's mono_<lang> train split"})
     return {"files": files}
 
 

@@ -106,6 +106,7 @@ def _argument_error(args) -> str | None:
 
 
 def run(args) -> int:
+    from bembed.data.provenance import trained_on_test_split
     from bembed.data.sources import cache_dir
     from bembed.eval import baselines
     from bembed.eval.encoder import HashingEncoder
@@ -136,6 +137,11 @@ def run(args) -> int:
         except (ValueError, OSError) as exc:
             print(f"--model {path}: {exc}")
             return 2
+        for pair in args.pairs:
+            seen = trained_on_test_split(path, data / pair)
+            if seen:
+                print(f"--model {path}: {seen}")
+                return 2
         encoders.append((lambda e=encoder: e, label))
     if args.baselines is not None:
         wanted = args.baselines or list(baselines.BASELINES)

@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from bembed.data.provenance import record_training_data
 from bembed.files import replacing_folder, save_figure_atomic, write_text_atomic
 
 from . import checkpoint as ckpt
@@ -490,6 +491,9 @@ class Trainer:
                 bar.close()
         self.save_checkpoint()
         if self.rank == 0:
+            config = getattr(self.stage.model, "config", None)
+            if config is not None:  # the built splits it trained on go along in its config.json (for bembed eval)
+                record_training_data(config, (self.full_config.get("data") or {}).get("train") or [])
             with replacing_folder(self.out / "final") as folder:  # never a half-written final/ after a kill
                 self.stage.export(folder)
             log.info("final model written to %s", self.out / "final")
