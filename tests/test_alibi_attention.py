@@ -219,9 +219,10 @@ def test_expanded_inputs_and_gradients():
     for shape in ((3, 7, H, D), (3, 1, H, D)):  # one query vector broadcast over batch and tokens; L = 1
         one = torch.randn(D, dtype=torch.float64)
         qe = one.expand(shape)
-        ke, ve, grad = (torch.randn(shape, dtype=torch.float64) for _ in range(3))
-        ours = _forward_backward(lambda *t: attention(*t, slopes), [qe, ke, ve], grad.expand(shape))
-        expected = _forward_backward(lambda *t: reference(*t, slopes), [qe, ke, ve], grad)
+        ke, ve = (torch.randn(shape, dtype=torch.float64) for _ in range(2))
+        grad = torch.randn(D, dtype=torch.float64).expand(shape)  # stride 0 in every dim but the last
+        ours = _forward_backward(lambda *t: attention(*t, slopes), [qe, ke, ve], grad)
+        expected = _forward_backward(lambda *t: reference(*t, slopes), [qe, ke, ve], grad.contiguous())
         for o, e in zip(ours, expected):
             torch.testing.assert_close(o, e)
 

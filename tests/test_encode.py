@@ -381,6 +381,7 @@ def test_satisfies_the_eval_encoder_interface(folder):
 
 def test_reference_path_gives_the_same_vectors(folder, embedder):
     reference = Embedder.from_pretrained(folder, device="cpu", attention_impl="reference")
+    assert reference.model.config.attention_impl == "reference" and embedder.model.config.attention_impl == "bembed"
     np.testing.assert_allclose(reference.encode(TEXTS, batch_size=4), embedder.encode(TEXTS), rtol=1e-4, atol=1e-5)
 
 

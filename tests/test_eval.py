@@ -53,9 +53,13 @@ def test_bitext_identical_sides_score_one_and_shuffled_less():
     rows = [{"src": t, "tgt": t} for t in EN]
     same = evaluate_encoder(HashingEncoder(), [bitext_task(rows, "en-de", TaskSizes())])
     assert same["scores"]["BembedBitextMining.en-de"] == pytest.approx(1.0)
+    # gold pairs each sentence with the next one: the encoder's exact matches are all wrong
+    rows = [{"src": t, "tgt": EN[(i + 1) % len(EN)]} for i, t in enumerate(EN)]
+    shuffled = evaluate_encoder(HashingEncoder(), [bitext_task(rows, "en-de", TaskSizes())])
+    assert shuffled["scores"]["BembedBitextMining.en-de"] == pytest.approx(0.0)
     rows = [{"src": e, "tgt": d} for e, d in zip(EN, DE)]
     real = evaluate_encoder(HashingEncoder(), [bitext_task(rows, "en-de", TaskSizes())])
-    assert 0.0 <= real["scores"]["BembedBitextMining.en-de"] <= 1.0
+    assert 0.0 < real["scores"]["BembedBitextMining.en-de"] < 1.0
 
 
 def test_bitext_keeps_one_row_per_sentence_so_a_perfect_model_scores_one():

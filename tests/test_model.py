@@ -475,8 +475,12 @@ def test_subfolder_loads_the_weights_of_the_subfolder(tmp_path):
         assert torch.equal(loaded.embeddings.word_embeddings.weight, want)
 
 
-def test_float16_on_cpu_runs_the_attention_kernel(caplog):
+def test_float16_on_cpu_runs_the_attention_kernel(caplog, monkeypatch):
     """fp16 on CPU was sent to the O(L²)-memory reference with a warning, though the CPU kernel takes fp16."""
+    import bembed.model.modeling as modeling
+
+    monkeypatch.setattr(modeling, "_warned_reference_fallback", False)  # it warns once per process
+    assert modeling._attention_op_impl(torch.empty(1, dtype=torch.float16)) is None
     model = JinaBertModel(tiny_config()).half()
     ids, mask = ragged_batch([7, 4])
     with caplog.at_level(logging.WARNING, logger="bembed.model.modeling"):

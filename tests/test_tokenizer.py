@@ -120,17 +120,25 @@ def test_a_byte_order_mark_is_not_read_as_text(tmp_path):
     assert read_corpus(path, "corpus") == ["Hallo Welt", "zweite Zeile"]
 
 
-def test_files_corpora_are_sampled_to_max_chars(tmp_path):
-    from bembed.commands.tokenizer import train_for_pair
+def test_files_corpora_are_sampled_to_max_chars(tmp_path, monkeypatch):
+    import bembed.tokenizer
+    from bembed.commands.tokenizer import seeded_sample, train_for_pair
 
     files = []
     for name, words in (("en.txt", GERMAN), ("de.txt", SPANISH)):  # two vocabularies, one a file
         files.append(tmp_path / name)
         files[-1].write_text("\n".join(sentences(words, 2000, 5)), encoding="utf-8")
     whole = read_corpus(files[0], "corpus")
+    trained_on = []
+
+    def recording(corpus_a, corpus_b, *args, **kwargs):
+        trained_on.append((list(corpus_a), list(corpus_b)))
+        return train_bilingual_tokenizer(corpus_a, corpus_b, *args, **kwargs)
+
+    monkeypatch.setattr(bembed.tokenizer, "train_bilingual_tokenizer", recording)
     sampled = train_for_pair(tmp_path / "tok", files=tuple(map(str, files)), max_chars=2000, vocab_size=300)
     assert len(sampled) == 300
-    from bembed.commands.tokenizer import seeded_sample
+    assert trained_on == [(seeded_sample(whole, 2000), seeded_sample(read_corpus(files[1], "corpus"), 2000))]
 
     sample = seeded_sample(whole, 2000)
     assert 2000 <= sum(map(len, sample)) < 2000 + max(map(len, whole))
