@@ -398,6 +398,17 @@ def test_torch_compile_fullgraph(backend):
         torch.testing.assert_close(g, e)
 
 
+def test_torch_compile_with_a_symbolic_softmax_scale():
+    """A softmax_scale that dynamo makes symbolic failed fullgraph: math.isfinite cannot be traced."""
+    compiled = torch.compile(lambda q, s: attention(q, q, q, None, softmax_scale=s), fullgraph=True,
+                             backend="aot_eager", dynamic=True)
+    q = torch.randn(1, 5, 1, 4)
+    for scale in (0.3, 0.7):
+        torch.testing.assert_close(compiled(q, scale), attention(q, q, q, None, softmax_scale=scale))
+    with pytest.raises(ValueError, match="'softmax_scale' must be finite"):
+        attention(q, q, q, None, softmax_scale=float("inf"))
+
+
 def test_torch_compile_with_a_symbolic_max_seqlen():
     """max_seqlen computed in the graph (flash-attn's `seqlens.max().item()`) or taken from a dynamic shape is
     a SymInt: the schema said int, so fullgraph failed on the first and recompiled for every length on the

@@ -177,6 +177,30 @@ def test_mixed_devices_name_the_argument():
         ops.alibi_attention_fwd(q, q.cpu(), q, None, None, 0.3)
 
 
+def test_a_meta_tensor_beside_cpu_ones_is_refused_not_answered_with_garbage():
+    """A call mixing meta and cpu tensors dispatches to the fakes, which returned an uninitialised cpu tensor
+    (NaN, 4e36) without the kernel's device check (a slopes buffer left on meta by deferred init)."""
+    q, cu, slopes = torch.randn(1, 40, 3, 8), torch.tensor([0, 17, 40], dtype=torch.int32), bembed_ext.alibi_slopes(3)
+    with pytest.raises(ValueError, match="argument 'alibi_slopes' is on meta but 'q' is on cpu"):
+        bembed_ext.alibi_attention(q, q, q, slopes.to("meta"))
+    with pytest.raises(ValueError, match="argument 'k' is on meta"):
+        bembed_ext.alibi_attention(q, q.to("meta"), q, slopes)
+    with pytest.raises(ValueError, match="argument 'cu_seqlens' is on meta"):
+        bembed_ext.alibi_attention_varlen(q[0], q[0], q[0], cu.to("meta"), 23, slopes)
+    out, lse = ops.alibi_attention_fwd(q, q, q, None, slopes, 0.3)
+    with pytest.raises(ValueError, match="argument 'grad_out' is on meta"):
+        ops.alibi_attention_bwd(out.to("meta"), q, q, q, out, lse, None, slopes, 0.3)
+    x = torch.randn(4, 6)
+    with pytest.raises(ValueError, match="argument 'grad_out' is on meta"):
+        torch.ops.bembed.geglu_backward(torch.randn(4, 3, device="meta"), x)
+
+
+def test_a_max_seqlen_beyond_int64_is_a_value_error():
+    q, cu = torch.randn(5, 2, 8), torch.tensor([0, 5], dtype=torch.int32)
+    with pytest.raises(ValueError, match="argument 'max_seqlen' must be below 2\\*\\*63"):
+        bembed_ext.alibi_attention_varlen(q, q, q, cu, 2**63, None)
+
+
 @pytest.mark.parametrize("write", ["data", "numpy"])
 def test_cpu_cu_seqlens_written_behind_the_version_counter_is_still_checked(write):
     """Writes through `.data` or a numpy view leave the version counter alone, so the CUDA path's cache cannot

@@ -202,6 +202,19 @@ def test_torch_compile_fullgraph_forward_backward():
     torch.testing.assert_close(ours, eager)
 
 
+def test_torch_compile_with_a_symbolic_temperature():
+    """A temperature that dynamo makes symbolic (a second value, or dynamic=True) failed fullgraph: the check
+    called math.isfinite on it, which dynamo cannot trace."""
+    compiled = torch.compile(lambda q, d, t: bembed_ext.contrastive_loss(q, d, temperature=t), fullgraph=True,
+                             backend="aot_eager", dynamic=True)
+    q, d = _inputs(6, 1, 10, dtype=torch.float32)
+    for temperature in (0.05, 0.1, 0.2):
+        eager = bembed_ext.contrastive_loss(q, d, temperature=temperature)
+        torch.testing.assert_close(compiled(q, d, temperature), eager)
+    with pytest.raises(ValueError, match="temperature"):
+        bembed_ext.contrastive_loss(q, d, temperature=float("nan"))
+
+
 def _grads_of(fn, q, d):
     q, d = q.detach().clone().requires_grad_(), d.detach().clone().requires_grad_()
     loss = fn(q, d)

@@ -43,7 +43,7 @@ def _default_scale(softmax_scale, head_dim: int, op: str) -> float:
         return 1.0 / math.sqrt(head_dim) if head_dim > 0 else 1.0
     if isinstance(softmax_scale, bool) or not isinstance(softmax_scale, numbers.Real):
         raise TypeError(f"{op}: argument 'softmax_scale' must be a float or None, got {type(softmax_scale).__name__}")
-    if not math.isfinite(softmax_scale):
+    if not -math.inf < softmax_scale < math.inf:  # comparisons, not math.isfinite: torch.compile traces them
         raise ValueError(f"{op}: argument 'softmax_scale' must be finite, got {softmax_scale}")
     return float(softmax_scale)
 
@@ -173,25 +173,40 @@ def _lse_dtype(q):
     return torch.float64 if q.dtype == torch.float64 else torch.float32
 
 
+def _check_devices(op: str, q, **tensors) -> None:
+    """The fakes also serve the Meta dispatch key, which takes a call whose tensors mix meta and cpu (a slopes
+    buffer left on meta by a deferred initialisation): the kernel's device check never runs there, so it is
+    made here, else the call returns an uninitialised cpu tensor."""
+    for name, t in tensors.items():
+        if t is not None and t.device != q.device:
+            raise ValueError(f"{op}: argument '{name}' is on {t.device} but 'q' is on {q.device}")
+
+
 @torch.library.register_fake("bembed::alibi_attention_fwd")
 def _fwd_fake(q, k, v, key_padding_mask, alibi_slopes, softmax_scale):
+    _check_devices("alibi_attention", q, k=k, v=v, key_padding_mask=key_padding_mask, alibi_slopes=alibi_slopes)
     B, L, H, _ = q.shape
     return q.new_empty(q.shape), q.new_empty((B, H, L), dtype=_lse_dtype(q))
 
 
 @torch.library.register_fake("bembed::alibi_attention_bwd")
 def _bwd_fake(grad_out, q, k, v, out, lse, key_padding_mask, alibi_slopes, softmax_scale):
+    _check_devices("alibi_attention backward", q, grad_out=grad_out, k=k, v=v, out=out, lse=lse,
+                   key_padding_mask=key_padding_mask, alibi_slopes=alibi_slopes)
     return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
 
 
 @torch.library.register_fake("bembed::alibi_attention_varlen_fwd")
 def _varlen_fwd_fake(q, k, v, cu_seqlens, max_seqlen, alibi_slopes, softmax_scale):
+    _check_devices("alibi_attention_varlen", q, k=k, v=v, cu_seqlens=cu_seqlens, alibi_slopes=alibi_slopes)
     T, H, _ = q.shape
     return q.new_empty(q.shape), q.new_empty((H, T), dtype=_lse_dtype(q))
 
 
 @torch.library.register_fake("bembed::alibi_attention_varlen_bwd")
 def _varlen_bwd_fake(grad_out, q, k, v, out, lse, cu_seqlens, max_seqlen, alibi_slopes, softmax_scale):
+    _check_devices("alibi_attention_varlen backward", q, grad_out=grad_out, k=k, v=v, out=out, lse=lse,
+                   cu_seqlens=cu_seqlens, alibi_slopes=alibi_slopes)
     return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
 
 
@@ -294,5 +309,8 @@ def alibi_attention_varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu
     refuse_forward_ad("alibi_attention_varlen", q, k, v)
     if not isinstance(max_seqlen, torch.SymInt):  # a SymInt (torch.compile) goes to the op as it is
         max_seqlen = int(max_seqlen)
+    # the op's int64 (a negative one the kernel refuses); _check_value: a ValueError that compiles as an assert
+    # (its message may hold constants only: dynamo refuses a closure over max_seqlen)
+    torch._check_value(max_seqlen < 2**63, lambda: "alibi_attention_varlen: argument 'max_seqlen' must be below 2**63")
     out, _ = _OPS.alibi_attention_varlen_fwd(q, k, v, cu_seqlens, max_seqlen, alibi_slopes, scale)
     return out

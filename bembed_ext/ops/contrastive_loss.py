@@ -128,7 +128,7 @@ def _check_arguments(queries, documents, temperature, bidirectional, gather_acro
                          f"negatives), got {N}")
     if isinstance(temperature, bool) or not isinstance(temperature, numbers.Real):
         raise TypeError(f"{_NAME}: argument 'temperature' must be a float, got {type(temperature).__name__}")
-    if not (math.isfinite(temperature) and temperature > 0):
+    if not 0 < temperature < math.inf:  # comparisons, not math.isfinite: torch.compile traces them
         raise ValueError(f"{_NAME}: argument 'temperature' must be a finite number > 0, got {temperature}")
     for name, value in (("bidirectional", bidirectional), ("gather_across_ranks", gather_across_ranks)):
         if not isinstance(value, bool):

@@ -25,6 +25,8 @@ def _geglu_fake(x):
 
 @torch.library.register_fake("bembed::geglu_backward")
 def _geglu_backward_fake(grad_out, x):
+    if grad_out.device != x.device:  # the Meta key's call with a meta and a cpu tensor (see alibi_attention.py)
+        raise ValueError(f"bembed.geglu_backward: argument 'grad_out' is on {grad_out.device} but 'x' is on {x.device}")
     return torch.empty_like(x, memory_format=torch.contiguous_format)
 
 

@@ -166,7 +166,7 @@ KeyTiles<acc_t> key_tiles(const std::vector<int64_t>& starts, const std::vector<
       const int64_t b = tile_seq[t], k0 = (t - tiles.first[b]) * block_k;
       const int64_t j0 = starts[b] + k0, j1 = starts[b] + std::min(lengths[b], k0 + block_k);
       for (int64_t j = j0; j < j1; ++j) {
-        if (mask && !mask[j]) continue;  // a padded key's row may hold anything; it never gets weight
+        if (mask && !mask[j]) continue;  // a padded key gets no weight (its row may be inf/NaN: see bias_row)
         tiles.live[t] = 1;
         for (int64_t h = 0; h < heads; ++h) {
           const scalar_t* row = k.row(j, h);
