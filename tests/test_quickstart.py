@@ -508,3 +508,43 @@ def test_a_stage_that_has_started_keeps_its_settings(tmp_path):
     assert markers.get("settings")["overrides"]["multitask"] == ["train.lr=1e-5"]
     with pytest.raises(qs.SettingsMismatch, match=r"step\(s\) budget, pretrain used them"):
         qs.check_settings(qs.Settings(out=out, baselines=[], minutes=5, overrides=later.overrides), markers)
+
+
+def test_an_override_the_untrained_reference_was_made_from_is_refused_once_it_ran(tmp_path):
+    """The untrained reference takes stage 1's model config and stage 3's length and prompts: a --set of those
+    after the reference step would leave its column describing another model than the one trained."""
+    from bembed.quickstart_eval import untrained_setup
+
+    out = tmp_path / "qs"
+    settings = qs.Settings(out=out, baselines=[])
+    markers = qs.Markers(out)
+    qs.check_settings(settings, markers)
+    for step in ("data", "corpus", "tokenizer"):
+        markers.put(step, {})
+    markers.put("references", {"untrained_setup": untrained_setup(settings)})
+    lr = qs.Settings(out=out, baselines=[], overrides={"pairs": ["train.lr=1e-4"]})
+    qs.check_settings(lr, markers)  # stage 2's learning rate: not part of the reference
+    shorter = qs.Settings(out=out, baselines=[], overrides={**lr.overrides, "multitask": ["model.max_length=64"]})
+    with pytest.raises(qs.SettingsMismatch, match=r"untrained reference's architecture.*step\(s\) references used"):
+        qs.check_settings(shorter, markers)
+
+
+def test_a_kept_reference_result_is_used_only_if_made_with_these_evaluation_settings(data, tmp_path, monkeypatch):
+    """An interrupted reference step keeps each finished model's result; the step may resume with another
+    --max-items (it had not finished), and the kept result must not then stand for the new setting."""
+    import bembed.eval.run
+    import bembed.quickstart_eval as qe
+
+    evaluated = []
+
+    def evaluate(encoder, tasks, name=None, **kwargs):
+        evaluated.append(name)
+        return {"model": name, "scores": {}, "seconds": 1.0}
+
+    monkeypatch.setattr(bembed.eval.run, "evaluate_encoder", evaluate)
+    monkeypatch.setattr(qe, "untrained_embedder", lambda settings, tokenizer_dir: object())
+    qe.evaluate_references(_settings(data, tmp_path / "qs"), str(data), "unused")
+    qe.evaluate_references(_settings(data, tmp_path / "qs"), str(data), "unused")
+    assert evaluated == ["untrained"]  # kept
+    qe.evaluate_references(_settings(data, tmp_path / "qs", eval_max_items=10), str(data), "unused")
+    assert evaluated == ["untrained", "untrained"]

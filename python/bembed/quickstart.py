@@ -32,7 +32,8 @@ from pathlib import Path
 import torch
 
 from bembed.files import replacing_folder, save_figure_atomic, write_json_atomic
-from bembed.quickstart_eval import MUST_F1, cross_lingual_demo, evaluate_model, evaluate_references
+from bembed.quickstart_eval import (MUST_F1, cross_lingual_demo, evaluate_model, evaluate_references,
+                                   untrained_setup)
 
 log = logging.getLogger(__name__)
 
@@ -170,6 +171,13 @@ def check_settings(settings: Settings, markers: Markers) -> None:
     current = json.loads(json.dumps({k: getattr(settings, k) for k in RECORDED_SETTINGS}, default=str))
     earlier = markers.get("settings")
     changes = [] if earlier is None else _changed_settings(earlier, current)
+    # The untrained reference is made from stage 1's model config and stage 3's length and prompts: an override
+    # of those stages also reaches the finished reference step (its marker records what it used).
+    recorded_setup = (markers.get("references") or {}).get("untrained_setup")
+    if recorded_setup is not None and any(text.startswith("overrides") for _, text in changes) \
+            and recorded_setup != untrained_setup(settings):
+        changes.append(("references", "the untrained reference's architecture, length or prompts (from the "
+                                      "pretrain and multitask overrides)"))
     if changes:
         first = min(STEP_ORDER.index(step) for step, _ in changes)
         done = [step for step in STEP_ORDER[first:] if markers.get(step) is not None]

@@ -32,23 +32,32 @@ def eval_tasks(settings: Settings, data_root: str, kinds: tuple[str, ...] | None
     return local_tasks(data_root, [settings.pair], sizes, kinds or settings.eval_tasks)
 
 
+def untrained_setup(settings: Settings) -> dict:
+    """What the untrained reference is made from besides the tokenizer: stage 1's architecture (its
+    model.config) and the last stage's length and prompts. --set overrides of those stages change it."""
+    from bembed.quickstart import TRAINING_STAGES, stage_config
+    from bembed.training.encoder import stage_prompts
+
+    last = stage_config(settings, TRAINING_STAGES[-1], "", "")
+    return json.loads(json.dumps({"model_config": stage_config(settings, "pretrain", "", "").model.config,
+                                  "max_length": last.model.max_length, "prompts": stage_prompts(last.multitask),
+                                  "seed": settings.seed}))
+
+
 def untrained_embedder(settings: Settings, tokenizer_dir: str):
     """Stage 1's architecture with fresh weights: what training starts from, embedding the way the trained
     model will (the last stage's length and query/passage prompts), so the two columns compare like for like
     and its evaluation time predicts the final one's, which the training budget reserves."""
     from bembed.encode import Embedder
     from bembed.model import JinaBertConfig, JinaBertModel
-    from bembed.quickstart import TRAINING_STAGES, stage_config
     from bembed.tokenizer import model_config_kwargs
-    from bembed.training.encoder import load_tokenizer, stage_prompts
+    from bembed.training.encoder import load_tokenizer
 
-    cfg = stage_config(settings, "pretrain", "", tokenizer_dir)
-    last = stage_config(settings, TRAINING_STAGES[-1], "", "")
+    setup = untrained_setup(settings)
     tokenizer = load_tokenizer(tokenizer_dir)
-    torch.manual_seed(settings.seed)
-    model = JinaBertModel(JinaBertConfig(**{**cfg.model.config, **model_config_kwargs(tokenizer)}))
-    embedder = Embedder(model, tokenizer, prompts=stage_prompts(last.multitask),
-                        max_seq_length=last.model.max_length)
+    torch.manual_seed(setup["seed"])
+    model = JinaBertModel(JinaBertConfig(**{**setup["model_config"], **model_config_kwargs(tokenizer)}))
+    embedder = Embedder(model, tokenizer, prompts=setup["prompts"], max_seq_length=setup["max_length"])
     embedder.name = "untrained (same architecture)"
     return embedder
 
@@ -67,22 +76,27 @@ def evaluate_references(settings: Settings, data_root: str, tokenizer_dir: str) 
     missing = sorted(set(names) - set(baselines.available()))
     if missing:
         log.warning("reference models not installed (skipped): %s", ", ".join(missing))
+    setup = untrained_setup(settings)
     results, untrained_s = [], None
     for name in ["untrained", *[n for n in names if n not in missing]]:
+        model_tasks = tasks if name == "untrained" else reference_tasks
+        # A result kept by an interrupted run is used only if it was made as this one would be (the step
+        # may resume with other evaluation settings: quickstart.check_settings lets those through).
+        made_with = {"tasks": [t.metadata.name for t in model_tasks], "max_items": settings.eval_max_items,
+                     "max_chars": settings.eval_max_chars, **({"untrained": setup} if name == "untrained" else {})}
         cached = settings.out / "eval" / f"{_slug(name)}.json"
-        if cached.is_file():
-            result = json.loads(cached.read_text(encoding="utf-8"))
-        else:
+        result = json.loads(cached.read_text(encoding="utf-8")) if cached.is_file() else None
+        if result is None or result.get("made_with") != made_with:
             log.info("evaluating %s ...", name)
             encoder = untrained_embedder(settings, tokenizer_dir) if name == "untrained" else baselines.load(name)
-            result = evaluate_encoder(encoder, tasks if name == "untrained" else reference_tasks,
-                                      name=getattr(encoder, "name", name))
+            result = evaluate_encoder(encoder, model_tasks, name=getattr(encoder, "name", name))
+            result["made_with"] = made_with
             cached.parent.mkdir(parents=True, exist_ok=True)
             write_json_atomic(cached, result)
         if name == "untrained":
             untrained_s = result["seconds"]
         results.append(result)
-    return {"results": results, "untrained_eval_s": untrained_s}
+    return {"results": results, "untrained_eval_s": untrained_s, "untrained_setup": setup}
 
 
 def evaluate_model(settings: Settings, data_root: str, model_dir: str, references: list[dict]) -> dict:
