@@ -1,7 +1,7 @@
 """ALiBi attention on CPU (2 threads): bembed's kernel vs `F.scaled_dot_product_attention` with a
 precomputed float ALiBi mask (B×H×L×L, built outside the timing), B=1, H=12, D=64, float32, forward and
 forward+backward. Each case first checks bembed against the reference (SDPA at L=8192, where the float64
-reference would need tens of GB), and records the peak extra memory of each side, measured in a fresh
+reference would need tens of GB; fwd+bwd also its gradients, up to L=2048), and records the peak extra memory of each side, measured in a fresh
 process by bench/alibi_attention_memory.py."""
 
 import functools
@@ -30,8 +30,11 @@ def _inputs(seqlen):
     return q, k, v, grad, slopes, alibi_mask(slopes, seqlen)
 
 
-def _check_correct(seqlen):
-    q, k, v, _, slopes, mask = _inputs(seqlen)
+@functools.lru_cache(maxsize=None)
+def _check_correct(seqlen, direction):
+    """bembed's output (and, for fwd+bwd, its gradients up to L=2048, where the float64 reference's
+    L×L tensors stay below a GB) against the reference on the benchmark's inputs."""
+    q, k, v, grad, slopes, mask = _inputs(seqlen)
     with torch.no_grad():
         ours = bembed_ext.alibi_attention(q, k, v, slopes)
         if seqlen <= 2048:
@@ -39,6 +42,13 @@ def _check_correct(seqlen):
         else:
             expected = sdpa_alibi(q, k, v, mask)
     torch.testing.assert_close(ours, expected, rtol=1e-4, atol=1e-4)
+    if direction == "fwd+bwd" and seqlen <= 2048:
+        ours = [t.detach().requires_grad_() for t in (q, k, v)]
+        bembed_ext.alibi_attention(*ours, slopes).backward(grad)
+        exact = [t.detach().double().requires_grad_() for t in (q, k, v)]
+        bembed_ext.reference.alibi_attention(*exact, slopes).backward(grad.double())
+        for name, got, want in zip(("dq", "dk", "dv"), ours, exact):
+            torch.testing.assert_close(got.grad, want.grad.float(), rtol=1e-4, atol=1e-4, msg=name)
 
 
 @functools.lru_cache(maxsize=None)
@@ -55,7 +65,7 @@ def _peak_extra_mb(impl, seqlen, direction):
 @pytest.mark.parametrize("impl", ["bembed", "sdpa"])
 def test_alibi_attention_cpu(benchmark, record, seqlen, direction, impl):
     q, k, v, grad, slopes, mask = _inputs(seqlen)
-    _check_correct(seqlen)
+    _check_correct(seqlen, direction)
     if impl == "bembed":
         def fn(q, k, v):
             return bembed_ext.alibi_attention(q, k, v, slopes)

@@ -8,7 +8,9 @@ inside torch; forward only) where the torch build has it: torch 2.11.0+cu130's l
 the FLASHATTENTION_DISABLE_ALIBI branch ("This flash attention build does not support alibi."), so that row
 is expected to be skipped and cannot be the forward baseline. TFLOP/s by the
 FlashAttention convention: forward 4·L²·D·H per sequence, backward 2.5× that. Every implementation is checked
-against an exact float32 computation of 64 query rows before it is timed. A baseline the torch at hand
+against an exact float32 computation of 64 query rows before it is timed (fwd+bwd: also the gradients those
+rows send to q, k and v). The cases vary slowest and the baseline runs right after bembed, on the same seeded
+inputs, so a run cut short still has both sides of the cases it reached. A baseline the torch at hand
 cannot run (forward, or backward for fwd+bwd) is skipped with the reason "unavailable: ..." (shown by pytest
 -rs, as gpu_check.sh runs it) instead of failing the run; bembed failing fails it.
 """
@@ -26,7 +28,7 @@ TOKENS = 16384
 LENGTHS = [512, 2048, 8192, 16384]
 VARLEN_TOKENS = 65536
 SCALE = 1.0 / math.sqrt(D)
-IMPLS = ["bembed", "fa2_alibi", "flex", "sdpa_bias"]
+IMPLS = ["bembed", "flex", "sdpa_bias", "fa2_alibi"]
 
 pytestmark = pytest.mark.cuda
 
@@ -51,8 +53,10 @@ class Case:
                                        device="cuda")
         self.max_seqlen = max(lengths)
         T = sum(lengths)
-        self.q, self.k, self.v = (torch.randn(T, H, D, device="cuda", dtype=torch.bfloat16) for _ in range(3))
-        self.grad = torch.randn(T, H, D, device="cuda", dtype=torch.bfloat16)
+        gen = torch.Generator(device="cuda").manual_seed(T + len(lengths))  # every implementation, the same inputs
+        self.q, self.k, self.v, self.grad = (torch.randn(T, H, D, device="cuda", dtype=torch.bfloat16, generator=gen)
+                                             for _ in range(4))
+        self.rows = torch.randperm(lengths[0], device="cuda", generator=gen)[:64]  # distinct rows of sequence 0
         self.slopes = bembed_ext.alibi_slopes(H).cuda()
         self.fwd_flops = sum(4 * n * n * D * H for n in lengths)
 
@@ -60,14 +64,19 @@ class Case:
         return t.view(len(self.lengths), self.max_seqlen, H, D)
 
 
-def _exact_rows(case, rows):
-    """float32 attention output of the given query rows of the first sequence (no L×L tensor)."""
-    n = case.lengths[0]
-    q, k, v = (t[:n].float() for t in (case.q, case.k, case.v))
+def _exact_rows(case, upstream=None):
+    """float32 attention output of case.rows of the first sequence (no L×L tensor); with `upstream` (their
+    output gradient) also the gradients they send to q (those rows), k and v (the first sequence)."""
+    n, rows = case.lengths[0], case.rows
+    q, k, v = (t[:n].float().requires_grad_(upstream is not None) for t in (case.q, case.k, case.v))
     pos = torch.arange(n, device="cuda")
     scores = torch.einsum("rhd,jhd->hrj", q[rows], k) * SCALE
     scores = scores - case.slopes[:, None, None] * (rows[:, None] - pos[None, :]).abs()[None].float()
-    return torch.einsum("hrj,jhd->rhd", scores.softmax(-1), v)
+    out = torch.einsum("hrj,jhd->rhd", scores.softmax(-1), v)
+    if upstream is None:
+        return out
+    out.backward(upstream.float())
+    return q.grad[rows], k.grad, v.grad
 
 
 # ---- implementations: each returns fn(q, k, v) -> out on packed (T, H, D) tensors, or raises -------------
@@ -162,31 +171,44 @@ def _case(name):
     return _cases[name]
 
 
-@pytest.mark.parametrize("case_name", [str(L) for L in LENGTHS] + ["varlen"])
-@pytest.mark.parametrize("direction", ["fwd", "fwd+bwd"])
+# The case varies slowest (pytest applies the decorator nearest the function first): each case's inputs are
+# built once and every implementation of it runs back to back.
 @pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("direction", ["fwd", "fwd+bwd"])
+@pytest.mark.parametrize("case_name", [str(L) for L in LENGTHS] + ["varlen"])
 def test_alibi_attention_cuda(benchmark, record, case_name, direction, impl):
     case = _case(case_name)
     label = f"{direction} bf16 d{D} h{H} " + (f"L{case_name} x{len(case.lengths)}" if case.padded
                                                 else f"varlen {len(case.lengths)} seqs {sum(case.lengths)} tokens")
     baseline = impl == "flex"  # not fa2_alibi: torch's own builds lack ALiBi in flash (see the docstring)
+    before = torch.cuda.memory_allocated()  # before the implementation's setup: SDPA's L×L bias counts
+    torch.cuda.reset_peak_memory_stats()
     try:
         if impl == "fa2_alibi" and direction != "fwd":
             raise RuntimeError("torch exposes no ALiBi flash backward")
         fn = MAKERS[impl](case)
         out = fn(case.q, case.k, case.v)
         if direction != "fwd":  # a baseline whose backward this torch cannot run (or compile) is skipped too
-            grads = [t.detach().requires_grad_() for t in (case.q, case.k, case.v)]
-            fn(*grads).backward(case.grad)
-            del grads
+            leaves = [t.detach().requires_grad_() for t in (case.q, case.k, case.v)]
+            upstream = torch.zeros_like(case.grad)
+            upstream[case.rows] = case.grad[case.rows]  # only the checked rows send gradients
+            fn(*leaves).backward(upstream)
+            n = case.lengths[0]
+            grads = (leaves[0].grad[case.rows], leaves[1].grad[:n], leaves[2].grad[:n])
+            del leaves, upstream
     except Exception as error:  # noqa: BLE001 - a baseline this torch lacks is a result, not a failure
         if impl == "bembed":
             raise  # bembed's own failure fails the run
         first_line = (str(error).splitlines() or [""])[0][:160]
         pytest.skip(f"unavailable: {impl} {label}: {type(error).__name__}: {first_line}")
 
-    rows = torch.randint(0, case.lengths[0], (64,), device="cuda")
-    torch.testing.assert_close(out[:case.lengths[0]][rows].float(), _exact_rows(case, rows), rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(out[:case.lengths[0]][case.rows].float(), _exact_rows(case), rtol=2e-2, atol=2e-2)
+    del out
+    if direction != "fwd":  # a wrong backward must not score either; bf16 gradients: a few per mille off
+        for name, got, want in zip(("dq", "dk", "dv"), grads, _exact_rows(case, case.grad[case.rows])):
+            error = ((got.float() - want).norm() / want.norm()).item()
+            assert error < 0.05, f"{impl} {label}: {name} relative error {error:.3g} against float32"
+        del grads
 
     if direction == "fwd":
         def step():
@@ -204,8 +226,6 @@ def test_alibi_attention_cuda(benchmark, record, case_name, direction, impl):
 
     for _ in range(3):  # warm-up (and compile) outside the timed rounds
         step()
-    before = torch.cuda.memory_allocated()
-    torch.cuda.reset_peak_memory_stats()
     benchmark.pedantic(step, rounds=10, iterations=1)
     record(benchmark, op="alibi_attention_cuda", case=label, impl=impl, baseline=baseline,
            tflops=flops / benchmark.stats.stats.median / 1e12,

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 import bembed_ext
-from conftest import sync
+from conftest import run_or_skip_when_out_of_memory, sync
 from contrastive_memory import naive_loss
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -125,11 +125,7 @@ def test_cuda(benchmark, record, impl, batch):
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
     base = torch.cuda.memory_allocated()
-    try:
-        step()  # warm-up
-    except torch.cuda.OutOfMemoryError:
-        torch.cuda.empty_cache()
-        pytest.skip(f"{impl} runs out of GPU memory at B={batch}, D={DIM} bf16")
+    run_or_skip_when_out_of_memory(step, f"{impl} runs out of GPU memory at B={batch}, D={DIM} bf16")  # warm-up
     peak = (torch.cuda.max_memory_allocated() - base) / 2**20
     benchmark.pedantic(step, rounds=10, iterations=1)
     flops = 4 * 2 * batch * batch * DIM

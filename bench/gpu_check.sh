@@ -12,6 +12,14 @@
 # `plan` needs no GPU (CI runs it): it collects what the test and bench stages would run and fails if either
 # selects nothing, so that a mistake in the selection costs a CI run rather than a lent machine's minutes.
 #
+# GPU_CHECK_SECONDS=N: the call's whole time limit (a lent machine's command limit, less a margin): the bench
+# stage then stops starting benchmarks in time to write its JSON and table (BEMBED_BENCH_SECONDS, see
+# bench/conftest.py), whatever the build took. Use it with an outer `timeout` as the backstop.
+#
+# The files it writes under $OUT are few (a lent machine returns at most 8 per call): env.txt (machine,
+# versions, kernels in the binary, `bembed info`), build.log, summary.txt, tests.log, sanitizer_*.log,
+# bench.log, bench.json, RESULTS_gpu.md.
+#
 # The GPU image has torch + nvcc + pytest + pytest-benchmark but no network, datasets or mteb, so the build
 # is offline and in place, and the package is used from the source tree via PYTHONPATH.
 set -uo pipefail
@@ -40,17 +48,17 @@ build() {
     log "BUILD FAILED"; grep -E "error" "$OUT/build.log" | head -40 | tee -a "$OUT/summary.txt"; return 1
   fi
   mkdir -p build && sources_hash > build/gpu_build_sources  # ignored: kept while the machine stays warm
-  "$CUDA_HOME/bin/cuobjdump" --list-elf bembed_ext/_C*.so > "$OUT/cuobjdump.txt" 2>&1
-  grep -q sm_90a "$OUT/cuobjdump.txt" && log "cuobjdump: sm_90a present" || log "cuobjdump: sm_90a MISSING"
-  $PYTHON -m bembed info > "$OUT/info.txt" 2>&1; cat "$OUT/info.txt" >> "$OUT/summary.txt"
+  local elf; elf=$("$CUDA_HOME/bin/cuobjdump" --list-elf bembed_ext/_C*.so 2>&1)
+  echo "$elf" >> "$OUT/env.txt"
+  grep -q sm_90a <<< "$elf" && log "cuobjdump: sm_90a present" || log "cuobjdump: sm_90a MISSING"
+  $PYTHON -m bembed info 2>&1 | tee -a "$OUT/env.txt" >> "$OUT/summary.txt"
 }
 
 run_tests() {
   local files; files=$(cuda_test_files)
   log "CUDA tests in: $(echo $files)"
   # shellcheck disable=SC2086
-  $PYTHON -m pytest $files -m cuda -q -rs -p no:cacheprovider --durations=15 --junitxml="$OUT/tests.xml" \
-    > "$OUT/tests.log" 2>&1
+  $PYTHON -m pytest $files -m cuda -q -rs -p no:cacheprovider --durations=15 > "$OUT/tests.log" 2>&1
   local rc=$?
   tail -n 30 "$OUT/tests.log" >> "$OUT/summary.txt"
   if grep -q "SKIPPED" "$OUT/tests.log"; then log "WARNING: CUDA tests skipped on a GPU machine"; rc=1; fi
@@ -71,7 +79,10 @@ sanitize() {
 }
 
 bench() {
-  log "GPU benchmarks"
+  if [ -n "${GPU_CHECK_SECONDS:-}" ]; then  # what is left of the call, less the report's margin
+    export BEMBED_BENCH_SECONDS=$(( GPU_CHECK_SECONDS - SECONDS - 45 ))
+  fi
+  log "GPU benchmarks${BEMBED_BENCH_SECONDS:+ (new ones start within ${BEMBED_BENCH_SECONDS} s)}"
   # -rs: the reason of each skip (a baseline this torch lacks, an out-of-memory size) lands in bench.log
   $PYTHON -m pytest "${BENCH_FILES[@]}" -m cuda -q -rs -p no:cacheprovider --benchmark-json="$OUT/bench.json" \
     --benchmark-columns=median,iqr,rounds --durations=15 > "$OUT/bench.log" 2>&1
