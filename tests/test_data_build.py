@@ -8,7 +8,7 @@ from collections import Counter
 import pytest
 from data_fixtures import fake_cache
 
-from bembed.data.align import align_documents, clean_pairs, remove_leaks
+from bembed.data.align import align_documents, clean_pairs, normalize, remove_leaks
 from bembed.data.bm25 import BM25
 from bembed.data.build import build, stale_build
 from bembed.data.constructed_sts import LEVELS, build_sts
@@ -231,6 +231,27 @@ def test_encoder_mined_negatives_are_nearest_other_positives():
     assert mined[0]["negatives"] == ["baking an apple tart with pastry"]
     assert all(r["positive"] not in r["negatives"] for r in mined)
     assert len(mine_negatives_with_encoder(rows, HashingEncoder(), n_negatives=5)[1]["negatives"]) == 2
+
+
+def test_a_page_repeating_the_positive_is_never_its_hard_negative():
+    """Help pages ship under two paths with different titles: BM25 ranked the copy's body (the positive
+    itself) first among the negatives, and training pushed the query away from its own answer."""
+    from bembed.data.triples import mine_negatives_with_encoder, retrieval_triples
+    from bembed.eval.encoder import HashingEncoder
+
+    bodies = {"a": "Insert a chart into the slide from the menu.", "b": "Print labels and envelopes at once.",
+              "c": "Sort and filter table rows by a column."}
+    docs = [Document(f"lo:{i}", "en", "help", title, [bodies[key]])
+            for i, (title, key) in enumerate([("Charts in slides", "a"), ("Slide charts", "a"),
+                                              ("Printing labels", "b"), ("Sorting tables", "c")])]
+    docs.append(Document("lo:4", "en", "help", "Chart menu", ["insert a CHART into the slide, from the menu"]))
+    rows = retrieval_triples(docs, docs, n_negatives=2)
+    assert len(rows) == 5
+    for row in rows:
+        assert not {normalize(t) for t in row["negatives"]} & {normalize(row["positive"])}, row
+    mined = mine_negatives_with_encoder(rows, HashingEncoder(), n_negatives=3)
+    for row in mined:
+        assert not {normalize(t) for t in row["negatives"]} & {normalize(row["positive"])}, row
 
 
 def test_untranslated_english_is_dropped_from_the_other_language():

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections import Counter
+from collections import Counter, defaultdict
 
 from bembed.data.bm25 import BM25
 from bembed.data.align import normalize
@@ -59,7 +59,8 @@ def translation_paraphrase_pairs(chapters_a: list[Document], chapters_b: list[Do
 
 def retrieval_triples(query_docs: list[Document], corpus_docs: list[Document], n_negatives: int) -> list[dict]:
     """query = page title (query_docs' language), positive = the same page's body (corpus_docs' language),
-    negatives = the top BM25 bodies for the corpus-language title, excluding the page itself. Pages whose
+    negatives = the top BM25 bodies for the corpus-language title, excluding the page itself and pages with
+    the same body (up to case and punctuation: help pages ship under two paths and titles). Pages whose
     title is not unique are skipped (ambiguous queries). Call once per split: negatives stay in the split."""
     def usable(docs):
         counts = Counter(d.title.casefold() for d in docs)
@@ -72,9 +73,12 @@ def retrieval_triples(query_docs: list[Document], corpus_docs: list[Document], n
         return []
     bodies = [page_body(corpus[i]) for i in ids]
     index = BM25(bodies)
+    copies = defaultdict(set)  # a body another page repeats is not a negative of either (a false negative)
+    for n, body in enumerate(bodies):
+        copies[normalize(body)].add(n)
     rows = []
     for n, doc_id in enumerate(ids):
-        negatives = index.top(corpus[doc_id].title, n_negatives, exclude={n})
+        negatives = index.top(corpus[doc_id].title, n_negatives, exclude=copies[normalize(bodies[n])])
         rows.append({"query": queries[doc_id].title, "positive": bodies[n],
                      "negatives": [bodies[j] for j in negatives], "query_lang": queries[doc_id].lang,
                      "doc_lang": corpus[doc_id].lang, "source": corpus[doc_id].source, "doc_id": doc_id})
@@ -90,7 +94,9 @@ def mine_negatives_with_encoder(rows: list[dict], encoder, n_negatives: int, bat
     if not rows:
         return []
     texts = list(dict.fromkeys(r["positive"] for r in rows))
-    index = {t: i for i, t in enumerate(texts)}
+    copies = defaultdict(list)  # a positive's copies (up to case and punctuation) are no negatives of it
+    for i, text in enumerate(texts):
+        copies[normalize(text)].append(i)
     docs = np.asarray(encoder.encode(texts, prompt_name="document", batch_size=batch_size), dtype=np.float32)
     queries = np.asarray(encoder.encode([r["query"] for r in rows], prompt_name="query", batch_size=batch_size),
                          dtype=np.float32)
@@ -99,7 +105,7 @@ def mine_negatives_with_encoder(rows: list[dict], encoder, n_negatives: int, bat
     sims = queries @ docs.T
     out = []
     for row, sim in zip(rows, sims):
-        sim[index[row["positive"]]] = -np.inf
+        sim[copies[normalize(row["positive"])]] = -np.inf
         best = [int(j) for j in np.argsort(-sim, kind="stable")[:n_negatives] if np.isfinite(sim[j])]
         out.append({**row, "negatives": [texts[j] for j in best]})
     return out
