@@ -444,7 +444,7 @@ def run_stage(settings: Settings, stage: str, data_root: str, model_from: str, b
         # unless the warm-up was given with --set.
         if _overrides_key(settings.overrides.get(stage, ()), "train.warmup_steps") is None:
             cfg.train.warmup_steps = min(cfg.train.warmup_steps, max(1, cfg.train.max_steps // 10))
-        elif cfg.train.warmup_steps >= cfg.train.max_steps:
+        elif cfg.train.warmup_steps > cfg.train.max_steps:  # equal: the last step reaches train.lr
             log.warning("%s: train.warmup_steps=%d is not below the %d planned steps: the learning rate never "
                         "reaches train.lr", stage, cfg.train.warmup_steps, cfg.train.max_steps)
         trainer = Trainer(stage_obj, cfg.train, to_dict(cfg))

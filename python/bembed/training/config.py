@@ -41,7 +41,9 @@ class Checked:
 @dataclasses.dataclass
 class TrainConfig(Checked):
     """The trainer core's settings, shared by every stage. `batch_size` is the global batch of one
-    optimizer step (all ranks, all accumulation micro-batches together); it must divide evenly."""
+    optimizer step (all ranks, all accumulation micro-batches together); it must divide evenly. The contrastive
+    and Pearson losses are computed per global micro-batch (batch_size / grad_accum rows, gathered over the
+    ranks): accumulation gives them fewer in-batch negatives, where MLM gets exactly one batch's gradient."""
 
     output_dir: str = "runs/out"
     max_steps: int = 100

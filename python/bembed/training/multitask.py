@@ -3,7 +3,7 @@ proportional to the task's size (or its configured `weight`):
   retrieval (triples: query, positive, negatives — or plain pairs): InfoNCE over the in-batch positives
             plus `num_negatives` hard negatives per query, all in every query's denominator;
   sts (sentence1, sentence2, score): `sts_loss` — negative Pearson (default), MSE or CoSENT — on the
-            cosines of the pairs over the global batch; `none` leaves STS data out (the paper's ablation).
+            cosines of the pairs over the global micro-batch; `none` leaves STS data out (the paper's ablation).
 One shared encoder, no task heads. The task and rows of micro-batch i depend only on (seed, i): micro-batch i
 draws its task from (seed, i), and each task reads its own stream of batches in order (epochs of shuffled
 rows; duplicate-free batches for retrieval), so every row of a small task comes round once before any repeats.

@@ -1,5 +1,6 @@
 """Stage 2: contrastive pair training — mean pooling, bidirectional InfoNCE (τ 0.05) through
-`bembed_ext.contrastive_loss`, in-batch negatives gathered across all ranks, optional E5 prefixes."""
+`bembed_ext.contrastive_loss`, in-batch negatives gathered across all ranks (those of one micro-batch: see
+TrainConfig on grad_accum), optional E5 prefixes."""
 
 from __future__ import annotations
 
