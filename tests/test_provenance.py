@@ -86,7 +86,8 @@ def test_bembed_eval_refuses_a_build_whose_test_split_the_model_trained_on(tmp_p
             str(tmp_path / "res")]
     assert main([*args, "--data", str(tmp_path / "other")]) == 2
     printed = capsys.readouterr().out
-    assert ("it trained on pairs (train split of a en-de build with --split 0.4,0.2,0.4), which holds documents of "
-            "the test split under") in printed and "(built with --split 0.2,0.1,0.7)" in printed
+    assert ("it trained on pairs (train split of the en-de build with --split 0.4,0.2,0.4), which holds documents "
+            "of the test split under") in printed and "(built with --split 0.2,0.1,0.7)" in printed
+    assert "`bembed data build --pair en-de --split 0.4,0.2,0.4 --out DIR`, then `--data DIR`" in printed
     assert not (tmp_path / "res" / "results.json").exists()
     assert main([*args, "--data", str(tmp_path / "data")]) == 0  # the build it trained on: evaluated

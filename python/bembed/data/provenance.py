@@ -80,9 +80,12 @@ def seen_test_documents(trained_on: list[dict], manifest: dict) -> list[dict]:
     return seen
 
 
+def _split_option(fractions) -> str:
+    return "--split " + ",".join(f"{f:g}" for f in fractions)
+
+
 def describe(record: dict) -> str:
-    fractions = ",".join(f"{f:g}" for f in record["fractions"])
-    return f"{record['set']} ({record['split']} split of a {record['pair']} build with --split {fractions})"
+    return f"{record['set']} ({record['split']} split of the {record['pair']} build with {_split_option(record['fractions'])})"
 
 
 def trained_on_test_split(model_folder: str | Path, pair_folder: str | Path) -> str | None:
@@ -97,9 +100,7 @@ def trained_on_test_split(model_folder: str | Path, pair_folder: str | Path) -> 
     seen = seen_test_documents(config.get(CONFIG_KEY) or [], manifest) if manifest else []
     if not seen:
         return None
-    trained = seen[0]["fractions"]
     return (f"it trained on {'; '.join(describe(r) for r in seen)}, which holds documents of the test split under "
-            f"{pair_folder} (built with --split {','.join(f'{f:g}' for f in manifest['fractions'])}): its scores "
-            f"would be on text it trained on. Evaluate it on a build with the split it trained on (`bembed data "
-            f"build --pair {manifest['pair']} --split {','.join(f'{f:g}' for f in trained)} --out DIR`, then "
-            "`--data DIR`)")
+            f"{pair_folder} (built with {_split_option(manifest['fractions'])}): its scores would be on text it "
+            f"trained on. Evaluate it on a build with the split it trained on (`bembed data build --pair "
+            f"{manifest['pair']} {_split_option(seen[0]['fractions'])} --out DIR`, then `--data DIR`)")
