@@ -193,6 +193,13 @@ def test_a_meta_tensor_beside_cpu_ones_is_refused_not_answered_with_garbage():
     x = torch.randn(4, 6)
     with pytest.raises(ValueError, match="argument 'grad_out' is on meta"):
         torch.ops.bembed.geglu_backward(torch.randn(4, 3, device="meta"), x)
+    queries = torch.nn.functional.normalize(torch.randn(4, 8), dim=-1)
+    with pytest.raises(ValueError, match="argument 'documents' is on meta"):
+        torch.ops.bembed.contrastive_loss_fwd(queries, queries.to("meta"), 0.05, True, 1, 0)
+    loss, row_stats, col_stats, positive_grad = torch.ops.bembed.contrastive_loss_fwd(queries, queries, 0.05, True, 1, 0)
+    with pytest.raises(ValueError, match="argument 'row_stats' is on meta"):
+        torch.ops.bembed.contrastive_loss_bwd(torch.ones(()), queries, queries, row_stats.to("meta"), col_stats,
+                                              positive_grad, 0.05, True, 1, 0)
 
 
 def test_a_max_seqlen_beyond_int64_is_a_value_error():

@@ -16,6 +16,7 @@ import torch
 
 from ._autograd import first_order_only, refuse_forward_ad
 from ._dispatch import use_reference
+from ._fake import check_devices
 
 _OPS = torch.ops.bembed
 
@@ -173,40 +174,34 @@ def _lse_dtype(q):
     return torch.float64 if q.dtype == torch.float64 else torch.float32
 
 
-def _check_devices(op: str, q, **tensors) -> None:
-    """The fakes also serve the Meta dispatch key, which takes a call whose tensors mix meta and cpu (a slopes
-    buffer left on meta by a deferred initialisation): the kernel's device check never runs there, so it is
-    made here, else the call returns an uninitialised cpu tensor."""
-    for name, t in tensors.items():
-        if t is not None and t.device != q.device:
-            raise ValueError(f"{op}: argument '{name}' is on {t.device} but 'q' is on {q.device}")
-
-
 @torch.library.register_fake("bembed::alibi_attention_fwd")
 def _fwd_fake(q, k, v, key_padding_mask, alibi_slopes, softmax_scale):
-    _check_devices("alibi_attention", q, k=k, v=v, key_padding_mask=key_padding_mask, alibi_slopes=alibi_slopes)
+    check_devices("alibi_attention", "q", dict(q=q, k=k, v=v, key_padding_mask=key_padding_mask,
+                                                alibi_slopes=alibi_slopes))
     B, L, H, _ = q.shape
     return q.new_empty(q.shape), q.new_empty((B, H, L), dtype=_lse_dtype(q))
 
 
 @torch.library.register_fake("bembed::alibi_attention_bwd")
 def _bwd_fake(grad_out, q, k, v, out, lse, key_padding_mask, alibi_slopes, softmax_scale):
-    _check_devices("alibi_attention backward", q, grad_out=grad_out, k=k, v=v, out=out, lse=lse,
-                   key_padding_mask=key_padding_mask, alibi_slopes=alibi_slopes)
+    check_devices("alibi_attention backward", "q", dict(q=q, grad_out=grad_out, k=k, v=v, out=out, lse=lse,
+                                                         key_padding_mask=key_padding_mask, alibi_slopes=alibi_slopes))
     return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
 
 
 @torch.library.register_fake("bembed::alibi_attention_varlen_fwd")
 def _varlen_fwd_fake(q, k, v, cu_seqlens, max_seqlen, alibi_slopes, softmax_scale):
-    _check_devices("alibi_attention_varlen", q, k=k, v=v, cu_seqlens=cu_seqlens, alibi_slopes=alibi_slopes)
+    check_devices("alibi_attention_varlen", "q", dict(q=q, k=k, v=v, cu_seqlens=cu_seqlens,
+                                                       alibi_slopes=alibi_slopes))
     T, H, _ = q.shape
     return q.new_empty(q.shape), q.new_empty((H, T), dtype=_lse_dtype(q))
 
 
 @torch.library.register_fake("bembed::alibi_attention_varlen_bwd")
 def _varlen_bwd_fake(grad_out, q, k, v, out, lse, cu_seqlens, max_seqlen, alibi_slopes, softmax_scale):
-    _check_devices("alibi_attention_varlen backward", q, grad_out=grad_out, k=k, v=v, out=out, lse=lse,
-                   cu_seqlens=cu_seqlens, alibi_slopes=alibi_slopes)
+    check_devices("alibi_attention_varlen backward", "q", dict(q=q, grad_out=grad_out, k=k, v=v, out=out,
+                                                                lse=lse, cu_seqlens=cu_seqlens,
+                                                                alibi_slopes=alibi_slopes))
     return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
 
 

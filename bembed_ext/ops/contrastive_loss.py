@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from ..distributed import all_gather_rows, check_same_layout_on_every_rank, require_process_group
 from ._autograd import first_order_only, refuse_forward_ad
 from ._dispatch import use_reference
+from ._fake import check_devices
 
 _OPS = torch.ops.bembed
 _NAME = "contrastive_loss"
@@ -46,6 +47,7 @@ _NAME = "contrastive_loss"
 
 @torch.library.register_fake("bembed::contrastive_loss_fwd")
 def _fwd_fake(queries, documents, temperature, bidirectional, world_size, rank):
+    check_devices(_NAME, "queries", dict(queries=queries, documents=documents))
     B = queries.shape[0] // world_size
     stats = torch.float64  # on every device and for every input dtype (csrc/contrastive_loss.h: precision)
     return (queries.new_empty(()), queries.new_empty((2, B), dtype=stats),
@@ -55,6 +57,9 @@ def _fwd_fake(queries, documents, temperature, bidirectional, world_size, rank):
 @torch.library.register_fake("bembed::contrastive_loss_bwd")
 def _bwd_fake(grad_loss, queries, documents, row_stats, col_stats, positive_grad, temperature, bidirectional,
               world_size, rank):
+    check_devices(f"{_NAME} backward", "queries", dict(queries=queries, grad_loss=grad_loss, documents=documents,
+                                                       row_stats=row_stats, col_stats=col_stats,
+                                                       positive_grad=positive_grad))
     return (torch.empty_like(queries, memory_format=torch.contiguous_format),
             torch.empty_like(documents, memory_format=torch.contiguous_format))
 

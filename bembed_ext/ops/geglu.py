@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 from ._autograd import first_order_only, refuse_forward_ad
 from ._dispatch import use_reference
+from ._fake import check_devices
 
 
 def geglu_reference(x: torch.Tensor) -> torch.Tensor:
@@ -25,8 +26,7 @@ def _geglu_fake(x):
 
 @torch.library.register_fake("bembed::geglu_backward")
 def _geglu_backward_fake(grad_out, x):
-    if grad_out.device != x.device:  # the Meta key's call with a meta and a cpu tensor (see alibi_attention.py)
-        raise ValueError(f"bembed.geglu_backward: argument 'grad_out' is on {grad_out.device} but 'x' is on {x.device}")
+    check_devices("bembed.geglu_backward", "x", dict(x=x, grad_out=grad_out))
     return torch.empty_like(x, memory_format=torch.contiguous_format)
 
 
