@@ -8,7 +8,8 @@ import random
 
 import pytest
 
-from bembed.data.provenance import record_training_data, seen_test_documents, trained_on_test_split
+from bembed.data.provenance import (held_out_conflict, record_training_data, seen_test_documents,
+                                    trained_on_test_split)
 from bembed.data.split import split_of
 
 import training_utils as U
@@ -86,8 +87,33 @@ def test_bembed_eval_refuses_a_build_whose_test_split_the_model_trained_on(tmp_p
             str(tmp_path / "res")]
     assert main([*args, "--data", str(tmp_path / "other")]) == 2
     printed = capsys.readouterr().out
-    assert ("it trained on pairs (train split of the en-de build with --split 0.4,0.2,0.4), which holds documents "
-            "of the test split under") in printed and "(built with --split 0.2,0.1,0.7)" in printed
+    assert (f"--model {out / 'final'}: pairs (train split of the en-de build with --split 0.4,0.2,0.4) holds "
+            "documents of the test split under") in printed and "(built with --split 0.2,0.1,0.7)" in printed
     assert "`bembed data build --pair en-de --split 0.4,0.2,0.4 --out DIR`, then `--data DIR`" in printed
     assert not (tmp_path / "res" / "results.json").exists()
     assert main([*args, "--data", str(tmp_path / "data")]) == 0  # the build it trained on: evaluated
+
+
+def test_the_suggested_build_holds_out_every_record_and_is_a_valid_split(tmp_path):
+    """The suggestion came from the first record only: following it could be refused again, and fractions
+    printed with 6 digits no longer summed to 1."""
+    from bembed.data.split import split_of
+
+    build = tmp_path / "en-de"
+    build.mkdir()
+    (build / "manifest.json").write_text(json.dumps({"pair": "en-de", "fractions": [0.2, 0.1, 0.7]}))
+    third = 1 / 3
+    records = [_record((0.5, 0.25, 0.25)), _record((0.9, 0.05, 0.05), name="parallel"),
+               _record((third, third, third), "validation", name="retrieval")]
+    message = held_out_conflict(records, build)
+    assert message.startswith("pairs (train split of the en-de build with --split 0.5,0.25,0.25); parallel")
+    suggested = message.split("`bembed data build --pair en-de --split ")[1].split(" ")[0]
+    assert suggested == "0.9,0.05,0.05"
+    fractions = tuple(float(f) for f in suggested.split(","))
+    split_of("probe", fractions)  # a valid --split
+    (build / "manifest.json").write_text(json.dumps({"pair": "en-de", "fractions": list(fractions)}))
+    assert held_out_conflict(records, build) is None
+    assert "--split 0.3333333333333333,0.3333333333333333,0.3333333333333333" in held_out_conflict(
+        [_record((third, third, third), "test")], build)
+    assert "no build holds out the test split it trained on" in held_out_conflict([_record((0.9, 0.05, 0.05), "test")],
+                                                                                  build)

@@ -188,7 +188,7 @@ def test_a_folder_started_with_other_settings_is_refused(tmp_path, monkeypatch, 
                  "--seed", "7"]) == 2
     printed = capsys.readouterr().out
     assert "pair: 'en-de' then, 'en-es' now" in printed and "eval_max_items: 1000 then, 50 now" in printed
-    assert "seed: 42 then, 7 now" in printed and "step(s) data used them" in printed
+    assert "seed: 42 then, 7 now" in printed and "its finished step data used them" in printed
     # --max-items feeds the reference evaluation, which has not run: taken, and recorded for the next start
     assert main(["quickstart", "--out", out, "--no-progress", "--max-items", "50"]) == 130
     assert qs.Markers(out).get("settings")["eval_max_items"] == 50
@@ -467,7 +467,7 @@ def test_a_stage_that_cannot_start_keeps_the_steps_before_it_and_takes_the_corre
     out = tmp_path / "qs"
     bad = _settings(data, out)
     bad.overrides["pairs"] = [*bad.overrides["pairs"], "train.batch_size=4096"]
-    with pytest.raises(qs.StageSetupFailed, match=r"^pairs: data.train: no global micro-batch of 4096 rows"):
+    with pytest.raises(qs.StepCannotStart, match=r"^pairs: data.train: no global micro-batch of 4096 rows"):
         qs.run(bad)
     markers = qs.Markers(out)
     assert markers.get("pretrain") is not None and markers.get("pairs") is None
@@ -483,7 +483,7 @@ def test_a_stage_that_cannot_start_keeps_the_steps_before_it_and_takes_the_corre
     assert markers.get("settings")["overrides"]["pairs"] == _settings(data, out).overrides["pairs"]
 
     # the CLI names the stage and says the finished steps are kept
-    monkeypatch.setattr(qs, "run", lambda settings: (_ for _ in ()).throw(qs.StageSetupFailed("pairs: too few rows")))
+    monkeypatch.setattr(qs, "run", lambda settings: (_ for _ in ()).throw(qs.StepCannotStart("pairs: too few rows")))
     assert main(["quickstart", "--out", str(out), "--no-progress", "--baselines"]) == 2
     assert "pairs: too few rows\nthe steps before it are kept" in capsys.readouterr().out
 
@@ -495,8 +495,11 @@ def test_a_stage_that_has_started_keeps_its_settings(tmp_path):
     settings = qs.Settings(out=out, baselines=[], overrides={"pairs": ["train.lr=1e-4"]})
     markers = qs.Markers(out)
     qs.check_settings(settings, markers)
-    for step in ("data", "corpus", "tokenizer", "references", "budget", "pretrain"):
+    from bembed.quickstart_eval import untrained_setup
+
+    for step in ("data", "corpus", "tokenizer", "budget", "pretrain"):
         markers.put(step, {})
+    markers.put("references", {"untrained_setup": untrained_setup(settings)})
     (out / "pairs").mkdir()
     (out / "pairs" / "quickstart_plan.json").write_text('{"max_steps": 100}')
     changed = qs.Settings(out=out, baselines=[], overrides={"pairs": ["train.lr=2e-4"]})
@@ -506,7 +509,7 @@ def test_a_stage_that_has_started_keeps_its_settings(tmp_path):
     later = qs.Settings(out=out, baselines=[], overrides={"pairs": ["train.lr=1e-4"], "multitask": ["train.lr=1e-5"]})
     qs.check_settings(later, markers)
     assert markers.get("settings")["overrides"]["multitask"] == ["train.lr=1e-5"]
-    with pytest.raises(qs.SettingsMismatch, match=r"step\(s\) budget, pretrain used them"):
+    with pytest.raises(qs.SettingsMismatch, match=r"finished step budget \(and 1 later step\) used them"):
         qs.check_settings(qs.Settings(out=out, baselines=[], minutes=5, overrides=later.overrides), markers)
 
 
@@ -524,8 +527,13 @@ def test_an_override_the_untrained_reference_was_made_from_is_refused_once_it_ra
     markers.put("references", {"untrained_setup": untrained_setup(settings)})
     lr = qs.Settings(out=out, baselines=[], overrides={"pairs": ["train.lr=1e-4"]})
     qs.check_settings(lr, markers)  # stage 2's learning rate: not part of the reference
+    markers.put("references", {})  # written before the marker recorded the setup: any such override is refused
+    with pytest.raises(qs.SettingsMismatch, match=r"untrained reference's architecture"):
+        qs.check_settings(qs.Settings(out=out, baselines=[], overrides={**lr.overrides,
+                                                                      "multitask": ["train.lr=1e-5"]}), markers)
+    markers.put("references", {"untrained_setup": untrained_setup(settings)})
     shorter = qs.Settings(out=out, baselines=[], overrides={**lr.overrides, "multitask": ["model.max_length=64"]})
-    with pytest.raises(qs.SettingsMismatch, match=r"untrained reference's architecture.*step\(s\) references used"):
+    with pytest.raises(qs.SettingsMismatch, match=r"untrained reference's architecture.*finished step references used"):
         qs.check_settings(shorter, markers)
 
 
@@ -548,3 +556,59 @@ def test_a_kept_reference_result_is_used_only_if_made_with_these_evaluation_sett
     assert evaluated == ["untrained"]  # kept
     qe.evaluate_references(_settings(data, tmp_path / "qs", eval_max_items=10), str(data), "unused")
     assert evaluated == ["untrained", "untrained"]
+
+
+def test_a_stage_that_would_train_on_its_builds_test_split_does_not_start(data, tmp_path):
+    """The final table scores the build's test split: a --set source reaching into it (another build, another
+    --split, or its test split itself) would have been trained on and then scored."""
+    import shutil
+
+    root = tmp_path / "datasets"
+    shutil.copytree(data, root)
+    (root / "en-de" / "manifest.json").write_text(json.dumps({"pair": "en-de", "fractions": [0.6, 0.2, 0.2]}))
+    text = [f"{{path: {root / 'en-de' / f'mono_{lang}'}, split: test, lang: {lang}}}" for lang in ("en", "de")]
+    settings = _settings(root, tmp_path / "qs")
+    settings.overrides["pretrain"].append(f"data.train=[{', '.join(text)}]")
+    tokenizer = qs.train_tokenizer(settings, str(root))["tokenizer"]
+    with pytest.raises(qs.StepCannotStart, match=r"^pretrain: the model would train on mono_en \(test split of the "
+                                                 r"en-de build with --split 0.6,0.2,0.2\); mono_de .* no build holds"):
+        qs.run_stage(settings, "pretrain", str(root), tokenizer, budget_s=60)
+    assert not (tmp_path / "qs" / "pretrain").exists()
+
+
+def test_the_final_evaluation_refuses_a_model_trained_on_its_test_split(data, tmp_path):
+    """The data rebuilt with another --split between an interrupted run and its resumption."""
+    import shutil
+
+    root = tmp_path / "datasets"
+    shutil.copytree(data, root)
+    (root / "en-de" / "manifest.json").write_text(json.dumps({"pair": "en-de", "fractions": [0.5, 0.1, 0.4]}))
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps({"trained_on": [
+        {"pair": "en-de", "set": "parallel", "split": "train", "fractions": [0.9, 0.05, 0.05]}]}))
+    with pytest.raises(qs.StepCannotStart, match=r"^evaluate: the model trained on parallel \(train split .* "
+                                                 r"--split 0.9,0.05,0.05 --out DIR"):
+        qs.evaluate_model(_settings(root, tmp_path / "qs"), str(root), str(model), [])
+
+
+def test_no_progress_keeps_encode_quiet(tmp_path, capfd):
+    from bembed.encode import Embedder
+    from bembed.model import JinaBertConfig, JinaBertModel
+    from bembed.training.encoder import load_tokenizer
+
+    settings = _settings(None, tmp_path / "qs")
+    tokenizer_dir = U.tokenizer_dir(tmp_path)
+    tokenizer = load_tokenizer(str(tokenizer_dir))
+    embedder = Embedder(JinaBertModel(JinaBertConfig(vocab_size=len(tokenizer), **TINY)), tokenizer)
+    logging.getLogger("bembed.encode").setLevel(logging.INFO)
+    try:
+        embedder.encode(["a b c"] * 3)
+        assert "encode:" in capfd.readouterr().err
+        with qs.encode_bars_off():
+            embedder.encode(["a b c"] * 3)
+        assert "encode:" not in capfd.readouterr().err
+        assert logging.getLogger("bembed.encode").level == logging.INFO  # given back
+    finally:
+        logging.getLogger("bembed.encode").setLevel(logging.NOTSET)
+    assert not settings.progress

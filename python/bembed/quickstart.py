@@ -121,9 +121,9 @@ class SettingsMismatch(ValueError):
     """The output folder holds a run made with other settings: resuming it would mix the two."""
 
 
-class StageSetupFailed(ValueError):
-    """A training stage could not start with its config (its data, a --set value): the steps before it are kept,
-    and the corrected command resumes there."""
+class StepCannotStart(ValueError):
+    """A step cannot start: a training stage with its config (its data, a --set value), or the final evaluation
+    on a test split the model trained on. The steps before it are kept; the corrected command resumes there."""
 
 
 class FetchFailed(RuntimeError):
@@ -173,9 +173,10 @@ def check_settings(settings: Settings, markers: Markers) -> None:
     changes = [] if earlier is None else _changed_settings(earlier, current)
     # The untrained reference is made from stage 1's model config and stage 3's length and prompts: an override
     # of those stages also reaches the finished reference step (its marker records what it used).
-    recorded_setup = (markers.get("references") or {}).get("untrained_setup")
-    if recorded_setup is not None and any(text.startswith("overrides") for _, text in changes) \
-            and recorded_setup != untrained_setup(settings):
+    references = markers.get("references")
+    if references is not None and any(text.startswith(("overrides of pretrain", "overrides of multitask"))
+                                      for _, text in changes) \
+            and references.get("untrained_setup") != untrained_setup(settings):  # absent: an older marker
         changes.append(("references", "the untrained reference's architecture, length or prompts (from the "
                                       "pretrain and multitask overrides)"))
     if changes:
@@ -183,9 +184,10 @@ def check_settings(settings: Settings, markers: Markers) -> None:
         done = [step for step in STEP_ORDER[first:] if markers.get(step) is not None]
         described = "; ".join(text for _, text in changes)
         if done:
+            later = f" (and {len(done) - 1} later step{'s' if len(done) > 2 else ''})" if len(done) > 1 else ""
             raise SettingsMismatch(f"{settings.out} holds a quickstart run with other settings ({described}), and "
-                                   f"its step(s) {', '.join(done)} used them: run the same command to resume it, or "
-                                   "give another --out")
+                                   f"its finished step {done[0]}{later} used them: run the same command to resume "
+                                   "it, or give another --out")
         stage = STEP_ORDER[first]
         if stage in TRAINING_STAGES and stage_started(settings.out, stage):
             raise SettingsMismatch(f"{settings.out} holds a quickstart run with other settings ({described}), and "
@@ -422,6 +424,7 @@ def stage_started(out: Path, stage: str) -> bool:
 def run_stage(settings: Settings, stage: str, data_root: str, model_from: str, budget_s: float) -> dict:
     """Build the stage, fix its step count (stored in <out>/<stage>/quickstart_plan.json), train it —
     from its latest checkpoint when an earlier run was interrupted — and export <out>/<stage>/final."""
+    from bembed.data.provenance import held_out_conflict, records_of, trained_on
     from bembed.training.checkpoint import list_checkpoints
     from bembed.training.config import to_dict
     from bembed.training.trainer import Trainer
@@ -448,8 +451,13 @@ def run_stage(settings: Settings, stage: str, data_root: str, model_from: str, b
             log.warning("%s: train.warmup_steps=%d is not below the %d planned steps: the learning rate never "
                         "reaches train.lr", stage, cfg.train.warmup_steps, cfg.train.max_steps)
         trainer = Trainer(stage_obj, cfg.train, to_dict(cfg))
+        # the model the final evaluation scores would have trained on test text of its build: say so now
+        conflict = held_out_conflict([*trained_on(model_from), *records_of(to_dict(cfg)["data"]["train"])],
+                                     Path(data_root) / settings.pair)
+        if conflict:
+            raise ValueError(f"the model would train on {conflict}")
     except (FileNotFoundError, ValueError) as exc:
-        raise StageSetupFailed(f"{stage}: {exc}") from exc
+        raise StepCannotStart(f"{stage}: {exc}") from exc
     plan_file.parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(plan_file, plan)
     log.info("%s: %d steps%s", stage, cfg.train.max_steps,
@@ -535,8 +543,26 @@ def recording(seconds: float, action):
         action()
 
 
+@contextlib.contextmanager
+def encode_bars_off():
+    """Embedder.encode shows a progress bar while its logger lets INFO through (as sentence-transformers
+    does): --no-progress lets only its warnings through while the job runs."""
+    encode_log = logging.getLogger("bembed.encode")
+    level = encode_log.level
+    encode_log.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        encode_log.setLevel(level)
+
+
 def run(settings: Settings) -> dict:
     """The whole quickstart; returns a summary (also written to <out>/summary.json)."""
+    with contextlib.nullcontext() if settings.progress else encode_bars_off():
+        return _run(settings)
+
+
+def _run(settings: Settings) -> dict:
     t0 = time.perf_counter()
     out, markers = settings.out, Markers(settings.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
@@ -100,10 +101,16 @@ def evaluate_references(settings: Settings, data_root: str, tokenizer_dir: str) 
 
 
 def evaluate_model(settings: Settings, data_root: str, model_dir: str, references: list[dict]) -> dict:
+    from bembed.data.provenance import trained_on_test_split
     from bembed.encode import Embedder
     from bembed.eval.report import format_table, write_bar_chart, write_json
     from bembed.eval.run import evaluate_encoder
 
+    conflict = trained_on_test_split(model_dir, Path(data_root) / settings.pair)
+    if conflict:  # the data was rebuilt with another --split, or a --set source came from another build
+        from bembed.quickstart import StepCannotStart
+
+        raise StepCannotStart(f"evaluate: the model trained on {conflict}")
     encoder = Embedder.from_pretrained(model_dir, device="cpu" if not torch.cuda.is_available() else None)
     encoder.name = f"bembed quickstart ({settings.pair})"
     mine = evaluate_encoder(encoder, eval_tasks(settings, data_root), name=encoder.name)

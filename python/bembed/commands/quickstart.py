@@ -46,7 +46,7 @@ def parse_overrides(items: list[str]) -> dict[str, list[str]]:
 
 
 def run(args) -> int:
-    from bembed.quickstart import FetchFailed, Settings, SettingsMismatch, StageSetupFailed, format_report
+    from bembed.quickstart import FetchFailed, Settings, SettingsMismatch, StepCannotStart, format_report
     from bembed.quickstart import run as run_quickstart
 
     try:
@@ -67,7 +67,7 @@ def run(args) -> int:
     except SettingsMismatch as exc:
         print(exc)
         return 2
-    except StageSetupFailed as exc:
+    except StepCannotStart as exc:
         print(f"{exc}\nthe steps before it are kept: correct the setting and run the command again to go on "
               f"from {args.out}")
         return 2

@@ -50,13 +50,27 @@ def source_record(path: str | Path, split: str) -> dict | None:
             "fractions": [float(f) for f in manifest["fractions"]]}
 
 
+def records_of(sources) -> list[dict]:
+    """The records of the built ones among `sources` (dicts with path and split, as in a stage's data.train)."""
+    records = [source_record(source["path"], source.get("split", "train")) for source in sources]
+    return [r for r in records if r is not None]
+
+
+def trained_on(model_folder: str | Path) -> list[dict]:
+    """The records a model folder's config.json carries ([] for a folder without one, or another model's)."""
+    try:
+        config = json.loads((Path(model_folder) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return []
+    return (config.get(CONFIG_KEY) or []) if isinstance(config, dict) else []
+
+
 def record_training_data(config, sources) -> None:
-    """Add to `config` (a model's HF config) the records of the built `sources` (dicts with path and split, as
-    in a stage's data.train) it is being trained on; records it already holds are kept, none is repeated."""
+    """Add to `config` (a model's HF config) the records of the built `sources` it is being trained on;
+    records it already holds are kept, none is repeated."""
     records = list(getattr(config, CONFIG_KEY, None) or [])
-    for source in sources:
-        record = source_record(source["path"], source.get("split", "train"))
-        if record is not None and record not in records:
+    for record in records_of(sources):
+        if record not in records:
             records.append(record)
     if records:
         setattr(config, CONFIG_KEY, records)
@@ -81,26 +95,33 @@ def seen_test_documents(trained_on: list[dict], manifest: dict) -> list[dict]:
 
 
 def _split_option(fractions) -> str:
-    return "--split " + ",".join(f"{f:g}" for f in fractions)
+    return "--split " + ",".join(repr(float(f)) for f in fractions)  # repr: the exact value, so they sum to 1
 
 
 def describe(record: dict) -> str:
     return f"{record['set']} ({record['split']} split of the {record['pair']} build with {_split_option(record['fractions'])})"
 
 
-def trained_on_test_split(model_folder: str | Path, pair_folder: str | Path) -> str | None:
-    """Why the model in `model_folder` cannot be scored on the test split of the build in `pair_folder`
-    (<root>/<pair>): the built data it trained on holds test documents of that build. None when it does not,
-    or when either side carries no record (a model trained on other data, datasets made some other way)."""
-    try:
-        config = json.loads((Path(model_folder) / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
+def held_out_conflict(records: list[dict], pair_folder: str | Path) -> str | None:
+    """Why a model trained on `records` cannot be scored on the test split of the build in `pair_folder`
+    (<root>/<pair>): what it trained on that holds test documents there, and which build would hold them all
+    out. None when nothing does, or when the folder is not a build of bembed's."""
     manifest = read_manifest(pair_folder)
-    seen = seen_test_documents(config.get(CONFIG_KEY) or [], manifest) if manifest else []
+    seen = seen_test_documents(records, manifest) if manifest else []
     if not seen:
         return None
-    return (f"it trained on {'; '.join(describe(r) for r in seen)}, which holds documents of the test split under "
-            f"{pair_folder} (built with {_split_option(manifest['fractions'])}): its scores would be on text it "
-            f"trained on. Evaluate it on a build with the split it trained on (`bembed data build --pair "
-            f"{manifest['pair']} {_split_option(seen[0]['fractions'])} --out DIR`, then `--data DIR`)")
+    if any(r["split"] == "test" for r in seen):
+        fix = "no build holds out the test split it trained on"
+    else:
+        # The build with the fractions of the record reaching furthest into [0, 1) starts its test split at or
+        # after the end of every record (a train or validation range ends at or before its own test start).
+        widest = max(seen, key=lambda r: _interval(r["fractions"], r["split"])[1])
+        fix = (f"a build with the split it trained on holds them out: `bembed data build --pair {manifest['pair']} "
+               f"{_split_option(widest['fractions'])} --out DIR`, then `--data DIR`")
+    return (f"{'; '.join(describe(r) for r in seen)} holds documents of the test split under {pair_folder} (built "
+            f"with {_split_option(manifest['fractions'])}): its scores would be on text it trained on; {fix}")
+
+
+def trained_on_test_split(model_folder: str | Path, pair_folder: str | Path) -> str | None:
+    """held_out_conflict for the model in `model_folder` (None for a folder that carries no record)."""
+    return held_out_conflict(trained_on(model_folder), pair_folder)
