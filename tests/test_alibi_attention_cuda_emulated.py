@@ -20,41 +20,17 @@ from accuracy import assert_within_torch_error
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "cuda_emulator"))
 import build as emulator_build  # noqa: E402
+from guarded import Guarded  # noqa: E402
 
 pytestmark = pytest.mark.skipif(shutil.which("g++") is None, reason="needs g++ to build the emulation")
 
 reference = bembed_ext.reference
 KERNEL_DTYPE = {torch.float16: 1, torch.bfloat16: 2}  # bembed::cuda::DType
-GUARD = 64  # elements on each side; keeps 16-byte alignment
 
 
 @pytest.fixture(scope="module")
 def lib():
     return ctypes.CDLL(emulator_build.build())
-
-
-class Guarded:
-    """A tensor of the given shape inside a NaN-filled buffer (NaN also fills the tensor until written)."""
-
-    def __init__(self, shape, dtype, value=None):
-        n = 1
-        for s in shape:
-            n *= s
-        self.flat = torch.full((n + 2 * GUARD,), float("nan"), dtype=dtype)
-        self.tensor = self.flat[GUARD:GUARD + n].view(shape)
-        if value is not None:
-            self.tensor.copy_(value)
-        self.guard_bits = self._guards().clone()
-
-    def _guards(self):
-        bits = self.flat.view(torch.int16 if self.flat.element_size() == 2 else torch.int32)
-        return torch.cat([bits[:GUARD], bits[-GUARD:]])
-
-    def ptr(self):
-        return ctypes.c_void_p(self.tensor.data_ptr())
-
-    def check(self, name):
-        assert torch.equal(self._guards(), self.guard_bits), f"{name}: a kernel wrote out of bounds"
 
 
 def _ptr(t):

@@ -145,19 +145,19 @@ cudaError_t contrastive_scores_to_grad(const float* S, void* out, DType dtype, i
   const auto grid = static_cast<unsigned int>(nr);
   switch (dtype) {
     case DType::kFloat32:
-      scores_to_grad_kernel<<<grid, kThreads, 0, stream>>>(S, static_cast<float*>(out), nc, lr0, nl, row_max,
-                                                           row_scale, col_shift, col_scale, diag_row, diag_col,
-                                                           ndiag, diag_values);
+      scores_to_grad_kernel<float><<<grid, kThreads, 0, stream>>>(S, static_cast<float*>(out), nc, lr0, nl,
+                                                                  row_max, row_scale, col_shift, col_scale,
+                                                                  diag_row, diag_col, ndiag, diag_values);
       break;
     case DType::kFloat16:
-      scores_to_grad_kernel<<<grid, kThreads, 0, stream>>>(S, static_cast<__half*>(out), nc, lr0, nl, row_max,
-                                                           row_scale, col_shift, col_scale, diag_row, diag_col,
-                                                           ndiag, diag_values);
+      scores_to_grad_kernel<__half><<<grid, kThreads, 0, stream>>>(S, static_cast<__half*>(out), nc, lr0, nl,
+                                                                   row_max, row_scale, col_shift, col_scale,
+                                                                   diag_row, diag_col, ndiag, diag_values);
       break;
     case DType::kBFloat16:
-      scores_to_grad_kernel<<<grid, kThreads, 0, stream>>>(S, static_cast<__nv_bfloat16*>(out), nc, lr0, nl,
-                                                           row_max, row_scale, col_shift, col_scale, diag_row,
-                                                           diag_col, ndiag, diag_values);
+      scores_to_grad_kernel<__nv_bfloat16><<<grid, kThreads, 0, stream>>>(
+          S, static_cast<__nv_bfloat16*>(out), nc, lr0, nl, row_max, row_scale, col_shift, col_scale, diag_row,
+          diag_col, ndiag, diag_values);
       break;
   }
   return cudaGetLastError();

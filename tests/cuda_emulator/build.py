@@ -1,6 +1,6 @@
-"""Builds csrc/cuda/alibi_attention_{fwd,bwd}.cu for the host emulation (see include/cuda_runtime.h): copies the
-CUDA sources, rewrites the three pieces of CUDA-only syntax they use into emu:: calls, compiles them with the
-harness into a shared library, and caches the result by the hash of every input."""
+"""Builds csrc/cuda/alibi_attention_{fwd,bwd}.cu and contrastive_loss.cu for the host emulation (see
+include/cuda_runtime.h): copies the CUDA sources, rewrites the pieces of CUDA-only syntax they use into emu::
+calls, compiles them with their harnesses into one shared library, and caches it by the hash of every input."""
 
 from __future__ import annotations
 
@@ -13,11 +13,13 @@ import tempfile
 HERE = os.path.dirname(os.path.abspath(__file__))
 CUDA_DIR = os.path.join(HERE, "..", "..", "csrc", "cuda")
 CUDA_SOURCES = ["alibi_attention_fwd.cu", "alibi_attention_bwd.cu", "alibi_attention_tiles.cuh",
-                "alibi_attention.cuh", "mma_fragments.cuh", "async_copy.cuh", "dtype.cuh"]
+                "alibi_attention.cuh", "mma_fragments.cuh", "async_copy.cuh", "dtype.cuh", "contrastive_loss.cu",
+                "contrastive_loss.cuh"]
 # Kernel launches and extern __shared__ declarations each .cu holds: a rewrite that misses one fails loudly.
-CUDA_SHAPES = {"alibi_attention_fwd.cu": (1, 1), "alibi_attention_bwd.cu": (3, 2)}
-EMU_SOURCES = ["alibi_attention_harness.cpp", "emu_mma.h", "include/cuda_runtime.h", "include/cuda_fp16.h",
-               "include/cuda_bf16.h", "build.py"]
+CUDA_SHAPES = {"alibi_attention_fwd.cu": (1, 1), "alibi_attention_bwd.cu": (3, 2), "contrastive_loss.cu": (6, 0)}
+HARNESSES = ["alibi_attention_harness.cpp", "contrastive_loss_harness.cpp"]
+EMU_SOURCES = [*HARNESSES, "emu_mma.h", "include/cuda_runtime.h", "include/cuda_fp16.h", "include/cuda_bf16.h",
+               "build.py"]
 
 _LAUNCH = re.compile(r"([A-Za-z_][\w:]*(?:<[^<>;()]*>)?)<<<(.*?)>>>\(", re.S)
 _SHARED = re.compile(r"extern __shared__ __align__\(16\) unsigned char (\w+)\[\];")
@@ -58,7 +60,7 @@ def build() -> str:
             with open(os.path.join(directory, name), "rb") as f:
                 digest.update(name.encode() + f.read())
     out_dir = os.path.join(tempfile.gettempdir(), f"bembed_cuda_emulator_{os.getuid()}", digest.hexdigest()[:16])
-    library = os.path.join(out_dir, "alibi_attention_emulated.so")
+    library = os.path.join(out_dir, "cuda_emulated.so")
     if os.path.exists(library):
         return library
     src_dir = os.path.join(out_dir, "src")
@@ -71,7 +73,7 @@ def build() -> str:
     partial = library + f".{os.getpid()}.tmp"
     subprocess.run(["g++", "-std=c++20", "-O1", "-g0", "-shared", "-fPIC", "-pthread", "-w",
                     "-I", src_dir, "-I", os.path.join(HERE, "include"), "-I", HERE,
-                    os.path.join(HERE, "alibi_attention_harness.cpp"), "-o", partial], check=True)
+                    *(os.path.join(HERE, h) for h in HARNESSES), "-o", partial], check=True)
     os.replace(partial, library)
     return library
 

@@ -57,6 +57,7 @@ struct Barrier {
 struct Warp {
   Barrier barrier;
   float f[32];
+  double d[32];
   uint32_t a[32][4], b[32][2];
   const uint16_t* rows[32];
 };
@@ -186,6 +187,20 @@ inline float __shfl_xor_sync(unsigned, float v, int lane_mask) {
   emu::arrive_and_wait(w.barrier);
   return r;
 }
+
+inline double __shfl_xor_sync(unsigned, double v, int lane_mask) {
+  emu::Warp& w = emu::current_block->warps[threadIdx.x / 32];
+  const int lane = threadIdx.x % 32;
+  w.d[lane] = v;
+  emu::arrive_and_wait(w.barrier);
+  const double r = w.d[lane ^ lane_mask];
+  emu::arrive_and_wait(w.barrier);
+  return r;
+}
+
+// The hardware's __expf is an approximation (2 ulp + a relative error growing with |x|); the emulation
+// computes the exact float exp, so tests of code using it check everything but that approximation.
+inline float __expf(float x) { return std::exp(x); }
 
 template <typename Kernel>
 inline cudaError_t cudaFuncSetAttribute(Kernel, cudaFuncAttribute, int bytes) {
