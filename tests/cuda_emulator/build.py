@@ -1,4 +1,4 @@
-"""Builds csrc/cuda/alibi_attention_{fwd,bwd}.cu and contrastive_loss.cu for the host emulation (see
+"""Builds csrc/cuda/alibi_attention_{fwd,bwd}.cu, contrastive_loss.cu and geglu.cu for the host emulation (see
 include/cuda_runtime.h): copies the CUDA sources, rewrites the pieces of CUDA-only syntax they use into emu::
 calls, compiles them with their harnesses into one shared library, and caches it by the hash of every input."""
 
@@ -14,10 +14,11 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 CUDA_DIR = os.path.join(HERE, "..", "..", "csrc", "cuda")
 CUDA_SOURCES = ["alibi_attention_fwd.cu", "alibi_attention_bwd.cu", "alibi_attention_tiles.cuh",
                 "alibi_attention.cuh", "mma_fragments.cuh", "async_copy.cuh", "dtype.cuh", "contrastive_loss.cu",
-                "contrastive_loss.cuh"]
+                "contrastive_loss.cuh", "geglu.cu", "geglu.cuh"]
 # Kernel launches and extern __shared__ declarations each .cu holds: a rewrite that misses one fails loudly.
-CUDA_SHAPES = {"alibi_attention_fwd.cu": (1, 1), "alibi_attention_bwd.cu": (3, 2), "contrastive_loss.cu": (6, 0)}
-HARNESSES = ["alibi_attention_harness.cpp", "contrastive_loss_harness.cpp"]
+CUDA_SHAPES = {"alibi_attention_fwd.cu": (1, 1), "alibi_attention_bwd.cu": (3, 2), "contrastive_loss.cu": (6, 0),
+               "geglu.cu": (4, 0)}
+HARNESSES = ["alibi_attention_harness.cpp", "contrastive_loss_harness.cpp", "geglu_harness.cpp"]
 EMU_SOURCES = [*HARNESSES, "emu_mma.h", "include/cuda_runtime.h", "include/cuda_fp16.h", "include/cuda_bf16.h",
                "build.py"]
 
