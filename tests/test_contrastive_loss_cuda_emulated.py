@@ -45,10 +45,14 @@ def _max_and_sum(s, dim):
     return m, torch.exp(s - m.unsqueeze(dim)).sum(dim)
 
 
-def test_row_stats_merge_across_strips_lanes_and_rows(lib):
+@pytest.mark.parametrize("nr, lr0, nl, widths", [
+    (11, 3, 6, (45, 70)),
+    (25, 3, 20, (45, 70)),  # 20 rows: three blocks of 8 warps
+    (9, 0, 9, (8, 3)),      # strips narrower than a warp: lanes without a column merge an empty state
+])
+def test_row_stats_merge_across_strips_lanes_and_rows(lib, nr, lr0, nl, widths):
     """Two strips of one anchor block's rows, merged into running statistics, from row lr0 of each strip."""
-    nr, lr0, nl = 11, 3, 6
-    strips = [_scores(nr, 45, 0), _scores(nr, 70, 1) + 3]  # the second strip moves some rows' max
+    strips = [_scores(nr, widths[0], 0), _scores(nr, widths[1], 1) + 3]  # the second strip moves some rows' max
     running_max = Guarded((nl,), torch.float64, torch.full((nl,), float("-inf"), dtype=torch.float64))
     running_sum = Guarded((nl,), torch.float64, torch.zeros(nl, dtype=torch.float64))
     for s in strips:

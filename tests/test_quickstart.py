@@ -345,13 +345,15 @@ def test_a_failed_fetch_stops_before_building(tmp_path, monkeypatch, capsys):
 
 
 @pytest.mark.parametrize("manifest, rebuilt", [
-    (None, False),  # datasets made some other way
-    ({"pair": "en-de"}, True),  # built before versions were recorded
-    ({"pair": "en-de", "build_version": 1}, True),
-    ("current", False),
+    (None, None),  # datasets made some other way
+    ({"pair": "en-de"}, (0.9, 0.05, 0.05)),  # built before versions were recorded
+    ({"pair": "en-de", "build_version": 1}, (0.9, 0.05, 0.05)),
+    ({"pair": "en-de", "build_version": 3, "fractions": [0.6, 0.2, 0.2]}, (0.6, 0.2, 0.2)),  # keeps its --split
+    ("current", None),
 ])
 def test_datasets_built_by_an_older_bembed_are_rebuilt(tmp_path, monkeypatch, manifest, rebuilt):
-    """A cache built before a cleaning fix kept feeding the old data to every later quickstart."""
+    """A cache built before a cleaning fix kept feeding the old data to every later quickstart. The rebuild
+    keeps the build's --split: the default would move documents that runs on it trained on into the test split."""
     from bembed.data import build, sources
 
     root = tmp_path / "datasets"
@@ -363,10 +365,10 @@ def test_datasets_built_by_an_older_bembed_are_rebuilt(tmp_path, monkeypatch, ma
         (root / "en-de" / "manifest.json").write_text(json.dumps(manifest))
     calls = []
     monkeypatch.setattr(sources, "fetch_all", lambda cache, **kw: {})
-    monkeypatch.setattr(build, "build", lambda cache, out, pair: calls.append((Path(out), pair)))
+    monkeypatch.setattr(build, "build", lambda cache, out, pair, fractions: calls.append((Path(out), pair, fractions)))
     assert qs.prepare_data(qs.Settings(out=tmp_path / "qs", data_root=root, progress=False))["counts"] == {
         "parallel": {"train": 1}}
-    assert calls == ([(root, "en-de")] if rebuilt else [])
+    assert calls == ([(root, "en-de", rebuilt)] if rebuilt else [])
 
 
 def test_time_spent_in_an_interrupted_step_counts_against_the_budget(tmp_path, monkeypatch):
@@ -558,9 +560,10 @@ def test_a_kept_reference_result_is_used_only_if_made_with_these_evaluation_sett
     assert evaluated == ["untrained", "untrained"]
 
 
-def test_a_stage_that_would_train_on_its_builds_test_split_does_not_start(data, tmp_path):
+def test_a_stage_that_would_train_on_its_builds_test_split_does_not_start(data, tmp_path, monkeypatch):
     """The final table scores the build's test split: a --set source reaching into it (another build, another
-    --split, or its test split itself) would have been trained on and then scored."""
+    --split, or its test split itself) would have been trained on and then scored. Refused before the stage
+    reads its data or times steps on it."""
     import shutil
 
     root = tmp_path / "datasets"
@@ -570,8 +573,10 @@ def test_a_stage_that_would_train_on_its_builds_test_split_does_not_start(data, 
     settings = _settings(root, tmp_path / "qs")
     settings.overrides["pretrain"].append(f"data.train=[{', '.join(text)}]")
     tokenizer = qs.train_tokenizer(settings, str(root))["tokenizer"]
+    monkeypatch.setattr(qs, "make_stage", lambda stage, cfg: pytest.fail("the stage was built"))
     with pytest.raises(qs.StepCannotStart, match=r"^pretrain: the model would train on mono_en \(test split of the "
-                                                 r"en-de build with --split 0.6,0.2,0.2\); mono_de .* no build holds"):
+                                                 r"en-de build with --split 0.6,0.2,0.2\); mono_de .* no build holds"
+                                                 r".*; or give this stage other data with --set$"):
         qs.run_stage(settings, "pretrain", str(root), tokenizer, budget_s=60)
     assert not (tmp_path / "qs" / "pretrain").exists()
 
@@ -588,7 +593,7 @@ def test_the_final_evaluation_refuses_a_model_trained_on_its_test_split(data, tm
     (model / "config.json").write_text(json.dumps({"trained_on": [
         {"pair": "en-de", "set": "parallel", "split": "train", "fractions": [0.9, 0.05, 0.05]}]}))
     with pytest.raises(qs.StepCannotStart, match=r"^evaluate: the model trained on parallel \(train split .* "
-                                                 r"--split 0.9,0.05,0.05 --out DIR"):
+                                                 rf"--split 0.9,0.05,0.05 --out {root}`, then the same command$"):
         qs.evaluate_model(_settings(root, tmp_path / "qs"), str(root), str(model), [])
 
 

@@ -233,7 +233,9 @@ def _step(markers: Markers, name: str, fn, *args) -> dict:
 def prepare_data(settings: Settings) -> dict:
     """Fetch the pinned sources and build the pair's datasets, unless they are built already."""
     from bembed.data.build import BUILD_VERSION, stale_build
+    from bembed.data.provenance import read_manifest
     from bembed.data.sources import cache_dir
+    from bembed.data.split import DEFAULT_FRACTIONS
 
     cache = cache_dir(settings.cache)
     root = Path(settings.data_root) if settings.data_root else cache / "datasets"
@@ -261,7 +263,10 @@ def prepare_data(settings: Settings) -> dict:
         if failed:
             raise FetchFailed("sources for " + settings.pair + " could not be fetched (run the same command again "
                               "to retry): " + "; ".join(f"{k}: {v}" for k, v in failed.items()))
-        build(cache, root, settings.pair)
+        # a build that is only stale keeps its --split: another one would move documents the runs on it trained on
+        # into its test split
+        earlier = read_manifest(root / settings.pair) if older is not None else None
+        build(cache, root, settings.pair, fractions=tuple(earlier["fractions"]) if earlier else DEFAULT_FRACTIONS)
     counts = json.loads((root / settings.pair / "counts.json").read_text(encoding="utf-8"))
     return {"data_root": str(root), "counts": {k: v for k, v in counts.items() if k != "dropped"}}
 
@@ -435,6 +440,11 @@ def run_stage(settings: Settings, stage: str, data_root: str, model_from: str, b
     # (too few rows for a batch, missing columns) leaves the stage unstarted, so the corrected command takes it.
     try:
         cfg = stage_config(settings, stage, data_root, model_from)
+        # the model the final evaluation scores would train on test text of its build: say so before any step
+        conflict = held_out_conflict([*trained_on(model_from), *records_of(to_dict(cfg)["data"]["train"])],
+                                     Path(data_root) / settings.pair, rebuild_in_place=True)
+        if conflict:
+            raise ValueError(f"the model would train on {conflict}; or give this stage other data with --set")
         stage_obj = make_stage(stage, cfg)
         if plan_file.is_file():
             plan = json.loads(plan_file.read_text(encoding="utf-8"))
@@ -451,11 +461,6 @@ def run_stage(settings: Settings, stage: str, data_root: str, model_from: str, b
             log.warning("%s: train.warmup_steps=%d is not below the %d planned steps: the learning rate never "
                         "reaches train.lr", stage, cfg.train.warmup_steps, cfg.train.max_steps)
         trainer = Trainer(stage_obj, cfg.train, to_dict(cfg))
-        # the model the final evaluation scores would have trained on test text of its build: say so now
-        conflict = held_out_conflict([*trained_on(model_from), *records_of(to_dict(cfg)["data"]["train"])],
-                                     Path(data_root) / settings.pair)
-        if conflict:
-            raise ValueError(f"the model would train on {conflict}")
     except (FileNotFoundError, ValueError) as exc:
         raise StepCannotStart(f"{stage}: {exc}") from exc
     plan_file.parent.mkdir(parents=True, exist_ok=True)

@@ -101,12 +101,12 @@ def evaluate_references(settings: Settings, data_root: str, tokenizer_dir: str) 
 
 
 def evaluate_model(settings: Settings, data_root: str, model_dir: str, references: list[dict]) -> dict:
-    from bembed.data.provenance import trained_on_test_split
+    from bembed.data.provenance import held_out_conflict, trained_on
     from bembed.encode import Embedder
     from bembed.eval.report import format_table, write_bar_chart, write_json
     from bembed.eval.run import evaluate_encoder
 
-    conflict = trained_on_test_split(model_dir, Path(data_root) / settings.pair)
+    conflict = held_out_conflict(trained_on(model_dir), Path(data_root) / settings.pair, rebuild_in_place=True)
     if conflict:  # the data was rebuilt with another --split, or a --set source came from another build
         from bembed.quickstart import StepCannotStart
 

@@ -102,10 +102,11 @@ def describe(record: dict) -> str:
     return f"{record['set']} ({record['split']} split of the {record['pair']} build with {_split_option(record['fractions'])})"
 
 
-def held_out_conflict(records: list[dict], pair_folder: str | Path) -> str | None:
+def held_out_conflict(records: list[dict], pair_folder: str | Path, rebuild_in_place: bool = False) -> str | None:
     """Why a model trained on `records` cannot be scored on the test split of the build in `pair_folder`
     (<root>/<pair>): what it trained on that holds test documents there, and which build would hold them all
-    out. None when nothing does, or when the folder is not a build of bembed's."""
+    out — into another folder, or with `rebuild_in_place` into this one (for a run that keeps using it). None
+    when nothing does, or when the folder is not a build of bembed's."""
     manifest = read_manifest(pair_folder)
     seen = seen_test_documents(records, manifest) if manifest else []
     if not seen:
@@ -116,8 +117,10 @@ def held_out_conflict(records: list[dict], pair_folder: str | Path) -> str | Non
         # The build with the fractions of the record reaching furthest into [0, 1) starts its test split at or
         # after the end of every record (a train or validation range ends at or before its own test start).
         widest = max(seen, key=lambda r: _interval(r["fractions"], r["split"])[1])
+        where = (f"--out {Path(pair_folder).parent}`, then the same command" if rebuild_in_place
+                 else "--out DIR`, then `--data DIR`")
         fix = (f"a build with the split it trained on holds them out: `bembed data build --pair {manifest['pair']} "
-               f"{_split_option(widest['fractions'])} --out DIR`, then `--data DIR`")
+               f"{_split_option(widest['fractions'])} {where}")
     return (f"{'; '.join(describe(r) for r in seen)} holds documents of the test split under {pair_folder} (built "
             f"with {_split_option(manifest['fractions'])}): its scores would be on text it trained on; {fix}")
 
