@@ -286,9 +286,10 @@ def sample_mlm_corpus(settings: Settings, data_root: str) -> dict:
         path = folder / f"mono_{lang}.jsonl"
         path.write_text("".join(json.dumps({"text": t}, ensure_ascii=False) + "\n" for t in texts), encoding="utf-8")
         files[lang] = str(path)
-    build = read_manifest(Path(data_root) / settings.pair)
-    if build is not None:  # the stage-1 model then records the build's train split as its data (provenance.py)
-        write_json_atomic(folder / MANIFEST, {"pair": build["pair"], "fractions": build["fractions"], "split": "train",
+    manifest = read_manifest(Path(data_root) / settings.pair)
+    if manifest is not None:  # the stage-1 model then records the build's train split as its data (provenance.py)
+        write_json_atomic(folder / MANIFEST, {"pair": manifest["pair"], "fractions": manifest["fractions"],
+                                              "split": "train",
                                               "note": "documents sampled from the build's mono_<lang> train split"})
     return {"files": files}
 
@@ -458,7 +459,7 @@ def run_stage(settings: Settings, stage: str, data_root: str, model_from: str, b
         if _overrides_key(settings.overrides.get(stage, ()), "train.warmup_steps") is None:
             cfg.train.warmup_steps = min(cfg.train.warmup_steps, max(1, cfg.train.max_steps // 10))
         elif cfg.train.warmup_steps > cfg.train.max_steps:  # equal: the last step reaches train.lr
-            log.warning("%s: train.warmup_steps=%d is not below the %d planned steps: the learning rate never "
+            log.warning("%s: train.warmup_steps=%d exceeds the %d planned steps: the learning rate never "
                         "reaches train.lr", stage, cfg.train.warmup_steps, cfg.train.max_steps)
         trainer = Trainer(stage_obj, cfg.train, to_dict(cfg))
     except (FileNotFoundError, ValueError) as exc:
