@@ -15,7 +15,8 @@ of its own model and data and gets as many steps as fit. Step counts, once chose
 stage folder, so a resumed stage runs exactly the same schedule.
 
 Resume: each finished step writes `<out>/.quickstart/<step>.json`; a second run skips those and picks an
-unfinished training stage up from its last checkpoint.
+unfinished training stage up from its last checkpoint (bembed.quickstart_steps: the steps' order, markers, and
+which settings may change on resume).
 """
 
 from __future__ import annotations
@@ -32,13 +33,13 @@ from pathlib import Path
 import torch
 
 from bembed.files import replacing_folder, save_figure_atomic, write_json_atomic
-from bembed.quickstart_eval import (MUST_F1, cross_lingual_demo, evaluate_model, evaluate_references,
-                                   untrained_setup)
+from bembed.quickstart_eval import MUST_F1, cross_lingual_demo, evaluate_model, evaluate_references
+from bembed.quickstart_steps import (TRAINING_STAGES, Markers, SettingsMismatch, check_settings, plan_file,  # noqa: F401
+                                     stage_started)
 
 log = logging.getLogger(__name__)
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
-TRAINING_STAGES = ("pretrain", "pairs", "multitask")
 # Stage 2's parallel pairs teach bitext mining (what the quickstart is judged on) and level off: on this
 # machine 2,109 steps reached F1 95.4 against 96.2 for 2,684. Retrieval is learnt in stage 3 alone (nDCG@10
 # 28 → 53 in a 15% share); a 30% share with the recipe as shipped lifts it to 63 for about two bitext
@@ -117,10 +118,6 @@ class Settings:
                 raise ValueError(f"{stage}: {exc}") from None
 
 
-class SettingsMismatch(ValueError):
-    """The output folder holds a run made with other settings: resuming it would mix the two."""
-
-
 class StepCannotStart(ValueError):
     """A step cannot start: a training stage with its config (its data, a --set value), or the final evaluation
     on a test split the model trained on. The steps before it are kept; the corrected command resumes there."""
@@ -128,91 +125,6 @@ class StepCannotStart(ValueError):
 
 class FetchFailed(RuntimeError):
     """Sources of the pair could not be fetched (a registry or client was unreachable); nothing was built."""
-
-
-# Everything that decides what a step produces; `out` and `progress` do not.
-RECORDED_SETTINGS = ("pair", "minutes", "cache", "data_root", "vocab_size", "tokenizer_chars", "mlm_chars", "steps",
-                     "overrides", "baselines", "eval_tasks", "reference_tasks", "eval_max_items", "eval_max_chars",
-                     "seed")
-# The steps in the order run() takes them ("budget" is the training budget's marker); each consumes what the ones
-# before it made, so a setting changes its first step's output and everything after it.
-STEP_ORDER = ("data", "corpus", "tokenizer", "references", "budget", *TRAINING_STAGES, "model", "loss_png", "evaluate",
-              "demo")
-# The first step each setting feeds ("steps" and "overrides" feed the stage they name).
-FIRST_STEP = {"pair": "data", "cache": "data", "data_root": "data", "seed": "corpus", "mlm_chars": "corpus",
-              "vocab_size": "tokenizer", "tokenizer_chars": "tokenizer", "baselines": "references",
-              "eval_tasks": "references", "reference_tasks": "references", "eval_max_items": "references",
-              "eval_max_chars": "references", "minutes": "budget"}
-
-
-def _changed_settings(earlier: dict, current: dict) -> list[tuple[str, str]]:
-    """(first step it feeds, description) of each setting that differs; a per-stage setting by stage."""
-    changes = []
-    for key in RECORDED_SETTINGS:
-        old, new = earlier.get(key), current[key]
-        if old == new:
-            continue
-        if key in ("steps", "overrides"):
-            old, new = old or {}, new or {}
-            for stage in TRAINING_STAGES:
-                if old.get(stage) != new.get(stage):
-                    changes.append((stage, f"{key} of {stage}: {old.get(stage)!r} then, {new.get(stage)!r} now"))
-        else:
-            changes.append((FIRST_STEP[key], f"{key}: {old!r} then, {new!r} now"))
-    return changes
-
-
-def check_settings(settings: Settings, markers: Markers) -> None:
-    """Record the run's settings; on a later start with other settings raise SettingsMismatch if a step they
-    feed has finished, or is a training stage that has started (its plan or checkpoints are on disk). Finished
-    steps are skipped by their markers alone, so `--pair en-es` on an en-de folder would otherwise report the
-    en-de model, tokenizer and scores under the en-es name. A change that only reaches steps not yet begun is
-    taken: the command that failed at a stage can be corrected and run again."""
-    current = json.loads(json.dumps({k: getattr(settings, k) for k in RECORDED_SETTINGS}, default=str))
-    earlier = markers.get("settings")
-    changes = [] if earlier is None else _changed_settings(earlier, current)
-    # The untrained reference is made from stage 1's model config and stage 3's length and prompts: an override
-    # of those stages also reaches the finished reference step (its marker records what it used).
-    references = markers.get("references")
-    if references is not None and any(text.startswith(("overrides of pretrain", "overrides of multitask"))
-                                      for _, text in changes) \
-            and references.get("untrained_setup") != untrained_setup(settings):  # absent: an older marker
-        changes.append(("references", "the untrained reference's architecture, length or prompts (from the "
-                                      "pretrain and multitask overrides)"))
-    if changes:
-        first = min(STEP_ORDER.index(step) for step, _ in changes)
-        done = [step for step in STEP_ORDER[first:] if markers.get(step) is not None]
-        described = "; ".join(text for _, text in changes)
-        if done:
-            later = f" (and {len(done) - 1} later step{'s' if len(done) > 2 else ''})" if len(done) > 1 else ""
-            raise SettingsMismatch(f"{settings.out} holds a quickstart run with other settings ({described}), and "
-                                   f"its finished step {done[0]}{later} used them: run the same command to resume "
-                                   "it, or give another --out")
-        stage = STEP_ORDER[first]
-        if stage in TRAINING_STAGES and stage_started(settings.out, stage):
-            raise SettingsMismatch(f"{settings.out} holds a quickstart run with other settings ({described}), and "
-                                   f"its stage {stage} has started with them: remove {settings.out / stage} to "
-                                   "train that stage again with the new settings, or run the same command to "
-                                   "resume it")
-        log.info("quickstart: settings changed for steps not yet run (%s)", described)
-    if changes or earlier is None:
-        markers.put("settings", current)
-
-
-class Markers:
-    """Stage markers: `<out>/.quickstart/<name>.json` holds what a finished step produced."""
-
-    def __init__(self, out: Path):
-        self.root = Path(out) / ".quickstart"
-
-    def get(self, name: str) -> dict | None:
-        path = self.root / f"{name}.json"
-        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
-
-    def put(self, name: str, info: dict) -> dict:
-        self.root.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(self.root / f"{name}.json", info)
-        return info
 
 
 def _step(markers: Markers, name: str, fn, *args) -> dict:
@@ -416,17 +328,6 @@ def plan_steps(stage_obj, cfg, budget_s: float, started: float) -> dict:
     return {"max_steps": steps, "seconds_per_step": round(per_step, 3), "budget_s": round(budget_s, 1)}
 
 
-def _plan_file(out: Path, stage: str) -> Path:
-    return Path(out) / stage / "quickstart_plan.json"
-
-
-def stage_started(out: Path, stage: str) -> bool:
-    """Whether a training stage has fixed its step count or written a checkpoint (a resume would continue them)."""
-    from bembed.training.checkpoint import list_checkpoints
-
-    return _plan_file(out, stage).is_file() or bool(list_checkpoints(Path(out) / stage / "checkpoints"))
-
-
 def run_stage(settings: Settings, stage: str, data_root: str, model_from: str, budget_s: float) -> dict:
     """Build the stage, fix its step count (stored in <out>/<stage>/quickstart_plan.json), train it —
     from its latest checkpoint when an earlier run was interrupted — and export <out>/<stage>/final."""
@@ -436,7 +337,7 @@ def run_stage(settings: Settings, stage: str, data_root: str, model_from: str, b
     from bembed.training.trainer import Trainer
 
     started = time.perf_counter()
-    plan_file = _plan_file(settings.out, stage)
+    plan_path = plan_file(settings.out, stage)
     # Everything that reads the config and the data comes before anything is written: a value that fails here
     # (too few rows for a batch, missing columns) leaves the stage unstarted, so the corrected command takes it.
     try:
@@ -447,8 +348,8 @@ def run_stage(settings: Settings, stage: str, data_root: str, model_from: str, b
         if conflict:
             raise ValueError(f"the model would train on {conflict}; or give this stage other data with --set")
         stage_obj = make_stage(stage, cfg)
-        if plan_file.is_file():
-            plan = json.loads(plan_file.read_text(encoding="utf-8"))
+        if plan_path.is_file():
+            plan = json.loads(plan_path.read_text(encoding="utf-8"))
         elif settings.steps and stage in settings.steps:
             plan = {"max_steps": settings.steps[stage]}
         else:
@@ -464,8 +365,8 @@ def run_stage(settings: Settings, stage: str, data_root: str, model_from: str, b
         trainer = Trainer(stage_obj, cfg.train, to_dict(cfg))
     except (FileNotFoundError, ValueError) as exc:
         raise StepCannotStart(f"{stage}: {exc}") from exc
-    plan_file.parent.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(plan_file, plan)
+    plan_path.parent.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(plan_path, plan)
     log.info("%s: %d steps%s", stage, cfg.train.max_steps,
              f" (≈{plan['seconds_per_step']:.2f} s each, budget {plan['budget_s']:.0f} s)" if "budget_s" in plan else "")
     resume = "latest" if list_checkpoints(Path(cfg.train.output_dir) / "checkpoints") else None
