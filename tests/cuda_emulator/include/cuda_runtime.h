@@ -178,24 +178,25 @@ inline unsigned char* shared_memory() { return current_block->smem.data(); }
 
 inline void __syncthreads() { emu::arrive_and_wait(emu::current_block->barrier); }
 
-inline float __shfl_xor_sync(unsigned, float v, int lane_mask) {
-  emu::Warp& w = emu::current_block->warps[threadIdx.x / 32];
+namespace emu {
+
+// A warp shuffle: each lane posts its value in the warp's exchange buffer of its type, then reads its partner's.
+template <typename T>
+inline T shuffle_xor(T (emu::Warp::*buffer)[32], T v, int lane_mask) {
+  Warp& w = current_block->warps[threadIdx.x / 32];
   const int lane = threadIdx.x % 32;
-  w.f[lane] = v;
-  emu::arrive_and_wait(w.barrier);
-  const float r = w.f[lane ^ lane_mask];
-  emu::arrive_and_wait(w.barrier);
+  (w.*buffer)[lane] = v;
+  arrive_and_wait(w.barrier);
+  const T r = (w.*buffer)[lane ^ lane_mask];
+  arrive_and_wait(w.barrier);
   return r;
 }
 
+}  // namespace emu
+
+inline float __shfl_xor_sync(unsigned, float v, int lane_mask) { return emu::shuffle_xor(&emu::Warp::f, v, lane_mask); }
 inline double __shfl_xor_sync(unsigned, double v, int lane_mask) {
-  emu::Warp& w = emu::current_block->warps[threadIdx.x / 32];
-  const int lane = threadIdx.x % 32;
-  w.d[lane] = v;
-  emu::arrive_and_wait(w.barrier);
-  const double r = w.d[lane ^ lane_mask];
-  emu::arrive_and_wait(w.barrier);
-  return r;
+  return emu::shuffle_xor(&emu::Warp::d, v, lane_mask);
 }
 
 // The hardware's __expf is an approximation (2 ulp + a relative error growing with |x|); the emulation
