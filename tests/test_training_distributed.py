@@ -1,7 +1,7 @@
 """Data parallelism: a 2-process gloo run equals a 1-process run on the same global batch (losses and
 weights after a few steps) for every stage whose loss couples rows across ranks: MLM (token count over
-the global batch), pairs (negatives gathered across ranks), multi-task (retrieval with hard negatives,
-and Pearson over the global batch)."""
+the global batch), pairs (negatives gathered across ranks; also through GradCache), multi-task (retrieval with
+hard negatives, and Pearson over the global batch)."""
 
 from __future__ import annotations
 
@@ -33,6 +33,10 @@ def _configs(files: dict, out: Path):
         # recomputing layers in backward must not upset DDP's gradient hooks
         "pairs": load_config(PairsRun, None, [f"data.train=[{{path: {files['pairs']}}}]", *model,
                                               *train("pairs", "train.gradient_checkpointing=true")]),
+        # GradCache: each parameter gets one gradient per backward, from the chunks' sum, as DDP's hooks expect
+        "pairs cached": load_config(PairsRun, None, [f"data.train=[{{path: {files['pairs']}}}]", *model,
+                                                     *train("pairs cached", "train.grad_accum=1"),
+                                                     "pairs.grad_cache_chunk=2"]),
         "multitask": load_config(MultitaskRun, None, [f"data.train=[{{path: {files['triples']}}}, {{path: {files['sts']}}}]",
                                                       *model, *train("multitask", "train.seed=3"),
                                                       "multitask.num_negatives=2"]),
@@ -46,7 +50,7 @@ def _run_all(files: dict, out: Path, all_reduces: list | None = None) -> dict:
     from bembed.training.pairs import PairStage
     from bembed.training.trainer import Trainer
 
-    stages = {"mlm": MLMStage, "pairs": PairStage, "multitask": MultitaskStage}
+    stages = {"mlm": MLMStage, "pairs": PairStage, "pairs cached": PairStage, "multitask": MultitaskStage}
     histories = {}
     for name, cfg in _configs(files, out).items():
         torch.manual_seed(0)
@@ -93,8 +97,10 @@ def test_two_gloo_processes_equal_one_process(files, tmp_path):
     assert kinds == {"retrieval_loss", "sts_loss"}, kinds  # both tasks (and both gathers) exercised
     # One all-reduce per step (the metrics; DDP reduces gradients itself) and one more for MLM's total masked
     # tokens: the micro-batch weights of the other stages are all 1, and the MLM loss needs no count of its own.
-    assert {name: two[f"{name} all_reduces"] for name in one} == {"mlm": 2 * STEPS, "pairs": STEPS, "multitask": STEPS}
-    for name in ("mlm", "pairs", "multitask"):
+    names = ("mlm", "pairs", "pairs cached", "multitask")
+    assert {name: two[f"{name} all_reduces"] for name in names} == {"mlm": 2 * STEPS, "pairs": STEPS,
+                                                                   "pairs cached": STEPS, "multitask": STEPS}
+    for name in names:
         assert [m["step"] for m in two[name]] == list(range(1, STEPS + 1))
         for a, b in zip(one[name], two[name]):
             for key in a:

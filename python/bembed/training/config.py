@@ -43,7 +43,8 @@ class TrainConfig(Checked):
     """The trainer core's settings, shared by every stage. `batch_size` is the global batch of one
     optimizer step (all ranks, all accumulation micro-batches together); it must divide evenly. The contrastive
     and Pearson losses are computed per global micro-batch (batch_size / grad_accum rows, gathered over the
-    ranks): accumulation gives them fewer in-batch negatives, where MLM gets exactly one batch's gradient."""
+    ranks): accumulation gives them fewer in-batch negatives, where MLM gets exactly one batch's gradient. To fit
+    a large contrastive batch in memory, keep grad_accum at 1 and set the stage's `grad_cache_chunk`."""
 
     output_dir: str = "runs/out"
     max_steps: int = 100
@@ -168,19 +169,31 @@ class MLMConfig(Checked):
                  f"≥ {MIN_VOCAB_SIZE} (every byte and the special tokens)", self.tokenizer_vocab_size)
 
 
+GRAD_CACHE_HELP = "0 (off) or ≥ 1 rows per encoder pass"
+
+
 @dataclasses.dataclass
 class PairsConfig(Checked):
+    """`grad_cache_chunk` > 0 encodes each micro-batch that many rows at a time through GradCache
+    (training/grad_cache.py): every row of the micro-batch stays an in-batch negative, at the activation memory
+    of one chunk, for one more forward pass (sentence-transformers' CachedMultipleNegativesRankingLoss
+    `mini_batch_size`)."""
+
     temperature: float = 0.05
     bidirectional: bool = True
     query_prefix: str = ""
     passage_prefix: str = ""
+    grad_cache_chunk: int = 0
 
     def validate(self) -> None:
         _require(0 < self.temperature < math.inf, "pairs.temperature", "> 0 and finite", self.temperature)
+        _require(self.grad_cache_chunk >= 0, "pairs.grad_cache_chunk", GRAD_CACHE_HELP, self.grad_cache_chunk)
 
 
 @dataclasses.dataclass
 class MultitaskConfig(Checked):
+    """`grad_cache_chunk`: as in PairsConfig, for the retrieval and the STS micro-batches."""
+
     temperature: float = 0.05
     num_negatives: int = 3
     sts_loss: str = "pearson"  # pearson | mse | cosent | none
@@ -188,6 +201,7 @@ class MultitaskConfig(Checked):
     cosent_scale: float = 20.0
     query_prefix: str = ""
     passage_prefix: str = ""
+    grad_cache_chunk: int = 0
 
     def validate(self) -> None:
         from .losses import STS_LOSSES
@@ -198,6 +212,7 @@ class MultitaskConfig(Checked):
         _require(0 < self.score_max < math.inf, "multitask.score_max", "> 0 and finite", self.score_max)
         # a negative scale trains the reversed order
         _require(0 < self.cosent_scale < math.inf, "multitask.cosent_scale", "> 0 and finite", self.cosent_scale)
+        _require(self.grad_cache_chunk >= 0, "multitask.grad_cache_chunk", GRAD_CACHE_HELP, self.grad_cache_chunk)
 
 
 @dataclasses.dataclass

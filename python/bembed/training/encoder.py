@@ -3,6 +3,7 @@ config, or any HF `AutoModel` folder), tokenising, mean-pooled L2-normalised emb
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import shutil
@@ -13,6 +14,7 @@ import torch
 from bembed.model import JinaBertConfig, JinaBertModel, mean_pool, normalize
 
 from .config import ModelConfig
+from .grad_cache import cached_encode
 
 log = logging.getLogger(__name__)
 
@@ -74,8 +76,12 @@ def tokenize(tokenizer, texts: list[str], max_length: int) -> dict[str, torch.Te
     return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
 
 
-def embed(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """(B, hidden) float32 L2-normalised mean-pooled embeddings, with gradient."""
+def embed(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+          grad_cache_chunk: int = 0) -> torch.Tensor:
+    """(B, hidden) float32 L2-normalised mean-pooled embeddings, with gradient. grad_cache_chunk > 0: through
+    GradCache (grad_cache.py), that many rows per encoder pass, with the whole batch's gradient."""
+    if grad_cache_chunk:
+        return cached_encode(functools.partial(embed, model), model, input_ids, attention_mask, grad_cache_chunk)
     if isinstance(model, JinaBertModel):
         return model.embed(input_ids, attention_mask)
     out = model(input_ids=input_ids, attention_mask=attention_mask)

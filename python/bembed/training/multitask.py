@@ -122,9 +122,12 @@ class MultitaskStage:
                       "d_mask": d["attention_mask"]},
                      tokens=int(q["attention_mask"].sum() + d["attention_mask"].sum()), source=source)
 
+    def _embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return embed(self.model, input_ids, attention_mask, self.cfg.multitask.grad_cache_chunk)
+
     def loss(self, t: dict) -> tuple[torch.Tensor, dict]:
         if t["kind"] == "sts":
-            cos = (embed(self.model, t["a_ids"], t["a_mask"]) * embed(self.model, t["b_ids"], t["b_mask"])).sum(-1)
+            cos = (self._embed(t["a_ids"], t["a_mask"]) * self._embed(t["b_ids"], t["b_mask"])).sum(-1)
             gold = t["score"].to(cos.device, torch.float32)
             if gathering():  # the correlation is over the global batch; see trainer.py for the convention
                 cos, gold = all_gather_rows(cos), all_gather_rows(gold)
@@ -135,8 +138,8 @@ class MultitaskStage:
                 return (cos * 0).sum(), {}
             loss = self.sts_loss(cos, gold)
             return loss, {"sts_loss": loss.detach()}
-        q = embed(self.model, t["q_ids"], t["q_mask"])
-        d = embed(self.model, t["d_ids"], t["d_mask"])
+        q = self._embed(t["q_ids"], t["q_mask"])
+        d = self._embed(t["d_ids"], t["d_mask"])
         loss = bembed_ext.contrastive_loss(q, d, temperature=self.cfg.multitask.temperature, bidirectional=False,
                                            gather_across_ranks=gathering())
         return loss, {"retrieval_loss": loss.detach()}

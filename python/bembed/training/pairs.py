@@ -1,6 +1,6 @@
 """Stage 2: contrastive pair training — mean pooling, bidirectional InfoNCE (τ 0.05) through
 `bembed_ext.contrastive_loss`, in-batch negatives gathered across all ranks (those of one micro-batch: see
-TrainConfig on grad_accum), optional E5 prefixes."""
+TrainConfig on grad_accum; GradCache keeps a large micro-batch in memory: PairsConfig), optional E5 prefixes."""
 
 from __future__ import annotations
 
@@ -46,8 +46,9 @@ class PairStage:
                      source=f"{sorted({self.sources[i] for i in picked})} rows {picked}")
 
     def loss(self, t: dict) -> tuple[torch.Tensor, dict]:
-        q = embed(self.model, t["q_ids"], t["q_mask"])
-        d = embed(self.model, t["d_ids"], t["d_mask"])
+        chunk = self.cfg.pairs.grad_cache_chunk
+        q = embed(self.model, t["q_ids"], t["q_mask"], chunk)
+        d = embed(self.model, t["d_ids"], t["d_mask"], chunk)
         loss = bembed_ext.contrastive_loss(q, d, temperature=self.cfg.pairs.temperature,
                                            bidirectional=self.cfg.pairs.bidirectional, gather_across_ranks=gathering())
         return loss, {}
