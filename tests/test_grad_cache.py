@@ -225,3 +225,31 @@ def test_a_stage_trains_the_same_with_grad_cache(files, tmp_path, name):
         assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-4)
     for key in plain:
         torch.testing.assert_close(cached[key], plain[key], rtol=1e-4, atol=1e-6, msg=key)
+
+
+@pytest.mark.cuda
+def test_cuda_dropout_and_bf16_autocast_are_replayed():
+    """On the GPU: the CUDA RNG (dropout) and bf16 autocast are replayed, through the fused kernels."""
+    model = _model(dropout=0.2, dtype=torch.float32).cuda()
+
+    def in_bf16(encode):
+        def run(ids, mask):
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                return encode(ids.cuda(), mask.cuda())
+        return run
+
+    def step(encode_batch):
+        _, grads, _ = _step(model, encode_batch)
+        return grads, torch.cuda.get_rng_state()
+
+    plain, rng_plain = step(_chunked(model, 3, encode=in_bf16(model.embed)))
+    cached, rng_cached = step(in_bf16(_cached(model, 3)))
+    other, _ = step(_chunked(model, 4, encode=in_bf16(model.embed)))
+    assert torch.equal(rng_plain, rng_cached)
+
+    def distance(a, b):  # relative over all parameters: the kernels' atomics may reorder float sums
+        a, b = torch.cat([g.flatten() for g in a.values()]), torch.cat([g.flatten() for g in b.values()])
+        return float((a - b).norm() / a.norm())
+
+    assert distance(plain, cached) < 1e-3
+    assert distance(plain, other) > 5e-2  # other dropout masks: the replay is what makes them equal
