@@ -168,6 +168,43 @@ def test_whole_batch_in_one_chunk_or_no_gradient_encodes_directly():
     torch.testing.assert_close(out, model.embed(ids, mask).detach(), rtol=0, atol=1e-12)
 
 
+def test_a_chunks_gradients_are_freed_before_the_next_chunk_is_encoded(monkeypatch):
+    """Each chunk's parameter gradients, once summed, must be gone when the next chunk is encoded again: held
+    on, they would double GradCache's parameter-sized memory."""
+    import weakref
+
+    model = _model(dropout=0.0)
+    grad, returned, alive_at_recompute = torch.autograd.grad, [], []
+
+    def recording_grad(*args, **kwargs):
+        result = grad(*args, **kwargs)
+        returned.append([weakref.ref(g) for g in result if g is not None])
+        return result
+
+    def encode(ids, mask):
+        if torch.is_grad_enabled() and len(returned) >= 2:  # recomputing chunk 2 or later: chunk 1 summed
+            alive_at_recompute.append(sum(ref() is not None for ref in returned[-1]))
+        return model.embed(ids, mask)
+
+    monkeypatch.setattr(torch.autograd, "grad", recording_grad)
+    cached_encode(encode, model, *_batch(1), 2).sum().backward()
+    assert len(returned) == 4 and alive_at_recompute == [0, 0]
+
+
+def test_a_parameter_without_gradient_is_an_error_under_torch_distributed(monkeypatch):
+    """DDP would take the None as a zero gradient (and AdamW decay the parameter on N ranks but not on one);
+    without GradCache the same model fails in DDP. In one process the parameter just gets no gradient."""
+    import bembed.training.grad_cache as grad_cache
+
+    model = _model(dropout=0.0)
+    model.pooler.requires_grad_(True)  # mean pooling never uses it
+    cached_encode(model.embed, model, *_batch(1), 3).sum().backward()
+    assert model.pooler.dense.weight.grad is None and model.encoder.layer[0].mlp.wo.weight.grad is not None
+    monkeypatch.setattr(grad_cache, "_world_size", lambda: 2)
+    with pytest.raises(RuntimeError, match=r"pooler\.dense\.weight, pooler\.dense\.bias got no gradient"):
+        cached_encode(model.embed, model, *_batch(1), 3).sum().backward()
+
+
 @pytest.mark.parametrize("chunk", [0, -2, True, 2.0, None])
 def test_bad_chunk_is_refused(chunk):
     model = _model(dropout=0.0)

@@ -40,6 +40,10 @@ def _configs(files: dict, out: Path):
         "multitask": load_config(MultitaskRun, None, [f"data.train=[{{path: {files['triples']}}}, {{path: {files['sts']}}}]",
                                                       *model, *train("multitask", "train.seed=3"),
                                                       "multitask.num_negatives=2"]),
+        "multitask cached": load_config(MultitaskRun, None, [f"data.train=[{{path: {files['triples']}}}, {{path: {files['sts']}}}]",
+                                                             *model, *train("multitask cached", "train.seed=3",
+                                                                            "train.grad_accum=1"),
+                                                             "multitask.num_negatives=2", "multitask.grad_cache_chunk=2"]),
     }
 
 
@@ -50,7 +54,8 @@ def _run_all(files: dict, out: Path, all_reduces: list | None = None) -> dict:
     from bembed.training.pairs import PairStage
     from bembed.training.trainer import Trainer
 
-    stages = {"mlm": MLMStage, "pairs": PairStage, "pairs cached": PairStage, "multitask": MultitaskStage}
+    stages = {"mlm": MLMStage, "pairs": PairStage, "pairs cached": PairStage, "multitask": MultitaskStage,
+              "multitask cached": MultitaskStage}
     histories = {}
     for name, cfg in _configs(files, out).items():
         torch.manual_seed(0)
@@ -97,9 +102,12 @@ def test_two_gloo_processes_equal_one_process(files, tmp_path):
     assert kinds == {"retrieval_loss", "sts_loss"}, kinds  # both tasks (and both gathers) exercised
     # One all-reduce per step (the metrics; DDP reduces gradients itself) and one more for MLM's total masked
     # tokens: the micro-batch weights of the other stages are all 1, and the MLM loss needs no count of its own.
-    names = ("mlm", "pairs", "pairs cached", "multitask")
+    names = ("mlm", "pairs", "pairs cached", "multitask", "multitask cached")
     assert {name: two[f"{name} all_reduces"] for name in names} == {"mlm": 2 * STEPS, "pairs": STEPS,
-                                                                   "pairs cached": STEPS, "multitask": STEPS}
+                                                                   "pairs cached": STEPS, "multitask": STEPS,
+                                                                   "multitask cached": STEPS}
+    kinds = {k for m in one["multitask cached"] for k in m if k.endswith("_loss")}
+    assert kinds == {"retrieval_loss", "sts_loss"}, kinds
     for name in names:
         assert [m["step"] for m in two[name]] == list(range(1, STEPS + 1))
         for a, b in zip(one[name], two[name]):

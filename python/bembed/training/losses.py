@@ -77,3 +77,18 @@ def sts_loss(name: str, *, score_max: float = 5.0, cosent_scale: float = 20.0):
     if name == "none":
         return None
     raise ValueError(f"sts_loss must be pearson, mse, cosent or none, got {name!r}")
+
+
+def matryoshka_mean(loss_of, embeddings: tuple[torch.Tensor, ...], dims: list[int] | tuple[int, ...]) -> torch.Tensor:
+    """Matryoshka representation learning (Kusupati et al. 2022): the mean of `loss_of(*embeddings)` over the
+    embeddings cut to their first d dimensions and L2-normalised again, for each d in `dims`, so that
+    `encode(..., truncate_dim=d)` keeps working. Empty `dims`: `loss_of(*embeddings)` as they are.
+    (sentence-transformers' MatryoshkaLoss sums instead: the mean keeps the logged loss on the scale of an
+    uncut run, and with AdamW only gradient clipping sees the difference.)"""
+    if not dims:
+        return loss_of(*embeddings)
+    width = embeddings[0].shape[-1]
+    if any(d > width for d in dims):
+        raise ValueError(f"matryoshka_dims {list(dims)}: the embeddings have {width} dimensions")
+    cut = lambda e, d: e if d == width else torch.nn.functional.normalize(e[:, :d], dim=-1)  # noqa: E731
+    return sum(loss_of(*(cut(e, d) for e in embeddings)) for d in dims) / len(dims)
