@@ -1,7 +1,7 @@
 """Data parallelism: a 2-process gloo run equals a 1-process run on the same global batch (losses and
 weights after a few steps) for every stage whose loss couples rows across ranks: MLM (token count over
 the global batch), pairs (negatives gathered across ranks; also through GradCache), multi-task (retrieval with
-hard negatives, and Pearson over the global batch)."""
+hard negatives, and Pearson over the global batch; also through GradCache with Matryoshka widths)."""
 
 from __future__ import annotations
 
@@ -43,7 +43,8 @@ def _configs(files: dict, out: Path):
         "multitask cached": load_config(MultitaskRun, None, [f"data.train=[{{path: {files['triples']}}}, {{path: {files['sts']}}}]",
                                                              *model, *train("multitask cached", "train.seed=3",
                                                                             "train.grad_accum=1"),
-                                                             "multitask.num_negatives=2", "multitask.grad_cache_chunk=2"]),
+                                                             "multitask.num_negatives=2", "multitask.grad_cache_chunk=2",
+                                                             "multitask.matryoshka_dims=[32, 8]"]),
     }
 
 

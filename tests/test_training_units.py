@@ -11,7 +11,7 @@ import torch
 from bembed.tokenizer import word_ids, word_start_table
 from bembed.training import batching
 from bembed.training.config import AlignRun, MultitaskRun, PairsRun, PretrainRun, TrainConfig, load_config
-from bembed.training.losses import CoSENTLoss, MSELoss, PearsonLoss, sts_loss
+from bembed.training.losses import CoSENTLoss, MSELoss, PearsonLoss, matryoshka_mean, sts_loss
 from bembed.training.masking import whole_word_mask
 from bembed.training.run import CONFIG_DIR, config_path
 from bembed.training.trainer import lr_factor
@@ -102,6 +102,8 @@ def test_config_refuses_keys_that_would_do_nothing_and_accepts_no_clipping():
     ("multitask.score_max=.inf", "multitask.score_max must be > 0 and finite"),
     ("align.beta=.nan", "align.beta must be ≥ 0 and finite"),
     ("data.train=[{path: a.jsonl, weight: 2}]", "weight must be unset \\(only multitask draws"),  # did nothing
+    ("pairs.matryoshka_dims=[64, 0]", "pairs.matryoshka_dims must be distinct dimensions ≥ 1"),
+    ("multitask.matryoshka_dims=[64, 32, 64]", "multitask.matryoshka_dims must be distinct dimensions ≥ 1"),
 ])
 def test_config_rejects_out_of_range_values(override, message):
     """Caught at load time, naming the field: they crashed deep inside training (an infinite weight in
@@ -270,6 +272,21 @@ def test_mse_and_cosent_losses():
     assert sts_loss("none") is None
     with pytest.raises(ValueError, match="sts_loss"):
         sts_loss("pearsn")
+
+
+def test_matryoshka_mean_is_the_mean_over_cut_and_renormalised_embeddings():
+    g = torch.Generator().manual_seed(0)
+    q, d = (torch.nn.functional.normalize(torch.randn(6, 16, dtype=torch.float64, generator=g), dim=-1)
+            for _ in range(2))
+    infonce = lambda a, b: torch.nn.functional.cross_entropy(a @ b.T / 0.05, torch.arange(6))  # noqa: E731
+    cut = lambda e, k: torch.nn.functional.normalize(e[:, :k], dim=-1)  # noqa: E731
+    expected = (infonce(q, d) + infonce(cut(q, 8), cut(d, 8)) + infonce(cut(q, 2), cut(d, 2))) / 3
+    assert float(matryoshka_mean(infonce, (q, d), [16, 8, 2])) == pytest.approx(float(expected), rel=1e-12)
+    assert float(matryoshka_mean(infonce, (q, d), [])) == float(infonce(q, d))
+    q.requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda q: matryoshka_mean(infonce, (q, d), [16, 4]), (q,))
+    with pytest.raises(ValueError, match=r"\[32, 8\] exceeds the model's 16 embedding dimensions"):
+        matryoshka_mean(infonce, (q, d), [32, 8])
 
 
 # ---------------------------------------------------------------------------- schedule and batching

@@ -172,27 +172,35 @@ class MLMConfig(Checked):
 GRAD_CACHE_HELP = "0 (off) or ≥ 1 rows per encoder pass"
 
 
+def _check_matryoshka_dims(dims: list[int], key: str) -> None:
+    _require(all(d >= 1 for d in dims) and len(set(dims)) == len(dims), key,
+             "distinct dimensions ≥ 1 (e.g. [768, 512, 256, 128, 64]; [] for off)", list(dims))
+
+
 @dataclasses.dataclass
 class PairsConfig(Checked):
     """`grad_cache_chunk` > 0 encodes each micro-batch that many rows at a time through GradCache
     (training/grad_cache.py): every row of the micro-batch stays an in-batch negative, at the activation memory
     of one chunk, for one more forward pass (sentence-transformers' CachedMultipleNegativesRankingLoss
-    `mini_batch_size`)."""
+    `mini_batch_size`). `matryoshka_dims` (e.g. [768, 256, 64]): the loss is the mean of the losses of the
+    embeddings cut to each of these widths (losses.matryoshka_mean), so that `truncate_dim` works at them."""
 
     temperature: float = 0.05
     bidirectional: bool = True
     query_prefix: str = ""
     passage_prefix: str = ""
     grad_cache_chunk: int = 0
+    matryoshka_dims: list[int] = dataclasses.field(default_factory=list)
 
     def validate(self) -> None:
         _require(0 < self.temperature < math.inf, "pairs.temperature", "> 0 and finite", self.temperature)
         _require(self.grad_cache_chunk >= 0, "pairs.grad_cache_chunk", GRAD_CACHE_HELP, self.grad_cache_chunk)
+        _check_matryoshka_dims(self.matryoshka_dims, "pairs.matryoshka_dims")
 
 
 @dataclasses.dataclass
 class MultitaskConfig(Checked):
-    """`grad_cache_chunk`: as in PairsConfig, for the retrieval and the STS micro-batches."""
+    """`grad_cache_chunk`, `matryoshka_dims`: as in PairsConfig, for the retrieval and the STS micro-batches."""
 
     temperature: float = 0.05
     num_negatives: int = 3
@@ -202,6 +210,7 @@ class MultitaskConfig(Checked):
     query_prefix: str = ""
     passage_prefix: str = ""
     grad_cache_chunk: int = 0
+    matryoshka_dims: list[int] = dataclasses.field(default_factory=list)
 
     def validate(self) -> None:
         from .losses import STS_LOSSES
@@ -213,6 +222,7 @@ class MultitaskConfig(Checked):
         # a negative scale trains the reversed order
         _require(0 < self.cosent_scale < math.inf, "multitask.cosent_scale", "> 0 and finite", self.cosent_scale)
         _require(self.grad_cache_chunk >= 0, "multitask.grad_cache_chunk", GRAD_CACHE_HELP, self.grad_cache_chunk)
+        _check_matryoshka_dims(self.matryoshka_dims, "multitask.matryoshka_dims")
 
 
 @dataclasses.dataclass

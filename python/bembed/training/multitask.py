@@ -24,7 +24,7 @@ from .batching import Batch, DistinctBatches, epoch_indices, generator, shard
 from .config import MultitaskRun
 from .data import read_rows
 from .encoder import embed, export_encoder, load_encoder, stage_prompts, tokenize
-from .losses import sts_loss
+from .losses import check_matryoshka_dims, matryoshka_mean, sts_loss
 from .pairs import gathering
 
 log = logging.getLogger(__name__)
@@ -37,6 +37,7 @@ class MultitaskStage:
         self.cfg = cfg
         self.sts_loss = sts_loss(mt.sts_loss, score_max=mt.score_max, cosent_scale=mt.cosent_scale)
         self.model, self.tokenizer = load_encoder(cfg.model)
+        check_matryoshka_dims(mt.matryoshka_dims, self.model.config.hidden_size, "multitask.matryoshka_dims")
         self.tasks: list[tuple[str, str, list[dict]]] = []
         weights = []
         for source in cfg.data.train:
@@ -126,22 +127,32 @@ class MultitaskStage:
         return embed(self.model, input_ids, attention_mask, self.cfg.multitask.grad_cache_chunk)
 
     def loss(self, t: dict) -> tuple[torch.Tensor, dict]:
+        mt = self.cfg.multitask
         if t["kind"] == "sts":
-            cos = (self._embed(t["a_ids"], t["a_mask"]) * self._embed(t["b_ids"], t["b_mask"])).sum(-1)
-            gold = t["score"].to(cos.device, torch.float32)
+            a, b = self._embed(t["a_ids"], t["a_mask"]), self._embed(t["b_ids"], t["b_mask"])
+            gold = t["score"].to(a.device, torch.float32)
             if gathering():  # the correlation is over the global batch; see trainer.py for the convention
-                cos, gold = all_gather_rows(cos), all_gather_rows(gold)
-            if self.cfg.multitask.sts_loss == "pearson" and bool((gold == gold[0]).all()):
+                gold = all_gather_rows(gold)
+            if mt.sts_loss == "pearson" and bool((gold == gold[0]).all()):
                 # One gold score (likely in micro-batches of a few rows and a few levels): the correlation is
                 # undefined and the batch teaches nothing. It adds zero through the graph, so that DDP still
                 # sees every parameter used, and every rank (same gathered gold) takes this branch.
-                return (cos * 0).sum(), {}
-            loss = self.sts_loss(cos, gold)
+                return ((a * b).sum() * 0), {}
+
+            def sts(a, b):
+                cos = (a * b).sum(-1)
+                return self.sts_loss(all_gather_rows(cos) if gathering() else cos, gold)
+
+            loss = matryoshka_mean(sts, (a, b), mt.matryoshka_dims)
             return loss, {"sts_loss": loss.detach()}
         q = self._embed(t["q_ids"], t["q_mask"])
         d = self._embed(t["d_ids"], t["d_mask"])
-        loss = bembed_ext.contrastive_loss(q, d, temperature=self.cfg.multitask.temperature, bidirectional=False,
-                                           gather_across_ranks=gathering())
+
+        def infonce(q, d):
+            return bembed_ext.contrastive_loss(q, d, temperature=mt.temperature, bidirectional=False,
+                                               gather_across_ranks=gathering())
+
+        loss = matryoshka_mean(infonce, (q, d), mt.matryoshka_dims)
         return loss, {"retrieval_loss": loss.detach()}
 
     def export(self, folder: Path) -> None:

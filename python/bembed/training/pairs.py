@@ -1,6 +1,7 @@
 """Stage 2: contrastive pair training — mean pooling, bidirectional InfoNCE (τ 0.05) through
 `bembed_ext.contrastive_loss`, in-batch negatives gathered across all ranks (those of one micro-batch: see
-TrainConfig on grad_accum; GradCache keeps a large micro-batch in memory: PairsConfig), optional E5 prefixes."""
+TrainConfig on grad_accum; GradCache keeps a large micro-batch in memory: PairsConfig), optional E5 prefixes,
+optional Matryoshka widths."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from .batching import Batch, DistinctBatches, shard
 from .config import PairsRun
 from .data import read_pair_rows
 from .encoder import embed, export_encoder, load_encoder, stage_prompts, tokenize
+from .losses import check_matryoshka_dims, matryoshka_mean
 
 
 def gathering() -> bool:
@@ -28,6 +30,7 @@ class PairStage:
             raise ValueError("data.train: give at least one pairs source")
         self.cfg = cfg
         self.model, self.tokenizer = load_encoder(cfg.model)
+        check_matryoshka_dims(cfg.pairs.matryoshka_dims, self.model.config.hidden_size, "pairs.matryoshka_dims")
         self.rows, self.sources = read_pair_rows(cfg.data.train)
         self.batches = None
 
@@ -46,12 +49,15 @@ class PairStage:
                      source=f"{sorted({self.sources[i] for i in picked})} rows {picked}")
 
     def loss(self, t: dict) -> tuple[torch.Tensor, dict]:
-        chunk = self.cfg.pairs.grad_cache_chunk
-        q = embed(self.model, t["q_ids"], t["q_mask"], chunk)
-        d = embed(self.model, t["d_ids"], t["d_mask"], chunk)
-        loss = bembed_ext.contrastive_loss(q, d, temperature=self.cfg.pairs.temperature,
-                                           bidirectional=self.cfg.pairs.bidirectional, gather_across_ranks=gathering())
-        return loss, {}
+        p = self.cfg.pairs
+        q = embed(self.model, t["q_ids"], t["q_mask"], p.grad_cache_chunk)
+        d = embed(self.model, t["d_ids"], t["d_mask"], p.grad_cache_chunk)
+
+        def infonce(q, d):
+            return bembed_ext.contrastive_loss(q, d, temperature=p.temperature, bidirectional=p.bidirectional,
+                                               gather_across_ranks=gathering())
+
+        return matryoshka_mean(infonce, (q, d), p.matryoshka_dims), {}
 
     def export(self, folder: Path) -> None:
         export_encoder(self.model, self.tokenizer, folder, source=self.cfg.model.init_from,
