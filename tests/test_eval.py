@@ -9,7 +9,7 @@ import pytest
 pytest.importorskip("mteb")
 
 from bembed.eval import baselines  # noqa: E402
-from bembed.eval.encoder import HashingEncoder, check_encoder  # noqa: E402
+from bembed.eval.encoder import HashingEncoder, TruncatedEncoder, check_encoder  # noqa: E402
 from bembed.eval.report import format_table, write_bar_chart, write_json  # noqa: E402
 from bembed.eval.run import evaluate_encoder  # noqa: E402
 from bembed.eval.tasks import (TaskSizes, bitext_task, local_tasks, pair_classification_task,  # noqa: E402
@@ -208,6 +208,7 @@ def test_bembed_eval_cli_on_fake_build(tmp_path, capsys):
     (["--model", "missing"], "--model: no such model folder: missing"),
     (["--model", "."], "--model: not a model folder (no config.json): ."),
     (["--lexical", "--batch-size", "0"], "--batch-size must be ≥ 1, got 0"),
+    (["--lexical", "--truncate-dim", "0"], "--truncate-dim must be ≥ 1, got 0"),
     (["--lexical", "--baselines", "no-such-model"], "--baselines: unknown ['no-such-model']"),
     ([], "nothing to evaluate"),
     (["--baselines", "all-MiniLM-L6-v2"], "nothing to evaluate: none of the baselines asked for is installed"),
@@ -222,6 +223,46 @@ def test_bembed_eval_cli_argument_errors_exit_2_with_one_line(tmp_path, monkeypa
     assert main(["eval", "--data", str(tmp_path), *args]) == 2
     out = capsys.readouterr().out
     assert out.startswith(message) and out.count("\n") == 1
+
+
+def test_truncated_encoder_cuts_and_renormalises():
+    inner = HashingEncoder(dim=64)
+    texts = ["the house by the lake", "das Haus am See", "a third, longer sentence"]
+    full, cut = inner.encode(texts), TruncatedEncoder(inner, 16).encode(texts, prompt_name="query")
+    assert cut.shape == (3, 16)
+    np.testing.assert_allclose(np.linalg.norm(cut, axis=1), 1.0, rtol=1e-6)
+    np.testing.assert_allclose(cut * np.linalg.norm(full[:, :16], axis=1, keepdims=True), full[:, :16], atol=1e-6)
+    with pytest.raises(ValueError, match="cannot cut to 65 dimensions: the embeddings have 64"):
+        TruncatedEncoder(inner, 65).encode(texts)
+    with pytest.raises(ValueError, match="truncate dim"):
+        TruncatedEncoder(inner, 0)
+
+
+def test_bembed_eval_cli_truncate_dim(tmp_path, monkeypatch, capsys):
+    """Each encoder is scored at the cut width and labelled so; a model narrower than it is refused before any
+    model runs, a narrower baseline or lexical floor is skipped (and nothing left is an error)."""
+    from bembed.cli import main
+    from bembed.commands import eval as eval_command
+
+    monkeypatch.setattr(eval_command, "load_model_encoder", lambda path: HashingEncoder(dim=16 if "small" in path else 256))
+    for name in ("small", "wide"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.json").write_text("{}")
+    args = ["eval", "--data", str(_tiny_build(tmp_path / "data")), "--pairs", "en-de", "--tasks", "bitext",
+            "--out", str(tmp_path / "res"), "--truncate-dim", "32"]
+    assert main([*args, "--model", str(tmp_path / "wide"), "--lexical"]) == 0
+    out = capsys.readouterr().out
+    assert "| task | metric | wide@32 | char-ngram-hashing@32 |" in out
+    saved = json.loads((tmp_path / "res" / "results.json").read_text())
+    assert [r["model"] for r in saved["results"]] == ["wide@32", "char-ngram-hashing@32"]
+    assert saved["settings"]["truncate_dim"] == 32
+
+    assert main([*args, "--model", str(tmp_path / "wide"), "--model", str(tmp_path / "small")]) == 2
+    out = capsys.readouterr().out
+    assert out == f"--truncate-dim 32: --model {tmp_path / 'small'} has 16-dimensional embeddings\n"
+    assert main([*args[:-1], "5000", "--lexical"]) == 2
+    out = capsys.readouterr().out
+    assert "char-ngram-hashing skipped: its embeddings have 4096 dimensions" in out and "nothing evaluated" in out
 
 
 def test_model_labels_tell_folders_with_one_name_apart(tmp_path):

@@ -20,6 +20,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--max-items", type=int, default=1000, help="rows (or queries) per task")
     parser.add_argument("--max-chars", type=int, default=2000, help="retrieval documents are cut to this length")
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--truncate-dim", type=int, metavar="D",
+                        help="score every encoder's embeddings cut to their first D dimensions (Matryoshka); "
+                             "its results are labelled NAME@D")
     parser.add_argument("--out", default="eval_results", help="directory for results.json and results.png")
 
 
@@ -55,6 +58,13 @@ def load_model_encoder(path: str):
     return _SentenceTransformerEncoder()
 
 
+def _width(encoder) -> int:
+    """The width of an encoder's embeddings, from one short text."""
+    import numpy as np
+
+    return int(np.asarray(encoder.encode(["a"], batch_size=1)).shape[-1])
+
+
 def model_labels(paths: list[str], taken=()) -> list[str]:
     """A label per model folder for the table and results.json: its name, with as many parent folders as
     tell it apart from the others (``a/final`` and ``b/final``, not ``final`` twice) and from the names in
@@ -87,6 +97,8 @@ def _argument_error(args) -> str | None:
         return f"--model: a folder is given twice: {' '.join(args.model)}"
     if args.batch_size < 1:
         return f"--batch-size must be ≥ 1, got {args.batch_size}"
+    if args.truncate_dim is not None and args.truncate_dim < 1:
+        return f"--truncate-dim must be ≥ 1, got {args.truncate_dim}"
     missing = [p for p in args.model if not Path(p).is_dir()]
     if missing:
         return f"--model: no such model folder: {', '.join(missing)}"
@@ -109,7 +121,7 @@ def run(args) -> int:
     from bembed.data.provenance import trained_on_test_split
     from bembed.data.sources import cache_dir
     from bembed.eval import baselines
-    from bembed.eval.encoder import HashingEncoder
+    from bembed.eval.encoder import HashingEncoder, TruncatedEncoder
     from bembed.eval.report import format_table, write_bar_chart, write_json
     from bembed.eval.run import evaluate_encoder
     from bembed.eval.tasks import TaskSizes, local_tasks
@@ -142,6 +154,9 @@ def run(args) -> int:
             if seen:
                 print(f"--model {path}: {seen}")
                 return 2
+        if args.truncate_dim is not None and _width(encoder) < args.truncate_dim:
+            print(f"--truncate-dim {args.truncate_dim}: --model {path} has {_width(encoder)}-dimensional embeddings")
+            return 2
         encoders.append((lambda e=encoder: e, label))
     if args.baselines is not None:
         wanted = args.baselines or list(baselines.BASELINES)
@@ -156,14 +171,24 @@ def run(args) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     settings = {"data": str(data), "pairs": args.pairs, "max_items": sizes.max_items,
-                "max_chars": sizes.max_chars, "seed": sizes.seed,
+                "max_chars": sizes.max_chars, "seed": sizes.seed, "truncate_dim": args.truncate_dim,
                 "note": "BembedSTSConstructed and BembedPairClassification are constructed, not human-graded"}
     results = []
     for make, name in encoders:
+        encoder = make()
+        if args.truncate_dim is not None:
+            width = _width(encoder)
+            if width < args.truncate_dim:  # a baseline's or the lexical floor's: known only once loaded
+                print(f"{name} skipped: its embeddings have {width} dimensions, fewer than --truncate-dim")
+                continue
+            encoder, name = TruncatedEncoder(encoder, args.truncate_dim), f"{name}@{args.truncate_dim}"
         print(f"evaluating {name} on {len(tasks)} tasks ...", flush=True)
-        results.append(evaluate_encoder(make(), tasks, name=name, batch_size=args.batch_size))
+        results.append(evaluate_encoder(encoder, tasks, name=name, batch_size=args.batch_size))
         # Written after each model, so an interrupted long run keeps what it finished.
         write_json(results, out / "results.json", {"settings": settings})
+    if not results:
+        print(f"nothing evaluated: every encoder's embeddings are narrower than --truncate-dim {args.truncate_dim}")
+        return 2
     write_bar_chart(results, out / "results.png")
     print(format_table(results))
     print(f"\nwrote {out / 'results.json'} and {out / 'results.png'}")

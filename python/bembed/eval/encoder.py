@@ -49,3 +49,22 @@ class HashingEncoder:
                 out[row, self._bucket(padded[i:i + self.n])] += 1.0
         norms = np.linalg.norm(out, axis=1, keepdims=True)
         return out / np.maximum(norms, 1e-12)
+
+
+class TruncatedEncoder:
+    """Another encoder's embeddings cut to their first `dim` dimensions and L2-normalised again: how a model
+    trained with Matryoshka widths (or any model, for comparison) scores with a `dim`-wide index, as
+    `encode(..., truncate_dim=dim)` gives it."""
+
+    def __init__(self, encoder, dim: int):
+        check_encoder(encoder)
+        if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
+            raise ValueError(f"truncate dim must be an int ≥ 1, got {dim!r}")
+        self.encoder, self.dim = encoder, dim
+
+    def encode(self, texts, *, prompt_name=None, batch_size: int = 32) -> np.ndarray:
+        out = np.asarray(self.encoder.encode(texts, prompt_name=prompt_name, batch_size=batch_size), dtype=np.float32)
+        if out.ndim == 2 and out.shape[1] < self.dim:
+            raise ValueError(f"cannot cut to {self.dim} dimensions: the embeddings have {out.shape[1]}")
+        out = out[:, :self.dim]
+        return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
