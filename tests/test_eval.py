@@ -256,6 +256,10 @@ def test_bembed_eval_cli_truncate_dim(tmp_path, monkeypatch, capsys):
     saved = json.loads((tmp_path / "res" / "results.json").read_text())
     assert [r["model"] for r in saved["results"]] == ["wide@32", "char-ngram-hashing@32"]
     assert saved["settings"]["truncate_dim"] == 32
+    tasks = local_tasks(tmp_path / "data", ["en-de"], TaskSizes(), ["bitext"])
+    cut = evaluate_encoder(TruncatedEncoder(HashingEncoder(dim=256), 32), tasks)["scores"]
+    uncut = evaluate_encoder(HashingEncoder(dim=256), tasks)["scores"]
+    assert saved["results"][0]["scores"] == pytest.approx(cut) and cut != pytest.approx(uncut)
 
     assert main([*args, "--model", str(tmp_path / "wide"), "--model", str(tmp_path / "small")]) == 2
     out = capsys.readouterr().out

@@ -151,6 +151,24 @@ def test_multitask_losses_average_over_the_matryoshka_dims(files, tmp_path):
     assert seen == {"sts", "retrieval"}
 
 
+@pytest.mark.parametrize("dims", ["[]", "[32, 4]"])
+def test_multitask_sts_batch_with_one_gold_score_adds_zero_through_every_parameter(files, tmp_path, dims):
+    """Pearson is undefined for one gold score: the batch adds 0 to the loss, but through the encoder, so that
+    DDP still sees a gradient for every trainable parameter."""
+    from bembed.training.multitask import MultitaskStage
+
+    cfg = load_config(MultitaskRun, None, [f"data.train=[{{path: {files['sts']}}}]", *model_overrides(files),
+                                           *U.train_overrides(tmp_path, 1, batch=8), f"multitask.matryoshka_dims={dims}"])
+    stage = MultitaskStage(cfg)
+    t = stage.batch(0, 0, 1, 8).tensors
+    t["score"] = torch.full_like(t["score"], 3.0)
+    loss, metrics = stage.loss(t)
+    loss.backward()
+    assert float(loss) == 0.0 and metrics == {}
+    trainable = [(name, p) for name, p in stage.model.named_parameters() if p.requires_grad]
+    assert trainable and all(p.grad is not None and not p.grad.any() for _, p in trainable)
+
+
 def test_matryoshka_dims_wider_than_the_model_are_refused_at_start(files, tmp_path):
     from bembed.training.multitask import MultitaskStage
     from bembed.training.pairs import PairStage

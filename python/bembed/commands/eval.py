@@ -50,6 +50,9 @@ def load_model_encoder(path: str):
     class _SentenceTransformerEncoder:
         name = folder.name
 
+        def get_sentence_embedding_dimension(self):
+            return model.get_sentence_embedding_dimension()
+
         def encode(self, texts, *, prompt_name=None, batch_size=32):
             prompt = prompt_name if prompt_name in (model.prompts or {}) else None
             return model.encode(list(texts), prompt_name=prompt, batch_size=batch_size,
@@ -59,9 +62,12 @@ def load_model_encoder(path: str):
 
 
 def _width(encoder) -> int:
-    """The width of an encoder's embeddings, from one short text."""
+    """The width of an encoder's embeddings: as it states it (sentence-transformers' name), else from one text."""
     import numpy as np
 
+    stated = getattr(encoder, "get_sentence_embedding_dimension", None)
+    if callable(stated) and stated():
+        return int(stated())
     return int(np.asarray(encoder.encode(["a"], batch_size=1)).shape[-1])
 
 
@@ -154,8 +160,8 @@ def run(args) -> int:
             if seen:
                 print(f"--model {path}: {seen}")
                 return 2
-        if args.truncate_dim is not None and _width(encoder) < args.truncate_dim:
-            print(f"--truncate-dim {args.truncate_dim}: --model {path} has {_width(encoder)}-dimensional embeddings")
+        if args.truncate_dim is not None and (width := _width(encoder)) < args.truncate_dim:
+            print(f"--truncate-dim {args.truncate_dim}: --model {path} has {width}-dimensional embeddings")
             return 2
         encoders.append((lambda e=encoder: e, label))
     if args.baselines is not None:
@@ -174,11 +180,11 @@ def run(args) -> int:
                 "max_chars": sizes.max_chars, "seed": sizes.seed, "truncate_dim": args.truncate_dim,
                 "note": "BembedSTSConstructed and BembedPairClassification are constructed, not human-graded"}
     results = []
-    for make, name in encoders:
+    for index, (make, name) in enumerate(encoders):
         encoder = make()
         if args.truncate_dim is not None:
-            width = _width(encoder)
-            if width < args.truncate_dim:  # a baseline's or the lexical floor's: known only once loaded
+            # the --model folders were checked when loaded; a reference's width is known once it is loaded
+            if index >= len(args.model) and (width := _width(encoder)) < args.truncate_dim:
                 print(f"{name} skipped: its embeddings have {width} dimensions, fewer than --truncate-dim")
                 continue
             encoder, name = TruncatedEncoder(encoder, args.truncate_dim), f"{name}@{args.truncate_dim}"

@@ -93,7 +93,8 @@ def matryoshka_mean(loss_of, embeddings: tuple[torch.Tensor, ...], dims: list[in
     return sum(loss_of(*(cut(e, d) for e in embeddings)) for d in dims) / len(dims)
 
 
-def check_matryoshka_dims(dims, width: int, key: str) -> None:
-    """ValueError naming `key` if a dimension in `dims` exceeds the embeddings' `width`."""
-    if any(d > width for d in dims):
+def check_matryoshka_dims(dims, width: int | None, key: str) -> None:
+    """ValueError naming `key` if a dimension in `dims` exceeds the embeddings' `width` (None: not known
+    before the first batch, where matryoshka_mean checks again)."""
+    if width is not None and any(d > width for d in dims):
         raise ValueError(f"{key}: {list(dims)} exceeds the model's {width} embedding dimensions")

@@ -37,7 +37,9 @@ class MultitaskStage:
         self.cfg = cfg
         self.sts_loss = sts_loss(mt.sts_loss, score_max=mt.score_max, cosent_scale=mt.cosent_scale)
         self.model, self.tokenizer = load_encoder(cfg.model)
-        check_matryoshka_dims(mt.matryoshka_dims, self.model.config.hidden_size, "multitask.matryoshka_dims")
+        # a composite config (text_config) may have no hidden_size: the first batch then checks the width
+        check_matryoshka_dims(mt.matryoshka_dims, getattr(self.model.config, "hidden_size", None),
+                              "multitask.matryoshka_dims")
         self.tasks: list[tuple[str, str, list[dict]]] = []
         weights = []
         for source in cfg.data.train:

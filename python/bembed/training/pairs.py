@@ -30,7 +30,9 @@ class PairStage:
             raise ValueError("data.train: give at least one pairs source")
         self.cfg = cfg
         self.model, self.tokenizer = load_encoder(cfg.model)
-        check_matryoshka_dims(cfg.pairs.matryoshka_dims, self.model.config.hidden_size, "pairs.matryoshka_dims")
+        # a composite config (text_config) may have no hidden_size: the first batch then checks the width
+        check_matryoshka_dims(cfg.pairs.matryoshka_dims, getattr(self.model.config, "hidden_size", None),
+                              "pairs.matryoshka_dims")
         self.rows, self.sources = read_pair_rows(cfg.data.train)
         self.batches = None
 
