@@ -65,10 +65,8 @@ def _width(encoder) -> int:
     """The width of an encoder's embeddings: as it states it (sentence-transformers' name), else from one text."""
     import numpy as np
 
-    stated = getattr(encoder, "get_sentence_embedding_dimension", None)
-    if callable(stated) and stated():
-        return int(stated())
-    return int(np.asarray(encoder.encode(["a"], batch_size=1)).shape[-1])
+    stated = getattr(encoder, "get_sentence_embedding_dimension", lambda: None)()
+    return int(stated) if stated else int(np.asarray(encoder.encode(["a"], batch_size=1)).shape[-1])
 
 
 def model_labels(paths: list[str], taken=()) -> list[str]:
@@ -180,11 +178,11 @@ def run(args) -> int:
                 "max_chars": sizes.max_chars, "seed": sizes.seed, "truncate_dim": args.truncate_dim,
                 "note": "BembedSTSConstructed and BembedPairClassification are constructed, not human-graded"}
     results = []
-    for index, (make, name) in enumerate(encoders):
+    for make, name in encoders:
         encoder = make()
         if args.truncate_dim is not None:
-            # the --model folders were checked when loaded; a reference's width is known once it is loaded
-            if index >= len(args.model) and (width := _width(encoder)) < args.truncate_dim:
+            # a reference's width is known once it is loaded (the --model folders passed this check when loaded)
+            if (width := _width(encoder)) < args.truncate_dim:
                 print(f"{name} skipped: its embeddings have {width} dimensions, fewer than --truncate-dim")
                 continue
             encoder, name = TruncatedEncoder(encoder, args.truncate_dim), f"{name}@{args.truncate_dim}"

@@ -88,12 +88,12 @@ def matryoshka_mean(loss_of, embeddings: tuple[torch.Tensor, ...], dims: list[in
     if not dims:
         return loss_of(*embeddings)
     width = embeddings[0].shape[-1]
-    check_matryoshka_dims(dims, width, "matryoshka_dims")
+    check_matryoshka_width(dims, width, "matryoshka_dims")
     cut = lambda e, d: e if d == width else torch.nn.functional.normalize(e[:, :d], dim=-1)  # noqa: E731
     return sum(loss_of(*(cut(e, d) for e in embeddings)) for d in dims) / len(dims)
 
 
-def check_matryoshka_dims(dims, width: int | None, key: str) -> None:
+def check_matryoshka_width(dims, width: int | None, key: str) -> None:
     """ValueError naming `key` if a dimension in `dims` exceeds the embeddings' `width` (None: not known
     before the first batch, where matryoshka_mean checks again)."""
     if width is not None and any(d > width for d in dims):

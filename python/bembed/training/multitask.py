@@ -24,7 +24,7 @@ from .batching import Batch, DistinctBatches, epoch_indices, generator, shard
 from .config import MultitaskRun
 from .data import read_rows
 from .encoder import embed, export_encoder, load_encoder, stage_prompts, tokenize
-from .losses import check_matryoshka_dims, matryoshka_mean, sts_loss
+from .losses import check_matryoshka_width, matryoshka_mean, sts_loss
 from .pairs import gathering
 
 log = logging.getLogger(__name__)
@@ -38,7 +38,7 @@ class MultitaskStage:
         self.sts_loss = sts_loss(mt.sts_loss, score_max=mt.score_max, cosent_scale=mt.cosent_scale)
         self.model, self.tokenizer = load_encoder(cfg.model)
         # a composite config (text_config) may have no hidden_size: the first batch then checks the width
-        check_matryoshka_dims(mt.matryoshka_dims, getattr(self.model.config, "hidden_size", None),
+        check_matryoshka_width(mt.matryoshka_dims, getattr(self.model.config, "hidden_size", None),
                               "multitask.matryoshka_dims")
         self.tasks: list[tuple[str, str, list[dict]]] = []
         weights = []

@@ -16,7 +16,7 @@ from .batching import Batch, DistinctBatches, shard
 from .config import PairsRun
 from .data import read_pair_rows
 from .encoder import embed, export_encoder, load_encoder, stage_prompts, tokenize
-from .losses import check_matryoshka_dims, matryoshka_mean
+from .losses import check_matryoshka_width, matryoshka_mean
 
 
 def gathering() -> bool:
@@ -31,7 +31,7 @@ class PairStage:
         self.cfg = cfg
         self.model, self.tokenizer = load_encoder(cfg.model)
         # a composite config (text_config) may have no hidden_size: the first batch then checks the width
-        check_matryoshka_dims(cfg.pairs.matryoshka_dims, getattr(self.model.config, "hidden_size", None),
+        check_matryoshka_width(cfg.pairs.matryoshka_dims, getattr(self.model.config, "hidden_size", None),
                               "pairs.matryoshka_dims")
         self.rows, self.sources = read_pair_rows(cfg.data.train)
         self.batches = None
