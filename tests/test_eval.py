@@ -12,8 +12,8 @@ from bembed.eval import baselines  # noqa: E402
 from bembed.eval.encoder import HashingEncoder, TruncatedEncoder, check_encoder  # noqa: E402
 from bembed.eval.report import format_table, write_bar_chart, write_json  # noqa: E402
 from bembed.eval.run import evaluate_encoder  # noqa: E402
-from bembed.eval.tasks import (TaskSizes, bitext_task, local_tasks, pair_classification_task,  # noqa: E402
-                               retrieval_task, sts_task)
+from bembed.eval.tasks import (NoRows, TaskSizes, bitext_task, clustering_task, help_application,  # noqa: E402
+                               local_tasks, pair_classification_task, retrieval_task, sts_task)
 
 EN = ["the red house stands on the hill", "a small boat sails across the lake",
       "children play football after school", "the old library closes at six", "fresh bread is sold every morning"]
@@ -98,6 +98,14 @@ def test_retrieval_passes_query_and_document_prompts():
     assert set(recorder.prompts) == {None}
 
 
+def _help_pages(texts, apps=("scalc", "swriter")):
+    """Test-split documents of mono_<lang>: a help page per (text, application), plus pages of no application."""
+    pages = [{"doc_id": f"lo-help:{app}/01/p{i}.html", "source": "libreoffice-help", "title": t, "text": t}
+             for app in apps for i, t in enumerate(texts)]
+    return pages + [{"doc_id": "lo-help:shared/01/x.html", "source": "libreoffice-help", "title": "x", "text": "x y"},
+                    {"doc_id": "bible:1:1", "source": "bible", "title": "", "text": "in the beginning"}]
+
+
 def _tiny_build(root, **sets):
     """A built en-de folder: each set saved as {split: rows}, the defaults replaced by ``sets`` (None: no set)."""
     from datasets import Dataset, DatasetDict
@@ -108,7 +116,8 @@ def _tiny_build(root, **sets):
         "sts_constructed": {"test": [{"sentence1": e, "sentence2": d, "score": 5.0 * (i % 2)}
                                      for i, (e, d) in enumerate(zip(EN, DE))]},
         "retrieval": {"test": [{"query": t, "positive": t + " body", "negatives": [], "query_lang": q, "doc_lang": d}
-                               for t in EN for q, d in langs]}}
+                               for t in EN for q, d in langs]},
+        "mono_en": {"test": _help_pages(EN)}, "mono_de": {"test": _help_pages(DE)}}
     (root / "en-de").mkdir(parents=True)
     (root / "en-de" / "counts.json").write_text("{}")
     for name, splits in {**defaults, **sets}.items():
@@ -118,7 +127,8 @@ def _tiny_build(root, **sets):
 
 
 RETRIEVAL = {"BembedRetrieval.en-en", "BembedRetrieval.de-de", "BembedRetrieval.en-de"}
-ALL_TASKS = {"BembedBitextMining.en-de", "BembedSTSConstructed.en-de", "BembedPairClassification.en-de", *RETRIEVAL}
+ALL_TASKS = {"BembedBitextMining.en-de", "BembedSTSConstructed.en-de", "BembedPairClassification.en-de", *RETRIEVAL,
+             "BembedClustering.en-de"}
 ROW = {"query": "q", "positive": "p", "negatives": [], "query_lang": "en", "doc_lang": "en"}
 
 
@@ -132,12 +142,72 @@ ROW = {"query": "q", "positive": "p", "negatives": [], "query_lang": "en", "doc_
     ({"sts_constructed": {"test": [{"sentence1": t, "sentence2": t, "score": 2.0 + i / 2}
                                    for i, t in enumerate(EN)]}},
      {"BembedPairClassification.en-de"}),  # graded 2 to 4: no row is either class
+    ({"mono_en": None, "mono_de": None}, {"BembedClustering.en-de"}),
+    ({"mono_de": {"train": _help_pages(DE)}}, set()),  # the English pages alone still make two clusters
 ])
 def test_local_tasks_skip_missing_sets_splits_and_rows_with_a_warning(tmp_path, caplog, sets, skipped):
     tasks = local_tasks(_tiny_build(tmp_path, **sets), ["en-de"])
     assert {t.metadata.name for t in tasks} == ALL_TASKS - skipped
     assert {name for name in ALL_TASKS if name in caplog.text} == skipped
     evaluate_encoder(HashingEncoder(), tasks)  # what is kept runs
+
+
+def test_help_application_reads_the_page_folder():
+    assert help_application("lo-help:scalc/01/func_day.html") == "Calc"
+    assert help_application("lo-help:sbasic/shared/03/lib_script.html") == "Basic"
+    assert help_application("lo-help:shared/01/01100300.html") is None  # common to every application
+    assert help_application("lo-help:swriter.html") is None              # a top-level page: no folder
+    assert help_application("handbook:scalc/x.html") is None
+
+
+class ByWord:
+    """Embeds a text as the one-hot vector of the first of ``words`` it contains (test double)."""
+
+    def __init__(self, words):
+        self.words, self.texts = list(words), []
+
+    def encode(self, texts, *, prompt_name=None, batch_size=32):
+        self.texts += texts
+        out = np.zeros((len(texts), len(self.words)), dtype=np.float32)
+        for row, text in enumerate(texts):
+            out[row, next(i for i, w in enumerate(self.words) if w in text)] = 1.0
+        return out
+
+
+def _pages(app, lang, n=6, extra=""):
+    return [{"doc_id": f"lo-help:{app}/01/{lang}{i}.html", "text": f"{app}-{lang} page {i} {extra}"}
+            for i in range(n)]
+
+
+def test_clustering_rewards_grouping_by_application_not_by_language():
+    docs = [*_pages("scalc", "en"), *_pages("scalc", "de"), *_pages("swriter", "en"), *_pages("swriter", "de"),
+            {"doc_id": "lo-help:shared/01/en.html", "text": "shared-en page"}]
+    task = clustering_task(docs, "en-de", TaskSizes())
+    by_application = evaluate_encoder(ByWord(["scalc", "swriter"]), [task])["scores"]["BembedClustering.en-de"]
+    by_language = evaluate_encoder(ByWord(["-en", "-de"]), [task])["scores"]["BembedClustering.en-de"]
+    assert by_application == pytest.approx(1.0)
+    assert by_language < 0.1
+
+
+def test_clustering_scores_every_model_on_the_same_resamples():
+    docs = [*_pages("scalc", "en"), *_pages("swriter", "de"), *_pages("smath", "en")]
+    task = clustering_task(docs, "en-de", TaskSizes())
+    scores = [evaluate_encoder(HashingEncoder(dim=16), [task])["scores"]["BembedClustering.en-de"] for _ in range(3)]
+    assert 0 < scores[0] < 1 and scores[0] == scores[1] == scores[2]
+
+
+def test_clustering_cuts_pages_and_leaves_out_small_applications():
+    docs = [*_pages("scalc", "en", extra="x" * 100), *_pages("swriter", "de", extra="x" * 100),
+            *_pages("smath", "en", n=3), {"doc_id": "lo-help:scalc/01/blank.html", "text": "  "}]
+    encoder = ByWord(["scalc", "swriter", "smath"])
+    task = clustering_task(docs, "en-de", TaskSizes(max_chars=40))
+    evaluate_encoder(encoder, [task])
+    assert len(encoder.texts) == 12 and max(map(len, encoder.texts)) == 40
+    assert not any("smath" in t for t in encoder.texts)  # 3 pages: fewer than a cluster needs
+    with pytest.raises(NoRows, match="fewer than two applications"):
+        clustering_task([*_pages("scalc", "en"), *_pages("smath", "de", n=3)], "en-de", TaskSizes())
+    with pytest.raises(NoRows, match="in the sample"):  # a sample of one page holds one application
+        clustering_task(docs, "en-de", TaskSizes(max_items=1))
 
 
 def test_wrapper_rejects_wrong_shapes():

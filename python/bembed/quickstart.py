@@ -32,6 +32,7 @@ from pathlib import Path
 
 import torch
 
+from bembed.eval.tasks import TASK_KINDS
 from bembed.files import replacing_folder, save_figure_atomic, write_json_atomic
 from bembed.quickstart_eval import MUST_F1, cross_lingual_demo, evaluate_model, evaluate_references
 from bembed.quickstart_steps import (TRAINING_STAGES, Markers, SettingsMismatch, check_settings, plan_file,  # noqa: F401
@@ -72,7 +73,7 @@ class Settings:
     steps: dict[str, int] | None = None
     overrides: dict[str, list[str]] = dataclasses.field(default_factory=dict)
     baselines: list[str] | None = None
-    eval_tasks: tuple[str, ...] = ("bitext", "sts", "pair_classification", "retrieval")
+    eval_tasks: tuple[str, ...] = TASK_KINDS
     # Reference models are scored on bitext mining (the quickstart's bar) by default: measured on 2 shared
     # cores, multilingual-e5-small alone took 3 minutes for the 2,000 bitext sentences, so every task
     # for every installed reference would take most of a 20-minute budget.

@@ -68,11 +68,12 @@ def evaluate_references(settings: Settings, data_root: str, tokenizer_dir: str) 
     <out>/eval/<name>.json as soon as it is done, so an interrupted run keeps what it finished)."""
     from bembed.eval import baselines
     from bembed.eval.run import evaluate_encoder
+    from bembed.eval.tasks import task_kind
 
     tasks = eval_tasks(settings, data_root)
     if not tasks:
         raise FileNotFoundError(f"no evaluation tasks for {settings.pair} under {data_root}")
-    reference_tasks = [t for t in tasks if _kind(t) in settings.reference_tasks]
+    reference_tasks = [t for t in tasks if task_kind(t) in settings.reference_tasks]
     names = baselines.available() if settings.baselines is None else list(settings.baselines)
     missing = sorted(set(names) - set(baselines.available()))
     if missing:
@@ -145,12 +146,6 @@ def cross_lingual_demo(settings: Settings, model_dir: str) -> dict:
     b = embedder.encode(list(EXAMPLES[other]))
     sims = (a @ b.T).tolist()
     return {"sentences": {en: list(EXAMPLES[en]), other: list(EXAMPLES[other])}, "cosine": sims}
-
-
-def _kind(task) -> str:
-    """The eval_tasks kind of a local task, from its mteb type."""
-    return {"BitextMining": "bitext", "STS": "sts", "PairClassification": "pair_classification",
-            "Retrieval": "retrieval"}[task.metadata.type]
 
 
 def _slug(name: str) -> str:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from bembed.eval.tasks import TASK_KINDS
+
 
 def add_arguments(parser) -> None:
     parser.add_argument("--model", action="append", default=[], metavar="PATH",
@@ -15,10 +17,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--lexical", action="store_true", help="also evaluate the char-n-gram hashing floor")
     parser.add_argument("--data", help="built datasets root (default: <cache>/datasets)")
     parser.add_argument("--pairs", nargs="+", default=["en-de", "en-es"], choices=["en-de", "en-es"])
-    parser.add_argument("--tasks", nargs="+", default=["bitext", "sts", "pair_classification", "retrieval"],
-                        choices=["bitext", "sts", "pair_classification", "retrieval"])
+    parser.add_argument("--tasks", nargs="+", default=list(TASK_KINDS), choices=TASK_KINDS)
     parser.add_argument("--max-items", type=int, default=1000, help="rows (or queries) per task")
-    parser.add_argument("--max-chars", type=int, default=2000, help="retrieval documents are cut to this length")
+    parser.add_argument("--max-chars", type=int, default=2000, help="retrieval and clustering documents are cut to this length")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--truncate-dim", type=int, metavar="D",
                         help="score every encoder's embeddings cut to their first D dimensions (Matryoshka); "

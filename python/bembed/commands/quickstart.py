@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from bembed.eval.tasks import TASK_KINDS
+
 STAGES = ("pretrain", "pairs", "multitask")
 
 
@@ -22,7 +24,7 @@ def add_arguments(parser) -> None:
                         help="reference models to compare with (default: every installed one; none with no NAME)")
     parser.add_argument("--max-items", type=int, default=1000, help="rows (or queries) per evaluation task")
     parser.add_argument("--reference-tasks", nargs="+", default=["bitext"],
-                        choices=["bitext", "sts", "pair_classification", "retrieval"],
+                        choices=TASK_KINDS,
                         help="the tasks the reference models are evaluated on (default: bitext mining only; "
                              "each reference model costs minutes per task on a small CPU)")
     parser.add_argument("--steps", nargs=3, type=int, metavar=("PRETRAIN", "PAIRS", "MULTITASK"),

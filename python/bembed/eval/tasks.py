@@ -5,12 +5,14 @@ For each built pair (en-de, en-es):
   BembedSTSConstructed.<pair>       the constructed graded similarity set (NOT human-graded)
   BembedPairClassification.<pair>   from the same rows: paraphrase (5) → 1, same chapter / random (≤ 1) → 0
   BembedRetrieval.<q>-<d>           LibreOffice help page title → page body, monolingual and en → other
-Each task keeps at most ``max_items`` rows (a seeded sample), and retrieval documents are cut to
-``max_chars`` characters, so the whole suite runs in minutes on a laptop CPU.
+  BembedClustering.<pair>           LibreOffice help pages of both languages, grouped by the application
+Each task keeps at most ``max_items`` rows (a seeded sample), and retrieval and clustering documents are cut
+to ``max_chars`` characters, so the whole suite runs in minutes on a laptop CPU.
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import hashlib
 import logging
@@ -20,6 +22,10 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 ISO = {"en": "eng-Latn", "de": "deu-Latn", "es": "spa-Latn"}
+# The kinds of local task (`bembed eval --tasks`, the quickstart's evaluation), by mteb task type.
+KIND_OF_TYPE = {"BitextMining": "bitext", "STS": "sts", "PairClassification": "pair_classification",
+                "Retrieval": "retrieval", "Clustering": "clustering"}
+TASK_KINDS = tuple(KIND_OF_TYPE.values())
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,14 +66,14 @@ def _sample(rows: list, n: int, seed: int) -> list:
     return rows if len(rows) <= n else random.Random(seed).sample(rows, n)
 
 
-def _make(base, metadata, dataset):
+def _make(base, metadata, dataset, **methods):
     """An instance of a one-off subclass of mteb's ``base`` whose load_data hands over ``dataset``."""
     def load_data(self, num_proc=None, **kwargs):
         self.dataset = dataset
         self.data_loaded = True
 
     cls = type(metadata.name.replace(".", "_").replace("-", "_"), (base,), {"metadata": metadata,
-                                                                              "load_data": load_data})
+                                                                              "load_data": load_data, **methods})
     return cls()
 
 
@@ -155,6 +161,55 @@ def retrieval_task(rows: list[dict], query_lang: str, doc_lang: str, sizes: Task
     return _make(AbsTaskRetrieval, meta, {"default": {"test": split}})
 
 
+# The help pages' first folder names the application they document; `shared` pages (menus, dialogs and
+# options common to all of them) and the few top-level pages belong to none, so they are left out.
+HELP_APPLICATIONS = {"sbasic": "Basic", "scalc": "Calc", "schart": "Chart", "sdatabase": "Base", "sdraw": "Draw",
+                     "simpress": "Impress", "smath": "Math", "swriter": "Writer"}
+MIN_CLUSTER_PAGES = 4
+
+
+def help_application(doc_id: str) -> str | None:
+    """The application a LibreOffice help page documents, from its document id (`lo-help:scalc/01/….html`)."""
+    prefix, _, path = doc_id.partition(":")
+    folder = path.split("/", 1)[0] if "/" in path else None
+    return HELP_APPLICATIONS.get(folder) if prefix == "lo-help" else None
+
+
+def clustering_task(docs: list[dict], pair: str, sizes: TaskSizes, bootstraps: int = 10):
+    """Held-out help pages of both languages (cut to ``max_chars``), labelled by application; mteb runs k-means
+    with k = the number of applications on ``bootstraps`` resamples of all of them and reports V-measure. The
+    languages are mixed on purpose: a model that groups pages by language rather than by subject loses."""
+    from datasets import Dataset, DatasetDict
+    from mteb.abstasks.clustering import AbsTaskClustering
+
+    name = f"BembedClustering.{pair}"
+    rows = [(d["text"][:sizes.max_chars], help_application(d["doc_id"])) for d in docs if d["text"].strip()]
+    rows = [(text, app) for text, app in rows if app is not None]
+    # An application with a page or two is a cluster k-means cannot be expected to find: left out.
+    counts = collections.Counter(app for _, app in rows)
+    rows = _sample([(text, app) for text, app in rows if counts[app] >= MIN_CLUSTER_PAGES], sizes.max_items,
+                   sizes.seed)
+    if len({app for _, app in rows}) < 2:
+        raise NoRows(f"{name} has fewer than two applications with {MIN_CLUSTER_PAGES} test pages (in the sample)")
+    data = DatasetDict({"test": Dataset.from_dict({"sentences": [t for t, _ in rows],
+                                                   "labels": [a for _, a in rows]})})
+    meta = _metadata(name, "Clustering", "v_measure", pair.split("-"),
+                     "Held-out LibreOffice help pages in both languages, clustered by the application they "
+                     "document (Writer, Calc, Basic, ...).", ["Written", "Programming"])
+
+    def _evaluate_subset(self, *args, **kwargs):
+        # mteb draws the resamples from one generator per task object: without a fresh one, each model that
+        # bembed eval runs on the same task would be scored on other resamples than the model before it
+        self.rng_state = random.Random(self.seed)
+        return AbsTaskClustering._evaluate_subset(self, *args, **kwargs)
+
+    task = _make(AbsTaskClustering, meta, data, _evaluate_subset=_evaluate_subset)
+    # every page is embedded once; each of the `bootstraps` k-means runs clusters a resample of all of them
+    task.max_fraction_of_documents_to_embed, task.max_document_to_embed = None, None
+    task.max_documents_per_cluster, task.n_clusters = len(rows), bootstraps
+    return task
+
+
 def _test_rows(root: Path, name: str) -> list[dict]:
     """The test split of the built set ``root/name``; [] when the set or its split is missing, which a legal
     build produces (`bembed data build` writes no split that got no rows)."""
@@ -170,8 +225,13 @@ def _test_rows(root: Path, name: str) -> list[dict]:
     return sets["test"].to_list()
 
 
+def task_kind(task) -> str:
+    """The kind (one of TASK_KINDS) of a local task."""
+    return KIND_OF_TYPE[task.metadata.type]
+
+
 def local_tasks(data_root: str | Path, pairs=("en-de", "en-es"), sizes: TaskSizes = TaskSizes(),
-                kinds=("bitext", "sts", "pair_classification", "retrieval")) -> list:
+                kinds=TASK_KINDS) -> list:
     """The tasks of every built pair under ``data_root``. Pairs not built, and tasks whose set, test split or
     rows are missing, are skipped with a warning."""
     tasks = []
@@ -202,4 +262,7 @@ def local_tasks(data_root: str | Path, pairs=("en-de", "en-es"), sizes: TaskSize
                 # en → en is the same task in every pair's build
                 if f"BembedRetrieval.{q}-{d}" not in {t.metadata.name for t in tasks}:
                     add(retrieval_task, rows, q, d, sizes)
+        if "clustering" in kinds:
+            add(clustering_task, [*_test_rows(root, "mono_en"), *_test_rows(root, f"mono_{pair.split('-')[1]}")],
+                pair, sizes)
     return tasks
