@@ -11,6 +11,7 @@ import bembed_ext as ops  # noqa: F401  (loads torch.ops.bembed)
 from .model import JinaBertConfig, JinaBertForMaskedLM, JinaBertModel  # noqa: E402
 from .encode import Embedder  # noqa: E402
 from .quantize import quantize_embeddings  # noqa: E402
+from .search import semantic_search  # noqa: E402
 
 __all__ = ["Embedder", "JinaBertConfig", "JinaBertForMaskedLM", "JinaBertModel", "__version__", "ops",
-           "quantize_embeddings"]
+           "quantize_embeddings", "semantic_search"]

@@ -15,6 +15,7 @@ SUBCOMMANDS = {
     "data": "fetch the offline sources, build datasets, check your own files",
     "eval": "evaluate a model and the installed baselines on local mteb tasks",
     "encode": "embed the texts of a .txt/.jsonl file into .npy/.parquet vectors",
+    "search": "the best documents of a .txt/.jsonl corpus for each query (exact top-k)",
     "pretrain": "stage 1: MLM pretraining with whole-word masking",
     "pairs": "stage 2: contrastive pair training (bidirectional InfoNCE)",
     "multitask": "stage 3: multi-task fine-tuning (retrieval + STS)",

@@ -31,11 +31,12 @@ def add_arguments(parser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-def read_texts(path: Path, field: str) -> tuple[list[str], list[dict]]:
-    """The texts of a .txt or .jsonl file, and for .jsonl the other fields of each object."""
+def read_texts(path: Path, field: str, option: str = "--input") -> tuple[list[str], list[dict]]:
+    """The texts of a .txt or .jsonl file, and for .jsonl the other fields of each object; errors name
+    `option`, the command-line option that gave the file."""
     suffix = path.suffix.lower()
     if suffix not in INPUT_SUFFIXES:
-        raise ValueError(f"--input: {path} must end in one of {INPUT_SUFFIXES}")
+        raise ValueError(f"{option}: {path} must end in one of {INPUT_SUFFIXES}")
     texts, extras = [], []
     # Lines end at "\n" (or "\r\n") only: a lone "\r" inside a line must not make two texts of one line.
     for number, line in user_text_lines(path):  # a line that is not UTF-8: NotUTF8Error, which run() reports
@@ -48,17 +49,17 @@ def read_texts(path: Path, field: str) -> tuple[list[str], list[dict]]:
         try:
             item = json.loads(line)
         except json.JSONDecodeError as error:
-            raise ValueError(f"--input: {path}:{number} is not JSON ({error.msg})") from None
+            raise ValueError(f"{option}: {path}:{number} is not JSON ({error.msg})") from None
         if isinstance(item, dict):
             if not isinstance(item.get(field), str):
-                raise ValueError(f"--input: {path}:{number} has no string field {field!r} (see --field)")
+                raise ValueError(f"{option}: {path}:{number} has no string field {field!r} (see --field)")
             texts.append(item[field])
             extras.append({k: v for k, v in item.items() if k != field})
         elif isinstance(item, str):
             texts.append(item)
             extras.append({})
         else:
-            raise ValueError(f"--input: {path}:{number} must be a JSON string or object, got {type(item).__name__}")
+            raise ValueError(f"{option}: {path}:{number} must be a JSON string or object, got {type(item).__name__}")
     return texts, extras
 
 

@@ -1,0 +1,158 @@
+"""`bembed search`: the best documents of a corpus file for each query, by the model's embeddings.
+
+The corpus (.txt, one document a line, or .jsonl) is embedded with the model's document prompt, the queries with
+its query prompt, and `bembed.search.semantic_search` ranks exactly (no approximate index). `--corpus-vectors
+FILE.npz` keeps the corpus embeddings with a record of what made them (model, corpus file, length, prompt), so
+the next search of the same corpus with the same model skips the encoding; a record that does not match means
+encoding again, never reusing vectors of another model or another version of the file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from bembed.commands.encode import read_texts
+from bembed.files import NotUTF8Error, replacing_file
+
+SNIPPET_CHARS = 100
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--model", required=True, metavar="PATH", help="a bembed model folder")
+    parser.add_argument("--corpus", required=True, metavar="FILE", help="documents: .txt (one a line) or .jsonl")
+    queries = parser.add_mutually_exclusive_group(required=True)
+    queries.add_argument("--query", action="append", metavar="TEXT", help="a query (repeatable)")
+    queries.add_argument("--queries", metavar="FILE", help="queries: .txt (one a line) or .jsonl")
+    parser.add_argument("--field", default="text", help="the text field of .jsonl objects (default: text)")
+    parser.add_argument("--top-k", type=int, default=10, help="hits per query (default 10)")
+    parser.add_argument("--output", metavar="FILE",
+                        help="write the hits as .jsonl (one line per query) instead of printing them")
+    parser.add_argument("--corpus-vectors", metavar="FILE.npz",
+                        help="keep the corpus embeddings here and reuse them while model, corpus and settings match")
+    parser.add_argument("--batch-size", type=int, default=32, help="token budget = batch size × typical length")
+    parser.add_argument("--max-length", type=int,
+                        help="tokens per text, specials included (default: the model's max_seq_length)")
+    parser.add_argument("--chunk-long", action="store_true",
+                        help="average windows of documents over --max-length instead of truncating them")
+    parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _model_fingerprint(folder: Path) -> str:
+    """The model's config and weights, hashed (weights files by size and modification time: hashing gigabytes
+    on every search would cost more than the encoding it saves on a small corpus)."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        stat = path.stat()
+        if path.suffix in (".json", ".txt", ".model"):
+            digest.update(path.relative_to(folder).as_posix().encode() + path.read_bytes())
+        else:
+            digest.update(f"{path.relative_to(folder).as_posix()}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    return digest.hexdigest()
+
+
+def corpus_record(args, embedder) -> dict:
+    """What the corpus embeddings depend on: equal records mean equal embeddings. (The prompts and the
+    normalisation are read from the model folder's json files, which the fingerprint hashes.)"""
+    return {"model": _model_fingerprint(Path(args.model)), "corpus": _sha256(Path(args.corpus)),
+            "field": args.field, "max_length": args.max_length or embedder.max_seq_length,
+            "chunk_long": args.chunk_long}
+
+
+def load_corpus_vectors(path: Path, record: dict):
+    """The kept embeddings when `path` holds them with this `record`, else None."""
+    import numpy as np
+
+    try:
+        with np.load(path, allow_pickle=False) as saved:
+            if json.loads(str(saved["record"])) == record:
+                return saved["embeddings"]
+    except (OSError, ValueError, KeyError):  # missing, not an .npz of ours, cut short
+        pass
+    return None
+
+
+def save_corpus_vectors(path: Path, embeddings, record: dict) -> None:
+    import numpy as np
+
+    with replacing_file(path) as handle:  # one file, renamed into place: the record always matches the vectors
+        np.savez(handle, embeddings=embeddings, record=np.array(json.dumps(record, sort_keys=True)))
+
+
+def _read(path: str, field: str, option: str):
+    try:
+        return read_texts(Path(path), field, option)
+    except NotUTF8Error as error:
+        raise SystemExit(f"{option}: {error}") from None
+    except (OSError, ValueError) as error:
+        raise SystemExit(str(error)) from None
+
+
+def run(args) -> int:
+    import numpy as np
+
+    from bembed.encode import Embedder
+    from bembed.search import semantic_search
+
+    if args.top_k < 1:
+        raise SystemExit(f"--top-k must be ≥ 1, got {args.top_k}")
+    vectors_path = Path(args.corpus_vectors) if args.corpus_vectors else None
+    if vectors_path is not None and vectors_path.suffix.lower() != ".npz":
+        raise SystemExit(f"--corpus-vectors: {vectors_path} must end in .npz")
+    output = Path(args.output) if args.output else None
+    if output is not None and output.suffix.lower() != ".jsonl":
+        raise SystemExit(f"--output: {output} must end in .jsonl")
+    documents, extras = _read(args.corpus, args.field, "--corpus")
+    if not documents:
+        raise SystemExit(f"--corpus: {args.corpus} holds no documents")
+    queries = args.query if args.query else _read(args.queries, args.field, "--queries")[0]
+    if not queries:
+        raise SystemExit(f"--queries: {args.queries} holds no queries")
+
+    options = dict(batch_size=args.batch_size, max_length=args.max_length, show_progress_bar=not args.no_progress)
+    try:  # a bad option value (--batch-size 0, --model not a folder) is one line
+        embedder = Embedder.from_pretrained(args.model, device=args.device)
+        record = corpus_record(args, embedder)
+        corpus = load_corpus_vectors(vectors_path, record) if vectors_path else None
+        if corpus is not None:
+            print(f"reusing the {len(corpus)} corpus embeddings kept in {vectors_path}")
+        else:
+            corpus = embedder.encode_document(documents, truncate=not args.chunk_long, **options)
+            if vectors_path:
+                vectors_path.parent.mkdir(parents=True, exist_ok=True)
+                save_corpus_vectors(vectors_path, corpus, record)
+        query_vectors = embedder.encode_query(queries, **options)
+    except ValueError as error:
+        raise SystemExit(f"bembed search: {error}") from None
+    if len(corpus) != len(documents):  # unreachable with a matching record; a guard against a changed reader
+        raise SystemExit(f"--corpus-vectors: {len(corpus)} embeddings for {len(documents)} documents")
+    hits = semantic_search(np.asarray(query_vectors), np.asarray(corpus), top_k=args.top_k)
+
+    results = [{"query": query, "hits": [{"rank": rank, "corpus_id": hit["corpus_id"], "score": round(hit["score"], 6),
+                                          "text": documents[hit["corpus_id"]],
+                                          **(extras[hit["corpus_id"]] if extras else {})}
+                                         for rank, hit in enumerate(query_hits, 1)]}
+               for query, query_hits in zip(queries, hits)]
+    if output is not None:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        with replacing_file(output) as handle:
+            handle.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in results).encode())
+        print(f"wrote the top {args.top_k} of {len(documents)} documents for {len(queries)} queries to {output}")
+        return 0
+    for result in results:
+        print(f"\nquery: {result['query']}")
+        for hit in result["hits"]:
+            text = " ".join(hit["text"].split())
+            text = text if len(text) <= SNIPPET_CHARS else text[:SNIPPET_CHARS - 1] + "…"
+            print(f"{hit['rank']:>4}  {hit['score']:.4f}  [{hit['corpus_id']}]  {text}")
+    return 0
