@@ -119,6 +119,31 @@ def test_matryoshka_dims_train_the_cut_embeddings(files, tmp_path):
     assert matryoshka < 0.8 * plain, (matryoshka, plain)  # 2.90 vs 4.27 when written
 
 
+def test_the_model_folder_records_the_widths_its_last_stage_trained(files, tmp_path):
+    """config.json keeps the last contrastive stage's matryoshka_dims (Embedder.matryoshka_dims reads them, and
+    a re-save keeps them); a stage trained without them removes the record its starting model carried."""
+    from bembed.encode import Embedder
+    from bembed.training.multitask import MultitaskStage
+    from bembed.training.pairs import PairStage
+
+    cfg = load_config(PairsRun, None, [f"data.train=[{{path: {files['pairs']}}}]", *model_overrides(files),
+                                       *U.train_overrides(tmp_path / "pairs", 1), "pairs.matryoshka_dims=[4, 32]"])
+    fit(PairStage(cfg), cfg)
+    final = tmp_path / "pairs" / "final"
+    assert json.loads((final / "config.json").read_text())["matryoshka_dims"] == [32, 4]
+    embedder = Embedder.from_pretrained(final, device="cpu")
+    assert embedder.matryoshka_dims == (32, 4)
+    embedder.save_pretrained(tmp_path / "resaved")
+    assert Embedder.from_pretrained(tmp_path / "resaved", device="cpu").matryoshka_dims == (32, 4)
+
+    for name, extra, expected in (("plain", [], ()), ("cut", ["multitask.matryoshka_dims=[8]"], (8,))):
+        cfg = load_config(MultitaskRun, None, [f"data.train=[{{path: {files['triples']}}}]", f"model.init_from={final}",
+                                               f"model.tokenizer={files['tok']}", "model.max_length=24",
+                                               *U.train_overrides(tmp_path / name, 1, batch=8), *extra])
+        fit(MultitaskStage(cfg), cfg)
+        assert Embedder.from_pretrained(tmp_path / name / "final", device="cpu").matryoshka_dims == expected, name
+
+
 def test_multitask_losses_average_over_the_matryoshka_dims(files, tmp_path):
     """Both task kinds: the stage's loss is the mean of its loss on the embeddings cut to each width."""
     import bembed_ext

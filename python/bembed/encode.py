@@ -93,7 +93,8 @@ class Embedder:
     the prompt `encode` applies when given none; max_seq_length: the tokens (specials included) `encode`
     keeps when given no max_length (default: the config's max_position_embeddings); normalize_embeddings:
     whether `encode` L2-normalises when not told; autocast_dtype: the autocast dtype on GPU ("auto": bf16
-    where supported, else fp16; None: run in the model's own dtype).
+    where supported, else fp16; None: run in the model's own dtype). `matryoshka_dims`: the widths the model
+    was trained to be cut to (`truncate_dim`), from its config's record; () when it has none.
     """
 
     def __init__(self, model: JinaBertModel, tokenizer, *, prompts: dict[str, str] | None = None,
@@ -126,6 +127,8 @@ class Embedder:
         self.normalize_embeddings = bool(normalize_embeddings)
         self.autocast_dtype = autocast_dtype
         self.name = getattr(model.config, "name_or_path", None) or "bembed"
+        # the widths its last contrastive stage trained the embeddings to be cut to (truncate_dim); () if none
+        self.matryoshka_dims = tuple(getattr(model.config, "matryoshka_dims", None) or ())
 
     # ---- loading and saving -------------------------------------------------------------------------
 

@@ -159,4 +159,4 @@ class MultitaskStage:
 
     def export(self, folder: Path) -> None:
         export_encoder(self.model, self.tokenizer, folder, source=self.cfg.model.init_from,
-                       prompts=stage_prompts(self.cfg.multitask))
+                       prompts=stage_prompts(self.cfg.multitask), matryoshka_dims=self.cfg.multitask.matryoshka_dims)

@@ -63,4 +63,4 @@ class PairStage:
 
     def export(self, folder: Path) -> None:
         export_encoder(self.model, self.tokenizer, folder, source=self.cfg.model.init_from,
-                       prompts=stage_prompts(self.cfg.pairs))
+                       prompts=stage_prompts(self.cfg.pairs), matryoshka_dims=self.cfg.pairs.matryoshka_dims)
