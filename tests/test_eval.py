@@ -12,8 +12,9 @@ from bembed.eval import baselines  # noqa: E402
 from bembed.eval.encoder import HashingEncoder, TruncatedEncoder, check_encoder  # noqa: E402
 from bembed.eval.report import format_table, write_bar_chart, write_json  # noqa: E402
 from bembed.eval.run import evaluate_encoder  # noqa: E402
-from bembed.eval.tasks import (NoRows, TaskSizes, bitext_task, clustering_task, help_application,  # noqa: E402
-                               local_tasks, pair_classification_task, retrieval_task, sts_task)
+from bembed.eval.tasks import (NoRows, TaskSizes, bitext_task, clustering_task, file_task,  # noqa: E402
+                               help_application, local_tasks, pair_classification_task, retrieval_task,
+                               sts_task)
 
 EN = ["the red house stands on the hill", "a small boat sails across the lake",
       "children play football after school", "the old library closes at six", "fresh bread is sold every morning"]
@@ -208,6 +209,84 @@ def test_clustering_cuts_pages_and_leaves_out_small_applications():
         clustering_task([*_pages("scalc", "en"), *_pages("smath", "de", n=3)], "en-de", TaskSizes())
     with pytest.raises(NoRows, match="in the sample"):  # a sample of one page holds one application
         clustering_task(docs, "en-de", TaskSizes(max_items=1))
+
+
+def _jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def test_a_pairs_file_is_retrieval_with_every_document_of_a_query_relevant(tmp_path):
+    rows = [{"query": e, "document": d} for e, d in zip(EN, DE)] + [{"query": EN[0], "document": DE[1] + " x"}]
+    task = file_task(_jsonl(tmp_path / "mine.jsonl", rows), TaskSizes())
+    task.load_data()
+    split = task.dataset["default"]["test"]
+    assert task.metadata.name == "File.mine" and len(split["queries"]) == 5 and len(split["corpus"]) == 6
+    assert [len(split["relevant_docs"][f"q{i}"]) for i in range(5)] == [2, 1, 1, 1, 1]
+    recorder = Recorder()
+    identical = file_task(_jsonl(tmp_path / "same.jsonl", [{"query": t, "document": t} for t in EN]), TaskSizes())
+    assert evaluate_encoder(recorder, [identical])["scores"]["File.same"] == pytest.approx(1.0)
+    assert set(recorder.prompts) == {"query", "document"}
+
+
+def test_a_triples_file_puts_its_negatives_in_the_corpus(tmp_path):
+    import csv
+
+    path = tmp_path / "triples.csv"
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["query", "positive", "negatives"])
+        for i, e in enumerate(EN):
+            writer.writerow([e, e + " body", json.dumps([EN[(i + 1) % 5] + " body", "unrelated text"])])
+    task = file_task(path, TaskSizes(max_chars=12))
+    task.load_data()
+    corpus = task.dataset["default"]["test"]["corpus"]
+    assert len(corpus) == 6 and max(len(t) for t in corpus["text"]) == 12  # 5 bodies + "unrelated text", cut
+
+
+def test_an_sts_file_is_scored_by_spearman(tmp_path):
+    from scipy.stats import spearmanr
+
+    rows = [{"sentence1": e, "sentence2": d, "score": float(i)} for i, (e, d) in enumerate(zip(EN, EN[1:] + EN[:1]))]
+    class Seeded:  # a random vector per text: cosines without ties
+        def encode(self, texts, *, prompt_name=None, batch_size=32):
+            return np.stack([np.random.default_rng(list(t.encode())).normal(size=16) for t in texts])
+
+    score = evaluate_encoder(Seeded(), [file_task(_jsonl(tmp_path / "sts.jsonl", rows), TaskSizes())])
+    a, b = (Seeded().encode([r[k] for r in rows]) for k in ("sentence1", "sentence2"))
+    cosines = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+    expected = spearmanr(cosines, [r["score"] for r in rows]).statistic
+    assert abs(expected) > 0.2  # not a trivial check
+    assert score["scores"]["File.sts"] == pytest.approx(expected)
+    flat = [{**r, "score": 3} for r in rows]
+    with pytest.raises(ValueError, match="every score is 3"):
+        file_task(_jsonl(tmp_path / "flat.jsonl", flat), TaskSizes())
+    with pytest.raises(ValueError, match="a text file has nothing to score"):
+        file_task(_jsonl(tmp_path / "text.jsonl", [{"text": "a"}]), TaskSizes())
+
+
+def test_bembed_eval_cli_on_files_of_your_own(tmp_path, capsys):
+    from bembed.cli import main
+
+    (tmp_path / "a").mkdir()
+    pairs = _jsonl(tmp_path / "mine.jsonl", [{"query": e, "document": e + " end"} for e in EN])
+    other = _jsonl(tmp_path / "a" / "mine.jsonl", [{"sentence1": e, "sentence2": d, "score": i % 3}
+                                                     for i, (e, d) in enumerate(zip(EN, DE))])
+    out = tmp_path / "res"
+    # no built data under --data: only the files are scored, and that is no error
+    assert main(["eval", "--lexical", "--data", str(tmp_path / "none"), "--file", str(pairs), "--file", str(other),
+                 "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "| File.mine | ndcg_at_10 |" in printed and "| File.mine.2 | cosine_spearman |" in printed
+    assert json.loads((out / "results.json").read_text())["settings"]["files"] == [str(pairs), str(other)]
+    assert main(["eval", "--lexical", "--data", str(tmp_path / "none"), "--file", str(pairs), "--tasks", "bitext",
+                 "--out", str(out)]) == 1  # the built tasks asked for are missing
+    assert "no built data" in capsys.readouterr().out
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"query": "a", "document": "b"}\n{"query": "a"}\n', encoding="utf-8")
+    for path, message in ((bad, f"--file: {bad}:line 2: missing column"), (tmp_path / "missing.jsonl", "--file: no such file")):
+        assert main(["eval", "--lexical", "--file", str(path), "--out", str(out)]) == 2
+        assert capsys.readouterr().out.startswith(message)
 
 
 def test_wrapper_rejects_wrong_shapes():

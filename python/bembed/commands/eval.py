@@ -17,7 +17,11 @@ def add_arguments(parser) -> None:
     parser.add_argument("--lexical", action="store_true", help="also evaluate the char-n-gram hashing floor")
     parser.add_argument("--data", help="built datasets root (default: <cache>/datasets)")
     parser.add_argument("--pairs", nargs="+", default=["en-de", "en-es"], choices=["en-de", "en-es"])
-    parser.add_argument("--tasks", nargs="+", default=list(TASK_KINDS), choices=TASK_KINDS)
+    parser.add_argument("--tasks", nargs="+", choices=TASK_KINDS,
+                        help="kinds of task on the built data (default: all; none when --file is given)")
+    parser.add_argument("--file", action="append", default=[], metavar="PATH",
+                        help="also score on a file of your own (repeatable): pairs or triples → retrieval, "
+                             "sts → STS (the formats of `bembed data check`)")
     parser.add_argument("--max-items", type=int, default=1000, help="rows (or queries) per task")
     parser.add_argument("--max-chars", type=int, default=2000, help="retrieval and clustering documents are cut to this length")
     parser.add_argument("--batch-size", type=int, default=32)
@@ -104,6 +108,9 @@ def _argument_error(args) -> str | None:
         return f"--batch-size must be ≥ 1, got {args.batch_size}"
     if args.truncate_dim is not None and args.truncate_dim < 1:
         return f"--truncate-dim must be ≥ 1, got {args.truncate_dim}"
+    missing_files = [p for p in args.file if not Path(p).is_file()]
+    if missing_files:
+        return f"--file: no such file: {', '.join(missing_files)}"
     missing = [p for p in args.model if not Path(p).is_dir()]
     if missing:
         return f"--model: no such model folder: {', '.join(missing)}"
@@ -129,7 +136,7 @@ def run(args) -> int:
     from bembed.eval.encoder import HashingEncoder, TruncatedEncoder
     from bembed.eval.report import format_table, write_bar_chart, write_json
     from bembed.eval.run import evaluate_encoder
-    from bembed.eval.tasks import TaskSizes, local_tasks
+    from bembed.eval.tasks import TaskSizes, file_tasks, local_tasks
 
     # Argument mistakes exit 2 (as argparse's own do), missing data or models 1.
     error = _argument_error(args)
@@ -138,10 +145,17 @@ def run(args) -> int:
         return 2
     data = Path(args.data) if args.data else cache_dir() / "datasets"
     sizes = TaskSizes(max_items=args.max_items, max_chars=args.max_chars)
-    tasks = local_tasks(data, args.pairs, sizes, args.tasks)
-    if not tasks:
+    try:
+        tasks = file_tasks(args.file, sizes)
+    except (ValueError, OSError) as exc:  # UserDataError (a malformed row, named by file and line) included
+        print(f"--file: {exc}")
+        return 2
+    kinds = args.tasks if args.tasks is not None else [] if args.file else list(TASK_KINDS)
+    built = local_tasks(data, args.pairs, sizes, kinds) if kinds else []
+    if kinds and not built:
         print(f"no built data under {data}: run `bembed data fetch && bembed data build --pair en-de` first")
         return 1
+    tasks += built
 
     # Every reference name is taken, asked for or not, so a folder's label is the same in every run.
     labels = model_labels(args.model, taken={*baselines.BASELINES, HashingEncoder.name})
@@ -154,7 +168,7 @@ def run(args) -> int:
         except (ValueError, OSError) as exc:
             print(f"--model {path}: {exc}")
             return 2
-        for pair in args.pairs:
+        for pair in args.pairs if built else ():  # your own files carry no record to check
             seen = trained_on_test_split(path, data / pair)
             if seen:
                 print(f"--model {path}: {seen}")
@@ -175,7 +189,8 @@ def run(args) -> int:
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    settings = {"data": str(data), "pairs": args.pairs, "max_items": sizes.max_items,
+    settings = {"data": str(data), "pairs": args.pairs, "files": [str(Path(f).resolve()) for f in args.file],
+                "max_items": sizes.max_items,
                 "max_chars": sizes.max_chars, "seed": sizes.seed, "truncate_dim": args.truncate_dim,
                 "note": "BembedSTSConstructed and BembedPairClassification are constructed, not human-graded"}
     results = []

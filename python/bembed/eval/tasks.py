@@ -100,18 +100,22 @@ def bitext_task(rows: list[dict], pair: str, sizes: TaskSizes):
 
 
 def sts_task(rows: list[dict], pair: str, sizes: TaskSizes):
-    from datasets import Dataset, DatasetDict
-    from mteb.abstasks.sts import AbsTaskSTS
-
     _check_rows(rows, f"BembedSTSConstructed.{pair}")
     rows = _sample(rows, sizes.max_items, sizes.seed)
-    data = DatasetDict({"test": Dataset.from_dict({k: [r[k] for r in rows]
-                                                   for k in ("sentence1", "sentence2", "score")})})
+    data = {"test": {k: [r[k] for r in rows] for k in ("sentence1", "sentence2", "score")}}
     meta = _metadata(f"BembedSTSConstructed.{pair}", "STS", "cosine_spearman", pair.split("-"),
                      "CONSTRUCTED graded similarity (not human-graded) from aligned Bible verses, books 1-39.",
                      ["Religious", "Written"])
-    task = _make(AbsTaskSTS, meta, data)
-    task.min_score, task.max_score = 0, 5
+    return _sts(meta, data, 0, 5)
+
+
+def _sts(meta, columns: dict, min_score: float, max_score: float):
+    """An STS task on ``columns`` ({"test": {"sentence1": [...], "sentence2": [...], "score": [...]}})."""
+    from datasets import Dataset, DatasetDict
+    from mteb.abstasks.sts import AbsTaskSTS
+
+    task = _make(AbsTaskSTS, meta, DatasetDict({split: Dataset.from_dict(c) for split, c in columns.items()}))
+    task.min_score, task.max_score = min_score, max_score
     return task
 
 
@@ -137,27 +141,32 @@ def _doc_id(text: str) -> str:
 
 def retrieval_task(rows: list[dict], query_lang: str, doc_lang: str, sizes: TaskSizes):
     """Queries: sampled titles; corpus: every positive and negative of the split's rows (same languages)."""
+    name = f"BembedRetrieval.{query_lang}-{doc_lang}"
+    rows = [r for r in rows if r["query_lang"] == query_lang and r["doc_lang"] == doc_lang]
+    _check_rows(rows, name)
+    meta = _metadata(name, "Retrieval", "ndcg_at_10", sorted({query_lang, doc_lang}),
+                     "Held-out LibreOffice help pages: page title -> page body (title lines removed).",
+                     ["Written", "Programming"])
+    return _retrieval(meta, [(r["query"], [r["positive"]]) for r in rows],
+                      [t for r in rows for t in (r["positive"], *r["negatives"])], sizes)
+
+
+def _retrieval(meta, queries: list[tuple[str, list[str]]], documents: list[str], sizes: TaskSizes):
+    """A retrieval task: each (query, its relevant documents) of a seeded sample of ``queries`` against a corpus
+    of every one of ``documents`` (which holds the relevant ones), cut to ``max_chars``."""
     from datasets import Dataset
     from mteb.abstasks.retrieval import AbsTaskRetrieval
     from mteb.abstasks.retrieval_dataset_loaders import RetrievalSplitData
 
-    name = f"BembedRetrieval.{query_lang}-{doc_lang}"
-    rows = [r for r in rows if r["query_lang"] == query_lang and r["doc_lang"] == doc_lang]
-    _check_rows(rows, name)
     corpus = {}
-    for r in rows:
-        for text in (r["positive"], *r["negatives"]):
-            corpus.setdefault(_doc_id(text), text[:sizes.max_chars])
-    rows = _sample(rows, sizes.max_items, sizes.seed)
-    queries = Dataset.from_dict({"id": [f"q{i}" for i in range(len(rows))], "text": [r["query"] for r in rows]})
+    for text in documents:
+        corpus.setdefault(_doc_id(text), text[:sizes.max_chars])
+    queries = _sample(queries, sizes.max_items, sizes.seed)
     split = RetrievalSplitData(
-        queries=queries,
+        queries=Dataset.from_dict({"id": [f"q{i}" for i in range(len(queries))], "text": [q for q, _ in queries]}),
         corpus=Dataset.from_dict({"id": list(corpus), "text": list(corpus.values())}),
-        relevant_docs={f"q{i}": {_doc_id(r["positive"]): 1} for i, r in enumerate(rows)},
+        relevant_docs={f"q{i}": {_doc_id(text): 1 for text in relevant} for i, (_, relevant) in enumerate(queries)},
         top_ranked=None)
-    meta = _metadata(name, "Retrieval", "ndcg_at_10", sorted({query_lang, doc_lang}),
-                     "Held-out LibreOffice help pages: page title -> page body (title lines removed).",
-                     ["Written", "Programming"])
     return _make(AbsTaskRetrieval, meta, {"default": {"test": split}})
 
 
@@ -208,6 +217,49 @@ def clustering_task(docs: list[dict], pair: str, sizes: TaskSizes, bootstraps: i
     task.max_fraction_of_documents_to_embed, task.max_document_to_embed = None, None
     task.max_documents_per_cluster, task.n_clusters = len(rows), bootstraps
     return task
+
+
+def file_task(path: str | Path, sizes: TaskSizes, name: str | None = None):
+    """A task made from a file of your own in `bembed data check`'s formats (.jsonl/.csv/.parquet), by its kind:
+    pairs (query, document) and triples (query, positive, negatives) are retrieval — each distinct query against
+    every document of the file, its own documents relevant (nDCG@10); sts (sentence1, sentence2, score) is STS
+    (Spearman). Named ``File.<file stem>`` unless ``name`` is given. A malformed row raises UserDataError."""
+    from bembed.data.user_files import load_user_file
+
+    path = Path(path)
+    rows, report = load_user_file(path)
+    name = name or f"File.{path.stem}"
+    description = f"The user's file {path.name} ({report.kind}, {len(rows)} rows); its language is not recorded."
+    if report.kind == "sts":
+        rows = _sample(rows, sizes.max_items, sizes.seed)
+        data = {"test": {k: [r[k] for r in rows] for k in ("sentence1", "sentence2", "score")}}
+        if len(set(data["test"]["score"])) < 2:  # Spearman needs two different gold scores
+            raise ValueError(f"{path}: every score is {rows[0]['score']}: an STS file needs at least two "
+                             "different scores" + (" in the --max-items sample" if len(rows) < report.rows else ""))
+        return _sts(_metadata(name, "STS", "cosine_spearman", ["en"], description, []), data,
+                    min(data["test"]["score"]), max(data["test"]["score"]))
+    if report.kind not in ("pairs", "triples"):
+        raise ValueError(f"{path}: a {report.kind} file has nothing to score: give pairs (query, document), "
+                         "triples (query, positive, negatives) or sts (sentence1, sentence2, score)")
+    positive = "document" if report.kind == "pairs" else "positive"
+    relevant: dict[str, list[str]] = {}
+    for r in rows:  # a query listed with several documents has all of them relevant
+        relevant.setdefault(r["query"], [])
+        if r[positive] not in relevant[r["query"]]:
+            relevant[r["query"]].append(r[positive])
+    documents = [t for r in rows for t in (r[positive], *r.get("negatives", ()))]
+    meta = _metadata(name, "Retrieval", "ndcg_at_10", ["en"], description, [])
+    return _retrieval(meta, list(relevant.items()), documents, sizes)
+
+
+def file_tasks(paths, sizes: TaskSizes) -> list:
+    """A task per file (file_task), named File.<stem>, or File.<stem>.2, .3 ... for stems already taken."""
+    tasks, taken = [], collections.Counter()
+    for path in paths:
+        stem = Path(path).stem
+        taken[stem] += 1
+        tasks.append(file_task(path, sizes, f"File.{stem}" + (f".{taken[stem]}" if taken[stem] > 1 else "")))
+    return tasks
 
 
 def _test_rows(root: Path, name: str) -> list[dict]:
