@@ -209,6 +209,24 @@ def test_clustering_cuts_pages_and_leaves_out_small_applications():
         clustering_task([*_pages("scalc", "en"), *_pages("smath", "de", n=3)], "en-de", TaskSizes())
     with pytest.raises(NoRows, match="in the sample"):  # a sample of one page holds one application
         clustering_task(docs, "en-de", TaskSizes(max_items=1))
+    # an application cut below 4 pages by the --max-items sample goes too: here Math keeps 3 of its 4
+    docs = [*_pages("scalc", "en"), *_pages("swriter", "de"), *_pages("smath", "en", n=4)]
+    sampled = clustering_task(docs, "en-de", TaskSizes(max_items=11))
+    sampled.load_data()
+    assert sorted(sampled.dataset["test"]["labels"]) == ["Calc"] * 4 + ["Writer"] * 4
+
+
+def test_clustering_averages_ten_resamples():
+    import mteb
+
+    from bembed.eval.mteb_wrapper import MtebEncoder
+
+    docs = [*_pages("scalc", "en"), *_pages("swriter", "de"), *_pages("smath", "en")]
+    result = mteb.evaluate(MtebEncoder(HashingEncoder(dim=16)), [clustering_task(docs, "en-de", TaskSizes())],
+                           cache=None, show_progress_bar=False)
+    scores = result.task_results[0].scores["test"][0]
+    assert len(scores["v_measures"]["Level 0"]) == 10
+    assert scores["v_measure"] == pytest.approx(np.mean(scores["v_measures"]["Level 0"]))
 
 
 def _jsonl(path, rows):

@@ -88,3 +88,18 @@ def test_an_override_the_untrained_reference_was_made_from_is_refused_once_it_ra
     shorter = qs.Settings(out=out, baselines=[], overrides={**lr.overrides, "multitask": ["model.max_length=64"]})
     with pytest.raises(qs.SettingsMismatch, match=r"untrained reference's architecture.*finished step references used"):
         qs.check_settings(shorter, markers)
+
+
+def test_a_folder_started_by_a_bembed_with_other_defaults_says_so(tmp_path):
+    """eval_tasks gained "clustering": a folder whose references ran with the old four kinds cannot be resumed,
+    and "run the same command" would be the wrong advice, since no option brings the old value back."""
+    out = tmp_path / "qs"
+    markers = qs.Markers(out)
+    old = ("bitext", "sts", "pair_classification", "retrieval")
+    qs.check_settings(qs.Settings(out=out, baselines=[], eval_tasks=old), markers)
+    markers.put("references", {})
+    with pytest.raises(qs.SettingsMismatch, match=r"eval_tasks: .* used them: these are not command-line "
+                                                  r"options: it was started by a bembed with other defaults"):
+        qs.check_settings(qs.Settings(out=out, baselines=[]), markers)
+    with pytest.raises(qs.SettingsMismatch, match=r"used them: run the same command to resume it"):
+        qs.check_settings(qs.Settings(out=out, baselines=[], eval_tasks=old, eval_max_items=5), markers)  # an option

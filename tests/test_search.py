@@ -42,7 +42,8 @@ def test_ties_are_ordered_by_index_whatever_the_blocking():
         assert [h["corpus_id"] for h in hits[0]][:3] == [0, 6, 12]
         assert [h["corpus_id"] for h in hits[1]][:3] == [1, 7, 13]
         assert hits[0][0]["score"] == hits[0][1]["score"] == hits[0][2]["score"]
-    # ties at the cut: of equal scores, the lower indices are kept
+    # ties at the cut: of equal scores, the lower indices are kept (a duplicate's copies at the k-th place)
+    assert [h["corpus_id"] for h in semantic_search(rows[:1], corpus, top_k=2, corpus_chunk_size=18)[0]] == [0, 6]
     assert [h["corpus_id"] for h in semantic_search(rows[:1], corpus, top_k=2, corpus_chunk_size=5)[0]] == [0, 6]
 
 
@@ -61,6 +62,8 @@ def test_score_functions_dtypes_and_shapes():
     quantized = np.clip(np.round(corpus * 40), -128, 127).astype(np.int8)
     assert [h["corpus_id"] for h in semantic_search(quantized[:1], quantized, top_k=1)[0]] == [0]
     assert semantic_search(queries, np.zeros((0, 16)), top_k=3) == [[], [], [], []]
+    as_rows = semantic_search(list(torch.from_numpy(queries)), corpus, top_k=np.int64(3))  # encode's list of rows
+    assert [[h["corpus_id"] for h in row] for row in as_rows] == brute_force(queries, corpus, 3)[0]
     assert semantic_search(np.zeros((0, 16)), corpus) == []
 
 
@@ -116,13 +119,24 @@ def test_cli_ranks_documents_for_each_query(folder, embedder, tmp_path, capsys):
         best = list(np.argsort(-row, kind="stable")[:3])
         assert line["query"] == query and [h["corpus_id"] for h in line["hits"]] == best
         assert [h["rank"] for h in line["hits"]] == [1, 2, 3]
-        assert [h["id"] for h in line["hits"]] == [f"doc{i}" for i in best]  # the corpus's other fields
+        assert [h["fields"] for h in line["hits"]] == [{"id": f"doc{i}"} for i in best]  # the corpus's other fields
         assert [h["text"] for h in line["hits"]] == [TEXTS[i] for i in best]
         assert [h["score"] for h in line["hits"]] == pytest.approx(row[best], abs=1e-5)
 
     assert _search("--model", folder, "--corpus", corpus, "--query", TEXTS[1], "--top-k", 2) == 0
     printed = capsys.readouterr().out
     assert f"query: {TEXTS[1]}" in printed and printed.count("\n   ") == 2
+
+
+def test_cli_keeps_a_documents_fields_apart_from_the_hits_own(folder, tmp_path, capsys):
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps({"body": t, "text": 5, "score": 99, "rank": "x"}) + "\n" for t in TEXTS[:3]))
+    assert _search("--model", folder, "--corpus", corpus, "--field", "body", "--query", TEXTS[0], "--top-k", 1,
+                   "--output", tmp_path / "hits.jsonl") == 0
+    hit = json.loads((tmp_path / "hits.jsonl").read_text())["hits"][0]
+    assert hit["rank"] == 1 and hit["text"] == TEXTS[0] and hit["score"] < 1.01
+    assert hit["fields"] == {"text": 5, "score": 99, "rank": "x"}
+    assert _search("--model", folder, "--corpus", corpus, "--field", "body", "--query", TEXTS[0]) == 0  # printed
 
 
 def test_cli_reuses_corpus_vectors_only_while_they_match(folder, tmp_path, monkeypatch, capsys):
@@ -147,15 +161,42 @@ def test_cli_reuses_corpus_vectors_only_while_they_match(folder, tmp_path, monke
     corpus.write_text("\n".join(TEXTS[:5]) + "\n")  # another corpus: encoded again, and the hits follow it
     assert _search(*common, "--top-k", 10) == 0
     assert calls == [1, 1] and "[5]" not in capsys.readouterr().out
-    kept.write_bytes(b"not an npz")  # a damaged file is encoded over, not trusted
-    assert _search(*common) == 0 and calls == [1, 1, 1]
+    assert _search(*common, "--chunk-long") == 0  # long documents averaged over windows: encoded again
+    assert calls == [1, 1, 1]
+    intact = kept.read_bytes()
+    for damaged in (b"not an npz", b"", intact[:300]):  # a damaged file is encoded over, not trusted
+        kept.write_bytes(damaged)
+        assert _search(*common) == 0
+    assert calls == [1, 1, 1] + [1] * 3
     with np.load(kept) as saved:
         assert saved["embeddings"].shape[0] == 5
+
+
+def test_cli_kept_vectors_follow_the_model_and_the_field(folder, tmp_path, monkeypatch):
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(folder, model)
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps({"text": a, "other": b}) + "\n" for a, b in zip(TEXTS[:4], TEXTS[4:8])))
+    kept = model / "corpus.npz"  # kept inside the model folder: not part of the model's fingerprint
+    common = ("--model", model, "--corpus", corpus, "--query", TEXTS[0], "--corpus-vectors", kept)
+    calls = []
+    original = Embedder.encode_document
+    monkeypatch.setattr(Embedder, "encode_document", lambda self, *a, **k: calls.append(1) or original(self, *a, **k))
+    assert _search(*common) == 0 and _search(*common) == 0 and calls == [1]
+    assert _search(*common, "--field", "other") == 0 and calls == [1, 1]  # other texts
+    weights = model / "model.safetensors"
+    weights.write_bytes(weights.read_bytes())  # the model written again (retrained in place): a new time
+    assert _search(*common, "--field", "other") == 0 and calls == [1, 1, 1]
+    assert _search(*common, "--field", "other") == 0 and calls == [1, 1, 1]
 
 
 def test_cli_errors_are_one_line(folder, tmp_path):
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("a\nb\n")
+    (tmp_path / "dir.jsonl").mkdir()
+    (tmp_path / "dir.npz").mkdir()
     empty = tmp_path / "empty.jsonl"
     empty.write_text("\n")
     for args, message in (
@@ -166,6 +207,9 @@ def test_cli_errors_are_one_line(folder, tmp_path):
             (["--corpus", corpus, "--queries", empty], "--queries: .* holds no queries"),
             (["--corpus", tmp_path / "corpus.csv", "--query", "x"], "--corpus: .* must end in one of"),
             (["--corpus", corpus, "--query", "x", "--batch-size", 0], "batch_size"),
+            (["--corpus", corpus, "--query", "x", "--output", tmp_path / "dir.jsonl"], "--output: .* is a folder"),
+            (["--corpus", corpus, "--query", "x", "--corpus-vectors", tmp_path / "dir.npz"], "is a folder"),
+            (["--corpus", corpus, "--query", "x", "--corpus-vectors", corpus / "v.npz"], "cannot create the folder"),
     ):
         with pytest.raises(SystemExit, match=message):
             _search("--model", folder, *args)

@@ -32,6 +32,9 @@ RECORDED_SETTINGS = ("pair", "minutes", "cache", "data_root", "vocab_size", "tok
 # before it made, so a setting changes its first step's output and everything after it.
 STEP_ORDER = ("data", "corpus", "tokenizer", "references", "budget", *TRAINING_STAGES, "model", "loss_png", "evaluate",
               "demo")
+# Settings no command-line option sets: they differ from a folder's record only when the bembed that started it
+# had other defaults, and the command that started it cannot bring them back.
+NOT_OPTIONS = ("tokenizer_chars", "mlm_chars", "eval_tasks", "eval_max_chars")
 # The first step each setting feeds ("steps" and "overrides" feed the stage they name).
 FIRST_STEP = {"pair": "data", "cache": "data", "data_root": "data", "seed": "corpus", "mlm_chars": "corpus",
               "vocab_size": "tokenizer", "tokenizer_chars": "tokenizer", "baselines": "references",
@@ -79,9 +82,12 @@ def check_settings(settings: Settings, markers: Markers) -> None:
         described = "; ".join(text for _, text in changes)
         if done:
             later = f" (and {len(done) - 1} later step{'s' if len(done) > 2 else ''})" if len(done) > 1 else ""
+            fix = "run the same command to resume it, or give another --out"
+            if all(text.startswith(NOT_OPTIONS) for _, text in changes):
+                fix = ("these are not command-line options: it was started by a bembed with other defaults, so "
+                       "give another --out (or remove the folder to start again)")
             raise SettingsMismatch(f"{settings.out} holds a quickstart run with other settings ({described}), and "
-                                   f"its finished step {done[0]}{later} used them: run the same command to resume "
-                                   "it, or give another --out")
+                                   f"its finished step {done[0]}{later} used them: {fix}")
         stage = STEP_ORDER[first]
         if stage in TRAINING_STAGES and stage_started(settings.out, stage):
             raise SettingsMismatch(f"{settings.out} holds a quickstart run with other settings ({described}), and "

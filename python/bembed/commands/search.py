@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import zipfile
 from pathlib import Path
 
 from bembed.commands.encode import read_texts
@@ -48,11 +49,14 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _model_fingerprint(folder: Path) -> str:
+def _model_fingerprint(folder: Path, skip: Path | None = None) -> str:
     """The model's config and weights, hashed (weights files by size and modification time: hashing gigabytes
-    on every search would cost more than the encoding it saves on a small corpus)."""
+    on every search would cost more than the encoding it saves on a small corpus). `skip`: the kept corpus
+    embeddings, when they live in the model folder; hidden files (temporary ones among them) are left out too."""
     digest = hashlib.sha256()
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        if path.name.startswith(".") or (skip is not None and path.resolve() == skip.resolve()):
+            continue
         stat = path.stat()
         if path.suffix in (".json", ".txt", ".model"):
             digest.update(path.relative_to(folder).as_posix().encode() + path.read_bytes())
@@ -61,10 +65,10 @@ def _model_fingerprint(folder: Path) -> str:
     return digest.hexdigest()
 
 
-def corpus_record(args, embedder) -> dict:
+def corpus_record(args, embedder, vectors_path: Path | None = None) -> dict:
     """What the corpus embeddings depend on: equal records mean equal embeddings. (The prompts and the
     normalisation are read from the model folder's json files, which the fingerprint hashes.)"""
-    return {"model": _model_fingerprint(Path(args.model)), "corpus": _sha256(Path(args.corpus)),
+    return {"model": _model_fingerprint(Path(args.model), vectors_path), "corpus": _sha256(Path(args.corpus)),
             "field": args.field, "max_length": args.max_length or embedder.max_seq_length,
             "chunk_long": args.chunk_long}
 
@@ -77,7 +81,7 @@ def load_corpus_vectors(path: Path, record: dict):
         with np.load(path, allow_pickle=False) as saved:
             if json.loads(str(saved["record"])) == record:
                 return saved["embeddings"]
-    except (OSError, ValueError, KeyError):  # missing, not an .npz of ours, cut short
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):  # missing, not ours, empty, cut short
         pass
     return None
 
@@ -112,6 +116,15 @@ def run(args) -> int:
     output = Path(args.output) if args.output else None
     if output is not None and output.suffix.lower() != ".jsonl":
         raise SystemExit(f"--output: {output} must end in .jsonl")
+    for option, path in (("--output", output), ("--corpus-vectors", vectors_path)):
+        if path is None:
+            continue
+        if path.is_dir():
+            raise SystemExit(f"{option}: {path} is a folder")
+        try:  # now, not after the corpus has been encoded
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise SystemExit(f"{option}: cannot create the folder of {path}: {error}") from None
     documents, extras = _read(args.corpus, args.field, "--corpus")
     if not documents:
         raise SystemExit(f"--corpus: {args.corpus} holds no documents")
@@ -122,14 +135,13 @@ def run(args) -> int:
     options = dict(batch_size=args.batch_size, max_length=args.max_length, show_progress_bar=not args.no_progress)
     try:  # a bad option value (--batch-size 0, --model not a folder) is one line
         embedder = Embedder.from_pretrained(args.model, device=args.device)
-        record = corpus_record(args, embedder)
+        record = corpus_record(args, embedder, vectors_path)
         corpus = load_corpus_vectors(vectors_path, record) if vectors_path else None
         if corpus is not None:
             print(f"reusing the {len(corpus)} corpus embeddings kept in {vectors_path}")
         else:
             corpus = embedder.encode_document(documents, truncate=not args.chunk_long, **options)
             if vectors_path:
-                vectors_path.parent.mkdir(parents=True, exist_ok=True)
                 save_corpus_vectors(vectors_path, corpus, record)
         query_vectors = embedder.encode_query(queries, **options)
     except ValueError as error:
@@ -138,13 +150,16 @@ def run(args) -> int:
         raise SystemExit(f"--corpus-vectors: {len(corpus)} embeddings for {len(documents)} documents")
     hits = semantic_search(np.asarray(query_vectors), np.asarray(corpus), top_k=args.top_k)
 
-    results = [{"query": query, "hits": [{"rank": rank, "corpus_id": hit["corpus_id"], "score": round(hit["score"], 6),
-                                          "text": documents[hit["corpus_id"]],
-                                          **(extras[hit["corpus_id"]] if extras else {})}
-                                         for rank, hit in enumerate(query_hits, 1)]}
+    def hit_record(rank: int, hit: dict) -> dict:
+        record = {"rank": rank, "corpus_id": hit["corpus_id"], "score": round(hit["score"], 6),
+                  "text": documents[hit["corpus_id"]]}
+        if extras and extras[hit["corpus_id"]]:  # the document's other .jsonl fields, apart: they may be named "score"
+            record["fields"] = extras[hit["corpus_id"]]
+        return record
+
+    results = [{"query": query, "hits": [hit_record(rank, hit) for rank, hit in enumerate(query_hits, 1)]}
                for query, query_hits in zip(queries, hits)]
     if output is not None:
-        output.parent.mkdir(parents=True, exist_ok=True)
         with replacing_file(output) as handle:
             handle.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in results).encode())
         print(f"wrote the top {args.top_k} of {len(documents)} documents for {len(queries)} queries to {output}")

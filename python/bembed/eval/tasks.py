@@ -193,11 +193,10 @@ def clustering_task(docs: list[dict], pair: str, sizes: TaskSizes, bootstraps: i
 
     name = f"BembedClustering.{pair}"
     rows = [(d["text"][:sizes.max_chars], help_application(d["doc_id"])) for d in docs if d["text"].strip()]
-    rows = [(text, app) for text, app in rows if app is not None]
-    # An application with a page or two is a cluster k-means cannot be expected to find: left out.
+    rows = _sample([(text, app) for text, app in rows if app is not None], sizes.max_items, sizes.seed)
+    # An application with a page or two (in the sample) is a cluster k-means cannot be expected to find: left out.
     counts = collections.Counter(app for _, app in rows)
-    rows = _sample([(text, app) for text, app in rows if counts[app] >= MIN_CLUSTER_PAGES], sizes.max_items,
-                   sizes.seed)
+    rows = [(text, app) for text, app in rows if counts[app] >= MIN_CLUSTER_PAGES]
     if len({app for _, app in rows}) < 2:
         raise NoRows(f"{name} has fewer than two applications with {MIN_CLUSTER_PAGES} test pages (in the sample)")
     data = DatasetDict({"test": Dataset.from_dict({"sentences": [t for t, _ in rows],
