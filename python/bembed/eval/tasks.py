@@ -253,11 +253,14 @@ def file_task(path: str | Path, sizes: TaskSizes, name: str | None = None):
 
 def file_tasks(paths, sizes: TaskSizes) -> list:
     """A task per file (file_task), named File.<stem>, or File.<stem>.2, .3 ... for stems already taken."""
-    tasks, taken = [], collections.Counter()
+    tasks, names = [], set()
     for path in paths:
-        stem = Path(path).stem
-        taken[stem] += 1
-        tasks.append(file_task(path, sizes, f"File.{stem}" + (f".{taken[stem]}" if taken[stem] > 1 else "")))
+        name, number = f"File.{Path(path).stem}", 1
+        while name in names:  # scores are kept by task name: two files must never share one
+            number += 1
+            name = f"File.{Path(path).stem}.{number}"
+        names.add(name)
+        tasks.append(file_task(path, sizes, name))
     return tasks
 
 
