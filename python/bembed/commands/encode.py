@@ -19,14 +19,19 @@ def add_arguments(parser) -> None:
     parser.add_argument("--model", required=True, metavar="PATH", help="a bembed model folder")
     parser.add_argument("--input", required=True, metavar="FILE", help="texts: .txt (one a line) or .jsonl")
     parser.add_argument("--output", required=True, metavar="FILE", help="vectors: .npy or .parquet")
+    parser.add_argument("--prompt-name", help="a prompt of the model, e.g. query or document")
+    parser.add_argument("--no-normalize", action="store_true", help="keep the raw mean-pooled vectors")
+    add_reading_and_encoding_arguments(parser)
+
+
+def add_reading_and_encoding_arguments(parser) -> None:
+    """The options every command that reads texts from files and encodes them takes (encode, search)."""
     parser.add_argument("--field", default="text", help="the text field of .jsonl objects (default: text)")
     parser.add_argument("--batch-size", type=int, default=32, help="token budget = batch size × typical length")
     parser.add_argument("--max-length", type=int,
                         help="tokens per text, specials included (default: the model's max_seq_length)")
     parser.add_argument("--chunk-long", action="store_true",
                         help="average windows of texts over --max-length instead of truncating them")
-    parser.add_argument("--prompt-name", help="a prompt of the model, e.g. query or document")
-    parser.add_argument("--no-normalize", action="store_true", help="keep the raw mean-pooled vectors")
     parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 

@@ -14,7 +14,7 @@ import json
 import zipfile
 from pathlib import Path
 
-from bembed.commands.encode import read_texts
+from bembed.commands.encode import add_reading_and_encoding_arguments, read_texts
 from bembed.files import NotUTF8Error, replacing_file
 
 SNIPPET_CHARS = 100
@@ -26,19 +26,12 @@ def add_arguments(parser) -> None:
     queries = parser.add_mutually_exclusive_group(required=True)
     queries.add_argument("--query", action="append", metavar="TEXT", help="a query (repeatable)")
     queries.add_argument("--queries", metavar="FILE", help="queries: .txt (one a line) or .jsonl")
-    parser.add_argument("--field", default="text", help="the text field of .jsonl objects (default: text)")
     parser.add_argument("--top-k", type=int, default=10, help="hits per query (default 10)")
     parser.add_argument("--output", metavar="FILE",
                         help="write the hits as .jsonl (one line per query) instead of printing them")
     parser.add_argument("--corpus-vectors", metavar="FILE.npz",
                         help="keep the corpus embeddings here and reuse them while model, corpus and settings match")
-    parser.add_argument("--batch-size", type=int, default=32, help="token budget = batch size × typical length")
-    parser.add_argument("--max-length", type=int,
-                        help="tokens per text, specials included (default: the model's max_seq_length)")
-    parser.add_argument("--chunk-long", action="store_true",
-                        help="average windows of documents over --max-length instead of truncating them")
-    parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_reading_and_encoding_arguments(parser)
 
 
 def _sha256(path: Path) -> str:
@@ -146,8 +139,6 @@ def run(args) -> int:
         query_vectors = embedder.encode_query(queries, **options)
     except ValueError as error:
         raise SystemExit(f"bembed search: {error}") from None
-    if len(corpus) != len(documents):  # unreachable with a matching record; a guard against a changed reader
-        raise SystemExit(f"--corpus-vectors: {len(corpus)} embeddings for {len(documents)} documents")
     hits = semantic_search(np.asarray(query_vectors), np.asarray(corpus), top_k=args.top_k)
 
     def hit_record(rank: int, hit: dict) -> dict:
