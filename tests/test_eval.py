@@ -12,7 +12,7 @@ from bembed.eval import baselines  # noqa: E402
 from bembed.eval.encoder import HashingEncoder, TruncatedEncoder, check_encoder  # noqa: E402
 from bembed.eval.report import format_table, write_bar_chart, write_json  # noqa: E402
 from bembed.eval.run import evaluate_encoder  # noqa: E402
-from bembed.eval.tasks import (NoRows, TaskSizes, bitext_task, clustering_task, file_task,  # noqa: E402
+from bembed.eval.tasks import (NoRows, TaskSizes, bitext_task, clustering_task, file_task, file_tasks,  # noqa: E402
                                help_application, local_tasks, pair_classification_task, retrieval_task,
                                sts_task)
 
@@ -245,6 +245,17 @@ def test_a_pairs_file_is_retrieval_with_every_document_of_a_query_relevant(tmp_p
     identical = file_task(_jsonl(tmp_path / "same.jsonl", [{"query": t, "document": t} for t in EN]), TaskSizes())
     assert evaluate_encoder(recorder, [identical])["scores"]["File.same"] == pytest.approx(1.0)
     assert set(recorder.prompts) == {"query", "document"}
+
+
+def test_files_get_task_names_no_other_file_has(tmp_path):
+    """Scores are kept by task name: a repeated stem's number must skip a name another file's stem gives."""
+    rows = [{"query": e, "document": d} for e, d in zip(EN, DE)]
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+    paths = [_jsonl(tmp_path / "mine.jsonl", rows), _jsonl(tmp_path / "mine.2.jsonl", rows),
+             _jsonl(tmp_path / "a" / "mine.jsonl", rows), _jsonl(tmp_path / "b" / "mine.jsonl", rows)]
+    names = [task.metadata.name for task in file_tasks(paths, TaskSizes())]
+    assert names == ["File.mine", "File.mine.2", "File.mine.3", "File.mine.4"]
 
 
 def test_a_triples_file_puts_its_negatives_in_the_corpus(tmp_path):

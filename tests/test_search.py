@@ -65,6 +65,7 @@ def test_score_functions_dtypes_and_shapes():
     as_rows = semantic_search(list(torch.from_numpy(queries)), corpus, top_k=np.int64(3))  # encode's list of rows
     assert [[h["corpus_id"] for h in row] for row in as_rows] == brute_force(queries, corpus, 3)[0]
     assert semantic_search(np.zeros((0, 16)), corpus) == []
+    assert semantic_search([], corpus) == [] and semantic_search(queries, []) == [[], [], [], []]  # no rows at all
 
 
 @pytest.mark.parametrize("kwargs, error, message", [
@@ -77,6 +78,9 @@ def test_score_functions_dtypes_and_shapes():
     ({"corpus_embeddings": np.zeros((5, 7))}, ValueError, "7"),
     ({"corpus_embeddings": np.zeros((2, 5, 8))}, ValueError, "corpus_embeddings must be"),
     ({"query_embeddings": np.array([[np.nan] * 8])}, ValueError, "query_embeddings hold NaN"),
+    ({"corpus_embeddings": np.array([[1.0] * 7 + [np.inf]])}, ValueError, "corpus_embeddings hold NaN or infinite"),
+    ({"query_embeddings": np.array([[-np.inf] * 8], dtype=np.float32)}, ValueError, "query_embeddings hold NaN"),
+    ({"query_embeddings": [torch.ones(8), torch.ones(7)]}, ValueError, "query_embeddings: the rows have different"),
     ({"query_embeddings": np.ones((1, 8), dtype=bool)}, TypeError, "query_embeddings must hold floats"),
     ({"corpus_embeddings": [["a"] * 8]}, TypeError, "corpus_embeddings"),
 ])
@@ -215,3 +219,38 @@ def test_cli_errors_are_one_line(folder, tmp_path):
             _search("--model", folder, *args)
     with pytest.raises(SystemExit, match="not a local folder"):
         _search("--model", tmp_path / "none", "--corpus", corpus, "--query", "x")
+
+
+def test_cli_unwritable_outputs_stop_before_encoding_and_a_failed_save_keeps_the_hits(folder, tmp_path, monkeypatch,
+                                                                                        capsys):
+    import bembed.commands.search as command
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(TEXTS[:6]) + "\n")
+    loads = []
+    original_load = Embedder.from_pretrained.__func__
+    monkeypatch.setattr(Embedder, "from_pretrained",
+                        classmethod(lambda cls, *a, **k: loads.append(1) or original_load(cls, *a, **k)))
+    real_temporary_file = command.tempfile.TemporaryFile
+
+    def read_only(*args, dir=None, **kwargs):  # a folder that exists and cannot be written (root ignores chmod)
+        if dir is not None and "locked" in str(dir):
+            raise PermissionError(13, "Permission denied", str(dir))
+        return real_temporary_file(*args, dir=dir, **kwargs)
+
+    monkeypatch.setattr(command.tempfile, "TemporaryFile", read_only)
+    (tmp_path / "locked").mkdir()
+    for option, name in (("--output", "hits.jsonl"), ("--corpus-vectors", "v.npz")):
+        with pytest.raises(SystemExit, match=f"{option}: cannot write in .*locked"):
+            _search("--model", folder, "--corpus", corpus, "--query", "x", option, tmp_path / "locked" / name)
+    assert loads == []  # stopped before the model was even loaded
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(command, "save_corpus_vectors", full_disk)
+    assert _search("--model", folder, "--corpus", corpus, "--query", TEXTS[0], "--corpus-vectors",
+                   tmp_path / "v.npz") == 0
+    captured = capsys.readouterr()
+    assert "could not keep the embeddings" in captured.err and "No space left" in captured.err
+    assert "query: " + TEXTS[0] in captured.out and "   1  " in captured.out  # the search still answered

@@ -143,6 +143,13 @@ def test_the_model_folder_records_the_widths_its_last_stage_trained(files, tmp_p
         fit(MultitaskStage(cfg), cfg)
         assert Embedder.from_pretrained(tmp_path / name / "final", device="cpu").matryoshka_dims == expected, name
 
+    from bembed.training.mlm import MLMStage  # continued pretraining from the Matryoshka folder: the record goes
+
+    cfg = load_config(PretrainRun, None, [f"data.train=[{{path: {files['en']}, lang: en}}]", f"model.init_from={final}",
+                                          "model.max_length=24", *U.train_overrides(tmp_path / "mlm", 1, batch=8)])
+    fit(MLMStage(cfg), cfg)
+    assert "matryoshka_dims" not in json.loads((tmp_path / "mlm" / "final" / "config.json").read_text())
+
 
 def test_multitask_losses_average_over_the_matryoshka_dims(files, tmp_path):
     """Both task kinds: the stage's loss is the mean of its loss on the embeddings cut to each width."""

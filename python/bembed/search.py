@@ -27,13 +27,16 @@ def dot_score(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 def _as_matrix(embeddings, name: str) -> torch.Tensor:
     if isinstance(embeddings, (list, tuple)) and embeddings and all(isinstance(e, torch.Tensor) for e in embeddings):
+        if len({tuple(e.shape) for e in embeddings}) > 1:
+            raise ValueError(f"{name}: the rows have different shapes "
+                             f"{sorted({tuple(e.shape) for e in embeddings})}")
         embeddings = torch.stack(embeddings)  # encode(..., convert_to_numpy=False) gives a list of rows
     try:
         tensor = torch.as_tensor(embeddings)
     except (TypeError, ValueError, RuntimeError) as error:
         raise TypeError(f"{name} must be an array or tensor of numbers: {error}") from None
-    if tensor.ndim == 1:
-        tensor = tensor.unsqueeze(0)
+    if tensor.ndim == 1:  # one row; an empty list, no rows
+        tensor = tensor.unsqueeze(0) if tensor.numel() else tensor.reshape(0, 0)
     if tensor.ndim != 2:
         raise ValueError(f"{name} must be (n, dim) or (dim,), got shape {tuple(tensor.shape)}")
     if not (tensor.is_floating_point() or tensor.dtype in (torch.int8, torch.uint8)):
@@ -64,6 +67,8 @@ def semantic_search(query_embeddings, corpus_embeddings, query_chunk_size: int =
         raise TypeError(f"score_function must be a name or a callable, got {type(score_function).__name__}")
     queries = _as_matrix(query_embeddings, "query_embeddings")
     corpus = _as_matrix(corpus_embeddings, "corpus_embeddings")
+    if not len(queries) or not len(corpus):  # nothing to compare (and no width to check against)
+        return [[] for _ in range(len(queries))]
     if queries.shape[1] != corpus.shape[1]:
         raise ValueError(f"query_embeddings have {queries.shape[1]} dimensions, corpus_embeddings "
                          f"{corpus.shape[1]}")

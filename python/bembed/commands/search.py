@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
+import tempfile
 import zipfile
 from pathlib import Path
 
@@ -118,6 +120,11 @@ def run(args) -> int:
             path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as error:
             raise SystemExit(f"{option}: cannot create the folder of {path}: {error}") from None
+        try:  # the file is written as a temporary file in that folder, then renamed: the folder must take one
+            with tempfile.TemporaryFile(dir=path.parent):
+                pass
+        except OSError as error:
+            raise SystemExit(f"{option}: cannot write in {path.parent}: {error}") from None
     documents, extras = _read(args.corpus, args.field, "--corpus")
     if not documents:
         raise SystemExit(f"--corpus: {args.corpus} holds no documents")
@@ -135,7 +142,11 @@ def run(args) -> int:
         else:
             corpus = embedder.encode_document(documents, truncate=not args.chunk_long, **options)
             if vectors_path:
-                save_corpus_vectors(vectors_path, corpus, record)
+                try:  # the search goes on without them (a full disk, say): the encoding is not lost
+                    save_corpus_vectors(vectors_path, corpus, record)
+                except OSError as error:
+                    print(f"warning: --corpus-vectors: could not keep the embeddings in {vectors_path}: {error}",
+                          file=sys.stderr)
         query_vectors = embedder.encode_query(queries, **options)
     except ValueError as error:
         raise SystemExit(f"bembed search: {error}") from None
@@ -151,8 +162,11 @@ def run(args) -> int:
     results = [{"query": query, "hits": [hit_record(rank, hit) for rank, hit in enumerate(query_hits, 1)]}
                for query, query_hits in zip(queries, hits)]
     if output is not None:
-        with replacing_file(output) as handle:
-            handle.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in results).encode())
+        try:
+            with replacing_file(output) as handle:
+                handle.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in results).encode())
+        except OSError as error:
+            raise SystemExit(f"--output: cannot write {output}: {error}") from None
         print(f"wrote the top {args.top_k} of {len(documents)} documents for {len(queries)} queries to {output}")
         return 0
     for result in results:
