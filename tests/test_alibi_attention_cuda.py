@@ -200,6 +200,32 @@ def test_non_contiguous_and_unaligned_inputs():
         assert_within_torch_error(ours, exact, torch_low)
 
 
+def test_long_sequence_with_skipped_tiles_matches_reference():
+    """JinaBERT-base's shape at 4096 tokens: the steep heads skip most key tiles (alibi_attention_skip.cuh), the
+    gentle ones none; every head within 2x of PyTorch's own bf16 error, forward and gradients."""
+    slopes = bembed_ext.alibi_slopes(12).cuda()
+    _compare(lambda q, k, v: bembed_ext.alibi_attention(q, k, v, slopes),
+             lambda q, k, v: reference.alibi_attention(q, k, v, slopes), _qkv((1, 4096, 12, 64), torch.bfloat16))
+
+
+def test_far_tiles_are_skipped():
+    """v rows of the last 64 keys set to inf: a row whose CTA visits that tile gets inf or NaN (0·inf), as the
+    reference would. Rows of the steep heads far from it keep their finite, bitwise values (the tile was
+    skipped); the gentlest head still weighs those keys (2^-11 at 2000 tokens), so none of its rows stays finite."""
+    L, H, D = 2048, 12, 64
+    q, k, v = _qkv((1, L, H, D), torch.bfloat16)
+    slopes = bembed_ext.alibi_slopes(H).cuda()
+    out = bembed_ext.alibi_attention(q, k, v, slopes)
+    poisoned = v.clone()
+    poisoned[:, -64:] = float("inf")
+    out_p = bembed_ext.alibi_attention(q, k, poisoned, slopes)
+    steep = (slopes >= 0.125).nonzero().squeeze(1)
+    assert len(steep) == 6
+    assert torch.equal(out_p[:, :1024, steep], out[:, :1024, steep])
+    gentlest = int(slopes.argmin())
+    assert not torch.isfinite(out_p[:, :, gentlest]).any()
+
+
 def test_backward_is_deterministic():
     B, L, H, D = 2, 300, 4, 64
     q, k, v = _qkv((B, L, H, D), torch.bfloat16)

@@ -183,3 +183,78 @@ def test_pipeline_under_both_copy_timings(lib, eager):
         _check(lib, problem, lambda q, k, v: reference.alibi_attention(q, k, v, slopes))
     finally:
         lib.emu_set_eager_copies(0)
+
+
+def _poisoned(problem, name, rows, value=float("inf")):
+    """The problem with rows (token positions of a padded (1, L, H, D) input) of one input set to value."""
+    tensors = {n: problem.inputs[n].tensor.clone() for n in "qkv"}
+    tensors[name][:, rows] = value
+    return Problem(*(tensors[n] for n in "qkv"), problem.slopes, problem.scale, mask=problem.mask)
+
+
+@pytest.mark.parametrize("slopes", [torch.tensor([1.0, 0.5]), None], ids=["steep", "no_slopes"])
+def test_far_tiles_are_skipped_and_results_stay_exact(lib, slopes):
+    """Key tiles that no row of a CTA can weigh above 2^-32 of its sum are left out (alibi_attention_skip.cuh),
+    forward and backward, and nothing else changes. Seen through infinities: a key whose v row is inf gives
+    NaN (0·inf, where its weight underflows) or inf to any row whose CTA visits its tile, as PyTorch's reference
+    would, and a query whose dO row is inf does the same to the dK/dV of the keys whose CTA visits it. With
+    slopes 1 and 0.5 (reach ~40 and ~80 keys at this size), rows far from the poisoned tile stay finite and
+    bitwise what they were; without slopes every tile is visited and none stays finite."""
+    B, L, H, D = 1, 320, 2, 32  # five key tiles of 64
+    q, k, v = (torch.randn(B, L, H, D, dtype=torch.bfloat16) for _ in range(3))
+    mask = torch.ones(B, L, dtype=torch.bool)
+    mask[0, 70:100] = False  # masked diagonals in the second CTA: its rows without a reference walk every tile
+    problem = Problem(q, k, v, slopes, D ** -0.5, mask=mask)
+    out, lse = _check(lib, problem, lambda q, k, v: reference.alibi_attention(q, k, v, slopes, key_padding_mask=mask))
+    grad = torch.randn_like(q)
+    clean = problem.backward(lib, grad, out, lse)
+
+    far, near = slice(256, 320), slice(0, 64)  # the last key tile; rows far from it (not the second CTA)
+    poisoned = _poisoned(problem, "v", far)
+    out_p, lse_p = poisoned.forward(lib)
+    dq_p = poisoned.backward(lib, grad, out_p, lse_p)[0]
+    dk_p, dv_p = problem.backward(lib, _poisoned_grad(grad, far), out, lse)[1:]
+    if slopes is None:
+        for name, x in (("out", out_p), ("dq", dq_p), ("dv", dv_p)):  # every tile visited: inf and NaN everywhere
+            assert not torch.isfinite(x[:, near]).any(), name
+        return
+    assert torch.equal(out_p[:, near], out[:, near]) and torch.equal(lse_p[:, :, near], lse[:, :, near])
+    assert torch.equal(dq_p[:, near], clean[0][:, near])
+    assert torch.equal(dk_p[:, near], clean[1][:, near]) and torch.equal(dv_p[:, near], clean[2][:, near])
+    assert torch.isnan(out_p[:, 64:128]).all(), "the second CTA's rows without a reference walk every tile"
+    assert not torch.isfinite(out_p[:, far]).any()  # its own rows do see the poisoned tile
+
+
+def _poisoned_grad(grad, rows):
+    grad = grad.clone()
+    grad[:, rows] = float("inf")
+    return grad
+
+
+def test_far_tiles_are_skipped_in_varlen_sequences(lib):
+    """The same through the varlen addressing (a sequence starting mid-buffer, an empty one, per-sequence
+    slopes), where the reach and the workspace are indexed by sequence."""
+    lengths, H, D = [37, 0, 320], 2, 32
+    starts = torch.tensor([0] + lengths).cumsum(0)
+    cu_seqlens = starts.to(torch.int32)
+    q, k, v = (torch.randn(sum(lengths), H, D, dtype=torch.bfloat16) for _ in range(3))
+    slopes = torch.tensor([[0.01, 0.02], [1.0, 1.0], [1.0, 0.5]])
+    problem = Problem(q, k, v, slopes, D ** -0.5, cu_seqlens=cu_seqlens, max_seqlen=320)
+    out, lse = _check(lib, problem, lambda q, k, v: reference.alibi_attention_varlen(q, k, v, cu_seqlens, 320, slopes))
+    grad = torch.randn_like(q)
+    clean = problem.backward(lib, grad, out, lse)
+    far = slice(37 + 256, 37 + 320)  # the long sequence's last key tile
+    near = slice(0, 37 + 128)        # the short sequence, and the long one's first two CTAs
+    tensors = [t.clone() for t in (q, k, v)]
+    tensors[2][far] = float("inf")
+    poisoned = Problem(*tensors, slopes, D ** -0.5, cu_seqlens=cu_seqlens, max_seqlen=320)
+    out_p, lse_p = poisoned.forward(lib)
+    dq_p = poisoned.backward(lib, grad, out_p, lse_p)[0]
+    grad_p = grad.clone()
+    grad_p[far] = float("inf")
+    dk_p, dv_p = problem.backward(lib, grad_p, out, lse)[1:]
+    for name, ours, theirs in (("out", out_p, out), ("lse", lse_p[:, near], lse[:, near]), ("dq", dq_p, clean[0]),
+                               ("dk", dk_p, clean[1]), ("dv", dv_p, clean[2])):
+        if name != "lse":
+            ours, theirs = ours[near], theirs[near]
+        assert torch.equal(ours, theirs), name

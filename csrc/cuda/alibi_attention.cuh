@@ -34,15 +34,19 @@ constexpr int kAlibiMaxGridYZ = 65535;
 int alibi_attention_forward_shared_bytes(int head_dim);
 int alibi_attention_backward_shared_bytes(int head_dim);
 
+// Floats of the workspace both launchers take (per (sequence, head) bounds that let far tiles be skipped;
+// see alibi_attention_skip.cuh).
+int64_t alibi_attention_workspace_floats(const AlibiAttentionParams& params);
+
 // out has q's shape and dtype; lse (float32) gets the natural-log row log-sum-exp, −inf for rows with no
 // valid key (those rows output zeros).
 cudaError_t alibi_attention_forward(const AlibiAttentionParams& params, DType dtype, const void* q, const void* k,
-                                    const void* v, void* out, float* lse, cudaStream_t stream);
+                                    const void* v, void* out, float* lse, float* workspace, cudaStream_t stream);
 
 // delta is a float32 workspace with lse's shape (it receives rowsum(grad_out ∘ out)).
 cudaError_t alibi_attention_backward(const AlibiAttentionParams& params, DType dtype, const void* grad_out,
                                      const void* q, const void* k, const void* v, const void* out,
-                                     const float* lse, float* delta, void* grad_q, void* grad_k, void* grad_v,
-                                     cudaStream_t stream);
+                                     const float* lse, float* delta, float* workspace, void* grad_q, void* grad_k,
+                                     void* grad_v, cudaStream_t stream);
 
 }  // namespace bembed::cuda

@@ -66,6 +66,12 @@ void set_slopes(cuda::AlibiAttentionParams& params, const std::optional<at::Tens
   params.slopes_batch_stride = keep_alive.dim() == 2 ? params.heads : 0;
 }
 
+// The per-(sequence, head) bounds the kernels skip far tiles by (the launchers fill it).
+at::Tensor skip_workspace(const cuda::AlibiAttentionParams& params, const at::Tensor& q) {
+  return at::empty({std::max<int64_t>(1, cuda::alibi_attention_workspace_floats(params))},
+                   q.options().dtype(at::kFloat));
+}
+
 // ---- padded (B, L, H, D) ----
 
 // The backward launch shared by the padded and varlen entry points (their inputs are checked already).
@@ -79,12 +85,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> launch_backward(const cuda::Alibi
   const auto gc = kernel_ready(grad_out), qc = kernel_ready(q), kc = kernel_ready(k), vc = kernel_ready(v);
   const auto oc = kernel_ready(out), lc = lse.contiguous();
   auto delta = at::empty(lc.sizes(), lc.options());
+  auto workspace = skip_workspace(params, q);
   auto dq = at::empty(q.sizes(), q.options()), dk = at::empty(k.sizes(), k.options());
   auto dv = at::empty(v.sizes(), v.options());
   check_launch(cuda::alibi_attention_backward(params, kernel_dtype(q), gc.const_data_ptr(), qc.const_data_ptr(),
                                               kc.const_data_ptr(), vc.const_data_ptr(), oc.const_data_ptr(),
                                               lc.const_data_ptr<float>(), delta.mutable_data_ptr<float>(),
-                                              dq.mutable_data_ptr(), dk.mutable_data_ptr(), dv.mutable_data_ptr(),
+                                              workspace.mutable_data_ptr<float>(), dq.mutable_data_ptr(),
+                                              dk.mutable_data_ptr(), dv.mutable_data_ptr(),
                                               c10::cuda::getCurrentCUDAStream()),
                op);
   return {dq, dk, dv};
@@ -132,9 +140,11 @@ std::tuple<at::Tensor, at::Tensor> alibi_attention_fwd_cuda(const at::Tensor& q,
   const auto qc = kernel_ready(q), kc = kernel_ready(k), vc = kernel_ready(v);
   auto out = at::empty(q.sizes(), q.options());
   auto lse = at::empty({q.size(0), q.size(2), q.size(1)}, q.options().dtype(at::kFloat));
+  auto workspace = skip_workspace(padded.params, q);
   check_launch(cuda::alibi_attention_forward(padded.params, kernel_dtype(q), qc.const_data_ptr(), kc.const_data_ptr(),
                                              vc.const_data_ptr(), out.mutable_data_ptr(),
-                                             lse.mutable_data_ptr<float>(), c10::cuda::getCurrentCUDAStream()),
+                                             lse.mutable_data_ptr<float>(), workspace.mutable_data_ptr<float>(),
+                                             c10::cuda::getCurrentCUDAStream()),
                op);
   return {out, lse};
 }
@@ -194,9 +204,11 @@ std::tuple<at::Tensor, at::Tensor> alibi_attention_varlen_fwd_cuda(const at::Ten
   const auto qc = kernel_ready(q), kc = kernel_ready(k), vc = kernel_ready(v);
   auto out = at::empty(q.sizes(), q.options());
   auto lse = at::empty({q.size(1), q.size(0)}, q.options().dtype(at::kFloat));
+  auto workspace = skip_workspace(varlen.params, q);
   check_launch(cuda::alibi_attention_forward(varlen.params, kernel_dtype(q), qc.const_data_ptr(), kc.const_data_ptr(),
                                              vc.const_data_ptr(), out.mutable_data_ptr(),
-                                             lse.mutable_data_ptr<float>(), c10::cuda::getCurrentCUDAStream()),
+                                             lse.mutable_data_ptr<float>(), workspace.mutable_data_ptr<float>(),
+                                             c10::cuda::getCurrentCUDAStream()),
                op);
   return {out, lse};
 }

@@ -1,13 +1,16 @@
 // ALiBi flash attention on CUDA, backward. The shared tiles, pipeline and boundary rules are in
 // alibi_attention_tiles.cuh.
 //
-// Deterministic, no atomics: a pre-kernel writes delta_i = rowsum(dO∘O); the dK/dV kernel gives each CTA kBlockN
-// keys (16 per warp) and loops over query tiles, computing everything key-major (Sᵀ = K·Qᵀ, dPᵀ = V·dOᵀ) so that
-// dV += Pᵀ·dO and dK += dSᵀ·Q stay in registers; the dQ kernel mirrors the forward (queries per CTA, loop over
-// keys) and accumulates dQ += dS·K. P is recomputed as exp2(x − lse·log2e).
+// Deterministic (the only atomics take maxima): a pre-kernel writes delta_i = rowsum(dO∘O) and each (sequence,
+// head)'s R; the dK/dV kernel gives each CTA kBlockN keys (16 per warp) and loops over the query tiles that reach
+// them, computing everything key-major (Sᵀ = K·Qᵀ, dPᵀ = V·dOᵀ) so that dV += Pᵀ·dO and dK += dSᵀ·Q stay in
+// registers; the dQ kernel mirrors the forward (queries per CTA, loop over the key tiles they reach) and
+// accumulates dQ += dS·K. P is recomputed as exp2(x − lse·log2e). Reach: alibi_attention_skip.cuh, with lse as
+// each row's reference.
 #include <cmath>
 #include <cstdint>
 
+#include "alibi_attention_skip.cuh"
 #include "alibi_attention_tiles.cuh"
 
 namespace bembed::cuda {
@@ -30,22 +33,39 @@ __device__ __forceinline__ float backward_lse2(const float* lse, const Sequence&
 }
 
 // delta_i = Σ_d dO[i, d]·O[i, d] in fp32, one warp per row, rows dealt round-robin to the warps of the
-// grid; delta has lse's layout.
+// grid; delta has lse's layout. With slopes, also R = max_i reach_i of each (sequence, head) into the workspace.
 template <typename T, int D>
 __global__ void __launch_bounds__(kThreads) alibi_backward_delta_kernel(AlibiAttentionParams p, const T* dout,
-                                                                        const T* out, float* delta) {
-  const int h = blockIdx.y;
-  const Sequence seq = sequence(p, blockIdx.z);
+                                                                        const T* out, const T* q, const float* lse,
+                                                                        float* delta, float* workspace) {
+  const int h = blockIdx.y, b = blockIdx.z;
+  const Sequence seq = sequence(p, b);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int64_t ts = int64_t(p.heads) * D;
   const int64_t head_base = seq.start * ts + int64_t(h) * D;
+  const float slope2 = slope_log2(p, b, h);
+  const float scale_log2 = p.softmax_scale * kLog2e;
+  const float key_norm = workspace[int64_t(b) * p.heads + h];
+  float largest = 0.0f;  // of this warp's rows' reach
   for (int i = blockIdx.x * kWarps + warp; i < seq.len; i += gridDim.x * kWarps) {
-    float sum = 0.0f;
-    for (int d = lane; d < D; d += 32) sum += to_float(dout[head_base + i * ts + d]) * to_float(out[head_base + i * ts + d]);
+    float sum = 0.0f, qq = 0.0f;
+    for (int d = lane; d < D; d += 32) {
+      sum += to_float(dout[head_base + i * ts + d]) * to_float(out[head_base + i * ts + d]);
+      const float x = to_float(q[head_base + i * ts + d]);
+      qq += x * x;
+    }
 #pragma unroll
-    for (int offset = 16; offset > 0; offset /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, offset);
+    for (int offset = 16; offset > 0; offset /= 2) {
+      sum += __shfl_xor_sync(0xffffffffu, sum, offset);
+      qq += __shfl_xor_sync(0xffffffffu, qq, offset);
+    }
     if (lane == 0) delta[seq.lse_offset + h * seq.lse_head_stride + i] = sum;
+    if (skips(p, slope2)) {
+      const float reach = row_reach(sqrtf(qq), key_norm, backward_lse2(lse, seq, h, i), scale_log2, slope2, seq.len);
+      largest = fmaxf(largest, reach);  // −inf (no valid key) leaves it
+    }
   }
+  if (lane == 0 && largest > 0.0f) atomic_max_nonnegative(workspace + int64_t(p.batch + b) * p.heads + h, largest);
 }
 
 template <int D>
@@ -57,8 +77,8 @@ constexpr int dq_smem_bytes() {
 template <typename T, int D>
 __device__ __forceinline__ void dq_tile(const AlibiAttentionParams& p, const Sequence& seq, int b, int h, int row0,
                                         const uint16_t* q, const uint16_t* k, const uint16_t* v,
-                                        const uint16_t* dout, const float* lse, const float* delta, uint16_t* dq,
-                                        unsigned char* smem) {
+                                        const uint16_t* dout, const float* lse, const float* delta,
+                                        const float* workspace, uint16_t* dq, unsigned char* smem) {
   constexpr int kLd = D + kPad;
   constexpr int kTilesN = kBlockN / 8;
   uint16_t* s_q = reinterpret_cast<uint16_t*>(smem);
@@ -80,16 +100,21 @@ __device__ __forceinline__ void dq_tile(const AlibiAttentionParams& p, const Seq
   const float delta_lo = i_lo < seq.len ? delta[row_lo] : 0.0f;
   const float delta_hi = i_hi < seq.len ? delta[row_lo + 8] : 0.0f;
 
-  load_tile_async<kBlockM, D>(s_q, q + head_base, ts, row0, seq.len);  // committed with the first K/V tile
-  load_tile_async<kBlockM, D>(s_do, dout + head_base, ts, row0, seq.len);
-  load_pair_async<kBlockN, D>(s_kv, k + head_base, v + head_base, ts, 0, seq.len);
-  const int n_tiles = (seq.len + kBlockN - 1) / kBlockN;
+  const TileRange keys = key_tiles_reached<T, D>(
+      p, seq, b, h, row0, q, nullptr, workspace, (seq.len + kBlockN - 1) / kBlockN,
+      reinterpret_cast<double*>(s_key_bias), [&](int i, float, float) { return backward_lse2(lse, seq, h, i); });
+  if (keys.first <= keys.last) {  // no tile (every row without a valid key): dQ = 0
+    load_tile_async<kBlockM, D>(s_q, q + head_base, ts, row0, seq.len);  // committed with the first K/V tile
+    load_tile_async<kBlockM, D>(s_do, dout + head_base, ts, row0, seq.len);
+    pipeline_start<kBlockN, D>(s_kv, keys.first, k + head_base, v + head_base, ts, seq.len);
+  }
 
   float acc[D / 8][4];
   zero(acc);
-  for (int n = 0; n < n_tiles; ++n) {
+  for (int n = keys.first; n <= keys.last; ++n) {
     const int col0 = n * kBlockN;
-    const uint16_t* s_k = pipeline_step<kBlockN, D>(s_kv, n, n_tiles, k + head_base, v + head_base, ts, seq.len);
+    const uint16_t* s_k = pipeline_step<kBlockN, D>(s_kv, n, keys.last + 1, k + head_base, v + head_base, ts,
+                                                    seq.len);
     const uint16_t* s_v = s_k + kBlockN * kLd;
     if (threadIdx.x < kBlockN) s_key_bias[threadIdx.x] = key_bias(p, b, col0 + threadIdx.x, seq.len);
     __syncthreads();  // tile n (and Q, dO) are in shared memory
@@ -123,12 +148,13 @@ template <typename T, int D>
 __global__ void __launch_bounds__(kThreads) alibi_backward_dq_kernel(AlibiAttentionParams p, const uint16_t* q,
                                                                      const uint16_t* k, const uint16_t* v,
                                                                      const uint16_t* dout, const float* lse,
-                                                                     const float* delta, uint16_t* dq) {
+                                                                     const float* delta, const float* workspace,
+                                                                     uint16_t* dq) {
   extern __shared__ __align__(16) unsigned char smem[];
   const Sequence seq = sequence(p, blockIdx.z);
   for (int tile = blockIdx.x; tile * kBlockM < seq.len; tile += gridDim.x) {
     __syncthreads();
-    dq_tile<T, D>(p, seq, blockIdx.z, blockIdx.y, tile * kBlockM, q, k, v, dout, lse, delta, dq, smem);
+    dq_tile<T, D>(p, seq, blockIdx.z, blockIdx.y, tile * kBlockM, q, k, v, dout, lse, delta, workspace, dq, smem);
   }
 }
 
@@ -142,8 +168,8 @@ constexpr int dkdv_smem_bytes() {
 template <typename T, int D>
 __device__ __forceinline__ void dkdv_tile(const AlibiAttentionParams& p, const Sequence& seq, int b, int h,
                                           int col0, const uint16_t* q, const uint16_t* k, const uint16_t* v,
-                                          const uint16_t* dout, const float* lse, const float* delta, uint16_t* dk,
-                                          uint16_t* dv, unsigned char* smem) {
+                                          const uint16_t* dout, const float* lse, const float* delta,
+                                          const float* workspace, uint16_t* dk, uint16_t* dv, unsigned char* smem) {
   constexpr int kLd = D + kPad;
   constexpr int kBlockMB = dkdv_block_m<D>();
   constexpr int kTilesM = kBlockMB / 8;
@@ -164,17 +190,21 @@ __device__ __forceinline__ void dkdv_tile(const AlibiAttentionParams& p, const S
   const float kb_lo = key_bias(p, b, j_lo, seq.len);
   const float kb_hi = key_bias(p, b, j_hi, seq.len);
 
-  load_tile_async<kBlockN, D>(s_k, k + head_base, ts, col0, seq.len);  // committed with the first Q/dO tile
-  load_tile_async<kBlockN, D>(s_v, v + head_base, ts, col0, seq.len);
-  load_pair_async<kBlockMB, D>(s_qdo, q + head_base, dout + head_base, ts, 0, seq.len);
-  const int n_tiles = (seq.len + kBlockMB - 1) / kBlockMB;
+  const TileRange queries =
+      query_tiles_reaching<kBlockMB>(p, b, h, col0, workspace, (seq.len + kBlockMB - 1) / kBlockMB);
+  if (queries.first <= queries.last) {
+    load_tile_async<kBlockN, D>(s_k, k + head_base, ts, col0, seq.len);  // committed with the first Q/dO tile
+    load_tile_async<kBlockN, D>(s_v, v + head_base, ts, col0, seq.len);
+    pipeline_start<kBlockMB, D>(s_qdo, queries.first, q + head_base, dout + head_base, ts, seq.len);
+  }
 
   float acc_dk[D / 8][4], acc_dv[D / 8][4];
   zero(acc_dk);
   zero(acc_dv);
-  for (int n = 0; n < n_tiles; ++n) {
+  for (int n = queries.first; n <= queries.last; ++n) {
     const int row0 = n * kBlockMB;
-    const uint16_t* s_q = pipeline_step<kBlockMB, D>(s_qdo, n, n_tiles, q + head_base, dout + head_base, ts, seq.len);
+    const uint16_t* s_q = pipeline_step<kBlockMB, D>(s_qdo, n, queries.last + 1, q + head_base, dout + head_base, ts,
+                                                     seq.len);
     const uint16_t* s_do = s_q + kBlockMB * kLd;
     if (threadIdx.x < kBlockMB) {
       const int i = row0 + threadIdx.x;
@@ -214,13 +244,14 @@ template <typename T, int D>
 __global__ void __launch_bounds__(kThreads) alibi_backward_dkdv_kernel(AlibiAttentionParams p, const uint16_t* q,
                                                                        const uint16_t* k, const uint16_t* v,
                                                                        const uint16_t* dout, const float* lse,
-                                                                       const float* delta, uint16_t* dk,
-                                                                       uint16_t* dv) {
+                                                                       const float* delta, const float* workspace,
+                                                                       uint16_t* dk, uint16_t* dv) {
   extern __shared__ __align__(16) unsigned char smem[];
   const Sequence seq = sequence(p, blockIdx.z);
   for (int tile = blockIdx.x; tile * kBlockN < seq.len; tile += gridDim.x) {
     __syncthreads();
-    dkdv_tile<T, D>(p, seq, blockIdx.z, blockIdx.y, tile * kBlockN, q, k, v, dout, lse, delta, dk, dv, smem);
+    dkdv_tile<T, D>(p, seq, blockIdx.z, blockIdx.y, tile * kBlockN, q, k, v, dout, lse, delta, workspace, dk, dv,
+                    smem);
   }
 }
 
@@ -230,22 +261,23 @@ __global__ void __launch_bounds__(kThreads) alibi_backward_dkdv_kernel(AlibiAtte
 
 template <typename T, int D>
 cudaError_t backward_typed(const AlibiAttentionParams& p, const void* dout, const void* q, const void* k,
-                           const void* v, const void* out, const float* lse, float* delta, void* dq, void* dk,
-                           void* dv, cudaStream_t stream) {
+                           const void* v, const void* out, const float* lse, float* delta, float* workspace,
+                           void* dq, void* dk, void* dv, cudaStream_t stream) {
   const auto* q16 = static_cast<const uint16_t*>(q);
   const auto* k16 = static_cast<const uint16_t*>(k);
   const auto* v16 = static_cast<const uint16_t*>(v);
   const auto* do16 = static_cast<const uint16_t*>(dout);
 
-  alibi_backward_delta_kernel<T, D><<<grid_for(p, kBlockM), kThreads, 0, stream>>>(
-      p, static_cast<const T*>(dout), static_cast<const T*>(out), delta);
-  cudaError_t status = cudaGetLastError();
+  cudaError_t status = key_norms<T, D>(p, k, workspace, stream);
   if (status != cudaSuccess) return status;
+  alibi_backward_delta_kernel<T, D><<<grid_for(p, kBlockM), kThreads, 0, stream>>>(
+      p, static_cast<const T*>(dout), static_cast<const T*>(out), static_cast<const T*>(q), lse, delta, workspace);
+  if ((status = cudaGetLastError()) != cudaSuccess) return status;
 
   constexpr int kSmemDq = dq_smem_bytes<D>();
   const auto dq_kernel = alibi_backward_dq_kernel<T, D>;
   if ((status = allow_shared(dq_kernel, kSmemDq)) != cudaSuccess) return status;
-  dq_kernel<<<grid_for(p, kBlockM), kThreads, kSmemDq, stream>>>(p, q16, k16, v16, do16, lse, delta,
+  dq_kernel<<<grid_for(p, kBlockM), kThreads, kSmemDq, stream>>>(p, q16, k16, v16, do16, lse, delta, workspace,
                                                                  static_cast<uint16_t*>(dq));
   if ((status = cudaGetLastError()) != cudaSuccess) return status;
 
@@ -253,18 +285,18 @@ cudaError_t backward_typed(const AlibiAttentionParams& p, const void* dout, cons
   const auto dkdv_kernel = alibi_backward_dkdv_kernel<T, D>;
   if ((status = allow_shared(dkdv_kernel, kSmemDkdv)) != cudaSuccess) return status;
   dkdv_kernel<<<grid_for(p, kBlockN), kThreads, kSmemDkdv, stream>>>(
-      p, q16, k16, v16, do16, lse, delta, static_cast<uint16_t*>(dk), static_cast<uint16_t*>(dv));
+      p, q16, k16, v16, do16, lse, delta, workspace, static_cast<uint16_t*>(dk), static_cast<uint16_t*>(dv));
   return cudaGetLastError();
 }
 
 template <typename T>
 cudaError_t backward_for_dtype(const AlibiAttentionParams& p, const void* dout, const void* q, const void* k,
-                               const void* v, const void* out, const float* lse, float* delta, void* dq, void* dk,
-                               void* dv, cudaStream_t stream) {
+                               const void* v, const void* out, const float* lse, float* delta, float* workspace,
+                               void* dq, void* dk, void* dv, cudaStream_t stream) {
   switch (p.head_dim) {
-    case 32: return backward_typed<T, 32>(p, dout, q, k, v, out, lse, delta, dq, dk, dv, stream);
-    case 64: return backward_typed<T, 64>(p, dout, q, k, v, out, lse, delta, dq, dk, dv, stream);
-    case 128: return backward_typed<T, 128>(p, dout, q, k, v, out, lse, delta, dq, dk, dv, stream);
+    case 32: return backward_typed<T, 32>(p, dout, q, k, v, out, lse, delta, workspace, dq, dk, dv, stream);
+    case 64: return backward_typed<T, 64>(p, dout, q, k, v, out, lse, delta, workspace, dq, dk, dv, stream);
+    case 128: return backward_typed<T, 128>(p, dout, q, k, v, out, lse, delta, workspace, dq, dk, dv, stream);
   }
   return cudaErrorInvalidValue;
 }
@@ -287,16 +319,17 @@ int alibi_attention_backward_shared_bytes(int head_dim) {
 
 cudaError_t alibi_attention_backward(const AlibiAttentionParams& params, DType dtype, const void* grad_out,
                                      const void* q, const void* k, const void* v, const void* out,
-                                     const float* lse, float* delta, void* grad_q, void* grad_k, void* grad_v,
-                                     cudaStream_t stream) {
+                                     const float* lse, float* delta, float* workspace, void* grad_q, void* grad_k,
+                                     void* grad_v, cudaStream_t stream) {
   if (!grid_fits(params)) return cudaErrorInvalidValue;
   if (empty_problem(params)) return cudaSuccess;
   switch (dtype) {
     case DType::kFloat16:
-      return backward_for_dtype<__half>(params, grad_out, q, k, v, out, lse, delta, grad_q, grad_k, grad_v, stream);
+      return backward_for_dtype<__half>(params, grad_out, q, k, v, out, lse, delta, workspace, grad_q, grad_k,
+                                        grad_v, stream);
     case DType::kBFloat16:
-      return backward_for_dtype<__nv_bfloat16>(params, grad_out, q, k, v, out, lse, delta, grad_q, grad_k, grad_v,
-                                               stream);
+      return backward_for_dtype<__nv_bfloat16>(params, grad_out, q, k, v, out, lse, delta, workspace, grad_q, grad_k,
+                                               grad_v, stream);
     case DType::kFloat32: break;
   }
   return cudaErrorInvalidValue;

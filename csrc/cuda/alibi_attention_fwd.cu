@@ -2,11 +2,13 @@
 // alibi_attention_tiles.cuh.
 //
 // A CTA owns kBlockM = 64 queries of one (sequence, head), 16 per warp, and walks the key tiles of
-// kBlockN = 64 with an online softmax in base 2: logits x = s·scale·log2e − slope·log2e·|i−j| (−inf for
-// masked keys), running max m and sum l; lse = (m + log2 l)·ln2 is saved per row.
+// kBlockN = 64 its rows reach (alibi_attention_skip.cuh; all of them without slopes) with an online softmax in
+// base 2: logits x = s·scale·log2e − slope·log2e·|i−j| (−inf for masked keys), running max m and sum l;
+// lse = (m + log2 l)·ln2 is saved per row.
 #include <cmath>
 #include <cstdint>
 
+#include "alibi_attention_skip.cuh"
 #include "alibi_attention_tiles.cuh"
 
 namespace bembed::cuda {
@@ -23,7 +25,7 @@ constexpr int forward_smem_bytes() {
 template <typename T, int D>
 __device__ __forceinline__ void forward_tile(const AlibiAttentionParams& p, const Sequence& seq, int b, int h,
                                              int row0, const uint16_t* q, const uint16_t* k, const uint16_t* v,
-                                             uint16_t* out, float* lse, unsigned char* smem) {
+                                             uint16_t* out, float* lse, const float* workspace, unsigned char* smem) {
   constexpr int kLd = D + kPad;
   constexpr int kTilesN = kBlockN / 8;
   uint16_t* s_q = reinterpret_cast<uint16_t*>(smem);
@@ -39,18 +41,26 @@ __device__ __forceinline__ void forward_tile(const AlibiAttentionParams& p, cons
   const int i_lo = row0 + warp * 16 + g;  // this thread's two query rows
   const int i_hi = i_lo + 8;
 
-  load_tile_async<kBlockM, D>(s_q, q + head_base, ts, row0, seq.len);  // committed with the first K/V tile
-  load_pair_async<kBlockN, D>(s_kv, k + head_base, v + head_base, ts, 0, seq.len);
-  const int n_tiles = (seq.len + kBlockN - 1) / kBlockN;
+  // The diagonal score, a score of the row when key i is real, less its rounding, is the reference.
+  const TileRange keys = key_tiles_reached<T, D>(
+      p, seq, b, h, row0, q, k, workspace, (seq.len + kBlockN - 1) / kBlockN,
+      reinterpret_cast<double*>(s_key_bias), [&](int i, float diagonal, float bound) {
+        return key_bias(p, b, i, seq.len) == 0.0f ? diagonal - kBoundSlack * bound : -INFINITY;
+      });
+  if (keys.first <= keys.last) {
+    load_tile_async<kBlockM, D>(s_q, q + head_base, ts, row0, seq.len);  // committed with the first K/V tile
+    pipeline_start<kBlockN, D>(s_kv, keys.first, k + head_base, v + head_base, ts, seq.len);
+  }
 
   float o[D / 8][4];
   zero(o);
   float m_lo = -INFINITY, m_hi = -INFINITY;  // running max of x (base-2 logits)
   float l_lo = 0.0f, l_hi = 0.0f;            // this lane's part of the running sum (group-reduced at the end)
 
-  for (int n = 0; n < n_tiles; ++n) {
+  for (int n = keys.first; n <= keys.last; ++n) {
     const int col0 = n * kBlockN;
-    const uint16_t* s_k = pipeline_step<kBlockN, D>(s_kv, n, n_tiles, k + head_base, v + head_base, ts, seq.len);
+    const uint16_t* s_k = pipeline_step<kBlockN, D>(s_kv, n, keys.last + 1, k + head_base, v + head_base, ts,
+                                                    seq.len);
     const uint16_t* s_v = s_k + kBlockN * kLd;
     if (threadIdx.x < kBlockN) s_key_bias[threadIdx.x] = key_bias(p, b, col0 + threadIdx.x, seq.len);
     __syncthreads();  // tile n (and Q) are in shared memory
@@ -120,12 +130,13 @@ __device__ __forceinline__ void forward_tile(const AlibiAttentionParams& p, cons
 template <typename T, int D>
 __global__ void __launch_bounds__(kThreads) alibi_forward_kernel(AlibiAttentionParams p, const uint16_t* q,
                                                                  const uint16_t* k, const uint16_t* v,
-                                                                 uint16_t* out, float* lse) {
+                                                                 uint16_t* out, float* lse,
+                                                                 const float* workspace) {
   extern __shared__ __align__(16) unsigned char smem[];
   const Sequence seq = sequence(p, blockIdx.z);
   for (int tile = blockIdx.x; tile * kBlockM < seq.len; tile += gridDim.x) {
     __syncthreads();  // the previous tile's shared memory is no longer read
-    forward_tile<T, D>(p, seq, blockIdx.z, blockIdx.y, tile * kBlockM, q, k, v, out, lse, smem);
+    forward_tile<T, D>(p, seq, blockIdx.z, blockIdx.y, tile * kBlockM, q, k, v, out, lse, workspace, smem);
   }
 }
 
@@ -135,25 +146,26 @@ __global__ void __launch_bounds__(kThreads) alibi_forward_kernel(AlibiAttentionP
 
 template <typename T, int D>
 cudaError_t forward_typed(const AlibiAttentionParams& p, const void* q, const void* k, const void* v, void* out,
-                          float* lse, cudaStream_t stream) {
+                          float* lse, float* workspace, cudaStream_t stream) {
+  cudaError_t status = key_norms<T, D>(p, k, workspace, stream);
+  if (status != cudaSuccess) return status;
   constexpr int kSmem = forward_smem_bytes<D>();
   const auto kernel = alibi_forward_kernel<T, D>;
-  cudaError_t status = allow_shared(kernel, kSmem);
-  if (status != cudaSuccess) return status;
+  if ((status = allow_shared(kernel, kSmem)) != cudaSuccess) return status;
   kernel<<<grid_for(p, kBlockM), kThreads, kSmem, stream>>>(p, static_cast<const uint16_t*>(q),
                                                             static_cast<const uint16_t*>(k),
                                                             static_cast<const uint16_t*>(v),
-                                                            static_cast<uint16_t*>(out), lse);
+                                                            static_cast<uint16_t*>(out), lse, workspace);
   return cudaGetLastError();
 }
 
 template <typename T>
 cudaError_t forward_for_dtype(const AlibiAttentionParams& p, const void* q, const void* k, const void* v, void* out,
-                              float* lse, cudaStream_t stream) {
+                              float* lse, float* workspace, cudaStream_t stream) {
   switch (p.head_dim) {
-    case 32: return forward_typed<T, 32>(p, q, k, v, out, lse, stream);
-    case 64: return forward_typed<T, 64>(p, q, k, v, out, lse, stream);
-    case 128: return forward_typed<T, 128>(p, q, k, v, out, lse, stream);
+    case 32: return forward_typed<T, 32>(p, q, k, v, out, lse, workspace, stream);
+    case 64: return forward_typed<T, 64>(p, q, k, v, out, lse, workspace, stream);
+    case 128: return forward_typed<T, 128>(p, q, k, v, out, lse, workspace, stream);
   }
   return cudaErrorInvalidValue;
 }
@@ -169,13 +181,17 @@ int alibi_attention_forward_shared_bytes(int head_dim) {
   return 0;
 }
 
+int64_t alibi_attention_workspace_floats(const AlibiAttentionParams& params) {
+  return 2 * int64_t(params.batch) * params.heads;
+}
+
 cudaError_t alibi_attention_forward(const AlibiAttentionParams& params, DType dtype, const void* q, const void* k,
-                                    const void* v, void* out, float* lse, cudaStream_t stream) {
+                                    const void* v, void* out, float* lse, float* workspace, cudaStream_t stream) {
   if (!grid_fits(params)) return cudaErrorInvalidValue;
   if (empty_problem(params)) return cudaSuccess;
   switch (dtype) {
-    case DType::kFloat16: return forward_for_dtype<__half>(params, q, k, v, out, lse, stream);
-    case DType::kBFloat16: return forward_for_dtype<__nv_bfloat16>(params, q, k, v, out, lse, stream);
+    case DType::kFloat16: return forward_for_dtype<__half>(params, q, k, v, out, lse, workspace, stream);
+    case DType::kBFloat16: return forward_for_dtype<__nv_bfloat16>(params, q, k, v, out, lse, workspace, stream);
     case DType::kFloat32: break;
   }
   return cudaErrorInvalidValue;

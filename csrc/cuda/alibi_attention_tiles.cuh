@@ -84,15 +84,23 @@ __device__ __forceinline__ void load_tile_async(uint16_t* tile, const uint16_t* 
 
 // The streamed operands (K and V over key tiles, or Q and dO over query tiles) go through a two-stage
 // pipeline: stage s holds [x tile][y tile] of kRows rows each. load_pair_async starts one stage and commits
-// its group; pipeline_step, at tile n, starts tile n+1 into the other stage, waits for tile n's copies and
-// returns its stage. The caller then needs a __syncthreads() before reading (other threads' copies) and
-// another after its last read of the stage (the stage is refilled at step n+1).
+// its group; pipeline_step, at tile n, starts tile n+1 (when below n_tiles, the end of the walk) into the other
+// stage, waits for tile n's copies and returns its stage. The caller then needs a __syncthreads() before
+// reading (other threads' copies) and another after its last read of the stage (the stage is refilled at step
+// n+1).
 template <int kRows, int D>
 __device__ __forceinline__ void load_pair_async(uint16_t* stage, const uint16_t* x, const uint16_t* y, int64_t ts,
                                                 int row0, int len) {
   load_tile_async<kRows, D>(stage, x, ts, row0, len);
   load_tile_async<kRows, D>(stage + kRows * (D + kPad), y, ts, row0, len);
   async_copy::commit();
+}
+
+// Starts the pipeline at tile n (its stage is n % 2, as pipeline_step expects).
+template <int kRows, int D>
+__device__ __forceinline__ void pipeline_start(uint16_t* stages, int n, const uint16_t* x, const uint16_t* y,
+                                               int64_t ts, int len) {
+  load_pair_async<kRows, D>(stages + (n % 2) * 2 * kRows * (D + kPad), x, y, ts, n * kRows, len);
 }
 
 template <int kRows, int D>

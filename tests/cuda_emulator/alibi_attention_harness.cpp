@@ -3,6 +3,9 @@
 // sources (kernel launches, extern __shared__, the mma asm) into calls to emu::, then includes them here.
 #include "emu_mma.h"
 
+#include <cmath>
+#include <vector>
+
 #include "alibi_attention_fwd.cu"
 #include "alibi_attention_bwd.cu"
 
@@ -37,7 +40,9 @@ extern "C" int emu_alibi_forward(int dtype, int batch, int heads, int head_dim, 
                                  const void* v, void* out, float* lse) {
   const auto p = params(batch, heads, head_dim, max_seqlen, total_tokens, cu_seqlens, seqlen, mask, slopes,
                         slopes_batch_stride, scale);
-  return bembed::cuda::alibi_attention_forward(p, bembed::cuda::DType(dtype), q, k, v, out, lse, nullptr);
+  std::vector<float> workspace(bembed::cuda::alibi_attention_workspace_floats(p), NAN);  // the launcher zeroes it
+  return bembed::cuda::alibi_attention_forward(p, bembed::cuda::DType(dtype), q, k, v, out, lse, workspace.data(),
+                                               nullptr);
 }
 
 extern "C" int emu_alibi_backward(int dtype, int batch, int heads, int head_dim, int max_seqlen, int64_t total_tokens,
@@ -47,6 +52,7 @@ extern "C" int emu_alibi_backward(int dtype, int batch, int heads, int head_dim,
                                   void* dq, void* dk, void* dv) {
   const auto p = params(batch, heads, head_dim, max_seqlen, total_tokens, cu_seqlens, seqlen, mask, slopes,
                         slopes_batch_stride, scale);
-  return bembed::cuda::alibi_attention_backward(p, bembed::cuda::DType(dtype), grad_out, q, k, v, out, lse, delta, dq,
-                                                dk, dv, nullptr);
+  std::vector<float> workspace(bembed::cuda::alibi_attention_workspace_floats(p), NAN);
+  return bembed::cuda::alibi_attention_backward(p, bembed::cuda::DType(dtype), grad_out, q, k, v, out, lse, delta,
+                                                workspace.data(), dq, dk, dv, nullptr);
 }

@@ -13,11 +13,12 @@ import tempfile
 HERE = os.path.dirname(os.path.abspath(__file__))
 CUDA_DIR = os.path.join(HERE, "..", "..", "csrc", "cuda")
 CUDA_SOURCES = ["alibi_attention_fwd.cu", "alibi_attention_bwd.cu", "alibi_attention_tiles.cuh",
-                "alibi_attention.cuh", "mma_fragments.cuh", "async_copy.cuh", "dtype.cuh", "contrastive_loss.cu",
-                "contrastive_loss.cuh", "geglu.cu", "geglu.cuh"]
-# Kernel launches and extern __shared__ declarations each .cu holds: a rewrite that misses one fails loudly.
-CUDA_SHAPES = {"alibi_attention_fwd.cu": (1, 1), "alibi_attention_bwd.cu": (3, 2), "contrastive_loss.cu": (6, 0),
-               "geglu.cu": (4, 0)}
+                "alibi_attention_skip.cuh", "alibi_attention.cuh", "mma_fragments.cuh", "async_copy.cuh", "dtype.cuh",
+                "contrastive_loss.cu", "contrastive_loss.cuh", "geglu.cu", "geglu.cuh"]
+# Kernel launches and extern __shared__ declarations each source with kernels or launches holds: a rewrite that
+# misses one fails loudly.
+CUDA_SHAPES = {"alibi_attention_fwd.cu": (1, 1), "alibi_attention_bwd.cu": (3, 2), "alibi_attention_skip.cuh": (1, 0),
+               "contrastive_loss.cu": (6, 0), "geglu.cu": (4, 0)}
 HARNESSES = ["alibi_attention_harness.cpp", "contrastive_loss_harness.cpp", "geglu_harness.cpp"]
 EMU_SOURCES = [*HARNESSES, "emu_mma.h", "include/cuda_runtime.h", "include/cuda_fp16.h", "include/cuda_bf16.h",
                "build.py"]
@@ -34,7 +35,7 @@ _LDMATRIX_ASM = re.compile(r'asm volatile\("ldmatrix\.sync\.aligned\.m8n8\.x4(\.
 
 
 def rewrite(name: str, text: str) -> str:
-    if name.endswith(".cu"):
+    if name in CUDA_SHAPES:
         text, launches = _LAUNCH.subn(r"::emu::launch(\1, \2, ", text)
         text, shared = _SHARED.subn(r"unsigned char* \1 = ::emu::shared_memory();", text)
         assert (launches, shared) == CUDA_SHAPES[name], \

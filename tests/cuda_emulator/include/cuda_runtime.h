@@ -199,6 +199,22 @@ inline double __shfl_xor_sync(unsigned, double v, int lane_mask) {
   return emu::shuffle_xor(&emu::Warp::d, v, lane_mask);
 }
 
+// Fibers switch only at barriers, so a plain read-modify-write is atomic here.
+inline int atomicMax(int* address, int value) {
+  const int old = *address;
+  if (value > old) *address = value;
+  return old;
+}
+inline int __float_as_int(float f) {
+  int i;
+  std::memcpy(&i, &f, 4);
+  return i;
+}
+inline cudaError_t cudaMemsetAsync(void* at, int value, size_t bytes, cudaStream_t) {
+  std::memset(at, value, bytes);
+  return cudaSuccess;
+}
+
 // The hardware's __expf is an approximation (2 ulp + a relative error growing with |x|); the emulation
 // computes the exact float exp, so tests of code using it check everything but that approximation.
 inline float __expf(float x) { return std::exp(x); }

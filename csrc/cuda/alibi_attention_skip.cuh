@@ -1,0 +1,180 @@
+// Which tiles an ALiBi attention CTA must visit: far keys vanish, and the kernels leave out the tiles that
+// provably cannot matter, as the CPU kernel does (csrc/cpu/alibi_attention.cpp). In base 2 a score is
+//   x_ij = scale·log2e·q_i·k_j − slope·log2e·|i − j|  ≤  bound_i − slope·log2e·|i − j|,
+//   bound_i = |scale·log2e|·‖q_i‖·K,  K = the largest ‖k_j‖ of the (sequence, head)'s real keys.
+// Against a value ref_i the row's softmax reaches (forward: its diagonal score, a score of the row; backward:
+// its lse), a key with |i − j| > reach_i = (bound_i − ref_i + margin) / (slope·log2e) weighs < 2^−margin of the
+// row's sum. margin = log2(len) + 33 keeps all such keys of a row together < 2^−32 of it (a bit to spare for
+// the rounding of the bias): invisible in fp32 accumulators, let alone fp16/bf16 outputs. The bound falls with
+// distance both ways, so the tiles a CTA's rows reach are one contiguous range and the cp.async pipeline
+// walks it unchanged. A row with no reference (masked diagonal key), non-finite inputs (K = inf) and slopes
+// ≤ 0 reach every key; a backward row with no valid key (lse = −inf) reaches none.
+//
+// K comes from alibi_key_norm_kernel; the backward's dK/dV CTAs, which own keys, use R = max_i reach_i of the
+// (sequence, head) (written by the delta kernel) to bound the queries that reach them.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+
+#include "alibi_attention_tiles.cuh"
+
+namespace bembed::cuda::alibi {
+
+// Relative slack on scores for the rounding of fp32 sums of D ≤ 256 products, ‖·‖ and the tensor cores'
+// accumulation order (≈ (D + 4)·2^−23 ≤ 2^−14 needed).
+constexpr float kBoundSlack = 1.0f / 4096.0f;
+
+struct TileRange {
+  int first, last;  // inclusive; first > last: no tile
+};
+
+// The skip workspace (alibi_attention_workspace_floats floats) holds K of (sequence b, head h) at [b·H + h] and
+// R at [B·H + b·H + h]; the launchers zero it first.
+
+__device__ __forceinline__ bool skips(const AlibiAttentionParams& p, float slope2) {
+  return p.alibi_slopes != nullptr && slope2 > 0.0f;
+}
+
+// Non-negative floats order as their bit patterns: atomicMax on the int view is a float max.
+__device__ __forceinline__ void atomic_max_nonnegative(float* at, float value) {
+  atomicMax(reinterpret_cast<int*>(at), __float_as_int(value));
+}
+
+__device__ __forceinline__ float skip_margin(int len) { return log2f(float(len > 1 ? len : 1)) + 33.0f; }
+
+// reach_i for a row: +inf when anything is not finite or there is no reference (ref2 = −inf); −inf when the row
+// has no valid key (ref2 = +inf, the backward's lse of such a row).
+__device__ __forceinline__ float row_reach(float q_norm, float key_norm, float ref2, float scale_log2,
+                                           float slope2, int len) {
+  const float bound = fabsf(scale_log2) * q_norm * key_norm * (1.0f + kBoundSlack);
+  const float reach = (bound - ref2 + skip_margin(len)) / slope2;
+  return reach < 1e30f ? reach : (reach == -INFINITY ? -INFINITY : INFINITY);  // NaN: everything
+}
+
+// One warp per key: K = max ‖k_j‖ over the real keys of each (sequence, head). Grid as the delta kernel's.
+template <typename T, int D>
+__global__ void __launch_bounds__(kThreads) alibi_key_norm_kernel(AlibiAttentionParams p, const T* k,
+                                                                  float* workspace) {
+  const int h = blockIdx.y, b = blockIdx.z;
+  const Sequence seq = sequence(p, b);
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int64_t ts = int64_t(p.heads) * D;
+  const int64_t head_base = seq.start * ts + int64_t(h) * D;
+  float largest = 0.0f;
+  for (int j = blockIdx.x * kWarps + warp; j < seq.len; j += gridDim.x * kWarps) {
+    float sum = 0.0f;
+    for (int d = lane; d < D; d += 32) {
+      const float x = to_float(k[head_base + j * ts + d]);
+      sum += x * x;
+    }
+#pragma unroll
+    for (int offset = 16; offset > 0; offset /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, offset);
+    const float norm = sqrtf(sum);
+    if (key_bias(p, b, j, seq.len) == 0.0f) largest = fmaxf(largest, norm != norm ? INFINITY : norm);
+  }
+  if (lane == 0 && largest > 0.0f) atomic_max_nonnegative(workspace + int64_t(b) * p.heads + h, largest);
+}
+
+// Zeroes the workspace and, with slopes, fills in K. Both launchers start with it.
+template <typename T, int D>
+inline cudaError_t key_norms(const AlibiAttentionParams& p, const void* k, float* workspace, cudaStream_t stream) {
+  cudaError_t status =
+      cudaMemsetAsync(workspace, 0, sizeof(float) * alibi_attention_workspace_floats(p), stream);
+  if (status != cudaSuccess || p.alibi_slopes == nullptr) return status;
+  alibi_key_norm_kernel<T, D><<<grid_for(p, kBlockM), kThreads, 0, stream>>>(p, static_cast<const T*>(k), workspace);
+  return cudaGetLastError();
+}
+
+// Σ_d q_i[d]² and Σ_d q_i[d]·k_i[d] (k_row null: 0) of row i, by the two threads 2r, 2r+1 of the row (each
+// half of D; both get the sums).
+template <typename T, int D>
+__device__ __forceinline__ void row_sums(const uint16_t* q_row, const uint16_t* k_row, bool inside, float& qq,
+                                         float& qk) {
+  qq = 0.0f;
+  qk = 0.0f;
+  if (inside) {
+    const T* qr = reinterpret_cast<const T*>(q_row);
+    const T* kr = reinterpret_cast<const T*>(k_row);
+    for (int d = (threadIdx.x % 2) * (D / 2); d < (threadIdx.x % 2 + 1) * (D / 2); ++d) {
+      const float x = to_float(qr[d]);
+      qq += x * x;
+      if (kr != nullptr) qk += x * to_float(kr[d]);
+    }
+  }
+  qq += __shfl_xor_sync(0xffffffffu, qq, 1);
+  qk += __shfl_xor_sync(0xffffffffu, qk, 1);
+}
+
+// The kTile-wide tiles (of n_tiles) holding a position in [lo, hi] (lo > hi: none).
+template <int kTile>
+__device__ __forceinline__ TileRange tiles_between(double lo, double hi, int n_tiles) {
+  if (!(lo <= hi) || hi < 0.0 || lo >= double(n_tiles) * kTile) return {1, 0};
+  return {lo <= 0.0 ? 0 : int(lo / kTile), hi >= double(n_tiles) * kTile ? n_tiles - 1 : int(hi / kTile)};
+}
+
+// tiles_between for the union of every thread's [lo, hi]; uniform over the CTA. `scratch`: 2·kWarps doubles of
+// shared memory, free again on return. Doubles: positions up to 2^31 stay exact.
+template <int kTile>
+__device__ __forceinline__ TileRange tiles_within(double lo, double hi, int n_tiles, double* scratch) {
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+#pragma unroll
+  for (int offset = 16; offset > 0; offset /= 2) {
+    lo = fmin(lo, __shfl_xor_sync(0xffffffffu, lo, offset));
+    hi = fmax(hi, __shfl_xor_sync(0xffffffffu, hi, offset));
+  }
+  if (lane == 0) {
+    scratch[warp] = lo;
+    scratch[kWarps + warp] = hi;
+  }
+  __syncthreads();
+  for (int w = 0; w < kWarps; ++w) {
+    lo = fmin(lo, scratch[w]);
+    hi = fmax(hi, scratch[kWarps + w]);
+  }
+  __syncthreads();  // scratch is free again
+  return tiles_between<kTile>(lo, hi, n_tiles);
+}
+
+// The key tiles (of kBlockN) that the query rows [row0, row0 + kBlockM) reach. ref2_of(i, x_ii, bound_i): row i's
+// reference in base 2, given its diagonal score x_ii = scale·log2e·q_i·k_i (0 when k is null) and bound_i (the
+// scale of the rounding of a score the caller computes itself).
+template <typename T, int D, typename Reference>
+__device__ __forceinline__ TileRange key_tiles_reached(const AlibiAttentionParams& p, const Sequence& seq, int b, int h,
+                                                       int row0, const uint16_t* q, const uint16_t* k,
+                                                       const float* workspace, int n_tiles, double* scratch,
+                                                       Reference ref2_of) {
+  const float slope2 = slope_log2(p, b, h);
+  if (!skips(p, slope2)) return {0, n_tiles - 1};
+  const int64_t ts = int64_t(p.heads) * D;
+  const int64_t head_base = seq.start * ts + int64_t(h) * D;
+  const int i = row0 + threadIdx.x / 2;
+  const bool inside = i < seq.len;
+  float qq, qk;
+  row_sums<T, D>(q + head_base + int64_t(inside ? i : 0) * ts,
+                 k == nullptr ? nullptr : k + head_base + int64_t(inside ? i : 0) * ts, inside, qq, qk);
+  double lo = INFINITY, hi = -INFINITY;
+  if (inside) {
+    const float key_norm = workspace[int64_t(b) * p.heads + h];
+    const float q_norm = sqrtf(qq);
+    const float scale_log2 = p.softmax_scale * kLog2e;
+    const float bound = fabsf(scale_log2) * q_norm * key_norm;
+    const float reach = row_reach(q_norm, key_norm, ref2_of(i, qk * scale_log2, bound), scale_log2, slope2, seq.len);
+    if (reach >= 0.0f) {
+      lo = double(i) - double(reach);
+      hi = double(i) + double(reach);
+    }
+  }
+  return tiles_within<kBlockN>(lo, hi, n_tiles, scratch);
+}
+
+// The query tiles (of kTile) that reach the keys [col0, col0 + kBlockN): those within R of them.
+template <int kTile>
+__device__ __forceinline__ TileRange query_tiles_reaching(const AlibiAttentionParams& p, int b, int h, int col0,
+                                                          const float* workspace, int n_tiles) {
+  if (!skips(p, slope_log2(p, b, h))) return {0, n_tiles - 1};
+  const double reach = workspace[int64_t(p.batch + b) * p.heads + h];
+  return tiles_between<kTile>(double(col0) - reach, double(col0 + kBlockN - 1) + reach, n_tiles);
+}
+
+}  // namespace bembed::cuda::alibi
