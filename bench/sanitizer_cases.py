@@ -1,6 +1,7 @@
 """Small CUDA calls of every op, forward and backward, for compute-sanitizer (memcheck, racecheck):
-odd lengths, a padded batch with a fully masked row, and a varlen batch with an empty sequence; GEGLU in
-each dtype and on an unaligned pointer, the contrastive loss in float32 and bf16, both directions and one."""
+odd lengths, a padded batch with a fully masked row, a varlen batch with an empty sequence, a sequence whose
+far tiles are skipped; GEGLU in each dtype and on an unaligned pointer, the contrastive loss in float32 and
+bf16, both directions and one."""
 
 import torch
 
@@ -29,6 +30,12 @@ def main() -> None:
         total = sum(lengths)
         q, k, v = (torch.randn(total, 3, head_dim, device=device, dtype=dtype, requires_grad=True) for _ in range(3))
         bembed_ext.alibi_attention_varlen(q, k, v, cu, max(lengths), slopes).float().sum().backward()
+
+    # Steep slopes over five key tiles: CTAs walk only the tiles their rows reach (alibi_attention_skip.cuh), so
+    # the pipeline starts past tile 0 and the dK/dV pass skips query tiles.
+    q, k, v = (torch.randn(1, 320, 2, 64, device=device, dtype=dtype, requires_grad=True) for _ in range(3))
+    steep = torch.tensor([1.0, 0.5], device=device)
+    bembed_ext.alibi_attention(q, k, v, steep).float().sum().backward()
 
     for loss_dtype, bidirectional in ((torch.float32, True), (dtype, True), (dtype, False)):
         queries = torch.nn.functional.normalize(torch.randn(7, 50, device=device), dim=-1).to(loss_dtype)
