@@ -437,6 +437,38 @@ def test_align_checks_its_teacher_and_keeps_the_students_prompts(files, tmp_path
     assert Embedder.from_pretrained(tmp_path / "run" / "final", device="cpu").prompts == student.prompts
 
 
+def test_align_trains_under_each_of_the_students_prompts_and_none(files, tmp_path):
+    """Rows take turns over no prompt and each prompt, one prompt on both sides of a pair and the teacher's prompt
+    of the same name (none where it has no such prompt); align.prompts=false trains without them."""
+    from bembed.encode import Embedder
+    from bembed.training.align import AlignStage
+
+    stage, _ = mlm_run(files, tmp_path / "mlm", 1)
+    Embedder(stage.model.bert, stage.tokenizer, prompts={"query": "query: ", "document": "passage: ", "empty": ""}
+             ).save_pretrained(tmp_path / "student")
+    Embedder(stage.model.bert, stage.tokenizer, prompts={"query": "question: "}).save_pretrained(tmp_path / "teacher")
+    args = [f"data.train=[{{path: {files['parallel']}}}]", f"model.init_from={tmp_path / 'student'}",
+            "model.max_length=24", *U.train_overrides(tmp_path / "run", 1, batch=16)]
+
+    def sides(extra, index=0):
+        aligner = AlignStage(load_config(AlignRun, None, [*args, *extra]))
+        t = aligner.batch(index, 0, 1, 16).tensors
+        text = lambda ids: [aligner.tokenizer.decode(row, skip_special_tokens=True) for row in ids]  # noqa: E731
+        return text(t["en_ids"]), text(t["xx_ids"]), text(t["t_ids"])
+
+    en, xx, teacher = sides([f"align.teacher={tmp_path / 'teacher'}"])
+    starts = ["query:" if e.startswith("query:") else "passage:" if e.startswith("passage:") else "" for e in en]
+    assert sorted(set(starts)) == ["", "passage:", "query:"]  # the empty prompt is no turn of its own
+    for start, e, x, t in zip(starts, en, xx, teacher):
+        assert x.startswith(start) and (start == "" or not x.startswith(start + " " + start))
+        assert t.startswith("question:") == (start == "query:") and not t.startswith("passage:")
+        body, teacher_body = e.removeprefix(start).strip(), t.removeprefix("question:").strip()
+        assert body.startswith(teacher_body) or teacher_body.startswith(body)  # cut at 24 tokens, prompt included
+    assert sides([f"align.teacher={tmp_path / 'teacher'}"], 1)[0] != en  # another batch, other turns
+    en, xx, teacher = sides(["align.prompts=false"])
+    assert not any(e.startswith(("query:", "passage:")) for e in en + xx) and teacher == en
+
+
 def test_a_pickle_only_model_folder_is_refused(files, tmp_path):
     from transformers import BertModel
 

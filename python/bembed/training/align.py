@@ -4,7 +4,8 @@ On parallel pairs (en, xx): L = mean[(1 − cos(s(en), t(en))) + β·(1 − cos(
 student (trained) and t the teacher (frozen; by default a copy of the student as loaded). The first term
 keeps the student's English space where the teacher had it, the second pulls each translation onto its
 English sentence. The student is a bembed JinaBERT or any HF `AutoModel` folder (e.g. all-MiniLM-L6-v2);
-the teacher may be another model folder with its own tokenizer.
+the teacher may be another model folder with its own tokenizer. A student with prompts (E5's "query: " /
+"passage: ") is trained under each of them and under none, rows taking turns (`align.prompts`).
 """
 
 from __future__ import annotations
@@ -41,14 +42,22 @@ class AlignStage:
             self.teacher, self.teacher_tokenizer = copy.deepcopy(self.model), self.tokenizer
         self.teacher.eval().requires_grad_(False)
         self.rows, self.sources = read_pair_rows(cfg.data.train)
+        # (student prefix, teacher prefix) pairs the rows take turns with: none, then each prompt by name
+        student_prompts = read_prompts(cfg.model.init_from)
+        teacher_prompts = read_prompts(cfg.align.teacher) if cfg.align.teacher else student_prompts
+        names = sorted(n for n, prefix in student_prompts.items() if prefix) if cfg.align.prompts else []
+        self.prefixes = [("", "")] + [(student_prompts[n], teacher_prompts.get(n, "")) for n in names]
 
     def batch(self, index: int, rank: int, world: int, size: int) -> Batch:
         picked = shard(epoch_indices(len(self.rows), size * world, index, self.cfg.train.seed), rank, world)
-        en = [self.rows[i]["query"] for i in picked]
-        xx = [self.rows[i]["document"] for i in picked]
+        # a row's prompt changes from batch to batch, deterministically (a resumed run draws the same)
+        prefixes = [self.prefixes[(i + index) % len(self.prefixes)] for i in picked]
+        en = [student + self.rows[i]["query"] for i, (student, _) in zip(picked, prefixes)]
+        xx = [student + self.rows[i]["document"] for i, (student, _) in zip(picked, prefixes)]
+        teacher_en = [teacher + self.rows[i]["query"] for i, (_, teacher) in zip(picked, prefixes)]
         length = self.cfg.model.max_length
         s_en, s_xx = tokenize(self.tokenizer, en, length), tokenize(self.tokenizer, xx, length)
-        t_en = tokenize(self.teacher_tokenizer, en, length)
+        t_en = tokenize(self.teacher_tokenizer, teacher_en, length)
         return Batch({"en_ids": s_en["input_ids"], "en_mask": s_en["attention_mask"], "xx_ids": s_xx["input_ids"],
                       "xx_mask": s_xx["attention_mask"], "t_ids": t_en["input_ids"], "t_mask": t_en["attention_mask"]},
                      tokens=int(s_en["attention_mask"].sum() + s_xx["attention_mask"].sum()),
@@ -67,9 +76,15 @@ class AlignStage:
     def export(self, folder: Path) -> None:
         # the student keeps its prompts (an E5-style model's query/passage prefixes): alignment changes the
         # languages it knows, not how it is queried
-        settings = Path(self.cfg.model.init_from) / "config_sentence_transformers.json"
-        prompts = json.loads(settings.read_text(encoding="utf-8")).get("prompts") if settings.is_file() else None
-        export_encoder(self.model, self.tokenizer, folder, source=self.cfg.model.init_from, prompts=prompts or None)
+        export_encoder(self.model, self.tokenizer, folder, source=self.cfg.model.init_from,
+                       prompts=read_prompts(self.cfg.model.init_from) or None)
+
+
+def read_prompts(folder) -> dict[str, str]:
+    """A model folder's sentence-transformers prompts (name -> prefix); {} when it has none."""
+    settings = Path(folder) / "config_sentence_transformers.json"
+    prompts = json.loads(settings.read_text(encoding="utf-8")).get("prompts") if settings.is_file() else None
+    return dict(prompts or {})
 
 
 @torch.no_grad()

@@ -232,6 +232,10 @@ class AlignConfig(Checked):
 
     teacher: str | None = None  # default: a frozen copy of the student as loaded
     beta: float = 0.4
+    # Train under each of the student's prompts (an E5-style model's "query: " / "passage: ") as well as under
+    # none, so that prompted text learns the language too: rows take turns, one prompt on both sides of a pair
+    # and the teacher's prompt of the same name for its side (none where it has no such prompt).
+    prompts: bool = True
 
     def validate(self) -> None:
         _require(0 <= self.beta < math.inf, "align.beta", "≥ 0 and finite", self.beta)
