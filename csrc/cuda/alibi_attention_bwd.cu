@@ -61,7 +61,8 @@ __global__ void __launch_bounds__(kThreads) alibi_backward_delta_kernel(AlibiAtt
     }
     if (lane == 0) delta[seq.lse_offset + h * seq.lse_head_stride + i] = sum;
     if (skips(p, slope2)) {
-      const float reach = row_reach(sqrtf(qq), key_norm, backward_lse2(lse, seq, h, i), scale_log2, slope2, seq.len);
+      const float reach =
+          row_reach(score_bound(sqrtf(qq), key_norm, scale_log2), backward_lse2(lse, seq, h, i), slope2, seq.len);
       largest = fmaxf(largest, reach);  // −inf (no valid key) leaves it
     }
   }

@@ -43,12 +43,15 @@ __device__ __forceinline__ void atomic_max_nonnegative(float* at, float value) {
 
 __device__ __forceinline__ float skip_margin(int len) { return log2f(float(len > 1 ? len : 1)) + 33.0f; }
 
+// bound_i = |scale·log2e|·‖q_i‖·K.
+__device__ __forceinline__ float score_bound(float q_norm, float key_norm, float scale_log2) {
+  return fabsf(scale_log2) * q_norm * key_norm;
+}
+
 // reach_i for a row: +inf when anything is not finite or there is no reference (ref2 = −inf); −inf when the row
 // has no valid key (ref2 = +inf, the backward's lse of such a row).
-__device__ __forceinline__ float row_reach(float q_norm, float key_norm, float ref2, float scale_log2,
-                                           float slope2, int len) {
-  const float bound = fabsf(scale_log2) * q_norm * key_norm * (1.0f + kBoundSlack);
-  const float reach = (bound - ref2 + skip_margin(len)) / slope2;
+__device__ __forceinline__ float row_reach(float bound, float ref2, float slope2, int len) {
+  const float reach = (bound * (1.0f + kBoundSlack) - ref2 + skip_margin(len)) / slope2;
   return reach < 1e30f ? reach : (reach == -INFINITY ? -INFINITY : INFINITY);  // NaN: everything
 }
 
@@ -155,11 +158,9 @@ __device__ __forceinline__ TileRange key_tiles_reached(const AlibiAttentionParam
                  k == nullptr ? nullptr : k + head_base + int64_t(inside ? i : 0) * ts, inside, qq, qk);
   double lo = INFINITY, hi = -INFINITY;
   if (inside) {
-    const float key_norm = workspace[int64_t(b) * p.heads + h];
-    const float q_norm = sqrtf(qq);
     const float scale_log2 = p.softmax_scale * kLog2e;
-    const float bound = fabsf(scale_log2) * q_norm * key_norm;
-    const float reach = row_reach(q_norm, key_norm, ref2_of(i, qk * scale_log2, bound), scale_log2, slope2, seq.len);
+    const float bound = score_bound(sqrtf(qq), workspace[int64_t(b) * p.heads + h], scale_log2);
+    const float reach = row_reach(bound, ref2_of(i, qk * scale_log2, bound), slope2, seq.len);
     if (reach >= 0.0f) {
       lo = double(i) - double(reach);
       hi = double(i) + double(reach);
