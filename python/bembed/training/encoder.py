@@ -100,23 +100,28 @@ def stage_prompts(section) -> dict[str, str]:
 MATRYOSHKA_KEY = "matryoshka_dims"
 
 
+def record_matryoshka_dims(config, dims=()) -> None:
+    """Keep in a model config the widths a stage trained the embeddings to be cut to; empty removes what the
+    starting model carried, since training without the cut losses does not keep them working."""
+    if dims:
+        setattr(config, MATRYOSHKA_KEY, sorted(set(dims), reverse=True))
+    elif hasattr(config, MATRYOSHKA_KEY):
+        delattr(config, MATRYOSHKA_KEY)
+
+
 def export_encoder(model: torch.nn.Module, tokenizer, folder: Path, source: str | None = None,
                    prompts: dict[str, str] | None = None, matryoshka_dims=()) -> Path:
     """A folder that both `from_pretrained` and `SentenceTransformer(folder)` load: a JinaBertModel goes
     through the model's sentence-transformers export; another HF model is saved with save_pretrained and
     gets the module files of the sentence-transformers folder it came from (or mean pooling + Normalize).
     prompts (name -> prefix), when given, go to config_sentence_transformers.json in place of `source`'s.
-    matryoshka_dims: the widths the stage just trained the embeddings to be cut to, kept in config.json (for
-    `Embedder.matryoshka_dims`); empty removes what the starting model carried, since training without the
-    cut losses does not keep them working."""
+    matryoshka_dims: the widths the stage just trained (record_matryoshka_dims), kept in config.json for
+    `Embedder.matryoshka_dims`."""
     from bembed.model.export import export_sentence_transformers
     from bembed.tokenizer import save_tokenizer
 
     folder = Path(folder)
-    if matryoshka_dims:
-        setattr(model.config, MATRYOSHKA_KEY, sorted(set(matryoshka_dims), reverse=True))
-    elif hasattr(model.config, MATRYOSHKA_KEY):
-        delattr(model.config, MATRYOSHKA_KEY)
+    record_matryoshka_dims(model.config, matryoshka_dims)
     if isinstance(model, JinaBertModel):
         return export_sentence_transformers(model, tokenizer, folder, prompts=prompts)
     folder.mkdir(parents=True, exist_ok=True)

@@ -21,7 +21,7 @@ from bembed.tokenizer import model_config_kwargs, save_tokenizer, word_ids, word
 from .batching import Batch, epoch_indices, generator, shard
 from .config import PretrainRun
 from .data import read_rows
-from .encoder import MATRYOSHKA_KEY, load_tokenizer
+from .encoder import load_tokenizer, record_matryoshka_dims
 from .masking import whole_word_mask
 
 log = logging.getLogger(__name__)
@@ -68,8 +68,7 @@ class MLMStage:
         self.tokenizer = _tokenizer(cfg, texts_by_lang, rank)
         if cfg.model.init_from:
             self.model = JinaBertForMaskedLM.from_pretrained(cfg.model.init_from)
-            if hasattr(self.model.config, MATRYOSHKA_KEY):  # MLM does not keep cut embeddings working
-                delattr(self.model.config, MATRYOSHKA_KEY)
+            record_matryoshka_dims(self.model.config)  # MLM trains no cut widths
         else:
             config = JinaBertConfig(**{**cfg.model.config, **model_config_kwargs(self.tokenizer)})
             self.model = JinaBertForMaskedLM(config)
