@@ -465,6 +465,10 @@ def test_align_trains_under_each_of_the_students_prompts_and_none(files, tmp_pat
         body, teacher_body = e.removeprefix(start).strip(), t.removeprefix("question:").strip()
         assert body.startswith(teacher_body) or teacher_body.startswith(body)  # cut at 24 tokens, prompt included
     assert sides([f"align.teacher={tmp_path / 'teacher'}"], 1)[0] != en  # another batch, other turns
+    Embedder(stage.model.bert, stage.tokenizer, prompts={"query": "query: ", "passage": "passage: ",
+                                                         "document": "passage: "}).save_pretrained(tmp_path / "e5")
+    e5 = AlignStage(load_config(AlignRun, None, [*args, f"model.init_from={tmp_path / 'e5'}"]))
+    assert [student for student, _ in e5.prefixes] == ["", "passage: ", "query: "]  # one turn per distinct prompt
     en, xx, teacher = sides(["align.prompts=false"])
     assert not any(e.startswith(("query:", "passage:")) for e in en + xx) and teacher == en
 

@@ -24,6 +24,12 @@ def check_tokenizer(folder: Path) -> None:
         raise ValueError(f"{folder}: no tokenizer in the folder (none of {', '.join(LOADABLE_TOKENIZER_FILES)})")
 
 
+def folder_prompts(folder: str | Path) -> dict[str, str]:
+    """The prompts (name -> prefix) of a folder's config_sentence_transformers.json; {} when it has none."""
+    path = Path(folder) / PROMPTS_FILE
+    return dict(json.loads(path.read_text(encoding="utf-8")).get("prompts") or {}) if path.is_file() else {}
+
+
 def embedder_settings(folder: Path, given: dict) -> dict:
     """The Embedder keywords of `folder` with the caller's `given` ones over them: prompts merged name by name
     (the caller's win), default_prompt_name, max_seq_length and normalize_embeddings where the caller gave

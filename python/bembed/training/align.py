@@ -11,10 +11,11 @@ the teacher may be another model folder with its own tokenizer. A student with p
 from __future__ import annotations
 
 import copy
-import json
 from pathlib import Path
 
 import torch
+
+from bembed.st_folder import folder_prompts
 
 from .batching import Batch, epoch_indices, shard
 from .config import AlignRun, ModelConfig
@@ -42,11 +43,14 @@ class AlignStage:
             self.teacher, self.teacher_tokenizer = copy.deepcopy(self.model), self.tokenizer
         self.teacher.eval().requires_grad_(False)
         self.rows, self.sources = read_pair_rows(cfg.data.train)
-        # (student prefix, teacher prefix) pairs the rows take turns with: none, then each prompt by name
-        student_prompts = read_prompts(cfg.model.init_from)
-        teacher_prompts = read_prompts(cfg.align.teacher) if cfg.align.teacher else student_prompts
-        names = sorted(n for n, prefix in student_prompts.items() if prefix) if cfg.align.prompts else []
-        self.prefixes = [("", "")] + [(student_prompts[n], teacher_prompts.get(n, "")) for n in names]
+        # (student prefix, teacher prefix) pairs the rows take turns with: none, then each distinct prompt by
+        # name (a saved folder's "document" copies its "passage": one turn, not two)
+        student_prompts = folder_prompts(cfg.model.init_from)
+        teacher_prompts = folder_prompts(cfg.align.teacher) if cfg.align.teacher else student_prompts
+        self.prefixes = [("", "")]
+        for name in sorted(student_prompts) if cfg.align.prompts else []:
+            if student_prompts[name] not in {student for student, _ in self.prefixes}:
+                self.prefixes.append((student_prompts[name], teacher_prompts.get(name, "")))
 
     def batch(self, index: int, rank: int, world: int, size: int) -> Batch:
         picked = shard(epoch_indices(len(self.rows), size * world, index, self.cfg.train.seed), rank, world)
@@ -77,14 +81,7 @@ class AlignStage:
         # the student keeps its prompts (an E5-style model's query/passage prefixes): alignment changes the
         # languages it knows, not how it is queried
         export_encoder(self.model, self.tokenizer, folder, source=self.cfg.model.init_from,
-                       prompts=read_prompts(self.cfg.model.init_from) or None)
-
-
-def read_prompts(folder) -> dict[str, str]:
-    """A model folder's sentence-transformers prompts (name -> prefix); {} when it has none."""
-    settings = Path(folder) / "config_sentence_transformers.json"
-    prompts = json.loads(settings.read_text(encoding="utf-8")).get("prompts") if settings.is_file() else None
-    return dict(prompts or {})
+                       prompts=folder_prompts(self.cfg.model.init_from) or None)
 
 
 @torch.no_grad()
