@@ -27,9 +27,9 @@ def dot_score(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 def _as_matrix(embeddings, name: str) -> torch.Tensor:
     if isinstance(embeddings, (list, tuple)) and embeddings and all(isinstance(e, torch.Tensor) for e in embeddings):
-        if len({tuple(e.shape) for e in embeddings}) > 1:
-            raise ValueError(f"{name}: the rows have different shapes "
-                             f"{sorted({tuple(e.shape) for e in embeddings})}")
+        shapes = {tuple(e.shape) for e in embeddings}
+        if len(shapes) > 1:
+            raise ValueError(f"{name}: the rows have different shapes {sorted(shapes)}")
         embeddings = torch.stack(embeddings)  # encode(..., convert_to_numpy=False) gives a list of rows
     try:
         tensor = torch.as_tensor(embeddings)
