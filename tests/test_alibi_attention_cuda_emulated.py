@@ -8,6 +8,7 @@ buffer the kernels touch sits between NaN guards: an out-of-bounds write breaks 
 read poisons the result, and shared memory starts as NaN."""
 
 import ctypes
+import math
 import os
 import shutil
 import sys
@@ -26,6 +27,7 @@ pytestmark = pytest.mark.skipif(shutil.which("g++") is None, reason="needs g++ t
 
 reference = bembed_ext.reference
 KERNEL_DTYPE = {torch.float16: 1, torch.bfloat16: 2}  # bembed::cuda::DType
+LOG2E = math.log2(math.e)
 
 
 @pytest.fixture(scope="module")
@@ -258,3 +260,47 @@ def test_far_tiles_are_skipped_in_varlen_sequences(lib):
         if name != "lse":
             ours, theirs = ours[near], theirs[near]
         assert torch.equal(ours, theirs), name
+
+
+def _visited(x):
+    """Which rows of x (rows, D) turned non-finite: their CTA visited the poisoned tile."""
+    return ~torch.isfinite(x).all(dim=-1)
+
+
+@pytest.mark.parametrize("D", [32, pytest.param(128, marks=pytest.mark.slow)])
+def test_skipped_tiles_weigh_less_than_the_promised_bound(lib, D):
+    """The skip's promise, checked where its bound is tight: every query and key the same vector c, so each score
+    equals the bound and only ALiBi tells keys apart (row i weighs key j ∝ 2^(−slope·log2e·|i − j|)). Poisoning
+    one tile at a time shows which (row, tile) pairs each kernel visits, forward (v), dQ (v, with clean out and
+    lse) and dK/dV (dO); the float64 softmax weight of everything a row left out must stay below 2^−32 of its
+    sum, for every row and each kernel, and something must be left out (or this tests nothing). A weaker margin,
+    a bound that ignores K or the scale, or a reach measured from the wrong side fails here."""
+    L, H = 320, 2
+    scale = D ** -0.5
+    score2 = 35.0  # scale·log2e·‖c‖², every score before ALiBi (in base 2)
+    c = torch.randn(D, dtype=torch.float64)
+    c = (c * (score2 / (scale * LOG2E)) ** 0.5 / c.norm()).to(torch.bfloat16)
+    q = c.expand(1, L, H, D).contiguous()
+    slopes = torch.tensor([0.32, 0.64]) / LOG2E  # weights above 2^-32 out to ~100 and ~50 keys
+    problem = Problem(q, q.clone(), torch.randn(1, L, H, D, dtype=torch.bfloat16), slopes, scale)
+    out, lse = problem.forward(lib)
+    grad = torch.randn_like(q)
+
+    distance = (torch.arange(L)[:, None] - torch.arange(L)[None, :]).abs().double()
+    scores = scale * (c.double() @ c.double()) - slopes.double()[:, None, None] * distance  # (H, L, L)
+    weights = scores.softmax(dim=-1)
+    visited = {name: torch.zeros(H, L, L, dtype=torch.bool) for name in ("forward", "dq", "dkdv")}
+    for first in range(0, L, 64):
+        tile = slice(first, first + 64)
+        poisoned = _poisoned(problem, "v", tile)
+        out_p, _ = poisoned.forward(lib)
+        dq_p = poisoned.backward(lib, grad, out, lse)[0]
+        dv_p = problem.backward(lib, _poisoned_grad(grad, tile), out, lse)[2]
+        for h in range(H):
+            visited["forward"][h, :, tile] = _visited(out_p[0, :, h])[:, None]
+            visited["dq"][h, :, tile] = _visited(dq_p[0, :, h])[:, None]
+            visited["dkdv"][h, tile, :] = _visited(dv_p[0, :, h])[None, :]  # rows of the tile, per key
+    for name, seen in visited.items():
+        left_out = (weights * ~seen).sum(dim=-1)
+        assert left_out.max() < 2.0 ** -32, (name, left_out.max().item())
+        assert not seen.all(), f"{name}: no tile was skipped"
