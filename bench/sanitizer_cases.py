@@ -33,9 +33,10 @@ def main() -> None:
 
     # Steep slopes over five key tiles: CTAs walk only the tiles their rows reach (alibi_attention_skip.cuh), so
     # the pipeline starts past tile 0 and the dK/dV pass skips query tiles.
-    q, k, v = (torch.randn(1, 320, 2, 64, device=device, dtype=dtype, requires_grad=True) for _ in range(3))
     steep = torch.tensor([1.0, 0.5], device=device)
-    bembed_ext.alibi_attention(q, k, v, steep).float().sum().backward()
+    for head_dim in (64, 128):  # the two register layouts the skip code is compiled into most often
+        q, k, v = (torch.randn(1, 320, 2, head_dim, device=device, dtype=dtype, requires_grad=True) for _ in range(3))
+        bembed_ext.alibi_attention(q, k, v, steep).float().sum().backward()
 
     for loss_dtype, bidirectional in ((torch.float32, True), (dtype, True), (dtype, False)):
         queries = torch.nn.functional.normalize(torch.randn(7, 50, device=device), dim=-1).to(loss_dtype)
