@@ -304,3 +304,22 @@ def test_skipped_tiles_weigh_less_than_the_promised_bound(lib, D):
         left_out = (weights * ~seen).sum(dim=-1)
         assert left_out.max() < 2.0 ** -32, (name, left_out.max().item())
         assert not seen.all(), f"{name}: no tile was skipped"
+
+
+def test_an_outlier_query_widens_only_the_dkdv_ranges_near_it(lib):
+    """The dK/dV CTAs bound the queries that reach their keys per run of 16 rows, not per (sequence, head): a query
+    with 20× the usual norm near the start reaches ~180 keys, yet the last key tile still leaves out the query
+    tile at rows 64–127 (its own rows reach ~35 keys). Seen through inf in those rows of dO: the last key tile's
+    dK and dV stay bitwise what they were."""
+    B, L, H, D = 1, 320, 2, 32
+    q, k, v = (torch.randn(B, L, H, D, dtype=torch.bfloat16) for _ in range(3))
+    q[:, 10] *= 20
+    slopes = torch.tensor([1.0, 1.0])
+    problem = Problem(q, k, v, slopes, D ** -0.5)
+    out, lse = _check(lib, problem, lambda q, k, v: reference.alibi_attention(q, k, v, slopes))
+    grad = torch.randn_like(q)
+    clean = problem.backward(lib, grad, out, lse)
+    dk_p, dv_p = problem.backward(lib, _poisoned_grad(grad, slice(64, 128)), out, lse)[1:]
+    last = slice(256, 320)
+    assert torch.equal(dk_p[:, last], clean[1][:, last]) and torch.equal(dv_p[:, last], clean[2][:, last])
+    assert not torch.isfinite(dv_p[:, 0:64]).all(), "the outlier's own keys visit the poisoned rows"

@@ -34,8 +34,8 @@ constexpr int kAlibiMaxGridYZ = 65535;
 int alibi_attention_forward_shared_bytes(int head_dim);
 int alibi_attention_backward_shared_bytes(int head_dim);
 
-// Floats of the workspace both launchers take (per (sequence, head) bounds that let far tiles be skipped;
-// see alibi_attention_skip.cuh).
+// Floats of the workspace both launchers take: the bounds that let far tiles be skipped, per (sequence, head)
+// and per run of query rows (alibi_attention_skip.cuh).
 int64_t alibi_attention_workspace_floats(const AlibiAttentionParams& params);
 
 // out has q's shape and dtype; lse (float32) gets the natural-log row log-sum-exp, −inf for rows with no

@@ -66,7 +66,7 @@ void set_slopes(cuda::AlibiAttentionParams& params, const std::optional<at::Tens
   params.slopes_batch_stride = keep_alive.dim() == 2 ? params.heads : 0;
 }
 
-// The per-(sequence, head) bounds the kernels skip far tiles by (the launchers fill it).
+// The bounds the kernels skip far tiles by (alibi_attention_skip.cuh; the launchers fill it).
 at::Tensor skip_workspace(const cuda::AlibiAttentionParams& params, const at::Tensor& q) {
   return at::empty({std::max<int64_t>(1, cuda::alibi_attention_workspace_floats(params))},
                    q.options().dtype(at::kFloat));

@@ -33,7 +33,7 @@ __device__ __forceinline__ float backward_lse2(const float* lse, const Sequence&
 }
 
 // delta_i = Σ_d dO[i, d]·O[i, d] in fp32, one warp per row, rows dealt round-robin to the warps of the
-// grid; delta has lse's layout. With slopes, also R = max_i reach_i of each (sequence, head) into the workspace.
+// grid; delta has lse's layout. With slopes, also each row's reach into its run's record (the largest wins).
 template <typename T, int D>
 __global__ void __launch_bounds__(kThreads) alibi_backward_delta_kernel(AlibiAttentionParams p, const T* dout,
                                                                         const T* out, const T* q, const float* lse,
@@ -46,7 +46,6 @@ __global__ void __launch_bounds__(kThreads) alibi_backward_delta_kernel(AlibiAtt
   const float slope2 = slope_log2(p, b, h);
   const float scale_log2 = p.softmax_scale * kLog2e;
   const float key_norm = workspace[int64_t(b) * p.heads + h];
-  float largest = 0.0f;  // of this warp's rows' reach
   for (int i = blockIdx.x * kWarps + warp; i < seq.len; i += gridDim.x * kWarps) {
     float sum = 0.0f, qq = 0.0f;
     for (int d = lane; d < D; d += 32) {
@@ -60,13 +59,12 @@ __global__ void __launch_bounds__(kThreads) alibi_backward_delta_kernel(AlibiAtt
       qq += __shfl_xor_sync(0xffffffffu, qq, offset);
     }
     if (lane == 0) delta[seq.lse_offset + h * seq.lse_head_stride + i] = sum;
-    if (skips(p, slope2)) {
+    if (lane == 0 && skips(p, slope2)) {
       const float reach =
           row_reach(score_bound(sqrtf(qq), key_norm, scale_log2), backward_lse2(lse, seq, h, i), slope2, seq.len);
-      largest = fmaxf(largest, reach);  // −inf (no valid key) leaves it
+      if (reach > 0.0f) atomic_max_nonnegative(workspace + reach_record(p, seq.start, b, h, i), reach);  // −inf: none
     }
   }
-  if (lane == 0 && largest > 0.0f) atomic_max_nonnegative(workspace + int64_t(p.batch + b) * p.heads + h, largest);
 }
 
 template <int D>
@@ -191,8 +189,11 @@ __device__ __forceinline__ void dkdv_tile(const AlibiAttentionParams& p, const S
   const float kb_lo = key_bias(p, b, j_lo, seq.len);
   const float kb_hi = key_bias(p, b, j_hi, seq.len);
 
-  const TileRange queries =
-      query_tiles_reaching<kBlockMB>(p, b, h, col0, workspace, (seq.len + kBlockMB - 1) / kBlockMB);
+  static_assert((2 * kBlockN + 4 * kBlockMB) * kLd * 2 % 8 == 0 && 2 * kBlockMB * 4 >= 2 * kWarps * 8,
+                "lse2 and delta hold the doubles of the tile-range scratch");
+  const TileRange queries = query_tiles_reaching<kBlockMB>(p, seq, b, h, col0, workspace,
+                                                           (seq.len + kBlockMB - 1) / kBlockMB,
+                                                           reinterpret_cast<double*>(s_lse2));
   if (queries.first <= queries.last) {
     load_tile_async<kBlockN, D>(s_k, k + head_base, ts, col0, seq.len);  // committed with the first Q/dO tile
     load_tile_async<kBlockN, D>(s_v, v + head_base, ts, col0, seq.len);

@@ -182,7 +182,7 @@ int alibi_attention_forward_shared_bytes(int head_dim) {
 }
 
 int64_t alibi_attention_workspace_floats(const AlibiAttentionParams& params) {
-  return 2 * int64_t(params.batch) * params.heads;
+  return alibi::skip_workspace_floats(params);
 }
 
 cudaError_t alibi_attention_forward(const AlibiAttentionParams& params, DType dtype, const void* q, const void* k,

@@ -10,8 +10,10 @@
 // walks it unchanged. A row with no reference (masked diagonal key), non-finite inputs (K = inf) and slopes
 // ≤ 0 reach every key; a backward row with no valid key (lse = −inf) reaches none.
 //
-// K comes from alibi_key_norm_kernel; the backward's dK/dV CTAs, which own keys, use R = max_i reach_i of the
-// (sequence, head) (written by the delta kernel) to bound the queries that reach them.
+// K comes from alibi_key_norm_kernel. The backward's dK/dV CTAs own keys: the delta kernel records R_u, the
+// largest reach_i over each run u of kReachRows query rows, and a CTA visits the query tiles between the first
+// and the last run that come within R_u of its keys. Per run rather than per (sequence, head), one outlier row
+// (a large ‖q_i‖) widens the range of the keys near it only.
 #pragma once
 
 #include <cmath>
@@ -25,12 +27,29 @@ namespace bembed::cuda::alibi {
 // accumulation order (≈ (D + 4)·2^−23 ≤ 2^−14 needed).
 constexpr float kBoundSlack = 1.0f / 4096.0f;
 
+// Query rows per reach record (the dK/dV CTAs' finest query tile is 16 rows).
+constexpr int kReachRows = 16;
+
 struct TileRange {
   int first, last;  // inclusive; first > last: no tile
 };
 
-// The skip workspace (alibi_attention_workspace_floats floats) holds K of (sequence b, head h) at [b·H + h] and
-// R at [B·H + b·H + h]; the launchers zero it first.
+// The skip workspace (alibi_attention_workspace_floats floats) holds K of (sequence b, head h) at [b·H + h], then
+// per head the reach records; the launchers zero it first. Sequence b's records start at start_b / kReachRows + b:
+// its ⌈len_b / kReachRows⌉ records end before the next sequence's begin, whatever start_b mod kReachRows is, and
+// every index stays below T / kReachRows + B + 1.
+__host__ __device__ inline int64_t reach_records_per_head(const AlibiAttentionParams& p) {
+  return p.total_tokens / kReachRows + p.batch + 1;
+}
+
+__host__ __device__ inline int64_t skip_workspace_floats(const AlibiAttentionParams& p) {
+  return int64_t(p.batch) * p.heads + int64_t(p.heads) * reach_records_per_head(p);
+}
+
+// The reach record of query row i of sequence b (starting at seq_start), head h.
+__device__ __forceinline__ int64_t reach_record(const AlibiAttentionParams& p, int64_t seq_start, int b, int h, int i) {
+  return int64_t(p.batch) * p.heads + h * reach_records_per_head(p) + seq_start / kReachRows + b + i / kReachRows;
+}
 
 __device__ __forceinline__ bool skips(const AlibiAttentionParams& p, float slope2) {
   return p.alibi_slopes != nullptr && slope2 > 0.0f;
@@ -169,13 +188,26 @@ __device__ __forceinline__ TileRange key_tiles_reached(const AlibiAttentionParam
   return tiles_within<kBlockN>(lo, hi, n_tiles, scratch);
 }
 
-// The query tiles (of kTile) that reach the keys [col0, col0 + kBlockN): those within R of them.
+// The query tiles (of kTile) holding rows that may reach the keys [col0, col0 + kBlockN): from the first to the
+// last run of kReachRows rows that comes within its record R_u of them. Uniform over the CTA; `scratch` as in
+// tiles_within.
 template <int kTile>
-__device__ __forceinline__ TileRange query_tiles_reaching(const AlibiAttentionParams& p, int b, int h, int col0,
-                                                          const float* workspace, int n_tiles) {
+__device__ __forceinline__ TileRange query_tiles_reaching(const AlibiAttentionParams& p, const Sequence& seq, int b,
+                                                          int h, int col0, const float* workspace, int n_tiles,
+                                                          double* scratch) {
   if (!skips(p, slope_log2(p, b, h))) return {0, n_tiles - 1};
-  const double reach = workspace[int64_t(p.batch + b) * p.heads + h];
-  return tiles_between<kTile>(double(col0) - reach, double(col0 + kBlockN - 1) + reach, n_tiles);
+  const float* records = workspace + reach_record(p, seq.start, b, h, 0);
+  const int col1 = (col0 + kBlockN < seq.len ? col0 + kBlockN : seq.len) - 1;
+  double lo = INFINITY, hi = -INFINITY;
+  for (int u = threadIdx.x; u < (seq.len + kReachRows - 1) / kReachRows; u += kThreads) {
+    const int first = u * kReachRows, last = (first + kReachRows < seq.len ? first + kReachRows : seq.len) - 1;
+    const int gap = first > col1 ? first - col1 : (col0 > last ? col0 - last : 0);
+    if (double(gap) <= double(records[u])) {
+      lo = fmin(lo, double(first));
+      hi = fmax(hi, double(last));
+    }
+  }
+  return tiles_within<kTile>(lo, hi, n_tiles, scratch);
 }
 
 }  // namespace bembed::cuda::alibi
