@@ -205,7 +205,7 @@ def test_far_tiles_are_skipped_and_results_stay_exact(lib, slopes):
     B, L, H, D = 1, 320, 2, 32  # five key tiles of 64
     q, k, v = (torch.randn(B, L, H, D, dtype=torch.bfloat16) for _ in range(3))
     mask = torch.ones(B, L, dtype=torch.bool)
-    mask[0, 70:100] = False  # masked diagonals in the second CTA: its rows without a reference walk every tile
+    mask[0, 70:100] = False  # masked diagonals in the second CTA: their reference is key 0, the nearer end of the span
     problem = Problem(q, k, v, slopes, D ** -0.5, mask=mask)
     out, lse = _check(lib, problem, lambda q, k, v: reference.alibi_attention(q, k, v, slopes, key_padding_mask=mask))
     grad = torch.randn_like(q)
@@ -223,7 +223,9 @@ def test_far_tiles_are_skipped_and_results_stay_exact(lib, slopes):
     assert torch.equal(out_p[:, near], out[:, near]) and torch.equal(lse_p[:, :, near], lse[:, :, near])
     assert torch.equal(dq_p[:, near], clean[0][:, near])
     assert torch.equal(dk_p[:, near], clean[1][:, near]) and torch.equal(dv_p[:, near], clean[2][:, near])
-    assert torch.isnan(out_p[:, 64:128]).all(), "the second CTA's rows without a reference walk every tile"
+    # Rows 70-99 reach ≤ 99 keys further from key 0 than from their own: head 0 (slope 1) still stops short of
+    # the last tile, head 1 (slope 0.5) does not.
+    assert torch.equal(out_p[:, 64:128, 0], out[:, 64:128, 0]) and torch.isnan(out_p[:, 64:128, 1]).any()
     assert not torch.isfinite(out_p[:, far]).any()  # its own rows do see the poisoned tile
 
 
@@ -323,3 +325,36 @@ def test_an_outlier_query_widens_only_the_dkdv_ranges_near_it(lib):
     last = slice(256, 320)
     assert torch.equal(dk_p[:, last], clean[1][:, last]) and torch.equal(dv_p[:, last], clean[2][:, last])
     assert not torch.isfinite(dv_p[:, 0:64]).all(), "the outlier's own keys visit the poisoned rows"
+
+
+@pytest.mark.parametrize("slopes", [torch.tensor([1.0, 0.5]), None], ids=["steep", "no_slopes"])
+def test_no_cta_walks_past_the_real_keys_of_its_sequence(lib, slopes):
+    """Left and right padding: the key tiles before the first and after the last real key of a sequence are never
+    visited (their k and v rows may hold anything, inf here), and the padded query rows, whose diagonal key is
+    masked, take the nearest real key as their reference and skip far tiles too. Without slopes no tile is skipped
+    and the inf reaches every row, as in PyTorch."""
+    B, L, H, D = 2, 320, 2, 32
+    q, k, v = (torch.randn(B, L, H, D, dtype=torch.bfloat16) for _ in range(3))
+    mask = torch.ones(B, L, dtype=torch.bool)
+    mask[0, :70] = False   # tile 0 fully masked
+    mask[0, 150:] = False  # tiles 3 and 4 fully masked
+    mask[1, 40:] = False   # a short sequence: tiles 1-4 fully masked
+    problem = Problem(q, k, v, slopes, D ** -0.5, mask=mask)
+    out, lse = _check(lib, problem, lambda q, k, v: reference.alibi_attention(q, k, v, slopes, key_padding_mask=mask))
+    grad = torch.randn_like(q)
+    clean = problem.backward(lib, grad, out, lse)
+    tensors = {n: problem.inputs[n].tensor.clone() for n in "qkv"}
+    for name in "kv":
+        tensors[name][0, :64] = float("inf")
+        tensors[name][0, 192:] = float("inf")
+        tensors[name][1, 64:] = float("inf")
+    poisoned = Problem(*(tensors[n] for n in "qkv"), slopes, D ** -0.5, mask=mask)
+    out_p, lse_p = poisoned.forward(lib)
+    dq_p, dk_p, dv_p = poisoned.backward(lib, grad, out, lse)
+    if slopes is None:
+        assert not torch.isfinite(out_p).any()
+        return
+    assert torch.equal(out_p, out) and torch.equal(lse_p, lse) and torch.equal(dq_p, clean[0])
+    real = mask[:, :, None, None]
+    assert torch.equal(dk_p * real, clean[1] * real) and torch.equal(dv_p * real, clean[2] * real)
+    assert not dk_p[~mask].any() and not dv_p[~mask].any()  # the padded keys' gradients stay 0

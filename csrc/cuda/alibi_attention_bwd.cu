@@ -101,7 +101,7 @@ __device__ __forceinline__ void dq_tile(const AlibiAttentionParams& p, const Seq
 
   const TileRange keys = key_tiles_reached<T, D>(
       p, seq, b, h, row0, q, nullptr, workspace, (seq.len + kBlockN - 1) / kBlockN,
-      reinterpret_cast<double*>(s_key_bias), [&](int i, float, float) { return backward_lse2(lse, seq, h, i); });
+      reinterpret_cast<double*>(s_key_bias), [&](int i, int, float, float) { return backward_lse2(lse, seq, h, i); });
   if (keys.first <= keys.last) {  // no tile (every row without a valid key): dQ = 0
     load_tile_async<kBlockM, D>(s_q, q + head_base, ts, row0, seq.len);  // committed with the first K/V tile
     load_tile_async<kBlockM, D>(s_do, dout + head_base, ts, row0, seq.len);

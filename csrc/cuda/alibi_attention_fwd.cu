@@ -41,11 +41,11 @@ __device__ __forceinline__ void forward_tile(const AlibiAttentionParams& p, cons
   const int i_lo = row0 + warp * 16 + g;  // this thread's two query rows
   const int i_hi = i_lo + 8;
 
-  // The diagonal score, a score of the row when key i is real, less its rounding, is the reference.
+  // The row's score of a real key j (as the loop below computes it), less its rounding, is the reference.
   const TileRange keys = key_tiles_reached<T, D>(
       p, seq, b, h, row0, q, k, workspace, (seq.len + kBlockN - 1) / kBlockN,
-      reinterpret_cast<double*>(s_key_bias), [&](int i, float diagonal, float bound) {
-        return key_bias(p, b, i, seq.len) == 0.0f ? diagonal - kBoundSlack * bound : -INFINITY;
+      reinterpret_cast<double*>(s_key_bias), [&](int i, int j, float score, float bound) {
+        return score - slope * fabsf(float(i - j)) - kBoundSlack * bound;
       });
   if (keys.first <= keys.last) {
     load_tile_async<kBlockM, D>(s_q, q + head_base, ts, row0, seq.len);  // committed with the first K/V tile
