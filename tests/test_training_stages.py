@@ -421,7 +421,8 @@ def test_align_checks_its_teacher_and_keeps_the_students_prompts(files, tmp_path
     from bembed.training.align import AlignStage
 
     stage, cfg = mlm_run(files, tmp_path / "mlm", 1)
-    student = Embedder(stage.model.bert, stage.tokenizer, prompts={"query": "query: ", "document": "passage: "})
+    student = Embedder(stage.model.bert, stage.tokenizer, prompts={"query": "query: ", "document": "passage: "},
+                       default_prompt_name="query", max_seq_length=64)
     student.save_pretrained(tmp_path / "student")
     wide = Embedder(bembed.JinaBertModel(bembed.JinaBertConfig(**{**stage.model.bert.config.to_dict(),
                                                                   "hidden_size": 48})), stage.tokenizer)
@@ -434,7 +435,23 @@ def test_align_checks_its_teacher_and_keeps_the_students_prompts(files, tmp_path
         AlignStage(load_config(AlignRun, None, [*args, f"align.teacher={tmp_path / 'absent'}"]))
     cfg = load_config(AlignRun, None, args)
     fit(AlignStage(cfg), cfg)
-    assert Embedder.from_pretrained(tmp_path / "run" / "final", device="cpu").prompts == student.prompts
+    aligned = Embedder.from_pretrained(tmp_path / "run" / "final", device="cpu")
+    assert aligned.prompts == student.prompts  # and how it is used, which alignment does not change:
+    assert (aligned.default_prompt_name, aligned.max_seq_length) == ("query", 64)
+
+
+def test_align_pairs_each_student_prompt_with_the_teachers_of_that_name_or_alias():
+    """A bembed folder's "document" copies its "passage"; an E5 teacher has only "passage"; a multitask export
+    has only "document": each student prefix gets the teacher's prompt under any name the student gives it, a
+    document prompt under any document alias."""
+    from bembed.training.align import prompt_turns
+
+    e5 = {"query": "query: ", "passage": "passage: "}
+    saved = {**e5, "document": "passage: "}
+    assert prompt_turns(saved, e5) == [("", ""), ("passage: ", "passage: "), ("query: ", "query: ")]
+    assert prompt_turns({"query": "q: ", "document": "d: "}, e5) == [("", ""), ("d: ", "passage: "), ("q: ", "query: ")]
+    assert prompt_turns({"query": "q: ", "classify": "c: ", "blank": ""}, {"corpus": "x"}) == [
+        ("", ""), ("c: ", ""), ("q: ", "")]
 
 
 def test_align_trains_under_each_of_the_students_prompts_and_none(files, tmp_path):

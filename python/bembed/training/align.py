@@ -15,7 +15,8 @@ from pathlib import Path
 
 import torch
 
-from bembed.st_folder import folder_prompts
+from bembed.encode import DOCUMENT_PROMPT_NAMES
+from bembed.st_folder import embedder_settings, folder_prompts
 
 from .batching import Batch, epoch_indices, shard
 from .config import AlignRun, ModelConfig
@@ -43,14 +44,9 @@ class AlignStage:
             self.teacher, self.teacher_tokenizer = copy.deepcopy(self.model), self.tokenizer
         self.teacher.eval().requires_grad_(False)
         self.rows, self.sources = read_pair_rows(cfg.data.train)
-        # (student prefix, teacher prefix) pairs the rows take turns with: none, then each distinct prompt by
-        # name (a saved folder's "document" copies its "passage": one turn, not two)
-        student_prompts = folder_prompts(cfg.model.init_from)
+        student_prompts = folder_prompts(cfg.model.init_from) if cfg.align.prompts else {}
         teacher_prompts = folder_prompts(cfg.align.teacher) if cfg.align.teacher else student_prompts
-        self.prefixes = [("", "")]
-        for name in sorted(student_prompts) if cfg.align.prompts else []:
-            if student_prompts[name] not in {student for student, _ in self.prefixes}:
-                self.prefixes.append((student_prompts[name], teacher_prompts.get(name, "")))
+        self.prefixes = prompt_turns(student_prompts, teacher_prompts)
 
     def batch(self, index: int, rank: int, world: int, size: int) -> Batch:
         picked = shard(epoch_indices(len(self.rows), size * world, index, self.cfg.train.seed), rank, world)
@@ -78,10 +74,31 @@ class AlignStage:
         return keep + self.cfg.align.beta * cross, {"teacher_distance": keep.detach(), "cross_distance": cross.detach()}
 
     def export(self, folder: Path) -> None:
-        # the student keeps its prompts (an E5-style model's query/passage prefixes): alignment changes the
-        # languages it knows, not how it is queried
-        export_encoder(self.model, self.tokenizer, folder, source=self.cfg.model.init_from,
-                       prompts=folder_prompts(self.cfg.model.init_from) or None)
+        # the student keeps its prompts (an E5-style model's query/passage prefixes), its default prompt and its
+        # length: alignment changes the languages it knows, not how it is queried
+        student = Path(self.cfg.model.init_from)
+        settings = embedder_settings(student, {})
+        export_encoder(self.model, self.tokenizer, folder, source=str(student),
+                       prompts=folder_prompts(student) or None,
+                       default_prompt_name=settings.get("default_prompt_name"),
+                       max_seq_length=settings.get("max_seq_length"))
+
+
+def prompt_turns(student_prompts: dict[str, str], teacher_prompts: dict[str, str]) -> list[tuple[str, str]]:
+    """The (student prefix, teacher prefix) pairs the rows take turns with: none, then each distinct student
+    prefix once (a saved folder's "document" copies its "passage": one turn, not two). Its teacher prefix is
+    the teacher's prompt under one of the names the student gives that prefix, a document prompt under any of
+    "document", "passage" and "corpus" (as encode_document takes them); none when the teacher has no such name."""
+    names_of: dict[str, list[str]] = {}
+    for name in sorted(student_prompts):
+        if student_prompts[name]:
+            names_of.setdefault(student_prompts[name], []).append(name)
+    turns = [("", "")]
+    for prefix, names in names_of.items():
+        aliases = list(DOCUMENT_PROMPT_NAMES) if set(names) & set(DOCUMENT_PROMPT_NAMES) else []
+        teacher = next((teacher_prompts[name] for name in names + aliases if name in teacher_prompts), "")
+        turns.append((prefix, teacher))
+    return turns
 
 
 @torch.no_grad()

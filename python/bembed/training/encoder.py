@@ -110,20 +110,24 @@ def record_matryoshka_dims(config, dims=()) -> None:
 
 
 def export_encoder(model: torch.nn.Module, tokenizer, folder: Path, source: str | None = None,
-                   prompts: dict[str, str] | None = None, matryoshka_dims=()) -> Path:
+                   prompts: dict[str, str] | None = None, matryoshka_dims=(), *,
+                   default_prompt_name: str | None = None, max_seq_length: int | None = None) -> Path:
     """A folder that both `from_pretrained` and `SentenceTransformer(folder)` load: a JinaBertModel goes
     through the model's sentence-transformers export; another HF model is saved with save_pretrained and
     gets the module files of the sentence-transformers folder it came from (or mean pooling + Normalize).
     prompts (name -> prefix), when given, go to config_sentence_transformers.json in place of `source`'s.
     matryoshka_dims: the widths the stage just trained (record_matryoshka_dims), kept in config.json for
-    `Embedder.matryoshka_dims`."""
+    `Embedder.matryoshka_dims`. default_prompt_name (one of prompts) and max_seq_length go to the
+    sentence-transformers files (None: no default prompt; a JinaBertModel's position limit, another model's
+    `source` setting)."""
     from bembed.model.export import export_sentence_transformers
     from bembed.tokenizer import save_tokenizer
 
     folder = Path(folder)
     record_matryoshka_dims(model.config, matryoshka_dims)
     if isinstance(model, JinaBertModel):
-        return export_sentence_transformers(model, tokenizer, folder, prompts=prompts)
+        return export_sentence_transformers(model, tokenizer, folder, prompts=prompts,
+                                            default_prompt_name=default_prompt_name, max_seq_length=max_seq_length)
     folder.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(folder))
     save_tokenizer(tokenizer, folder)
@@ -148,6 +152,11 @@ def export_encoder(model: torch.nn.Module, tokenizer, folder: Path, source: str 
     if prompts:
         settings_file = folder / "config_sentence_transformers.json"
         settings = json.loads(settings_file.read_text(encoding="utf-8")) if settings_file.is_file() else {}
-        settings.update(prompts=prompts, default_prompt_name=None)
+        settings.update(prompts=prompts, default_prompt_name=default_prompt_name)
         settings_file.write_text(json.dumps(settings, indent=1, ensure_ascii=False), encoding="utf-8")
+    if max_seq_length:
+        st_config_file = folder / "sentence_bert_config.json"
+        st_config = json.loads(st_config_file.read_text(encoding="utf-8")) if st_config_file.is_file() else {}
+        st_config["max_seq_length"] = int(max_seq_length)
+        st_config_file.write_text(json.dumps(st_config, indent=1), encoding="utf-8")
     return folder
