@@ -189,11 +189,21 @@ def test_cli_kept_vectors_follow_the_model_and_the_field(folder, tmp_path, monke
     original = Embedder.encode_document
     monkeypatch.setattr(Embedder, "encode_document", lambda self, *a, **k: calls.append(1) or original(self, *a, **k))
     assert _search(*common) == 0 and _search(*common) == 0 and calls == [1]
-    assert _search(*common, "--field", "other") == 0 and calls == [1, 1]  # other texts
+    # what else is written into the model folder is not the model: results, another corpus's vectors, notes
+    assert _search(*common, "--output", model / "hits.jsonl") == 0 and calls == [1]
+    other = (*common[:-1], model / "other.npz")
+    assert _search(*other) == 0 and _search(*common) == 0 and _search(*other) == 0 and calls == [1, 1]
+    (model / "notes.md").write_text("trained on ...")
+    (model / "1_Pooling" / "scratch.npz").write_bytes(b"x")
+    assert _search(*common) == 0 and calls == [1, 1]
+    assert _search(*common, "--field", "other") == 0 and calls == [1, 1, 1]  # other texts
     weights = model / "model.safetensors"
     weights.write_bytes(weights.read_bytes())  # the model written again (retrained in place): a new time
-    assert _search(*common, "--field", "other") == 0 and calls == [1, 1, 1]
-    assert _search(*common, "--field", "other") == 0 and calls == [1, 1, 1]
+    assert _search(*common, "--field", "other") == 0 and calls == [1, 1, 1, 1]
+    assert _search(*common, "--field", "other") == 0 and calls == [1, 1, 1, 1]
+    settings = model / "1_Pooling" / "config.json"  # a module's settings are the model too
+    settings.write_text(settings.read_text() + "\n")
+    assert _search(*common, "--field", "other") == 0 and calls == [1, 1, 1, 1, 1]
 
 
 def test_cli_errors_are_one_line(folder, tmp_path):

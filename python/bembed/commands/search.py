@@ -44,28 +44,47 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _model_fingerprint(folder: Path, skip: Path | None = None) -> str:
-    """The model's config and weights, hashed (weights files by size and modification time: hashing gigabytes
-    on every search would cost more than the encoding it saves on a small corpus). `skip`: the kept corpus
-    embeddings, when they live in the model folder; hidden files (temporary ones among them) are left out too."""
+MODEL_TEXT_SUFFIXES = (".json", ".txt", ".model")     # configs, tokenizer files, prompts: hashed whole
+MODEL_WEIGHT_SUFFIXES = (".safetensors", ".bin")       # by size and time
+
+
+def _model_files(folder: Path) -> list[Path]:
+    """The files that make the model: the folder's own configs, tokenizer and weights, and the module folders
+    its modules.json names; not what else lives there (kept embeddings, search results, notes)."""
+    suffixes = MODEL_TEXT_SUFFIXES + MODEL_WEIGHT_SUFFIXES
+    files = [p for p in folder.iterdir() if p.is_file() and p.suffix in suffixes]
+    try:
+        modules = json.loads((folder / "modules.json").read_text(encoding="utf-8"))
+        module_paths = [m.get("path") for m in modules if isinstance(m, dict)]
+    except (OSError, ValueError, TypeError):  # none, or not what sentence-transformers writes: no module folders
+        module_paths = []
+    for path in module_paths:
+        if isinstance(path, str) and path and (folder / path).is_dir():
+            files += [p for p in (folder / path).rglob("*") if p.is_file() and p.suffix in suffixes]
+    return sorted({p for p in files if not p.name.startswith(".")})  # hidden: temporary files among them
+
+
+def _model_fingerprint(folder: Path) -> str:
+    """The model's files (_model_files) hashed, weights by size and modification time: hashing gigabytes on
+    every search would cost more than the encoding it saves on a small corpus."""
     digest = hashlib.sha256()
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-        if path.name.startswith(".") or (skip is not None and path.resolve() == skip.resolve()):
-            continue
-        stat = path.stat()
-        if path.suffix in (".json", ".txt", ".model"):
-            digest.update(path.relative_to(folder).as_posix().encode() + path.read_bytes())
+    for path in _model_files(folder):
+        name = path.relative_to(folder).as_posix()
+        if path.suffix in MODEL_TEXT_SUFFIXES:
+            digest.update(f"{name}:{path.stat().st_size}:".encode() + path.read_bytes())
         else:
-            digest.update(f"{path.relative_to(folder).as_posix()}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+            stat = path.stat()
+            digest.update(f"{name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
     return digest.hexdigest()
 
 
-def corpus_record(args, embedder, vectors_path: Path | None = None) -> dict:
+def corpus_record(args, embedder) -> dict:
     """What the corpus embeddings depend on: equal records mean equal embeddings. (The prompts and the
-    normalisation are read from the model folder's json files, which the fingerprint hashes.)"""
-    return {"model": _model_fingerprint(Path(args.model), vectors_path), "corpus": _sha256(Path(args.corpus)),
+    normalisation are read from the model folder's json files, which the fingerprint hashes; the device
+    decides the precision: GPUs encode under bf16/fp16 autocast.)"""
+    return {"model": _model_fingerprint(Path(args.model)), "corpus": _sha256(Path(args.corpus)),
             "field": args.field, "max_length": args.max_length or embedder.max_seq_length,
-            "chunk_long": args.chunk_long}
+            "chunk_long": args.chunk_long, "device": embedder.device.type}
 
 
 def load_corpus_vectors(path: Path, record: dict):
@@ -135,7 +154,7 @@ def run(args) -> int:
     options = dict(batch_size=args.batch_size, max_length=args.max_length, show_progress_bar=not args.no_progress)
     try:  # a bad option value (--batch-size 0, --model not a folder) is one line
         embedder = Embedder.from_pretrained(args.model, device=args.device)
-        record = corpus_record(args, embedder, vectors_path)
+        record = corpus_record(args, embedder)
         corpus = load_corpus_vectors(vectors_path, record) if vectors_path else None
         if corpus is not None:
             print(f"reusing the {len(corpus)} corpus embeddings kept in {vectors_path}")
