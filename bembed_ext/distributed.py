@@ -60,6 +60,9 @@ def check_same_layout_on_every_rank(op: str, **matrices: torch.Tensor) -> None:
     world_size = dist.get_world_size()
     every = mine.new_empty((world_size * mine.shape[0], 3))
     _all_gather(every, mine)
+    if torch.compiler.is_compiling():  # the values are data-dependent there: asserts that run with the graph
+        _check_layouts_in_graph(op, list(matrices), every.view(world_size, len(matrices), 3))
+        return
     described = every.view(world_size, len(matrices), 3).tolist()
     for rank, rank_matrices in enumerate(described):
         for name, (*shape, code), (*expected, expected_code) in zip(matrices, rank_matrices, described[0]):
@@ -71,6 +74,18 @@ def check_same_layout_on_every_rank(op: str, **matrices: torch.Tensor) -> None:
                 raise ValueError(f"{op}: argument '{name}' must have the same dtype on every rank "
                                  f"(gather_across_ranks=True): rank {rank} has {_dtype_name(code)}, rank 0 "
                                  f"{_dtype_name(expected_code)}")
+
+
+def _check_layouts_in_graph(op: str, names: list[str], every: torch.Tensor) -> None:
+    """check_same_layout_on_every_rank's test as torch.compile can trace it: every rank's (rows, dim, dtype)
+    against rank 0's, each a runtime assert whose ValueError names the argument but not the ranks' values."""
+    first = every[0]
+    for rank in range(1, every.shape[0]):
+        for index, name in enumerate(names):
+            for column, what in ((0, "shape"), (1, "shape"), (2, "dtype")):
+                torch._check_value(every[rank, index, column].item() == first[index, column].item(),
+                                   lambda: f"{op}: argument '{name}' must have the same {what} on every rank "
+                                           "(gather_across_ranks=True)")
 
 
 def all_gather_rows(x: torch.Tensor) -> torch.Tensor:

@@ -206,6 +206,9 @@ def test_a_max_seqlen_beyond_int64_is_a_value_error():
     q, cu = torch.randn(5, 2, 8), torch.tensor([0, 5], dtype=torch.int32)
     with pytest.raises(ValueError, match="argument 'max_seqlen' must be below 2\\*\\*63"):
         bembed_ext.alibi_attention_varlen(q, q, q, cu, 2**63, None)
+    for negative in (-1, -2**70):  # the op refuses the first, the int64 conversion could not take the second
+        with pytest.raises(ValueError, match="argument 'max_seqlen' must be"):
+            bembed_ext.alibi_attention_varlen(q, q, q, cu, negative, None)
 
 
 @pytest.mark.parametrize("write", ["data", "numpy"])

@@ -216,6 +216,21 @@ def _check_uneven_shapes_are_refused(rank, world_size):
         raise AssertionError("different dtypes across ranks were not refused")
 
 
+def _check_compiled_gather_matches_eager(rank, world_size):
+    """torch.compile(fullgraph=True) traces the gather and its layout check (runtime asserts in the graph, where
+    eager reads the gathered layouts on the host): the same loss and gradients as eager."""
+    q, d = _rank_batches(world_size, 3, 1, DIM, seed=11)
+    loss_fn = lambda a, b: bembed_ext.contrastive_loss(a, b, gather_across_ranks=True)  # noqa: E731
+    results = []
+    for fn in (torch.compile(loss_fn, fullgraph=True), loss_fn):
+        queries, documents = q[rank].clone().requires_grad_(), d[rank].clone().requires_grad_()
+        loss = fn(queries, documents)
+        loss.backward()
+        results.append((loss.detach(), queries.grad, documents.grad))
+    for name, compiled, eager in zip(("loss", "grad queries", "grad documents"), *results):
+        torch.testing.assert_close(compiled, eager, msg=name)
+
+
 # ----------------------------------------------------------------------------------------------------
 # The tests: one set of 2 processes and one of 3
 # ----------------------------------------------------------------------------------------------------
@@ -223,7 +238,7 @@ def _check_uneven_shapes_are_refused(rank, world_size):
 @pytest.fixture(scope="module")
 def two_ranks(tmp_path_factory):
     checks = [_check_matches_single_process, _check_bad_gathers_are_caught, _check_ddp_step,
-              _check_uneven_shapes_are_refused]
+              _check_uneven_shapes_are_refused, _check_compiled_gather_matches_eager]
     return _run_checks(2, checks, tmp_path_factory.mktemp("two_ranks"))
 
 
@@ -245,3 +260,7 @@ def test_ddp_step_equals_one_process_step(two_ranks):
 
 def test_uneven_shapes_across_ranks_are_refused(two_ranks):
     _assert_passed(two_ranks, _check_uneven_shapes_are_refused)
+
+
+def test_compiled_gather_matches_eager(two_ranks):
+    _assert_passed(two_ranks, _check_compiled_gather_matches_eager)

@@ -238,11 +238,17 @@ def _grads_of(fn, q, d):
     ((4, 8), (4, 8), {"temperature": -0.05}, ValueError, "'temperature'"),
     ((4, 8), (4, 8), {"temperature": float("nan")}, ValueError, "'temperature'"),
     ((4, 8), (4, 8), {"temperature": "0.05"}, TypeError, "'temperature' must be a float"),
+    ((4, 8), (4, 8), {"temperature": 1e-40}, ValueError, "'temperature' must be ≥ 2.94e-39 for torch.float32"),
     ((4, 8), (4, 8), {"bidirectional": 1}, TypeError, "'bidirectional' must be a bool"),
 ])
 def test_bad_shapes_and_arguments(queries, documents, kwargs, error, match, impl):
     with pytest.raises(error, match=match):
         bembed_ext.contrastive_loss(torch.randn(queries), torch.randn(documents), impl=impl, **kwargs)
+
+
+def test_a_tiny_temperature_is_fine_in_float64():
+    queries = torch.nn.functional.normalize(torch.randn(4, 8, dtype=torch.float64), dim=-1)
+    assert torch.isfinite(bembed_ext.contrastive_loss(queries, queries, temperature=1e-40))
 
 
 def test_bad_dtypes():

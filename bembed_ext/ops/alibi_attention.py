@@ -307,5 +307,6 @@ def alibi_attention_varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu
     # the op's int64 (a negative one the kernel refuses); _check_value: a ValueError that compiles as an assert
     # (its message may hold constants only: dynamo refuses a closure over max_seqlen)
     torch._check_value(max_seqlen < 2**63, lambda: "alibi_attention_varlen: argument 'max_seqlen' must be below 2**63")
+    torch._check_value(max_seqlen >= -2**63, lambda: "alibi_attention_varlen: argument 'max_seqlen' must be ≥ 0")
     out, _ = _OPS.alibi_attention_varlen_fwd(q, k, v, cu_seqlens, max_seqlen, alibi_slopes, scale)
     return out

@@ -110,6 +110,9 @@ def contrastive_loss_reference(queries: torch.Tensor, documents: torch.Tensor, *
 # The public function
 # ----------------------------------------------------------------------------------------------------
 
+_FLOAT32_MAX = torch.finfo(torch.float32).max
+
+
 def _check_arguments(queries, documents, temperature, bidirectional, gather_across_ranks) -> None:
     for name, value in (("queries", queries), ("documents", documents)):
         if not isinstance(value, torch.Tensor):
@@ -135,6 +138,9 @@ def _check_arguments(queries, documents, temperature, bidirectional, gather_acro
         raise TypeError(f"{_NAME}: argument 'temperature' must be a float, got {type(temperature).__name__}")
     if not 0 < temperature < math.inf:  # comparisons, not math.isfinite: torch.compile traces them
         raise ValueError(f"{_NAME}: argument 'temperature' must be a finite number > 0, got {temperature}")
+    if queries.dtype != torch.float64 and temperature * _FLOAT32_MAX < 1:  # the kernels scale by 1/τ in float32
+        raise ValueError(f"{_NAME}: argument 'temperature' must be ≥ {1 / _FLOAT32_MAX:.3g} for {queries.dtype} "
+                         f"embeddings (1/temperature must fit a float32), got {temperature}")
     for name, value in (("bidirectional", bidirectional), ("gather_across_ranks", gather_across_ranks)):
         if not isinstance(value, bool):
             raise TypeError(f"{_NAME}: argument '{name}' must be a bool, got {type(value).__name__}")
