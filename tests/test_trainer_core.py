@@ -143,6 +143,54 @@ def test_ctrl_c_during_the_optimizer_update_finishes_the_step(files, tmp_path, s
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_ctrl_c_between_a_steps_update_and_its_record_keeps_the_record(files, tmp_path):
+    """The update is done, the record not yet written (Ctrl-C inside the progress bar's update, say): the
+    checkpoint is of that step, so the resumed run starts after it, and its record was lost for good."""
+    stage, cfg = mlm_run(files, tmp_path / "straight", 5)
+    fit(stage, cfg)
+    stage, cfg = mlm_run(files, tmp_path / "cut", 5)
+    trainer = Trainer(stage, cfg.train, to_dict(cfg))
+    log_record = trainer._log
+
+    def interrupted_log(metrics, bar):
+        if metrics["step"] == 3 and bar is not None:  # the loop's own call, not the handler's
+            raise KeyboardInterrupt
+        log_record(metrics, bar)
+
+    trainer._log = interrupted_log
+    trainer.cfg.progress = True  # the loop passes a bar, as a terminal run does
+    with pytest.raises(KeyboardInterrupt):
+        trainer.fit()
+    assert [p.name for p in ckpt.list_checkpoints(tmp_path / "cut" / "checkpoints")] == ["step-00000003"]
+    stage, cfg = mlm_run(files, tmp_path / "cut", 5)
+    fit(stage, cfg, resume="latest")
+    records = trainer_module.read_metrics(tmp_path / "cut" / "metrics.jsonl")
+    straight = trainer_module.read_metrics(tmp_path / "straight" / "metrics.jsonl")
+    assert sorted(records) == [1, 2, 3, 4, 5]
+    assert [records[s]["loss"] for s in records] == [straight[s]["loss"] for s in records]
+
+
+def test_a_checkpoint_of_another_stage_is_refused_by_name(files, tmp_path):
+    """The stage was checked after the weights were loaded: another stage's checkpoint was refused as weights
+    that do not fit, which does not say what is wrong."""
+    stage, cfg = mlm_run(files, tmp_path, 2)
+    fit(stage, cfg)
+    stage, cfg = mlm_run(files, tmp_path, 3)
+    stage.__class__ = type("OtherStage", (type(stage),), {})
+    stage.model.extra = torch.nn.Linear(2, 2)  # and its weights differ, as another stage's model's do
+    with pytest.raises(ckpt.CheckpointError, match="was written by stage MLMStage, not OtherStage"):
+        Trainer(stage, cfg.train, to_dict(cfg)).fit(resume="latest")
+
+
+def test_resuming_past_max_steps_says_so(files, tmp_path, caplog):
+    stage, cfg = mlm_run(files, tmp_path, 3)
+    fit(stage, cfg)
+    stage, cfg = mlm_run(files, tmp_path, 2)
+    with caplog.at_level("WARNING"):
+        assert fit(stage, cfg, resume="latest") == []
+    assert "is at step 3, not below train.max_steps=2: no step is taken" in caplog.text
+
+
 def test_a_repeated_stop_signal_is_one_request_and_only_a_later_ctrl_c_stops_at_once(monkeypatch):
     """A preemption often reaches a worker twice (the scheduler signals every process and torchrun forwards
     its own copy milliseconds later): the second copy counted as "Ctrl-C again: stop now", and the run ended

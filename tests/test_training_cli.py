@@ -61,6 +61,34 @@ def test_resume_auto_starts_a_fresh_folder_and_continues_a_started_one(tmp_path,
     assert "resuming a checkpoint of 2 rank(s) with 1" in caplog.text
 
 
+def test_a_full_disk_while_saving_exits_1_with_one_line_and_the_run_continues(tmp_path, caplog, monkeypatch):
+    import errno
+
+    import bembed.training.trainer as trainer_module
+    import safetensors.torch
+
+    pairs = tmp_path / "pairs.yaml"
+    pairs.write_text(f"model:\n  tokenizer: {U.tokenizer_dir(tmp_path)}\n  max_length: 24\n"
+                     f"  config: {json.dumps(U.TINY_MODEL)}\n"
+                     f"data:\n  train:\n    - {{path: {U.pair_file(tmp_path)}}}\n")
+    out, save_file, saves = tmp_path / "pairs", safetensors.torch.save_file, []
+
+    def full_disk_at_the_second_checkpoint(tensors, path, *args, **kwargs):
+        saves.append(path)
+        if "step-00000004" in str(path):
+            raise OSError(errno.ENOSPC, "No space left on device", path)
+        return save_file(tensors, path, *args, **kwargs)
+
+    monkeypatch.setattr(safetensors.torch, "save_file", full_disk_at_the_second_checkpoint)
+    args = ["pairs", "--config", str(pairs), *U.train_overrides(out, 5), "train.save_every=2", "--resume", "auto"]
+    assert main(args) == 1
+    assert "stopped: [Errno 28] No space left on device" in caplog.text
+    assert [p.name for p in (out / "checkpoints").iterdir() if not p.name.startswith(".")] == ["step-00000002"]
+    monkeypatch.undo()
+    assert main(args) == 0 and (out / "final" / "model.safetensors").is_file()
+    assert trainer_module.read_metrics(out / "metrics.jsonl").keys() == {1, 2, 3, 4, 5}
+
+
 def test_cli_exit_codes(tmp_path, caplog):
     assert main(["pairs", "--config", str(tmp_path / "missing.yaml")]) == 2
     assert main(["pairs", "--config", "pairs_tiny", "train.no_such_field=1"]) == 2

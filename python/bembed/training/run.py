@@ -66,6 +66,9 @@ def _run_stage(args, config_cls, stage_cls) -> int:
     except (CheckpointError, NonFiniteLossError) as exc:
         log.error("%s", exc)
         return 1
+    except OSError as exc:  # a full disk while a checkpoint is written: the earlier checkpoints are intact
+        log.error("stopped: %s; the checkpoints written before are intact (continue with --resume latest)", exc)
+        return 1
     if rank == 0:
         print(f"final model: {Path(cfg.train.output_dir) / 'final'}")
     return 0

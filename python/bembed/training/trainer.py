@@ -367,6 +367,10 @@ class Trainer:
 
     def load_checkpoint(self, resume: str) -> None:
         path, data = ckpt.load(resume, self.ckpt_root, self.rank, self._all_ranks_ok)
+        state = data["state"]
+        if state.get("stage") != type(self.stage).__name__:  # first: another stage's weights would not fit either
+            raise ckpt.CheckpointError(f"checkpoint {path} was written by stage {state.get('stage')}, "
+                                       f"not {type(self.stage).__name__}")
         current = self.model.state_dict()
         resized = [f"{name} {tuple(value.shape)} vs {tuple(current[name].shape)}"
                    for name, value in data["model"].items() if name in current and value.shape != current[name].shape]
@@ -379,10 +383,6 @@ class Trainer:
                                        f"unexpected {unexpected[:5]})")
         if hasattr(self.model, "tie_decoder"):
             self.model.tie_decoder()
-        state = data["state"]
-        if state.get("stage") != type(self.stage).__name__:
-            raise ckpt.CheckpointError(f"checkpoint {path} was written by stage {state.get('stage')}, "
-                                       f"not {type(self.stage).__name__}")
         try:
             ckpt.load_optimizer_state(self.optimizer, data["optimizer"], state["optimizer"])
         except (KeyError, ValueError) as exc:
@@ -403,6 +403,9 @@ class Trainer:
             log.warning("resuming with grad_accum=%d (checkpoint used a different value): the data position "
                         "follows the step count", self.cfg.grad_accum)
         self.step = int(state["step"])
+        if self.step >= self.cfg.max_steps and self.rank == 0:
+            log.warning("checkpoint %s is at step %d, not below train.max_steps=%d: no step is taken, and the "
+                        "final model is the checkpoint's weights", path, self.step, self.cfg.max_steps)
         if path.resolve() == ckpt.checkpoint_dir(self.ckpt_root, self.step).resolve():
             self.on_disk = self.step
         if "rng" in data:
@@ -453,6 +456,7 @@ class Trainer:
         bar = self._progress()
         t0 = time.perf_counter()
         started = None  # (step, RNG state) at the start of the current step
+        unlogged = None  # the metrics of a finished step not yet in metrics.jsonl
         try:
             with sigterm_as_sigint(), (agreed_sigint() if self.world > 1 else nullcontext([])) as self.stop_requests:
                 while self.step < self.cfg.max_steps:
@@ -462,11 +466,13 @@ class Trainer:
                         metrics = self.train_step()
                     except StepInterrupted as exc:
                         metrics, stop = exc.metrics, exc
+                    unlogged = metrics
                     now = time.perf_counter()
                     metrics["tokens_per_s"] = metrics["tokens"] / max(now - t0, 1e-9)
                     t0 = now
                     history.append(metrics)
                     self._log(metrics, bar)
+                    unlogged = None
                     if self.cfg.save_every and self.step % self.cfg.save_every == 0 and self.step < self.cfg.max_steps:
                         self.save_checkpoint()
                     if stop is not None:
@@ -477,6 +483,9 @@ class Trainer:
                 log.warning("interrupted again at step %d: no checkpoint written", self.step)
                 raise
             log.warning("interrupted at step %d: writing a checkpoint", self.step)
+            if unlogged is not None:  # Ctrl-C between a step's update and its record: the resumed run starts after it
+                unlogged.setdefault("tokens_per_s", unlogged["tokens"] / max(time.perf_counter() - t0, 1e-9))
+                self._log(unlogged, None)  # (written twice if it came mid-_log: the last record of a step wins)
             if started is not None and started[0] == self.step:
                 # Interrupted inside a step: its micro-batches are discarded, so the randomness they drew (dropout)
                 # is given back too, and the resumed run replays the step exactly.
