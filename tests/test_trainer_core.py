@@ -182,6 +182,26 @@ def test_a_checkpoint_of_another_stage_is_refused_by_name(files, tmp_path):
         Trainer(stage, cfg.train, to_dict(cfg)).fit(resume="latest")
 
 
+@pytest.mark.parametrize("edit", ["drop", "retype"])
+def test_an_edited_optimizer_state_is_refused(files, tmp_path, edit):
+    """A parameter whose moments are missing restarted them silently; another dtype was converted silently."""
+    from safetensors.torch import save_file
+
+    stage, cfg = mlm_run(files, tmp_path, 2)
+    fit(stage, cfg)
+    path = tmp_path / "checkpoints" / "step-00000002" / "optimizer.safetensors"
+    tensors = load_file(str(path))
+    name = sorted(k for k in tensors if k.endswith("exp_avg"))[0]
+    if edit == "drop":
+        del tensors[name]
+    else:
+        tensors[name] = tensors[name].to(torch.bfloat16)
+    save_file(tensors, str(path))
+    stage, cfg = mlm_run(files, tmp_path, 3)
+    with pytest.raises(ckpt.CheckpointError, match=f"optimizer state does not fit.*{name}"):
+        Trainer(stage, cfg.train, to_dict(cfg)).fit(resume="latest")
+
+
 def test_resuming_past_max_steps_says_so(files, tmp_path, caplog):
     stage, cfg = mlm_run(files, tmp_path, 3)
     fit(stage, cfg)

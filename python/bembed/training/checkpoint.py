@@ -51,10 +51,20 @@ def optimizer_state(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.T
                 tensors[f"state.{index}.{name}"] = value.detach().to("cpu").contiguous()
             else:
                 scalars[f"{index}.{name}"] = value
-    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars,
+                     "tensors": {name: str(value.dtype) for name, value in tensors.items()}}
 
 
 def load_optimizer_state(optimizer: torch.optim.Optimizer, tensors: dict, meta: dict) -> None:
+    """ValueError when the tensors are not those the checkpoint recorded writing (an edited or foreign file):
+    a parameter without its moments would silently restart them."""
+    recorded = meta.get("tensors")  # absent in checkpoints written before it was recorded
+    if recorded is not None:
+        missing = sorted(set(recorded) - set(tensors))
+        retyped = sorted(name for name in recorded if name in tensors and str(tensors[name].dtype) != recorded[name])
+        if missing or retyped:
+            raise ValueError(f"optimizer.safetensors lacks {missing[:5]} or holds other dtypes for {retyped[:5]} "
+                             "than were written")
     state: dict[int, dict] = {}
     for key, value in tensors.items():
         _, index, name = key.split(".", 2)
