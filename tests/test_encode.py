@@ -580,6 +580,8 @@ def test_token_embeddings_are_the_last_layer_of_each_text(embedder):
         embedder.encode(texts, output_value="token_embeddings", truncate=False)
     with pytest.raises(ValueError, match="output_value"):
         embedder.encode(texts, output_value="cls")
+    with pytest.raises(ValueError, match="precision='int8' quantizes sentence embeddings"):  # it was ignored
+        embedder.encode(texts, output_value="token_embeddings", precision="int8")
 
 
 def test_a_folder_without_a_tokenizer_says_so(tmp_path, folder):

@@ -379,6 +379,10 @@ def test_bembed_eval_cli_on_fake_build(tmp_path, capsys):
     saved = json.loads((tmp_path / "res" / "results.json").read_text())
     assert saved["results"][0]["model"] == "char-ngram-hashing" and saved["settings"]["max_items"] == 50
     assert (tmp_path / "res" / "results.png").is_file()
+    # built, but the one task asked for has too few rows (clustering: pages of two applications at least)
+    code = main(["eval", "--lexical", "--data", str(tmp_path / "data"), "--pairs", "en-de", "en-de",
+                 "--tasks", "clustering", "--out", str(tmp_path / "res")])
+    assert code == 1 and "no task of clustering has rows in the data built under" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("args, message", [

@@ -232,6 +232,9 @@ class Embedder:
         if tokens and not truncate:
             raise ValueError("output_value='token_embeddings' needs truncate=True: a text encoded in windows has no "
                              "single sequence of token states")
+        if tokens and precision != "float32":  # quantizing needs a batch of pooled rows (its ranges come from them)
+            raise ValueError(f"precision={precision!r} quantizes sentence embeddings: output_value="
+                             "'token_embeddings' gives float32 token states")
         single = isinstance(texts, str)
         texts = _check_texts([texts] if single else texts)
         batch_size = _positive_int(batch_size, "batch_size")

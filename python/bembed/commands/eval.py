@@ -151,9 +151,15 @@ def run(args) -> int:
         print(f"--file: {exc}")
         return 2
     kinds = args.tasks if args.tasks is not None else [] if args.file else list(TASK_KINDS)
-    built = local_tasks(data, args.pairs, sizes, kinds) if kinds else []
+    pairs = list(dict.fromkeys(args.pairs))  # a pair named twice is evaluated once
+    built = local_tasks(data, pairs, sizes, kinds) if kinds else []
     if kinds and not built:
-        print(f"no built data under {data}: run `bembed data fetch && bembed data build --pair en-de` first")
+        present = [pair for pair in pairs if (data / pair / "counts.json").is_file()]
+        if present:  # built, but each requested task was skipped (too few rows, say): the warnings say why
+            print(f"no task of {', '.join(kinds)} has rows in the data built under {data} for "
+                  f"{', '.join(present)} (see the warnings above)")
+        else:
+            print(f"no built data under {data}: run `bembed data fetch && bembed data build --pair en-de` first")
         return 1
     tasks += built
 
@@ -168,7 +174,7 @@ def run(args) -> int:
         except (ValueError, OSError) as exc:
             print(f"--model {path}: {exc}")
             return 2
-        for pair in args.pairs if built else ():  # your own files carry no record to check
+        for pair in pairs if built else ():  # your own files carry no record to check
             seen = trained_on_test_split(path, data / pair)
             if seen:
                 print(f"--model {path}: {seen}")
@@ -189,7 +195,7 @@ def run(args) -> int:
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    settings = {"data": str(data), "pairs": args.pairs, "files": [str(Path(f).resolve()) for f in args.file],
+    settings = {"data": str(data.resolve()), "pairs": pairs, "files": [str(Path(f).resolve()) for f in args.file],
                 "max_items": sizes.max_items,
                 "max_chars": sizes.max_chars, "seed": sizes.seed, "truncate_dim": args.truncate_dim,
                 "note": "BembedSTSConstructed and BembedPairClassification are constructed, not human-graded"}
@@ -204,12 +210,12 @@ def run(args) -> int:
             encoder, name = TruncatedEncoder(encoder, args.truncate_dim), f"{name}@{args.truncate_dim}"
         print(f"evaluating {name} on {len(tasks)} tasks ...", flush=True)
         results.append(evaluate_encoder(encoder, tasks, name=name, batch_size=args.batch_size))
-        # Written after each model, so an interrupted long run keeps what it finished.
+        # Written after each model, so an interrupted long run keeps what it finished (the chart with it).
         write_json(results, out / "results.json", {"settings": settings})
+        write_bar_chart(results, out / "results.png")
     if not results:
         print(f"nothing evaluated: every encoder's embeddings are narrower than --truncate-dim {args.truncate_dim}")
         return 2
-    write_bar_chart(results, out / "results.png")
     print(format_table(results))
     print(f"\nwrote {out / 'results.json'} and {out / 'results.png'}")
     print(json.dumps({r["model"]: r["seconds"] for r in results}), "(seconds per model)")
