@@ -33,7 +33,8 @@ __device__ __forceinline__ float backward_lse2(const float* lse, const Sequence&
 }
 
 // delta_i = Σ_d dO[i, d]·O[i, d] in fp32, one warp per row, rows dealt round-robin to the warps of the
-// grid; delta has lse's layout. With slopes, also each row's reach into its run's record (the largest wins).
+// grid; delta has lse's layout. With slopes, also each row's reach into its run's record (the largest wins), and
+// the largest of all into the (sequence, head)'s slot.
 template <typename T, int D>
 __global__ void __launch_bounds__(kThreads) alibi_backward_delta_kernel(AlibiAttentionParams p, const T* dout,
                                                                         const T* out, const T* q, const float* lse,
@@ -46,6 +47,7 @@ __global__ void __launch_bounds__(kThreads) alibi_backward_delta_kernel(AlibiAtt
   const float slope2 = slope_log2(p, b, h);
   const float scale_log2 = p.softmax_scale * kLog2e;
   const float key_norm = workspace[int64_t(b) * p.heads + h];
+  float largest = 0.0f;  // of this warp's rows' reach
   for (int i = blockIdx.x * kWarps + warp; i < seq.len; i += gridDim.x * kWarps) {
     float sum = 0.0f, qq = 0.0f;
     for (int d = lane; d < D; d += 32) {
@@ -63,8 +65,10 @@ __global__ void __launch_bounds__(kThreads) alibi_backward_delta_kernel(AlibiAtt
       const float reach =
           row_reach(score_bound(sqrtf(qq), key_norm, scale_log2), backward_lse2(lse, seq, h, i), slope2, seq.len);
       if (reach > 0.0f) atomic_max_nonnegative(workspace + reach_record(p, seq.start, b, h, i), reach);  // −inf: none
+      largest = fmaxf(largest, reach);
     }
   }
+  if (lane == 0 && largest > 0.0f) atomic_max_nonnegative(workspace + largest_reach_slot(p, b, h), largest);
 }
 
 template <int D>

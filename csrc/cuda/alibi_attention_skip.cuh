@@ -37,7 +37,8 @@ struct TileRange {
 
 // The skip workspace (alibi_attention_workspace_floats floats) holds K of (sequence b, head h) at [b·H + h], the
 // span of sequence b's real keys at [B·H + 2b] (last + 1) and [B·H + 2b + 1] (len − first), ints in float
-// slots (0: no real key), then per head the reach records; the launchers zero it first. Sequence b's records start at start_b / kReachRows + b:
+// slots (0: no real key), the largest reach of any row of (b, h) at [B·(H + 2) + b·H + h], then per head the
+// reach records; the launchers zero it first. Sequence b's records start at start_b / kReachRows + b:
 // its ⌈len_b / kReachRows⌉ records end before the next sequence's begin, whatever start_b mod kReachRows is, and
 // every index stays below T / kReachRows + B + 1.
 __host__ __device__ inline int64_t reach_records_per_head(const AlibiAttentionParams& p) {
@@ -45,7 +46,7 @@ __host__ __device__ inline int64_t reach_records_per_head(const AlibiAttentionPa
 }
 
 __host__ __device__ inline int64_t skip_workspace_floats(const AlibiAttentionParams& p) {
-  return int64_t(p.batch) * p.heads + 2 * int64_t(p.batch) + int64_t(p.heads) * reach_records_per_head(p);
+  return 2 * int64_t(p.batch) * p.heads + 2 * int64_t(p.batch) + int64_t(p.heads) * reach_records_per_head(p);
 }
 
 struct KeySpan {
@@ -59,8 +60,13 @@ __device__ __forceinline__ KeySpan real_keys(const AlibiAttentionParams& p, cons
 
 // The reach record of query row i of sequence b (starting at seq_start), head h.
 __device__ __forceinline__ int64_t reach_record(const AlibiAttentionParams& p, int64_t seq_start, int b, int h, int i) {
-  return int64_t(p.batch) * (p.heads + 2) + h * reach_records_per_head(p) + seq_start / kReachRows + b +
+  return int64_t(p.batch) * (2 * p.heads + 2) + h * reach_records_per_head(p) + seq_start / kReachRows + b +
          i / kReachRows;
+}
+
+// Where the largest reach of any row of (sequence b, head h) is kept: it bounds the records a dK/dV CTA reads.
+__device__ __forceinline__ int64_t largest_reach_slot(const AlibiAttentionParams& p, int b, int h) {
+  return int64_t(p.batch) * (p.heads + 2) + int64_t(b) * p.heads + h;
 }
 
 __device__ __forceinline__ bool skips(const AlibiAttentionParams& p, float slope2) {
@@ -235,8 +241,15 @@ __device__ __forceinline__ TileRange query_tiles_reaching(const AlibiAttentionPa
   const int col1 = col0 + kBlockN - 1 < span.last ? col0 + kBlockN - 1 : span.last;
   col0 = col0 > span.first ? col0 : span.first;
   if (col0 > col1) return {1, 0};  // no real key: dK = dV = 0
+  // Only the runs within the sequence's largest reach of these keys can reach them: the scan costs O(reach),
+  // not O(len), per CTA.
+  const double largest = workspace[largest_reach_slot(p, b, h)];
+  const int n_runs = (seq.len + kReachRows - 1) / kReachRows;
+  const double from = double(col0) - largest, to = double(col1) + largest;
+  const int first_run = from <= 0.0 ? 0 : int(from / kReachRows);
+  const int last_run = to >= double(seq.len - 1) ? n_runs - 1 : int(to / kReachRows);
   double lo = INFINITY, hi = -INFINITY;
-  for (int u = threadIdx.x; u < (seq.len + kReachRows - 1) / kReachRows; u += kThreads) {
+  for (int u = first_run + threadIdx.x; u <= last_run; u += kThreads) {
     const int first = u * kReachRows, last = (first + kReachRows < seq.len ? first + kReachRows : seq.len) - 1;
     const int gap = first > col1 ? first - col1 : (col0 > last ? col0 - last : 0);
     if (double(gap) <= double(records[u])) {
