@@ -24,10 +24,21 @@ def check_tokenizer(folder: Path) -> None:
         raise ValueError(f"{folder}: no tokenizer in the folder (none of {', '.join(LOADABLE_TOKENIZER_FILES)})")
 
 
+def _settings(folder: str | Path, name: str) -> dict:
+    path = Path(folder) / name
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+
 def folder_prompts(folder: str | Path) -> dict[str, str]:
     """The prompts (name -> prefix) of a folder's config_sentence_transformers.json; {} when it has none."""
-    path = Path(folder) / PROMPTS_FILE
-    return dict(json.loads(path.read_text(encoding="utf-8")).get("prompts") or {}) if path.is_file() else {}
+    return dict(_settings(folder, PROMPTS_FILE).get("prompts") or {})
+
+
+def folder_usage(folder: str | Path) -> tuple[str | None, int | None]:
+    """The default prompt name and max_seq_length a folder's sentence-transformers files set (None where they
+    set none), read as they are: unlike embedder_settings, nothing about the folder is checked."""
+    return (_settings(folder, PROMPTS_FILE).get("default_prompt_name"),
+            _settings(folder, ST_CONFIG_FILE).get("max_seq_length"))
 
 
 def embedder_settings(folder: Path, given: dict) -> dict:

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from bembed.encode import DOCUMENT_PROMPT_NAMES
-from bembed.st_folder import embedder_settings, folder_prompts
+from bembed.st_folder import folder_prompts, folder_usage
 
 from .batching import Batch, epoch_indices, shard
 from .config import AlignRun, ModelConfig
@@ -76,12 +76,10 @@ class AlignStage:
     def export(self, folder: Path) -> None:
         # the student keeps its prompts (an E5-style model's query/passage prefixes), its default prompt and its
         # length: alignment changes the languages it knows, not how it is queried
-        student = Path(self.cfg.model.init_from)
-        settings = embedder_settings(student, {})
-        export_encoder(self.model, self.tokenizer, folder, source=str(student),
-                       prompts=folder_prompts(student) or None,
-                       default_prompt_name=settings.get("default_prompt_name"),
-                       max_seq_length=settings.get("max_seq_length"))
+        student = self.cfg.model.init_from
+        default_prompt_name, max_seq_length = folder_usage(student)
+        export_encoder(self.model, self.tokenizer, folder, source=student, prompts=folder_prompts(student) or None,
+                       default_prompt_name=default_prompt_name, max_seq_length=max_seq_length)
 
 
 def prompt_turns(student_prompts: dict[str, str], teacher_prompts: dict[str, str]) -> list[tuple[str, str]]:
