@@ -1,9 +1,9 @@
 // ALiBi flash attention on CUDA, backward. The shared tiles, pipeline and boundary rules are in
 // alibi_attention_tiles.cuh.
 //
-// Deterministic (the only atomics take maxima): a pre-kernel writes delta_i = rowsum(dO∘O) and the reach of each
-// run of 16 query rows; the dK/dV kernel gives each CTA kBlockN keys (16 per warp) and loops over the query tiles that reach
-// them, computing everything key-major (Sᵀ = K·Qᵀ, dPᵀ = V·dOᵀ) so that dV += Pᵀ·dO and dK += dSᵀ·Q stay in
+// Deterministic (the only atomics take maxima): a pre-kernel writes delta_i = rowsum(dO∘O) and the reach of
+// each run of 16 query rows; the dK/dV kernel gives each CTA kBlockN keys (16 per warp) and loops over the query
+// tiles that reach them, computing everything key-major (Sᵀ = K·Qᵀ, dPᵀ = V·dOᵀ) so that dV += Pᵀ·dO and dK += dSᵀ·Q stay in
 // registers; the dQ kernel mirrors the forward (queries per CTA, loop over the key tiles they reach) and
 // accumulates dQ += dS·K. P is recomputed as exp2(x − lse·log2e). Reach: alibi_attention_skip.cuh, with lse as
 // each row's reference.

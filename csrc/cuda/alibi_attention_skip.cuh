@@ -2,8 +2,9 @@
 // provably cannot matter, as the CPU kernel does (csrc/cpu/alibi_attention.cpp). In base 2 a score is
 //   x_ij = scale·log2e·q_i·k_j − slope·log2e·|i − j|  ≤  bound_i − slope·log2e·|i − j|,
 //   bound_i = |scale·log2e|·‖q_i‖·K,  K = the largest ‖k_j‖ of the (sequence, head)'s real keys.
-// Against a value ref_i the row's softmax reaches (forward: its score of one real key, the diagonal when key i is
-// real, else the nearer end of the sequence's real keys; backward: its lse), a key with |i − j| > reach_i = (bound_i − ref_i + margin) / (slope·log2e) weighs < 2^−margin of the
+// Against a value ref_i the row's softmax reaches (forward: its score of one real key, the diagonal when key i
+// is real, else the nearer end of the sequence's real keys; backward: its lse), a key with
+// |i − j| > reach_i = (bound_i − ref_i + margin) / (slope·log2e) weighs < 2^−margin of the
 // row's sum. margin = log2(len) + 33 keeps all such keys of a row together < 2^−32 of it (a bit to spare for
 // the rounding of the bias): invisible in fp32 accumulators, let alone fp16/bf16 outputs. The bound falls with
 // distance both ways, so the tiles a CTA's rows reach are one contiguous range and the cp.async pipeline
@@ -11,9 +12,9 @@
 // key (lse = −inf) reaches none. No CTA walks past the first or the last real key of its sequence, so the
 // fully masked tail of a padded sequence costs nothing.
 //
-// K and the span of real keys come from alibi_key_norm_kernel. The backward's dK/dV CTAs own keys: the delta kernel records R_u, the
-// largest reach_i over each run u of kReachRows query rows, and a CTA visits the query tiles between the first
-// and the last run that come within R_u of its keys. Per run rather than per (sequence, head), one outlier row
+// K and the span of real keys come from alibi_key_norm_kernel. The backward's dK/dV CTAs own keys: the delta
+// kernel records R_u, the largest reach_i over each run u of kReachRows query rows, and a CTA visits the query
+// tiles between the first and the last run that come within R_u of its keys. Per run rather than per (sequence, head), one outlier row
 // (a large ‖q_i‖) widens the range of the keys near it only.
 #pragma once
 
@@ -53,8 +54,13 @@ struct KeySpan {
   int first, last;  // the first and the last real key; first > last: none
 };
 
+// Where sequence b's span of real keys is kept (two ints in float slots).
+__device__ __forceinline__ int64_t span_slot(const AlibiAttentionParams& p, int b) {
+  return int64_t(p.batch) * p.heads + 2 * int64_t(b);
+}
+
 __device__ __forceinline__ KeySpan real_keys(const AlibiAttentionParams& p, const float* workspace, int b, int len) {
-  const float* span = workspace + int64_t(p.batch) * p.heads + 2 * int64_t(b);
+  const float* span = workspace + span_slot(p, b);
   return {len - __float_as_int(span[1]), __float_as_int(span[0]) - 1};
 }
 
@@ -121,7 +127,7 @@ __global__ void __launch_bounds__(kThreads) alibi_key_norm_kernel(AlibiAttention
   }
   if (lane == 0 && largest > 0.0f) atomic_max_nonnegative(workspace + int64_t(b) * p.heads + h, largest);
   if (lane == 0 && h == 0 && last >= 0) {  // the mask is per sequence: one head records the span
-    int* span = reinterpret_cast<int*>(workspace + int64_t(p.batch) * p.heads + 2 * int64_t(b));
+    int* span = reinterpret_cast<int*>(workspace + span_slot(p, b));
     atomicMax(span, last + 1);
     atomicMax(span + 1, seq.len - first);
   }
