@@ -74,7 +74,7 @@ def _settings(data, out, **changes):
     settings = dict(pair="en-de", minutes=1.0, out=out, data_root=data, vocab_size=400, tokenizer_chars=None,
                     mlm_chars=20_000, steps={"pretrain": 4, "pairs": 6, "multitask": 4},
                     overrides={"pretrain": [*model, "train.warmup_steps=3"], "pairs": model[1:],
-                               "multitask": ["model.max_length=20", *model[2:]]},
+                               "multitask": ["model.max_length=20", "multitask.matryoshka_dims=[32, 8]", *model[2:]]},
                     baselines=[], eval_max_items=20, progress=False)
     settings.update(changes)
     return qs.Settings(**settings)
@@ -146,11 +146,15 @@ def test_quickstart_writes_model_table_png_and_resumes_after_an_interruption(dat
         theirs = SentenceTransformer(str(model_dir), device="cpu").encode(texts)
         assert torch.allclose(torch.from_numpy(theirs), torch.from_numpy(ours), atol=1e-4)
 
-    # evaluation: the trained model first, then the untrained one, on every local task of the pair
+    # evaluation: the trained model first, then cut to the narrowest width stage 3 trained, then the untrained
+    # one, on every local task of the pair
+    assert embedder.matryoshka_dims == (32, 8)
     results = json.loads((out / "eval" / "results.json").read_text())["results"]
-    assert [r["model"] for r in results] == ["bembed quickstart (en-de)", "untrained (same architecture)"]
-    assert set(results[0]["scores"]) == set(results[1]["scores"]) >= {
+    assert [r["model"] for r in results] == ["bembed quickstart (en-de)", "bembed quickstart (en-de), first 8 dims",
+                                             "untrained (same architecture)"]
+    assert set(results[0]["scores"]) == set(results[1]["scores"]) == set(results[2]["scores"]) >= {
         "BembedBitextMining.en-de", "BembedSTSConstructed.en-de", "BembedRetrieval.en-de"}
+    assert results[0]["scores"] != results[1]["scores"]
     assert "| BembedBitextMining.en-de | f1 |" in printed
     assert summary["verdict"]["task"] == "BembedBitextMining.en-de"
     assert (out / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -236,6 +240,23 @@ def test_settings_and_overrides_reject_bad_input():
         "pairs": ["train.lr=3e-4", "model.max_length=32"]}
     with pytest.raises(ValueError, match="STAGE"):
         parse_overrides(["train.lr=3e-4"])
+
+
+def test_matryoshka_widths_wider_than_stage_1_are_refused_before_anything_runs():
+    """The quickstart trains stage 3 with Matryoshka widths up to stage 1's 256: a --set of a narrower model
+    alone would have failed only when stage 3 started, after stages 1 and 2 had trained."""
+    from bembed.quickstart_eval import final_evaluations
+
+    with pytest.raises(ValueError, match=r"multitask\.multitask\.matryoshka_dims.*exceeds the model's 128"):
+        qs.Settings(overrides=parse_overrides(["pretrain.model.config.hidden_size=128"]))
+    with pytest.raises(ValueError, match=r"pairs\.pairs\.matryoshka_dims.*exceeds the model's 256"):
+        qs.Settings(overrides=parse_overrides(["pairs.pairs.matryoshka_dims=[512, 64]"]))
+    narrow = qs.Settings(overrides=parse_overrides(["pretrain.model.config.hidden_size=128",
+                                                    "multitask.multitask.matryoshka_dims=[128, 16]"]))
+    assert final_evaluations(narrow) == 2  # the final evaluation is reserved twice: full width and 16
+    full_only = qs.Settings(overrides=parse_overrides(["multitask.multitask.matryoshka_dims=[256]"]))
+    assert final_evaluations(full_only) == final_evaluations(qs.Settings(overrides=parse_overrides(
+        ["multitask.multitask.matryoshka_dims=[]"]))) == 1
 
 
 def test_the_untrained_reference_embeds_as_the_trained_model_will(tmp_path):

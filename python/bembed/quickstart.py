@@ -34,7 +34,8 @@ import torch
 
 from bembed.eval.tasks import TASK_KINDS
 from bembed.files import replacing_folder, save_figure_atomic, write_json_atomic
-from bembed.quickstart_eval import MUST_F1, cross_lingual_demo, evaluate_model, evaluate_references
+from bembed.quickstart_eval import (MUST_F1, cross_lingual_demo, evaluate_model, evaluate_references,
+                                   final_evaluations)
 from bembed.quickstart_steps import (TRAINING_STAGES, Markers, SettingsMismatch, check_settings, plan_file,  # noqa: F401
                                      stage_started)
 
@@ -117,6 +118,7 @@ class Settings:
                 check_stage_config(self, stage)
             except ValueError as exc:
                 raise ValueError(f"{stage}: {exc}") from None
+        check_matryoshka_widths(self)
 
 
 class StepCannotStart(ValueError):
@@ -287,6 +289,18 @@ def check_stage_config(settings: Settings, stage: str) -> None:
     stage_config builds it (with placeholder paths) must pass its validate() (the quickstart runs one process,
     so the Trainer's world-size split cannot fail), and a data source the user named must exist."""
     stage_config(settings, stage, "", str(settings.out / "tokenizer")).validate()
+
+
+def check_matryoshka_widths(settings: Settings) -> None:
+    """Stages 2 and 3 train stage 1's model, so Matryoshka widths wider than its hidden_size (a --set of one
+    without the other) would fail only when their stage starts: ValueError now, naming the stage's key."""
+    from bembed.model import JinaBertConfig
+    from bembed.training.losses import check_matryoshka_width
+
+    width = stage_config(settings, "pretrain", "", "").model.config.get("hidden_size", JinaBertConfig().hidden_size)
+    for stage in ("pairs", "multitask"):
+        dims = getattr(stage_config(settings, stage, "", ""), stage).matryoshka_dims
+        check_matryoshka_width(dims, width, f"{stage}.{stage}.matryoshka_dims (stage 1's hidden_size)")
 
 
 def make_stage(stage: str, cfg):
@@ -498,7 +512,8 @@ def _run(settings: Settings) -> dict:
 
     plan = markers.get("budget")
     if plan is None:
-        reserve = (refs["untrained_eval_s"] or 0.0) + RESERVE_S  # the final evaluation costs what the untrained one did
+        # Each final evaluation of the trained model costs what the untrained one's did.
+        reserve = (refs["untrained_eval_s"] or 0.0) * final_evaluations(settings) + RESERVE_S
         training_s = max(settings.minutes * 60 - elapsed() - reserve, MIN_TRAINING_FRACTION * settings.minutes * 60)
         plan = markers.put("budget", {"training_s": round(training_s, 1),
                                       **{s: round(training_s * BUDGET_SHARES[s], 1) for s in TRAINING_STAGES}})

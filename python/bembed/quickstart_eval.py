@@ -104,6 +104,7 @@ def evaluate_references(settings: Settings, data_root: str, tokenizer_dir: str) 
 def evaluate_model(settings: Settings, data_root: str, model_dir: str, references: list[dict]) -> dict:
     from bembed.data.provenance import held_out_conflict, trained_on
     from bembed.encode import Embedder
+    from bembed.eval.encoder import TruncatedEncoder
     from bembed.eval.report import format_table, write_bar_chart, write_json
     from bembed.eval.run import evaluate_encoder
 
@@ -114,8 +115,12 @@ def evaluate_model(settings: Settings, data_root: str, model_dir: str, reference
         raise StepCannotStart(f"evaluate: the model trained on {conflict}")
     encoder = Embedder.from_pretrained(model_dir, device="cpu" if not torch.cuda.is_available() else None)
     encoder.name = f"bembed quickstart ({settings.pair})"
-    mine = evaluate_encoder(encoder, eval_tasks(settings, data_root), name=encoder.name)
-    results = [mine, *references]
+    tasks = eval_tasks(settings, data_root)
+    results = [evaluate_encoder(encoder, tasks, name=encoder.name)]
+    cut = narrowest_cut(encoder.matryoshka_dims, encoder.dim)
+    if cut is not None:
+        results.append(evaluate_encoder(TruncatedEncoder(encoder, cut), tasks, name=f"{encoder.name}, first {cut} dims"))
+    results += references
     folder = settings.out / "eval"
     folder.mkdir(parents=True, exist_ok=True)
     write_json(results, folder / "results.json", {"settings": {
@@ -123,6 +128,23 @@ def evaluate_model(settings: Settings, data_root: str, model_dir: str, reference
         "note": "BembedSTSConstructed and BembedPairClassification are constructed, not human-graded"}})
     write_bar_chart(results, folder / "results.png")
     return {"table": format_table(results), "results": results, "verdict": bitext_verdict(results, settings.pair)}
+
+
+def narrowest_cut(matryoshka_dims, width: int) -> int | None:
+    """The narrowest Matryoshka width the model trained below its full width, which the final evaluation
+    scores as a second column (the index size a cut buys); None when it trained none."""
+    return min((d for d in matryoshka_dims if d < width), default=None)
+
+
+def final_evaluations(settings: Settings) -> int:
+    """How many times the final evaluation scores the trained model: once, and again cut to the narrowest
+    width stage 3 trains (read from its config, before training) — what the training budget reserves."""
+    from bembed.model import JinaBertConfig
+    from bembed.quickstart import TRAINING_STAGES, stage_config
+
+    width = untrained_setup(settings)["model_config"].get("hidden_size", JinaBertConfig().hidden_size)
+    last = stage_config(settings, TRAINING_STAGES[-1], "", "")
+    return 1 + (narrowest_cut(last.multitask.matryoshka_dims, width) is not None)
 
 
 def bitext_verdict(results: list[dict], pair: str) -> dict:
