@@ -175,17 +175,48 @@ def model_config_kwargs(tokenizer) -> dict:
             "bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id}
 
 
+def _word_marking(tokenizer) -> tuple[str, str]:
+    """How a fast tokenizer's vocabulary marks words, from its pipeline: ("byte-level", "Ġ") as bembed's,
+    ("continuation", "##") for WordPiece (BERT, jina-embeddings-v2-base-en), or ("prefix", "▁") for a Metaspace
+    (SentencePiece-style) pre-tokenizer. ValueError for any other: whole-word masking would see one word."""
+    import json
+
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        raise ValueError(f"whole-word masking needs a fast tokenizer (tokenizer.json), got {type(tokenizer).__name__}")
+    spec = json.loads(backend.to_str())
+    if spec["model"]["type"] == "WordPiece":
+        return "continuation", spec["model"].get("continuing_subword_prefix") or "##"
+    steps, kinds = [spec.get("pre_tokenizer") or {}], {}
+    while steps:  # a Sequence nests its pre-tokenizers
+        step = steps.pop()
+        steps.extend(step.get("pretokenizers") or [])
+        kinds[step.get("type")] = step
+    if "ByteLevel" in kinds:
+        return "byte-level", WHITESPACE_PICTURES[0]
+    if "Metaspace" in kinds:
+        return "prefix", kinds["Metaspace"].get("replacement") or "▁"
+    raise ValueError(f"whole-word masking: cannot tell where words start in this tokenizer (model "
+                     f"{spec['model']['type']}, pre-tokenizers {sorted(k for k in kinds if k)}); bembed knows "
+                     "byte-level BPE (Ġ), WordPiece (##) and Metaspace (▁)")
+
+
 def word_start_table(tokenizer) -> torch.Tensor:
-    """(vocab, 2) bool. Column 0: tokens that begin a word — they start with a whitespace picture ("Ġ" space,
-    "Ċ" newline, "ĉ" tab, "č" carriage return) — and special tokens (each a word of its own). Column 1: tokens
-    that end in a newline, tab or carriage return, after which the next token begins a word although it
-    carries no mark ("haus", "Ċ", "der"): the pre-tokenizer gives a word at most the one space before it, so
-    any other whitespace run is a word of its own. A token ending in "Ġ" may be that space, split from its
-    word by BPE ("Ġ", "Ã¼ber")."""
+    """(vocab, 2) bool. Column 0: tokens that begin a word, and special tokens (each a word of its own).
+    Byte-level BPE (bembed's): tokens that start with a whitespace picture ("Ġ" space, "Ċ" newline, "ĉ" tab,
+    "č" carriage return). Column 1 (byte-level only): tokens that end in a newline, tab or carriage return,
+    after which the next token begins a word although it carries no mark ("haus", "Ċ", "der"): the
+    pre-tokenizer gives a word at most the one space before it, so any other whitespace run is a word of its
+    own. A token ending in "Ġ" may be that space, split from its word by BPE ("Ġ", "Ã¼ber"). WordPiece: tokens
+    without the continuation prefix "##". Metaspace: tokens that start with "▁"."""
+    marking, mark = _word_marking(tokenizer)
     table = torch.zeros(len(tokenizer), 2, dtype=torch.bool)
     for token, index in tokenizer.get_vocab().items():
-        table[index, 0] = token.startswith(WHITESPACE_PICTURES)
-        table[index, 1] = token.endswith(WHITESPACE_PICTURES[1:])
+        if marking == "byte-level":
+            table[index, 0] = token.startswith(WHITESPACE_PICTURES)
+            table[index, 1] = token.endswith(WHITESPACE_PICTURES[1:])
+        else:
+            table[index, 0] = token.startswith(mark) != (marking == "continuation")
     specials = torch.tensor(tokenizer.all_special_ids, dtype=torch.long)
     table[specials, 0], table[specials, 1] = True, False
     return table

@@ -13,6 +13,8 @@ import torch
 
 from bembed.model import JinaBertConfig, JinaBertModel, mean_pool, normalize
 
+from bembed.st_folder import LOADABLE_TOKENIZER_FILES
+
 from .config import ModelConfig
 from .grad_cache import cached_encode
 
@@ -36,11 +38,38 @@ def load_tokenizer(path: str | Path):
     return AutoTokenizer.from_pretrained(str(path))
 
 
+def init_tokenizer(spec: ModelConfig, key: str = "model.init_from"):
+    """The tokenizer of a model loaded `init_from` a folder: the folder's own, whose ids its embeddings were
+    trained on. `spec.tokenizer` serves a folder without one, and is refused when it splits text into other ids
+    than the folder's (a shipped config's tokenizer kept beside an init_from override would otherwise retrain
+    the weights under unrelated ids, silently)."""
+    folder = Path(spec.init_from)
+    own = any((folder / name).is_file() for name in LOADABLE_TOKENIZER_FILES)
+    if not spec.tokenizer:
+        if not own:
+            raise ValueError(f"{key}: {folder} holds no tokenizer (none of {', '.join(LOADABLE_TOKENIZER_FILES)}); "
+                             "give model.tokenizer")
+        return load_tokenizer(folder)
+    tokenizer = load_tokenizer(spec.tokenizer)
+    if own and load_tokenizer(folder).get_vocab() != tokenizer.get_vocab():
+        raise ValueError(f"model.tokenizer {spec.tokenizer} is not the tokenizer of {key} {folder} (other ids for "
+                         "the same tokens): the folder's weights were trained on its own; leave model.tokenizer "
+                         "out (model.tokenizer=null) to use it")
+    return tokenizer
+
+
+def check_vocabulary(model: torch.nn.Module, tokenizer, key: str) -> None:
+    """An id past the embedding table would fail as an index error deep inside the first step."""
+    size = getattr(model.config, "vocab_size", None)
+    if size is not None and len(tokenizer) > size:
+        raise ValueError(f"{key}: the tokenizer has {len(tokenizer)} ids, the model's embeddings {size}")
+
+
 def load_encoder(spec: ModelConfig, key: str = "model.init_from") -> tuple[torch.nn.Module, object]:
     """(model, tokenizer). `init_from` a folder: JinaBERT (bembed or published layout) loads as
-    JinaBertModel, anything else with transformers' AutoModel; the tokenizer comes from `tokenizer` or
-    the same folder. Without init_from: a fresh JinaBertModel from `config` and the tokenizer's ids. Errors
-    about the folder name it as the config `key` it came from."""
+    JinaBertModel, anything else with transformers' AutoModel; the tokenizer is the folder's (init_tokenizer).
+    Without init_from: a fresh JinaBertModel from `config` and the tokenizer's ids. Errors about the folder name
+    it as the config `key` it came from."""
     from transformers import AutoModel
 
     from bembed.tokenizer import model_config_kwargs
@@ -49,12 +78,15 @@ def load_encoder(spec: ModelConfig, key: str = "model.init_from") -> tuple[torch
         folder = Path(spec.init_from)
         if not (folder / "config.json").is_file():
             raise FileNotFoundError(f"{key}: no model folder (config.json) at {folder}")
-        tokenizer = load_tokenizer(spec.tokenizer or folder)
+        tokenizer = init_tokenizer(spec, key)
         if _is_jinabert(folder):
-            return _freeze_pooler(JinaBertModel.from_pretrained(str(folder))), tokenizer
-        if not any(folder.glob("*.safetensors")):  # transformers would unpickle a pytorch_model.bin
+            model = JinaBertModel.from_pretrained(str(folder))
+        elif not any(folder.glob("*.safetensors")):  # transformers would unpickle a pytorch_model.bin
             raise ValueError(f"{key}: {folder} has no .safetensors weights (bembed never loads pickles)")
-        return _freeze_pooler(AutoModel.from_pretrained(str(folder), use_safetensors=True)), tokenizer
+        else:
+            model = AutoModel.from_pretrained(str(folder), use_safetensors=True)
+        check_vocabulary(model, tokenizer, key)
+        return _freeze_pooler(model), tokenizer
     if not spec.tokenizer:
         raise ValueError("model: give init_from (a model folder) or tokenizer + config for a fresh model")
     tokenizer = load_tokenizer(spec.tokenizer)

@@ -1,8 +1,8 @@
 """Stage 1: masked-language-model pretraining with whole-word masking (no NSP).
 
-Text rows are tokenised once, cut into sequences of at most `model.max_length` tokens (<s> … </s>), and
-grouped by the sources' `lang`; `mlm.language_batches: alternate` draws micro-batch i from language
-i mod n (one language per batch), `mix` draws from all texts together. The masks of a row depend only
+Text rows are tokenised once, cut into sequences of at most `model.max_length` tokens (<s> … </s>, or the
+tokenizer's own special tokens), and grouped by the sources' `lang`; `mlm.language_batches: alternate` draws
+micro-batch i from language i mod n (one language per batch), `mix` draws from all texts together. The masks of a row depend only
 on (seed, its position in the global batch), so they are the same for any world size and on resume.
 """
 
@@ -21,19 +21,22 @@ from bembed.tokenizer import model_config_kwargs, save_tokenizer, word_ids, word
 from .batching import Batch, epoch_indices, generator, shard
 from .config import PretrainRun
 from .data import read_rows
-from .encoder import load_tokenizer, record_matryoshka_dims
+from .encoder import check_vocabulary, init_tokenizer, load_tokenizer, record_matryoshka_dims
 from .masking import whole_word_mask
 
 log = logging.getLogger(__name__)
 
 
 def _tokenizer(cfg: PretrainRun, texts_by_lang: dict[str, list[str]], rank: int):
-    """The configured tokenizer: model.tokenizer, else the model.init_from folder's (the ids its embeddings
-    were trained on). When neither is given and <output_dir>/tokenizer (or a model.tokenizer that does not
-    exist yet) is missing, rank 0 trains one on the text of the first two languages and saves it there."""
+    """The model.init_from folder's tokenizer (the ids its embeddings were trained on; encoder.init_tokenizer),
+    else model.tokenizer, else <output_dir>/tokenizer. A fresh model's tokenizer that is missing (a
+    model.tokenizer that does not exist yet, or no model.tokenizer) is trained by rank 0 on the text of the
+    first two languages and saved there."""
     from bembed.tokenizer import train_bilingual_tokenizer
 
-    path = Path(cfg.model.tokenizer or cfg.model.init_from or Path(cfg.train.output_dir) / "tokenizer")
+    if cfg.model.init_from:
+        return init_tokenizer(cfg.model)
+    path = Path(cfg.model.tokenizer or Path(cfg.train.output_dir) / "tokenizer")
     missing = not path.is_dir()
     if dist.is_initialized():  # rank 0's answer for all: a rank that looked after rank 0 saved would skip the barrier
         decision = [missing]
@@ -53,6 +56,15 @@ def _tokenizer(cfg: PretrainRun, texts_by_lang: dict[str, list[str]], rank: int)
     return load_tokenizer(path)
 
 
+def _special_ends(tokenizer) -> tuple[list[int], list[int]]:
+    """The special tokens the tokenizer puts before and after a text: <s> … </s> (bembed's), [CLS] … [SEP]
+    (WordPiece), read off one encoded word."""
+    encoding = tokenizer("a", return_special_tokens_mask=True)
+    ids, special = encoding["input_ids"], encoding["special_tokens_mask"]
+    first, last = special.index(0), len(special) - special[::-1].index(0)
+    return ids[:first], ids[last:]
+
+
 class MLMStage:
     weighted_batches = True  # a micro-batch weighs its masked tokens
 
@@ -69,10 +81,13 @@ class MLMStage:
         if cfg.model.init_from:
             self.model = JinaBertForMaskedLM.from_pretrained(cfg.model.init_from)
             record_matryoshka_dims(self.model.config)  # MLM trains no cut widths
+            check_vocabulary(self.model, self.tokenizer, "model.init_from")
         else:
             config = JinaBertConfig(**{**cfg.model.config, **model_config_kwargs(self.tokenizer)})
             self.model = JinaBertForMaskedLM(config)
         tok = self.tokenizer
+        if tok.mask_token_id is None:
+            raise ValueError("model: the tokenizer has no mask token, which masked-language modelling needs")
         self.special_ids = sorted(set(tok.all_special_ids))
         self.table = word_start_table(tok)
         self.random_ids = torch.tensor([i for i in range(len(tok)) if i not in set(self.special_ids)])
@@ -83,10 +98,11 @@ class MLMStage:
         log.info("MLM sequences: %s", {g: len(s) for g, s in self.sequences.items()})
 
     def _chunk(self, texts: list[str]) -> list[list[int]]:
-        tok, body = self.tokenizer, self.cfg.model.max_length - 2
+        tok = self.tokenizer
+        before, after = _special_ends(tok)
+        body = self.cfg.model.max_length - len(before) - len(after)
         ids = tok(texts, add_special_tokens=False)["input_ids"]
-        return [[tok.bos_token_id, *seq[i:i + body], tok.eos_token_id]
-                for seq in ids for i in range(0, len(seq), body)]
+        return [[*before, *seq[i:i + body], *after] for seq in ids for i in range(0, len(seq), body)]
 
     def batch(self, index: int, rank: int, world: int, size: int) -> Batch:
         group = self.groups[index % len(self.groups)]
