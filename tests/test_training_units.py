@@ -61,6 +61,19 @@ def test_config_rejects_bad_overrides(override, message):
         load_config(PretrainRun, None, [override])
 
 
+def test_config_paths_expand_home_and_variables(tmp_path, monkeypatch):
+    """`model.init_from=~/x` failed ("no model folder at ~/x") where data paths took `~`; an output_dir of
+    `~/runs` made a folder named "~"."""
+    from bembed.training.config import AlignRun
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("RUNS", str(tmp_path / "runs"))
+    cfg = load_config(AlignRun, None, ["model.init_from=~/student", "model.tokenizer=~/tok", "align.teacher=~/teacher",
+                                       "train.output_dir=$RUNS/align"])
+    assert (cfg.model.init_from, cfg.model.tokenizer, cfg.align.teacher, cfg.train.output_dir) == (
+        f"{tmp_path}/student", f"{tmp_path}/tok", f"{tmp_path}/teacher", f"{tmp_path}/runs/align")
+
+
 def test_a_config_file_that_is_not_yaml_is_a_config_error(tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text("train:\n  lr: [1,\n")

@@ -17,6 +17,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 
+def user_path(path: str | os.PathLike) -> Path:
+    """A path from a config or the command line, with `~` and `$VARS` expanded as a shell would have."""
+    return Path(os.path.expandvars(os.fspath(path))).expanduser()
+
+
 class NotUTF8Error(ValueError):
     """A user's text file with a line that is not UTF-8; the message names the file and the line."""
 

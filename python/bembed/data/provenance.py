@@ -15,10 +15,10 @@ the records its starting model already carried; `bembed eval` compares them with
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 from bembed.data.split import SPLITS
+from bembed.files import user_path
 
 MANIFEST = "manifest.json"
 CONFIG_KEY = "trained_on"
@@ -38,7 +38,7 @@ def source_record(path: str | Path, split: str) -> dict | None:
     """The record of one data source: a dataset folder of a build (<root>/<pair>/<set>, the build's manifest
     beside it) read at `split`, or a file with a manifest beside it that names the split the file was drawn
     from (the quickstart's stage-1 corpus sample). None for anything else: the user's own files."""
-    path = Path(os.path.expandvars(str(path))).expanduser()
+    path = user_path(path)
     manifest = read_manifest(path.parent)
     if manifest is None:
         return None

@@ -15,6 +15,8 @@ import os
 import typing
 from pathlib import Path
 
+from bembed.files import user_path
+
 
 def _require(ok: bool, field: str, rule: str, value) -> None:
     """A range check: a bad value fails naming the field, not as a traceback mid-run."""
@@ -27,7 +29,13 @@ class Checked:
     Trainer, the stages): the fields stay mutable, and code that edits them after loading (the quickstart
     does) must not get past the checks. The base `validate()` checks every section inside (a run config)."""
 
+    # fields holding a path, where `~` and `$VARS` are expanded on load (data sources expand theirs on reading)
+    _path_fields: tuple[str, ...] = ()
+
     def __post_init__(self):
+        for name in self._path_fields:
+            if isinstance(getattr(self, name), str):
+                setattr(self, name, str(user_path(getattr(self, name))))
         self.validate()
 
     def validate(self) -> None:
@@ -46,6 +54,7 @@ class TrainConfig(Checked):
     ranks): accumulation gives them fewer in-batch negatives, where MLM gets exactly one batch's gradient. To fit
     a large contrastive batch in memory, keep grad_accum at 1 and set the stage's `grad_cache_chunk`."""
 
+    _path_fields = ("output_dir",)
     output_dir: str = "runs/out"
     max_steps: int = 100
     batch_size: int = 32
@@ -97,6 +106,7 @@ class ModelConfig(Checked):
     """Where the encoder comes from: `init_from` (a saved model folder) or a fresh JinaBERT built from
     `config` (JinaBertConfig fields) with the tokenizer at `tokenizer`."""
 
+    _path_fields = ("init_from", "tokenizer")
     init_from: str | None = None
     tokenizer: str | None = None
     config: dict = dataclasses.field(default_factory=dict)
@@ -230,6 +240,7 @@ class AlignConfig(Checked):
     """The first column of every source (query / anchor / src: English in built `parallel` sets) is the
     teacher's language, the second the language taught."""
 
+    _path_fields = ("teacher",)
     teacher: str | None = None  # default: a frozen copy of the student as loaded
     beta: float = 0.4
     # Train under each of the student's prompts (an E5-style model's "query: " / "passage: ") as well as under

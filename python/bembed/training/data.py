@@ -11,8 +11,8 @@ build`, read into the column conventions of `bembed.data.user_files`:
 from __future__ import annotations
 
 import logging
-import os
-from pathlib import Path
+
+from bembed.files import user_path
 
 from .config import Source
 
@@ -22,7 +22,7 @@ _PAIR_COLUMNS = (("query", "document"), ("anchor", "positive"), ("src", "tgt"), 
 
 
 def _raw_rows(source: Source) -> list[dict]:
-    path = Path(os.path.expandvars(source.path)).expanduser()
+    path = user_path(source.path)
     if path.is_dir():
         from datasets import Dataset, DatasetDict, load_from_disk
 
