@@ -609,3 +609,25 @@ def test_a_pickle_only_model_folder_is_refused(files, tmp_path):
     torch.save(model.state_dict(), student / "pytorch_model.bin")  # what transformers would unpickle
     with pytest.raises(ValueError, match="no .safetensors weights"):
         load_encoder(ModelConfig(init_from=str(student)))
+
+
+def test_a_folder_that_embeds_otherwise_than_mean_pooling_is_refused(files, tmp_path):
+    """A sentence-transformers folder asking for CLS pooling (or a Dense layer, lowercasing) is refused by
+    Embedder.from_pretrained, but the training stages took it and trained mean-pooled embeddings, dropping the
+    Dense layer from the export without a word."""
+    from bembed.training.encoder import load_encoder
+
+    student = _tiny_hf_student(files, tmp_path / "student")
+    (student / "modules.json").write_text(json.dumps([
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]))
+    (student / "1_Pooling").mkdir()
+    for mean, cls in ((True, False), (False, True)):
+        (student / "1_Pooling" / "config.json").write_text(json.dumps(
+            {"word_embedding_dimension": 32, "pooling_mode_mean_tokens": mean, "pooling_mode_cls_token": cls}))
+        if mean:
+            load_encoder(ModelConfig(init_from=str(student)))
+    with pytest.raises(ValueError, match=r"model.init_from: .*pooling is \['cls_token'\]"):
+        load_encoder(ModelConfig(init_from=str(student)))
+    with pytest.raises(ValueError, match=r"align.teacher: .*pooling is \['cls_token'\]"):
+        load_encoder(ModelConfig(init_from=str(student)), key="align.teacher")

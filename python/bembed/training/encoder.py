@@ -13,7 +13,7 @@ import torch
 
 from bembed.model import JinaBertConfig, JinaBertModel, mean_pool, normalize
 
-from bembed.st_folder import LOADABLE_TOKENIZER_FILES
+from bembed.st_folder import LOADABLE_TOKENIZER_FILES, embedder_settings
 
 from .config import ModelConfig
 from .grad_cache import cached_encode
@@ -78,6 +78,10 @@ def load_encoder(spec: ModelConfig, key: str = "model.init_from") -> tuple[torch
         folder = Path(spec.init_from)
         if not (folder / "config.json").is_file():
             raise FileNotFoundError(f"{key}: no model folder (config.json) at {folder}")
+        try:  # what Embedder.from_pretrained refuses (CLS pooling, a Dense layer, ...) would be trained differently
+            embedder_settings(folder, {})
+        except ValueError as exc:
+            raise ValueError(f"{key}: {exc}") from None
         tokenizer = init_tokenizer(spec, key)
         if _is_jinabert(folder):
             model = JinaBertModel.from_pretrained(str(folder))
