@@ -180,6 +180,7 @@ def test_mlm_runs_on_wordpiece_and_metaspace_tokenizers(files, tmp_path):
 
 def test_pairs_loss_decreases_and_sentence_transformers_loads(files, tmp_path):
     from bembed.training.encoder import embed, tokenize
+    from bembed.training.multitask import MultitaskStage
     from bembed.training.pairs import PairStage
 
     cfg = load_config(PairsRun, None, [f"data.train=[{{path: {files['pairs']}}}]", *model_overrides(files),
@@ -200,6 +201,16 @@ def test_pairs_loss_decreases_and_sentence_transformers_loads(files, tmp_path):
 
     assert Embedder.from_pretrained(tmp_path / "final", device="cpu").prompts == {"query": "query: "}
     assert st.prompts["query"] == "query: "
+
+    # a model folder that sets its max_seq_length keeps it through a stage, as a sentence-transformers model
+    # does (the next stage's export wrote the architecture's 8192 instead)
+    source = Embedder.from_pretrained(tmp_path / "final", device="cpu")
+    source.max_seq_length = 40
+    source.save_pretrained(tmp_path / "source")
+    cfg = load_config(MultitaskRun, None, [f"data.train=[{{path: {files['triples']}}}]", "model.max_length=16",
+                                           f"model.init_from={tmp_path / 'source'}", *U.train_overrides(tmp_path / "next", 1)])
+    fit(MultitaskStage(cfg), cfg)
+    assert Embedder.from_pretrained(tmp_path / "next" / "final", device="cpu").max_seq_length == 40
 
 
 def test_matryoshka_dims_train_the_cut_embeddings(files, tmp_path):

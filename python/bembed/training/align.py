@@ -74,12 +74,11 @@ class AlignStage:
         return keep + self.cfg.align.beta * cross, {"teacher_distance": keep.detach(), "cross_distance": cross.detach()}
 
     def export(self, folder: Path) -> None:
-        # the student keeps its prompts (an E5-style model's query/passage prefixes), its default prompt and its
-        # length: alignment changes the languages it knows, not how it is queried
+        # the student keeps its prompts (an E5-style model's query/passage prefixes) and its default prompt (its
+        # length, as every stage's export does): alignment changes the languages it knows, not how it is queried
         student = self.cfg.model.init_from
-        default_prompt_name, max_seq_length = folder_usage(student)
         export_encoder(self.model, self.tokenizer, folder, source=student, prompts=folder_prompts(student) or None,
-                       default_prompt_name=default_prompt_name, max_seq_length=max_seq_length)
+                       default_prompt_name=folder_usage(student)[0])
 
 
 def prompt_turns(student_prompts: dict[str, str], teacher_prompts: dict[str, str]) -> list[tuple[str, str]]:

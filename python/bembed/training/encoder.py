@@ -154,12 +154,15 @@ def export_encoder(model: torch.nn.Module, tokenizer, folder: Path, source: str 
     prompts (name -> prefix), when given, go to config_sentence_transformers.json in place of `source`'s.
     matryoshka_dims: the widths the stage just trained (record_matryoshka_dims), kept in config.json for
     `Embedder.matryoshka_dims`. default_prompt_name (one of prompts) and max_seq_length go to the
-    sentence-transformers files (None: no default prompt; a JinaBertModel's position limit, another model's
-    `source` setting)."""
+    sentence-transformers files (None: no default prompt; the max_seq_length `source` sets, as a
+    sentence-transformers model keeps its own through training, else a JinaBertModel's position limit)."""
     from bembed.model.export import export_sentence_transformers
+    from bembed.st_folder import folder_usage
     from bembed.tokenizer import save_tokenizer
 
     folder = Path(folder)
+    if max_seq_length is None and source:
+        max_seq_length = folder_usage(source)[1]
     record_matryoshka_dims(model.config, matryoshka_dims)
     if isinstance(model, JinaBertModel):
         return export_sentence_transformers(model, tokenizer, folder, prompts=prompts,
