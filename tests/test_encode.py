@@ -395,6 +395,32 @@ def test_loads_a_sentence_transformers_export(tmp_path, folder, embedder):
     np.testing.assert_allclose(loaded.encode(TEXTS[:4]), embedder.encode(TEXTS[:4]), rtol=1e-5, atol=1e-6)
 
 
+def test_loads_the_older_sentence_transformers_layout(tmp_path, folder, embedder):
+    """sentence-transformers folders of the older layout keep the transformer (config, weights, tokenizer and
+    sentence_bert_config.json) in the Transformer module's folder, `0_Transformer/`, named by modules.json:
+    sentence-transformers loads them, bembed said "no config.json"."""
+    import json
+    import shutil
+
+    old = tmp_path / "old"
+    shutil.copytree(folder, old)
+    (old / "0_Transformer").mkdir()
+    for item in list(old.iterdir()):
+        if item.is_file() and item.name not in ("modules.json", "config_sentence_transformers.json"):
+            item.rename(old / "0_Transformer" / item.name)
+    modules = json.loads((old / "modules.json").read_text())
+    modules[0]["path"] = "0_Transformer"
+    (old / "modules.json").write_text(json.dumps(modules))
+    settings = json.loads((old / "0_Transformer" / "sentence_bert_config.json").read_text())
+    (old / "0_Transformer" / "sentence_bert_config.json").write_text(json.dumps({**settings, "max_seq_length": 12}))
+    loaded = Embedder.from_pretrained(old, device="cpu")
+    assert loaded.max_seq_length == 12 and loaded.prompts == embedder.prompts
+    want = embedder.encode(TEXTS[:4], max_length=12, prompt_name="query")
+    np.testing.assert_allclose(loaded.encode(TEXTS[:4], prompt_name="query"), want, rtol=1e-5, atol=1e-6)
+    st = pytest.importorskip("sentence_transformers").SentenceTransformer(str(old), device="cpu")
+    np.testing.assert_allclose(st.encode(TEXTS[:4], prompt_name="query"), want, rtol=1e-5, atol=1e-6)
+
+
 def test_the_sentence_transformers_settings_of_a_folder_are_read_and_saved(tmp_path, embedder):
     """A folder's max_seq_length (sentence_bert_config.json) and Normalize module (modules.json) are what
     sentence-transformers applies; Embedder applies them too, and writes them back when saving."""

@@ -199,6 +199,10 @@ def test_loading_refuses_pickles_and_non_folders(tmp_path):
         JinaBertModel.from_pretrained(tmp_path)
     with pytest.raises(ValueError, match="local folder"):
         JinaBertModel.from_pretrained(tmp_path / "absent")
+    (tmp_path / "pytorch_model.bin").rename(tmp_path / "pytorch_model-00001-of-00002.bin")
+    (tmp_path / "pytorch_model.bin.index.json").write_text("{}")  # sharded pickles: the same answer
+    with pytest.raises(ValueError, match="only a pickle checkpoint"):
+        JinaBertModel.from_pretrained(tmp_path)
     with pytest.raises(ValueError, match="safetensors only"):
         JinaBertModel(tiny_config()).save_pretrained(tmp_path / "out", safe_serialization=False)
     # weights without config.json: transformers would fall back to the default (base) architecture

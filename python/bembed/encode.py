@@ -136,7 +136,8 @@ class Embedder:
     def from_pretrained(cls, path: str | os.PathLike, *, device: str | torch.device | None = None, dtype=None,
                         attention_impl: str | None = None, **kwargs) -> "Embedder":
         """Load model, tokenizer and prompts from a local folder (bembed's `save_pretrained`, a published
-        JinaBERT folder, or a sentence-transformers export). Never downloads. device: where to run (default:
+        JinaBERT folder, or a sentence-transformers folder, its transformer in the folder or in a module folder
+        such as `0_Transformer/`). Never downloads. device: where to run (default:
         CUDA when available); dtype: the model weights' dtype (default float32); attention_impl:
         "bembed" (default) or "reference". Other keywords go to `Embedder(...)`; prompts given there are
         merged over the folder's, name by name."""
@@ -154,9 +155,10 @@ class Embedder:
         if device.type == "cuda" and not torch.cuda.is_available():
             raise ValueError(f"device {str(device)!r}: this torch has no usable CUDA device")
         overrides = {"attention_impl": attention_impl} if attention_impl is not None else {}
-        model = JinaBertModel.from_pretrained(folder, dtype=dtype, device=device, **overrides)
-        st_folder.check_tokenizer(folder)
-        tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+        model_folder = st_folder.transformer_folder(folder)  # the folder, or its 0_Transformer/ (older layout)
+        model = JinaBertModel.from_pretrained(model_folder, dtype=dtype, device=device, **overrides)
+        st_folder.check_tokenizer(model_folder)
+        tokenizer = AutoTokenizer.from_pretrained(str(model_folder), local_files_only=True)
         kwargs = st_folder.embedder_settings(folder, kwargs)
         embedder = cls(model, tokenizer, **kwargs)
         embedder.name = folder.name

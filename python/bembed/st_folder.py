@@ -24,6 +24,18 @@ def check_tokenizer(folder: Path) -> None:
         raise ValueError(f"{folder}: no tokenizer in the folder (none of {', '.join(LOADABLE_TOKENIZER_FILES)})")
 
 
+def transformer_folder(folder: str | Path) -> Path:
+    """Where a folder keeps its transformer (config, weights, tokenizer, sentence_bert_config.json): the folder
+    itself, or the Transformer module's own folder in the older sentence-transformers layout (`0_Transformer/`,
+    named by modules.json), as sentence-transformers finds it."""
+    folder = Path(folder)
+    modules = _settings(folder, MODULES_FILE) if (folder / MODULES_FILE).is_file() else []
+    for module in modules if isinstance(modules, list) else []:
+        if module.get("type", "").rsplit(".", 1)[-1] == "Transformer" and module.get("path"):
+            return folder / module["path"]
+    return folder
+
+
 def _settings(folder: str | Path, name: str) -> dict:
     path = Path(folder) / name
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
@@ -38,7 +50,7 @@ def folder_usage(folder: str | Path) -> tuple[str | None, int | None]:
     """The default prompt name and max_seq_length a folder's sentence-transformers files set (None where they
     set none), read as they are: unlike embedder_settings, nothing about the folder is checked."""
     return (_settings(folder, PROMPTS_FILE).get("default_prompt_name"),
-            _settings(folder, ST_CONFIG_FILE).get("max_seq_length"))
+            _settings(transformer_folder(folder), ST_CONFIG_FILE).get("max_seq_length"))
 
 
 def embedder_settings(folder: Path, given: dict) -> dict:
@@ -58,8 +70,8 @@ def embedder_settings(folder: Path, given: dict) -> dict:
             settings["prompts"]["document"] = new[alias]
         if settings.get("default_prompt_name") is None:
             settings["default_prompt_name"] = saved.get("default_prompt_name")
-    if (folder / ST_CONFIG_FILE).is_file():
-        saved = json.loads((folder / ST_CONFIG_FILE).read_text(encoding="utf-8"))
+    if (transformer_folder(folder) / ST_CONFIG_FILE).is_file():
+        saved = json.loads((transformer_folder(folder) / ST_CONFIG_FILE).read_text(encoding="utf-8"))
         if saved.get("do_lower_case"):
             raise ValueError(f"{folder}: {ST_CONFIG_FILE} sets do_lower_case, which bembed does not do "
                              "(sentence-transformers would lowercase the texts and embed them differently)")

@@ -44,7 +44,7 @@ def read_state_dict(folder: str | os.PathLike) -> dict[str, torch.Tensor]:
         for shard in sorted(set(weight_map.values())):
             state.update(load_file(folder / shard))
         return state
-    if any((folder / name).exists() for name in ("pytorch_model.bin", "model.pt")):
+    if any((folder / name).exists() for name in ("pytorch_model.bin", "pytorch_model.bin.index.json", "model.pt")):
         raise ValueError(f"{folder}: only a pickle checkpoint (pytorch_model.bin) is there; bembed loads safetensors "
                          "only. Convert it once in a trusted environment: safetensors.torch.save_file(torch.load(...))")
     raise FileNotFoundError(f"{folder}: no {WEIGHTS_NAME} or {WEIGHTS_INDEX_NAME}")

@@ -13,7 +13,7 @@ import torch
 
 from bembed.model import JinaBertConfig, JinaBertModel, mean_pool, normalize
 
-from bembed.st_folder import LOADABLE_TOKENIZER_FILES, embedder_settings
+from bembed.st_folder import LOADABLE_TOKENIZER_FILES, embedder_settings, transformer_folder
 
 from .config import ModelConfig
 from .grad_cache import cached_encode
@@ -77,7 +77,9 @@ def load_encoder(spec: ModelConfig, key: str = "model.init_from") -> tuple[torch
     if spec.init_from:
         folder = Path(spec.init_from)
         if not (folder / "config.json").is_file():
-            raise FileNotFoundError(f"{key}: no model folder (config.json) at {folder}")
+            inner = transformer_folder(folder)
+            hint = f" (its transformer is in {inner}: give that folder)" if inner != folder else ""
+            raise FileNotFoundError(f"{key}: no model folder (config.json) at {folder}{hint}")
         try:  # what Embedder.from_pretrained refuses (CLS pooling, a Dense layer, ...) would be trained differently
             embedder_settings(folder, {})
         except ValueError as exc:
