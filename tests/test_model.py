@@ -212,6 +212,22 @@ def test_loading_refuses_pickles_and_non_folders(tmp_path):
         JinaBertModel.from_pretrained(tmp_path / "no_config")
 
 
+def test_dtype_auto_reads_the_config_first_as_transformers_does(tmp_path):
+    """dtype="auto" took the first stored tensor's dtype even where config.json names one (a released folder
+    stores float32 weights under "torch_dtype": "bfloat16" or the reverse)."""
+    import json
+
+    JinaBertModel(tiny_config()).save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    for key, value, want in (("torch_dtype", "bfloat16", torch.bfloat16), ("dtype", "float16", torch.float16),
+                             (None, None, torch.float32)):
+        config.pop("dtype", None), config.pop("torch_dtype", None)
+        (tmp_path / "config.json").write_text(json.dumps({**config, **({key: value} if key else {})}))
+        model = JinaBertModel.from_pretrained(tmp_path, dtype="auto")
+        assert {p.dtype for p in model.parameters()} == {want}, key
+    assert {p.dtype for p in JinaBertModel.from_pretrained(tmp_path).parameters()} == {torch.float32}
+
+
 def test_save_pretrained_honours_or_refuses_the_hf_keywords(tmp_path):
     """The other ranks of a distributed run (is_main_process=False) write nothing; the keywords that would change
     which files are written are refused, not ignored."""

@@ -78,7 +78,7 @@ def load_pretrained(cls, folder, *, config: JinaBertConfig | None = None, dtype=
     """Build `cls` from a local checkpoint folder.
 
     config: use this config instead of folder/config.json. dtype (or torch_dtype): the model dtype
-    (default float32 whatever the file stores; "auto" keeps the stored dtype). device / device_map
+    (default float32 whatever the file stores; "auto": the config's `dtype`, else the stored one). device / device_map
     (a single device): where to put the model. strict: raise ValueError on missing or unexpected keys
     instead of logging them. Other keywords that are config fields override the config (e.g.
     attention_impl="reference"); hub-only keywords are ignored. The model is returned in eval mode.
@@ -128,9 +128,10 @@ def load_pretrained(cls, folder, *, config: JinaBertConfig | None = None, dtype=
         model.tie_decoder()
 
     dtype = dtype if dtype is not None else torch_dtype
-    if dtype == "auto":
-        dtype = next(iter(state.values())).dtype if state else torch.float32
-    elif isinstance(dtype, str):
+    if dtype == "auto":  # as transformers: the config's dtype, else the first floating tensor's
+        dtype = getattr(config, "dtype", None) or next(
+            (tensor.dtype for tensor in state.values() if tensor.is_floating_point()), torch.float32)
+    if isinstance(dtype, str):
         dtype = getattr(torch, dtype)
     model.to(dtype=dtype or torch.float32)
     if device_map == "auto" and device is None:
