@@ -12,8 +12,7 @@ from pathlib import Path
 import torch
 
 from bembed.model import JinaBertConfig, JinaBertModel, mean_pool, normalize
-
-from bembed.st_folder import LOADABLE_TOKENIZER_FILES, embedder_settings, transformer_folder
+from bembed.st_folder import LOADABLE_TOKENIZER_FILES, embedder_settings, folder_usage, transformer_folder
 
 from .config import ModelConfig
 from .grad_cache import cached_encode
@@ -159,7 +158,6 @@ def export_encoder(model: torch.nn.Module, tokenizer, folder: Path, source: str 
     sentence-transformers files (None: no default prompt; the max_seq_length `source` sets, as a
     sentence-transformers model keeps its own through training, else a JinaBertModel's position limit)."""
     from bembed.model.export import export_sentence_transformers
-    from bembed.st_folder import folder_usage
     from bembed.tokenizer import save_tokenizer
 
     folder = Path(folder)
