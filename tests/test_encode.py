@@ -109,6 +109,9 @@ def test_truncate_false_averages_windows_over_all_tokens(embedder):
     want = torch.nn.functional.normalize(states.mean(0), dim=0).numpy()
     got = embedder.encode([text, "kurz"], max_length=32, truncate=False)
     np.testing.assert_allclose(got[0], want, rtol=1e-5, atol=1e-6)
+    # unnormalised, a mean over windows instead of over tokens shows (normalising hides a scale)
+    raw = embedder.encode(text, max_length=32, truncate=False, normalize_embeddings=False)
+    np.testing.assert_allclose(raw, states.mean(0).numpy(), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(got[1], embedder.encode("kurz"), rtol=1e-5, atol=1e-6)
 
 

@@ -44,3 +44,23 @@ def test_size_spans_map_back_to_disjoint_ranges_covering_every_token(embedder, d
     assert ranges[0][0] == 0 and ranges[-1][1] == n
     assert all(a[1] == b[0] for a, b in zip(ranges, ranges[1:])), ranges
     assert all(hi - lo >= min(chunk_size, n - 2) for lo, hi in ranges[:-1])
+
+
+@pytest.mark.parametrize("prompt", ["", "query: "])
+def test_chunks_under_a_prompt_and_a_cut_are_the_documents_own(embedder, prompt):
+    """With a prompt the document's tokens are shifted by the prompt's: the returned spans must still be
+    character spans of the document (disjoint, within it, covering it) and give back the same vectors; a chunk
+    spanning the whole document is encode(document) under that prompt, also when max_length cuts it. An empty
+    span is refused. (Mutation review: the prompt shift and the cut were not tested.)"""
+    document = "Haus ist rot und blau. " * 6
+    vectors, spans = embedder.encode_chunks(document, chunk_size=3, prompt=prompt, return_spans=True)
+    assert spans[0][0] == 0 and spans[-1][1] <= len(document)
+    assert all(a[1] <= b[0] and a[0] < a[1] for a, b in zip(spans, spans[1:])), spans
+    np.testing.assert_allclose(embedder.encode_chunks(document, chunk_spans=spans, prompt=prompt), vectors,
+                               rtol=1e-5, atol=1e-6)
+    whole = embedder.encode_chunks(document, chunk_spans=[(0, len(document))], prompt=prompt)[0]
+    np.testing.assert_allclose(whole, embedder.encode(document, prompt=prompt), rtol=1e-5, atol=1e-6)
+    cut = embedder.encode_chunks(document, chunk_spans=[(0, len(document))], prompt=prompt, max_length=16)[0]
+    np.testing.assert_allclose(cut, embedder.encode(document, prompt=prompt, max_length=16), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError):
+        embedder.encode_chunks(document, chunk_spans=[(5, 5)])
