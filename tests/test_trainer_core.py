@@ -425,3 +425,37 @@ def test_nan_loss_stops_naming_step_and_batch(files, tmp_path):
     with pytest.raises(NonFiniteLossError, match=r"loss is nan at step 3: batch mlm\[(en|de)\] sequences \[") as info:
         fit(stage, cfg)
     assert "micro-batch 2" in str(info.value)
+
+
+def test_steps_take_consecutive_micro_batches_in_train_mode_with_the_schedule_and_decay_groups(files, tmp_path):
+    """What the resume tests cannot see, as they compare the trainer with itself (mutation review): step s of
+    grad_accum k reads micro-batches s·k … s·k+k−1 (no overlap, none skipped); the model trains in train mode
+    even when the stage loaded it in eval mode (from_pretrained does); each step's lr is the schedule's for that
+    step (warm-up from lr/warmup_steps); biases and LayerNorm weights get no weight decay."""
+    stage, cfg = mlm_run(files, tmp_path, 3, "train.batch_size=8", "train.grad_accum=2", "train.warmup_steps=2",
+                         "train.weight_decay=0.1", "train.lr=1e-3")
+    read, modes = [], []
+    real_batch, real_loss = stage.batch, stage.loss
+
+    def batch(index, *args):
+        read.append(index)
+        return real_batch(index, *args)
+
+    def loss(tensors):
+        modes.append(stage.model.training)
+        return real_loss(tensors)
+
+    stage.batch, stage.loss = batch, loss
+    stage.model.eval()
+    trainer = Trainer(stage, cfg.train, to_dict(cfg))
+    read.clear()  # the start-up check draws batches too
+    history = trainer.fit()
+    assert read == [0, 1, 2, 3, 4, 5]
+    assert modes == [True] * 6
+    assert [m["lr"] for m in history] == pytest.approx([1e-3 * f for f in (0.5, 1.0, 1.0)])
+    decay, no_decay = trainer.optimizer.param_groups
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    assert all(p.dim() >= 2 for p in decay["params"]) and all(p.dim() == 1 for p in no_decay["params"])
+    names = {id(p): n for n, p in stage.model.named_parameters()}
+    assert {names[id(p)].rsplit(".", 1)[-1] for p in no_decay["params"]} == {"bias", "weight"}  # LayerNorm weights
+    assert len(decay["params"]) + len(no_decay["params"]) == len(trainer.params)
