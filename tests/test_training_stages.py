@@ -642,3 +642,50 @@ def test_a_folder_that_embeds_otherwise_than_mean_pooling_is_refused(files, tmp_
         load_encoder(ModelConfig(init_from=str(student)))
     with pytest.raises(ValueError, match=r"align.teacher: .*pooling is \['cls_token'\]"):
         load_encoder(ModelConfig(init_from=str(student)), key="align.teacher")
+
+
+def test_contrastive_stages_apply_their_settings(files, tmp_path):
+    """The stages' loss settings were only ever run at their defaults (mutation review: a temperature applied
+    twice, bidirectional forced on, the prefixes swapped or dropped, one hard negative too few all passed). Each
+    stage's loss on its first batch must be the reference InfoNCE with the configured settings, on texts that
+    carry the configured prefixes."""
+    from bembed.training.encoder import embed
+    from bembed.training.multitask import MultitaskStage
+    from bembed.training.pairs import PairStage
+    from bembed_ext.ops.contrastive_loss import contrastive_loss_reference
+
+    def decoded(stage, ids):
+        return stage.tokenizer.batch_decode(ids, skip_special_tokens=True)
+
+    common = [*model_overrides(files), *U.train_overrides(tmp_path / "out", 1, batch=8)]
+    for bidirectional in (True, False):
+        cfg = load_config(PairsRun, None, [f"data.train=[{{path: {files['pairs']}}}]", *common,
+                                           "pairs.temperature=0.2", f"pairs.bidirectional={bidirectional}",
+                                           "pairs.query_prefix='q: '", "pairs.passage_prefix='p: '"])
+        torch.manual_seed(0)
+        stage = PairStage(cfg)
+        t = stage.batch(0, 0, 1, 8).tensors
+        assert all(s.startswith("q: ") for s in decoded(stage, t["q_ids"]))
+        assert all(s.startswith("p: ") for s in decoded(stage, t["d_ids"]))
+        with torch.no_grad():
+            got, _ = stage.loss(t)
+            want = contrastive_loss_reference(embed(stage.model, t["q_ids"], t["q_mask"]),
+                                              embed(stage.model, t["d_ids"], t["d_mask"]), temperature=0.2,
+                                              bidirectional=bidirectional)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+    cfg = load_config(MultitaskRun, None, [f"data.train=[{{path: {files['triples']}}}]", *common,
+                                           "multitask.temperature=0.3", "multitask.num_negatives=2",
+                                           "multitask.query_prefix='q: '", "multitask.passage_prefix='p: '"])
+    torch.manual_seed(0)
+    stage = MultitaskStage(cfg)
+    t = stage.batch(0, 0, 1, 8).tensors
+    assert t["q_ids"].shape[0] == 8 and t["d_ids"].shape[0] == 8 * 3  # positives, then 2 hard negatives each
+    assert all(s.startswith("q: ") for s in decoded(stage, t["q_ids"]))
+    assert all(s.startswith("p: ") for s in decoded(stage, t["d_ids"]))
+    with torch.no_grad():
+        got, _ = stage.loss(t)
+        want = contrastive_loss_reference(embed(stage.model, t["q_ids"], t["q_mask"]),
+                                          embed(stage.model, t["d_ids"], t["d_mask"]), temperature=0.3,
+                                          bidirectional=False)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
