@@ -689,3 +689,27 @@ def test_contrastive_stages_apply_their_settings(files, tmp_path):
                                           embed(stage.model, t["d_ids"], t["d_mask"]), temperature=0.3,
                                           bidirectional=False)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_mlm_batches_mask_padding_draw_no_special_token_and_cover_each_language(files, tmp_path):
+    """(Mutation review.) Padding is outside the attention mask; the "random token" replacement never draws a
+    special token (a <mask> or <pad> there teaches nothing true); with alternating languages, one epoch of each
+    language's batches reads each of its sequences once."""
+    stage, _ = mlm_run(files, tmp_path, 1, "train.batch_size=8")
+    assert not set(stage.random_ids.tolist()) & set(stage.special_ids)
+    assert len(stage.random_ids) == len(stage.tokenizer) - len(stage.special_ids)
+    pad = stage.tokenizer.pad_token_id
+    seen = {group: [] for group in stage.groups}
+    per_epoch = {g: len(stage.sequences[g]) // 8 for g in stage.groups}
+    for index in range(len(stage.groups) * max(per_epoch.values())):
+        group = stage.groups[index % len(stage.groups)]
+        batch = stage.batch(index, 0, 1, 8)
+        t = batch.tensors
+        assert batch.tokens == int(t["attention_mask"].sum())
+        lengths = t["attention_mask"].sum(1)
+        for row, n in enumerate(lengths.tolist()):
+            assert (t["input_ids"][row, n:] == pad).all() and not (t["attention_mask"][row, n:]).any()
+        if index // len(stage.groups) < per_epoch[group]:
+            seen[group] += [int(r) for r in batch.source.split("sequences ")[1].strip("[]").split(", ")]
+    for group in stage.groups:
+        assert len(seen[group]) == len(set(seen[group])) == per_epoch[group] * 8, group
