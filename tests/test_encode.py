@@ -228,6 +228,10 @@ def test_encoding_runs_without_dropout_and_keeps_the_model_mode(embedder):
     chunks = training.encode_chunks(TEXTS[0], chunk_size=4)
     np.testing.assert_allclose(chunks, embedder.encode_chunks(TEXTS[0], chunk_size=4), rtol=1e-5, atol=1e-6)
     assert model.training
+    model.eval()  # and a model in eval mode stays there (dropout would turn on for the caller's next forward)
+    training.encode(TEXTS[:3])
+    training.encode_chunks(TEXTS[0], chunk_size=4)
+    assert not model.training and not any(m.training for m in model.modules())
 
 
 def test_concurrent_encodes_keep_dropout_off_until_the_last_ends(embedder, monkeypatch):

@@ -320,7 +320,11 @@ def test_attention_dropout_is_refused_on_kernel_path_in_training():
         model(ids, mask)
     model.eval()(ids, mask)  # no dropout at inference: the kernel path is exact
     model.config.attention_impl = "reference"
-    model.train()(ids, mask)
+    torch.manual_seed(0)
+    first = model.train()(ids, mask).last_hidden_state
+    second = model(ids, mask).last_hidden_state
+    assert not torch.equal(first, second)  # the reference path does drop attention weights
+    torch.testing.assert_close(model.eval()(ids, mask).last_hidden_state, model(ids, mask).last_hidden_state)
 
 
 def test_gradient_checkpointing_gives_the_same_gradients():
@@ -335,7 +339,16 @@ def test_gradient_checkpointing_gives_the_same_gradients():
     plain = grads()
     model.gradient_checkpointing_enable()
     assert model.encoder.gradient_checkpointing
-    checkpointed = grads()
+    import bembed.model.modeling as modeling
+
+    calls = []
+    real_checkpoint = modeling.checkpoint
+    modeling.checkpoint = lambda *args, **kwargs: calls.append(1) or real_checkpoint(*args, **kwargs)
+    try:
+        checkpointed = grads()
+    finally:
+        modeling.checkpoint = real_checkpoint
+    assert len(calls) == model.config.num_hidden_layers  # each layer really is recomputed in backward
     assert plain.keys() == checkpointed.keys() and len(plain) > 10
     for name in plain:
         torch.testing.assert_close(checkpointed[name], plain[name], msg=name)
@@ -609,3 +622,15 @@ def test_the_model_matches_an_independent_float64_jinabert(qk_layer_norm):
                      w["cls.predictions.transform.LayerNorm.bias"], config.layer_norm_eps)
     logits = h @ w["bert.embeddings.word_embeddings.weight"].T + w["cls.predictions.bias"]
     torch.testing.assert_close(mlm(ids, mask, types).logits[mask.bool()], logits[mask.bool()], rtol=1e-5, atol=1e-5)
+
+
+def test_packed_mean_pooling_sums_low_precision_states_in_float32():
+    """(Mutation review.) bf16 token states summed in bf16 lose their low bits over a long sequence; the pooled
+    rows are float32 means of the states as given."""
+    torch.manual_seed(0)
+    states = (torch.randn(4000, 8) + 3).bfloat16()
+    cu = torch.tensor([0, 1, 4000], dtype=torch.int32)
+    pooled = mean_pool_packed(states, cu)
+    assert pooled.dtype == torch.float32
+    want = torch.stack([states[:1].double().mean(0), states[1:].double().mean(0)]).float()
+    torch.testing.assert_close(pooled, want, rtol=1e-6, atol=1e-6)

@@ -334,3 +334,25 @@ def test_epoch_batches_cover_the_data_and_shards_partition():
     assert batching.shard(rows, 0, 2) + batching.shard(rows, 1, 2) == rows
     with pytest.raises(ValueError, match="fewer than one"):
         batching.epoch_indices(3, 4, 0, seed=0)
+
+
+def test_loss_settings_reach_the_losses_and_a_short_sequence_still_predicts_a_word(tokenizer):
+    """(Mutation review.) sts_loss passes score_max and the CoSENT scale on; round(3 · 0.15) is 0 words, yet a
+    sequence must predict at least one (otherwise short rows teach nothing); a word right after a special token
+    mid-sequence starts anew ("a</s>b" is two words, not one)."""
+    assert sts_loss("mse", score_max=1.0).score_max == 1.0
+    assert sts_loss("cosent", cosent_scale=7.0).scale == 7.0
+    cos, gold = torch.tensor([0.9, 0.1]), torch.tensor([1.0, 0.0])
+    assert float(sts_loss("mse", score_max=1.0)(cos, gold)) == pytest.approx(0.01)
+
+    ids = torch.tensor(tokenizer("a b c")["input_ids"])
+    words = word_ids(ids, word_start_table(tokenizer), tokenizer.all_special_ids)
+    _, labels = whole_word_mask(ids, words, mask_prob=0.15, mask_id=tokenizer.mask_token_id,
+                                random_ids=torch.arange(10, 20), generator=torch.Generator().manual_seed(0))
+    assert (labels != -100).sum() >= 1
+
+    eos = tokenizer.eos_token_id
+    a, b = tokenizer("haus", add_special_tokens=False)["input_ids"], tokenizer("baum", add_special_tokens=False)["input_ids"]
+    ids = torch.tensor([tokenizer.bos_token_id, *a, eos, *b, eos])
+    words = word_ids(ids, word_start_table(tokenizer), tokenizer.all_special_ids)
+    assert words[1 + len(a) + 1] != words[1]  # "baum" (no space mark) begins a word after </s>
