@@ -459,3 +459,22 @@ def test_steps_take_consecutive_micro_batches_in_train_mode_with_the_schedule_an
     names = {id(p): n for n, p in stage.model.named_parameters()}
     assert {names[id(p)].rsplit(".", 1)[-1] for p in no_decay["params"]} == {"bias", "weight"}  # LayerNorm weights
     assert len(decay["params"]) + len(no_decay["params"]) == len(trainer.params)
+
+
+def test_ctrl_c_right_after_a_resume_leaves_the_checkpoint_it_resumed_from(files, tmp_path, monkeypatch):
+    """(Mutation review.) Stopped before its first step, a resumed run has nothing new: its Ctrl-C checkpoint is the
+    folder it loaded, kept as it is (rewriting a folder in place cannot be atomic)."""
+    stage, cfg = mlm_run(files, tmp_path, 2, "train.save_every=2")
+    fit(stage, cfg)
+    folder = ckpt.checkpoint_dir(tmp_path / "checkpoints", 2)
+    before = {p.name: p.stat().st_mtime_ns for p in folder.iterdir()}
+    stage, cfg = mlm_run(files, tmp_path, 4, "train.save_every=2")
+
+    def stopped(self):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Trainer, "train_step", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        fit(stage, cfg, resume="latest")
+    assert {p.name: p.stat().st_mtime_ns for p in folder.iterdir()} == before
+    assert [p.name for p in ckpt.list_checkpoints(tmp_path / "checkpoints")] == ["step-00000002"]
