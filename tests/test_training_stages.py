@@ -713,3 +713,16 @@ def test_mlm_batches_mask_padding_draw_no_special_token_and_cover_each_language(
             seen[group] += [int(r) for r in batch.source.split("sequences ")[1].strip("[]").split(", ")]
     for group in stage.groups:
         assert len(seen[group]) == len(set(seen[group])) == per_epoch[group] * 8, group
+
+
+def test_multitask_draws_unweighted_sources_by_their_size(files, tmp_path):
+    """(Mutation review.) Without `weight`, a source is drawn in proportion to its rows: 256 pairs against
+    128 triples come 2:1 (a weight of 1 each would draw them 1:1)."""
+    from bembed.training.multitask import MultitaskStage
+
+    cfg = load_config(MultitaskRun, None, [f"data.train=[{{path: {files['pairs']}}}, {{path: {files['triples']}}}]",
+                                           *model_overrides(files), *U.train_overrides(tmp_path, 1, batch=8)])
+    stage = MultitaskStage(cfg)
+    assert [len(rows) for _, _, rows in stage.tasks] == [256, 128]
+    draws = [stage._schedule(i)[0] for i in range(3000)]
+    assert draws.count(0) / draws.count(1) == pytest.approx(2.0, rel=0.1)
