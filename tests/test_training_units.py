@@ -356,3 +356,16 @@ def test_loss_settings_reach_the_losses_and_a_short_sequence_still_predicts_a_wo
     ids = torch.tensor([tokenizer.bos_token_id, *a, eos, *b, eos])
     words = word_ids(ids, word_start_table(tokenizer), tokenizer.all_special_ids)
     assert words[1 + len(a) + 1] != words[1]  # "baum" (no space mark) begins a word after </s>
+
+
+def test_rows_passed_over_go_back_to_the_front_in_their_order():
+    """(Mutation review.) A clashing row waits for the next batch at the front of the queue, in the order it
+    came, as sentence-transformers' NoDuplicatesBatchSampler does; at the back it would wait a whole epoch."""
+    from collections import deque
+
+    texts = [("a", "x"), ("a", "y"), ("a", "z"), ("b", "w"), ("c", "v"), ("d", "u")]
+    rows = deque(range(6))
+    assert batching.first_distinct(rows, texts, 3) == [0, 3, 4]
+    assert list(rows) == [1, 2, 5]
+    assert batching.first_distinct(rows, texts, 3) == [1, 5]
+    assert list(rows) == [2]
