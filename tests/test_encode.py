@@ -94,6 +94,13 @@ def test_long_texts_warn_once_naming_the_count(embedder, caplog):
         want = embedder.model.embed(torch.tensor([cut]))[0].numpy()
     np.testing.assert_allclose(got[0], want, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(got[2], embedder.encode([TEXTS[0]])[0], rtol=1e-5, atol=1e-6)
+    # a text of exactly max_length tokens (specials included) is whole: no warning, nothing cut
+    exact = len(embedder.tokenizer(TEXTS[0])["input_ids"])
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="bembed.encode"):
+        whole = embedder.encode([TEXTS[0]], max_length=exact, truncate=False)
+    assert not [r for r in caplog.records if r.name == "bembed.encode"]
+    np.testing.assert_allclose(whole[0], embedder.encode([TEXTS[0]])[0], rtol=1e-5, atol=1e-6)
 
 
 def test_truncate_false_averages_windows_over_all_tokens(embedder):
