@@ -654,41 +654,31 @@ def test_contrastive_stages_apply_their_settings(files, tmp_path):
     from bembed.training.pairs import PairStage
     from bembed_ext.ops.contrastive_loss import contrastive_loss_reference
 
-    def decoded(stage, ids):
-        return stage.tokenizer.batch_decode(ids, skip_special_tokens=True)
+    def check_first_batch(stage, temperature, bidirectional):
+        torch.manual_seed(0)
+        t = stage.batch(0, 0, 1, 8).tensors
+        for ids, prefix in ((t["q_ids"], "q: "), (t["d_ids"], "p: ")):
+            assert all(s.startswith(prefix) for s in stage.tokenizer.batch_decode(ids, skip_special_tokens=True))
+        with torch.no_grad():
+            got, _ = stage.loss(t)
+            want = contrastive_loss_reference(embed(stage.model, t["q_ids"], t["q_mask"]),
+                                              embed(stage.model, t["d_ids"], t["d_mask"]), temperature=temperature,
+                                              bidirectional=bidirectional)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+        return t
 
     common = [*model_overrides(files), *U.train_overrides(tmp_path / "out", 1, batch=8)]
     for bidirectional in (True, False):
         cfg = load_config(PairsRun, None, [f"data.train=[{{path: {files['pairs']}}}]", *common,
                                            "pairs.temperature=0.2", f"pairs.bidirectional={bidirectional}",
                                            "pairs.query_prefix='q: '", "pairs.passage_prefix='p: '"])
-        torch.manual_seed(0)
-        stage = PairStage(cfg)
-        t = stage.batch(0, 0, 1, 8).tensors
-        assert all(s.startswith("q: ") for s in decoded(stage, t["q_ids"]))
-        assert all(s.startswith("p: ") for s in decoded(stage, t["d_ids"]))
-        with torch.no_grad():
-            got, _ = stage.loss(t)
-            want = contrastive_loss_reference(embed(stage.model, t["q_ids"], t["q_mask"]),
-                                              embed(stage.model, t["d_ids"], t["d_mask"]), temperature=0.2,
-                                              bidirectional=bidirectional)
-        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+        check_first_batch(PairStage(cfg), 0.2, bidirectional)
 
     cfg = load_config(MultitaskRun, None, [f"data.train=[{{path: {files['triples']}}}]", *common,
                                            "multitask.temperature=0.3", "multitask.num_negatives=2",
                                            "multitask.query_prefix='q: '", "multitask.passage_prefix='p: '"])
-    torch.manual_seed(0)
-    stage = MultitaskStage(cfg)
-    t = stage.batch(0, 0, 1, 8).tensors
+    t = check_first_batch(MultitaskStage(cfg), 0.3, False)
     assert t["q_ids"].shape[0] == 8 and t["d_ids"].shape[0] == 8 * 3  # positives, then 2 hard negatives each
-    assert all(s.startswith("q: ") for s in decoded(stage, t["q_ids"]))
-    assert all(s.startswith("p: ") for s in decoded(stage, t["d_ids"]))
-    with torch.no_grad():
-        got, _ = stage.loss(t)
-        want = contrastive_loss_reference(embed(stage.model, t["q_ids"], t["q_mask"]),
-                                          embed(stage.model, t["d_ids"], t["d_mask"]), temperature=0.3,
-                                          bidirectional=False)
-    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
 
 
 def test_mlm_batches_mask_padding_draw_no_special_token_and_cover_each_language(files, tmp_path):
