@@ -291,13 +291,19 @@ def check_stage_config(settings: Settings, stage: str) -> None:
     stage_config(settings, stage, "", str(settings.out / "tokenizer")).validate()
 
 
+def model_width(settings: Settings) -> int:
+    """The embedding width of the model the quickstart trains: stage 1's hidden_size (stages 2 and 3 continue it)."""
+    from bembed.model import JinaBertConfig
+
+    return stage_config(settings, "pretrain", "", "").model.config.get("hidden_size", JinaBertConfig().hidden_size)
+
+
 def check_matryoshka_widths(settings: Settings) -> None:
     """Stages 2 and 3 train stage 1's model, so Matryoshka widths wider than its hidden_size (a --set of one
     without the other) would fail only when their stage starts: ValueError now, naming the stage's key."""
-    from bembed.model import JinaBertConfig
     from bembed.training.losses import check_matryoshka_width
 
-    width = stage_config(settings, "pretrain", "", "").model.config.get("hidden_size", JinaBertConfig().hidden_size)
+    width = model_width(settings)
     for stage in ("pairs", "multitask"):
         dims = getattr(stage_config(settings, stage, "", ""), stage).matryoshka_dims
         check_matryoshka_width(dims, width, f"{stage}.{stage}.matryoshka_dims (stage 1's hidden_size)")

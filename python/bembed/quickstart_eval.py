@@ -139,12 +139,10 @@ def narrowest_cut(matryoshka_dims, width: int) -> int | None:
 def final_evaluations(settings: Settings) -> int:
     """How many times the final evaluation scores the trained model: once, and again cut to the narrowest
     width stage 3 trains (read from its config, before training) — what the training budget reserves."""
-    from bembed.model import JinaBertConfig
-    from bembed.quickstart import TRAINING_STAGES, stage_config
+    from bembed.quickstart import TRAINING_STAGES, model_width, stage_config
 
-    width = untrained_setup(settings)["model_config"].get("hidden_size", JinaBertConfig().hidden_size)
     last = stage_config(settings, TRAINING_STAGES[-1], "", "")
-    return 1 + (narrowest_cut(last.multitask.matryoshka_dims, width) is not None)
+    return 1 + (narrowest_cut(last.multitask.matryoshka_dims, model_width(settings)) is not None)
 
 
 def bitext_verdict(results: list[dict], pair: str) -> dict:

@@ -29,7 +29,7 @@ def transformer_folder(folder: str | Path) -> Path:
     itself, or the Transformer module's own folder in the older sentence-transformers layout (`0_Transformer/`,
     named by modules.json), as sentence-transformers finds it."""
     folder = Path(folder)
-    modules = _settings(folder, MODULES_FILE) if (folder / MODULES_FILE).is_file() else []
+    modules = _settings(folder, MODULES_FILE)  # a list of modules; {} when there is no modules.json
     for module in modules if isinstance(modules, list) else []:
         if module.get("type", "").rsplit(".", 1)[-1] == "Transformer" and module.get("path"):
             return folder / module["path"]
@@ -70,12 +70,12 @@ def embedder_settings(folder: Path, given: dict) -> dict:
             settings["prompts"]["document"] = new[alias]
         if settings.get("default_prompt_name") is None:
             settings["default_prompt_name"] = saved.get("default_prompt_name")
-    if (transformer_folder(folder) / ST_CONFIG_FILE).is_file():
-        saved = json.loads((transformer_folder(folder) / ST_CONFIG_FILE).read_text(encoding="utf-8"))
-        if saved.get("do_lower_case"):
-            raise ValueError(f"{folder}: {ST_CONFIG_FILE} sets do_lower_case, which bembed does not do "
-                             "(sentence-transformers would lowercase the texts and embed them differently)")
-        settings.setdefault("max_seq_length", saved.get("max_seq_length"))
+    saved = _settings(transformer_folder(folder), ST_CONFIG_FILE)
+    if saved.get("do_lower_case"):
+        raise ValueError(f"{folder}: {ST_CONFIG_FILE} sets do_lower_case, which bembed does not do "
+                         "(sentence-transformers would lowercase the texts and embed them differently)")
+    if "max_seq_length" in saved:
+        settings.setdefault("max_seq_length", saved["max_seq_length"])
     if (folder / MODULES_FILE).is_file():
         modules = json.loads((folder / MODULES_FILE).read_text(encoding="utf-8"))
         check_modules(folder, modules)
