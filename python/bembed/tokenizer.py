@@ -11,6 +11,7 @@ word-start marker "Ġ" (a token that begins with the space of a new word).
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 import os
 from collections.abc import Iterable, Iterator
@@ -160,8 +161,6 @@ def check_tokenizer_folder(output_dir: str | os.PathLike, argument: str = "outpu
 def save_tokenizer(tokenizer, output_dir: str | os.PathLike) -> None:
     """save_pretrained, naming the class "PreTrainedTokenizerFast": transformers 5 writes its new
     "TokenizersBackend", which transformers 4 cannot resolve; the old name loads in both."""
-    import json
-
     tokenizer.save_pretrained(output_dir)
     path = Path(output_dir) / "tokenizer_config.json"
     settings = json.loads(path.read_text(encoding="utf-8"))
@@ -179,8 +178,6 @@ def _word_marking(tokenizer) -> tuple[str, str]:
     """How a fast tokenizer's vocabulary marks words, from its pipeline: ("byte-level", "Ġ") as bembed's,
     ("continuation", "##") for WordPiece (BERT, jina-embeddings-v2-base-en), or ("prefix", "▁") for a Metaspace
     (SentencePiece-style) pre-tokenizer. ValueError for any other: whole-word masking would see one word."""
-    import json
-
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is None:
         raise ValueError(f"whole-word masking needs a fast tokenizer (tokenizer.json), got {type(tokenizer).__name__}")

@@ -2,8 +2,9 @@
 
 Text rows are tokenised once, cut into sequences of at most `model.max_length` tokens (<s> … </s>, or the
 tokenizer's own special tokens), and grouped by the sources' `lang`; `mlm.language_batches: alternate` draws
-micro-batch i from language i mod n (one language per batch), `mix` draws from all texts together. The masks of a row depend only
-on (seed, its position in the global batch), so they are the same for any world size and on resume.
+micro-batch i from language i mod n (one language per batch), `mix` draws from all texts together. The masks
+of a row depend only on (seed, its position in the global batch), so they are the same for any world size and
+on resume.
 """
 
 from __future__ import annotations
@@ -58,11 +59,11 @@ def _tokenizer(cfg: PretrainRun, texts_by_lang: dict[str, list[str]], rank: int)
 
 def _special_ends(tokenizer) -> tuple[list[int], list[int]]:
     """The special tokens the tokenizer puts before and after a text: <s> … </s> (bembed's), [CLS] … [SEP]
-    (WordPiece), read off one encoded word."""
-    encoding = tokenizer("a", return_special_tokens_mask=True)
-    ids, special = encoding["input_ids"], encoding["special_tokens_mask"]
-    first, last = special.index(0), len(special) - special[::-1].index(0)
-    return ids[:first], ids[last:]
+    (WordPiece), read off one word encoded with and without them (the word may itself be an unknown token)."""
+    text = tokenizer("a", add_special_tokens=False)["input_ids"]
+    full = tokenizer("a")["input_ids"]
+    start = next(i for i in range(len(full) - len(text) + 1) if full[i:i + len(text)] == text)
+    return full[:start], full[start + len(text):]
 
 
 class MLMStage:
