@@ -1,5 +1,10 @@
 """The tiny model folder the encode tests share: a JinaBERT 48 wide with a 320-token tokenizer trained here on
-the German and Spanish sentences below, saved with prompts (sentence-transformers layout)."""
+the German and Spanish sentences below, saved with prompts (sentence-transformers layout); and that layout's
+older form, which loaders must read too."""
+
+import json
+import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -38,3 +43,17 @@ def embedder(folder):
 
 
 DOCUMENT = " ".join(GERMAN + SPANISH)
+
+
+def older_layout(folder: Path, dest: Path) -> Path:
+    """A copy of a sentence-transformers folder in the older layout: the transformer (config, weights, tokenizer,
+    sentence_bert_config.json) in the Transformer module's own folder, `0_Transformer/`, named by modules.json."""
+    shutil.copytree(folder, dest)
+    (dest / "0_Transformer").mkdir()
+    for item in list(dest.iterdir()):
+        if item.is_file() and item.name not in ("modules.json", "config_sentence_transformers.json"):
+            item.rename(dest / "0_Transformer" / item.name)
+    modules = json.loads((dest / "modules.json").read_text())
+    next(m for m in modules if m["type"].endswith(".Transformer"))["path"] = "0_Transformer"
+    (dest / "modules.json").write_text(json.dumps(modules))
+    return dest

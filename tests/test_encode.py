@@ -12,7 +12,8 @@ import bembed
 from bembed.encode import Embedder, load_encoder
 from bembed.eval.encoder import check_encoder
 from bembed.tokenizer import model_config_kwargs
-from encode_fixtures import DOCUMENT, GERMAN, PROMPTS, SPANISH, TEXTS, embedder, folder, tokenizer  # noqa: F401
+from encode_fixtures import (DOCUMENT, GERMAN, PROMPTS, SPANISH, TEXTS, embedder, folder, older_layout,  # noqa: F401
+                             tokenizer)
 
 
 def _reference_embeddings(embedder, texts):
@@ -414,17 +415,8 @@ def test_loads_the_older_sentence_transformers_layout(tmp_path, folder, embedder
     sentence_bert_config.json) in the Transformer module's folder, `0_Transformer/`, named by modules.json:
     sentence-transformers loads them, bembed said "no config.json"."""
     import json
-    import shutil
 
-    old = tmp_path / "old"
-    shutil.copytree(folder, old)
-    (old / "0_Transformer").mkdir()
-    for item in list(old.iterdir()):
-        if item.is_file() and item.name not in ("modules.json", "config_sentence_transformers.json"):
-            item.rename(old / "0_Transformer" / item.name)
-    modules = json.loads((old / "modules.json").read_text())
-    modules[0]["path"] = "0_Transformer"
-    (old / "modules.json").write_text(json.dumps(modules))
+    old = older_layout(folder, tmp_path / "old")
     settings = json.loads((old / "0_Transformer" / "sentence_bert_config.json").read_text())
     (old / "0_Transformer" / "sentence_bert_config.json").write_text(json.dumps({**settings, "max_seq_length": 12}))
     loaded = Embedder.from_pretrained(old, device="cpu")

@@ -501,6 +501,64 @@ def test_align_trains_under_each_of_the_students_prompts_and_none(files, tmp_pat
     assert not any(e.startswith(("query:", "passage:")) for e in en + xx) and teacher == en
 
 
+def _as_sentence_transformers_folder(folder: Path, max_seq_length: int) -> Path:
+    """The module files sentence-transformers saves beside a transformer: mean pooling, Normalize, a length."""
+    (folder / "1_Pooling").mkdir()
+    (folder / "1_Pooling" / "config.json").write_text(json.dumps({"word_embedding_dimension": 32,
+                                                                   "pooling_mode_mean_tokens": True}))
+    (folder / "modules.json").write_text(json.dumps([
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+        {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"}]))
+    (folder / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": max_seq_length}))
+    return folder
+
+
+def test_stages_start_from_the_older_sentence_transformers_layout(files, tmp_path):
+    """An older sentence-transformers folder keeps its transformer in 0_Transformer/ (as the Embedder reads it):
+    training said "no config.json". Now every stage reads it from there, and an export puts the transformer at
+    its root, with a modules.json that says so (a copied one pointed at a 0_Transformer/ the export lacks)."""
+    from encode_fixtures import older_layout
+
+    from bembed.encode import Embedder
+    from bembed.training.encoder import embed, load_encoder, tokenize
+    from bembed.training.mlm import MLMStage
+    from bembed.training.pairs import PairStage
+
+    student = _as_sentence_transformers_folder(_tiny_hf_student(files, tmp_path / "student"), max_seq_length=20)
+    old = older_layout(student, tmp_path / "old")
+    assert not (old / "config.json").exists()
+    model, tokenizer = load_encoder(ModelConfig(init_from=str(old)))
+    want, _ = load_encoder(ModelConfig(init_from=str(student)))
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), want.state_dict().values()))
+    assert tokenizer.get_vocab() == load_encoder(ModelConfig(init_from=str(student)))[1].get_vocab()
+
+    cfg = load_config(PairsRun, None, [f"data.train=[{{path: {files['pairs']}}}]", f"model.init_from={old}",
+                                       "model.max_length=24", *U.train_overrides(tmp_path / "pairs", 1)])
+    stage = PairStage(cfg)
+    fit(stage, cfg)
+    final = tmp_path / "pairs" / "final"
+    modules = json.loads((final / "modules.json").read_text())
+    assert modules[0]["path"] == "" and (final / "config.json").is_file() and (final / "1_Pooling").is_dir()
+    assert json.loads((final / "sentence_bert_config.json").read_text())["max_seq_length"] == 20
+    st = pytest.importorskip("sentence_transformers").SentenceTransformer(str(final), device="cpu")
+    texts = ["the house garden", "das haus"]
+    mine = embed(stage.model.eval(), **tokenize(stage.tokenizer, texts, 20))
+    assert st.max_seq_length == 20
+    assert torch.allclose(st.encode(texts, convert_to_tensor=True), mine, atol=1e-5)
+
+    first, _ = mlm_run(files, tmp_path / "mlm", 1)  # a JinaBERT folder of the older layout, through MLM too
+    Embedder(first.model.bert, first.tokenizer).save_pretrained(tmp_path / "jina")
+    jina = older_layout(tmp_path / "jina", tmp_path / "jina_old")
+    cfg = load_config(PretrainRun, None, [f"data.train=[{{path: {files['en']}, lang: en}}, {{path: {files['de']}, lang: de}}]",
+                                          f"model.init_from={jina}", "model.max_length=24",
+                                          *U.train_overrides(tmp_path / "mlm2", 1)])
+    again = MLMStage(cfg)
+    assert torch.equal(again.model.bert.embeddings.word_embeddings.weight,
+                       first.model.bert.embeddings.word_embeddings.weight)
+    assert again.tokenizer.get_vocab() == first.tokenizer.get_vocab()
+
+
 def test_a_pickle_only_model_folder_is_refused(files, tmp_path):
     from transformers import BertModel
 

@@ -12,17 +12,13 @@ from pathlib import Path
 import torch
 
 from bembed.model import JinaBertConfig, JinaBertModel, mean_pool, normalize
-from bembed.st_folder import LOADABLE_TOKENIZER_FILES, embedder_settings, folder_usage, transformer_folder
+from bembed.st_folder import (LOADABLE_TOKENIZER_FILES, MODULES_FILE, PROMPTS_FILE, ST_CONFIG_FILE, embedder_settings,
+                              folder_usage, transformer_folder)
 
 from .config import ModelConfig
 from .grad_cache import cached_encode
 
 log = logging.getLogger(__name__)
-
-# Files of a sentence-transformers folder other than the weights, copied into an aligned student's export.
-_ST_FILES = ("modules.json", "sentence_bert_config.json", "config_sentence_transformers.json", "1_Pooling",
-             "2_Normalize")
-
 
 def _is_jinabert(folder: Path) -> bool:
     config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
@@ -42,7 +38,7 @@ def init_tokenizer(spec: ModelConfig, key: str = "model.init_from"):
     trained on. `spec.tokenizer` serves a folder without one, and is refused when it splits text into other ids
     than the folder's (a shipped config's tokenizer kept beside an init_from override would otherwise retrain
     the weights under unrelated ids, silently)."""
-    folder = Path(spec.init_from)
+    folder = transformer_folder(spec.init_from)
     own = any((folder / name).is_file() for name in LOADABLE_TOKENIZER_FILES)
     if not spec.tokenizer:
         if not own:
@@ -67,29 +63,30 @@ def check_vocabulary(model: torch.nn.Module, tokenizer, key: str) -> None:
 def load_encoder(spec: ModelConfig, key: str = "model.init_from") -> tuple[torch.nn.Module, object]:
     """(model, tokenizer). `init_from` a folder: JinaBERT (bembed or published layout) loads as
     JinaBertModel, anything else with transformers' AutoModel; the tokenizer is the folder's (init_tokenizer).
-    Without init_from: a fresh JinaBertModel from `config` and the tokenizer's ids. Errors about the folder name
-    it as the config `key` it came from."""
+    A sentence-transformers folder of the older layout keeps its transformer in `0_Transformer/`
+    (st_folder.transformer_folder), read from there as sentence-transformers does. Without init_from: a fresh
+    JinaBertModel from `config` and the tokenizer's ids. Errors about the folder name it as the config `key` it
+    came from."""
     from transformers import AutoModel
 
     from bembed.tokenizer import model_config_kwargs
 
     if spec.init_from:
         folder = Path(spec.init_from)
-        if not (folder / "config.json").is_file():
-            inner = transformer_folder(folder)
-            hint = f" (its transformer is in {inner}: give that folder)" if inner != folder else ""
-            raise FileNotFoundError(f"{key}: no model folder (config.json) at {folder}{hint}")
+        weights = transformer_folder(folder)
+        if not (weights / "config.json").is_file():
+            raise FileNotFoundError(f"{key}: no model folder (config.json) at {weights}")
         try:  # what Embedder.from_pretrained refuses (CLS pooling, a Dense layer, ...) would be trained differently
             embedder_settings(folder, {})
         except ValueError as exc:
             raise ValueError(f"{key}: {exc}") from None
         tokenizer = init_tokenizer(spec, key)
-        if _is_jinabert(folder):
-            model = JinaBertModel.from_pretrained(str(folder))
-        elif not any(folder.glob("*.safetensors")):  # transformers would unpickle a pytorch_model.bin
-            raise ValueError(f"{key}: {folder} has no .safetensors weights (bembed never loads pickles)")
+        if _is_jinabert(weights):
+            model = JinaBertModel.from_pretrained(str(weights))
+        elif not any(weights.glob("*.safetensors")):  # transformers would unpickle a pytorch_model.bin
+            raise ValueError(f"{key}: {weights} has no .safetensors weights (bembed never loads pickles)")
         else:
-            model = AutoModel.from_pretrained(str(folder), use_safetensors=True)
+            model = AutoModel.from_pretrained(str(weights), use_safetensors=True)
         check_vocabulary(model, tokenizer, key)
         return _freeze_pooler(model), tokenizer
     if not spec.tokenizer:
@@ -172,11 +169,7 @@ def export_encoder(model: torch.nn.Module, tokenizer, folder: Path, source: str 
     save_tokenizer(tokenizer, folder)
     src = Path(source) if source else None
     if src is not None and (src / "modules.json").is_file():
-        for name in _ST_FILES:
-            if (src / name).is_dir():
-                shutil.copytree(src / name, folder / name, dirs_exist_ok=True)
-            elif (src / name).is_file():
-                shutil.copy2(src / name, folder / name)
+        _copy_sentence_transformers_files(src, folder)
     else:
         hidden = model.config.hidden_size
         (folder / "1_Pooling").mkdir(exist_ok=True)
@@ -199,3 +192,19 @@ def export_encoder(model: torch.nn.Module, tokenizer, folder: Path, source: str 
         st_config["max_seq_length"] = int(max_seq_length)
         st_config_file.write_text(json.dumps(st_config, indent=1), encoding="utf-8")
     return folder
+
+
+def _copy_sentence_transformers_files(source: Path, folder: Path) -> None:
+    """The source folder's sentence-transformers files (settings, prompts, the modules after the transformer)
+    beside a transformer saved at `folder`'s root. The transformer's entry in modules.json is pointed at the root
+    too: an older-layout source keeps it in 0_Transformer/, which the export does not have."""
+    modules = json.loads((source / MODULES_FILE).read_text(encoding="utf-8"))
+    for module in modules:
+        if module.get("type", "").rsplit(".", 1)[-1] == "Transformer":
+            module["path"] = ""
+        elif module.get("path") and (source / module["path"]).is_dir():
+            shutil.copytree(source / module["path"], folder / module["path"], dirs_exist_ok=True)
+    (folder / MODULES_FILE).write_text(json.dumps(modules, indent=1), encoding="utf-8")
+    for name, home in ((PROMPTS_FILE, source), (ST_CONFIG_FILE, transformer_folder(source))):
+        if (home / name).is_file():
+            shutil.copy2(home / name, folder / name)

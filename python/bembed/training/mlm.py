@@ -17,6 +17,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from bembed.model import JinaBertConfig, JinaBertForMaskedLM
+from bembed.st_folder import transformer_folder
 from bembed.tokenizer import model_config_kwargs, save_tokenizer, word_ids, word_start_table
 
 from .batching import Batch, epoch_indices, generator, shard
@@ -80,7 +81,7 @@ class MLMStage:
             texts_by_lang.setdefault(source.lang or "all", []).extend(r["text"] for r in rows)
         self.tokenizer = _tokenizer(cfg, texts_by_lang, rank)
         if cfg.model.init_from:
-            self.model = JinaBertForMaskedLM.from_pretrained(cfg.model.init_from)
+            self.model = JinaBertForMaskedLM.from_pretrained(transformer_folder(cfg.model.init_from))
             record_matryoshka_dims(self.model.config)  # MLM trains no cut widths
             check_vocabulary(self.model, self.tokenizer, "model.init_from")
         else:
