@@ -176,6 +176,22 @@ def test_save_pretrained_and_auto_classes_roundtrip(tmp_path):
         assert torch.equal(base(ids, mask).last_hidden_state, mlm.bert(ids, mask).last_hidden_state)
 
 
+def test_parts_a_model_has_no_use_for_are_left_out_with_a_log_line(tmp_path, caplog):
+    """The encoder of an MLM checkpoint leaves its head (cls.*) out: expected, so no warning, but said (it was
+    dropped without a word); nothing is said when nothing is left out, and an unknown part is a warning."""
+    JinaBertForMaskedLM(tiny_config()).save_pretrained(tmp_path / "mlm")
+    with caplog.at_level(logging.INFO, logger="bembed.model.loading"):
+        JinaBertModel.from_pretrained(tmp_path / "mlm")
+    assert [r.levelname for r in caplog.records] == ["INFO"]
+    assert "cls.* left out (JinaBertModel has no such part)" in caplog.text
+    caplog.clear()
+    JinaBertModel.from_pretrained(tmp_path / "mlm").save_pretrained(tmp_path / "base")
+    with caplog.at_level(logging.INFO, logger="bembed.model.loading"):
+        JinaBertModel.from_pretrained(tmp_path / "base")
+        JinaBertForMaskedLM.from_pretrained(tmp_path / "mlm")
+    assert "left out" not in caplog.text
+
+
 def test_missing_and_unexpected_keys_are_named(tmp_path, caplog):
     model = JinaBertModel(tiny_config())
     model.save_pretrained(tmp_path)

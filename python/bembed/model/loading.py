@@ -3,7 +3,8 @@
 bembed never downloads at run time and never unpickles: a checkpoint is a local folder with
 config.json and model.safetensors (or a sharded model.safetensors.index.json). The names are the
 published ones; a `bert.` prefix is added or stripped to fit the model class; `pooler.*` and `cls.*`
-are ignored where the model has no such part; missing and unexpected keys are reported by name.
+are left out where the model has no such part (an info line says so); missing and unexpected keys are
+warned of by name.
 """
 
 from __future__ import annotations
@@ -72,6 +73,11 @@ def match_state_dict(state: dict[str, torch.Tensor], model: torch.nn.Module) -> 
     return {k: v for k, v in renamed.items() if k in expected}, missing, unexpected
 
 
+def _parts(keys) -> set[str]:
+    """The top-level parts (embeddings, encoder, pooler, cls) the state-dict keys belong to, bert. prefix or not."""
+    return {key.removeprefix("bert.").split(".", 1)[0] for key in keys}
+
+
 def load_pretrained(cls, folder, *, config: JinaBertConfig | None = None, dtype=None, torch_dtype=None,
                     device=None, device_map=None, strict: bool = False, output_loading_info: bool = False,
                     **kwargs):
@@ -112,7 +118,11 @@ def load_pretrained(cls, folder, *, config: JinaBertConfig | None = None, dtype=
         config.qk_layer_norm = True
 
     model = cls(config)
-    state, missing, unexpected = match_state_dict(state, model)
+    read, (state, missing, unexpected) = state, match_state_dict(state, model)
+    left_out = _parts(read) - _parts(state) - _parts(unexpected)
+    if left_out:  # a base model from an MLM checkpoint: expected, but said, as transformers says it
+        logger.info("%s: the checkpoint's %s left out (%s has no such part)", folder,
+                    ", ".join(f"{part}.*" for part in sorted(left_out)), cls.__name__)
     expected = model.state_dict()
     for key, value in state.items():
         if value.shape != expected[key].shape:
