@@ -220,6 +220,14 @@ def test_output_types(embedder):
     np.testing.assert_allclose(raw / np.linalg.norm(raw, axis=1, keepdims=True), as_numpy, rtol=1e-5, atol=1e-6)
 
 
+def test_device_moves_the_model_before_encoding_and_it_stays_there(embedder):
+    """encode(device=...) as sentence-transformers: the model moves first, and the rows come from there. Seen
+    on a CPU machine through the meta device, which every op of the encode path supports."""
+    rows = embedder.encode(TEXTS[:3], device="meta", convert_to_tensor=True)
+    assert rows.device.type == "meta" and rows.shape == (3, 48)
+    assert embedder.device.type == "meta"
+
+
 def test_encoding_runs_without_dropout_and_keeps_the_model_mode(embedder):
     """A training loop that evaluates through an Embedder keeps its model in train(): making the Embedder
     leaves it so, and encode and encode_chunks must still be deterministic (sentence-transformers' encode runs in
