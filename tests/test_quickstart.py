@@ -451,6 +451,29 @@ def test_a_set_data_source_that_does_not_exist_is_refused_before_anything_is_rec
     qs.Settings(out=tmp_path / "qs", baselines=[], overrides=parse_overrides([f"pairs.data.train=[{{path: {existing}}}]"]))
 
 
+def test_a_set_data_source_may_use_home_and_variables(tmp_path, monkeypatch):
+    """Training expands ~ and $VARS in data paths; the quickstart's existence check refused ~/… as missing and
+    crashed on ${VAR} (its braces went through str.format: KeyError)."""
+    (tmp_path / "pairs.jsonl").write_text('{"query": "a b c", "document": "d e f"}\n')
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("PAIRS_DIR", str(tmp_path))
+    for path in ("~/pairs.jsonl", "${PAIRS_DIR}/pairs.jsonl", "$PAIRS_DIR/pairs.jsonl"):
+        settings = qs.Settings(out=tmp_path / "qs", baselines=[],
+                               overrides=parse_overrides([f"pairs.data.train=[{{path: '{path}'}}]"]))
+        cfg = qs.stage_config(settings, "pairs", str(tmp_path / "data"), str(tmp_path / "model"))
+        assert cfg.data.train[0].path == path  # expanded where it is read, as in every training run
+    with pytest.raises(ValueError, match=r"no such file or folder: \$\{PAIRS_DIR\}/absent.jsonl"):
+        qs.Settings(out=tmp_path / "qs", baselines=[],
+                    overrides=parse_overrides(["pairs.data.train=[{path: '${PAIRS_DIR}/absent.jsonl'}]"]))
+
+
+def test_a_set_section_that_is_not_yaml_is_a_value_error_naming_it(tmp_path):
+    """A whole section given as broken YAML escaped the owned-keys check as yaml's ParserError (a traceback,
+    exit 1) instead of the ValueError (exit 2) that names the override."""
+    with pytest.raises(ValueError, match=r"train=\{lr: \[1e-3\}.*not valid YAML"):
+        qs.Settings(out=tmp_path / "qs", baselines=[], overrides=parse_overrides(["pairs.train={lr: [1e-3}"]))
+
+
 def test_a_stage_that_cannot_start_keeps_the_steps_before_it_and_takes_the_corrected_command(data, tmp_path,
                                                                                               monkeypatch, capsys):
     """A --set value that breaks a stage only when it reads its data (a batch larger than the data) recorded the

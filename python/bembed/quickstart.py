@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 
 from bembed.eval.tasks import TASK_KINDS
-from bembed.files import replacing_folder, save_figure_atomic, write_json_atomic
+from bembed.files import replacing_folder, save_figure_atomic, user_path, write_json_atomic
 from bembed.quickstart_eval import (MUST_F1, cross_lingual_demo, evaluate_model, evaluate_references,
                                    final_evaluations)
 from bembed.quickstart_steps import (TRAINING_STAGES, Markers, SettingsMismatch, check_settings, plan_file,  # noqa: F401
@@ -233,13 +233,13 @@ def stage_config(settings: Settings, stage: str, data_root: str, model_from: str
     after that) and the output under <out>/<stage>. A source the user named (a path without placeholders)
     must exist: ValueError otherwise."""
     cfg = _load_stage_config(stage, settings.overrides.get(stage, ()))
-    other = settings.pair.split("-")[1]
+    fills = {"{data}": str(Path(data_root) / settings.pair), "{out}": str(settings.out),
+             "{other}": settings.pair.split("-")[1]}
     for source in cfg.data.train:
-        if "{" not in source.path and not Path(source.path).exists():
+        # str.replace, not str.format: a user's path may hold braces of its own (${HOME})
+        if not any(name in source.path for name in fills) and not user_path(source.path).exists():
             raise ValueError(f"{stage}.data.train: no such file or folder: {source.path}")
-        source.path = source.path.format(data=Path(data_root) / settings.pair, out=settings.out, other=other)
-        if source.lang:
-            source.lang = source.lang.format(other=other)
+        source.path, source.lang = (_fill(text, fills) for text in (source.path, source.lang))
     if stage == "pretrain":
         cfg.model.tokenizer = model_from
     else:
@@ -248,6 +248,12 @@ def stage_config(settings: Settings, stage: str, data_root: str, model_from: str
     cfg.train.seed = settings.seed
     cfg.train.progress = settings.progress
     return cfg
+
+
+def _fill(text: str | None, fills: dict[str, str]) -> str | None:
+    for name, value in fills.items():
+        text = text.replace(name, value) if text else text
+    return text
 
 
 def _overrides_key(items, key: str) -> str | None:
@@ -260,7 +266,10 @@ def _overrides_key(items, key: str) -> str | None:
         if (name + ".").startswith(key + "."):
             return item
         if key.startswith(name + "."):
-            inner = yaml.safe_load(value)
+            try:
+                inner = yaml.safe_load(value)
+            except yaml.YAMLError:
+                continue  # not this check's to report: load_config names the override and its YAML error
             for part in key[len(name) + 1:].split("."):
                 if not isinstance(inner, dict) or part not in inner:
                     break
