@@ -170,7 +170,7 @@ def test_quickstart_writes_model_table_png_and_resumes_after_an_interruption(dat
     assert again["table"] == summary["table"]
 
 
-def test_step_timing_leaves_no_trace(data, tmp_path):
+def test_step_timing_leaves_no_trace(data, tmp_path, monkeypatch):
     out = tmp_path / "qs"
     settings = _settings(data, out)
     tokenizer = qs.train_tokenizer(settings, str(data))["tokenizer"]
@@ -185,6 +185,17 @@ def test_step_timing_leaves_no_trace(data, tmp_path):
     assert torch.equal(torch.get_rng_state(), rng)
     plan = qs.plan_steps(stage, cfg, budget_s=0.0, started=0.0)
     assert plan["max_steps"] == 10  # the floor, when nothing of the budget is left
+
+    from bembed.training.trainer import Trainer
+
+    def failing_step(trainer):  # draws as dropout would, then fails: the RNG was left advanced
+        torch.rand(5)
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(Trainer, "train_step", failing_step)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        qs.seconds_per_step(stage, cfg)
+    assert torch.equal(torch.get_rng_state(), rng)
 
 
 def test_bitext_verdict_needs_the_bar_and_both_comparisons():

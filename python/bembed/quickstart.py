@@ -331,22 +331,22 @@ def seconds_per_step(stage_obj, cfg) -> float:
     """Seconds per optimizer step of this stage: CALIBRATION_STEPS real steps (after one warm-up step) drawn
     from across the run, so that a stage whose steps differ (multi-task: short STS verse pairs, long retrieval
     bodies with hard negatives) is timed on its own mix; timing the first steps alone made stage 3 run twice
-    its share. They run at lr 0 (AdamW then leaves every weight as it was) and the RNG is restored, so
-    they leave no trace in the run."""
+    its share. They run at lr 0 (AdamW then leaves every weight as it was) and the torch RNGs (CPU and every
+    CUDA device: dropout) are restored, even when a step fails, so they leave no trace in the run."""
     from bembed.training.trainer import Trainer
 
-    rng = torch.get_rng_state()
     # lr 0: the probe does all the work of a step (AdamW included) without moving the weights
     probe_cfg = dataclasses.replace(cfg.train, max_steps=CALIBRATION_STRIDE * CALIBRATION_STEPS + 1, lr=0.0)
-    trainer = Trainer(stage_obj, probe_cfg)
-    trainer.train_step()
-    start = time.perf_counter()
-    for i in range(CALIBRATION_STEPS):
-        trainer.step = 1 + i * CALIBRATION_STRIDE  # the step picks the batch (a pure function of seed and index)
+    cuda_devices = range(torch.cuda.device_count()) if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=cuda_devices):
+        trainer = Trainer(stage_obj, probe_cfg)
         trainer.train_step()
-    elapsed = (time.perf_counter() - start) / CALIBRATION_STEPS
-    torch.set_rng_state(rng)
-    del trainer
+        start = time.perf_counter()
+        for i in range(CALIBRATION_STEPS):
+            trainer.step = 1 + i * CALIBRATION_STRIDE  # the step picks the batch (a pure function of seed and index)
+            trainer.train_step()
+        elapsed = (time.perf_counter() - start) / CALIBRATION_STEPS
+        del trainer
     return elapsed
 
 
