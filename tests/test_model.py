@@ -559,6 +559,11 @@ def test_a_bad_attention_impl_or_mask_is_refused_on_every_path(tmp_path):
         model.config.attention_impl = impl
         with pytest.raises(ValueError, match=r"attention_mask must be \(batch, seqlen\) like input_ids"):
             model(ids, mask[:, None, None, :])
+        # embed checked nothing: a narrower mask failed inside the packing, a 1-D input blamed its mask
+        with pytest.raises(ValueError, match=r"attention_mask must be \(batch, seqlen\) like input_ids"):
+            model.embed(ids, mask[:, :-1])
+        with pytest.raises(ValueError, match=r"input_ids must be a \(batch, seqlen\) tensor"):
+            model.embed(ids[0])
 
 
 def test_packed_mean_pooling_sums_low_precision_states_in_float32():

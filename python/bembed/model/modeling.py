@@ -192,6 +192,16 @@ def _check_attention_mask(attention_mask, input_ids: torch.Tensor) -> None:
                          f"{tuple(attention_mask.shape)}")
 
 
+def _padded_inputs(input_ids, attention_mask, token_type_ids) -> tuple[torch.Tensor, torch.Tensor]:
+    """The (mask, token types) of a padded batch, checked against input_ids, all-ones and zeros where absent."""
+    if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2:
+        raise ValueError("input_ids must be a (batch, seqlen) tensor")
+    if attention_mask is None:
+        attention_mask = torch.ones_like(input_ids)
+    _check_attention_mask(attention_mask, input_ids)
+    return attention_mask, torch.zeros_like(input_ids) if token_type_ids is None else token_type_ids
+
+
 def reference_attention_bias(attention_mask: torch.Tensor, slopes: torch.Tensor) -> torch.Tensor:
     """(B, L) mask and (H,) slopes -> (B, H, L, L) float32 additive bias: −slope·|i−j|, and the dtype
     minimum on padded keys (the published code's extended attention mask)."""
@@ -298,10 +308,6 @@ class JinaBertModel(JinaBertPreTrainedModel):
         if self._fused_attention():
             self._refuse_attention_dropout()
 
-    def _check_attention_dropout(self) -> None:
-        if self.training:
-            self._refuse_attention_dropout()
-
     def _refuse_attention_dropout(self) -> None:
         if self.config.attention_probs_dropout_prob > 0:
             raise ValueError(
@@ -316,7 +322,8 @@ class JinaBertModel(JinaBertPreTrainedModel):
         per-layer states when output_hidden_states. Always the fused "bembed" path."""
         if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 1:
             raise ValueError("forward_packed: input_ids must be a packed (T,) tensor")
-        self._check_attention_dropout()
+        if self.training:
+            self._refuse_attention_dropout()
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
         x = self.embeddings(input_ids, token_type_ids)
@@ -328,13 +335,7 @@ class JinaBertModel(JinaBertPreTrainedModel):
         """input_ids (B, L); attention_mask (B, L) 1 = real token (contiguous per row); token_type_ids (B, L).
         Returns BaseModelOutputWithPooling (last_hidden_state, pooler_output, hidden_states). Token states at
         padding positions carry no meaning (zeros on the "bembed" path)."""
-        if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2:
-            raise ValueError("input_ids must be a (batch, seqlen) tensor")
-        if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids)
-        _check_attention_mask(attention_mask, input_ids)
-        if token_type_ids is None:
-            token_type_ids = torch.zeros_like(input_ids)
+        attention_mask, token_type_ids = _padded_inputs(input_ids, attention_mask, token_type_ids)
         # None takes the config's, as transformers models do (sentence-transformers' AdaptiveLayerLoss sets
         # config.output_hidden_states; from_pretrained(..., output_hidden_states=True) sets it too).
         if output_hidden_states is None:
@@ -363,12 +364,11 @@ class JinaBertModel(JinaBertPreTrainedModel):
               token_type_ids: torch.Tensor | None = None, normalize_embeddings: bool = True) -> torch.Tensor:
         """Sentence embeddings (B, hidden) float32: mean over the real tokens of the last layer, then
         L2-normalised unless normalize_embeddings=False."""
-        if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids)
+        attention_mask, token_type_ids = _padded_inputs(input_ids, attention_mask, token_type_ids)
         if self._fused_attention():  # pool the packed stream: no (B, L, hidden) tensor at all
             packing = pack_attention_mask(attention_mask)
-            types = packing.pack(token_type_ids) if token_type_ids is not None else None
-            packed, _ = self.forward_packed(packing.pack(input_ids), packing.cu_seqlens, packing.max_seqlen, types)
+            packed, _ = self.forward_packed(packing.pack(input_ids), packing.cu_seqlens, packing.max_seqlen,
+                                            packing.pack(token_type_ids))
             pooled = mean_pool_packed(packed, packing.cu_seqlens)
         else:
             pooled = mean_pool(self(input_ids, attention_mask, token_type_ids).last_hidden_state, attention_mask)
