@@ -379,6 +379,11 @@ def test_mlm_loss_matches_forward_loss():
         lean = model.mlm_loss(ids, mask, labels)
     assert out.logits.shape == (2, 9, 97)
     torch.testing.assert_close(lean, out.loss)
+    # a batch with nothing masked: 0 with zero gradients (a mean over nothing was NaN)
+    none = model.train().mlm_loss(ids, mask, torch.full_like(ids, -100))
+    none.backward()
+    assert none.item() == 0.0
+    assert all(p.grad is None or not p.grad.any() for p in model.parameters())
 
 
 def test_tuple_output_for_callers_that_ask_return_dict_false():

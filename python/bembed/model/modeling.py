@@ -458,11 +458,17 @@ class JinaBertForMaskedLM(JinaBertPreTrainedModel):
             return tuple(t for t in (loss, logits, out.hidden_states) if t is not None)
         return MaskedLMOutput(loss=loss, logits=logits, hidden_states=out.hidden_states)
 
-    def mlm_loss(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor,
-                 token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
-        """The MLM loss computing vocabulary logits only at the labelled positions (labels != −100): the
+    def masked_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor,
+                      token_type_ids: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(float32 vocabulary logits, labels) at the labelled positions only (labels != −100): the
         memory-lean form for pretraining (full logits at 512 × 61056 per sequence dominate memory)."""
         hidden = self.bert(input_ids, attention_mask, token_type_ids).last_hidden_state
         selected = labels != -100
-        logits = self.cls(hidden[selected])
-        return F.cross_entropy(logits.float(), labels[selected])
+        return self.cls(hidden[selected]).float(), labels[selected]
+
+    def mlm_loss(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor,
+                 token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """The mean cross-entropy over the labelled positions, through masked_logits; 0 (with a gradient of
+        zeros) for a batch with none, where a mean over nothing would be NaN."""
+        logits, targets = self.masked_logits(input_ids, attention_mask, labels, token_type_ids)
+        return F.cross_entropy(logits, targets, reduction="sum") / max(len(targets), 1)

@@ -139,11 +139,8 @@ class MLMStage:
         """Cross-entropy, mean over this rank's masked tokens of the micro-batch. The trainer weighs it by
         those tokens (Batch.weight) over the step's total on all ranks, so a step's loss is the mean over all
         of its masked tokens however it is split, with no collective here."""
-        selected = t["labels"] != -100
-        count = selected.sum().clamp(min=1)
-        hidden = self.model.bert(t["input_ids"], t["attention_mask"]).last_hidden_state
-        logits = self.model.cls(hidden[selected]).float()
-        targets = t["labels"][selected]
+        logits, targets = self.model.masked_logits(t["input_ids"], t["attention_mask"], t["labels"])
+        count = max(len(targets), 1)  # a micro-batch may draw no masked token: 0, not NaN
         loss = F.cross_entropy(logits, targets, reduction="sum") / count
         accuracy = (logits.argmax(-1) == targets).sum().float() / count
         return loss, {"mlm_accuracy": accuracy.detach()}
