@@ -202,13 +202,16 @@ def test_a_meta_tensor_beside_cpu_ones_is_refused_not_answered_with_garbage():
                                               positive_grad, 0.05, True, 1, 0)
 
 
-def test_a_max_seqlen_beyond_int64_is_a_value_error():
+@pytest.mark.parametrize("impl", [None, "reference"])
+def test_a_max_seqlen_beyond_int64_is_a_value_error(impl):
+    """The op takes an int64; the reference path, which has no op, took 2**63 (switching implementations must
+    not change what is an error)."""
     q, cu = torch.randn(5, 2, 8), torch.tensor([0, 5], dtype=torch.int32)
     with pytest.raises(ValueError, match="argument 'max_seqlen' must be below 2\\*\\*63"):
-        bembed_ext.alibi_attention_varlen(q, q, q, cu, 2**63, None)
-    for negative in (-1, -2**70):  # the op refuses the first, the int64 conversion could not take the second
-        with pytest.raises(ValueError, match="argument 'max_seqlen' must be"):
-            bembed_ext.alibi_attention_varlen(q, q, q, cu, negative, None)
+        bembed_ext.alibi_attention_varlen(q, q, q, cu, 2**63, None, impl=impl)
+    for negative in (-1, -2**70):
+        with pytest.raises(ValueError, match="argument 'max_seqlen' must be ≥ 0"):
+            bembed_ext.alibi_attention_varlen(q, q, q, cu, negative, None, impl=impl)
 
 
 @pytest.mark.parametrize("write", ["data", "numpy"])

@@ -59,8 +59,7 @@ def _check_tensors(op: str, rank: int, optional: tuple[str, ...] = (), **tensors
         raise ValueError(f"{op}: argument 'q' must be {rank}-D, got shape {list(tensors['q'].shape)}")
 
 
-def _check_like_the_kernels(op: str, q, k, v, alibi_slopes, *, key_padding_mask=None, cu_seqlens=None,
-                            max_seqlen: int = 0) -> None:
+def _check_like_the_kernels(op: str, q, k, v, alibi_slopes, *, key_padding_mask=None, cu_seqlens=None) -> None:
     """csrc/alibi_attention.h's checks for impl="reference", which has no C++ side: switching implementations
     must not turn an error into a wrongly shaped result. Dtype and head dim are free (the specification runs
     in any float dtype)."""
@@ -81,8 +80,6 @@ def _check_like_the_kernels(op: str, q, k, v, alibi_slopes, *, key_padding_mask=
             raise TypeError(f"{op}: argument 'cu_seqlens' must have dtype int32, got {cu_seqlens.dtype}")
         if cu_seqlens.dim() != 1 or cu_seqlens.numel() < 1:
             raise ValueError(f"{op}: argument 'cu_seqlens' must be 1-D (B+1,), got shape {list(cu_seqlens.shape)}")
-        if max_seqlen < 0:
-            raise ValueError(f"{op}: argument 'max_seqlen' must be ≥ 0, got {max_seqlen}")
         offsets = cu_seqlens.tolist()
         if offsets[0] != 0:
             raise ValueError(f"{op}: argument 'cu_seqlens' must start at 0, got {offsets[0]}")
@@ -281,6 +278,19 @@ def alibi_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, alibi_slo
     return out
 
 
+def _checked_max_seqlen(max_seqlen):
+    """max_seqlen as the op's int64 takes it, for both implementations alike. torch._check_value: a ValueError
+    that compiles to a runtime assert on a SymInt (torch.compile), which goes on as it is; its message holds
+    constants only, since dynamo refuses a closure over max_seqlen."""
+    if isinstance(max_seqlen, bool) or not isinstance(max_seqlen, (numbers.Integral, torch.SymInt)):
+        raise TypeError(f"alibi_attention_varlen: argument 'max_seqlen' must be an int, got {type(max_seqlen).__name__}")
+    if not isinstance(max_seqlen, torch.SymInt):
+        max_seqlen = int(max_seqlen)
+    torch._check_value(max_seqlen >= 0, lambda: "alibi_attention_varlen: argument 'max_seqlen' must be ≥ 0")
+    torch._check_value(max_seqlen < 2**63, lambda: "alibi_attention_varlen: argument 'max_seqlen' must be below 2**63")
+    return max_seqlen
+
+
 def alibi_attention_varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor,
                            max_seqlen: int, alibi_slopes: torch.Tensor | None, *,
                            softmax_scale: float | None = None, impl: str | None = None) -> torch.Tensor:
@@ -293,20 +303,11 @@ def alibi_attention_varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu
     """
     _check_tensors("alibi_attention_varlen", 3, ("alibi_slopes",), q=q, k=k, v=v, cu_seqlens=cu_seqlens,
                    alibi_slopes=alibi_slopes)
-    if isinstance(max_seqlen, bool) or not isinstance(max_seqlen, (numbers.Integral, torch.SymInt)):
-        raise TypeError("alibi_attention_varlen: argument 'max_seqlen' must be an int, "
-                        f"got {type(max_seqlen).__name__}")
+    max_seqlen = _checked_max_seqlen(max_seqlen)
     scale = _default_scale(softmax_scale, q.shape[-1], "alibi_attention_varlen")
     if use_reference(impl):
-        _check_like_the_kernels("alibi_attention_varlen", q, k, v, alibi_slopes, cu_seqlens=cu_seqlens,
-                                max_seqlen=max_seqlen)
+        _check_like_the_kernels("alibi_attention_varlen", q, k, v, alibi_slopes, cu_seqlens=cu_seqlens)
         return alibi_attention_varlen_reference(q, k, v, cu_seqlens, max_seqlen, alibi_slopes, softmax_scale=scale)
     refuse_forward_ad("alibi_attention_varlen", q, k, v)
-    if not isinstance(max_seqlen, torch.SymInt):  # a SymInt (torch.compile) goes to the op as it is
-        max_seqlen = int(max_seqlen)
-    # the op's int64 (a negative one the kernel refuses); _check_value: a ValueError that compiles as an assert
-    # (its message may hold constants only: dynamo refuses a closure over max_seqlen)
-    torch._check_value(max_seqlen < 2**63, lambda: "alibi_attention_varlen: argument 'max_seqlen' must be below 2**63")
-    torch._check_value(max_seqlen >= -2**63, lambda: "alibi_attention_varlen: argument 'max_seqlen' must be ≥ 0")
     out, _ = _OPS.alibi_attention_varlen_fwd(q, k, v, cu_seqlens, max_seqlen, alibi_slopes, scale)
     return out

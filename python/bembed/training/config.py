@@ -1,6 +1,6 @@
 """Stage configs: one dataclass per stage, nested sections, loaded from YAML with dotted overrides.
 
-`load_config(PretrainConfig, "tiny.yaml", ["train.lr=3e-4", "mlm.mask_prob=0.15"])` reads the YAML,
+`load_config(PretrainRun, "tiny.yaml", ["train.lr=3e-4", "mlm.mask_prob=0.15"])` reads the YAML,
 applies each `section.field=value` override (the value parsed as YAML, so numbers, booleans, lists
 work), and builds the dataclass tree; an unknown key anywhere raises ValueError naming it, so a typo in
 a config never silently falls back to a default.
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import json
 import math
 import os
 import typing
@@ -379,5 +380,6 @@ def load_config(cls, path: str | os.PathLike | None = None, overrides: list[str]
 
 
 def to_dict(config) -> dict:
-    """A config as plain JSON-able data (tuples become lists)."""
-    return dataclasses.asdict(config)
+    """A config as plain JSON data: tuples become lists, as they will be once saved, so a config compares
+    equal to the one a checkpoint recorded."""
+    return json.loads(json.dumps(dataclasses.asdict(config)))

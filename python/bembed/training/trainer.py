@@ -4,7 +4,8 @@ checkpoints with exact resume, Ctrl-C → checkpoint, NaN/inf → stop, and data
 
 A stage supplies `model` (the trained nn.Module), `batch(index, rank, world, size) -> Batch` (rank-local
 micro-batch `index` of `size` rows) and `loss(tensors) -> (loss, metrics)`, plus `export(folder)`, and
-`weighted_batches = True` if its Batch weights are not all 1 (see `Batch`).
+`weighted_batches = True` if its Batch weights are not all 1 (see `Batch`). Optional: `groups`, the parts of
+its data that batch indices take turns over (MLM's languages), each checked for a whole batch at start.
 Loss convention across ranks (the one `bembed_ext.contrastive_loss` uses): the mean of the rank losses is
 the loss of the global batch, and averaging the ranks' parameter gradients gives its gradient (gathers
 inside a loss sum gradients back to the owning rank). That is DDP's convention: under torchrun the stage's
@@ -391,6 +392,7 @@ class Trainer:
         # lr, max_steps and max_grad_norm do (a change is logged below). The update's kind (fused or not) stays.
         for group, weight_decay in zip(self.optimizer.param_groups, (self.cfg.weight_decay, 0.0)):
             group.update(weight_decay=weight_decay, betas=tuple(self.cfg.betas), eps=self.cfg.eps)
+        # as saved (JSON: tuples are lists), since a caller's full_config need not come from to_dict
         changed = _config_changes(state.get("config") or {}, json.loads(json.dumps(self.full_config)))
         if changed and self.full_config and self.rank == 0:
             log.warning("resuming %s with a different config than it was saved with: %s", path, "; ".join(changed))
