@@ -317,12 +317,31 @@ class Embedder:
         if not getattr(self.tokenizer, "is_fast", False):
             raise TypeError("encode_chunks needs a fast (Rust) tokenizer for character offsets")
         prefix = self._resolve_prompt(prompt, prompt_name)
+        ids, offsets, lead, text_end = self._document_tokens(document, prefix, max_length)
+        if chunk_size is not None:
+            chunk_spans = late_chunking.size_spans(offsets, lead, text_end, len(prefix), chunk_size)
+        ranges = late_chunking.token_ranges(offsets, lead, text_end, len(prefix), chunk_spans)
+        device = self.device
+        with torch.inference_mode(), self._eval_mode(), self._autocast(device):
+            states = self._embed_batch([ids], device, tokens=True)[0]
+            pooled = late_chunking.pool_ranges(states, ranges)
+        pooled = pooled.clone()  # an ordinary tensor, not an inference-mode one, for the caller
+        if self._normalizes(normalize_embeddings):
+            pooled = normalize(pooled)
+        vectors = self._convert(pooled, convert_to_numpy, convert_to_tensor)
+        return (vectors, chunk_spans) if return_spans else vectors
+
+    # ---- internals ----------------------------------------------------------------------------------
+
+    def _document_tokens(self, document: str, prefix: str, max_length: int):
+        """(ids, character offsets, lead, text_end) of prefix + document cut to max_length tokens: the tokens
+        lead:text_end are the document's own. The prompt's tokens are a prefix like the leading specials: they
+        join the first chunk, never a span."""
         encoded = self.tokenizer(prefix + document, add_special_tokens=True, truncation=False, verbose=False,
                                  return_special_tokens_mask=True, return_offsets_mapping=True)
         ids, offsets, special = encoded["input_ids"], encoded["offset_mapping"], encoded["special_tokens_mask"]
         lead = self._leading(special)
         trail = self._leading(special[::-1])
-        # The prompt's tokens are a prefix like the specials: they join the first chunk, never a span.
         while lead < len(ids) - trail and offsets[lead][1] <= len(prefix) and prefix:
             lead += 1
         keep = min(len(ids) - trail, max_length - trail)
@@ -333,26 +352,7 @@ class Embedder:
             logger.warning("the document has %d tokens, more than max_length=%d: chunks are pooled from the first "
                            "%d", len(ids), max_length, max_length)
             ids, offsets = ids[:keep] + ids[len(ids) - trail:], offsets[:keep] + offsets[len(offsets) - trail:]
-        text_end = keep
-        if chunk_size is not None:
-            chunk_spans = late_chunking.size_spans(offsets, lead, text_end, len(prefix), chunk_size)
-        ranges = late_chunking.token_ranges(offsets, lead, text_end, len(prefix), chunk_spans)
-        device = self.device
-        with torch.inference_mode(), self._eval_mode(), self._autocast(device):
-            if self.model.config.attention_impl == "bembed":
-                packed = torch.tensor(ids, device=device)
-                cu_seqlens = torch.tensor([0, len(ids)], dtype=torch.int32, device=device)
-                states, _ = self.model.forward_packed(packed, cu_seqlens, len(ids))
-            else:
-                states = self.model(torch.tensor([ids], device=device)).last_hidden_state[0]
-            pooled = late_chunking.pool_ranges(states, ranges)
-        pooled = pooled.clone()  # an ordinary tensor, not an inference-mode one, for the caller
-        if self._normalizes(normalize_embeddings):
-            pooled = normalize(pooled)
-        vectors = self._convert(pooled, convert_to_numpy, convert_to_tensor)
-        return (vectors, chunk_spans) if return_spans else vectors
-
-    # ---- internals ----------------------------------------------------------------------------------
+        return ids, offsets, lead, keep
 
     def _special_count(self) -> int:
         return self.tokenizer.num_special_tokens_to_add() if hasattr(self.tokenizer, "num_special_tokens_to_add") else 0

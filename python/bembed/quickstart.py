@@ -433,16 +433,13 @@ def plot_losses(settings: Settings, png: Path) -> dict:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from bembed.training.trainer import read_metrics
+    from bembed.training.trainer import plot_loss_columns, read_metrics
 
     fig, axes = plt.subplots(1, len(TRAINING_STAGES), figsize=(5 * len(TRAINING_STAGES), 3.6))
     for ax, stage in zip(axes, TRAINING_STAGES):
         path = settings.out / stage / "metrics.jsonl"
         records = read_metrics(path) if path.is_file() else {}
-        steps = sorted(records)
-        for key in sorted({k for r in records.values() for k in r if "loss" in k}):
-            points = [(s, records[s][key]) for s in steps if key in records[s]]
-            ax.plot([p[0] for p in points], [p[1] for p in points], label=key)
+        plot_loss_columns(ax, records)
         ax.set_title({"pretrain": "stage 1: MLM", "pairs": "stage 2: pairs (InfoNCE)",
                       "multitask": "stage 3: multi-task"}[stage])
         ax.set_xlabel("step")

@@ -562,13 +562,8 @@ def plot_losses(metrics_path: Path, png_path: Path) -> Path | None:
         return None
     if not Path(metrics_path).is_file():
         return None
-    records = read_metrics(metrics_path)
-    steps = sorted(records)
-    keys = sorted({k for r in records.values() for k in r if "loss" in k})
     fig, ax = plt.subplots(figsize=(7, 4))
-    for key in keys:
-        points = [(s, records[s][key]) for s in steps if key in records[s]]
-        ax.plot([p[0] for p in points], [p[1] for p in points], label=key)
+    plot_loss_columns(ax, read_metrics(metrics_path))
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
     ax.legend()
@@ -577,3 +572,11 @@ def plot_losses(metrics_path: Path, png_path: Path) -> Path | None:
     save_figure_atomic(fig, png_path, dpi=100)
     plt.close(fig)
     return Path(png_path)
+
+
+def plot_loss_columns(ax, records: dict[int, dict]) -> None:
+    """Each column of `records` (read_metrics) whose name holds "loss", against the step, labelled by name."""
+    steps = sorted(records)
+    for key in sorted({k for r in records.values() for k in r if "loss" in k}):
+        points = [(s, records[s][key]) for s in steps if key in records[s]]
+        ax.plot([p[0] for p in points], [p[1] for p in points], label=key)
