@@ -432,28 +432,7 @@ class Trainer:
     def fit(self, resume: str | None = None) -> list[dict]:
         """Train to cfg.max_steps; returns the metrics of the steps run. Ctrl-C or SIGTERM writes a checkpoint
         and raises KeyboardInterrupt."""
-        if self.rank == 0:
-            ckpt.clean_stale(self.ckpt_root)
-        self._barrier()  # it may put a checkpoint back: every rank must list the same ones
-        if resume == "auto":  # one command line that starts a job and continues it (torchrun restarts, requeues)
-            resume = "latest" if ckpt.list_checkpoints(self.ckpt_root) else None
-            if resume is None:
-                log.info("--resume auto: no checkpoint under %s, starting from step 0", self.ckpt_root)
-        if resume:
-            self.load_checkpoint(resume)
-            if self.rank == 0:
-                if resume != "latest":  # "latest" leaves only unreadable later ones behind
-                    self._set_aside_later_checkpoints()
-                self._metrics_up_to_resumed_step()
-        elif ckpt.list_checkpoints(self.ckpt_root):
-            # a fresh run here would interleave its checkpoints and metrics with the earlier run's
-            raise ckpt.CheckpointError(f"{self.ckpt_root} holds checkpoints of an earlier run: continue it with "
-                                       f"--resume latest, or give a new train.output_dir")
-        if self.rank == 0:
-            self.out.mkdir(parents=True, exist_ok=True)
-            if not resume:  # left by a fresh run that stopped before its first checkpoint
-                (self.out / "metrics.jsonl").unlink(missing_ok=True)
-            (self.out / "config.json").write_text(json.dumps(self.full_config, indent=1), encoding="utf-8")
+        self._prepare_run(resume)
         history: list[dict] = []
         bar = self._progress()
         t0 = time.perf_counter()
@@ -480,26 +459,63 @@ class Trainer:
                     if stop is not None:
                         raise stop
         except KeyboardInterrupt as interrupt:
-            if self.world > 1 and not isinstance(interrupt, StepInterrupted):
-                # a second Ctrl-C: the ranks are not at one step, and saving would wait on the others forever
-                log.warning("interrupted again at step %d: no checkpoint written", self.step)
-                raise
-            log.warning("interrupted at step %d: writing a checkpoint", self.step)
-            if unlogged is not None:  # Ctrl-C between a step's update and its record: the resumed run starts after it
-                unlogged.setdefault("tokens_per_s", unlogged["tokens"] / max(time.perf_counter() - t0, 1e-9))
-                self._log(unlogged, None)  # (written twice if it came mid-_log: the last record of a step wins)
-            if started is not None and started[0] == self.step:
-                # Interrupted inside a step: its micro-batches are discarded, so the randomness they drew (dropout)
-                # is given back too, and the resumed run replays the step exactly.
-                ckpt.set_rng_state(*started[1])
-            # the stop signals stay held while it is written: a repeated preemption notice must not kill the save
-            with sigterm_as_sigint(), held_stop_signals("already stopping: writing the checkpoint (Ctrl-C again: "
-                                                        "abandon it)"):
-                self.save_checkpoint()
+            self._checkpoint_interrupted(interrupt, unlogged, started, t0)
             raise
         finally:
             if bar is not None:
                 bar.close()
+        self._finish()
+        self._barrier()
+        return history
+
+    def _prepare_run(self, resume: str | None) -> None:
+        """Before the first step: stale checkpoint folders cleaned, the checkpoint to resume from (`auto`:
+        the latest, if any) loaded, a fresh run over an earlier run's checkpoints refused, config.json written."""
+        if self.rank == 0:
+            ckpt.clean_stale(self.ckpt_root)
+        self._barrier()  # it may put a checkpoint back: every rank must list the same ones
+        if resume == "auto":  # one command line that starts a job and continues it (torchrun restarts, requeues)
+            resume = "latest" if ckpt.list_checkpoints(self.ckpt_root) else None
+            if resume is None:
+                log.info("--resume auto: no checkpoint under %s, starting from step 0", self.ckpt_root)
+        if resume:
+            self.load_checkpoint(resume)
+            if self.rank == 0:
+                if resume != "latest":  # "latest" leaves only unreadable later ones behind
+                    self._set_aside_later_checkpoints()
+                self._metrics_up_to_resumed_step()
+        elif ckpt.list_checkpoints(self.ckpt_root):
+            # a fresh run here would interleave its checkpoints and metrics with the earlier run's
+            raise ckpt.CheckpointError(f"{self.ckpt_root} holds checkpoints of an earlier run: continue it with "
+                                       f"--resume latest, or give a new train.output_dir")
+        if self.rank == 0:
+            self.out.mkdir(parents=True, exist_ok=True)
+            if not resume:  # left by a fresh run that stopped before its first checkpoint
+                (self.out / "metrics.jsonl").unlink(missing_ok=True)
+            (self.out / "config.json").write_text(json.dumps(self.full_config, indent=1), encoding="utf-8")
+
+    def _checkpoint_interrupted(self, interrupt: KeyboardInterrupt, unlogged: dict | None, started, t0: float) -> None:
+        """On Ctrl-C / SIGTERM: the finished step's record and a checkpoint from which the resumed run replays
+        the interrupted step exactly. The caller re-raises."""
+        if self.world > 1 and not isinstance(interrupt, StepInterrupted):
+            # a second Ctrl-C: the ranks are not at one step, and saving would wait on the others forever
+            log.warning("interrupted again at step %d: no checkpoint written", self.step)
+            return
+        log.warning("interrupted at step %d: writing a checkpoint", self.step)
+        if unlogged is not None:  # Ctrl-C between a step's update and its record: the resumed run starts after it
+            unlogged.setdefault("tokens_per_s", unlogged["tokens"] / max(time.perf_counter() - t0, 1e-9))
+            self._log(unlogged, None)  # (written twice if it came mid-_log: the last record of a step wins)
+        if started is not None and started[0] == self.step:
+            # Interrupted inside a step: its micro-batches are discarded, so the randomness they drew (dropout)
+            # is given back too, and the resumed run replays the step exactly.
+            ckpt.set_rng_state(*started[1])
+        # the stop signals stay held while it is written: a repeated preemption notice must not kill the save
+        with sigterm_as_sigint(), held_stop_signals("already stopping: writing the checkpoint (Ctrl-C again: "
+                                                    "abandon it)"):
+            self.save_checkpoint()
+
+    def _finish(self) -> None:
+        """After the last step: the final checkpoint, and on rank 0 the final/ export and the loss curve."""
         self.save_checkpoint()
         if self.rank == 0:
             config = getattr(self.stage.model, "config", None)
@@ -509,8 +525,6 @@ class Trainer:
                 self.stage.export(folder)
             log.info("final model written to %s", self.out / "final")
             plot_losses(self.out / "metrics.jsonl", self.out / "loss.png")
-        self._barrier()
-        return history
 
     def _progress(self):
         if self.rank != 0 or not self.cfg.progress:
