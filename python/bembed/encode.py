@@ -67,6 +67,31 @@ def _check_texts(texts) -> list[str]:
     return texts
 
 
+def _wants_token_states(output_value: str, precision: str, truncate: bool) -> bool:
+    """Whether encode returns token states (else pooled rows), refusing what it cannot give with them."""
+    if output_value not in ("sentence_embedding", "token_embeddings"):
+        raise ValueError(f"output_value must be 'sentence_embedding' or 'token_embeddings', got {output_value!r}")
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    tokens = output_value == "token_embeddings"
+    if tokens and not truncate:
+        raise ValueError("output_value='token_embeddings' needs truncate=True: a text encoded in windows has no "
+                         "single sequence of token states")
+    if tokens and precision != "float32":  # quantizing needs a batch of pooled rows (its ranges come from them)
+        raise ValueError(f"precision={precision!r} quantizes sentence embeddings: output_value="
+                         "'token_embeddings' gives float32 token states")
+    return tokens
+
+
+def _pool_windows(pooled: torch.Tensor, lengths: list[int], owners: list[int], n_texts: int) -> torch.Tensor:
+    """Each text's row from the mean-pooled rows of its windows: their mean weighted by the windows' token
+    counts, which is the mean over all of the text's tokens."""
+    weights = torch.tensor(lengths, dtype=torch.float32, device=pooled.device)
+    owner = torch.tensor(owners, device=pooled.device)
+    sums = pooled.new_zeros(n_texts, pooled.shape[1]).index_add_(0, owner, pooled * weights[:, None])
+    return sums / pooled.new_zeros(n_texts).index_add_(0, owner, weights)[:, None]
+
+
 def _texts_aliases(method):
     """Accept sentence-transformers' names for `texts` as keywords: `inputs` (6.x) and `sentences` (before)."""
     @functools.wraps(method)
@@ -226,17 +251,7 @@ class Embedder:
         float32 tensors, the last layer's states of each text's tokens with its specials (as
         sentence-transformers; needs truncate=True). `inputs=` and `sentences=` are accepted for texts. See the
         module docstring for long texts (`truncate`), empty texts and bad items."""
-        if output_value not in ("sentence_embedding", "token_embeddings"):
-            raise ValueError(f"output_value must be 'sentence_embedding' or 'token_embeddings', got {output_value!r}")
-        if precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-        tokens = output_value == "token_embeddings"
-        if tokens and not truncate:
-            raise ValueError("output_value='token_embeddings' needs truncate=True: a text encoded in windows has no "
-                             "single sequence of token states")
-        if tokens and precision != "float32":  # quantizing needs a batch of pooled rows (its ranges come from them)
-            raise ValueError(f"precision={precision!r} quantizes sentence embeddings: output_value="
-                             "'token_embeddings' gives float32 token states")
+        tokens = _wants_token_states(output_value, precision, truncate)
         single = isinstance(texts, str)
         texts = _check_texts([texts] if single else texts)
         batch_size = _positive_int(batch_size, "batch_size")
@@ -259,11 +274,8 @@ class Embedder:
                 states = [s.clone() for s in self._embed(pieces, batch_size, show_progress_bar, tokens=True)]
                 return states[0] if single else states
             pooled = self._embed(pieces, batch_size, show_progress_bar)
-            if len(pieces) != len(texts):  # windows of long texts: the mean over all their tokens
-                weights = torch.tensor([len(p) for p in pieces], dtype=torch.float32, device=pooled.device)
-                owner = torch.tensor(owners, device=pooled.device)
-                sums = pooled.new_zeros(len(texts), pooled.shape[1]).index_add_(0, owner, pooled * weights[:, None])
-                pooled = sums / pooled.new_zeros(len(texts)).index_add_(0, owner, weights)[:, None]
+            if len(pieces) != len(texts):
+                pooled = _pool_windows(pooled, [len(p) for p in pieces], owners, len(texts))
         elif tokens:
             return []
         else:
