@@ -271,21 +271,21 @@ class Trainer:
         return {k: v.to(self.device, non_blocking=True) if isinstance(v, torch.Tensor) else v
                 for k, v in tensors.items()}
 
-    def train_step(self) -> dict:
-        """Accumulate grad_accum micro-batches, sync, clip, step. Returns the step's metrics."""
-        cfg = self.cfg
-        self.model.train()
-        self.optimizer.zero_grad(set_to_none=True)
+    def _accumulate_gradients(self) -> tuple[float, int, list[str], dict, dict]:
+        """Forward and backward over this step's grad_accum micro-batches, each loss weighted by its share of
+        the step. Returns this rank's (weighted loss, tokens, the non-finite batches, weighted metric sums, the
+        shares each metric was summed over)."""
         loss_sum, tokens, bad, sums, shares = 0.0, 0, [], {}, {}
-        first = self.step * cfg.grad_accum
-        batches = [self.stage.batch(first + a, self.rank, self.world, self.local_size) for a in range(cfg.grad_accum)]
+        accum = self.cfg.grad_accum
+        first = self.step * accum
+        batches = [self.stage.batch(first + a, self.rank, self.world, self.local_size) for a in range(accum)]
         # Batches are built first: each one's share of the step's loss needs the step's total weight (all ranks),
         # which only a stage with weighted batches has to add up across ranks; else it is world × grad_accum.
         local = sum(b.weight for b in batches)
         total = (self._sum_across_ranks([local])[0] if self.weighted else local * self.world) or 1.0
         for a, batch in enumerate(batches):
             index, share = first + a, batch.weight * self.world / total
-            last = a == cfg.grad_accum - 1
+            last = a == accum - 1
             with self.stage_loss.no_sync() if self.world > 1 and not last else nullcontext():
                 with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.autocast):
                     loss, metrics = self.stage_loss(self._to_device(batch.tensors))
@@ -300,6 +300,14 @@ class Trainer:
             for k, v in metrics.items():
                 sums[k] = sums.get(k, 0.0) + float(v) * share
                 shares[k] = shares.get(k, 0.0) + share
+        return loss_sum, tokens, bad, sums, shares
+
+    def train_step(self) -> dict:
+        """Accumulate grad_accum micro-batches, sync, clip, step. Returns the step's metrics."""
+        cfg = self.cfg
+        self.model.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss_sum, tokens, bad, sums, shares = self._accumulate_gradients()
         keys = sorted(sums)
         reduced = self._sum_across_ranks([loss_sum, float(tokens), float(len(bad)), float(bool(self.stop_requests)),
                                           *[sums[k] for k in keys], *[shares[k] for k in keys]])
