@@ -574,7 +574,7 @@ def test_the_final_evaluation_refuses_a_model_trained_on_its_test_split(data, tm
         qs.evaluate_model(_settings(root, tmp_path / "qs"), str(root), str(model), [])
 
 
-def test_no_progress_keeps_encode_quiet(tmp_path, capfd):
+def test_no_progress_keeps_encode_and_datasets_quiet(tmp_path, capfd):
     from bembed.encode import Embedder
     from bembed.model import JinaBertConfig, JinaBertModel
     from bembed.training.encoder import load_tokenizer
@@ -587,10 +587,14 @@ def test_no_progress_keeps_encode_quiet(tmp_path, capfd):
     try:
         embedder.encode(["a b c"] * 3)
         assert "encode:" in capfd.readouterr().err
-        with qs.encode_bars_off():
+        import datasets
+
+        with qs.progress_bars_off():
             embedder.encode(["a b c"] * 3)
+            assert not datasets.is_progress_bar_enabled()  # mteb's preparation of the data drew its bars
         assert "encode:" not in capfd.readouterr().err
         assert logging.getLogger("bembed.encode").level == logging.INFO  # given back
+        assert datasets.is_progress_bar_enabled()
     finally:
         logging.getLogger("bembed.encode").setLevel(logging.NOTSET)
     assert not settings.progress

@@ -478,21 +478,27 @@ def recording(seconds: float, action):
 
 
 @contextlib.contextmanager
-def encode_bars_off():
-    """Embedder.encode shows a progress bar while its logger lets INFO through (as sentence-transformers
-    does): --no-progress lets only its warnings through while the job runs."""
+def progress_bars_off():
+    """--no-progress while the job runs: Embedder.encode's bar (shown while its logger lets INFO through, as
+    sentence-transformers does) and the datasets library's (mteb's preparation of the evaluation data). Both
+    are given back after. mteb's bitext-mining evaluator draws two bars of its own that no switch reaches."""
+    import datasets
+
     encode_log = logging.getLogger("bembed.encode")
-    level = encode_log.level
+    level, datasets_bars = encode_log.level, datasets.is_progress_bar_enabled()
     encode_log.setLevel(logging.WARNING)
+    datasets.disable_progress_bars()
     try:
         yield
     finally:
         encode_log.setLevel(level)
+        if datasets_bars:
+            datasets.enable_progress_bars()
 
 
 def run(settings: Settings) -> dict:
     """The whole quickstart; returns a summary (also written to <out>/summary.json)."""
-    with contextlib.nullcontext() if settings.progress else encode_bars_off():
+    with contextlib.nullcontext() if settings.progress else progress_bars_off():
         return _run(settings)
 
 
