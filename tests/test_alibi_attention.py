@@ -113,6 +113,83 @@ def test_fully_masked_rows_give_zeros_and_finite_grads():
     torch.testing.assert_close(lse[:-1].double(), lse_ref[:-1].double(), rtol=1e-5, atol=1e-5)
 
 
+# The skip and the masks where a mutation review of the CPU kernel found the tests blind.
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_negative_softmax_scale_skips_nothing_that_matters(dtype):
+    """Any finite softmax_scale is accepted: the skip bound must be |scale|·‖q‖·max‖k‖. With the signed scale
+    a negative one makes the bound negative, trimming the tiles that hold a row's largest weights (rows of 0).
+    Steep slopes make the skip test act."""
+    B, L, H, D = 1, 300, 3, 64
+    slopes = torch.tensor([4.0, 0.5, 2.0 ** -5])
+    _compare(lambda q, k, v: attention(q, k, v, slopes, softmax_scale=-0.125),
+             lambda q, k, v: reference(q, k, v, slopes, softmax_scale=-0.125),
+             _qkv((B, L, H, D), dtype, spread=4.0), dtype)
+
+
+@pytest.mark.parametrize("varlen", [False, True])
+def test_negative_slopes_match_reference(varlen):
+    """A negative slope makes the bias grow with distance, so nothing may be skipped by distance: the kernel
+    computes every key for slope ≤ 0 (a negative reach would skip every tile: rows of 0)."""
+    H, D = 3, 32
+    slopes = torch.tensor([-0.25, 0.5, -2.0 ** -6])
+    if varlen:
+        cu_seqlens = torch.tensor([0, 70, 70, 300], dtype=torch.int32)
+        _compare(lambda q, k, v: attention_varlen(q, k, v, cu_seqlens, 230, slopes),
+                 lambda q, k, v: reference_varlen(q, k, v, cu_seqlens, 230, slopes),
+                 _qkv((300, H, D), torch.float64), torch.float64)
+    else:
+        mask = torch.arange(300)[None, :] < torch.tensor([300, 123])[:, None]
+        _compare(lambda q, k, v: attention(q, k, v, slopes, key_padding_mask=mask),
+                 lambda q, k, v: reference(q, k, v, slopes, key_padding_mask=mask),
+                 _qkv((2, 300, H, D), torch.float64), torch.float64)
+
+
+def test_one_far_key_with_a_large_norm_is_not_skipped():
+    """The skip bound takes the largest ‖k‖ of a key tile: key 150 (‖k‖ = 40, aligned with q_0) dominates
+    row 0 despite a bias of −75, while its tile's other keys are small; a bound from any other key of the tile
+    puts key 150 out of reach, and row 0 attends to its neighbours instead."""
+    B, L, H, D = 1, 200, 1, 8
+    q, k, v = _qkv((B, L, H, D), torch.float32, spread=0.1)
+    q[0, 0, 0] = torch.nn.functional.one_hot(torch.tensor(0), D) * 10.0
+    k[0, 150, 0] = torch.nn.functional.one_hot(torch.tensor(0), D) * 40.0
+    slopes = torch.tensor([0.5])
+    _compare(lambda q, k, v: attention(q, k, v, slopes), lambda q, k, v: reference(q, k, v, slopes), [q, k, v],
+             torch.float32)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_skipped_keys_weigh_less_than_the_documented_margin(dtype):
+    """The kernel promises that the keys it leaves out weigh < 2^-32 of a row in float32 and nothing in
+    float64. With q = 0 every score is 0 and a row's weights are exp(−slope·|i−j|)/Σ; v is one-hot on key 0,
+    so out holds each row's weight of key 0 (e^-81 at row 299): random data never makes a far key's weight
+    visible. A float32 margin of 2^-16 or a float64 one of e^-40 fails."""
+    B, L, H, D = 1, 300, 1, 4
+    q = torch.zeros(B, L, H, D, dtype=dtype)
+    k = torch.randn(B, L, H, D, dtype=dtype)
+    v = torch.zeros(B, L, H, D, dtype=dtype)
+    v[0, 0, 0, 0] = 1.0  # rows up to 299 keys away
+    # slope 0.27: the 64-row query tile 64..127 keeps key 0 only if its reach (margin / slope) is ≥ 64
+    slopes = torch.tensor([0.27])
+    out = attention(q, k, v, slopes)
+    exact = reference(q.double(), k.double(), v.double(), slopes)
+    if dtype == torch.float64:  # left-out exps round to 0 anyway: the result is the full computation's
+        torch.testing.assert_close(out, exact, rtol=1e-10, atol=0)
+    else:
+        torch.testing.assert_close(out.double(), exact, rtol=1e-5, atol=2.0 ** -32)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_key_padding_mask_over_several_key_tiles(dtype):
+    """A mask that masks something, over more than one of the forward's 256-key tiles: L = 700 gives three,
+    and batch 1 masks keys 600..699, in the third. (The other masked tests have L ≤ 512 or B = 1, whose ragged
+    mask masks nothing, so a tile reading the first tile's mask went unseen.)"""
+    B, L, H, D = 2, 700, 2, 32
+    slopes = torch.tensor([0.5, 2.0 ** -6])
+    mask = torch.arange(L)[None, :] < torch.tensor([L, 600])[:, None]
+    _compare(lambda q, k, v: attention(q, k, v, slopes, key_padding_mask=mask),
+             lambda q, k, v: reference(q, k, v, slopes, key_padding_mask=mask), _qkv((B, L, H, D), dtype), dtype)
+
+
 def _pack(tensors, lengths):
     """(B, L, H, D) padded → (T, H, D) packed, with cu_seqlens."""
     packed = [torch.cat([t[b, :n] for b, n in enumerate(lengths)]) for t in tensors]

@@ -66,6 +66,10 @@ def _bad_varlen(cu=(0, 2, 5), **changes):
         (_bad_varlen(max_seqlen=-1), ValueError, "'max_seqlen' must be ≥ 0"),
         (_bad_varlen(max_seqlen=2.5), TypeError, "'max_seqlen' must be an int"),
         (_bad_varlen(alibi_slopes=torch.ones(3, 3)), ValueError, "'alibi_slopes' must have shape"),
+        # the op's own check: the function hands cu_seqlens over unchecked (read out of bounds without it)
+        (_bad_varlen(q=torch.randn(0, 3, 8), k=torch.randn(0, 3, 8), v=torch.randn(0, 3, 8), max_seqlen=0,
+                     cu_seqlens=torch.zeros(0, dtype=torch.int32)), ValueError,
+         "'cu_seqlens' must hold at least one offset"),
         (lambda: bembed_ext.alibi_slopes(0), ValueError, "'num_heads' must be positive"),
         (lambda: bembed_ext.alibi_slopes(2.0), TypeError, "'num_heads' must be an int"),
     ],
@@ -87,12 +91,17 @@ def test_bad_input_errors_name_the_argument(make, error, fragment):
          "'key_padding_mask' must have shape"),
         (_bad, dict(q=None), TypeError, "'q' must be a torch.Tensor"),
         (_bad_varlen, dict(cu=(0, 4, 2, 5)), ValueError, "'cu_seqlens' must be non-decreasing"),
+        # decreasing at the last pair only, ending at T: the first sequence reaches 2 tokens past q, k, v
+        (_bad_varlen, dict(cu=(0, 7, 5)), ValueError, "'cu_seqlens' must be non-decreasing"),
         (_bad_varlen, dict(cu=(0, 2, 4)), ValueError, "'cu_seqlens' must end at the number of tokens"),
         (_bad_varlen, dict(cu=(1, 5)), ValueError, "'cu_seqlens' must start at 0"),
         (_bad_varlen, dict(cu_seqlens=torch.tensor([0, 5])), TypeError, "'cu_seqlens' must have dtype"),
         (_bad_varlen, dict(cu_seqlens=None), TypeError, "'cu_seqlens' must be a torch.Tensor"),
         (_bad_varlen, dict(max_seqlen=-1), ValueError, "'max_seqlen' must be ≥ 0"),
         (_bad_varlen, dict(alibi_slopes=torch.ones(3, 3)), ValueError, "'alibi_slopes' must have shape"),
+        # (B, H) slopes with the batch right but not the heads: read as slopes of the wrong heads
+        (_bad, dict(alibi_slopes=torch.ones(2, 4)), ValueError, "'alibi_slopes' must have shape"),
+        (_bad_varlen, dict(alibi_slopes=torch.ones(2, 4)), ValueError, "'alibi_slopes' must have shape"),
     ],
 )
 @pytest.mark.parametrize("impl", ["kernel", "reference"])
@@ -114,6 +123,15 @@ def test_bad_backward_inputs_name_the_argument():
         ops.alibi_attention_bwd(out, q, k, v, out, lse.double(), None, None, 0.3)
     with pytest.raises(TypeError, match="'out' has dtype"):
         ops.alibi_attention_bwd(out, q, k, v, out.double(), lse, None, None, 0.3)
+    with pytest.raises(ValueError, match="'out' must have the shape of 'q'"):  # delta = Σ dO·O read past out
+        ops.alibi_attention_bwd(out, q, k, v, out[:, :4], lse, None, None, 0.3)
+    with pytest.raises(TypeError, match="'grad_out' has dtype"):
+        ops.alibi_attention_bwd(out.double(), q, k, v, out, lse, None, None, 0.3)
+    packed = q[0]
+    for cu_seqlens, fragment in (([0, 7, 5], "must be non-decreasing"), ([], "must hold at least one offset")):
+        with pytest.raises(ValueError, match=f"'cu_seqlens' {fragment}"):
+            ops.alibi_attention_varlen_bwd(packed, packed, packed, packed, packed, torch.zeros(3, 5),
+                                           torch.tensor(cu_seqlens, dtype=torch.int32), 7, None, 0.3)
 
 
 

@@ -272,16 +272,18 @@ def test_op_level_checks():
     q, d = torch.randn(6, 4), torch.randn(12, 4)
     with pytest.raises(ValueError, match="'world_size' \\(4\\) must divide"):
         FWD(q, d, 0.05, True, 4, 0)
-    with pytest.raises(ValueError, match="'rank' must be in \\[0, 3\\)"):
-        FWD(q, d, 0.05, True, 3, 3)
+    for rank in (3, -1):  # a negative rank's offset read rows before the batch
+        with pytest.raises(ValueError, match="'rank' must be in \\[0, 3\\)"):
+            FWD(q, d, 0.05, True, 3, rank)
     with pytest.raises(ValueError, match="'temperature' must be > 0"):
         FWD(q, d, -1.0, True, 1, 0)
     loss, row_stats, col_stats, positive_grad = FWD(q, d, 0.05, True, 1, 0)
     bwd = torch.ops.bembed.contrastive_loss_bwd
     with pytest.raises(ValueError, match="'col_stats' must have shape \\(2, 0\\)"):
         bwd(torch.tensor(1.0), q, d, row_stats, col_stats, positive_grad, 0.05, False, 1, 0)
-    with pytest.raises(ValueError, match="'row_stats' must have shape \\(2, 6\\)"):
-        bwd(torch.tensor(1.0), q, d, row_stats[0], col_stats, positive_grad, 0.05, True, 1, 0)
+    for short in (row_stats[0], row_stats[:, :5]):  # the backward read past a short one
+        with pytest.raises(ValueError, match="'row_stats' must have shape \\(2, 6\\)"):
+            bwd(torch.tensor(1.0), q, d, short, col_stats, positive_grad, 0.05, True, 1, 0)
     with pytest.raises(ValueError, match="'positive_grad' must have shape \\(6\\)"):
         bwd(torch.tensor(1.0), q, d, row_stats, col_stats, positive_grad[:3], 0.05, True, 1, 0)
 

@@ -117,6 +117,10 @@ def test_reference_switch(monkeypatch):
         (lambda: geglu(torch.ones(2, 4, dtype=torch.int32)), TypeError, "'x' must have dtype"),
         (lambda: geglu([1.0, 2.0]), TypeError, "'x' must be a torch.Tensor"),
         (lambda: geglu(torch.randn(2, 4), impl="fast"), ValueError, "impl must be one of"),
+        # the ops' own check (the function checks first): x (3, 5) was read as rows of 4
+        (lambda: torch.ops.bembed.geglu(torch.randn(3, 5)), ValueError, "'x' must have an even last dimension"),
+        (lambda: torch.ops.bembed.geglu_backward(torch.randn(3, 2), torch.randn(3, 5)), ValueError,
+         "'x' must have an even last dimension"),
         (lambda: torch.ops.bembed.geglu_backward(torch.randn(2, 3), torch.randn(2, 4)), ValueError,
          "'grad_out' must have shape"),
         (lambda: torch.ops.bembed.geglu_backward(torch.randn(2, 2).double(), torch.randn(2, 4)), TypeError,
