@@ -91,6 +91,15 @@ def test_bembed_eval_refuses_a_build_whose_test_split_the_model_trained_on(tmp_p
             "documents of the test split under") in printed and "(built with --split 0.2,0.1,0.7)" in printed
     assert "`bembed data build --pair en-de --split 0.4,0.2,0.4 --out DIR`, then `--data DIR`" in printed
     assert not (tmp_path / "res" / "results.json").exists()
+    # the same model in the older sentence-transformers layout (config.json in 0_Transformer/): eval said "not
+    # a model folder", and the record was not read at all
+    from encode_fixtures import older_layout
+
+    old = older_layout(out / "final", tmp_path / "old")
+    assert trained_on_test_split(old, tmp_path / "other" / "en-de") is not None
+    old_args = ["eval", "--model", str(old), "--pairs", "en-de", "--max-items", "20", "--out", str(tmp_path / "res")]
+    assert main([*old_args, "--data", str(tmp_path / "other")]) == 2
+    assert f"--model {old}: pairs (train split" in capsys.readouterr().out
     assert main([*args, "--data", str(tmp_path / "data")]) == 0  # the build it trained on: evaluated
 
 

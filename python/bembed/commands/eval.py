@@ -114,7 +114,9 @@ def _argument_error(args) -> str | None:
     missing = [p for p in args.model if not Path(p).is_dir()]
     if missing:
         return f"--model: no such model folder: {', '.join(missing)}"
-    not_models = [p for p in args.model if not (Path(p) / "config.json").is_file()]
+    from bembed.st_folder import transformer_folder
+
+    not_models = [p for p in args.model if not (transformer_folder(p) / "config.json").is_file()]
     if not_models:  # caught before the baselines spend minutes, not when this model's turn comes
         return f"--model: not a model folder (no config.json): {', '.join(not_models)}"
     try:

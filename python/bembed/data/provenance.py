@@ -57,9 +57,12 @@ def records_of(sources) -> list[dict]:
 
 
 def trained_on(model_folder: str | Path) -> list[dict]:
-    """The records a model folder's config.json carries ([] for a folder without one, or another model's)."""
+    """The records a model folder's config.json carries ([] for a folder without one, or another model's); an
+    older sentence-transformers folder keeps its config.json in 0_Transformer/."""
+    from bembed.st_folder import transformer_folder
+
     try:
-        config = json.loads((Path(model_folder) / "config.json").read_text(encoding="utf-8"))
+        config = json.loads((transformer_folder(model_folder) / "config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return []
     return (config.get(CONFIG_KEY) or []) if isinstance(config, dict) else []
