@@ -65,6 +65,9 @@ def test_csv_extra_cells_reported(tmp_path):
     path.write_text("text\nfine\ntoo,many\n", encoding="utf-8")
     with pytest.raises(UserDataError, match=r"x\.csv:line 3: 1 cell"):
         load_user_file(path)
+    path.write_text("text\ntoo,many\n", encoding="utf-8")  # the first row: its number read 1, the header's
+    with pytest.raises(UserDataError, match=r"x\.csv:line 2: 1 cell"):
+        load_user_file(path)
 
 
 def test_parquet_rows(tmp_path):

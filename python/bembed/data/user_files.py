@@ -115,8 +115,9 @@ def _raw_rows(path: Path) -> Iterator[tuple[str, object]]:
         csv.field_size_limit(max(csv.field_size_limit(), _CSV_CELL_LIMIT))
         # the csv module wants the lines with their ends (newline=""): quoted cells may span lines
         reader = csv.DictReader(line for _, line in user_text_lines(path))
-        start = reader.line_num + 1
         try:
+            reader.fieldnames  # reads the header (which may span lines): the first row starts after it
+            start = reader.line_num + 1
             for row in reader:
                 if None in row:  # more cells than header columns
                     yield f"line {start}", ValueError(f"{len(row[None])} cell(s) beyond the header's columns")
