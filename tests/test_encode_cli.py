@@ -95,3 +95,31 @@ def test_cli_output_is_replaced_whole_or_not_at_all(folder, tmp_path, monkeypatc
         main(args)
     np.testing.assert_array_equal(np.load(tmp_path / "v.npy"), before)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["texts.txt", "v.npy"]
+
+
+def test_cli_output_that_cannot_be_written_is_refused_before_encoding(folder, tmp_path, monkeypatch):
+    """An output path that is a folder failed only after every text was encoded, as a traceback; a write that
+    fails (a full disk) is one line too, and the previous output stays whole."""
+    from bembed.cli import main
+    from bembed.encode import Embedder
+
+    txt = tmp_path / "texts.txt"
+    txt.write_text("\n".join(TEXTS[:3]) + "\n", encoding="utf-8")
+    (tmp_path / "taken.npy").mkdir()
+
+    def no_encoding(*args, **kwargs):
+        raise AssertionError("the model was loaded before the output was checked")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Embedder, "from_pretrained", no_encoding)
+        with pytest.raises(SystemExit, match=r"--output: .*taken.npy is a folder"):
+            main(["encode", "--model", str(folder), "--input", str(txt), "--output", str(tmp_path / "taken.npy")])
+
+    def full_disk(handle, array):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(np, "save", full_disk)
+    with pytest.raises(SystemExit, match=r"--output: cannot write .*v.npy: .*No space left on device"):
+        main(["encode", "--model", str(folder), "--input", str(txt), "--output", str(tmp_path / "v.npy"),
+              "--device", "cpu", "--no-progress"])
+    assert not (tmp_path / "v.npy").exists()

@@ -233,6 +233,8 @@ def test_cli_errors_are_one_line(folder, tmp_path):
 
 def test_cli_unwritable_outputs_stop_before_encoding_and_a_failed_save_keeps_the_hits(folder, tmp_path, monkeypatch,
                                                                                         capsys):
+    import tempfile
+
     import bembed.commands.search as command
 
     corpus = tmp_path / "corpus.txt"
@@ -241,14 +243,14 @@ def test_cli_unwritable_outputs_stop_before_encoding_and_a_failed_save_keeps_the
     original_load = Embedder.from_pretrained.__func__
     monkeypatch.setattr(Embedder, "from_pretrained",
                         classmethod(lambda cls, *a, **k: loads.append(1) or original_load(cls, *a, **k)))
-    real_temporary_file = command.tempfile.TemporaryFile
+    real_temporary_file = tempfile.TemporaryFile
 
     def read_only(*args, dir=None, **kwargs):  # a folder that exists and cannot be written (root ignores chmod)
         if dir is not None and "locked" in str(dir):
             raise PermissionError(13, "Permission denied", str(dir))
         return real_temporary_file(*args, dir=dir, **kwargs)
 
-    monkeypatch.setattr(command.tempfile, "TemporaryFile", read_only)
+    monkeypatch.setattr(tempfile, "TemporaryFile", read_only)
     (tmp_path / "locked").mkdir()
     for option, name in (("--output", "hits.jsonl"), ("--corpus-vectors", "v.npz")):
         with pytest.raises(SystemExit, match=f"{option}: cannot write in .*locked"):

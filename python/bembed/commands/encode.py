@@ -7,6 +7,7 @@ are carried into a parquet output as columns (ids, labels). Rows keep the input 
 from __future__ import annotations
 
 import json
+import tempfile
 from pathlib import Path
 
 from bembed.files import NotUTF8Error, replacing_file, user_text_lines
@@ -85,6 +86,23 @@ def extra_columns(extras: list[dict]) -> dict:
     return columns
 
 
+def check_output_path(option: str, path: Path) -> None:
+    """SystemExit, naming the option, for an output path that could not be written: checked before encoding,
+    not after the time is spent. The file is written as a temporary file in its folder, then renamed, so the
+    folder must take one."""
+    if path.is_dir():
+        raise SystemExit(f"{option}: {path} is a folder")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise SystemExit(f"{option}: cannot create the folder of {path}: {error}") from None
+    try:
+        with tempfile.TemporaryFile(dir=path.parent):
+            pass
+    except OSError as error:
+        raise SystemExit(f"{option}: cannot write in {path.parent}: {error}") from None
+
+
 def write_vectors(path: Path, vectors, columns: dict) -> None:
     """.npy: the vectors; .parquet: the columns of `extra_columns` and an "embedding" column. Written to a
     temporary file and renamed, so an interrupted run leaves the previous output whole."""
@@ -116,6 +134,7 @@ def run(args) -> int:
             import pyarrow  # noqa: F401
         except ImportError:
             raise SystemExit("--output .parquet needs pyarrow (pip install pyarrow), or write .npy") from None
+    check_output_path("--output", output)
     try:
         texts, extras = read_texts(Path(args.input), args.field)
         columns = extra_columns(extras) if parquet else {}
@@ -131,7 +150,9 @@ def run(args) -> int:
                                   truncate=not args.chunk_long)
     except ValueError as error:
         raise SystemExit(f"bembed encode: {error}") from None
-    output.parent.mkdir(parents=True, exist_ok=True)
-    write_vectors(output, vectors, columns)
+    try:
+        write_vectors(output, vectors, columns)
+    except OSError as error:  # a full disk: the previous output stays whole (written aside, then renamed)
+        raise SystemExit(f"--output: cannot write {output}: {error}") from None
     print(f"wrote {vectors.shape[0]} vectors of dimension {vectors.shape[1]} to {output}")
     return 0

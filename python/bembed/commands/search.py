@@ -12,11 +12,10 @@ from __future__ import annotations
 import hashlib
 import json
 import sys
-import tempfile
 import zipfile
 from pathlib import Path
 
-from bembed.commands.encode import add_reading_and_encoding_arguments, read_texts
+from bembed.commands.encode import add_reading_and_encoding_arguments, check_output_path, read_texts
 from bembed.files import NotUTF8Error, replacing_file
 
 SNIPPET_CHARS = 100
@@ -131,19 +130,8 @@ def run(args) -> int:
     if output is not None and output.suffix.lower() != ".jsonl":
         raise SystemExit(f"--output: {output} must end in .jsonl")
     for option, path in (("--output", output), ("--corpus-vectors", vectors_path)):
-        if path is None:
-            continue
-        if path.is_dir():
-            raise SystemExit(f"{option}: {path} is a folder")
-        try:  # now, not after the corpus has been encoded
-            path.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as error:
-            raise SystemExit(f"{option}: cannot create the folder of {path}: {error}") from None
-        try:  # the file is written as a temporary file in that folder, then renamed: the folder must take one
-            with tempfile.TemporaryFile(dir=path.parent):
-                pass
-        except OSError as error:
-            raise SystemExit(f"{option}: cannot write in {path.parent}: {error}") from None
+        if path is not None:
+            check_output_path(option, path)  # now, not after the corpus has been encoded
     documents, extras = _read(args.corpus, args.field, "--corpus")
     if not documents:
         raise SystemExit(f"--corpus: {args.corpus} holds no documents")
