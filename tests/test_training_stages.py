@@ -426,6 +426,50 @@ def test_align_reduces_cross_lingual_distance(files, tmp_path):
     assert type(exported).__name__ == "BertModel"
 
 
+def test_model_lengths_past_a_position_table_are_refused_or_cut_for_the_teacher(files, tmp_path):
+    """A model.max_length past an HF model's position table failed at the first long batch, mid-run; an align
+    teacher with a shorter table than the student's length did the same. The student is refused at start;
+    the teacher reads as far as its table reaches, as sentence-transformers would cut it."""
+    from transformers import XLMRobertaConfig, XLMRobertaModel
+
+    from bembed.encode import Embedder
+    from bembed.training.align import AlignStage, cross_lingual_distance
+    from bembed.training.encoder import load_encoder, position_limit
+    from bembed.training.pairs import PairStage
+
+    student = _tiny_hf_student(files, tmp_path / "student")  # a 64-row position table
+    model, tokenizer = load_encoder(ModelConfig(init_from=str(student)))
+    assert position_limit(model) == 64
+    roberta = XLMRobertaModel(XLMRobertaConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1,
+                                               num_attention_heads=2, intermediate_size=32,
+                                               max_position_embeddings=66, pad_token_id=1))
+    assert position_limit(roberta) == 64  # its positions start at padding_idx + 1
+    with pytest.raises(ValueError, match=r"model.max_length=100: the model of model.init_from takes at most 64"):
+        PairStage(load_config(PairsRun, None, [f"data.train=[{{path: {files['pairs']}}}]",
+                                               f"model.init_from={student}", "model.max_length=100",
+                                               *U.train_overrides(tmp_path / "pairs", 1)]))
+
+    first, _ = mlm_run(files, tmp_path / "mlm", 1, hidden_size=32, intermediate_size=64)
+    assert position_limit(first.model.bert) is None  # ALiBi: no table
+    Embedder(first.model.bert, first.tokenizer).save_pretrained(tmp_path / "jina")
+    rng = random.Random(5)
+    long_rows = [{"query": " ".join(U.sentence(U.EN, rng, 90)), "document": " ".join(U.sentence(U.EN, rng, 90))}
+                 for _ in range(32)]
+    cfg = load_config(AlignRun, None, [f"data.train=[{{path: {U.write_jsonl(tmp_path / 'long.jsonl', long_rows)}}}]",
+                                       f"model.init_from={tmp_path / 'jina'}", f"align.teacher={student}",
+                                       "model.max_length=96", *U.train_overrides(tmp_path / "align", 1, batch=8)])
+    stage = AlignStage(cfg)
+    tensors = stage.batch(0, 0, 1, 8).tensors
+    assert tensors["en_ids"].shape[1] == 96 and tensors["t_ids"].shape[1] == 64
+    fit(stage, cfg)
+
+    stage.model.train()
+    cross_lingual_distance(stage.model, stage.tokenizer, [("a b", "c d")])
+    assert stage.model.training  # given back in its mode (it was left in eval mode)
+    with pytest.raises(ValueError, match="at least one"):
+        cross_lingual_distance(stage.model, stage.tokenizer, [])
+
+
 def test_align_checks_its_teacher_and_keeps_the_students_prompts(files, tmp_path):
     """A teacher of another width crashed at step 1; a JinaBERT student lost its query/passage prompts."""
     from bembed.encode import Embedder

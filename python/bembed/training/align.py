@@ -21,7 +21,7 @@ from bembed.st_folder import folder_prompts, folder_usage
 from .batching import Batch, epoch_indices, shard
 from .config import AlignRun, ModelConfig
 from .data import read_pair_rows
-from .encoder import embed, export_encoder, load_encoder, tokenize
+from .encoder import check_max_length, embed, export_encoder, load_encoder, position_limit, tokenize
 
 
 class AlignStage:
@@ -33,6 +33,7 @@ class AlignStage:
             raise ValueError("data.train: give at least one parallel source (src/tgt or query/document columns)")
         self.cfg = cfg
         self.model, self.tokenizer = load_encoder(cfg.model)
+        check_max_length(self.model, cfg.model.max_length)
         if cfg.align.teacher:
             self.teacher, self.teacher_tokenizer = load_encoder(ModelConfig(init_from=cfg.align.teacher),
                                                                 key="align.teacher")
@@ -43,6 +44,9 @@ class AlignStage:
         else:
             self.teacher, self.teacher_tokenizer = copy.deepcopy(self.model), self.tokenizer
         self.teacher.eval().requires_grad_(False)
+        # the teacher reads the English side at most as far as its own position table reaches (as
+        # sentence-transformers would cut it): a long-context student may train on longer rows than it takes
+        self.teacher_length = min(cfg.model.max_length, position_limit(self.teacher) or cfg.model.max_length)
         self.rows, self.sources = read_pair_rows(cfg.data.train)
         student_prompts = folder_prompts(cfg.model.init_from) if cfg.align.prompts else {}
         teacher_prompts = folder_prompts(cfg.align.teacher) if cfg.align.teacher else student_prompts
@@ -57,7 +61,7 @@ class AlignStage:
         teacher_en = [teacher + self.rows[i]["query"] for i, (_, teacher) in zip(picked, prefixes)]
         length = self.cfg.model.max_length
         s_en, s_xx = tokenize(self.tokenizer, en, length), tokenize(self.tokenizer, xx, length)
-        t_en = tokenize(self.teacher_tokenizer, teacher_en, length)
+        t_en = tokenize(self.teacher_tokenizer, teacher_en, self.teacher_length)
         return Batch({"en_ids": s_en["input_ids"], "en_mask": s_en["attention_mask"], "xx_ids": s_xx["input_ids"],
                       "xx_mask": s_xx["attention_mask"], "t_ids": t_en["input_ids"], "t_mask": t_en["attention_mask"]},
                      tokens=int(s_en["attention_mask"].sum() + s_xx["attention_mask"].sum()),
@@ -101,15 +105,21 @@ def prompt_turns(student_prompts: dict[str, str], teacher_prompts: dict[str, str
 @torch.no_grad()
 def cross_lingual_distance(model, tokenizer, pairs: list[tuple[str, str]], max_length: int = 128,
                            batch_size: int = 64) -> float:
-    """Mean 1 − cos(model(en), model(xx)) over (en, xx) pairs: how far apart the model puts translations."""
+    """Mean 1 − cos(model(en), model(xx)) over (en, xx) pairs: how far apart the model puts translations. The
+    model runs in eval mode and is given back in the mode it was in."""
+    if not pairs:
+        raise ValueError("pairs: give at least one (en, xx) pair")
+    training, total = model.training, 0.0
     model.eval()
-    total = 0.0
-    for i in range(0, len(pairs), batch_size):
-        chunk = pairs[i:i + batch_size]
-        a = tokenize(tokenizer, [p[0] for p in chunk], max_length)
-        b = tokenize(tokenizer, [p[1] for p in chunk], max_length)
-        device = next(model.parameters()).device
-        ea = embed(model, a["input_ids"].to(device), a["attention_mask"].to(device))
-        eb = embed(model, b["input_ids"].to(device), b["attention_mask"].to(device))
-        total += float((1 - (ea * eb).sum(-1)).sum())
+    try:
+        for i in range(0, len(pairs), batch_size):
+            chunk = pairs[i:i + batch_size]
+            a = tokenize(tokenizer, [p[0] for p in chunk], max_length)
+            b = tokenize(tokenizer, [p[1] for p in chunk], max_length)
+            device = next(model.parameters()).device
+            ea = embed(model, a["input_ids"].to(device), a["attention_mask"].to(device))
+            eb = embed(model, b["input_ids"].to(device), b["attention_mask"].to(device))
+            total += float((1 - (ea * eb).sum(-1)).sum())
+    finally:
+        model.train(training)
     return total / len(pairs)

@@ -96,6 +96,24 @@ def load_encoder(spec: ModelConfig, key: str = "model.init_from") -> tuple[torch
     return _freeze_pooler(JinaBertModel(config)), tokenizer
 
 
+def position_limit(model: torch.nn.Module) -> int | None:
+    """The most tokens a model takes at once: None for JinaBERT (ALiBi has no position table), else the rows of
+    its position table, less those a RoBERTa-style table keeps below its first position (padding_idx + 1)."""
+    rows = getattr(model.config, "max_position_embeddings", None)
+    if isinstance(model, JinaBertModel) or rows is None:
+        return None
+    padding_idx = getattr(getattr(model, "embeddings", None), "padding_idx", None)
+    return rows - (padding_idx + 1) if isinstance(padding_idx, int) else rows
+
+
+def check_max_length(model: torch.nn.Module, max_length: int, key: str = "model.init_from") -> None:
+    """A model.max_length past the model's position table would fail at the first long batch, mid-run."""
+    limit = position_limit(model)
+    if limit is not None and max_length > limit:
+        raise ValueError(f"model.max_length={max_length}: the model of {key} takes at most {limit} tokens "
+                         "(its position table)")
+
+
 def _freeze_pooler(model: torch.nn.Module) -> torch.nn.Module:
     # The embeddings are mean-pooled: the [CLS] pooler gets no gradient, so keep it out of the optimizer
     # (and of weight decay) while still saving it with the model.

@@ -23,7 +23,7 @@ from bembed_ext.distributed import all_gather_rows
 from .batching import Batch, DistinctBatches, epoch_indices, generator, shard
 from .config import MultitaskRun
 from .data import read_rows
-from .encoder import embed, export_encoder, load_encoder, stage_prompts, tokenize
+from .encoder import check_max_length, embed, export_encoder, load_encoder, stage_prompts, tokenize
 from .losses import check_matryoshka_width, matryoshka_mean, sts_loss
 from .pairs import gathering
 
@@ -37,6 +37,7 @@ class MultitaskStage:
         self.cfg = cfg
         self.sts_loss = sts_loss(mt.sts_loss, score_max=mt.score_max, cosent_scale=mt.cosent_scale)
         self.model, self.tokenizer = load_encoder(cfg.model)
+        check_max_length(self.model, cfg.model.max_length)
         # a composite config (text_config) may have no hidden_size: the first batch then checks the width
         check_matryoshka_width(mt.matryoshka_dims, getattr(self.model.config, "hidden_size", None),
                               "multitask.matryoshka_dims")

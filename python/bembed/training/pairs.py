@@ -15,7 +15,7 @@ import bembed_ext
 from .batching import Batch, DistinctBatches, shard
 from .config import PairsRun
 from .data import read_pair_rows
-from .encoder import embed, export_encoder, load_encoder, stage_prompts, tokenize
+from .encoder import check_max_length, embed, export_encoder, load_encoder, stage_prompts, tokenize
 from .losses import check_matryoshka_width, matryoshka_mean
 
 
@@ -30,6 +30,7 @@ class PairStage:
             raise ValueError("data.train: give at least one pairs source")
         self.cfg = cfg
         self.model, self.tokenizer = load_encoder(cfg.model)
+        check_max_length(self.model, cfg.model.max_length)
         # a composite config (text_config) may have no hidden_size: the first batch then checks the width
         check_matryoshka_width(cfg.pairs.matryoshka_dims, getattr(self.model.config, "hidden_size", None),
                               "pairs.matryoshka_dims")
