@@ -324,6 +324,8 @@ def test_distinct_batches_share_no_text_and_are_a_pure_function_of_the_index():
     assert [batching.DistinctBatches(texts, 8, seed=3)(i) for i in (29, 0, 17)] == [batches[29], batches[0], batches[17]]
     with pytest.raises(ValueError, match="distinct texts"):
         batching.DistinctBatches([("same", f"d{i}") for i in range(20)], 2, seed=0)(0)
+    with pytest.raises(ValueError, match="the data has 10 rows, fewer than one global micro-batch of 32"):
+        batching.DistinctBatches(texts[:10], 32, seed=0)(0)  # it blamed repeated texts
 
 
 def test_epoch_batches_cover_the_data_and_shards_partition():

@@ -81,6 +81,8 @@ class DistinctBatches:
         self.epoch, self.batches = -1, []
 
     def _layout(self, epoch: int) -> list[list[int]]:
+        if len(self.texts) < self.size:  # not a matter of repeated texts: say what it is
+            raise ValueError(f"the data has {len(self.texts)} rows, fewer than one global micro-batch of {self.size}")
         if epoch != self.epoch:
             rows = deque(torch.randperm(len(self.texts), generator=generator(self.seed, epoch)).tolist())
             self.batches = []
