@@ -2,8 +2,8 @@
 build`, read into the column conventions of `bembed.data.user_files`:
 
   text     text
-  pairs    query, document      (also accepted: anchor/positive as in built `pairs`, src/tgt as in built
-                                 `parallel`, query/positive as in triples)
+  pairs    query, document      (built folders also: anchor/positive of `pairs`, src/tgt of `parallel`,
+                                 query/positive of `retrieval`)
   triples  query, positive, negatives
   sts      sentence1, sentence2, score
 """
