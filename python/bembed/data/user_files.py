@@ -154,26 +154,7 @@ def load_user_file(path, kind: str | None = None, on_error: str = "raise") -> tu
         raise ValueError(f"kind must be one of {sorted(KINDS)}, got {kind!r}")
     if not path.is_file():
         raise FileNotFoundError(f"no such file: {path}")
-    rows: list[dict] = []
-    report = LoadReport(path=str(path), kind=kind or "")
-    for where, raw in _user_data_errors(_raw_rows(path)):
-        try:
-            if isinstance(raw, Exception):
-                raise raw
-            if kind is None:
-                kind = report.kind = infer_kind(raw.keys() if isinstance(raw, dict) else ())
-            rows.append(validate_row(raw, kind))
-        except ValueError as exc:
-            message = f"{path}:{where}: {exc}"
-            if on_error == "raise":
-                raise UserDataError(message) from None
-            report.skipped += 1
-            if len(report.problems) < _KEEP_PROBLEMS:
-                report.problems.append(message)
-    report.rows = len(rows)
-    if not rows:
-        raise UserDataError(f"{path}: no valid rows ({report.skipped} skipped)")
-    return rows, report
+    return _checked_rows(_user_data_errors(_raw_rows(path)), LoadReport(path=str(path), kind=kind or ""), on_error)
 
 
 def load_hf_dataset(name: str, kind: str, split: str = "train", on_error: str = "raise", **kwargs
@@ -183,16 +164,32 @@ def load_hf_dataset(name: str, kind: str, split: str = "train", on_error: str = 
 
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {sorted(KINDS)}, got {kind!r}")
-    rows, report = [], LoadReport(path=f"{name}[{split}]", kind=kind)
-    for n, raw in enumerate(load_dataset(name, split=split, **kwargs), 1):
+    if on_error not in ("raise", "skip"):
+        raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+    dataset = load_dataset(name, split=split, **kwargs)
+    return _checked_rows(((f"row {n}", raw) for n, raw in enumerate(dataset, 1)),
+                         LoadReport(path=f"{name}[{split}]", kind=kind), on_error)
+
+
+def _checked_rows(items, report: LoadReport, on_error: str) -> tuple[list[dict], LoadReport]:
+    """The valid rows of `items` ((where, row or the Exception reading it), in order) and `report` filled in;
+    the kind is inferred from the first row when the report has none. on_error "raise": UserDataError at the
+    first bad row, naming where it is; "skip": counted, the first few kept as problems."""
+    rows: list[dict] = []
+    for where, raw in items:
         try:
-            rows.append(validate_row(raw, kind))
+            if isinstance(raw, Exception):
+                raise raw
+            if not report.kind:
+                report.kind = infer_kind(raw.keys() if isinstance(raw, dict) else ())
+            rows.append(validate_row(raw, report.kind))
         except ValueError as exc:
+            message = f"{report.path}:{where}: {exc}"
             if on_error == "raise":
-                raise UserDataError(f"{report.path}:row {n}: {exc}") from None
+                raise UserDataError(message) from None
             report.skipped += 1
             if len(report.problems) < _KEEP_PROBLEMS:
-                report.problems.append(f"{report.path}:row {n}: {exc}")
+                report.problems.append(message)
     report.rows = len(rows)
     if not rows:
         raise UserDataError(f"{report.path}: no valid rows ({report.skipped} skipped)")
