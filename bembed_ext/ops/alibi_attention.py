@@ -283,7 +283,8 @@ def _checked_max_seqlen(max_seqlen):
     that compiles to a runtime assert on a SymInt (torch.compile), which goes on as it is; its message holds
     constants only, since dynamo refuses a closure over max_seqlen."""
     if isinstance(max_seqlen, bool) or not isinstance(max_seqlen, (numbers.Integral, torch.SymInt)):
-        raise TypeError(f"alibi_attention_varlen: argument 'max_seqlen' must be an int, got {type(max_seqlen).__name__}")
+        raise TypeError("alibi_attention_varlen: argument 'max_seqlen' must be an int, "
+                        f"got {type(max_seqlen).__name__}")
     if not isinstance(max_seqlen, torch.SymInt):
         max_seqlen = int(max_seqlen)
     torch._check_value(max_seqlen >= 0, lambda: "alibi_attention_varlen: argument 'max_seqlen' must be ≥ 0")

@@ -163,12 +163,9 @@ def prepare_data(settings: Settings) -> dict:
     if built:
         log.info("using the datasets built under %s", root / settings.pair)
     else:
-        import datasets
-
         from bembed.data.build import build
         from bembed.data.sources import SOURCES, fetch_all
 
-        datasets.disable_progress_bars()
         fetched = fetch_all(cache, progress=settings.progress)
         # A missing source would drop sets or test splits from the build, and the build's counts.json would
         # then mark the step done for good: stop before building, so the same command retries the fetch.
@@ -181,7 +178,8 @@ def prepare_data(settings: Settings) -> dict:
         # a build that is only stale keeps its --split: another one would move documents the runs on it trained on
         # into its test split
         earlier = read_manifest(root / settings.pair) if older is not None else None
-        build(cache, root, settings.pair, fractions=tuple(earlier["fractions"]) if earlier else DEFAULT_FRACTIONS)
+        with datasets_bars_off():  # one bar per saved shard
+            build(cache, root, settings.pair, fractions=tuple(earlier["fractions"]) if earlier else DEFAULT_FRACTIONS)
     counts = json.loads((root / settings.pair / "counts.json").read_text(encoding="utf-8"))
     return {"data_root": str(root), "counts": {k: v for k, v in counts.items() if k != "dropped"}}
 
@@ -478,22 +476,32 @@ def recording(seconds: float, action):
 
 
 @contextlib.contextmanager
-def progress_bars_off():
-    """--no-progress while the job runs: Embedder.encode's bar (shown while its logger lets INFO through, as
-    sentence-transformers does) and the datasets library's (mteb's preparation of the evaluation data). Both
-    are given back after. mteb's bitext-mining evaluator draws two bars of its own that no switch reaches."""
+def datasets_bars_off():
+    """The datasets library's progress bars off for a while, then as they were (a global switch)."""
     import datasets
 
-    encode_log = logging.getLogger("bembed.encode")
-    level, datasets_bars = encode_log.level, datasets.is_progress_bar_enabled()
-    encode_log.setLevel(logging.WARNING)
+    were_on = datasets.is_progress_bar_enabled()
     datasets.disable_progress_bars()
     try:
         yield
     finally:
-        encode_log.setLevel(level)
-        if datasets_bars:
+        if were_on:
             datasets.enable_progress_bars()
+
+
+@contextlib.contextmanager
+def progress_bars_off():
+    """--no-progress while the job runs: Embedder.encode's bar (shown while its logger lets INFO through, as
+    sentence-transformers does) and the datasets library's (mteb's preparation of the evaluation data). Both
+    are given back after. mteb's bitext-mining evaluator draws two bars of its own that no switch reaches."""
+    encode_log = logging.getLogger("bembed.encode")
+    level = encode_log.level
+    encode_log.setLevel(logging.WARNING)
+    try:
+        with datasets_bars_off():
+            yield
+    finally:
+        encode_log.setLevel(level)
 
 
 def run(settings: Settings) -> dict:
