@@ -380,18 +380,7 @@ class Trainer:
         if state.get("stage") != type(self.stage).__name__:  # first: another stage's weights would not fit either
             raise ckpt.CheckpointError(f"checkpoint {path} was written by stage {state.get('stage')}, "
                                        f"not {type(self.stage).__name__}")
-        current = self.model.state_dict()
-        resized = [f"{name} {tuple(value.shape)} vs {tuple(current[name].shape)}"
-                   for name, value in data["model"].items() if name in current and value.shape != current[name].shape]
-        if resized:  # load_state_dict would raise a RuntimeError that names no checkpoint
-            raise ckpt.CheckpointError(f"checkpoint {path}: weights do not fit this model (shape in checkpoint vs "
-                                       f"model: {'; '.join(resized[:5])})")
-        missing, unexpected = self.model.load_state_dict(data["model"], strict=False)
-        if missing or unexpected:
-            raise ckpt.CheckpointError(f"checkpoint {path}: weights do not fit this model (missing {missing[:5]}, "
-                                       f"unexpected {unexpected[:5]})")
-        if hasattr(self.model, "tie_decoder"):
-            self.model.tie_decoder()
+        self._load_weights(path, data["model"])
         try:
             ckpt.load_optimizer_state(self.optimizer, data["optimizer"], state["optimizer"])
         except (KeyError, ValueError) as exc:
@@ -400,6 +389,34 @@ class Trainer:
         # lr, max_steps and max_grad_norm do (a change is logged below). The update's kind (fused or not) stays.
         for group, weight_decay in zip(self.optimizer.param_groups, (self.cfg.weight_decay, 0.0)):
             group.update(weight_decay=weight_decay, betas=tuple(self.cfg.betas), eps=self.cfg.eps)
+        self._warn_of_resume_differences(path, state)
+        self.step = int(state["step"])
+        if self.step >= self.cfg.max_steps and self.rank == 0:
+            log.warning("checkpoint %s is at step %d, not below train.max_steps=%d: no step is taken, and the "
+                        "final model is the checkpoint's weights", path, self.step, self.cfg.max_steps)
+        if path.resolve() == ckpt.checkpoint_dir(self.ckpt_root, self.step).resolve():
+            self.on_disk = self.step
+        if "rng" in data:
+            ckpt.set_rng_state(data["rng"], data["rng_meta"])
+        log.info("resumed from %s at step %d", path, self.step)
+
+    def _load_weights(self, path: Path, weights: dict) -> None:
+        """The checkpoint's weights into the model, refused by name when they do not fit it."""
+        current = self.model.state_dict()
+        resized = [f"{name} {tuple(value.shape)} vs {tuple(current[name].shape)}"
+                   for name, value in weights.items() if name in current and value.shape != current[name].shape]
+        if resized:  # load_state_dict would raise a RuntimeError that names no checkpoint
+            raise ckpt.CheckpointError(f"checkpoint {path}: weights do not fit this model (shape in checkpoint vs "
+                                       f"model: {'; '.join(resized[:5])})")
+        missing, unexpected = self.model.load_state_dict(weights, strict=False)
+        if missing or unexpected:
+            raise ckpt.CheckpointError(f"checkpoint {path}: weights do not fit this model (missing {missing[:5]}, "
+                                       f"unexpected {unexpected[:5]})")
+        if hasattr(self.model, "tie_decoder"):
+            self.model.tie_decoder()
+
+    def _warn_of_resume_differences(self, path: Path, state: dict) -> None:
+        """Resuming with another config, world size or grad_accum than the checkpoint's is allowed, and said."""
         # as saved (JSON: tuples are lists), since a caller's full_config need not come from to_dict
         changed = _config_changes(state.get("config") or {}, json.loads(json.dumps(self.full_config)))
         if changed and self.full_config and self.rank == 0:
@@ -412,15 +429,6 @@ class Trainer:
         if state["micro_batches_done"] != state["step"] * self.cfg.grad_accum:
             log.warning("resuming with grad_accum=%d (checkpoint used a different value): the data position "
                         "follows the step count", self.cfg.grad_accum)
-        self.step = int(state["step"])
-        if self.step >= self.cfg.max_steps and self.rank == 0:
-            log.warning("checkpoint %s is at step %d, not below train.max_steps=%d: no step is taken, and the "
-                        "final model is the checkpoint's weights", path, self.step, self.cfg.max_steps)
-        if path.resolve() == ckpt.checkpoint_dir(self.ckpt_root, self.step).resolve():
-            self.on_disk = self.step
-        if "rng" in data:
-            ckpt.set_rng_state(data["rng"], data["rng_meta"])
-        log.info("resumed from %s at step %d", path, self.step)
 
     def _set_aside_later_checkpoints(self) -> None:
         """Resumed from an older checkpoint than the newest: the later ones belong to the abandoned
