@@ -20,6 +20,7 @@ from .grad_cache import cached_encode
 
 log = logging.getLogger(__name__)
 
+
 def _is_jinabert(folder: Path) -> bool:
     config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
     return config.get("model_type") == JinaBertConfig.model_type or config.get("position_embedding_type") == "alibi"
