@@ -5,6 +5,7 @@ contrastive stages, and the MLM and multi-task batches. The stages learning: tes
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -197,3 +198,39 @@ def test_multitask_draws_unweighted_sources_by_their_size(files, tmp_path):
     assert [len(rows) for _, _, rows in stage.tasks] == [256, 128]
     draws = [stage._schedule(i)[0] for i in range(3000)]
     assert draws.count(0) / draws.count(1) == pytest.approx(2.0, rel=0.1)
+
+
+def test_a_batch_names_its_rows_by_source_and_their_number_there(files, tmp_path):
+    """A NaN report named a batch's rows by their index in all sources read together (after the rows a
+    multi-task source leaves out): no row of any file. Each source now names the numbers of its own rows."""
+    import re
+
+    from bembed.training.multitask import MultitaskStage
+    from bembed.training.pairs import PairStage
+
+    for folder in ("a", "b", "t"):
+        (tmp_path / folder).mkdir()
+    first, second = U.pair_file(tmp_path / "a", n=20, seed=7), U.pair_file(tmp_path / "b", n=30, seed=8)
+    cfg = load_config(PairsRun, None, [f"data.train=[{{path: {first}}}, {{path: {second}}}]",
+                                       *model_overrides(files), *U.train_overrides(tmp_path / "run", 1, batch=40)])
+    stage = PairStage(cfg)
+    batch = stage.batch(0, 0, 1, 40)
+    named = re.findall(r"(\S+) rows \[([\d, ]+)\]", batch.source)
+    assert sorted(path for path, _ in named) == sorted([str(first), str(second)])
+    lines = {path: Path(path).read_text().splitlines() for path, _ in named}
+    queries = {json.loads(lines[path][int(n) - 1])["query"] for path, numbers in named for n in numbers.split(", ")}
+    decoded = {stage.tokenizer.decode(row, skip_special_tokens=True).strip() for row in batch.tensors["q_ids"]}
+    assert decoded == {" ".join(q.split()) for q in queries}
+
+    rows = [json.loads(line) for line in U.triple_file(tmp_path / "t").read_text().splitlines()]
+    rows[0]["negatives"] = []  # left out by a stage that trains with hard negatives: the numbers after it keep
+    triples = U.write_jsonl(tmp_path / "t" / "gaps.jsonl", rows)
+    cfg = load_config(MultitaskRun, None, [f"data.train=[{{path: {triples}}}]", *model_overrides(files),
+                                           *U.train_overrides(tmp_path / "mt", 1, batch=16)])
+    stage = MultitaskStage(cfg)
+    batch = stage.batch(0, 0, 1, 16)
+    numbers = [int(n) for n in re.search(r"rows \[([\d, ]+)\]", batch.source).group(1).split(", ")]
+    assert 1 not in numbers
+    want = {" ".join(rows[n - 1]["query"].split()) for n in numbers}
+    query_ids = batch.tensors["q_ids"]
+    assert {stage.tokenizer.decode(r, skip_special_tokens=True).strip() for r in query_ids} == want

@@ -282,15 +282,15 @@ def test_pairs_and_retrieval_batches_hold_no_duplicate_texts(files, tmp_path):
     multitask = MultitaskStage(load_config(MultitaskRun, None, overrides))
     for stage in (pairs, multitask):
         for index in range(20):
-            # a batch's source ends with the rows it holds
-            picked = [i for rank in (0, 1)
-                      for i in json.loads(stage.batch(index, rank, 2, 4).source.rsplit("rows ", 1)[1])]
+            picked = _picked(stage, index, world=2, size=4)
             assert len({rows[i]["query"] for i in picked}) == 8, (type(stage).__name__, index)
 
 
 def _picked(stage, index, world=1, size=2):
-    """The rows of global micro-batch `index` (a batch's source ends with the rows it holds)."""
-    return [i for rank in range(world) for i in json.loads(stage.batch(index, rank, world, size).source.rsplit("rows ", 1)[1])]
+    """The rows (indices from 0) of global micro-batch `index` of a one-source stage: a batch's source ends with
+    the numbers (from 1) of the rows it holds."""
+    return [n - 1 for rank in range(world)
+            for n in json.loads(stage.batch(index, rank, world, size).source.rsplit("rows ", 1)[1])]
 
 
 def test_multitask_each_task_reads_whole_passes_over_its_rows(files, tmp_path):

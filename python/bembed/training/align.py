@@ -20,7 +20,7 @@ from bembed.st_folder import folder_prompts, folder_usage
 
 from .batching import Batch, epoch_indices, shard
 from .config import AlignRun, ModelConfig
-from .data import read_pair_rows
+from .data import describe_rows, read_pair_rows
 from .encoder import check_max_length, embed, export_encoder, load_encoder, position_limit, tokenize
 
 
@@ -47,7 +47,7 @@ class AlignStage:
         # the teacher reads the English side at most as far as its own position table reaches (as
         # sentence-transformers would cut it): a long-context student may train on longer rows than it takes
         self.teacher_length = min(cfg.model.max_length, position_limit(self.teacher) or cfg.model.max_length)
-        self.rows, self.sources = read_pair_rows(cfg.data.train)
+        self.rows, self.origins = read_pair_rows(cfg.data.train)
         student_prompts = folder_prompts(cfg.model.init_from) if cfg.align.prompts else {}
         teacher_prompts = folder_prompts(cfg.align.teacher) if cfg.align.teacher else student_prompts
         self.prefixes = prompt_turns(student_prompts, teacher_prompts)
@@ -65,7 +65,7 @@ class AlignStage:
         return Batch({"en_ids": s_en["input_ids"], "en_mask": s_en["attention_mask"], "xx_ids": s_xx["input_ids"],
                       "xx_mask": s_xx["attention_mask"], "t_ids": t_en["input_ids"], "t_mask": t_en["attention_mask"]},
                      tokens=int(s_en["attention_mask"].sum() + s_xx["attention_mask"].sum()),
-                     source=f"{sorted({self.sources[i] for i in picked})} rows {picked}")
+                     source=describe_rows(picked, self.origins))
 
     def loss(self, t: dict) -> tuple[torch.Tensor, dict]:
         self.teacher.to(t["t_ids"].device)

@@ -91,12 +91,21 @@ def read_rows(source: Source, kind: str | None = None) -> tuple[str, list[dict]]
     return kind, out
 
 
-def read_pair_rows(sources: list[Source]) -> tuple[list[dict], list[str]]:
-    """All (query, document) rows of the given sources, and beside each row the path of its source (named
-    when a batch's loss turns NaN)."""
-    rows, row_sources = [], []
+def read_pair_rows(sources: list[Source]) -> tuple[list[dict], list[tuple[str, int]]]:
+    """All (query, document) rows of the given sources, and beside each row where it came from: its source's
+    path and its number there (from 1, in the order read), for `describe_rows`."""
+    rows, where = [], []
     for source in sources:
         _, source_rows = read_rows(source, "pairs")
         rows.extend(source_rows)
-        row_sources.extend([source.path] * len(source_rows))
-    return rows, row_sources
+        where.extend((source.path, n) for n in range(1, len(source_rows) + 1))
+    return rows, where
+
+
+def describe_rows(picked, where: list[tuple[str, int]]) -> str:
+    """The rows of a batch as a loss report names them: each source with the numbers of its rows there."""
+    by_source: dict[str, list[int]] = {}
+    for i in picked:
+        path, number = where[i]
+        by_source.setdefault(path, []).append(number)
+    return "; ".join(f"{path} rows {numbers}" for path, numbers in by_source.items())

@@ -42,6 +42,7 @@ class MultitaskStage:
         check_matryoshka_width(mt.matryoshka_dims, getattr(self.model.config, "hidden_size", None),
                               "multitask.matryoshka_dims")
         self.tasks: list[tuple[str, str, list[dict]]] = []
+        self.row_numbers: list[list[int]] = []
         weights = []
         for source in cfg.data.train:
             kind, rows = read_rows(source)
@@ -50,12 +51,15 @@ class MultitaskStage:
             if kind == "sts" and self.sts_loss is None:
                 log.info("sts_loss: none — leaving out %s", source.path)
                 continue
+            numbers = list(range(1, len(rows) + 1))  # each row's number in its source, for loss reports
             if kind == "triples" and mt.num_negatives:
                 before = len(rows)
+                numbers = [n for n, r in zip(numbers, rows) if r["negatives"]]
                 rows = [r for r in rows if r["negatives"]]
                 if len(rows) < before:
                     log.info("%s: %d rows without negatives left out", source.path, before - len(rows))
             self.tasks.append(("sts" if kind == "sts" else "retrieval", source.path, rows))
+            self.row_numbers.append(numbers)
             weights.append(source.weight if source.weight is not None else float(len(rows)))
         if not self.tasks:
             raise ValueError("data.train: no retrieval or STS source left to train on")
@@ -108,7 +112,7 @@ class MultitaskStage:
         picked = shard(picked, rank, world)
         chosen = [rows[i] for i in picked]
         mt, length = self.cfg.multitask, self.cfg.model.max_length
-        source = f"{kind} {path} rows {picked}"
+        source = f"{kind} {path} rows {[self.row_numbers[task][i] for i in picked]}"
         if kind == "sts":
             a = tokenize(self.tokenizer, [r["sentence1"] for r in chosen], length)
             b = tokenize(self.tokenizer, [r["sentence2"] for r in chosen], length)

@@ -14,7 +14,7 @@ import bembed_ext
 
 from .batching import Batch, DistinctBatches, shard
 from .config import PairsRun
-from .data import read_pair_rows
+from .data import describe_rows, read_pair_rows
 from .encoder import check_max_length, embed, export_encoder, load_encoder, stage_prompts, tokenize
 from .losses import check_matryoshka_width, matryoshka_mean
 
@@ -34,7 +34,7 @@ class PairStage:
         # a composite config (text_config) may have no hidden_size: the first batch then checks the width
         check_matryoshka_width(cfg.pairs.matryoshka_dims, getattr(self.model.config, "hidden_size", None),
                               "pairs.matryoshka_dims")
-        self.rows, self.sources = read_pair_rows(cfg.data.train)
+        self.rows, self.origins = read_pair_rows(cfg.data.train)
         self.batches = None
 
     def batch(self, index: int, rank: int, world: int, size: int) -> Batch:
@@ -49,7 +49,7 @@ class PairStage:
         tokens = int(q["attention_mask"].sum() + d["attention_mask"].sum())
         return Batch({"q_ids": q["input_ids"], "q_mask": q["attention_mask"], "d_ids": d["input_ids"],
                       "d_mask": d["attention_mask"]}, tokens=tokens,
-                     source=f"{sorted({self.sources[i] for i in picked})} rows {picked}")
+                     source=describe_rows(picked, self.origins))
 
     def loss(self, t: dict) -> tuple[torch.Tensor, dict]:
         p = self.cfg.pairs
