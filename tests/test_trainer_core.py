@@ -14,6 +14,7 @@ from bembed.training import checkpoint as ckpt
 from bembed.training import trainer as trainer_module
 from bembed.training.batching import Batch
 from bembed.training.config import to_dict
+from bembed.training.metrics import read_metrics
 from bembed.training.trainer import NonFiniteLossError, Trainer
 
 import training_utils as U
@@ -164,8 +165,8 @@ def test_ctrl_c_between_a_steps_update_and_its_record_keeps_the_record(files, tm
     assert [p.name for p in ckpt.list_checkpoints(tmp_path / "cut" / "checkpoints")] == ["step-00000003"]
     stage, cfg = mlm_run(files, tmp_path / "cut", 5)
     fit(stage, cfg, resume="latest")
-    records = trainer_module.read_metrics(tmp_path / "cut" / "metrics.jsonl")
-    straight = trainer_module.read_metrics(tmp_path / "straight" / "metrics.jsonl")
+    records = read_metrics(tmp_path / "cut" / "metrics.jsonl")
+    straight = read_metrics(tmp_path / "straight" / "metrics.jsonl")
     assert sorted(records) == [1, 2, 3, 4, 5]
     assert [records[s]["loss"] for s in records] == [straight[s]["loss"] for s in records]
 
@@ -218,8 +219,8 @@ def test_a_repeated_stop_signal_is_one_request_and_only_a_later_ctrl_c_stops_at_
     import os
     import signal
 
-    from bembed.training import trainer as trainer_module
-    from bembed.training.trainer import agreed_sigint, sigterm_as_sigint
+    from bembed.training import stop_signals
+    from bembed.training.stop_signals import agreed_sigint, sigterm_as_sigint
 
     with sigterm_as_sigint(), agreed_sigint() as requests:
         try:
@@ -228,7 +229,7 @@ def test_a_repeated_stop_signal_is_one_request_and_only_a_later_ctrl_c_stops_at_
         except KeyboardInterrupt:
             pytest.fail("a repeated stop signal was taken for 'Ctrl-C again: stop now'")
         assert len(requests) == 1
-        monkeypatch.setattr(trainer_module, "REPEAT_GRACE_S", 0.0)
+        monkeypatch.setattr(stop_signals, "REPEAT_GRACE_S", 0.0)
         os.kill(os.getpid(), signal.SIGTERM)  # a notice repeated late still asks for the checkpoint
         with pytest.raises(KeyboardInterrupt):  # a Ctrl-C well after the first is the user insisting
             os.kill(os.getpid(), signal.SIGINT)

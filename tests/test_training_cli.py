@@ -64,8 +64,9 @@ def test_resume_auto_starts_a_fresh_folder_and_continues_a_started_one(tmp_path,
 def test_a_full_disk_while_saving_exits_1_with_one_line_and_the_run_continues(tmp_path, caplog, monkeypatch):
     import errno
 
-    import bembed.training.trainer as trainer_module
     import safetensors.torch
+
+    from bembed.training.metrics import read_metrics
 
     pairs = tmp_path / "pairs.yaml"
     pairs.write_text(f"model:\n  tokenizer: {U.tokenizer_dir(tmp_path)}\n  max_length: 24\n"
@@ -86,7 +87,7 @@ def test_a_full_disk_while_saving_exits_1_with_one_line_and_the_run_continues(tm
     assert [p.name for p in (out / "checkpoints").iterdir() if not p.name.startswith(".")] == ["step-00000002"]
     monkeypatch.undo()
     assert main(args) == 0 and (out / "final" / "model.safetensors").is_file()
-    assert trainer_module.read_metrics(out / "metrics.jsonl").keys() == {1, 2, 3, 4, 5}
+    assert read_metrics(out / "metrics.jsonl").keys() == {1, 2, 3, 4, 5}
 
 
 def test_cli_exit_codes(tmp_path, caplog):

@@ -431,7 +431,7 @@ def plot_losses(settings: Settings, png: Path) -> dict:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from bembed.training.trainer import plot_loss_columns, read_metrics
+    from bembed.training.metrics import plot_loss_columns, read_metrics
 
     fig, axes = plt.subplots(1, len(TRAINING_STAGES), figsize=(5 * len(TRAINING_STAGES), 3.6))
     for ax, stage in zip(axes, TRAINING_STAGES):

@@ -61,7 +61,7 @@ def run(args) -> int:
     except ValueError as exc:
         print(exc)
         return 2
-    from bembed.training.trainer import sigterm_as_sigint
+    from bembed.training.stop_signals import sigterm_as_sigint
 
     try:
         with sigterm_as_sigint():  # `kill` or a scheduler ends the job like Ctrl-C: its time counts, it resumes

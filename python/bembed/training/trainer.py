@@ -1,6 +1,7 @@
 """The trainer core every stage shares: device, bf16 autocast on GPU, gradient accumulation, clipping,
-AdamW with linear warm-up and linear decay, tqdm progress, jsonl metrics, a loss-curve PNG, atomic
-checkpoints with exact resume, Ctrl-C → checkpoint, NaN/inf → stop, and data parallelism under torchrun.
+AdamW with linear warm-up and linear decay, tqdm progress, jsonl metrics and a loss-curve PNG (metrics.py),
+atomic checkpoints with exact resume (checkpoint.py), Ctrl-C → checkpoint (stop_signals.py), NaN/inf → stop,
+and data parallelism under torchrun.
 
 A stage supplies `model` (the trained nn.Module), `batch(index, rank, world, size) -> Batch` (rank-local
 micro-batch `index` of `size` rows) and `loss(tensors) -> (loss, metrics)`, plus `export(folder)`, and
@@ -19,20 +20,20 @@ import json
 import logging
 import math
 import os
-import signal
-import threading
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
 from bembed.data.provenance import record_training_data
-from bembed.files import replacing_folder, save_figure_atomic, write_text_atomic
+from bembed.files import replacing_folder, write_text_atomic
 
 from . import checkpoint as ckpt
 from .config import TrainConfig
+from .metrics import plot_losses, read_metrics
+from .stop_signals import StepInterrupted, agreed_sigint, deferred_sigint, held_stop_signals, sigterm_as_sigint
 
 log = logging.getLogger(__name__)
 
@@ -68,93 +69,6 @@ def lr_factor(step: int, warmup: int, total: int) -> float:
     if step < warmup:
         return (step + 1) / warmup
     return max(0.0, (total - step) / max(1, total - warmup))
-
-
-class StepInterrupted(KeyboardInterrupt):
-    """Ctrl-C during an optimizer update (or, under torchrun, reported by any rank during the step), raised
-    once the step is complete, with that step's metrics: `fit` logs the step (and writes a checkpoint due at
-    it) before it stops, so metrics.jsonl has every step."""
-
-    def __init__(self, metrics: dict):
-        super().__init__()
-        self.metrics = metrics
-
-
-@contextmanager
-def deferred_sigint():
-    """Hold Ctrl-C (SIGINT) while the block runs; yields a list that is non-empty once one came. An interrupted
-    optimizer update would leave half-updated weights for the Ctrl-C checkpoint to save under the old step."""
-    caught = []
-    if threading.current_thread() is not threading.main_thread():  # signals only reach the main thread
-        yield caught
-        return
-    previous = signal.signal(signal.SIGINT, lambda *_: caught.append(True))
-    try:
-        yield caught
-    finally:
-        signal.signal(signal.SIGINT, previous)
-
-
-@contextmanager
-def sigterm_as_sigint():
-    """SIGTERM (a scheduler's preemption notice, `kill`, torchrun passing its own on) is taken as Ctrl-C while
-    the block runs: it goes to whichever SIGINT handler is in place, so the step finishes and a checkpoint is
-    written, instead of the process dying with everything since the last periodic checkpoint."""
-    if threading.current_thread() is not threading.main_thread():  # signals only reach the main thread
-        yield
-        return
-
-    def as_sigint(signum, frame):
-        handler = signal.getsignal(signal.SIGINT)
-        if callable(handler):
-            handler(signum, frame)  # SIGTERM, so that held_stop_signals can tell a repeat from a Ctrl-C
-        elif handler != signal.SIG_IGN:
-            raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, as_sigint)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-# A stop signal within this long of the first is the same request: one preemption often arrives twice (the
-# scheduler signals every process of the job, and torchrun forwards its own copy milliseconds later).
-REPEAT_GRACE_S = 2.0
-
-
-@contextmanager
-def held_stop_signals(message: str):
-    """Inside the block the first SIGINT (or SIGTERM, under sigterm_as_sigint) is recorded in the yielded list
-    and `message` logged; a later SIGINT, more than REPEAT_GRACE_S after it, raises KeyboardInterrupt (the
-    user insists); a repeated SIGTERM never does (a scheduler repeating its notice wants the checkpoint)."""
-    requests = []
-    if threading.current_thread() is not threading.main_thread():  # signals only reach the main thread
-        yield requests
-        return
-
-    def request(signum, _frame):
-        now = time.monotonic()
-        if not requests:
-            requests.append(now)
-            log.warning("%s", message)
-        elif signum == signal.SIGINT and now - requests[0] > REPEAT_GRACE_S:
-            raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGINT, request)
-    try:
-        yield requests
-    finally:
-        signal.signal(signal.SIGINT, previous)
-
-
-def agreed_sigint():
-    """Ctrl-C under torchrun (which passes one SIGINT to every worker): a rank that stopped where the signal
-    found it would leave the others waiting in a collective, and no checkpoint would be written. Inside this
-    block a stop signal is only recorded; the ranks add their records up in each step's all-reduce and all stop
-    after the same step, then save. A second Ctrl-C (not a repeated notice) raises KeyboardInterrupt at once."""
-    return held_stop_signals("Ctrl-C: every rank stops after this step and writes a checkpoint (Ctrl-C again: "
-                             "stop now)")
 
 
 class StageLoss(torch.nn.Module):
@@ -562,51 +476,3 @@ class Trainer:
             if bar is None:
                 log.info("step %d loss %.4f lr %.2e tok/s %.0f", self.step, metrics["loss"], metrics["lr"],
                          metrics["tokens_per_s"])
-
-
-def read_metrics(path: Path) -> dict[int, dict]:
-    """The records of a metrics.jsonl by step (a resumed run rewrites steps: the last record wins); a line
-    torn by a kill mid-write is skipped with a warning."""
-    records: dict[int, dict] = {}
-    for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
-        if line.strip():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                log.warning("%s:%d: not a complete record (a write cut short by a kill?); skipped", path, number)
-                continue
-            records[record["step"]] = record
-    return records
-
-
-def plot_losses(metrics_path: Path, png_path: Path) -> Path | None:
-    """Plot every loss-like column of metrics.jsonl against the step (the last record of a step wins, so
-    a resumed run draws one curve). Skips with a log line when matplotlib is missing."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        log.info("matplotlib is not installed: no loss plot (metrics are in %s)", metrics_path)
-        return None
-    if not Path(metrics_path).is_file():
-        return None
-    fig, ax = plt.subplots(figsize=(7, 4))
-    plot_loss_columns(ax, read_metrics(metrics_path))
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss")
-    ax.legend()
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    save_figure_atomic(fig, png_path, dpi=100)
-    plt.close(fig)
-    return Path(png_path)
-
-
-def plot_loss_columns(ax, records: dict[int, dict]) -> None:
-    """Each column of `records` (read_metrics) whose name holds "loss", against the step, labelled by name."""
-    steps = sorted(records)
-    for key in sorted({k for r in records.values() for k in r if "loss" in k}):
-        points = [(s, records[s][key]) for s in steps if key in records[s]]
-        ax.plot([p[0] for p in points], [p[1] for p in points], label=key)
