@@ -249,8 +249,9 @@ def stage_config(settings: Settings, stage: str, data_root: str, model_from: str
 
 
 def _fill(text: str | None, fills: dict[str, str]) -> str | None:
-    for name, value in fills.items():
-        text = text.replace(name, value) if text else text
+    if text:
+        for name, value in fills.items():
+            text = text.replace(name, value)
     return text
 
 

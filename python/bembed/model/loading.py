@@ -118,8 +118,9 @@ def load_pretrained(cls, folder, *, config: JinaBertConfig | None = None, dtype=
         config.qk_layer_norm = True
 
     model = cls(config)
-    read, (state, missing, unexpected) = state, match_state_dict(state, model)
-    left_out = _parts(read) - _parts(state) - _parts(unexpected)
+    matched, missing, unexpected = match_state_dict(state, model)
+    left_out = _parts(state) - _parts(matched) - _parts(unexpected)
+    state = matched
     if left_out:  # a base model from an MLM checkpoint: expected, but said, as transformers says it
         logger.info("%s: the checkpoint's %s left out (%s has no such part)", folder,
                     ", ".join(f"{part}.*" for part in sorted(left_out)), cls.__name__)
