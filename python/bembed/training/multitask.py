@@ -22,7 +22,7 @@ from bembed_ext.distributed import all_gather_rows
 
 from .batching import Batch, DistinctBatches, epoch_indices, generator, shard
 from .config import MultitaskRun
-from .data import read_rows
+from .data import describe_rows, read_rows
 from .encoder import check_max_length, embed, export_encoder, load_encoder, stage_prompts, tokenize
 from .losses import check_matryoshka_width, matryoshka_mean, sts_loss
 from .pairs import gathering
@@ -42,7 +42,7 @@ class MultitaskStage:
         check_matryoshka_width(mt.matryoshka_dims, getattr(self.model.config, "hidden_size", None),
                               "multitask.matryoshka_dims")
         self.tasks: list[tuple[str, str, list[dict]]] = []
-        self.row_numbers: list[list[int]] = []
+        self.origins: list[list[tuple[str, int]]] = []  # per task, each row's (source, number there)
         weights = []
         for source in cfg.data.train:
             kind, rows = read_rows(source)
@@ -51,15 +51,15 @@ class MultitaskStage:
             if kind == "sts" and self.sts_loss is None:
                 log.info("sts_loss: none — leaving out %s", source.path)
                 continue
-            numbers = list(range(1, len(rows) + 1))  # each row's number in its source, for loss reports
+            origins = [(source.path, n) for n in range(1, len(rows) + 1)]
             if kind == "triples" and mt.num_negatives:
                 before = len(rows)
-                numbers = [n for n, r in zip(numbers, rows) if r["negatives"]]
+                origins = [o for o, r in zip(origins, rows) if r["negatives"]]
                 rows = [r for r in rows if r["negatives"]]
                 if len(rows) < before:
                     log.info("%s: %d rows without negatives left out", source.path, before - len(rows))
             self.tasks.append(("sts" if kind == "sts" else "retrieval", source.path, rows))
-            self.row_numbers.append(numbers)
+            self.origins.append(origins)
             weights.append(source.weight if source.weight is not None else float(len(rows)))
         if not self.tasks:
             raise ValueError("data.train: no retrieval or STS source left to train on")
@@ -104,7 +104,7 @@ class MultitaskStage:
 
     def batch(self, index: int, rank: int, world: int, size: int) -> Batch:
         task, position = self._schedule(index)
-        kind, path, rows = self.tasks[task]
+        kind, _, rows = self.tasks[task]
         if kind == "sts":
             picked = epoch_indices(len(rows), size * world, position, self.cfg.train.seed + task)
         else:
@@ -112,7 +112,7 @@ class MultitaskStage:
         picked = shard(picked, rank, world)
         chosen = [rows[i] for i in picked]
         mt, length = self.cfg.multitask, self.cfg.model.max_length
-        source = f"{kind} {path} rows {[self.row_numbers[task][i] for i in picked]}"
+        source = f"{kind} {describe_rows(picked, self.origins[task])}"
         if kind == "sts":
             a = tokenize(self.tokenizer, [r["sentence1"] for r in chosen], length)
             b = tokenize(self.tokenizer, [r["sentence2"] for r in chosen], length)
