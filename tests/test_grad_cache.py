@@ -249,7 +249,7 @@ def test_a_stage_trains_the_same_with_grad_cache(files, tmp_path, name):
     else:
         stage_class, run = MultitaskStage, MultitaskRun
         data = [f"data.train=[{{path: {files['triples']}}}, {{path: {files['sts']}}}]", "multitask.num_negatives=2",
-                "train.seed=2"]  # a seed that draws both tasks in 2 steps
+                "train.seed=4"]  # a seed that draws both tasks in 2 steps
     plain_history, plain, plain_rows = _weights_after(stage_class, run, files, tmp_path / "plain", data)
     cached_history, cached, cached_rows = _weights_after(stage_class, run, files, tmp_path / "cached",
                                                          [*data, f"{name}.grad_cache_chunk=3"])

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from bembed.cli import main
+from bembed.training.batching import DATA_ORDER
 
 import training_utils as U
 
@@ -44,7 +45,8 @@ def test_pretrain_then_pairs_through_the_cli(tmp_path, caplog):
 def test_resume_auto_starts_a_fresh_folder_and_continues_a_started_one(tmp_path, caplog):
     """No command line could both start and continue a job (torchrun --max-restarts re-runs the same argv; a
     requeued job too): without --resume a folder with checkpoints is refused, and --resume latest on an empty
-    one exits 1. A checkpoint of another world size resumes with a warning that it is not an exact replay."""
+    one exits 1. A checkpoint of another world size, or saved by a bembed with another data order, resumes with a
+    warning that it is not an exact replay."""
     caplog.set_level(logging.INFO)
     pairs = tmp_path / "pairs.yaml"
     pairs.write_text(f"model:\n  tokenizer: {U.tokenizer_dir(tmp_path)}\n  max_length: 24\n"
@@ -54,11 +56,13 @@ def test_resume_auto_starts_a_fresh_folder_and_continues_a_started_one(tmp_path,
     assert main(["pairs", "--config", str(pairs), *U.train_overrides(out, 2), "--resume", "auto"]) == 0
     assert "no checkpoint" in caplog.text and (out / "checkpoints" / "step-00000002").is_dir()
     state = out / "checkpoints" / "step-00000002" / "state.json"
-    state.write_text(json.dumps({**json.loads(state.read_text()), "world_size": 2}))
+    assert json.loads(state.read_text())["data_order"] == DATA_ORDER
+    state.write_text(json.dumps({**json.loads(state.read_text()), "world_size": 2, "data_order": DATA_ORDER - 1}))
     caplog.clear()
     assert main(["pairs", "--config", str(pairs), *U.train_overrides(out, 3), "--resume", "auto"]) == 0
     assert "resumed from" in caplog.text and (out / "checkpoints" / "step-00000003").is_dir()
     assert "resuming a checkpoint of 2 rank(s) with 1" in caplog.text
+    assert f"another order (data order {DATA_ORDER - 1}, now {DATA_ORDER})" in caplog.text
 
 
 def test_a_full_disk_while_saving_exits_1_with_one_line_and_the_run_continues(tmp_path, caplog, monkeypatch):

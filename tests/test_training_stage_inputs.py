@@ -187,6 +187,31 @@ def test_mlm_batches_mask_padding_draw_no_special_token_and_cover_each_language(
         assert len(seen[group]) == len(set(seen[group])) == per_epoch[group] * 8, group
 
 
+def test_no_two_tasks_or_language_groups_read_their_rows_in_one_order(files, tmp_path):
+    """(Module review.) Every retrieval task shuffled its epochs with the stream the task draws used, so two
+    retrieval sources of one size read their rows in the same order (batch k of one held the rows at the places
+    of batch k of the other: pairs of parallel files came as translations of each other), and so did MLM
+    language groups of one size. Each task and each group has its own stream now."""
+    from bembed.training.multitask import MultitaskStage
+
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+    first, second = U.pair_file(tmp_path / "a", n=64, seed=7), U.pair_file(tmp_path / "b", n=64, seed=8)
+    cfg = load_config(MultitaskRun, None, [f"data.train=[{{path: {first}}}, {{path: {second}}}]",
+                                           *model_overrides(files), *U.train_overrides(tmp_path / "mt", 1, batch=16)])
+    stage = MultitaskStage(cfg)
+    assert [len(rows) for _, _, rows in stage.tasks] == [64, 64]
+    orders = [[stage.batches[task](k) for k in range(3)] for task in (0, 1)]
+    assert orders[0] != orders[1]
+    assert orders[0] == [MultitaskStage(cfg).batches[0](k) for k in range(3)]  # still a function of the seed
+
+    stage, _ = mlm_run(files, tmp_path / "mlm", 1, "train.batch_size=8")
+    assert len(stage.groups) == 2
+    stage.sequences = {group: stage.sequences[stage.groups[0]] for group in stage.groups}  # one size for both
+    picked = [stage.batch(index, 0, 1, 8).source.split("sequences ")[1] for index in (0, 1)]
+    assert picked[0] != picked[1]
+
+
 def test_multitask_draws_unweighted_sources_by_their_size(files, tmp_path):
     """(Mutation review.) Without `weight`, a source is drawn in proportion to its rows: 256 pairs against
     128 triples come 2:1 (a weight of 1 each would draw them 1:1)."""

@@ -309,6 +309,22 @@ def test_lr_schedule_warmup_then_linear_decay():
     assert factors[4:] == pytest.approx([1.0, 5 / 6, 4 / 6, 3 / 6, 2 / 6, 1 / 6])
 
 
+def test_each_stream_of_a_seed_is_its_own():
+    """A stream is named by its keys: the same keys give the same numbers, any other keys (reordered, or of
+    another length) others; an epoch's shuffle reads its stage's stream."""
+    def draw(*keys):
+        return torch.randint(0, 2**31, (4,), generator=batching.generator(0, *keys)).tolist()
+
+    assert draw("task", 0, 1) == draw("task", 0, 1)
+    streams = [draw(*keys) for keys in [("task", 0, 1), ("task", 1, 0), ("task", 0), ("task draw", 0, 1), (0, 1)]]
+    assert len({tuple(s) for s in streams}) == len(streams)
+    assert draw() != torch.randint(0, 2**31, (4,), generator=batching.generator(1)).tolist()
+    assert batching.epoch_indices(40, 8, 0, 5, ("a",)) == batching.epoch_indices(40, 8, 0, 5, ("a",))
+    assert batching.epoch_indices(40, 8, 0, 5, ("a",)) != batching.epoch_indices(40, 8, 0, 5, ("b",))
+    texts = [(f"q{i}", f"d{i}") for i in range(40)]
+    assert batching.DistinctBatches(texts, 8, 5, stream=("a",))(0) != batching.DistinctBatches(texts, 8, 5)(0)
+
+
 def test_distinct_batches_share_no_text_and_are_a_pure_function_of_the_index():
     """Duplicate texts in an InfoNCE batch are false negatives: no two rows of a batch may share one, and
     batch i must not depend on which batches were drawn before (resume reads batch i directly)."""

@@ -53,7 +53,8 @@ class AlignStage:
         self.prefixes = prompt_turns(student_prompts, teacher_prompts)
 
     def batch(self, index: int, rank: int, world: int, size: int) -> Batch:
-        picked = shard(epoch_indices(len(self.rows), size * world, index, self.cfg.train.seed), rank, world)
+        rows = epoch_indices(len(self.rows), size * world, index, self.cfg.train.seed, stream=("align",))
+        picked = shard(rows, rank, world)
         # a row's prompt changes from batch to batch, deterministically (a resumed run draws the same)
         prefixes = [self.prefixes[(i + index) % len(self.prefixes)] for i in picked]
         en = [student + self.rows[i]["query"] for i, (student, _) in zip(picked, prefixes)]

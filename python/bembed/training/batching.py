@@ -3,12 +3,14 @@
 Every micro-batch is a pure function of (seed, micro-batch index): the data position saved in a
 checkpoint is one integer, resume needs no sampler state, and under N ranks each rank takes its
 contiguous share of the same global micro-batch (rank r gets rows [r·b, (r+1)·b)) — what a DistributedSampler
-does, without ever letting ranks disagree about the global batch.
+does, without ever letting ranks disagree about the global batch. Each random choice reads its own named stream
+(`generator`): a task draw, one task's epochs and another's never share numbers.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from collections import deque
 
 import torch
@@ -28,22 +30,28 @@ class Batch:
     weight: float = 1.0
 
 
-def generator(seed: int, *keys: int) -> torch.Generator:
-    """A CPU generator seeded from seed and keys (independent streams per key tuple)."""
-    value = seed
-    for key in keys:
-        value = (value * 1_000_003 + key + 1) % (2**63 - 1)
-    return torch.Generator().manual_seed(value)
+# The version of the data order: a checkpoint saved under another reads other rows after a resume (said then).
+# 2: streams named by a hash of their keys (1 shared one stream between the multi-task draws and every
+# retrieval task's epochs, and between equal-sized MLM language groups).
+DATA_ORDER = 2
 
 
-def epoch_indices(n: int, size: int, index: int, seed: int) -> list[int]:
-    """Rows of global micro-batch `index` of `size` rows: epochs are fresh permutations of the n rows,
-    each cut into n // size batches (the remainder of an epoch is dropped so batch shapes stay equal)."""
+def generator(seed: int, *keys: int | str) -> torch.Generator:
+    """A CPU generator for the stream that `keys` name under `seed`. Seeded from a hash of the whole tuple, so
+    that different tuples — ("task", 1, 0) and ("task", 0, 1), or keys of different lengths — are independent."""
+    digest = hashlib.blake2b(repr((seed, *keys)).encode(), digest_size=8).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest, "little") >> 1)
+
+
+def epoch_indices(n: int, size: int, index: int, seed: int, stream: tuple = ()) -> list[int]:
+    """Rows of global micro-batch `index` of `size` rows: epochs are fresh permutations of the n rows (epoch e
+    from stream (*stream, e)), each cut into n // size batches (the remainder of an epoch is dropped so batch
+    shapes stay equal)."""
     if n < size:
         raise ValueError(f"the data has {n} rows, fewer than one global micro-batch of {size}")
     per_epoch = n // size
     epoch, k = divmod(index, per_epoch)
-    perm = torch.randperm(n, generator=generator(seed, epoch))
+    perm = torch.randperm(n, generator=generator(seed, *stream, epoch))
     return perm[k * size:(k + 1) * size].tolist()
 
 
@@ -72,11 +80,13 @@ class DistinctBatches:
     permutation of the rows; a row that clashes with the batch being filled waits for the next one, and what
     is left at the end is dropped, so epochs hold different numbers of batches (the greedy fill can even leave
     a later epoch none: it is skipped). Batch `index` is still a pure function of (seed, index): epochs are
-    laid out in order (the batch counts are kept; only the current epoch's layout). The first call raises
-    ValueError when the first epoch has no full batch, so a stage checks its data by calling it once."""
+    laid out in order (the batch counts are kept; only the current epoch's layout); epoch e is shuffled by
+    stream (*stream, e). The first call raises ValueError when the first epoch has no full batch, so a stage
+    checks its data by calling it once."""
 
-    def __init__(self, texts: list[tuple], size: int, seed: int, shared: list[tuple] | None = None):
-        self.texts, self.size, self.seed, self.shared = texts, size, seed, shared
+    def __init__(self, texts: list[tuple], size: int, seed: int, shared: list[tuple] | None = None,
+                 stream: tuple = ()):
+        self.texts, self.size, self.seed, self.shared, self.stream = texts, size, seed, shared, stream
         self.counts: list[int] = []
         self.epoch, self.batches = -1, []
 
@@ -84,7 +94,8 @@ class DistinctBatches:
         if len(self.texts) < self.size:  # not a matter of repeated texts: say what it is
             raise ValueError(f"the data has {len(self.texts)} rows, fewer than one global micro-batch of {self.size}")
         if epoch != self.epoch:
-            rows = deque(torch.randperm(len(self.texts), generator=generator(self.seed, epoch)).tolist())
+            shuffle = generator(self.seed, *self.stream, epoch)
+            rows = deque(torch.randperm(len(self.texts), generator=shuffle).tolist())
             self.batches = []
             while len(batch := first_distinct(rows, self.texts, self.size, self.shared)) == self.size:
                 self.batches.append(batch)

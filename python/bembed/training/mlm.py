@@ -110,7 +110,7 @@ class MLMStage:
         group = self.groups[index % len(self.groups)]
         try:
             rows = epoch_indices(len(self.sequences[group]), size * world, index // len(self.groups),
-                                 self.cfg.train.seed)
+                                 self.cfg.train.seed, stream=("mlm rows", group))
         except ValueError as exc:
             raise ValueError(f"the {group!r} sequences: {exc}") from None
         positions = shard(list(range(len(rows))), rank, world)
@@ -127,7 +127,7 @@ class MLMStage:
         for i, p in enumerate(positions):
             m, lab = whole_word_mask(input_ids[i], words[i], mask_prob=self.cfg.mlm.mask_prob,
                                      mask_id=self.tokenizer.mask_token_id, random_ids=self.random_ids,
-                                     generator=generator(self.cfg.train.seed, index, p))
+                                     generator=generator(self.cfg.train.seed, "mlm mask", index, p))
             masked.append(m)
             labels.append(lab)
         labels = torch.stack(labels)

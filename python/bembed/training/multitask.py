@@ -5,8 +5,9 @@ proportional to the task's size (or its configured `weight`):
   sts (sentence1, sentence2, score): `sts_loss` — negative Pearson (default), MSE or CoSENT — on the
             cosines of the pairs over the global micro-batch; `none` leaves STS data out (the paper's ablation).
 One shared encoder, no task heads. The task and rows of micro-batch i depend only on (seed, i): micro-batch i
-draws its task from (seed, i), and each task reads its own stream of batches in order (epochs of shuffled
-rows; duplicate-free batches for retrieval), so every row of a small task comes round once before any repeats.
+draws its task from stream (seed, "task draw", i), and task t reads its own batches in order (epochs of rows
+shuffled by stream (seed, "task", t, epoch); duplicate-free batches for retrieval), so every row of a small task
+comes round once before any repeats, and no two tasks share a row order.
 """
 
 from __future__ import annotations
@@ -75,13 +76,13 @@ class MultitaskStage:
         # Retrieval batches hold no repeated query or document (a false in-batch negative), as in `pairs`; the
         # batches are checked here, not when the sampler first draws the task mid-run.
         self.batches = []
-        for kind, path, rows in self.tasks:
+        for task, (kind, path, rows) in enumerate(self.tasks):
             if kind == "sts":
                 self.batches.append(None)
                 continue
             texts = [(r["query"], r.get("positive", r.get("document"))) for r in rows]
             negatives = [tuple(r.get("negatives", ())[:mt.num_negatives]) for r in rows]
-            self.batches.append(DistinctBatches(texts, micro, cfg.train.seed, shared=negatives))
+            self.batches.append(DistinctBatches(texts, micro, cfg.train.seed, shared=negatives, stream=("task", task)))
             try:
                 self.batches[-1](0)
             except ValueError as exc:
@@ -95,7 +96,7 @@ class MultitaskStage:
         the draws): the rest of the pass would never be seen. A resume at micro-batch N replays N draws
         (~30 µs each), once."""
         while len(self._task) <= index:
-            g = generator(self.cfg.train.seed, len(self._task))
+            g = generator(self.cfg.train.seed, "task draw", len(self._task))
             task = int(torch.multinomial(self.weights, 1, generator=g))
             self._task.append(task)
             self._position.append(self._drawn[task])
@@ -106,7 +107,7 @@ class MultitaskStage:
         task, position = self._schedule(index)
         kind, _, rows = self.tasks[task]
         if kind == "sts":
-            picked = epoch_indices(len(rows), size * world, position, self.cfg.train.seed + task)
+            picked = epoch_indices(len(rows), size * world, position, self.cfg.train.seed, stream=("task", task))
         else:
             picked = self.batches[task](position)
         picked = shard(picked, rank, world)

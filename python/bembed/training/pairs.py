@@ -41,7 +41,7 @@ class PairStage:
         p = self.cfg.pairs
         if self.batches is None or self.batches.size != size * world:
             texts = [(r["query"], r["document"]) for r in self.rows]
-            self.batches = DistinctBatches(texts, size * world, self.cfg.train.seed)
+            self.batches = DistinctBatches(texts, size * world, self.cfg.train.seed, stream=("pairs",))
         picked = shard(self.batches(index), rank, world)
         rows = [self.rows[i] for i in picked]
         q = tokenize(self.tokenizer, [p.query_prefix + r["query"] for r in rows], self.cfg.model.max_length)

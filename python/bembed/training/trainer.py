@@ -31,6 +31,7 @@ from bembed.data.provenance import record_training_data
 from bembed.files import replacing_folder, write_text_atomic
 
 from . import checkpoint as ckpt
+from .batching import DATA_ORDER
 from .config import TrainConfig
 from .metrics import plot_losses, read_metrics
 from .stop_signals import StepInterrupted, agreed_sigint, deferred_sigint, held_stop_signals, sigterm_as_sigint
@@ -279,7 +280,7 @@ class Trainer:
                 "schedule": {"kind": "linear_warmup_linear_decay", "lr": self.cfg.lr,
                              "warmup_steps": self.cfg.warmup_steps, "max_steps": self.cfg.max_steps},
                 "optimizer": opt_meta, "world_size": self.world, "stage": type(self.stage).__name__,
-                "config": self.full_config})
+                "data_order": DATA_ORDER, "config": self.full_config})
         self._barrier()
         if self.rank == 0:
             final = ckpt.finalize(self.ckpt_root, self.step, self.cfg.keep_last)
@@ -340,6 +341,11 @@ class Trainer:
             log.warning("resuming a checkpoint of %d rank(s) with %d: each step takes the same global batch, but "
                         "the ranks' dropout RNG streams are not the saved ones, so the run does not replay an "
                         "uninterrupted %d-rank run exactly", saved_world, self.world, saved_world)
+        saved_order = int(state.get("data_order", 1))
+        if saved_order != DATA_ORDER and self.rank == 0:
+            log.warning("checkpoint %s was saved by a bembed that read the data in another order (data order %d, "
+                        "now %d): the resumed run reads other rows than the saved run would have", path, saved_order,
+                        DATA_ORDER)
         if state["micro_batches_done"] != state["step"] * self.cfg.grad_accum:
             log.warning("resuming with grad_accum=%d (checkpoint used a different value): the data position "
                         "follows the step count", self.cfg.grad_accum)
