@@ -99,6 +99,19 @@ def test_retrieval_passes_query_and_document_prompts():
     assert set(recorder.prompts) == {None}
 
 
+def test_a_title_on_several_rows_is_one_query_with_each_page_relevant():
+    """(Module review.) A user's file merged a repeated query, the built split's task made one query per row:
+    each copy then counted the other's page as a miss. Both merge now."""
+    rows = [{"query": e, "positive": e + " " + d, "negatives": [], "query_lang": "en", "doc_lang": "en"}
+            for e, d in zip(EN, DE)]
+    rows.append({**rows[0], "positive": "another page on " + EN[0]})
+    task = retrieval_task(rows, "en", "en", TaskSizes())
+    task.load_data()
+    split = task.dataset["default"]["test"]
+    assert len(split["queries"]) == 5 and len(split["corpus"]) == 6
+    assert [len(split["relevant_docs"][f"q{i}"]) for i in range(5)] == [2, 1, 1, 1, 1]
+
+
 def _help_pages(texts, apps=("scalc", "swriter")):
     """Test-split documents of mono_<lang>: a help page per (text, application), plus pages of no application."""
     pages = [{"doc_id": f"lo-help:{app}/01/p{i}.html", "source": "libreoffice-help", "title": t, "text": t}

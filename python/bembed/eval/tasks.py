@@ -140,15 +140,27 @@ def _doc_id(text: str) -> str:
 
 
 def retrieval_task(rows: list[dict], query_lang: str, doc_lang: str, sizes: TaskSizes):
-    """Queries: sampled titles; corpus: every positive and negative of the split's rows (same languages)."""
+    """Queries: sampled titles (a title on several rows is one query, with each of their pages relevant); corpus:
+    every positive and negative of the split's rows (same languages)."""
     name = f"BembedRetrieval.{query_lang}-{doc_lang}"
     rows = [r for r in rows if r["query_lang"] == query_lang and r["doc_lang"] == doc_lang]
     _check_rows(rows, name)
     meta = _metadata(name, "Retrieval", "ndcg_at_10", sorted({query_lang, doc_lang}),
                      "Held-out LibreOffice help pages: page title -> page body (title lines removed).",
                      ["Written", "Programming"])
-    return _retrieval(meta, [(r["query"], [r["positive"]]) for r in rows],
+    return _retrieval(meta, _relevant_by_query(rows, "positive"),
                       [t for r in rows for t in (r["positive"], *r["negatives"])], sizes)
+
+
+def _relevant_by_query(rows: list[dict], positive: str) -> list[tuple[str, list[str]]]:
+    """Each distinct query with all its rows' `positive` texts, in first-seen order. A query repeated as
+    queries of its own, one relevant text each, would count each one's relevant text as the other's miss."""
+    relevant: dict[str, list[str]] = {}
+    for r in rows:
+        relevant.setdefault(r["query"], [])
+        if r[positive] not in relevant[r["query"]]:
+            relevant[r["query"]].append(r[positive])
+    return list(relevant.items())
 
 
 def _retrieval(meta, queries: list[tuple[str, list[str]]], documents: list[str], sizes: TaskSizes):
@@ -241,14 +253,9 @@ def file_task(path: str | Path, sizes: TaskSizes, name: str | None = None):
         raise ValueError(f"{path}: a {report.kind} file has nothing to score: give pairs (query, document), "
                          "triples (query, positive, negatives) or sts (sentence1, sentence2, score)")
     positive = "document" if report.kind == "pairs" else "positive"
-    relevant: dict[str, list[str]] = {}
-    for r in rows:  # a query listed with several documents has all of them relevant
-        relevant.setdefault(r["query"], [])
-        if r[positive] not in relevant[r["query"]]:
-            relevant[r["query"]].append(r[positive])
     documents = [t for r in rows for t in (r[positive], *r.get("negatives", ()))]
     meta = _metadata(name, "Retrieval", "ndcg_at_10", ["en"], description, [])
-    return _retrieval(meta, list(relevant.items()), documents, sizes)
+    return _retrieval(meta, _relevant_by_query(rows, positive), documents, sizes)
 
 
 def file_tasks(paths, sizes: TaskSizes) -> list:
