@@ -465,7 +465,7 @@ def test_the_final_evaluation_refuses_a_model_trained_on_its_test_split(data, tm
         qs.evaluate_model(_settings(root, tmp_path / "qs"), str(root), str(model), [])
 
 
-def test_no_progress_keeps_encode_and_datasets_quiet(tmp_path, capfd):
+def test_no_progress_keeps_encode_datasets_and_mteb_bitext_mining_quiet(tmp_path, capfd):
     from bembed.encode import Embedder
     from bembed.model import JinaBertConfig, JinaBertModel
     from bembed.training.encoder import load_tokenizer
@@ -480,11 +480,24 @@ def test_no_progress_keeps_encode_and_datasets_quiet(tmp_path, capfd):
         assert "encode:" in capfd.readouterr().err
         import datasets
 
+        from bembed.eval.run import evaluate_encoder
+        from bembed.eval.tasks import TaskSizes, bitext_task
+
+        def bitext():
+            rows = [{"src": f"word{i} more", "tgt": f"wort{i} mehr"} for i in range(4)]
+            evaluate_encoder(embedder, [bitext_task(rows, "en-de", TaskSizes())])
+
+        bitext()
+        assert "Matching sentences" in capfd.readouterr().err  # mteb's own bar, which no switch of mteb's reaches
         datasets.enable_progress_bars()  # as in a fresh process
         with qs.progress_bars_off():
             embedder.encode(["a b c"] * 3)
+            bitext()
             assert not datasets.is_progress_bar_enabled()  # mteb's preparation of the data drew its bars
-        assert "encode:" not in capfd.readouterr().err
+        err = capfd.readouterr().err
+        assert "encode:" not in err and "Matching sentences" not in err and "it/s]" not in err
+        bitext()
+        assert "Matching sentences" in capfd.readouterr().err  # given back
         assert logging.getLogger("bembed.encode").level == logging.INFO  # given back
         assert datasets.is_progress_bar_enabled()
     finally:
