@@ -212,6 +212,18 @@ def test_no_two_tasks_or_language_groups_read_their_rows_in_one_order(files, tmp
     assert picked[0] != picked[1]
 
 
+def test_mlm_cuts_documents_past_the_tokenizers_limit_without_its_warning(files, tmp_path, caplog):
+    """The quickstart's log said "Token indices sequence length is longer than the specified maximum sequence
+    length (8276 > 8192)... will result in indexing errors" when MLM read a long document: it is cut into
+    sequences of max_length, as meant."""
+    stage, cfg = mlm_run(files, tmp_path, 1)
+    stage.tokenizer.model_max_length = 16
+    caplog.clear()
+    sequences = stage._chunk([" ".join(U.EN * 4)])
+    assert len(sequences) > 1 and max(map(len, sequences)) == cfg.model.max_length
+    assert "Token indices" not in caplog.text
+
+
 def test_multitask_draws_unweighted_sources_by_their_size(files, tmp_path):
     """(Mutation review.) Without `weight`, a source is drawn in proportion to its rows: 256 pairs against
     128 triples come 2:1 (a weight of 1 each would draw them 1:1)."""

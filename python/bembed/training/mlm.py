@@ -103,7 +103,8 @@ class MLMStage:
         tok = self.tokenizer
         before, after = _special_ends(tok)
         body = self.cfg.model.max_length - len(before) - len(after)
-        ids = tok(texts, add_special_tokens=False)["input_ids"]
+        # whole documents, cut into sequences below: the tokenizer's warning about sequences past its limit is noise
+        ids = tok(texts, add_special_tokens=False, verbose=False)["input_ids"]
         return [[*before, *seq[i:i + body], *after] for seq in ids for i in range(0, len(seq), body)]
 
     def batch(self, index: int, rank: int, world: int, size: int) -> Batch:
