@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 
 from bembed.eval.mteb_wrapper import MtebEncoder
 
@@ -16,7 +17,11 @@ def evaluate_encoder(encoder, tasks, name: str | None = None, batch_size: int = 
 
     model = MtebEncoder(encoder, name=name, batch_size=batch_size)
     start = time.perf_counter()
-    result = mteb.evaluate(model, tasks, cache=None, show_progress_bar=False)
+    with warnings.catch_warnings():
+        # mteb's bitext-mining evaluator copies a tensor through torch.tensor(): torch's advice is for mteb, not
+        # for whoever reads an evaluation's log
+        warnings.filterwarnings("ignore", message="To copy construct from a tensor", category=UserWarning)
+        result = mteb.evaluate(model, tasks, cache=None, show_progress_bar=False)
     scores = {tr.task_name: float(tr.get_score()) for tr in result.task_results}
     metrics = {t.metadata.name: t.metadata.main_score for t in tasks}
     seconds = time.perf_counter() - start
