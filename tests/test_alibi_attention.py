@@ -42,15 +42,22 @@ def _forward_backward(fn, tensors, grad):
     return [out.detach()] + [t.grad for t in leaves]
 
 
-def _compare(ours_fn, reference_fn, tensors, dtype):
-    """bembed vs the float64 reference, at most FACTOR × PyTorch's own error at the same precision."""
+def _compare(ours_fn, reference_fn, tensors, dtype, padding=None, qk_grad_floor=None):
+    """bembed vs the float64 reference, at most FACTOR × PyTorch's own error at the same precision. With a key
+    padding mask (`padding`, (B, L)) the upstream gradient below float64 is 0 at the padded query rows, as in a
+    model, which never reads their states: a gradient into a row far from every real key loses precision in
+    float32 (see the README's note on padded rows); float64 checks those rows too. `qk_grad_floor`: the floor of
+    the q and k gradients' errors (see `assert_within_torch_error`), where PyTorch's are exact."""
     grad = torch.randn_like(tensors[0])
+    if padding is not None and dtype != torch.float64:
+        grad = grad * padding[:, :, None, None]
     ours = _forward_backward(ours_fn, tensors, grad)
     exact = _forward_backward(reference_fn, [t.double() for t in tensors], grad.double())
     same_precision = _forward_backward(reference_fn, tensors, grad)
     for name, o, e, s in zip(("out", "grad q", "grad k", "grad v"), ours, exact, same_precision):
         assert o.dtype == dtype
-        assert_within_torch_error(o, e, s, factor=FACTOR[dtype], what=name)
+        floor = qk_grad_floor if name in ("grad q", "grad k") else None
+        assert_within_torch_error(o, e, s, factor=FACTOR[dtype], floor=floor, what=name)
 
 
 # A sample of the grid L ∈ {1, 2, 97, 128, 192, 1025} × H ∈ {1, 3, 12} × D ∈ {32, 64, 128}.
@@ -63,8 +70,12 @@ GRID = [(2, 1, 3, 32), (3, 2, 1, 64), (2, 97, 3, 64), (1, 128, 12, 32), (2, 192,
 def test_padded_matches_reference(B, L, H, D, dtype):
     slopes = bembed_ext.alibi_slopes(H)
     mask = _ragged_mask(B, L)
+    # At L = 1 the q and k gradients are 0: PyTorch's exactly (its softmax backward takes δ = Σ P·dP = dP), the
+    # kernel's up to ~1e-6 in float32, since its δ = Σ dO·O and dP = dO·v (terms of ~30) round apart.
+    floor = 1e-5 if L == 1 and dtype == torch.float32 else None
     _compare(lambda q, k, v: attention(q, k, v, slopes, key_padding_mask=mask),
-             lambda q, k, v: reference(q, k, v, slopes, key_padding_mask=mask), _qkv((B, L, H, D), dtype), dtype)
+             lambda q, k, v: reference(q, k, v, slopes, key_padding_mask=mask), _qkv((B, L, H, D), dtype), dtype,
+             padding=mask, qk_grad_floor=floor)
 
 
 @pytest.mark.parametrize("B, L, H, D", [(2, 97, 3, 64), (1, 192, 12, 32)])
@@ -82,7 +93,7 @@ def test_per_batch_slopes_and_custom_scale():
     mask = _ragged_mask(B, L)
     _compare(lambda q, k, v: attention(q, k, v, slopes, key_padding_mask=mask, softmax_scale=0.3),
              lambda q, k, v: reference(q, k, v, slopes, key_padding_mask=mask, softmax_scale=0.3),
-             _qkv((B, L, H, D), torch.float32), torch.float32)
+             _qkv((B, L, H, D), torch.float32), torch.float32, padding=mask)
     q, k, v = _qkv((B, L, H, D), torch.float64)
     rows = [attention(q[b:b + 1], k[b:b + 1], v[b:b + 1], slopes[b], softmax_scale=0.3) for b in range(B)]
     torch.testing.assert_close(attention(q, k, v, slopes, softmax_scale=0.3), torch.cat(rows))
@@ -187,7 +198,8 @@ def test_key_padding_mask_over_several_key_tiles(dtype):
     slopes = torch.tensor([0.5, 2.0 ** -6])
     mask = torch.arange(L)[None, :] < torch.tensor([L, 600])[:, None]
     _compare(lambda q, k, v: attention(q, k, v, slopes, key_padding_mask=mask),
-             lambda q, k, v: reference(q, k, v, slopes, key_padding_mask=mask), _qkv((B, L, H, D), dtype), dtype)
+             lambda q, k, v: reference(q, k, v, slopes, key_padding_mask=mask), _qkv((B, L, H, D), dtype), dtype,
+             padding=mask)
 
 
 def _pack(tensors, lengths):
@@ -247,7 +259,8 @@ def test_low_precision_within_twice_torch_error(dtype):
     slopes = bembed_ext.alibi_slopes(H)
     mask = _ragged_mask(B, L)
     _compare(lambda q, k, v: attention(q, k, v, slopes, key_padding_mask=mask),
-             lambda q, k, v: reference(q, k, v, slopes, key_padding_mask=mask), _qkv((B, L, H, D), dtype), dtype)
+             lambda q, k, v: reference(q, k, v, slopes, key_padding_mask=mask), _qkv((B, L, H, D), dtype), dtype,
+             padding=mask)
 
 
 def test_gradcheck_padded_float64():
