@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 import bembed_ext
 from bembed_ext.ops.contrastive_loss import _rank_loss_reference
-from accuracy import assert_within_torch_error, max_error
+from accuracy import assert_typically_within_torch_error, assert_within_torch_error, max_error
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FWD = torch.ops.bembed.contrastive_loss_fwd
@@ -53,15 +53,18 @@ def test_float64_matches_reference(B, m, D, temperature, bidirectional):
 @pytest.mark.parametrize("B,m,D,temperature", [(5, 0, 768, 0.05), (64, 2, 37, 0.01), (300, 60, 16, 0.05)])
 def test_float32_within_torch_error(B, m, D, temperature, bidirectional):
     """(300, 60, 16): 18300 documents, several strips with a ragged last one. (At D = 5 the float32 GEMM of
-    even the exact dL/dS errs by more than 2× PyTorch's error, which benefits from cancellation there.)"""
-    q, d = _inputs(B, m, D)
+    even the exact dL/dS errs by more than 2× PyTorch's error, which benefits from cancellation there.) Five
+    draws: the kernel's float32 error is PyTorch's (median ratio 1.0), and one draw passed 2× in 11 of 200."""
     kw = dict(temperature=temperature, bidirectional=bidirectional)
-    ref = _loss_and_grads(q, d, impl="reference", **kw)
-    ours = _loss_and_grads(q.float(), d.float(), impl="kernel", **kw)
-    torch32 = _loss_and_grads(q.float(), d.float(), impl="reference", **kw)
-    for name, a, r, t in zip(("loss", "grad_queries", "grad_documents"), ours, ref, torch32):
-        assert a.dtype == torch.float32
-        assert_within_torch_error(a, r, t, what=name)
+    draws = []
+    for _ in range(5):
+        q, d = _inputs(B, m, D)
+        ours = _loss_and_grads(q.float(), d.float(), impl="kernel", **kw)
+        assert all(a.dtype == torch.float32 for a in ours)
+        draws.append(zip(ours, _loss_and_grads(q, d, impl="reference", **kw),
+                         _loss_and_grads(q.float(), d.float(), impl="reference", **kw)))
+    for name, *per_draw in zip(("loss", "grad_queries", "grad_documents"), *draws):
+        assert_typically_within_torch_error(per_draw, what=name)
 
 
 @pytest.mark.parametrize("bidirectional", [True, False])
