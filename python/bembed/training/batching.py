@@ -31,8 +31,9 @@ class Batch:
 
 
 # The version of the data order: a checkpoint saved under another reads other rows after a resume (said then).
-# 2: streams named by a hash of their keys (1 shared one stream between the multi-task draws and every
-# retrieval task's epochs, and between equal-sized MLM language groups).
+# Version 1 drew the multi-task task choices and every retrieval task's epochs from one stream (and equal-sized
+# MLM language groups shared one); version 2 names each stream by a hash of its keys. The hash is of repr(), not
+# Python's hash(), so every process and machine draws the same numbers.
 DATA_ORDER = 2
 
 
