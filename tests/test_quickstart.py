@@ -468,6 +468,7 @@ def test_the_final_evaluation_refuses_a_model_trained_on_its_test_split(data, tm
 def test_no_progress_keeps_encode_datasets_and_mteb_bitext_mining_quiet(tmp_path, capfd):
     from bembed.encode import Embedder
     from bembed.model import JinaBertConfig, JinaBertModel
+    from bembed.progress import progress_bars_off
     from bembed.training.encoder import load_tokenizer
 
     settings = _settings(None, tmp_path / "qs")
@@ -490,7 +491,7 @@ def test_no_progress_keeps_encode_datasets_and_mteb_bitext_mining_quiet(tmp_path
         bitext()
         assert "Matching sentences" in capfd.readouterr().err  # mteb's own bar, which no switch of mteb's reaches
         datasets.enable_progress_bars()  # as in a fresh process
-        with qs.progress_bars_off():
+        with progress_bars_off():
             embedder.encode(["a b c"] * 3)
             bitext()
             assert not datasets.is_progress_bar_enabled()  # mteb's preparation of the data drew its bars
