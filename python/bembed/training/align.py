@@ -111,13 +111,13 @@ def cross_lingual_distance(model, tokenizer, pairs: list[tuple[str, str]], max_l
     if not pairs:
         raise ValueError("pairs: give at least one (en, xx) pair")
     training, total = model.training, 0.0
+    device = next(model.parameters()).device
     model.eval()
     try:
         for i in range(0, len(pairs), batch_size):
             chunk = pairs[i:i + batch_size]
             a = tokenize(tokenizer, [p[0] for p in chunk], max_length)
             b = tokenize(tokenizer, [p[1] for p in chunk], max_length)
-            device = next(model.parameters()).device
             ea = embed(model, a["input_ids"].to(device), a["attention_mask"].to(device))
             eb = embed(model, b["input_ids"].to(device), b["attention_mask"].to(device))
             total += float((1 - (ea * eb).sum(-1)).sum())

@@ -98,8 +98,13 @@ def read_pair_rows(sources: list[Source]) -> tuple[list[dict], list[tuple[str, i
     for source in sources:
         _, source_rows = read_rows(source, "pairs")
         rows.extend(source_rows)
-        where.extend((source.path, n) for n in range(1, len(source_rows) + 1))
+        where.extend(row_origins(source, len(source_rows)))
     return rows, where
+
+
+def row_origins(source: Source, count: int) -> list[tuple[str, int]]:
+    """(path, number from 1) of each of a source's `count` rows, as `describe_rows` names them."""
+    return [(source.path, n) for n in range(1, count + 1)]
 
 
 def describe_rows(picked, where: list[tuple[str, int]]) -> str:

@@ -23,7 +23,7 @@ from bembed_ext.distributed import all_gather_rows
 
 from .batching import Batch, DistinctBatches, epoch_indices, generator, shard
 from .config import MultitaskRun
-from .data import describe_rows, read_rows
+from .data import describe_rows, read_rows, row_origins
 from .encoder import check_max_length, embed, export_encoder, load_encoder, stage_prompts, tokenize
 from .losses import check_matryoshka_width, matryoshka_mean, sts_loss
 from .pairs import gathering
@@ -52,7 +52,7 @@ class MultitaskStage:
             if kind == "sts" and self.sts_loss is None:
                 log.info("sts_loss: none — leaving out %s", source.path)
                 continue
-            origins = [(source.path, n) for n in range(1, len(rows) + 1)]
+            origins = row_origins(source, len(rows))
             if kind == "triples" and mt.num_negatives:
                 before = len(rows)
                 origins = [o for o, r in zip(origins, rows) if r["negatives"]]
