@@ -26,9 +26,11 @@ def _torch_vectorized(x, grad):
     copy of each is read back."""
     inner = x.shape[-1] // 2
     copies = -(-64 // inner)
-    a, b = x.chunk(2, -1)
-    wide = torch.cat([a.repeat(*[1] * (x.dim() - 1), copies), b.repeat(*[1] * (x.dim() - 1), copies)], -1)
-    y, dx = _forward_backward(reference, wide, grad.repeat(*[1] * (x.dim() - 1), copies))
+
+    def tile(t):
+        return t.repeat(*[1] * (t.dim() - 1), copies)
+
+    y, dx = _forward_backward(reference, torch.cat([tile(half) for half in x.chunk(2, -1)], -1), tile(grad))
     return y[..., :inner], torch.cat([dx[..., :inner], dx[..., inner * copies:inner * (copies + 1)]], -1)
 
 
