@@ -263,6 +263,28 @@ def test_low_precision_within_twice_torch_error(dtype):
              padding=mask)
 
 
+def test_backward_on_several_threads_matches_one_thread():
+    """One (sequence, head) pair: the backward splits its key tiles into groups run on several threads at once,
+    each group adding into dQ. Only private partials summed after make that safe; the other tests may run on one
+    thread, where groups adding into one dQ in turn would still pass. The thread count changes the groups, so the
+    order of the sums: results agree to rounding, where a lost update is off by a tile's share. At this size such a
+    race showed in a quarter of the calls on a 2-core machine (1 in 20 at L = 1025), so forty calls."""
+    B, L, H, D = 1, 2048, 1, 64
+    slopes = bembed_ext.alibi_slopes(H)
+    tensors, grad = _qkv((B, L, H, D), torch.float64), torch.randn(B, L, H, D, dtype=torch.float64)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        serial = _forward_backward(lambda q, k, v: attention(q, k, v, slopes), tensors, grad)
+        torch.set_num_threads(4)  # more threads than a CI machine's cores: they interleave there too
+        for _ in range(40):
+            parallel = _forward_backward(lambda q, k, v: attention(q, k, v, slopes), tensors, grad)
+            for name, s, p in zip(("out", "grad q", "grad k", "grad v"), serial, parallel):
+                torch.testing.assert_close(p, s, msg=lambda m: f"{name}: {m}")
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_gradcheck_padded_float64():
     B, L, H, D = 2, 7, 2, 3
     q, k, v = (t.requires_grad_() for t in _qkv((B, L, H, D), torch.float64))
