@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
+from ._checks import check_value
+
 # torch ≥ 2.13 renamed the tensor collectives; the older names keep working on older torch (the GPU image).
 _all_gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
 _reduce_scatter = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
@@ -78,17 +80,24 @@ def check_same_layout_on_every_rank(op: str, **matrices: torch.Tensor) -> None:
 
 def _check_layouts_in_graph(op: str, names: list[str], every: torch.Tensor) -> None:
     """check_same_layout_on_every_rank's test as torch.compile can trace it: every rank's (rows, dim, dtype)
-    against rank 0's, each a runtime assert whose ValueError names the argument but not the ranks' values."""
+    against rank 0's, each a runtime assert (`check_value`) whose message names the argument but not the ranks'
+    values."""
     first = every[0]
     for rank in range(1, every.shape[0]):
         for index, name in enumerate(names):
             for column, what in ((0, "shape"), (1, "shape"), (2, "dtype")):
-                torch._check_value(every[rank, index, column].item() == first[index, column].item(),
-                                   lambda: f"{op}: argument '{name}' must have the same {what} on every rank "
-                                           "(gather_across_ranks=True)")
+                check_value(every[rank, index, column].item() == first[index, column].item(),
+                            f"{op}: argument '{name}' must have the same {what} on every rank "
+                            "(gather_across_ranks=True)")
 
 
 def all_gather_rows(x: torch.Tensor) -> torch.Tensor:
     """x (n, ...) on every rank → (W·n, ...), rank r's rows at [r·n, (r+1)·n). Every rank must pass the same
     shape. Differentiable (see the module docstring for the gradient convention)."""
+    if torch.compiler.is_compiling():
+        # torch's own differentiable gather, with the same reduce-scatter (SUM) backward: traced from
+        # _AllGatherRows, torch 2.11 (the GPU image's) lost the in-place reduce-scatter and gave zero gradients.
+        from torch.distributed import _functional_collectives as functional
+
+        return functional.all_gather_tensor_autograd(x.contiguous(), 0, dist.group.WORLD)
     return _AllGatherRows.apply(x)

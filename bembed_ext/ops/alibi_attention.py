@@ -14,6 +14,7 @@ import numbers
 
 import torch
 
+from .._checks import check_value
 from ._autograd import first_order_only, refuse_forward_ad
 from ._dispatch import use_reference
 from ._fake import check_devices
@@ -279,16 +280,15 @@ def alibi_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, alibi_slo
 
 
 def _checked_max_seqlen(max_seqlen):
-    """max_seqlen as the op's int64 takes it, for both implementations alike. torch._check_value: a ValueError
-    that compiles to a runtime assert on a SymInt (torch.compile), which goes on as it is; its message holds
-    constants only, since dynamo refuses a closure over max_seqlen."""
+    """max_seqlen as the op's int64 takes it, for both implementations alike. A SymInt (torch.compile) goes on as
+    it is, its checks runtime asserts (`check_value`)."""
     if isinstance(max_seqlen, bool) or not isinstance(max_seqlen, (numbers.Integral, torch.SymInt)):
         raise TypeError("alibi_attention_varlen: argument 'max_seqlen' must be an int, "
                         f"got {type(max_seqlen).__name__}")
     if not isinstance(max_seqlen, torch.SymInt):
         max_seqlen = int(max_seqlen)
-    torch._check_value(max_seqlen >= 0, lambda: "alibi_attention_varlen: argument 'max_seqlen' must be ≥ 0")
-    torch._check_value(max_seqlen < 2**63, lambda: "alibi_attention_varlen: argument 'max_seqlen' must be below 2**63")
+    check_value(max_seqlen >= 0, "alibi_attention_varlen: argument 'max_seqlen' must be ≥ 0")
+    check_value(max_seqlen < 2**63, "alibi_attention_varlen: argument 'max_seqlen' must be below 2**63")
     return max_seqlen
 
 
