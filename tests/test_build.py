@@ -71,7 +71,11 @@ def test_cmake_build_registers_working_ops(tmp_path):
                  f"-DPython3_EXECUTABLE={sys.executable}", "-DBEMBED_CUDA=OFF"]
     if shutil.which("ninja"):
         configure += ["-G", "Ninja"]
-    subprocess.run(configure, check=True, capture_output=True)
+    configured = subprocess.run(configure, capture_output=True, text=True)
+    log = configured.stdout + configured.stderr
+    if configured.returncode and torch.version.cuda and re.search(r"cannot find the CUDA|CUDA_\w+_LIBRARY", log):
+        pytest.skip("torch is a CUDA build, and its CMake package finds no complete CUDA toolkit here (README)")
+    assert configured.returncode == 0, log
     subprocess.run(["cmake", "--build", str(tmp_path), "-j", "2"], check=True, capture_output=True)
     assert os.path.exists(tmp_path / "compile_commands.json")
     library = glob.glob(str(tmp_path / "_C*.so"))[0]
