@@ -369,6 +369,31 @@ def test_gradient_checkpointing_gives_the_same_gradients():
         torch.testing.assert_close(checkpointed[name], plain[name], msg=name)
 
 
+@pytest.mark.parametrize("backend", ["aot_eager", pytest.param("inductor", marks=pytest.mark.slow)])
+def test_torch_compile_of_the_model_matches_eager(backend):
+    """`torch.compile(model)` as a user writes it: the unpadding reads the batch's lengths on the host (a graph
+    break), the layers compile through the ops' fake and autograd registrations. The same states, gradients and
+    embeddings as eager (in float64, where the compiled graph's other order of sums stays below the tolerance)."""
+    torch._dynamo.reset()
+    model = JinaBertModel(tiny_config()).double().train()
+    ids, mask = ragged_batch([10, 4, 7])
+
+    def states_and_grads(run):
+        model.zero_grad()
+        states = run(ids, attention_mask=mask).last_hidden_state
+        (states * mask[..., None]).square().sum().backward()
+        return states.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    eager_states, eager_grads = states_and_grads(model)
+    compiled_states, compiled_grads = states_and_grads(torch.compile(model, backend=backend))
+    torch.testing.assert_close(compiled_states, eager_states)
+    assert len(eager_grads) > 10 and eager_grads.keys() <= compiled_grads.keys()
+    for name, grad in compiled_grads.items():  # a compiled graph gives the unused pooler zeros, not None
+        torch.testing.assert_close(grad, eager_grads.get(name, torch.zeros_like(grad)), msg=lambda m: f"{name}: {m}")
+    with torch.no_grad():
+        torch.testing.assert_close(torch.compile(model.embed, backend=backend)(ids, mask), model.embed(ids, mask))
+
+
 def test_mlm_loss_matches_forward_loss():
     model = JinaBertForMaskedLM(tiny_config()).eval()
     ids, mask = ragged_batch([9, 5])
