@@ -392,6 +392,10 @@ def test_torch_compile_of_the_model_matches_eager(backend):
         torch.testing.assert_close(grad, eager_grads.get(name, torch.zeros_like(grad)), msg=lambda m: f"{name}: {m}")
     with torch.no_grad():
         torch.testing.assert_close(torch.compile(model.embed, backend=backend)(ids, mask), model.embed(ids, mask))
+        packing = pack_attention_mask(mask)  # the packed encoder with a given max_seqlen: one graph
+        packed = (packing.pack(ids), packing.cu_seqlens, packing.max_seqlen)
+        compiled_packed = torch.compile(model.forward_packed, fullgraph=True, backend=backend)
+        torch.testing.assert_close(compiled_packed(*packed)[0], model.forward_packed(*packed)[0])
 
 
 def test_mlm_loss_matches_forward_loss():
