@@ -80,8 +80,8 @@ def check_same_layout_on_every_rank(op: str, **matrices: torch.Tensor) -> None:
 
 def _check_layouts_in_graph(op: str, names: list[str], every: torch.Tensor) -> None:
     """check_same_layout_on_every_rank's test as torch.compile can trace it: every rank's (rows, dim, dtype)
-    against rank 0's, each a runtime assert (`check_value`) whose message names the argument but not the ranks'
-    values."""
+    against rank 0's, each a runtime assert of the graph (`check_value`): a RuntimeError naming the comparison
+    that failed, where eager raises the ValueError naming the argument."""
     first = every[0]
     for rank in range(1, every.shape[0]):
         for index, name in enumerate(names):
