@@ -218,7 +218,7 @@ def _check_uneven_shapes_are_refused(rank, world_size):
 
 def _check_compiled_gather_matches_eager(rank, world_size):
     """torch.compile(fullgraph=True) traces the gather and its layout check (runtime asserts in the graph, where
-    eager reads the gathered layouts on the host): the same loss and gradients as eager."""
+    eager reads the gathered layouts on the host): the same loss and gradients as eager, and uneven shapes refused."""
     q, d = _rank_batches(world_size, 3, 1, DIM, seed=11)
     loss_fn = lambda a, b: bembed_ext.contrastive_loss(a, b, gather_across_ranks=True)  # noqa: E731
     results = []
@@ -229,6 +229,14 @@ def _check_compiled_gather_matches_eager(rank, world_size):
         results.append((loss.detach(), queries.grad, documents.grad))
     for name, compiled, eager in zip(("loss", "grad queries", "grad documents"), *results):
         torch.testing.assert_close(compiled, eager, msg=name)
+    # a row fewer on the last rank: the graph's layout asserts stop every rank before the gathers (a RuntimeError)
+    rows = 2 if rank == world_size - 1 else 3
+    try:
+        torch.compile(loss_fn, fullgraph=True)(q[rank][:rows], d[rank][:2 * rows])
+    except RuntimeError:
+        pass
+    else:
+        raise AssertionError("a compiled gather of uneven shapes was not refused")
 
 
 # ----------------------------------------------------------------------------------------------------
