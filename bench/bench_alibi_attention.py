@@ -15,6 +15,7 @@ import torch
 
 import bembed_ext
 from alibi_attention_memory import alibi_mask, sdpa_alibi
+from conftest import rate
 
 SEQLENS = [512, 2048, 8192]
 H, D = 12, 64
@@ -92,5 +93,5 @@ def test_alibi_attention_cpu(benchmark, record, seqlen, direction, impl):
     memory = _peak_extra_mb(impl, seqlen, direction)
     flops = 4 * seqlen * seqlen * D * H * (1 if direction == "fwd" else 3.5)
     record(benchmark, op="alibi_attention", case=f"{direction} cpu fp32 B=1 L={seqlen} H={H} D={D}", impl=impl,
-           baseline=impl == "sdpa", tflops=flops / benchmark.stats.stats.median / 1e12,
+           baseline=impl == "sdpa", tflops=rate(benchmark, flops / 1e12),
            peak_extra_mb=memory["extra_mb"], note=f"mask {memory['mask_mb']:.0f} MB" if memory["mask_mb"] else "")

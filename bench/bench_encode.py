@@ -24,7 +24,7 @@ import pytest
 import torch
 
 from bembed.encode import Embedder
-from conftest import run_or_skip_when_out_of_memory, sync
+from conftest import rate, run_or_skip_when_out_of_memory, sync
 from encode_memory import base_model, make_texts, make_tokenizer
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -102,7 +102,7 @@ def test_encode_cpu(benchmark, record, impl, batch_size):
             assert memory["extra_mb"][long] < 12 * memory["lxl_fp32_mb"][long], memory
     record(benchmark, op="encode", case=f"cpu fp32 base-width {CPU_LAYERS} layers, 9 texts 33..8192 tokens "
            f"({sum(CPU_LENGTHS)} tokens)", impl=impl if batch_size == 1 else f"{impl} batch_size={batch_size}",
-           baseline=impl == "reference", tokens_per_s=sum(CPU_LENGTHS) / benchmark.stats.stats.median, **metrics)
+           baseline=impl == "reference", tokens_per_s=rate(benchmark, sum(CPU_LENGTHS)), **metrics)
 
 
 @pytest.mark.cuda
@@ -130,5 +130,5 @@ def test_encode_cuda(benchmark, record, case, impl):
     shape = (f"{len(lengths)} texts {min(lengths)}..{max(lengths)} tokens ({sum(lengths)} tokens)" if case == "mixed"
              else f"{len(lengths)}x{lengths[0]} tokens")
     record(benchmark, op="encode", case=f"cuda bf16 base 12 layers {shape}", impl=f"{impl} batch_size={batch_size}",
-           baseline=impl == "reference", tokens_per_s=sum(lengths) / benchmark.stats.stats.median,
+           baseline=impl == "reference", tokens_per_s=rate(benchmark, sum(lengths)),
            note=f"peak allocated {peak:.1f} GiB (model included)")

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import bembed_ext
-from conftest import sync
+from conftest import rate, sync
 
 CPU_SHAPE = (16384, 2 * 3072)
 CUDA_SHAPES = [(65536, 2 * 3072), (262144, 2 * 3072)]
@@ -76,7 +76,7 @@ def test_geglu(benchmark, record, device, shape, dtype, impl, direction):
     benchmark.pedantic(step, rounds=7 if device == "cpu" else 30, iterations=1)
     nbytes = _bytes(shape, dtype, direction == "fwd+bwd")
     record(benchmark, op="geglu", case=f"{direction} {device} {str(dtype)[6:]} {shape[0]}x{shape[1]}", impl=impl,
-           baseline=impl == "eager", gbytes_per_s=nbytes / benchmark.stats.stats.median / 1e9)
+           baseline=impl == "eager", gbytes_per_s=rate(benchmark, nbytes / 1e9))
 
 
 @pytest.mark.cuda
@@ -94,4 +94,4 @@ def test_copy_bandwidth(benchmark, record, shape):
     benchmark.pedantic(step, rounds=30, iterations=1)
     # In the GEGLU forward's group (same case label), so the table shows the bandwidth it reaches beside them.
     record(benchmark, op="geglu", case=f"fwd cuda bfloat16 {shape[0]}x{shape[1]}", impl="device-to-device copy",
-           baseline=False, gbytes_per_s=2 * src.numel() * 2 / benchmark.stats.stats.median / 1e9)
+           baseline=False, gbytes_per_s=rate(benchmark, 2 * src.numel() * 2 / 1e9))

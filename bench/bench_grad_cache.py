@@ -18,7 +18,7 @@ import torch
 import bembed_ext
 from bembed import JinaBertConfig, JinaBertModel
 from bembed.training.encoder import embed
-from conftest import run_or_skip_when_out_of_memory, sync
+from conftest import rate, run_or_skip_when_out_of_memory, sync
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 # (device, layers, batch, length, chunk): CPU at 2 layers so a shared machine runs it in seconds
@@ -101,5 +101,5 @@ def test_grad_cache_step(benchmark, record, device, layers, batch, length, chunk
     if device == "cpu":
         info["peak_extra_mb"] = _cpu_peak_mb(layers, batch, length, used)
     record(benchmark, op="pairs-train-step", case=f"{device} {layers} layers B={batch} L={length} chunk={chunk}",
-           impl=impl, baseline=impl == "whole batch", tokens_per_s=2 * batch * length / benchmark.stats.stats.median,
+           impl=impl, baseline=impl == "whole batch", tokens_per_s=rate(benchmark, 2 * batch * length),
            **info)

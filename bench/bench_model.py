@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from bembed import JinaBertConfig, JinaBertForMaskedLM
-from conftest import run_or_skip_when_out_of_memory, sync
+from conftest import rate, run_or_skip_when_out_of_memory, sync
 
 CPU_LENGTHS = [512, 384, 256, 128, 77, 64, 37, 20]
 CUDA_CASES = {"L512": [512, 480, 400, 333, 256, 200, 128, 64] * 4, "L8192": [8192, 5000, 2048, 1000, 300]}
@@ -88,4 +88,4 @@ def test_model(benchmark, record, device, case, lengths, layers, impl, direction
     finally:
         model.config.attention_impl = "bembed"
     record(benchmark, op=f"jinabert-{direction}", case=f"{device} {case} {layers} layers", impl=impl,
-           baseline=impl == "reference", tokens_per_s=sum(lengths) / benchmark.stats.stats.median)
+           baseline=impl == "reference", tokens_per_s=rate(benchmark, sum(lengths)))

@@ -44,6 +44,12 @@ def record():
     return _record
 
 
+def rate(benchmark, amount: float) -> float | None:
+    """amount per second of the benchmark's median round; None under `--benchmark-disable`, where each benchmark
+    runs once, untimed (a quick check that every case and baseline runs and is correct)."""
+    return None if benchmark.stats is None else amount / benchmark.stats.stats.median
+
+
 def sync(device):
     if device == "cuda" or (isinstance(device, torch.device) and device.type == "cuda"):
         torch.cuda.synchronize()
