@@ -1,5 +1,6 @@
 """The build itself: build info, `bembed info`, the friendly mismatch error, the CUDA sources compiling for
-sm_80/sm_90a (CI has no GPU, so this is what keeps CUDA kernels from rotting), and the CMake build."""
+sm_80/sm_90a (CI has no GPU, so this is what keeps CUDA kernels from rotting), the CMake build, and one pattern
+that the GPU machines' older torch cannot compile."""
 
 import glob
 import os
@@ -82,3 +83,18 @@ def test_cmake_build_registers_working_ops(tmp_path):
     probe = ("import torch, sys; torch.ops.load_library(sys.argv[1]); x = torch.randn(3, 8); a, b = x.chunk(2, -1); "
              "assert torch.allclose(torch.ops.bembed.geglu(x), torch.nn.functional.gelu(a) * b, atol=1e-6)")
     subprocess.run([sys.executable, "-c", probe, library], check=True, cwd=tmp_path)
+
+
+def test_traced_checks_go_through_check_value():
+    """CI's torch (2.13) traces `torch._check_value(cond, message)` under torch.compile; the lent GPU machines'
+    torch 2.11 refuses it, and so compiling a model failed there. Checks that run where dynamo may trace them
+    call `bembed_ext._checks.check_value`, which works on both."""
+    offenders = []
+    for folder in ("bembed_ext", os.path.join("python", "bembed")):
+        for path in glob.glob(os.path.join(ROOT, folder, "**", "*.py"), recursive=True):
+            if path.endswith(os.path.join("bembed_ext", "_checks.py")):
+                continue
+            with open(path, encoding="utf-8") as f:
+                offenders += [f"{os.path.relpath(path, ROOT)}:{n}" for n, line in enumerate(f, 1)
+                              if "torch._check_value(" in line]
+    assert not offenders, f"use bembed_ext._checks.check_value instead: {offenders}"
