@@ -107,6 +107,9 @@ def _check_matches_single_process(rank, world_size):
 # The classic bugs, injected: the check must catch them
 # ----------------------------------------------------------------------------------------------------
 
+_reduce_scatter = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor  # named so since 2.13
+
+
 class _MeanReduceGather(torch.autograd.Function):
     """All-gather whose backward averages instead of summing: gradients W× too small."""
 
@@ -120,7 +123,7 @@ class _MeanReduceGather(torch.autograd.Function):
     def backward(ctx, grad_out):
         world_size = dist.get_world_size()
         grad = grad_out.new_empty((grad_out.shape[0] // world_size, *grad_out.shape[1:]))
-        bembed_ext.distributed._reduce_scatter(grad, grad_out.contiguous())
+        _reduce_scatter(grad, grad_out.contiguous())
         return grad / world_size
 
 
