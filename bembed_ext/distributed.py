@@ -75,4 +75,6 @@ def all_gather_rows(x: torch.Tensor) -> torch.Tensor:
     in-place collectives, bembed's before, compiled to zero gradients on torch 2.11, the GPU machines'.)"""
     from torch.distributed import _functional_collectives as functional
 
-    return functional.all_gather_tensor_autograd(x.contiguous(), 0, dist.group.WORLD)
+    # torch 2.13 renamed it and warns (FutureWarning) on the old name, the only one torch 2.11 has
+    gather = getattr(functional, "all_gather_single_autograd", None) or functional.all_gather_tensor_autograd
+    return gather(x.contiguous(), 0, dist.group.WORLD)

@@ -5,6 +5,7 @@ step equal the one-process step). The comparison is shown to fail for a gather w
 
 import copy
 import os
+import warnings
 
 import pytest
 import torch
@@ -195,6 +196,19 @@ def _check_ddp_step(rank, world_size):
     assert wrong > 0.1 * changed, f"a W-scaled gather gradient went unnoticed by the DDP check ({wrong:.3e})"
 
 
+def _check_gather_warns_nothing(rank, world_size):
+    """torch 2.13 renamed its differentiable gather and warns on the old name: every training step's loss would
+    print a FutureWarning (once per process) that is not the user's to act on."""
+    from bembed_ext.distributed import all_gather_rows
+
+    x = torch.randn(3, DIM, dtype=torch.float64, requires_grad=True)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        all_gather_rows(x).sum().backward()
+    assert not caught, [str(w.message) for w in caught]
+    assert torch.equal(x.grad, torch.full_like(x, world_size))  # each rank's copy of its rows sends back a 1
+
+
 def _check_uneven_shapes_are_refused(rank, world_size):
     """A batch one row shorter, or in another dtype, on the last rank: every rank gets the ValueError (gloo
     aborted the process)."""
@@ -249,7 +263,7 @@ def _check_compiled_gather_matches_eager(rank, world_size):
 @pytest.fixture(scope="module")
 def two_ranks(tmp_path_factory):
     checks = [_check_matches_single_process, _check_bad_gathers_are_caught, _check_ddp_step,
-              _check_uneven_shapes_are_refused, _check_compiled_gather_matches_eager]
+              _check_uneven_shapes_are_refused, _check_compiled_gather_matches_eager, _check_gather_warns_nothing]
     return _run_checks(2, checks, tmp_path_factory.mktemp("two_ranks"))
 
 
@@ -275,3 +289,7 @@ def test_uneven_shapes_across_ranks_are_refused(two_ranks):
 
 def test_compiled_gather_matches_eager(two_ranks):
     _assert_passed(two_ranks, _check_compiled_gather_matches_eager)
+
+
+def test_gather_warns_nothing(two_ranks):
+    _assert_passed(two_ranks, _check_gather_warns_nothing)
