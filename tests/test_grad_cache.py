@@ -225,6 +225,16 @@ def test_config_refuses_a_negative_chunk(run, key):
         load_config(run, None, [f"{key}=-1"])
 
 
+@pytest.mark.parametrize("run, key", [(PairsRun, "pairs.grad_cache_chunk"), (MultitaskRun, "multitask.grad_cache_chunk")])
+def test_config_refuses_grad_cache_under_fsdp(run, key):
+    """Under FSDP the whole parameters exist only inside each layer's gather, where GradCache's backward cannot
+    reach them: refused when the config is read, not at the first step."""
+    load_config(run, None, [f"{key}=2", "train.parallel=ddp"])
+    load_config(run, None, [f"{key}=0", "train.parallel=fsdp"])
+    with pytest.raises(ValueError, match=key.replace(".", r"\.") + ".*train.parallel=ddp"):
+        load_config(run, None, [f"{key}=2", "train.parallel=fsdp"])
+
+
 # ---------------------------------------------------------------------------- the stages
 def _weights_after(stage_class, run, files, out, overrides):
     cfg = load_config(run, None, [*model_overrides(files), *U.train_overrides(out, 2, batch=8),

@@ -1,7 +1,9 @@
 """Data parallelism: a 2-process gloo run equals a 1-process run on the same global batch (losses and
 weights after a few steps) for every stage whose loss couples rows across ranks: MLM (token count over
 the global batch), pairs (negatives gathered across ranks; also through GradCache), multi-task (retrieval with
-hard negatives, and Pearson over the global batch; also through GradCache with Matryoshka widths)."""
+hard negatives, and Pearson over the global batch; also through GradCache with Matryoshka widths); under DDP and
+under FSDP (`train.parallel=fsdp`: sharded weights, gradients and AdamW moments), whose checkpoints hold whole
+tensors and resume exactly, under FSDP again or in one process."""
 
 from __future__ import annotations
 
@@ -48,7 +50,8 @@ def _configs(files: dict, out: Path):
     }
 
 
-def _run_all(files: dict, out: Path, all_reduces: list | None = None) -> dict:
+def _run_all(files: dict, out: Path, all_reduces: list | None = None, parallel: str = "ddp",
+             init_seed: int = 0) -> dict:
     from bembed.training.config import to_dict
     from bembed.training.mlm import MLMStage
     from bembed.training.multitask import MultitaskStage
@@ -59,7 +62,10 @@ def _run_all(files: dict, out: Path, all_reduces: list | None = None) -> dict:
               "multitask cached": MultitaskStage}
     histories = {}
     for name, cfg in _configs(files, out).items():
-        torch.manual_seed(0)
+        if parallel == "fsdp" and "cached" in name:  # GradCache under FSDP is refused (test_grad_cache.py)
+            continue
+        cfg.train.parallel = parallel
+        torch.manual_seed(init_seed)
         stage = stages[name](cfg)
         before = len(all_reduces or ())
         histories[name] = Trainer(stage, cfg.train, to_dict(cfg)).fit()
@@ -68,7 +74,7 @@ def _run_all(files: dict, out: Path, all_reduces: list | None = None) -> dict:
     return histories
 
 
-def _worker(rank: int, world: int, port: int, files: dict, out: str) -> None:
+def _worker(rank: int, world: int, port: int, files: dict, out: str, parallel: str = "ddp") -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
@@ -77,7 +83,8 @@ def _worker(rank: int, world: int, port: int, files: dict, out: str) -> None:
     calls, all_reduce = [], dist.all_reduce
     dist.all_reduce = lambda *args, **kwargs: (calls.append(1), all_reduce(*args, **kwargs))[1]
     try:
-        histories = _run_all(files, Path(out), calls)
+        # each rank builds other initial weights: DDP and FSDP must start every rank from rank 0's
+        histories = _run_all(files, Path(out), calls, parallel, init_seed=rank)
         if rank == 0:
             (Path(out) / "histories.json").write_text(json.dumps(histories))
     finally:
@@ -94,9 +101,34 @@ def files(tmp_path_factory):
             "triples": str(U.triple_file(root)), "sts": str(U.sts_file(root))}
 
 
+@pytest.fixture(scope="module")
+def one_process(files, tmp_path_factory):
+    """Every stage's run in this process: the histories, and the folder of their outputs."""
+    out = tmp_path_factory.mktemp("one")
+    return _run_all(files, out), out
+
+
+def _assert_runs_equal(one: dict, one_dir: Path, two: dict, two_dir: Path, names) -> None:
+    """The same losses, metrics, tokens and grad norms at every step, and the same weights at the last."""
+    for name in names:
+        assert [m["step"] for m in two[name]] == list(range(1, STEPS + 1))
+        for a, b in zip(one[name], two[name]):
+            for key in a:
+                if key.endswith("loss") or key in ("mlm_accuracy", "grad_norm"):
+                    assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-6), (name, a["step"], key)
+            assert b["tokens"] == a["tokens"]
+        w1 = load_file(str(one_dir / name / "checkpoints" / f"step-{STEPS:08d}" / "model.safetensors"))
+        w2 = load_file(str(two_dir / name / "checkpoints" / f"step-{STEPS:08d}" / "model.safetensors"))
+        assert w1.keys() == w2.keys()
+        for key in w1:
+            # Adam divides by the gradient's own scale: where a gradient is small (an embedding row seen once),
+            # float noise from the other reduction order moves the weight by up to ~1e-5 in 3 steps of lr 3e-3
+            torch.testing.assert_close(w2[key], w1[key], rtol=1e-4, atol=2e-5, msg=f"{name}: {key}")
+
+
 @pytest.mark.slow  # ~1 min on 2 busy cores: two spawned interpreters import torch + transformers
-def test_two_gloo_processes_equal_one_process(files, tmp_path):
-    one = _run_all(files, tmp_path / "one")
+def test_two_gloo_processes_equal_one_process(files, one_process, tmp_path):
+    one, one_dir = one_process
     mp.spawn(_worker, args=(2, free_port(), files, str(tmp_path / "two")), nprocs=2, join=True)
     two = json.loads((tmp_path / "two" / "histories.json").read_text())
     kinds = {k for m in one["multitask"] for k in m if k.endswith("_loss")}
@@ -109,20 +141,99 @@ def test_two_gloo_processes_equal_one_process(files, tmp_path):
                                                                    "multitask cached": STEPS}
     kinds = {k for m in one["multitask cached"] for k in m if k.endswith("_loss")}
     assert kinds == {"retrieval_loss", "sts_loss"}, kinds
+    _assert_runs_equal(one, one_dir, two, tmp_path / "two", names)
+
+
+@pytest.mark.slow
+def test_two_fsdp_processes_equal_one_process(files, one_process, tmp_path):
+    """The same steps with every weight, gradient and AdamW moment sharded over the two ranks (MLM's decoder
+    tied to its embeddings, pairs with gradient checkpointing, two accumulation micro-batches a step); the
+    checkpoints and final/ folders hold the whole tensors, as one process writes them."""
+    one, one_dir = one_process
+    mp.spawn(_worker, args=(2, free_port(), files, str(tmp_path / "two"), "fsdp"), nprocs=2, join=True)
+    two = json.loads((tmp_path / "two" / "histories.json").read_text())
+    names = ("mlm", "pairs", "multitask")
+    _assert_runs_equal(one, one_dir, two, tmp_path / "two", names)
     for name in names:
-        assert [m["step"] for m in two[name]] == list(range(1, STEPS + 1))
-        for a, b in zip(one[name], two[name]):
-            for key in a:
-                if key.endswith("loss") or key in ("mlm_accuracy", "grad_norm"):
-                    assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-6), (name, a["step"], key)
-            assert b["tokens"] == a["tokens"]
-        w1 = load_file(str(tmp_path / "one" / name / "checkpoints" / f"step-{STEPS:08d}" / "model.safetensors"))
-        w2 = load_file(str(tmp_path / "two" / name / "checkpoints" / f"step-{STEPS:08d}" / "model.safetensors"))
-        assert w1.keys() == w2.keys()
-        for key in w1:
-            # Adam divides by the gradient's own scale: where a gradient is small (an embedding row seen once),
-            # float noise from the other reduction order moves the weight by up to ~1e-5 in 3 steps of lr 3e-3
-            torch.testing.assert_close(w2[key], w1[key], rtol=1e-4, atol=2e-5, msg=f"{name}: {key}")
+        final1 = load_file(str(one_dir / name / "final" / "model.safetensors"))
+        final2 = load_file(str(tmp_path / "two" / name / "final" / "model.safetensors"))
+        assert final1.keys() == final2.keys()
+        for key in final1:
+            torch.testing.assert_close(final2[key], final1[key], rtol=1e-4, atol=2e-5, msg=f"{name}: {key}")
+        step = f"step-{STEPS:08d}"
+        moments1 = load_file(str(one_dir / name / "checkpoints" / step / "optimizer.safetensors"))
+        moments2 = load_file(str(tmp_path / "two" / name / "checkpoints" / step / "optimizer.safetensors"))
+        assert {k: v.shape for k, v in moments2.items()} == {k: v.shape for k, v in moments1.items()}
+
+
+def _fsdp_pairs_trainer(files: dict, out: Path, parallel: str = "fsdp"):
+    from bembed.training.config import PairsRun, load_config, to_dict
+    from bembed.training.pairs import PairStage
+    from bembed.training.trainer import Trainer
+
+    cfg = load_config(PairsRun, None, [
+        f"data.train=[{{path: {files['pairs']}}}]", f"model.tokenizer={files['tok']}", "model.max_length=24",
+        f"model.config={json.dumps(U.TINY_MODEL)}", *U.train_overrides(out, 4, batch=8), "train.grad_accum=2",
+        "train.save_every=2", f"train.parallel={parallel}"])
+    torch.manual_seed(0)
+    return Trainer(PairStage(cfg), cfg.train, to_dict(cfg))
+
+
+def _fsdp_resume_worker(rank: int, world: int, port: int, files: dict, out: str) -> None:
+    """Pairs under FSDP straight to 4 steps, and again from its step-2 checkpoint into another folder; then
+    GradCache on the sharded model. Rank 0 writes what GradCache said to results.json."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    import torch.distributed as dist
+
+    from bembed.training.grad_cache import cached_encode
+
+    try:
+        _fsdp_pairs_trainer(files, Path(out) / "straight").fit()
+        resumed = _fsdp_pairs_trainer(files, Path(out) / "resumed")
+        resumed.fit(resume=str(Path(out) / "straight" / "checkpoints" / "step-00000002"))
+        ids = torch.ones(4, 5, dtype=torch.long)
+        try:
+            cached_encode(resumed.model.embed, resumed.model, ids, torch.ones_like(ids), 2)
+            refusal = None
+        except ValueError as exc:
+            refusal = str(exc)
+        from torch.distributed.fsdp import FSDPModule
+        from torch.distributed.tensor import DTensor
+
+        layers = resumed.model.encoder.layer
+        # each transformer layer gathers its own weights (a group of its own), and each rank holds half of every
+        # parameter (rows split; the odd row of an odd count on rank 0)
+        structure = {"layers": [isinstance(layer, FSDPModule) for layer in layers],
+                     "halves": all(isinstance(p, DTensor) and p.to_local().shape[0] == (p.shape[0] + 1 - rank) // 2
+                                   for p in resumed.model.parameters())}
+        if rank == 0:
+            (Path(out) / "results.json").write_text(json.dumps({"grad_cache": refusal, **structure}))
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    exit_rank_process()
+
+
+@pytest.mark.slow
+def test_fsdp_checkpoints_resume_exactly_and_in_one_process(files, tmp_path):
+    """An FSDP checkpoint is whole tensors: resumed under FSDP it continues exactly (the sharded AdamW moments
+    and steps put back where they were), and one process resumes it too (the same steps, to float rounding)."""
+    mp.spawn(_fsdp_resume_worker, args=(2, free_port(), files, str(tmp_path)), nprocs=2, join=True)
+    straight = load_file(str(tmp_path / "straight" / "final" / "model.safetensors"))
+    resumed = load_file(str(tmp_path / "resumed" / "final" / "model.safetensors"))
+    assert straight.keys() == resumed.keys()
+    for key in straight:
+        assert torch.equal(straight[key], resumed[key]), key
+    single = _fsdp_pairs_trainer(files, tmp_path / "single")
+    single.fit(resume=str(tmp_path / "straight" / "checkpoints" / "step-00000002"))
+    alone = load_file(str(tmp_path / "single" / "final" / "model.safetensors"))
+    for key in straight:
+        torch.testing.assert_close(alone[key], straight[key], rtol=1e-4, atol=2e-5, msg=key)
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert "sharded" in results["grad_cache"]
+    assert results["layers"] == [True] * U.TINY_MODEL["num_hidden_layers"] and results["halves"]
 
 
 def _interrupt_worker(rank: int, world: int, port: int, files: dict, out: str) -> None:

@@ -49,6 +49,7 @@ def test_config_yaml_and_dotted_overrides(tmp_path):
     ("train.lr=yes", "train.lr: expected float, got True"), ("train.max_grad_norm=on", "expected float"),
     ("train.lr=[1,", "not valid YAML"), ("train.lr=.inf", "train.lr must be finite"),
     ("train.device=gpu", "train.device must be a torch device"),
+    ("train.parallel=zero3", "train.parallel must be ddp or fsdp, got 'zero3'"),
     ("mlm.tokenizer_vocab_size=0", "mlm.tokenizer_vocab_size must be ≥"),
     # the architecture's numbers: 0 heads divided by zero (a traceback), -1 failed at the first step
     ("model.config={num_attention_heads: 0}", "num_attention_heads must be a positive int"),

@@ -78,11 +78,11 @@ class AlignStage:
         cross = (1 - (en * xx).sum(-1)).mean()
         return keep + self.cfg.align.beta * cross, {"teacher_distance": keep.detach(), "cross_distance": cross.detach()}
 
-    def export(self, folder: Path) -> None:
+    def export(self, folder: Path, model: torch.nn.Module) -> None:
         # the student keeps its prompts (an E5-style model's query/passage prefixes) and its default prompt (its
         # length, as every stage's export does): alignment changes the languages it knows, not how it is queried
         student = self.cfg.model.init_from
-        export_encoder(self.model, self.tokenizer, folder, source=student, prompts=folder_prompts(student) or None,
+        export_encoder(model, self.tokenizer, folder, source=student, prompts=folder_prompts(student) or None,
                        default_prompt_name=folder_usage(student)[0])
 
 

@@ -41,14 +41,19 @@ def tensor_dict(state: dict) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu").clone().contiguous() for k, v in state.items()}
 
 
-def optimizer_state(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
-    """An optimizer state_dict split into tensors (for safetensors) and JSON-able rest."""
+def _as_is(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor
+
+
+def optimizer_state(optimizer: torch.optim.Optimizer, whole=_as_is) -> tuple[dict[str, torch.Tensor], dict]:
+    """An optimizer state_dict split into tensors (for safetensors) and JSON-able rest. `whole` makes a sharded
+    state tensor whole (parallel.full_tensor: under FSDP every rank calls this, the gathers in one order)."""
     sd = optimizer.state_dict()
     tensors, scalars = {}, {}
     for index, entries in sd["state"].items():
         for name, value in entries.items():
             if isinstance(value, torch.Tensor):
-                tensors[f"state.{index}.{name}"] = value.detach().to("cpu").contiguous()
+                tensors[f"state.{index}.{name}"] = whole(value).detach().to("cpu").contiguous()
             else:
                 scalars[f"{index}.{name}"] = value
     return tensors, {"param_groups": sd["param_groups"], "scalars": scalars,

@@ -74,8 +74,12 @@ class TrainConfig(Checked):
     keep_last: int = 2
     gradient_checkpointing: bool = False
     progress: bool = True
+    parallel: str = "ddp"  # under torchrun: "ddp" (whole model on every rank) or "fsdp" (sharded); parallel.py
 
     def validate(self) -> None:
+        from .parallel import KINDS
+
+        _require(self.parallel in KINDS, "train.parallel", " or ".join(KINDS), self.parallel)
         for name in ("max_steps", "batch_size", "grad_accum"):
             _require(getattr(self, name) >= 1, f"train.{name}", "≥ 1", getattr(self, name))
         if self.batch_size % self.grad_accum:
@@ -271,12 +275,22 @@ class PretrainRun(_UnweightedSources):
     mlm: MLMConfig = dataclasses.field(default_factory=MLMConfig)
 
 
+def _check_grad_cache_unsharded(train: TrainConfig, grad_cache_chunk: int, key: str) -> None:
+    # GradCache differentiates with respect to the whole parameters; FSDP's live in the per-layer gathers
+    _require(not (grad_cache_chunk and train.parallel == "fsdp"), key,
+             "0 with train.parallel=fsdp (GradCache needs whole parameters: use train.parallel=ddp)", grad_cache_chunk)
+
+
 @dataclasses.dataclass
 class PairsRun(_UnweightedSources):
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
     pairs: PairsConfig = dataclasses.field(default_factory=PairsConfig)
+
+    def validate(self) -> None:
+        super().validate()
+        _check_grad_cache_unsharded(self.train, self.pairs.grad_cache_chunk, "pairs.grad_cache_chunk")
 
 
 @dataclasses.dataclass
@@ -288,6 +302,7 @@ class MultitaskRun(Checked):
 
     def validate(self) -> None:
         super().validate()
+        _check_grad_cache_unsharded(self.train, self.multitask.grad_cache_chunk, "multitask.grad_cache_chunk")
         # A source without a weight weighs its row count: a weight of 2 next to 50,000 rows would be drawn
         # almost never. Either all sources say how often they are drawn, or the sizes decide for all.
         weighted = [s.weight is not None for s in self.data.train]

@@ -12,7 +12,8 @@ same dropout) and autocast state.
 The encoder's trainable parameters are inputs of the autograd node, and its backward returns their gradient
 summed over the chunks: each parameter receives one gradient per backward, as from any other module, which is
 what DistributedDataParallel's hooks expect. Under torch.distributed a trainable parameter that gets no
-gradient is an error, as DDP makes it without GradCache.
+gradient is an error, as DDP makes it without GradCache. A model sharded by FSDP is refused: its whole parameters
+exist only inside each layer's gather, out of this node's reach.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ import torch
 import torch.distributed as dist
 from torch.autograd.function import once_differentiable
 from torch.utils.checkpoint import get_device_states, set_device_states
+
+from .parallel import is_sharded
 
 Encode = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -110,6 +113,9 @@ def cached_encode(encode: Encode, model: torch.nn.Module, input_ids: torch.Tenso
         raise ValueError(f"cached_encode: input_ids and attention_mask must be (batch, length) of one shape, got "
                          f"{tuple(input_ids.shape)} and {tuple(attention_mask.shape)}")
     trainable = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    if any(is_sharded(p) for _, p in trainable):
+        raise ValueError("cached_encode: the model's parameters are sharded (FSDP's fully_shard); GradCache takes "
+                         "the gradient with respect to whole parameters: use DDP (train.parallel=ddp)")
     if chunk >= input_ids.shape[0] or not trainable or not torch.is_grad_enabled():
         return encode(input_ids, attention_mask)
     names, params = zip(*trainable)

@@ -146,6 +146,6 @@ class MLMStage:
         accuracy = (logits.argmax(-1) == targets).sum().float() / count
         return loss, {"mlm_accuracy": accuracy.detach()}
 
-    def export(self, folder: Path) -> None:
-        self.model.save_pretrained(folder)
+    def export(self, folder: Path, model: torch.nn.Module) -> None:
+        model.save_pretrained(folder)
         save_tokenizer(self.tokenizer, folder)

@@ -163,6 +163,6 @@ class MultitaskStage:
         loss = matryoshka_mean(infonce, (q, d), mt.matryoshka_dims)
         return loss, {"retrieval_loss": loss.detach()}
 
-    def export(self, folder: Path) -> None:
-        export_encoder(self.model, self.tokenizer, folder, source=self.cfg.model.init_from,
+    def export(self, folder: Path, model: torch.nn.Module) -> None:
+        export_encoder(model, self.tokenizer, folder, source=self.cfg.model.init_from,
                        prompts=stage_prompts(self.cfg.multitask), matryoshka_dims=self.cfg.multitask.matryoshka_dims)

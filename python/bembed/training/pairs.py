@@ -62,6 +62,6 @@ class PairStage:
 
         return matryoshka_mean(infonce, (q, d), p.matryoshka_dims), {}
 
-    def export(self, folder: Path) -> None:
-        export_encoder(self.model, self.tokenizer, folder, source=self.cfg.model.init_from,
+    def export(self, folder: Path, model: torch.nn.Module) -> None:
+        export_encoder(model, self.tokenizer, folder, source=self.cfg.model.init_from,
                        prompts=stage_prompts(self.cfg.pairs), matryoshka_dims=self.cfg.pairs.matryoshka_dims)

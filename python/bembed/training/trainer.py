@@ -4,18 +4,22 @@ atomic checkpoints with exact resume (checkpoint.py), Ctrl-C → checkpoint (sto
 and data parallelism under torchrun.
 
 A stage supplies `model` (the trained nn.Module), `batch(index, rank, world, size) -> Batch` (rank-local
-micro-batch `index` of `size` rows) and `loss(tensors) -> (loss, metrics)`, plus `export(folder)`, and
+micro-batch `index` of `size` rows) and `loss(tensors) -> (loss, metrics)`, plus `export(folder, model)` (writes
+`model`, the trained model made whole, to `folder`), and
 `weighted_batches = True` if its Batch weights are not all 1 (see `Batch`). Optional: `groups`, the parts of
 its data that batch indices take turns over (MLM's languages), each checked for a whole batch at start.
 Loss convention across ranks (the one `bembed_ext.contrastive_loss` uses): the mean of the rank losses is
 the loss of the global batch, and averaging the ranks' parameter gradients gives its gradient (gathers
-inside a loss sum gradients back to the owning rank). That is DDP's convention: under torchrun the stage's
-loss runs inside `DistributedDataParallel`, which averages gradients in buckets overlapped with backward,
-and skips that all-reduce (`no_sync`) on every accumulation micro-batch but the last.
+inside a loss sum gradients back to the owning rank). That is DDP's and FSDP's convention: under torchrun the
+stage's loss runs inside `DistributedDataParallel` or over a `fully_shard`ed model (`train.parallel`,
+parallel.py), which average gradients while backward runs, and skip that on every accumulation micro-batch
+but the last.
 """
 
 from __future__ import annotations
 
+import copy
+import functools
 import json
 import logging
 import math
@@ -31,6 +35,7 @@ from bembed.data.provenance import record_training_data
 from bembed.files import replacing_folder, write_text_atomic
 
 from . import checkpoint as ckpt
+from . import parallel
 from .batching import DATA_ORDER
 from .config import TrainConfig
 from .metrics import plot_losses, read_metrics
@@ -73,8 +78,8 @@ def lr_factor(step: int, warmup: int, total: int) -> float:
 
 
 class StageLoss(torch.nn.Module):
-    """A stage's loss as a module over the stage's model, so that DDP can wrap it: DDP hooks the model's
-    parameters and sees one forward (the whole loss, however many encoder calls it makes) per micro-batch."""
+    """A stage's loss as a module over the stage's model, so that DDP or FSDP can wrap it: they hook the model's
+    parameters and see one forward (the whole loss, however many encoder calls it makes) per micro-batch."""
 
     def __init__(self, stage):
         super().__init__()
@@ -83,19 +88,6 @@ class StageLoss(torch.nn.Module):
 
     def forward(self, tensors: dict):
         return self._loss(tensors)
-
-
-def data_parallel(module: torch.nn.Module, device: torch.device) -> torch.nn.Module:
-    """`module` under DDP when this is one of several ranks (rank 0's weights are broadcast to all at
-    construction), else `module` itself. Every trainable parameter must get a gradient on every step:
-    freeze the ones a loss does not use (as the encoder stages do with BERT's pooler)."""
-    if not (dist.is_initialized() and dist.get_world_size() > 1):
-        return module
-    from torch.nn.parallel import DistributedDataParallel
-
-    # the model's buffers are constants (no running statistics): no need to broadcast them every forward
-    return DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None,
-                                   broadcast_buffers=False, gradient_as_bucket_view=True)
 
 
 def fused_adamw_supported(params: list[torch.Tensor]) -> bool:
@@ -142,12 +134,18 @@ class Trainer:
         except ValueError as exc:
             raise ValueError(f"data.train: {exc} (train.batch_size / train.grad_accum)") from None
         self.weighted = getattr(stage, "weighted_batches", False)
+        # FSDP leaves no rank a whole model to export at the end: rank 0 keeps a copy on the CPU, which takes the
+        # gathered weights then (the memory a whole checkpoint needs on rank 0 anyway)
+        self.sharded = config.parallel == "fsdp" and self.world > 1
+        self.whole_copy = copy.deepcopy(stage.model).cpu() if self.sharded and self.rank == 0 else None
         self.model = stage.model.to(self.device)
         for module in self.model.modules():  # what would fail at step 1 fails now, as a config error
             if hasattr(module, "check_trainable"):
                 module.check_trainable()
         if config.gradient_checkpointing and hasattr(self.model, "gradient_checkpointing_enable"):
             self.model.gradient_checkpointing_enable()
+        # under FSDP the parameters become shards in place: the optimizer is built over those
+        self.stage_loss = parallel.wrap(StageLoss(stage), self.device, config.parallel)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         decay = [p for p in self.params if p.dim() >= 2]
         no_decay = [p for p in self.params if p.dim() < 2]  # biases and LayerNorm weights
@@ -160,7 +158,6 @@ class Trainer:
         self.out = Path(config.output_dir)
         self.ckpt_root = self.out / "checkpoints"
         self.autocast = self.device.type == "cuda" and config.bf16
-        self.stage_loss = data_parallel(StageLoss(stage), self.device)
 
     # ------------------------------------------------------------------ distributed helpers
     def _sum_across_ranks(self, values: list[float]) -> list[float]:
@@ -201,13 +198,13 @@ class Trainer:
         for a, batch in enumerate(batches):
             index, share = first + a, batch.weight * self.world / total
             last = a == accum - 1
-            with self.stage_loss.no_sync() if self.world > 1 and not last else nullcontext():
+            with parallel.gradient_sync(self.stage_loss, last):
                 with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.autocast):
                     loss, metrics = self.stage_loss(self._to_device(batch.tensors))
                 value = float(loss.detach())
                 if not math.isfinite(value):
                     bad.append(f"{batch.source} (micro-batch {index}, rank {self.rank})")
-                # backward even for a bad loss: gathers inside the loss and DDP's all-reduce are collectives
+                # backward even for a bad loss: gathers inside the loss and the gradients' reduction are collectives
                 # every rank must join
                 (loss * share).backward()
             loss_sum += value * share
@@ -237,7 +234,8 @@ class Trainer:
         # One process stops the moment Ctrl-C comes (after the optimizer update); ranks stop where they agreed.
         with deferred_sigint() if self.world == 1 else nullcontext([]) as caught:
             if cfg.max_grad_norm:  # 0 or None: no clipping
-                grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm))
+                norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm)
+                grad_norm = float(parallel.full_tensor(norm))  # under FSDP a DTensor, reduced over the shards
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
             self.optimizer.step()
@@ -271,9 +269,13 @@ class Trainer:
         save_file(tensors, str(tmp / f"rng-rank{self.rank}.safetensors"))
         ckpt.write_json(tmp / f"rng-rank{self.rank}.json", meta)
         final = None
+        if self.rank == 0 or self.sharded:  # whole tensors: under FSDP every rank takes part in gathering them
+            keep = self.rank == 0
+            weights = ckpt.tensor_dict(parallel.full_tensors(self.model.state_dict(), keep))
+            opt_tensors, opt_meta = ckpt.optimizer_state(self.optimizer,
+                                                         whole=functools.partial(parallel.full_tensor, keep=keep))
         if self.rank == 0:
-            save_file(ckpt.tensor_dict(self.model.state_dict()), str(tmp / "model.safetensors"))
-            opt_tensors, opt_meta = ckpt.optimizer_state(self.optimizer)
+            save_file(weights, str(tmp / "model.safetensors"))
             save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
             ckpt.write_json(tmp / "state.json", {
                 "step": self.step, "micro_batches_done": self.step * self.cfg.grad_accum,
@@ -297,7 +299,8 @@ class Trainer:
                                        f"not {type(self.stage).__name__}")
         self._load_weights(path, data["model"])
         try:
-            ckpt.load_optimizer_state(self.optimizer, data["optimizer"], state["optimizer"])
+            ckpt.load_optimizer_state(self.optimizer, self._placed_like_parameters(data["optimizer"]),
+                                      state["optimizer"])
         except (KeyError, ValueError) as exc:
             raise ckpt.CheckpointError(f"checkpoint {path}: optimizer state does not fit ({exc})") from None
         # The loaded param groups carry the hyperparameters the checkpoint was written with; the config's win, as
@@ -323,12 +326,26 @@ class Trainer:
         if resized:  # load_state_dict would raise a RuntimeError that names no checkpoint
             raise ckpt.CheckpointError(f"checkpoint {path}: weights do not fit this model (shape in checkpoint vs "
                                        f"model: {'; '.join(resized[:5])})")
+        weights = {name: parallel.shard_like(value, current[name]) if name in current else value
+                   for name, value in weights.items()}
         missing, unexpected = self.model.load_state_dict(weights, strict=False)
         if missing or unexpected:
             raise ckpt.CheckpointError(f"checkpoint {path}: weights do not fit this model (missing {missing[:5]}, "
                                        f"unexpected {unexpected[:5]})")
         if hasattr(self.model, "tie_decoder"):
             self.model.tie_decoder()
+
+    def _placed_like_parameters(self, tensors: dict) -> dict:
+        """A checkpoint's optimizer tensors (`state.<param index>.<name>`, whole) sharded as their parameters are
+        (under FSDP; else as they are)."""
+        if not self.sharded:
+            return tensors
+        params = [p for group in self.optimizer.param_groups for p in group["params"]]
+        placed = {}
+        for key, value in tensors.items():
+            index = int(key.split(".")[1])
+            placed[key] = parallel.shard_like(value, params[index]) if index < len(params) else value
+        return placed
 
     def _warn_of_resume_differences(self, path: Path, state: dict) -> None:
         """Resuming with another config, world size or grad_accum than the checkpoint's is allowed, and said."""
@@ -453,14 +470,26 @@ class Trainer:
     def _finish(self) -> None:
         """After the last step: the final checkpoint, and on rank 0 the final/ export and the loss curve."""
         self.save_checkpoint()
+        model = self._whole_model()
         if self.rank == 0:
-            config = getattr(self.stage.model, "config", None)
+            config = getattr(model, "config", None)
             if config is not None:  # the built splits it trained on go along in its config.json (for bembed eval)
                 record_training_data(config, (self.full_config.get("data") or {}).get("train") or [])
             with replacing_folder(self.out / "final") as folder:  # never a half-written final/ after a kill
-                self.stage.export(folder)
+                self.stage.export(folder, model)
             log.info("final model written to %s", self.out / "final")
             plot_losses(self.out / "metrics.jsonl", self.out / "loss.png")
+
+    def _whole_model(self) -> torch.nn.Module | None:
+        """The trained model, whole, on rank 0 (the model itself; under FSDP rank 0's CPU copy, loaded with the
+        gathered weights: a collective, every rank calls it); None on the other ranks of an FSDP run."""
+        if not self.sharded:
+            return self.model
+        weights = parallel.full_tensors(self.model.state_dict(), keep=self.rank == 0)
+        if self.rank != 0:
+            return None
+        self.whole_copy.load_state_dict(weights)
+        return self.whole_copy
 
     def _progress(self):
         if self.rank != 0 or not self.cfg.progress:
