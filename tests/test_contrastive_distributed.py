@@ -204,9 +204,19 @@ def _check_gather_warns_nothing(rank, world_size):
     x = torch.randn(3, DIM, dtype=torch.float64, requires_grad=True)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        all_gather_rows(x).sum().backward()
+        all_gather_rows(x).mul(2).sum().backward()
     assert not caught, [str(w.message) for w in caught]
-    assert torch.equal(x.grad, torch.full_like(x, world_size))  # each rank's copy of its rows sends back a 1
+
+
+def _check_gather_takes_a_strided_gradient(rank, world_size):
+    """`gathered.sum()` sends back an expanded gradient (stride 0), which torch 2.11's reduce-scatter backward
+    refused ("Expected input.is_contiguous()"), eager and compiled: each rank's rows get one 1 per rank."""
+    from bembed_ext.distributed import all_gather_rows
+
+    for fn in (all_gather_rows, torch.compile(all_gather_rows, fullgraph=True, backend="aot_eager")):
+        x = torch.randn(3, DIM, dtype=torch.float64, requires_grad=True)
+        fn(x).sum().backward()
+        assert torch.equal(x.grad, torch.full_like(x, world_size)), x.grad
 
 
 def _check_uneven_shapes_are_refused(rank, world_size):
@@ -263,7 +273,8 @@ def _check_compiled_gather_matches_eager(rank, world_size):
 @pytest.fixture(scope="module")
 def two_ranks(tmp_path_factory):
     checks = [_check_matches_single_process, _check_bad_gathers_are_caught, _check_ddp_step,
-              _check_uneven_shapes_are_refused, _check_compiled_gather_matches_eager, _check_gather_warns_nothing]
+              _check_uneven_shapes_are_refused, _check_compiled_gather_matches_eager, _check_gather_warns_nothing,
+              _check_gather_takes_a_strided_gradient]
     return _run_checks(2, checks, tmp_path_factory.mktemp("two_ranks"))
 
 
@@ -293,3 +304,7 @@ def test_compiled_gather_matches_eager(two_ranks):
 
 def test_gather_warns_nothing(two_ranks):
     _assert_passed(two_ranks, _check_gather_warns_nothing)
+
+
+def test_gather_takes_a_strided_gradient(two_ranks):
+    _assert_passed(two_ranks, _check_gather_takes_a_strided_gradient)
