@@ -68,19 +68,6 @@ def _check_layouts_in_graph(every: torch.Tensor) -> None:
                 torch._check(every[rank, index, column].item() == every[0, index, column].item())
 
 
-class _ContiguousGradient(torch.autograd.Function):
-    """The identity, whose backward hands on its gradient made contiguous: torch 2.11's backward of the gather (a
-    reduce-scatter) refuses a strided gradient, such as the expanded ones `gathered.sum()` sends back."""
-
-    @staticmethod
-    def forward(ctx, x):
-        return x.view_as(x)
-
-    @staticmethod
-    def backward(ctx, grad):
-        return grad.contiguous()
-
-
 def all_gather_rows(x: torch.Tensor) -> torch.Tensor:
     """x (n, ...) on every rank → (W·n, ...), rank r's rows at [r·n, (r+1)·n). Every rank must pass the same
     shape. Differentiable (see the module docstring for the gradient convention): torch's own gather, whose
@@ -90,4 +77,10 @@ def all_gather_rows(x: torch.Tensor) -> torch.Tensor:
 
     # torch 2.13 renamed it and warns (FutureWarning) on the old name, the only one torch 2.11 has
     gather = getattr(functional, "all_gather_single_autograd", None) or functional.all_gather_tensor_autograd
-    return _ContiguousGradient.apply(gather(x.contiguous(), 0, dist.group.WORLD))
+    gathered = gather(x.contiguous(), 0, dist.group.WORLD)
+    if gathered.requires_grad:
+        # torch 2.11's backward of the gather (a reduce-scatter) refuses a strided gradient, such as the expanded
+        # ones `gathered.sum()` sends back. A hook, not an identity autograd.Function: that one's output is a view,
+        # which may not be modified in place. (2.11 still fails to compile an in-place edit of the hooked tensor.)
+        gathered.register_hook(torch.Tensor.contiguous)
+    return gathered

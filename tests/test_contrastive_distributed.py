@@ -210,13 +210,23 @@ def _check_gather_warns_nothing(rank, world_size):
 
 def _check_gather_takes_a_strided_gradient(rank, world_size):
     """`gathered.sum()` sends back an expanded gradient (stride 0), which torch 2.11's reduce-scatter backward
-    refused ("Expected input.is_contiguous()"), eager and compiled: each rank's rows get one 1 per rank."""
+    refused ("Expected input.is_contiguous()"), eager and compiled: each rank's rows get one 1 per rank. The
+    gathered tensor stays an ordinary one, which may be modified in place (an identity autograd.Function's view
+    may not)."""
     from bembed_ext.distributed import all_gather_rows
 
-    for fn in (all_gather_rows, torch.compile(all_gather_rows, fullgraph=True, backend="aot_eager")):
+    def doubled_sum(x):
+        gathered = all_gather_rows(x)
+        gathered.mul_(2)
+        return gathered.sum()
+
+    cases = [(lambda x: all_gather_rows(x).sum(), 1), (torch.compile(lambda x: all_gather_rows(x).sum(),
+                                                                      fullgraph=True, backend="aot_eager"), 1),
+             (doubled_sum, 2)]
+    for fn, factor in cases:
         x = torch.randn(3, DIM, dtype=torch.float64, requires_grad=True)
-        fn(x).sum().backward()
-        assert torch.equal(x.grad, torch.full_like(x, world_size)), x.grad
+        fn(x).backward()
+        assert torch.equal(x.grad, torch.full_like(x, factor * world_size)), x.grad
 
 
 def _check_uneven_shapes_are_refused(rank, world_size):

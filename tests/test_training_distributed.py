@@ -179,6 +179,28 @@ def _fsdp_pairs_trainer(files: dict, out: Path, parallel: str = "fsdp"):
     return Trainer(PairStage(cfg), cfg.train, to_dict(cfg))
 
 
+class _Block(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.parts = torch.nn.ModuleList([torch.nn.Linear(4, 4), torch.nn.Linear(4, 4)])
+
+    def forward(self, x):
+        for part in self.parts:
+            x = part(x)
+        return x
+
+
+class _Nested(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.blocks = torch.nn.ModuleList([_Block(), _Block()])
+
+    def forward(self, x):
+        for block in self.blocks:
+            x = block(x)
+        return x
+
+
 def _fsdp_resume_worker(rank: int, world: int, port: int, files: dict, out: str) -> None:
     """Pairs under FSDP straight to 4 steps, and again from its step-2 checkpoint into another folder; then
     GradCache on the sharded model. Rank 0 writes what GradCache said to results.json."""
@@ -202,12 +224,25 @@ def _fsdp_resume_worker(rank: int, world: int, port: int, files: dict, out: str)
         from torch.distributed.fsdp import FSDPModule
         from torch.distributed.tensor import DTensor
 
-        layers = resumed.model.encoder.layer
+        from bembed.training import parallel
+
+        def half(t):  # this rank's rows of a sharded tensor (the odd row of an odd count on rank 0)
+            return isinstance(t, DTensor) and t.to_local().shape[0] == (t.shape[0] + 1 - rank) // 2
+
         # each transformer layer gathers its own weights (a group of its own), and each rank holds half of every
-        # parameter (rows split; the odd row of an odd count on rank 0)
-        structure = {"layers": [isinstance(layer, FSDPModule) for layer in layers],
-                     "halves": all(isinstance(p, DTensor) and p.to_local().shape[0] == (p.shape[0] + 1 - rank) // 2
-                                   for p in resumed.model.parameters())}
+        # parameter; so of every gradient also on an accumulation micro-batch (no sync skipped)
+        resumed.optimizer.zero_grad(set_to_none=True)
+        with parallel.gradient_sync(resumed.stage_loss, False):
+            batch = resumed.stage.batch(0, rank, world, resumed.local_size)
+            resumed.stage_loss(resumed._to_device(batch.tensors))[0].backward()
+        structure = {"layers": [isinstance(layer, FSDPModule) for layer in resumed.model.encoder.layer],
+                     "halves": all(half(p) for p in resumed.model.parameters()),
+                     "gradient halves": all(half(p.grad) for p in resumed.params)}
+
+        # a model whose layers hold lists of their own (T5's blocks): the outer list's members are the groups
+        nested = parallel.wrap(_Nested(), torch.device("cpu"), "fsdp")
+        nested(torch.randn(3, 4)).sum().backward()
+        structure["nested groups"] = [isinstance(m, FSDPModule) for m in (nested.blocks[0], nested.blocks[0].parts[0])]
         if rank == 0:
             (Path(out) / "results.json").write_text(json.dumps({"grad_cache": refusal, **structure}))
     finally:
@@ -234,6 +269,7 @@ def test_fsdp_checkpoints_resume_exactly_and_in_one_process(files, tmp_path):
     results = json.loads((tmp_path / "results.json").read_text())
     assert "sharded" in results["grad_cache"]
     assert results["layers"] == [True] * U.TINY_MODEL["num_hidden_layers"] and results["halves"]
+    assert results["gradient halves"] and results["nested groups"] == [True, False]
 
 
 def _interrupt_worker(rank: int, world: int, port: int, files: dict, out: str) -> None:

@@ -3,19 +3,20 @@
 - `ddp`: DistributedDataParallel. Every rank holds the whole model and its AdamW moments; gradients are
   averaged in buckets while backward runs.
 - `fsdp`: torch's `fully_shard` (FSDP2). Every rank holds 1/world of each parameter, gradient and AdamW moment
-  (as DTensors); each transformer layer (each module of an `nn.ModuleList`) gathers its weights for its
-  forward and again for its backward, and its gradients are reduce-scattered (averaged) as they are made. The
-  rest of the model (embeddings, pooler, MLM head) is one more group. For a model whose weights, gradients and
-  optimizer state do not fit one device beside the activations; on a model that fits, DDP communicates less.
+  (as DTensors); each transformer layer (each member of the outermost `nn.ModuleList`s) gathers its weights
+  for its forward and again for its backward, and its gradients are reduce-scattered (averaged) as they are
+  made, on every accumulation micro-batch. The rest of the model (embeddings, pooler, MLM head) is one more
+  group. For a model whose weights, gradients and optimizer state do not fit one device beside the
+  activations; on a model that fits, DDP communicates less.
 
 Both average gradients over the ranks, the loss convention the trainer relies on, and both start from rank 0's
-weights. Checkpoints hold whole tensors either way (`full_tensors`, gathered to every rank, one tensor at a
-time), so a checkpoint written under one resumes under the other or in one process (`shard_like`).
+weights. Checkpoints hold whole tensors either way (`full_tensors`, gathered one tensor at a time), so a
+checkpoint written under one resumes under the other or in one process (`shard_like`).
 """
 
 from __future__ import annotations
 
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 
 import torch
 import torch.distributed as dist
@@ -46,33 +47,30 @@ def wrap(module: torch.nn.Module, device: torch.device, kind: str) -> torch.nn.M
 
     for tensor in module.state_dict().values():  # each rank keeps its slice of its own copy: make them rank 0's
         dist.broadcast(tensor, src=0)
-    for layer in [m for m in module.modules() if isinstance(m, torch.nn.ModuleList)]:
-        for block in layer:
-            fully_shard(block)
-    fully_shard(module)
+    for block in _layers(module):
+        fully_shard(block)
+    fully_shard(module)  # last: fully_shard takes a module's sub-groups before the module itself
     return module
 
 
+def _layers(module: torch.nn.Module) -> list[torch.nn.Module]:
+    """The members of each outermost `nn.ModuleList` (a transformer's layers; in a model whose layers hold lists
+    of their own, such as T5's blocks, those stay inside their layer's group)."""
+    lists: list[str] = []
+    for name, child in module.named_modules():
+        if isinstance(child, torch.nn.ModuleList) and not any(name.startswith(f"{outer}.") for outer in lists):
+            lists.append(name)
+    return [block for name in lists for block in module.get_submodule(name)]
+
+
 def gradient_sync(module: torch.nn.Module, enabled: bool):
-    """A context in which backward averages the gradients over the ranks (`enabled`) or only accumulates them
-    on each rank (every accumulation micro-batch but a step's last): DDP's `no_sync`, FSDP's
-    `set_requires_gradient_sync` (which then keeps the unsharded gradients until the last micro-batch)."""
-    if enabled:
+    """A context in which backward averages the gradients over the ranks (`enabled`) or, under DDP, only
+    accumulates them on each rank (`no_sync`: every accumulation micro-batch but a step's last). FSDP reduces
+    every micro-batch's gradients: skipping it (`set_requires_gradient_sync(False)`) would keep every layer's
+    whole gradient on every rank until the step's last micro-batch, the memory FSDP is chosen to save."""
+    if enabled or not hasattr(module, "no_sync"):
         return nullcontext()
-    if hasattr(module, "no_sync"):
-        return module.no_sync()
-    if hasattr(module, "set_requires_gradient_sync"):
-        return _fsdp_without_sync(module)
-    return nullcontext()
-
-
-@contextmanager
-def _fsdp_without_sync(module):
-    module.set_requires_gradient_sync(False)
-    try:
-        yield
-    finally:
-        module.set_requires_gradient_sync(True)
+    return module.no_sync()
 
 
 def is_sharded(tensor) -> bool:
