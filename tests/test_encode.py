@@ -148,9 +148,12 @@ def test_non_string_items_raise_naming_the_index(embedder, bad, index):
 
 
 def test_a_lone_surrogate_is_named_by_its_index(embedder):
-    """The tokenizer's TypeError ("TextEncodeInput must be Union[...]") named neither the text nor the problem."""
+    """The tokenizer's TypeError ("TextEncodeInput must be Union[...]") named neither the text nor the problem;
+    encode_chunks passed it on as it was."""
     with pytest.raises(ValueError, match=r"texts\[1\] is not valid Unicode \(surrogates not allowed at character 3"):
         embedder.encode(["fine", "bad\ud800", "fine too"])
+    with pytest.raises(ValueError, match=r"^document is not valid Unicode \(surrogates not allowed at character 3"):
+        embedder.encode_chunks("bad\ud800 text", chunk_size=2)
 
 
 def test_bad_arguments_are_named(embedder):
@@ -190,6 +193,10 @@ def test_sentence_transformers_keywords_and_methods(embedder, caplog):
     assert isinstance(cosine, torch.Tensor) and cosine.shape == (3, 2)
     torch.testing.assert_close(cosine, torch.from_numpy(short @ short[:2].T), rtol=1e-5, atol=1e-6)
     assert embedder.similarity(short[0], short[1]).shape == (1, 1)
+    rows = embedder.encode(TEXTS[:3], truncate_dim=16, convert_to_numpy=False)  # a list of row tensors
+    torch.testing.assert_close(embedder.similarity(rows, rows[:2]), cosine, rtol=1e-5, atol=1e-6)
+    with pytest.raises(TypeError, match="normalize_embeddings must be a bool or None, got 'false'"):
+        embedder.encode(TEXTS[:2], normalize_embeddings="false")  # a non-empty string was a silent True
 
     assert embedder.max_seq_length == embedder.model.config.max_position_embeddings
     embedder.max_seq_length = 8

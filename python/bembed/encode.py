@@ -67,6 +67,23 @@ def _check_texts(texts) -> list[str]:
     return texts
 
 
+@contextlib.contextmanager
+def _unicode_named(texts: list[str], name: str):
+    """Around a tokenizer call: its TypeError on text that is not valid Unicode (a lone surrogate: "TextEncodeInput
+    must be ...") names no text; a ValueError naming `name` (and the row, for several) and the character instead."""
+    try:
+        yield
+    except TypeError:
+        for i, text in enumerate(texts):
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                where = f"{name}[{i}]" if len(texts) > 1 or name == "texts" else name
+                raise ValueError(f"{where} is not valid Unicode ({exc.reason} at character {exc.start}, prompt "
+                                 "included)") from None
+        raise
+
+
 def _wants_token_states(output_value: str, precision: str, truncate: bool) -> bool:
     """Whether encode returns token states (else pooled rows), refusing what it cannot give with them."""
     if output_value not in ("sentence_embedding", "token_embeddings"):
@@ -225,9 +242,12 @@ class Embedder:
         return self.dim
 
     def similarity(self, embeddings1, embeddings2) -> torch.Tensor:
-        """(n, m) float32 cosine similarities of two sets of embeddings (arrays or tensors, (n, dim) or (dim,)),
-        sentence-transformers' `similarity` with its default cosine function."""
-        first, second = (torch.atleast_2d(torch.as_tensor(e).float()) for e in (embeddings1, embeddings2))
+        """(n, m) float32 cosine similarities of two sets of embeddings (arrays or tensors, (n, dim) or (dim,), or
+        lists of row tensors), sentence-transformers' `similarity` with its default cosine function."""
+        from .search import as_matrix
+
+        first, second = (as_matrix(e, name).float() for e, name in ((embeddings1, "embeddings1"),
+                                                                    (embeddings2, "embeddings2")))
         return normalize(first) @ normalize(second).T
 
     # ---- encoding -----------------------------------------------------------------------------------
@@ -349,8 +369,9 @@ class Embedder:
         """(ids, character offsets, lead, text_end) of prefix + document cut to max_length tokens: the tokens
         lead:text_end are the document's own. The prompt's tokens are a prefix like the leading specials: they
         join the first chunk, never a span."""
-        encoded = self.tokenizer(prefix + document, add_special_tokens=True, truncation=False, verbose=False,
-                                 return_special_tokens_mask=True, return_offsets_mapping=True)
+        with _unicode_named([prefix + document], "document"):
+            encoded = self.tokenizer(prefix + document, add_special_tokens=True, truncation=False, verbose=False,
+                                     return_special_tokens_mask=True, return_offsets_mapping=True)
         ids, offsets, special = encoded["input_ids"], encoded["offset_mapping"], encoded["special_tokens_mask"]
         lead = self._leading(special)
         trail = self._leading(special[::-1])
@@ -374,7 +395,11 @@ class Embedder:
                              self._special_count() + 1)
 
     def _normalizes(self, normalize_embeddings: bool | None) -> bool:
-        return self.normalize_embeddings if normalize_embeddings is None else normalize_embeddings
+        if normalize_embeddings is None:
+            return self.normalize_embeddings
+        if not isinstance(normalize_embeddings, (bool, np.bool_)):  # the string "false" was a silent True
+            raise TypeError(f"normalize_embeddings must be a bool or None, got {normalize_embeddings!r}")
+        return bool(normalize_embeddings)
 
     def _named_prompt(self, names: tuple[str, ...]) -> str | None:
         return next((name for name in names if name in self.prompts), None)
@@ -409,17 +434,9 @@ class Embedder:
 
     def _tokenize(self, texts: list[str]) -> tuple[list[list[int]], list[int], list[int]]:
         """Full (untruncated) token ids with specials, and the counts of leading and trailing specials."""
-        try:
+        with _unicode_named(texts, "texts"):
             encoded = self.tokenizer(texts, add_special_tokens=True, truncation=False, verbose=False,
                                      return_special_tokens_mask=True, return_attention_mask=False)
-        except TypeError:  # the tokenizer's message ("TextEncodeInput must be ...") names no text
-            for i, text in enumerate(texts):
-                try:
-                    text.encode("utf-8")
-                except UnicodeEncodeError as exc:
-                    raise ValueError(f"texts[{i}] is not valid Unicode ({exc.reason} at character "
-                                     f"{exc.start}, prompt included)") from None
-            raise
         ids, masks = encoded["input_ids"], encoded["special_tokens_mask"]
         lead = [self._leading(m) for m in masks]
         trail = [min(self._leading(m[::-1]), len(m) - n) for m, n in zip(masks, lead)]

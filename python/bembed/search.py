@@ -25,7 +25,9 @@ def dot_score(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return a @ b.T
 
 
-def _as_matrix(embeddings, name: str) -> torch.Tensor:
+def as_matrix(embeddings, name: str) -> torch.Tensor:
+    """Embeddings as an (n, dim) tensor: an array, a tensor, one (dim,) row, or the list of row tensors that
+    `encode(..., convert_to_numpy=False)` returns; TypeError / ValueError naming `name` otherwise."""
     if isinstance(embeddings, (list, tuple)) and embeddings and all(isinstance(e, torch.Tensor) for e in embeddings):
         shapes = {tuple(e.shape) for e in embeddings}
         if len(shapes) > 1:
@@ -65,8 +67,8 @@ def semantic_search(query_embeddings, corpus_embeddings, query_chunk_size: int =
         score_function = cos_sim if score_function == "cos_sim" else dot_score
     elif not callable(score_function):
         raise TypeError(f"score_function must be a name or a callable, got {type(score_function).__name__}")
-    queries = _as_matrix(query_embeddings, "query_embeddings")
-    corpus = _as_matrix(corpus_embeddings, "corpus_embeddings")
+    queries = as_matrix(query_embeddings, "query_embeddings")
+    corpus = as_matrix(corpus_embeddings, "corpus_embeddings")
     if not len(queries) or not len(corpus):  # nothing to compare (and no width to check against)
         return [[] for _ in range(len(queries))]
     if queries.shape[1] != corpus.shape[1]:
