@@ -61,6 +61,18 @@ def test_without_prompts_the_standard_names_are_ignored(embedder):
                                rtol=1e-5, atol=1e-6)
 
 
+def test_an_empty_document_prompt_gives_way_to_the_passage_prompt(embedder):
+    """sentence-transformers 6 saves an E5-style folder's prompts as {"query": ..., "passage": ..., "document": ""}:
+    documents went unprefixed where the model was trained with "passage: "."""
+    e5 = Embedder(embedder.model, embedder.tokenizer,
+                  prompts={"query": "query: ", "passage": "passage: ", "document": ""})
+    want = embedder.encode(TEXTS[:2], prompt="passage: ")
+    for got in (e5.encode_document(TEXTS[:2]), e5.encode(TEXTS[:2], prompt_name="document")):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(e5.encode_query(TEXTS[:2]), embedder.encode(TEXTS[:2], prompt="query: "),
+                               rtol=1e-5, atol=1e-6)
+
+
 def test_prompts_given_to_from_pretrained_are_merged_over_the_saved_ones(tmp_path, embedder):
     Embedder(embedder.model, embedder.tokenizer, prompts={"document": "passage: "},
              default_prompt_name="document").save_pretrained(tmp_path / "m")

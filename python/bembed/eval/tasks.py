@@ -99,9 +99,18 @@ def bitext_task(rows: list[dict], pair: str, sizes: TaskSizes):
     return _make(AbsTaskBitextMining, meta, data)
 
 
+def _check_varied(values: list, name: str, what: str) -> None:
+    """A correlation (STS) or an average precision (pair classification) needs two different gold values: with
+    one, scipy raises mid-run, the score is NaN (poisoning the table's mean), or AP is 1 or 0 for any model."""
+    if len(set(values)) < 2:
+        raise NoRows(f"{name} has {len(values)} row(s) with {len(set(values))} distinct {what} (in the sample): "
+                     "two are needed")
+
+
 def sts_task(rows: list[dict], pair: str, sizes: TaskSizes):
     _check_rows(rows, f"BembedSTSConstructed.{pair}")
     rows = _sample(rows, sizes.max_items, sizes.seed)
+    _check_varied([r["score"] for r in rows], f"BembedSTSConstructed.{pair}", "scores")
     data = {"test": {k: [r[k] for r in rows] for k in ("sentence1", "sentence2", "score")}}
     meta = _metadata(f"BembedSTSConstructed.{pair}", "STS", "cosine_spearman", pair.split("-"),
                      "CONSTRUCTED graded similarity (not human-graded) from aligned Bible verses, books 1-39.",
@@ -126,6 +135,7 @@ def pair_classification_task(rows: list[dict], pair: str, sizes: TaskSizes):
     rows = [r for r in rows if r["score"] >= 5 or r["score"] <= 1]
     _check_rows(rows, f"BembedPairClassification.{pair}")
     rows = _sample(rows, sizes.max_items, sizes.seed)
+    _check_varied([int(r["score"] >= 5) for r in rows], f"BembedPairClassification.{pair}", "labels")
     data = DatasetDict({"test": Dataset.from_dict({
         "sentence1": [r["sentence1"] for r in rows], "sentence2": [r["sentence2"] for r in rows],
         "labels": [int(r["score"] >= 5) for r in rows]})})
