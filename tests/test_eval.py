@@ -336,6 +336,9 @@ def test_bembed_eval_cli_on_files_of_your_own(tmp_path, capsys):
     assert main(["eval", "--lexical", "--data", str(tmp_path / "none"), "--file", str(pairs), "--tasks", "bitext",
                  "--out", str(out)]) == 1  # the built tasks asked for are missing
     assert "no built data" in capsys.readouterr().out
+    assert main(["eval", "--lexical", "--data", str(tmp_path / "none"), "--pairs", "en-es", "--tasks", "bitext",
+                 "--out", str(out)]) == 1
+    assert "bembed data build --pair en-es` first" in capsys.readouterr().out  # the pair asked for, not en-de
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"query": "a", "document": "b"}\n{"query": "a"}\n', encoding="utf-8")
     for path, message in ((bad, f"--file: {bad}:line 2: missing column"), (tmp_path / "missing.jsonl", "--file: no such file")):
