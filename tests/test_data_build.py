@@ -359,8 +359,28 @@ def test_rows_that_a_training_set_holds_are_dropped_from_the_eval_splits(tmp_pat
     db.commit()
     db.close()
 
+    # Across sets: a German cookie (mono_de train) repeating, up to case and punctuation, the German side of a
+    # gettext pair held out for test; and a cookie repeating another up to case (a duplicate, kept once).
+    assert split_of("gettext:Cannot open the file %s", fractions) == "test"
+    cookies = next(f"planted{j}" for j in range(100)
+                   if split_of(f"fortune:fortunes-de:de/planted{j}:0", fractions) == "train")
+    (cache / "sources" / "fortunes-de" / "usr/share/games/fortunes/de" / cookies).write_text(
+        "DIE DATEI %S KANN NICHT GEÖFFNET WERDEN!\n%\nDer erste Spruch ist LANG genug\n%\n", encoding="utf-8")
+
     counts = build(cache, tmp_path / "out", "en-de", fractions=fractions, n_negatives=2)
     root = tmp_path / "out" / "en-de"
+    held_out = [r for s, rows in load_from_disk(str(root / "parallel")).items() if s != "train" for r in rows]
+    assert [r["doc_id"] for r in held_out].count("gettext:Cannot open the file %s") == 0
+    assert [r["doc_id"] for r in held_out].count("gettext:~Save the document now") > 0  # no German cookie has it
+    mono_de = [r["text"] for rows in load_from_disk(str(root / "mono_de")).values() for r in rows]
+    assert [normalize(t) for t in mono_de].count(normalize("Der erste Spruch ist lang genug.")) == 1
+    # no held-out STS pair, either way round, is a translation or stage-2 pair of train
+    trained = {(normalize(a), normalize(b)) for name, cols in (("parallel", ("src", "tgt")), ("pairs", ("anchor", "positive")))
+               for r in load_from_disk(str(root / name))["train"] for a, b in [(r[cols[0]], r[cols[1]])]}
+    trained |= {(b, a) for a, b in trained}
+    sts = load_from_disk(str(root / "sts_constructed"))
+    assert not [r for s in sts if s != "train" for r in sts[s]
+                if (normalize(r["sentence1"]), normalize(r["sentence2"])) in trained]
     for name, columns in (("parallel", None), ("pairs", ("anchor", "positive")),
                           ("sts_constructed", ("sentence1", "sentence2"))):
         # pairs: the copy equal up to case goes as a duplicate, its train copy kept

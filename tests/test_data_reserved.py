@@ -49,11 +49,25 @@ def test_bible_query_stops_at_book_39():
         reserved.check_bible_book(40)
 
 
+@pytest.mark.parametrize("text, cites", [
+    ("Owe no man any thing... -- Romans 13:8", True), ("There is no fear in love. -- 1 John 4:18", True),
+    ("eigentlich Markus 13,31", True), ("Matthäus 28:19", True), ("(Matt. 5:37)", True),
+    ("II Corinthians 3:1-2", True), ("Juan 3.16", True), ("-- Revelation 21:8", True), ("Apocalipsis 21:4", True),
+    # the Old Testament (books 1–39) is not reserved, and a name with a number is not a reference
+    ("Our authority is Isaiah 30:26", False), ("Genesis 1:1", False), ("John 3 times a day", False),
+    ("at 10:30 with Mark", False), ("Peter ran 10:20", False)])
+def test_new_testament_references_are_recognised(text, cites):
+    assert reserved.cites_new_testament(text) is cites
+
+
 def test_built_datasets_contain_no_reserved_text(tmp_path):
-    """End to end: the fake Bible has books 40 and a cross-reference row, all marked; none may come out."""
+    """End to end: the fake Bible has books 40 and a cross-reference row, all marked, and a fortune cookie quotes
+    a New Testament verse with its reference (real ones do: Romans 13:8, John 11:43-44); none may come out."""
     load_from_disk = pytest.importorskip("datasets").load_from_disk
 
     cache = fake_cache(tmp_path / "cache")
+    (cache / "sources" / "fortunes-de" / "usr/share/games/fortunes/de" / "zitate").write_text(
+        f"Himmel und Erde werden vergehen {RESERVED_MARK}. -- eigentlich Markus 13,31\n%\n", encoding="utf-8")
     build(cache, tmp_path / "out", "en-de")
     for path in (tmp_path / "out" / "en-de").iterdir():
         if path.is_dir():

@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from bembed.data.records import Document, clean, word_count
+from bembed.data.reserved import cites_new_testament
 
 _SKIP_FILES = {"ascii-art"}  # pictures, not prose
 _OFFENSIVE = "off"  # fortunes-es ships its offensive cookies ROT13-encoded: not Spanish prose
@@ -41,5 +42,7 @@ def read_cookies(source_dir: Path, package: str, lang: str) -> Iterator[Document
             continue
         rel = rel.as_posix()
         for i, cookie in enumerate(split_cookies(_decode(path.read_bytes()))):
+            if cites_new_testament(cookie):  # a quoted verse of books 40–66: reserved text (reserved.py)
+                continue
             yield Document(doc_id=f"fortune:{package}:{rel}:{i}", lang=lang, source=package, title="",
                            paragraphs=[cookie])
