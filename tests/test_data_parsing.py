@@ -65,6 +65,17 @@ def test_gettext_catalog_context_accelerators_header(tmp_path):
     assert pairs == [("Open a file", "Datei öffnen"), ("Save it all", "Alles speichern")]
 
 
+def test_gettext_message_translated_differently_in_its_contexts_is_dropped(tmp_path):
+    """The last context's translation used to win: "Select data range" became "Positiven Datenbereich auswählen"
+    (one of LibreOffice's contexts). A message its contexts translate alike stays."""
+    mo = tmp_path / "usr/share/locale/de/LC_MESSAGES/x.mo"
+    write_mo(mo, {"a\x04Select data range": "Datenbereich auswählen",
+                  "b\x04Select data range": "Positiven Datenbereich auswählen",
+                  "a\x04Close the window": "Fenster schließen", "b\x04Close the window": "Fenster schließen",
+                  "Open the file": "Datei öffnen"})
+    assert extract_gettext.read_catalog(mo) == {"Close the window": "Fenster schließen", "Open the file": "Datei öffnen"}
+
+
 @pytest.mark.parametrize("src, tgt, chars, want_src, want_tgt", [
     ("~Open a file", "Datei ö~ffnen", "~_", "Open a file", "Datei öffnen"),
     ("Save _As...", "Speichern _unter...", "~_", "Save As...", "Speichern unter..."),

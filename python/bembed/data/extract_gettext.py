@@ -45,10 +45,12 @@ def strip_accelerator(text: str, other: str, chars: str) -> str:
 
 
 def read_catalog(path: Path) -> dict[str, str]:
-    """msgid → msgstr of one .mo file (plural forms: the singular); untranslated entries are omitted."""
+    """msgid → msgstr of one .mo file (plural forms: the singular); untranslated entries are omitted, and so is
+    a message that its contexts (msgctxt) translate differently: without its context neither translation is the
+    pair ("Select data range" is also "Positiven Datenbereich auswählen" in LibreOffice's German)."""
     with open(path, "rb") as f:
         catalog = gettext.GNUTranslations(f)._catalog  # the parsed table; there is no public accessor
-    out: dict[str, str] = {}
+    translations: dict[str, list[str]] = {}
     for key, value in catalog.items():
         if isinstance(key, tuple):
             if key[1] != 0:
@@ -56,8 +58,8 @@ def read_catalog(path: Path) -> dict[str, str]:
             key = key[0]
         if not key or not value:
             continue  # the header entry, or untranslated
-        out[key.split(_CONTEXT_SEP, 1)[-1]] = value
-    return out
+        translations.setdefault(key.split(_CONTEXT_SEP, 1)[-1], []).append(value)
+    return {msgid: values[0] for msgid, values in translations.items() if len(set(values)) == 1}
 
 
 def catalog_paths(source_dir: Path, lang: str) -> list[Path]:
