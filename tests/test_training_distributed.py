@@ -18,7 +18,7 @@ import torch.multiprocessing as mp
 from safetensors.torch import load_file
 
 import training_utils as U
-from rank_processes import exit_rank_process, free_port
+from rank_processes import exit_rank_process, free_port, torchrun_rank
 
 single_thread = pytest.fixture(autouse=True)(U.one_thread)
 STEPS = 3
@@ -75,21 +75,15 @@ def _run_all(files: dict, out: Path, all_reduces: list | None = None, parallel: 
 
 
 def _worker(rank: int, world: int, port: int, files: dict, out: str, parallel: str = "ddp") -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
-                      LOCAL_RANK=str(rank))
-    torch.set_num_threads(1)
     import torch.distributed as dist
 
     calls, all_reduce = [], dist.all_reduce
     dist.all_reduce = lambda *args, **kwargs: (calls.append(1), all_reduce(*args, **kwargs))[1]
-    try:
+    with torchrun_rank(rank, world, port):
         # each rank builds other initial weights: DDP and FSDP must start every rank from rank 0's
         histories = _run_all(files, Path(out), calls, parallel, init_seed=rank)
         if rank == 0:
             (Path(out) / "histories.json").write_text(json.dumps(histories))
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
     exit_rank_process()
 
 
@@ -204,14 +198,9 @@ class _Nested(torch.nn.Module):
 def _fsdp_resume_worker(rank: int, world: int, port: int, files: dict, out: str) -> None:
     """Pairs under FSDP straight to 4 steps, and again from its step-2 checkpoint into another folder; then
     GradCache on the sharded model. Rank 0 writes what GradCache said to results.json."""
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
-                      LOCAL_RANK=str(rank))
-    torch.set_num_threads(1)
-    import torch.distributed as dist
-
     from bembed.training.grad_cache import cached_encode
 
-    try:
+    with torchrun_rank(rank, world, port):
         _fsdp_pairs_trainer(files, Path(out) / "straight").fit()
         resumed = _fsdp_pairs_trainer(files, Path(out) / "resumed")
         resumed.fit(resume=str(Path(out) / "straight" / "checkpoints" / "step-00000002"))
@@ -245,9 +234,6 @@ def _fsdp_resume_worker(rank: int, world: int, port: int, files: dict, out: str)
         structure["nested groups"] = [isinstance(m, FSDPModule) for m in (nested.blocks[0], nested.blocks[0].parts[0])]
         if rank == 0:
             (Path(out) / "results.json").write_text(json.dumps({"grad_cache": refusal, **structure}))
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
     exit_rank_process()
 
 
@@ -277,9 +263,6 @@ def _interrupt_worker(rank: int, world: int, port: int, files: dict, out: str) -
     then resumes that run to 4 steps; rank 0 writes what happened to results.json."""
     import signal
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
-                      LOCAL_RANK=str(rank))
-    torch.set_num_threads(1)
     import torch.distributed as dist
 
     from bembed.training.config import PairsRun, load_config, to_dict
@@ -305,7 +288,7 @@ def _interrupt_worker(rank: int, world: int, port: int, files: dict, out: str) -
             stage.loss = loss_then_ctrl_c
         return Trainer(stage, cfg.train, to_dict(cfg))
 
-    try:
+    with torchrun_rank(rank, world, port):
         trainer("straight").fit()
         interrupted = False
         try:
@@ -320,9 +303,6 @@ def _interrupt_worker(rank: int, world: int, port: int, files: dict, out: str) -
                 {"interrupted": interrupted, "saved": saved, "resumed_steps": [m["step"] for m in resumed]}))
         else:
             (Path(out) / "rank1.json").write_text(json.dumps({"interrupted": interrupted}))
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
     exit_rank_process()
 
 
