@@ -67,6 +67,19 @@ def _check_texts(texts) -> list[str]:
     return texts
 
 
+def named_prompt(prompts: dict[str, str], prompt_name: str) -> str | None:
+    """The prompt `prompt_name` names among `prompts`. "document", "passage" and "corpus" stand for one another:
+    the name asked for first, where its prompt is not empty (sentence-transformers 6 saves an empty "document"
+    beside the "passage" of an E5-style folder). A query or document name the model has no prompt for is no prompt
+    (""): evaluation code always passes one. None for any other name it lacks."""
+    if prompt_name in DOCUMENT_PROMPT_NAMES:
+        alias = next((name for name in (prompt_name, *DOCUMENT_PROMPT_NAMES) if prompts.get(name)), None)
+        return prompts[alias] if alias else ""
+    if prompt_name in prompts:
+        return prompts[prompt_name]
+    return "" if prompt_name in QUERY_PROMPT_NAMES else None
+
+
 @contextlib.contextmanager
 def _unicode_named(texts: list[str], name: str):
     """Around a tokenizer call: its TypeError on text that is not valid Unicode (a lone surrogate: "TextEncodeInput
@@ -416,17 +429,10 @@ class Embedder:
             return prompt
         if prompt_name is None:
             return self.prompts[self.default_prompt_name] if self.default_prompt_name else ""
-        # The standard names: "document", "passage" and "corpus" stand for one another (the name asked for first,
-        # where its prompt is not empty), and a model without such a prompt ignores them (the evaluation interface
-        # always passes "query"/"document").
-        if prompt_name in DOCUMENT_PROMPT_NAMES:
-            alias = self._named_prompt((prompt_name, *DOCUMENT_PROMPT_NAMES))
-            return self.prompts[alias] if alias else ""
-        if prompt_name in self.prompts:
-            return self.prompts[prompt_name]
-        if prompt_name in QUERY_PROMPT_NAMES:
-            return ""
-        raise ValueError(f"prompt_name {prompt_name!r} is not one of this model's prompts {sorted(self.prompts)}")
+        found = named_prompt(self.prompts, prompt_name)
+        if found is None:
+            raise ValueError(f"prompt_name {prompt_name!r} is not one of this model's prompts {sorted(self.prompts)}")
+        return found
 
     @staticmethod
     def _leading(mask) -> int:

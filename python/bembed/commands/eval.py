@@ -34,7 +34,7 @@ def add_arguments(parser) -> None:
 def load_model_encoder(path: str):
     """An encoder for a model folder: a bembed/JinaBERT folder loads through ``bembed.encode.load_encoder``;
     any other sentence-transformers folder (``modules.json``, e.g. a baseline's) through sentence-transformers."""
-    from bembed.encode import DOCUMENT_PROMPT_NAMES, load_encoder
+    from bembed.encode import load_encoder, named_prompt
 
     folder = Path(path)
     if not folder.is_dir():
@@ -61,14 +61,9 @@ def load_model_encoder(path: str):
             return model.get_sentence_embedding_dimension()
 
         def encode(self, texts, *, prompt_name=None, batch_size=32):
-            # as bembed's Embedder resolves the names: "document", "passage" and "corpus" stand for one another
-            # (sentence-transformers 6 adds an empty "document" prompt to a folder that names only "passage"),
-            # and a side whose prompt the folder lacks gets none (not the folder's default prompt, which
-            # sentence-transformers applies for a prompt_name of None: often the query prompt)
-            prompts = model.prompts or {}
-            names = DOCUMENT_PROMPT_NAMES if prompt_name in DOCUMENT_PROMPT_NAMES else (prompt_name,)
-            name = next((n for n in names if prompts.get(n)), None)
-            prompt = prompts[name] if name is not None else ("" if prompt_name is not None else None)
+            # the prompt bembed's Embedder would give, and for a side the folder has none for, none (not the
+            # folder's default prompt, which sentence-transformers applies for a prompt_name of None)
+            prompt = None if prompt_name is None else named_prompt(model.prompts or {}, prompt_name) or ""
             return model.encode(list(texts), prompt=prompt, batch_size=batch_size,
                                 convert_to_numpy=True, show_progress_bar=False)
 
